@@ -1,0 +1,175 @@
+"""The `burnstation` command line (the contract tests and other processes rely on)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from appliance.config import SPECS, SettingError, Settings, default_data_dir, make_node, parse_assignment
+
+
+def _data(args: argparse.Namespace) -> Path:
+    return Path(args.data) if args.data else default_data_dir()
+
+
+def _settings(args: argparse.Namespace, must_exist: bool = True) -> Settings:
+    settings = Settings(_data(args))
+    if must_exist and not settings.exists():
+        raise SystemExit(f"burnstation: no settings in {_data(args)}; run `burnstation init --data {_data(args)}` first")
+    return settings
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from appliance import db, index, tlsca  # noqa: F401 - index registers its schema
+
+    data = _data(args)
+    for sub in ("storage", "discs", "spool", "tls", "logs", "worklist"):
+        (data / sub).mkdir(parents=True, exist_ok=True)
+    settings = Settings(data)
+    settings.initialize()
+    ca = tlsca.create_device_tls(data, settings.aet())
+    db.connect(data).close()
+    values = settings.all()
+    print(f"BurnStation data folder: {data}")
+    print(f"AE titles: {', '.join(settings.derived_aets())}")
+    print(f"DICOM port: {values['dicom.port'] or 'closed'}   DICOM TLS port: {values['dicom.tls_port'] or 'closed'}")
+    print(f"HL7 port: {values['hl7.port'] or 'closed'}   HTTP port: {values['http.port'] or 'closed'}")
+    print(f"TLS CA certificate (give it to peers): {ca}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.action == "show":
+        values = settings.all()
+        if args.json:
+            print(json.dumps(values, indent=1, sort_keys=True))
+        else:
+            for key in SPECS:
+                print(f"{key} = {json.dumps(values[key])}    # {SPECS[key].help}")
+        return 0
+    changes = dict(parse_assignment(a) for a in args.assignments)
+    if not changes:
+        raise SettingError("config set: give at least one key=value")
+    for key, value in settings.update(changes).items():
+        print(f"{key} = {json.dumps(value)}")
+    return 0
+
+
+def cmd_nodes(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.action == "add":
+        node = make_node(args.aet, args.host, args.port, args.tls, args.services, args.description or "")
+        settings.add_node(node)
+        print(f"added {node.aet} {node.host}:{node.port}{' TLS' if node.tls else ''} [{','.join(node.services)}]")
+    elif args.action == "list":
+        for node in settings.nodes():
+            print(f"{node.aet:16} {node.host}:{node.port}{' TLS' if node.tls else ''}  {','.join(node.services)}"
+                  f"{'  ' + node.description if node.description else ''}")
+    elif args.action == "delete":
+        if not settings.delete_node(args.aet):
+            print(f"burnstation: no known node {args.aet!r}", file=sys.stderr)
+            return 1
+        print(f"deleted {args.aet}")
+    return 0
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    from appliance.dicom import scu
+
+    settings = _settings(args)
+    node = settings.node(args.aet)
+    if node is None:
+        print(f"burnstation: {args.aet!r} is not a known node (add it with `burnstation nodes add`)", file=sys.stderr)
+        return 2
+    ok, message = scu.echo(_data(args), settings, node)
+    print(message)
+    return 0 if ok else 1
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    from appliance import db, index
+
+    data = _data(args)
+    _settings(args)
+    conn = db.connect(data)
+    indexed, bad = index.reindex(conn, data / "storage")
+    print(f"indexed {indexed} instances" + (f"; {bad} unreadable files left alone" if bad else ""))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from appliance.services import station
+
+    _settings(args)
+    return station.run(_data(args), simulate=args.simulate, robots=args.robots)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="burnstation", description="DICOM burn station")
+    parser.add_argument("--data", help="data folder (default: $BURNSTATION_DATA, /var/lib/burnstation or ./var)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: object, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--data", default=argparse.SUPPRESS, help="data folder")
+        p.set_defaults(func=func)
+        return p
+
+    add("init", cmd_init, "create settings, TLS keys and the database")
+    p = add("config", cmd_config, "show or change settings")
+    csub = p.add_subparsers(dest="action", required=True)
+    show = csub.add_parser("show")
+    show.add_argument("--json", action="store_true")
+    show.add_argument("--data", default=argparse.SUPPRESS)
+    setp = csub.add_parser("set")
+    setp.add_argument("assignments", nargs="*", metavar="key=value")
+    setp.add_argument("--data", default=argparse.SUPPRESS)
+
+    p = add("nodes", cmd_nodes, "known DICOM nodes")
+    nsub = p.add_subparsers(dest="action", required=True)
+    na = nsub.add_parser("add")
+    na.add_argument("aet")
+    na.add_argument("host")
+    na.add_argument("port")
+    na.add_argument("--tls", action="store_true")
+    na.add_argument("--services", help="comma list of echo,store,find,move,get (default: all)")
+    na.add_argument("--description")
+    na.add_argument("--data", default=argparse.SUPPRESS)
+    nl = nsub.add_parser("list")
+    nl.add_argument("--data", default=argparse.SUPPRESS)
+    nd = nsub.add_parser("delete")
+    nd.add_argument("aet")
+    nd.add_argument("--data", default=argparse.SUPPRESS)
+
+    p = add("echo", cmd_echo, "C-ECHO a known node")
+    p.add_argument("aet")
+    add("reindex", cmd_reindex, "rebuild the index from the stored files")
+    p = add("run", cmd_run, "run the station in the foreground")
+    p.add_argument("--simulate", action="store_true", help="start the robot simulator beside the station")
+    p.add_argument("--robots", default="epson,primera", help="simulated robots (with --simulate)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "data", None):
+        args.data = os.environ.get("BURNSTATION_DATA") or None
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except SettingError as exc:
+        print(f"burnstation: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

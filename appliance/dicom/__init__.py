@@ -1,0 +1,1 @@
+"""DICOM services: the SCP (echo, store, find, move, get) and the SCU (echo, send, retrieve)."""

@@ -1,0 +1,1 @@
+"""Event handlers bound to the SCP, one module per DIMSE service."""

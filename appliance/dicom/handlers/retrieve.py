@@ -1,0 +1,159 @@
+"""C-MOVE (to a known node) and C-GET: send the stored files, as stored when the peer accepts
+their transfer syntax, decompressed to Explicit VR Little Endian when it only takes native data."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import build_context, evt
+
+from appliance import tlsca
+from appliance.dicom import query
+from appliance.dicom.context import StationContext, state_of
+
+LOG = logging.getLogger("burnstation.dicom.retrieve")
+
+PATIENT_ROOT = {"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.1.3"}
+NATIVE = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+
+# one process-wide cap on outgoing associations ("Maximum connections", seed)
+_outgoing_lock = threading.Lock()
+_outgoing: threading.BoundedSemaphore | None = None
+_outgoing_size = 0
+
+
+def outgoing_slots(size: int) -> threading.BoundedSemaphore:
+    """The semaphore that caps concurrent outgoing associations at `dicom.max_connections`."""
+    global _outgoing, _outgoing_size
+    with _outgoing_lock:
+        if _outgoing is None or _outgoing_size != size:
+            _outgoing = threading.BoundedSemaphore(size)
+            _outgoing_size = size
+        return _outgoing
+
+
+def prepare(ds: Dataset, accepted: list[Any]) -> Dataset:
+    """Make `ds` sendable over one of the accepted contexts (decompress when only native is taken)."""
+    sop_class = str(ds.SOPClassUID)
+    ts = UID(str(ds.file_meta.TransferSyntaxUID))
+    offered = {str(cx.transfer_syntax[0]) for cx in accepted if str(cx.abstract_syntax) == sop_class}
+    if ts in offered or not ts.is_compressed:
+        return ds
+    if offered & {str(u) for u in NATIVE}:
+        ds.decompress()
+    return ds
+
+
+def contexts_for(rows: list[Any]) -> list[Any]:
+    """Presentation contexts for a set of instances: each class with its stored syntax, and native."""
+    pairs: dict[str, set[str]] = {}
+    for row in rows:
+        pairs.setdefault(row["sop_class"], set()).add(row["transfer_syntax"])
+    contexts = []
+    for sop_class, syntaxes in pairs.items():
+        compressed = sorted(s for s in syntaxes if UID(s).is_compressed)
+        for ts in compressed:
+            contexts.append(build_context(sop_class, [ts]))
+        contexts.append(build_context(sop_class, [str(u) for u in NATIVE]))
+    return contexts[:128]
+
+
+def _instances(ctx: StationContext, event: Any, model: str) -> list[Any]:
+    return query.instance_rows(ctx.conn(), event.identifier, model)
+
+
+class MoveHandler:
+    """Bound to EVT_C_MOVE."""
+
+    def __init__(self, ctx: StationContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, event: Any) -> Iterator[Any]:
+        state = state_of(event.assoc)
+        if state is not None:
+            state.services.add("move")
+        assoc = event.assoc
+        dest = self.ctx.settings.node(str(event.move_destination).strip())
+        if dest is None or not dest.allows("store"):
+            LOG.info("C-MOVE: destination %r is not a known node", str(event.move_destination).strip())
+            yield None, None
+            return
+        caller = self.ctx.known_node(assoc.requestor.ae_title.strip(), assoc.requestor.address, "move")
+        model = "PATIENT" if str(event.request.AffectedSOPClassUID) in PATIENT_ROOT else "STUDY"
+        try:
+            rows = _instances(self.ctx, event, model) if caller is not None else []
+        except query.QueryError as exc:
+            LOG.info("C-MOVE: bad identifier: %s", exc)
+            rows = None
+        holder: dict[str, Any] = {}
+
+        def remember(ev: Any) -> None:
+            holder["assoc"] = ev.assoc
+
+        kwargs: dict[str, Any] = {"ae_title": dest.aet, "evt_handlers": [(evt.EVT_ACCEPTED, remember)],
+                                  "contexts": contexts_for(rows or [])
+                                  or [build_context("1.2.840.10008.1.1")]}
+        if dest.tls:
+            kwargs["tls_args"] = (tlsca.client_context(self.ctx.data_dir), None)
+        slots = outgoing_slots(int(self.ctx.settings.get("dicom.max_connections")))
+        slots.acquire()
+        try:
+            yield dest.host, dest.port, kwargs
+            if caller is None:
+                yield 1
+                yield 0x0124, None
+                return
+            if rows is None:
+                yield 1
+                yield 0xA900, None
+                return
+            yield len(rows)
+            yield from _send(rows, event, lambda: holder["assoc"].accepted_contexts)
+        finally:
+            slots.release()
+
+
+class GetHandler:
+    """Bound to EVT_C_GET: sends over the requesting association (SCP role for storage)."""
+
+    def __init__(self, ctx: StationContext) -> None:
+        self.ctx = ctx
+
+    def __call__(self, event: Any) -> Iterator[Any]:
+        state = state_of(event.assoc)
+        if state is not None:
+            state.services.add("get")
+        assoc = event.assoc
+        if self.ctx.known_node(assoc.requestor.ae_title.strip(), assoc.requestor.address, "get") is None:
+            yield 1
+            yield 0x0124, None
+            return
+        model = "PATIENT" if str(event.request.AffectedSOPClassUID) in PATIENT_ROOT else "STUDY"
+        try:
+            rows = _instances(self.ctx, event, model)
+        except query.QueryError:
+            yield 1
+            yield 0xA900, None
+            return
+        yield len(rows)
+        yield from _send(rows, event, lambda: assoc.accepted_contexts)
+
+
+def _send(rows: list[Any], event: Any, accepted: Any) -> Iterator[tuple[int, Dataset | None]]:
+    for row in rows:
+        if event.is_cancelled:
+            yield 0xFE00, None
+            return
+        try:
+            ds = dcmread(row["path"])
+            ds = prepare(ds, accepted())
+        except Exception as exc:
+            LOG.error("cannot read %s for retrieve: %s", row["path"], exc)
+            continue  # pynetdicom counts the missing sub-operation as failed
+        yield 0xFF00, ds

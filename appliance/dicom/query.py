@@ -1,0 +1,350 @@
+"""C-FIND matching over the study index (PS3.4 C.2.2.2): single value, wildcard, range, UID list.
+
+A query identifier becomes one SQL statement over patients/studies/series/instances. Matching
+happens in SQL (wildcards through a registered function); return keys come from the index columns
+or, for anything the index does not keep, from the first file of the matched entity.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.datadict import dictionary_VR, keyword_for_tag
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+
+LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+_ALIAS = {"PATIENT": "p", "STUDY": "st", "SERIES": "se", "IMAGE": "i"}
+_KEY_COLUMN = {"PATIENT": "p.patient_id", "STUDY": "st.study_uid", "SERIES": "se.series_uid", "IMAGE": "i.sop_uid"}
+
+# keyword → (level, SQL column)
+COLUMNS: dict[str, tuple[str, str]] = {
+    "PatientID": ("PATIENT", "p.patient_id"),
+    "PatientName": ("PATIENT", "p.patient_name"),
+    "PatientBirthDate": ("PATIENT", "p.birth_date"),
+    "PatientSex": ("PATIENT", "p.sex"),
+    "IssuerOfPatientID": ("PATIENT", "p.issuer"),
+    "StudyInstanceUID": ("STUDY", "st.study_uid"),
+    "StudyDate": ("STUDY", "st.study_date"),
+    "StudyTime": ("STUDY", "st.study_time"),
+    "AccessionNumber": ("STUDY", "st.accession"),
+    "StudyID": ("STUDY", "st.study_id"),
+    "StudyDescription": ("STUDY", "st.description"),
+    "ReferringPhysicianName": ("STUDY", "st.referring"),
+    "InstitutionName": ("STUDY", "st.institution"),
+    "SeriesInstanceUID": ("SERIES", "se.series_uid"),
+    "Modality": ("SERIES", "se.modality"),
+    "SeriesNumber": ("SERIES", "se.series_number"),
+    "SeriesDescription": ("SERIES", "se.description"),
+    "BodyPartExamined": ("SERIES", "se.body_part"),
+    "SeriesDate": ("SERIES", "se.series_date"),
+    "SeriesTime": ("SERIES", "se.series_time"),
+    "SOPInstanceUID": ("IMAGE", "i.sop_uid"),
+    "SOPClassUID": ("IMAGE", "i.sop_class"),
+    "InstanceNumber": ("IMAGE", "i.instance_number"),
+}
+
+# computed attributes: keyword → (minimum level, SQL expression)
+COMPUTED: dict[str, tuple[str, str]] = {
+    "NumberOfPatientRelatedStudies": ("PATIENT", "(SELECT COUNT(*) FROM studies x WHERE x.patient_id=p.patient_id)"),
+    "NumberOfPatientRelatedSeries": ("PATIENT", "(SELECT COUNT(*) FROM series x JOIN studies y ON "
+                                                "x.study_uid=y.study_uid WHERE y.patient_id=p.patient_id)"),
+    "NumberOfPatientRelatedInstances": ("PATIENT", "(SELECT COUNT(*) FROM instances x JOIN studies y ON "
+                                                   "x.study_uid=y.study_uid WHERE y.patient_id=p.patient_id)"),
+    "NumberOfStudyRelatedSeries": ("STUDY", "(SELECT COUNT(*) FROM series x WHERE x.study_uid=st.study_uid)"),
+    "NumberOfStudyRelatedInstances": ("STUDY", "(SELECT COUNT(*) FROM instances x WHERE x.study_uid=st.study_uid)"),
+    "ModalitiesInStudy": ("STUDY", "(SELECT group_concat(DISTINCT x.modality) FROM series x "
+                                   "WHERE x.study_uid=st.study_uid AND x.modality<>'')"),
+    "SOPClassesInStudy": ("STUDY", "(SELECT group_concat(DISTINCT x.sop_class) FROM instances x "
+                                   "WHERE x.study_uid=st.study_uid)"),
+    "NumberOfSeriesRelatedInstances": ("SERIES", "(SELECT COUNT(*) FROM instances x "
+                                                 "WHERE x.series_uid=se.series_uid)"),
+}
+
+_FROM = {
+    "PATIENT": "patients p",
+    "STUDY": "studies st JOIN patients p ON p.patient_id=st.patient_id",
+    "SERIES": "series se JOIN studies st ON st.study_uid=se.study_uid JOIN patients p ON p.patient_id=st.patient_id",
+    "IMAGE": "instances i JOIN series se ON se.series_uid=i.series_uid JOIN studies st ON st.study_uid=i.study_uid "
+             "JOIN patients p ON p.patient_id=st.patient_id",
+}
+
+_REPRESENTATIVE = {
+    "PATIENT": "(SELECT x.path FROM instances x JOIN studies y ON x.study_uid=y.study_uid "
+               "WHERE y.patient_id=p.patient_id LIMIT 1)",
+    "STUDY": "(SELECT x.path FROM instances x WHERE x.study_uid=st.study_uid LIMIT 1)",
+    "SERIES": "(SELECT x.path FROM instances x WHERE x.series_uid=se.series_uid LIMIT 1)",
+    "IMAGE": "i.path",
+}
+
+# return keys that never come from the file
+_SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "InstanceAvailability"}
+
+
+class QueryError(ValueError):
+    """The identifier is not a valid query (answered with 0xA900 / 0xC000)."""
+
+
+@functools.lru_cache(maxsize=512)
+def _wild_regex(pattern: str, fold: bool) -> re.Pattern[str]:
+    parts = []
+    for ch in pattern:
+        if ch == "*":
+            parts.append(".*")
+        elif ch == "?":
+            parts.append(".")
+        else:
+            parts.append(re.escape(ch))
+    return re.compile("".join(parts) + r"\Z", re.DOTALL | (re.IGNORECASE if fold else 0))
+
+
+def _sql_wild(value: str | None, pattern: str, fold: int) -> int:
+    if value is None:
+        return 0
+    return 1 if _wild_regex(pattern, bool(fold)).match(value) else 0
+
+
+def _sql_multi_wild(value: str | None, pattern: str, fold: int) -> int:
+    """Wildcard match against any value of a backslash-separated multi-value."""
+    if value is None:
+        return 0
+    rx = _wild_regex(pattern, bool(fold))
+    return 1 if any(rx.match(v) for v in value.split("\\")) else 0
+
+
+def _norm_time(value: str, upper: bool) -> str:
+    """HHMMSS.FFFFFF with missing parts filled with the lowest (or highest) value."""
+    value = value.replace(":", "").strip()
+    main, dot, frac = value.partition(".")
+    main = main + ("235959"[len(main):] if upper else "000000"[len(main):])
+    if dot:
+        frac = (frac + ("999999" if upper else "000000"))[:6]
+    else:
+        frac = "999999" if upper else "000000"
+    return f"{main[:6]}.{frac}"
+
+
+def _sql_time(value: str | None) -> str | None:
+    if not value:
+        return None
+    return _norm_time(value, upper=False)
+
+
+def install_functions(conn: sqlite3.Connection) -> None:
+    """Register the matching helpers on a connection (once per connection)."""
+    conn.create_function("dwild", 3, _sql_wild, deterministic=True)
+    conn.create_function("dmwild", 3, _sql_multi_wild, deterministic=True)
+    conn.create_function("dtime", 1, _sql_time, deterministic=True)
+
+
+@dataclass
+class Match:
+    """One C-FIND/C-MOVE match: its SQL row (columns named by keyword) and the level."""
+
+    level: str
+    row: sqlite3.Row
+
+
+def _value_text(elem: Any) -> str:
+    value = elem.value
+    if value is None:
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _condition(keyword: str, column: str, vr: str, text: str, args: list[Any]) -> str | None:
+    """SQL for one matching key; None for universal matching."""
+    text = text.strip() if vr not in ("PN",) else text.strip()
+    if text == "" or text == "*":
+        return None
+    fold = 1 if vr == "PN" else 0
+    if vr == "UI" and "\\" in text:
+        uids = [u.strip() for u in text.split("\\") if u.strip()]
+        args.extend(uids)
+        return f"{column} IN ({', '.join('?' * len(uids))})"
+    if vr in ("DA", "DT") and "-" in text:
+        lo, _, hi = text.partition("-")
+        clauses = [f"{column}<>''"]
+        if lo:
+            clauses.append(f"{column}>=?")
+            args.append(lo.strip())
+        if hi:
+            clauses.append(f"{column}<=?")
+            args.append(hi.strip() + ("\uffff" if vr == "DT" else ""))
+        return " AND ".join(clauses)
+    if vr == "TM" and "-" in text:
+        lo, _, hi = text.partition("-")
+        clauses = [f"{column}<>''"]
+        if lo:
+            clauses.append(f"dtime({column})>=?")
+            args.append(_norm_time(lo, upper=False))
+        if hi:
+            clauses.append(f"dtime({column})<=?")
+            args.append(_norm_time(hi, upper=True))
+        return " AND ".join(clauses)
+    if "\\" in text and vr not in ("PN",) and keyword != "ModalitiesInStudy":
+        values = [v for v in text.split("\\") if v]
+        ors = []
+        for v in values:
+            if "*" in v or "?" in v:
+                ors.append(f"dwild({column}, ?, {fold})")
+            else:
+                ors.append(f"{column}=?")
+            args.append(v)
+        return "(" + " OR ".join(ors) + ")"
+    if "*" in text or "?" in text:
+        args.append(text)
+        return f"dwild({column}, ?, {fold})"
+    if vr == "PN":
+        args.append(text)
+        return f"{column}=? COLLATE NOCASE"
+    if vr == "TM":
+        args.append(_norm_time(text, upper=False))
+        return f"dtime({column})=?"
+    args.append(text)
+    return f"{column}=?"
+
+
+def build_query(identifier: Dataset, model: str = "STUDY") -> tuple[str, str, list[Any], list[str]]:
+    """Turn an identifier into (level, sql, args, requested keywords)."""
+    level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
+    if level not in LEVELS:
+        raise QueryError(f"Query/Retrieve Level {level!r} is not one of {', '.join(LEVELS)}")
+    if model == "PATIENT" and level != "PATIENT" and not str(identifier.get("PatientID", "")).strip():
+        # Patient Root: a lower level needs the unique key of the patient (PS3.4 C.4.1.2.1); be lenient
+        # and allow universal matching, as most archives do.
+        pass
+    depth = LEVELS.index(level)
+    where: list[str] = []
+    args: list[Any] = []
+    requested: list[str] = []
+    for elem in identifier:
+        keyword = elem.keyword or keyword_for_tag(elem.tag)
+        if not keyword or elem.tag.group in (0x0000, 0x0002) or keyword in _SKIP:
+            continue
+        requested.append(keyword)
+        if elem.VR == "SQ":
+            continue
+        text = _value_text(elem)
+        if keyword in COLUMNS:
+            lvl, column = COLUMNS[keyword]
+            if LEVELS.index(lvl) > depth:
+                continue  # keys below the query level are not matched (PS3.4 C.2.2.1.3)
+            cond = _condition(keyword, column, elem.VR, text, args)
+            if cond:
+                where.append(cond)
+        elif keyword == "ModalitiesInStudy" and depth >= 1 and text.strip():
+            mods = [m for m in text.split("\\") if m.strip()]
+            ors = []
+            for m in mods:
+                if "*" in m or "?" in m:
+                    ors.append("dwild(x.modality, ?, 0)")
+                else:
+                    ors.append("x.modality=?")
+                args.append(m.strip())
+            where.append(f"EXISTS (SELECT 1 FROM series x WHERE x.study_uid=st.study_uid AND ({' OR '.join(ors)}))")
+    select = [f"{col} AS {kw}" for kw, (lvl, col) in COLUMNS.items() if LEVELS.index(lvl) <= depth]
+    select += [f"{expr} AS {kw}" for kw, (lvl, expr) in COMPUTED.items()
+               if LEVELS.index(lvl) <= depth and kw in requested]
+    select.append(f"{_REPRESENTATIVE[level]} AS _path")
+    select.append("st.charset AS _charset" if depth >= 1 else "p.charset AS _charset")
+    if depth == 3:
+        select.append("i.transfer_syntax AS _ts")
+    sql = f"SELECT {', '.join(select)} FROM {_FROM[level]}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {_KEY_COLUMN[level]}"
+    return level, sql, args, requested
+
+
+def find(conn: sqlite3.Connection, identifier: Dataset, model: str = "STUDY") -> Iterator[Match]:
+    level, sql, args, _requested = build_query(identifier, model)
+    for row in conn.execute(sql, args):
+        yield Match(level, row)
+
+
+def _set_value(ds: Dataset, keyword: str, text: str) -> None:
+    vr = dictionary_VR(keyword)
+    if text == "":
+        setattr(ds, keyword, None if vr not in ("SQ",) else [])
+        return
+    if vr in ("IS", "US", "UL", "SS", "SL") or vr in ("DS", "FL", "FD"):
+        values = [v for v in text.split("\\") if v.strip()]
+        setattr(ds, keyword, values if len(values) > 1 else values[0])
+        return
+    setattr(ds, keyword, text.split("\\") if "\\" in text and vr not in ("PN", "LT", "ST", "UT") else text)
+
+
+def response(identifier: Dataset, match: Match, retrieve_aet: str = "") -> Dataset:
+    """The C-FIND response identifier for one match: exactly the requested keys."""
+    row = match.row
+    keys = row.keys()
+    ds = Dataset()
+    charset = row["_charset"] or ""
+    if charset:
+        ds.SpecificCharacterSet = charset.split("\\") if "\\" in charset else charset
+    ds.QueryRetrieveLevel = match.level
+    file_ds: Dataset | None = None
+    for elem in identifier:
+        keyword = elem.keyword
+        if not keyword or elem.tag.group in (0x0000, 0x0002) or keyword in ("QueryRetrieveLevel",
+                                                                          "SpecificCharacterSet"):
+            continue
+        if keyword == "RetrieveAETitle":
+            ds.RetrieveAETitle = retrieve_aet
+            continue
+        if keyword == "InstanceAvailability":
+            ds.InstanceAvailability = "ONLINE"
+            continue
+        if keyword in keys:
+            value = row[keyword]
+            text = "" if value is None else str(value)
+            if keyword == "ModalitiesInStudy":
+                text = text.replace(",", "\\")
+            if keyword == "SOPClassesInStudy":
+                text = text.replace(",", "\\")
+            _set_value(ds, keyword, text)
+            continue
+        if file_ds is None:
+            file_ds = _read_header(row["_path"])
+        if file_ds is not None and elem.tag in file_ds:
+            ds[elem.tag] = file_ds[elem.tag]
+        else:
+            ds.add_new(elem.tag, elem.VR, None if elem.VR != "SQ" else [])
+    return ds
+
+
+def _read_header(path: str | None) -> Dataset | None:
+    if not path:
+        return None
+    try:
+        return dcmread(path, stop_before_pixels=True)
+    except Exception:
+        return None
+
+
+def instance_rows(conn: sqlite3.Connection, identifier: Dataset, model: str = "STUDY") -> list[sqlite3.Row]:
+    """All instances under the matches of a retrieve identifier (C-MOVE / C-GET)."""
+    level, sql, args, _ = build_query(identifier, model)
+    key_kw = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+              "IMAGE": "SOPInstanceUID"}[level]
+    keys = [row[key_kw] for row in conn.execute(sql, args)]
+    if not keys:
+        return []
+    column = {"PATIENT": "st.patient_id", "STUDY": "i.study_uid", "SERIES": "i.series_uid", "IMAGE": "i.sop_uid"}[level]
+    rows: list[sqlite3.Row] = []
+    for start in range(0, len(keys), 500):
+        chunk = keys[start:start + 500]
+        rows.extend(conn.execute(
+            f"SELECT i.* FROM instances i JOIN studies st ON st.study_uid=i.study_uid WHERE {column} IN "
+            f"({', '.join('?' * len(chunk))}) ORDER BY i.study_uid, i.series_uid, CAST(i.instance_number AS INTEGER)",
+            chunk).fetchall())
+    return rows

@@ -1,0 +1,185 @@
+"""The DICOM SCP: one pynetdicom AE listening on port 1 (plain) and port 2 (TLS only).
+
+Handlers are bound to events, one module per service (echo/store/find/retrieve). This module
+wires them, keeps the per-association bookkeeping (association log, called AE title), and
+rebinds the listeners when the settings that shape them change.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, _config, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import (
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from appliance import tlsca
+from appliance.config import DICOM_LISTENER_KEYS, Settings
+from appliance.dicom import pnd_tuning
+from appliance.dicom.context import AssociationLog, StationContext
+from appliance.dicom.handlers import find as find_handler
+from appliance.dicom.handlers import retrieve, store
+
+LOG = logging.getLogger("burnstation.dicom")
+
+TRANSFER_SYNTAXES = [
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired, still sent by old modalities)
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+]
+QR_FIND = [PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelFind]
+QR_MOVE = [PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove]
+QR_GET = [PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet]
+NATIVE_SYNTAXES = TRANSFER_SYNTAXES[:3]
+
+# extra (event, handler) bindings other subsystems add (the worklist's MWL C-FIND, for one)
+EXTRA_CONTEXTS: list[str] = []
+EXTRA_FIND_HANDLERS: dict[str, Any] = {}
+
+
+def build_ae(ctx: StationContext) -> AE:
+    """An AE that supports every service of SPEC section 4."""
+    pnd_tuning.install()
+    _config.UNRESTRICTED_STORAGE_SERVICE = True
+    ae = AE(ae_title=ctx.settings.aet())
+    ae.require_called_aet = False
+    ae.maximum_associations = 1_000_000  # incoming associations are not capped (seed)
+    ae.maximum_pdu_size = 0  # no limit on what we receive
+    timeout = float(ctx.settings.get("dicom.timeout"))
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = max(timeout, 60.0)
+    ae.connection_timeout = timeout
+    ae.accepted_called_aets = set(ctx.settings.derived_aets())  # type: ignore[attr-defined]
+    for cx in AllStoragePresentationContexts:
+        ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
+    ae.add_supported_context(Verification, NATIVE_SYNTAXES)
+    for sop in QR_FIND + QR_MOVE + QR_GET:
+        ae.add_supported_context(sop, NATIVE_SYNTAXES)
+    for sop in EXTRA_CONTEXTS:
+        ae.add_supported_context(sop, NATIVE_SYNTAXES)
+    # outgoing (C-MOVE sub-operations, send to node): propose what we hold
+    return ae
+
+
+class DicomServer:
+    """Plain and TLS listeners sharing one AE configuration and one set of handlers."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], settings: Settings | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.settings = settings or Settings(data_dir)
+        self.ctx = StationContext(self.data_dir, self.settings)
+        self.servers: list[Any] = []
+        self._snapshot: dict[str, Any] = {}
+        self._debug_handler: logging.Handler | None = None
+        self._lock = threading.Lock()
+
+    def handlers(self) -> list[Any]:
+        log = AssociationLog(self.ctx)
+        bindings = [
+            (evt.EVT_ACCEPTED, log.on_accepted),
+            (evt.EVT_REJECTED, log.on_rejected),
+            (evt.EVT_RELEASED, log.on_released),
+            (evt.EVT_ABORTED, log.on_aborted),
+            (evt.EVT_CONN_CLOSE, log.on_closed),
+            (evt.EVT_C_ECHO, log.on_echo),
+            (evt.EVT_C_STORE, store.StoreHandler(self.ctx)),
+            (evt.EVT_C_FIND, find_handler.FindHandler(self.ctx, EXTRA_FIND_HANDLERS)),
+            (evt.EVT_C_MOVE, retrieve.MoveHandler(self.ctx)),
+            (evt.EVT_C_GET, retrieve.GetHandler(self.ctx)),
+        ]
+        return bindings
+
+    def _configure_debug(self) -> None:
+        logger = logging.getLogger("pynetdicom")
+        if self.settings.get("dicom.debug"):
+            if self._debug_handler is None:
+                logs = self.data_dir / "logs"
+                logs.mkdir(parents=True, exist_ok=True)
+                handler = logging.handlers.RotatingFileHandler(
+                    logs / "dicom-debug.log", maxBytes=20 * 1024 * 1024, backupCount=5)
+                handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s %(message)s"))
+                logger.addHandler(handler)
+                self._debug_handler = handler
+            logger.setLevel(logging.DEBUG)
+        else:
+            if self._debug_handler is not None:
+                logger.removeHandler(self._debug_handler)
+                self._debug_handler.close()
+                self._debug_handler = None
+            logger.setLevel(logging.WARNING)
+
+    def start(self) -> None:
+        with self._lock:
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        settings = self.settings.all()
+        self._snapshot = {k: settings[k] for k in DICOM_LISTENER_KEYS + ("dicom.timeout",)}
+        self._configure_debug()
+        bind = settings["dicom.bind"] or ""
+        self.ctx.store.min_free = int(settings["dicom.min_free_mb"]) * 1024 * 1024
+        if settings["dicom.port"]:
+            ae = build_ae(self.ctx)
+            server = ae.start_server((bind, settings["dicom.port"]), block=False, evt_handlers=self.handlers())
+            server.daemon_threads = True
+            self.servers.append(server)
+            LOG.info("DICOM listening on %s:%s (plain) as %s", bind or "*", settings["dicom.port"],
+                     ", ".join(sorted(self.settings.derived_aets())))
+        if settings["dicom.tls_port"]:
+            ssl_ctx = tlsca.server_context(self.data_dir,
+                                           require_client_cert=settings["dicom.tls_require_client_cert"],
+                                           trusted_ca=settings["dicom.tls_trusted_ca"])
+            ae = build_ae(self.ctx)
+            server = ae.start_server((bind, settings["dicom.tls_port"]), block=False,
+                                     evt_handlers=self.handlers(), ssl_context=ssl_ctx)
+            server.daemon_threads = True
+            self.servers.append(server)
+            LOG.info("DICOM listening on %s:%s (TLS)", bind or "*", settings["dicom.tls_port"])
+
+    def stop(self) -> None:
+        with self._lock:
+            for server in self.servers:
+                server.shutdown()
+            self.servers = []
+
+    def reload(self) -> bool:
+        """Apply changed settings; rebinds the listeners only when their settings changed."""
+        settings = self.settings.all()
+        self._configure_debug()
+        self.ctx.store.min_free = int(settings["dicom.min_free_mb"]) * 1024 * 1024
+        current = {k: settings[k] for k in DICOM_LISTENER_KEYS + ("dicom.timeout",)}
+        if current == self._snapshot:
+            return False
+        with self._lock:
+            for server in self.servers:
+                server.shutdown()
+            self.servers = []
+            self._start_locked()
+        return True
+
+    def ports(self) -> list[int]:
+        return [server.server_address[1] for server in self.servers]

@@ -1,0 +1,277 @@
+"""The study index in state.db: patients, studies, series, instances and the association log.
+
+One row per instance remembers the file, the association and the called AE title that delivered
+it (the burn pipeline groups by those). Patient/study/series rows carry the attributes C-FIND
+matches on; everything else is read from the files when a query asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+
+from appliance import db
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS patients (
+    patient_id   TEXT PRIMARY KEY,
+    patient_name TEXT NOT NULL DEFAULT '',
+    birth_date   TEXT NOT NULL DEFAULT '',
+    sex          TEXT NOT NULL DEFAULT '',
+    issuer       TEXT NOT NULL DEFAULT '',
+    charset      TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid     TEXT PRIMARY KEY,
+    patient_id    TEXT NOT NULL,
+    study_date    TEXT NOT NULL DEFAULT '',
+    study_time    TEXT NOT NULL DEFAULT '',
+    accession     TEXT NOT NULL DEFAULT '',
+    study_id      TEXT NOT NULL DEFAULT '',
+    description   TEXT NOT NULL DEFAULT '',
+    referring     TEXT NOT NULL DEFAULT '',
+    institution   TEXT NOT NULL DEFAULT '',
+    charset       TEXT NOT NULL DEFAULT '',
+    updated_at    REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS studies_patient ON studies(patient_id);
+CREATE INDEX IF NOT EXISTS studies_date ON studies(study_date);
+CREATE INDEX IF NOT EXISTS studies_accession ON studies(accession);
+CREATE TABLE IF NOT EXISTS series (
+    series_uid    TEXT PRIMARY KEY,
+    study_uid     TEXT NOT NULL,
+    modality      TEXT NOT NULL DEFAULT '',
+    series_number TEXT NOT NULL DEFAULT '',
+    description   TEXT NOT NULL DEFAULT '',
+    body_part     TEXT NOT NULL DEFAULT '',
+    series_date   TEXT NOT NULL DEFAULT '',
+    series_time   TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS series_study ON series(study_uid);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_uid         TEXT PRIMARY KEY,
+    series_uid      TEXT NOT NULL,
+    study_uid       TEXT NOT NULL,
+    sop_class       TEXT NOT NULL DEFAULT '',
+    instance_number TEXT NOT NULL DEFAULT '',
+    transfer_syntax TEXT NOT NULL DEFAULT '',
+    path            TEXT NOT NULL,
+    size            INTEGER NOT NULL DEFAULT 0,
+    assoc_id        INTEGER,
+    called_aet      TEXT NOT NULL DEFAULT '',
+    calling_aet     TEXT NOT NULL DEFAULT '',
+    received_at     REAL NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS instances_series ON instances(series_uid);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_uid);
+CREATE INDEX IF NOT EXISTS instances_assoc ON instances(assoc_id);
+CREATE TABLE IF NOT EXISTS associations (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    calling_aet  TEXT NOT NULL DEFAULT '',
+    called_aet   TEXT NOT NULL DEFAULT '',
+    peer_host    TEXT NOT NULL DEFAULT '',
+    peer_port    INTEGER NOT NULL DEFAULT 0,
+    tls          INTEGER NOT NULL DEFAULT 0,
+    started_at   REAL NOT NULL,
+    ended_at     REAL,
+    stored       INTEGER NOT NULL DEFAULT 0,
+    failed       INTEGER NOT NULL DEFAULT 0,
+    services     TEXT NOT NULL DEFAULT '',
+    result       TEXT NOT NULL DEFAULT 'open',
+    detail       TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS associations_started ON associations(started_at);
+"""
+
+db.register_schema("index", SCHEMA)
+
+
+def _text(ds: Dataset, keyword: str) -> str:
+    """An attribute as plain text ('' when absent or empty); multi-values joined with a backslash."""
+    elem = ds.get(keyword)
+    if elem is None or elem == "" or elem is None:
+        return ""
+    if hasattr(elem, "__iter__") and not isinstance(elem, str | bytes) and not hasattr(elem, "family_name"):
+        return "\\".join(str(v) for v in elem)
+    return str(elem).strip()
+
+
+@dataclass
+class InstanceRecord:
+    """What the index keeps about one stored instance."""
+
+    sop_uid: str
+    sop_class: str
+    series_uid: str
+    study_uid: str
+    path: str
+    size: int
+    transfer_syntax: str
+    patient: dict[str, str] = field(default_factory=dict)
+    study: dict[str, str] = field(default_factory=dict)
+    series: dict[str, str] = field(default_factory=dict)
+    instance_number: str = ""
+    assoc_id: int | None = None
+    called_aet: str = ""
+    calling_aet: str = ""
+    received_at: float = 0.0
+
+
+def record_from_dataset(ds: Dataset, path: str, size: int, transfer_syntax: str) -> InstanceRecord:
+    """Extract the indexed attributes from a dataset (names decoded with its character set)."""
+    charset = _text(ds, "SpecificCharacterSet")
+    patient_id = _text(ds, "PatientID")
+    return InstanceRecord(
+        sop_uid=_text(ds, "SOPInstanceUID"),
+        sop_class=_text(ds, "SOPClassUID"),
+        series_uid=_text(ds, "SeriesInstanceUID"),
+        study_uid=_text(ds, "StudyInstanceUID"),
+        path=path,
+        size=size,
+        transfer_syntax=transfer_syntax,
+        instance_number=_text(ds, "InstanceNumber"),
+        patient={
+            "patient_id": patient_id,
+            "patient_name": _text(ds, "PatientName"),
+            "birth_date": _text(ds, "PatientBirthDate"),
+            "sex": _text(ds, "PatientSex"),
+            "issuer": _text(ds, "IssuerOfPatientID"),
+            "charset": charset,
+        },
+        study={
+            "study_date": _text(ds, "StudyDate"),
+            "study_time": _text(ds, "StudyTime"),
+            "accession": _text(ds, "AccessionNumber"),
+            "study_id": _text(ds, "StudyID"),
+            "description": _text(ds, "StudyDescription"),
+            "referring": _text(ds, "ReferringPhysicianName"),
+            "institution": _text(ds, "InstitutionName"),
+            "charset": charset,
+        },
+        series={
+            "modality": _text(ds, "Modality"),
+            "series_number": _text(ds, "SeriesNumber"),
+            "description": _text(ds, "SeriesDescription"),
+            "body_part": _text(ds, "BodyPartExamined"),
+            "series_date": _text(ds, "SeriesDate"),
+            "series_time": _text(ds, "SeriesTime"),
+        },
+    )
+
+
+def _upsert(conn: sqlite3.Connection, table: str, key: str, values: dict[str, Any]) -> None:
+    cols = list(values)
+    updates = ", ".join(f"{c}=excluded.{c}" for c in cols if c != key)
+    conn.execute(
+        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+        f"ON CONFLICT({key}) DO UPDATE SET {updates}",
+        [values[c] for c in cols],
+    )
+
+
+def add_instance(conn: sqlite3.Connection, rec: InstanceRecord) -> str | None:
+    """Index one instance (replacing an older copy of the same SOP Instance UID).
+
+    Returns the path of the replaced file when it differs from the new one, so the caller can
+    delete it once the new copy is safe.
+    """
+    now = time.time()
+    old_path = None
+    with db.transaction(conn):
+        row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (rec.sop_uid,)).fetchone()
+        if row is not None and row["path"] != rec.path:
+            old_path = row["path"]
+        _upsert(conn, "patients", "patient_id", rec.patient)
+        _upsert(conn, "studies", "study_uid",
+                {"study_uid": rec.study_uid, "patient_id": rec.patient["patient_id"], **rec.study, "updated_at": now})
+        _upsert(conn, "series", "series_uid", {"series_uid": rec.series_uid, "study_uid": rec.study_uid, **rec.series})
+        _upsert(conn, "instances", "sop_uid", {
+            "sop_uid": rec.sop_uid, "series_uid": rec.series_uid, "study_uid": rec.study_uid,
+            "sop_class": rec.sop_class, "instance_number": rec.instance_number,
+            "transfer_syntax": rec.transfer_syntax, "path": rec.path, "size": rec.size,
+            "assoc_id": rec.assoc_id, "called_aet": rec.called_aet, "calling_aet": rec.calling_aet,
+            "received_at": rec.received_at or now,
+        })
+    return old_path
+
+
+# --------------------------------------------------------------------------- association log
+
+
+def open_association(conn: sqlite3.Connection, calling: str, called: str, host: str, port: int,
+                     tls: bool) -> int:
+    cur = conn.execute(
+        "INSERT INTO associations (calling_aet, called_aet, peer_host, peer_port, tls, started_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (calling, called, host, port, int(tls), time.time()),
+    )
+    return int(cur.lastrowid or 0)
+
+
+def close_association(conn: sqlite3.Connection, assoc_id: int, *, stored: int, failed: int,
+                      services: Iterable[str], result: str, detail: str = "") -> None:
+    conn.execute(
+        "UPDATE associations SET ended_at=?, stored=?, failed=?, services=?, result=?, detail=? WHERE id=?",
+        (time.time(), stored, failed, ",".join(sorted(set(services))), result, detail[:1000], assoc_id),
+    )
+
+
+def recent_associations(conn: sqlite3.Connection, limit: int = 100) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM associations ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+
+
+def instances_of_association(conn: sqlite3.Connection, assoc_id: int) -> list[sqlite3.Row]:
+    return conn.execute("SELECT * FROM instances WHERE assoc_id=? ORDER BY study_uid, series_uid, "
+                        "CAST(instance_number AS INTEGER)", (assoc_id,)).fetchall()
+
+
+# --------------------------------------------------------------------------- rebuild
+
+
+def iter_files(storage_dir: Path) -> Iterator[Path]:
+    for root, _dirs, files in os.walk(storage_dir):
+        for name in files:
+            if name.endswith(".dcm"):
+                yield Path(root) / name
+
+
+def reindex(conn: sqlite3.Connection, storage_dir: Path) -> tuple[int, int]:
+    """Rebuild patients/studies/series/instances from the files; returns (indexed, unreadable).
+
+    Instances already indexed keep their association and called AE title.
+    """
+    from pydicom import dcmread
+
+    keep = {r["sop_uid"]: r for r in conn.execute(
+        "SELECT sop_uid, assoc_id, called_aet, calling_aet, received_at FROM instances")}
+    with db.transaction(conn):
+        for table in ("instances", "series", "studies", "patients"):
+            conn.execute(f"DELETE FROM {table}")
+    indexed = bad = 0
+    for path in iter_files(storage_dir):
+        try:
+            ds = dcmread(path, stop_before_pixels=True)
+            ts = str(ds.file_meta.TransferSyntaxUID)
+        except Exception:
+            bad += 1
+            continue
+        rec = record_from_dataset(ds, str(path), path.stat().st_size, ts)
+        if not rec.sop_uid:
+            bad += 1
+            continue
+        old = keep.get(rec.sop_uid)
+        if old is not None:
+            rec.assoc_id, rec.called_aet = old["assoc_id"], old["called_aet"]
+            rec.calling_aet, rec.received_at = old["calling_aet"], old["received_at"]
+        else:
+            rec.received_at = path.stat().st_mtime
+        add_instance(conn, rec)
+        indexed += 1
+    return indexed, bad

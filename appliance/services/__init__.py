@@ -1,0 +1,1 @@
+"""The station's long-running services (one per supervised process)."""

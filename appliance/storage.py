@@ -1,0 +1,121 @@
+"""Received objects on disk: Part 10 files, written aside, fsync'd and renamed into place.
+
+Layout: `storage/<study>/<series>/<sop>.dcm`, where each part is the UID when it is a valid UID
+and a hash of it otherwise, so a hostile UID can never name a path outside the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import struct
+from pathlib import Path
+
+_UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class OutOfSpace(OSError):
+    """Free space is below the configured threshold; nothing was written."""
+
+
+def safe_component(uid: str) -> str:
+    """A file-name component for a UID: the UID itself when valid, else a hash of it."""
+    uid = uid.strip().rstrip("\x00")
+    if uid and len(uid) <= 64 and _UID_RE.match(uid):
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def free_bytes(path: str | os.PathLike[str]) -> int:
+    return shutil.disk_usage(path).free
+
+
+def _element(group: int, elem: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b"\x00" if vr == b"UI" else b" "
+    if vr in (b"OB", b"OW", b"UN", b"SQ", b"UT"):
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+IMPLEMENTATION_CLASS_UID = "1.2.826.0.1.3680043.10.1457.1"
+IMPLEMENTATION_VERSION = "BURNSTATION01"
+
+
+def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, source_aet: str = "") -> bytes:
+    """Preamble, 'DICM' and the File Meta Information group, packed directly (no pydicom round trip)."""
+    body = b"".join([
+        _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
+        _element(0x0002, 0x0002, b"UI", sop_class.encode("ascii", "replace")),
+        _element(0x0002, 0x0003, b"UI", sop_uid.encode("ascii", "replace")),
+        _element(0x0002, 0x0010, b"UI", transfer_syntax.encode("ascii", "replace")),
+        _element(0x0002, 0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode()),
+        _element(0x0002, 0x0013, b"SH", IMPLEMENTATION_VERSION.encode()),
+    ])
+    if source_aet:
+        body += _element(0x0002, 0x0016, b"AE", source_aet.encode("ascii", "replace")[:16])
+    group_len = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_len + body
+
+
+class Store:
+    """The `storage/` folder of a data directory."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], min_free_mb: int = 0) -> None:
+        self.root = Path(data_dir) / "storage"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.min_free = min_free_mb * 1024 * 1024
+        self._made: set[Path] = set()
+
+    def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
+        return self.root / safe_component(study_uid) / safe_component(series_uid) / (safe_component(sop_uid) + ".dcm")
+
+    def check_space(self, incoming: int = 0) -> None:
+        free = free_bytes(self.root)
+        if free - incoming < self.min_free:
+            raise OutOfSpace(
+                f"free space {free // (1024 * 1024)} MB is below the threshold {self.min_free // (1024 * 1024)} MB"
+            )
+
+    def write(self, path: Path, chunks: list[bytes]) -> int:
+        """Write `chunks` to `path` atomically and durably; returns the size."""
+        directory = path.parent
+        if directory not in self._made:
+            directory.mkdir(parents=True, exist_ok=True)
+            self._made.add(directory)
+        tmp = directory / f".{path.name}.{os.getpid()}.{id(chunks)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        size = 0
+        try:
+            for chunk in chunks:
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                    size += n
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        return size
+
+    def remove_stale_temp_files(self) -> int:
+        """Delete temp files left by a crash mid-write (they were never acknowledged)."""
+        removed = 0
+        for root, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    try:
+                        os.unlink(os.path.join(root, name))
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+        return removed

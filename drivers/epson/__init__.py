@@ -1,0 +1,1 @@
+"""Epson Discproducer driver: TD Bridge job files (.JDF) and TDBStatus.txt."""

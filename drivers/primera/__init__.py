@@ -1,0 +1,1 @@
+"""Primera Bravo driver: PTBurn job files (.JRQ), status files and .PTM commands."""

@@ -1,0 +1,1 @@
+"""Hardware simulator: plays the Epson TD Bridge and Primera PTBurn engines and their robots."""

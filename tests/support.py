@@ -1,0 +1,242 @@
+"""Shared test helpers: make DICOM files, find free ports, run a station as a real process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DCMTK = Path("/usr/bin")
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
+SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_dataset(*, patient_id: str = "PID1", patient_name: str = "DOE^JOHN", study_uid: str | None = None,
+                 series_uid: str | None = None, sop_uid: str | None = None, modality: str = "CT",
+                 study_date: str = "20240115", study_time: str = "101500", series_number: int = 1,
+                 instance_number: int = 1, rows: int = 64, cols: int = 64, accession: str = "ACC1",
+                 study_description: str = "CHEST", series_description: str = "AXIAL",
+                 charset: str | None = None, birth_date: str = "19700101", sex: str = "M",
+                 bits: int = 16, seed: int | None = None, photometric: str = "MONOCHROME2",
+                 frames: int = 1) -> Dataset:
+    """A small valid image instance (CT/MR/SC) with random pixels."""
+    sop_class = {"CT": CT_IMAGE, "MR": MR_IMAGE}.get(modality, SC_IMAGE)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if charset:
+        ds.SpecificCharacterSet = charset
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    ds.PatientBirthDate = birth_date
+    ds.PatientSex = sex
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = series_uid or generate_uid()
+    ds.StudyDate = study_date
+    ds.StudyTime = study_time
+    ds.SeriesDate = study_date
+    ds.AccessionNumber = accession
+    ds.StudyID = "1"
+    ds.StudyDescription = study_description
+    ds.SeriesDescription = series_description
+    ds.ReferringPhysicianName = "REF^DOC"
+    ds.InstitutionName = "TEST HOSPITAL"
+    ds.Modality = modality
+    ds.Manufacturer = "BurnStation tests"
+    ds.SeriesNumber = series_number
+    ds.InstanceNumber = instance_number
+    ds.ContentDate = study_date
+    ds.ContentTime = study_time
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.PatientOrientation = ""
+    ds.ImagePositionPatient = [0, 0, instance_number]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.PixelSpacing = [0.5, 0.5]
+    ds.SliceThickness = 1
+    ds.FrameOfReferenceUID = ds.StudyInstanceUID + ".1"
+    ds.PositionReferenceIndicator = ""
+    rng = np.random.default_rng(seed if seed is not None else instance_number)
+    if photometric == "RGB":
+        ds.SamplesPerPixel = 3
+        ds.PlanarConfiguration = 0
+        ds.BitsAllocated = ds.BitsStored = 8
+        ds.HighBit = 7
+        pixels = rng.integers(0, 255, (rows, cols, 3), dtype=np.uint8)
+    else:
+        ds.SamplesPerPixel = 1
+        ds.BitsAllocated = bits
+        ds.BitsStored = 12 if bits == 16 else 8
+        ds.HighBit = ds.BitsStored - 1
+        dtype = np.uint16 if bits == 16 else np.uint8
+        shape = (frames, rows, cols) if frames > 1 else (rows, cols)
+        pixels = rng.integers(0, 2 ** ds.BitsStored - 1, shape, dtype=dtype)
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PhotometricInterpretation = photometric
+    ds.Rows = rows
+    ds.Columns = cols
+    ds.PixelRepresentation = 0
+    if modality == "CT":
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.WindowCenter = 40
+        ds.WindowWidth = 400
+        ds.KVP = 120
+    ds.PixelData = pixels.tobytes()
+    return ds
+
+
+def write_study(folder: Path, n_series: int = 2, per_series: int = 3, **kw: object) -> list[Path]:
+    """Write a multi-series study to `folder`; returns the file paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid = kw.pop("study_uid", None) or generate_uid()
+    paths = []
+    for s in range(n_series):
+        series_uid = generate_uid()
+        for i in range(per_series):
+            ds = make_dataset(study_uid=study_uid, series_uid=series_uid, series_number=s + 1,
+                              instance_number=i + 1, **kw)  # type: ignore[arg-type]
+            path = folder / f"s{s}_i{i}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return paths
+
+
+def wait_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def dcmtk(tool: str, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+    env = dict(os.environ, TCP_NODELAY="1")
+    return subprocess.run([str(DCMTK / tool), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, check=check)
+
+
+def burnstation(data: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+    proc = subprocess.run([str(BIN / "burnstation"), "--data", str(data), *args], capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"burnstation {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+class Station:
+    """A station run as a real process (`burnstation run`) on free ports."""
+
+    def __init__(self, data: Path, **settings: object) -> None:
+        self.data = data
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.hl7_port = free_port()
+        self.http_port = free_port()
+        self.proc: subprocess.Popen | None = None
+        if not (data / "settings.json").exists():
+            burnstation(data, "init")
+        values = {"dicom.port": self.port, "dicom.tls_port": self.tls_port, "hl7.port": self.hl7_port,
+                  "http.port": self.http_port, "dicom.min_free_mb": 0}
+        values.update({k.replace("__", "."): v for k, v in settings.items()})
+        burnstation(data, "config", "set", *(f"{k}={v}" for k, v in values.items()))
+        self.aet = "BURNSTATION"
+
+    def start(self, *extra: str) -> Station:
+        log = open(self.data / "station.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.proc = subprocess.Popen([str(BIN / "burnstation"), "--data", str(self.data), "run", *extra],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_port(self.port)
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        path = self.data / "station.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def __enter__(self) -> Station:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def parse_findscu(output: str) -> list[dict[str, str]]:
+    """Responses of `findscu` (its dump on stderr/stdout) as keyword → value dicts."""
+    results: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
+    for line in output.splitlines():
+        if "Find Response:" in line and "Pending" in line or line.startswith("I: Find Response:") and "Pending" in line:
+            current = {}
+            results.append(current)
+            continue
+        if current is None:
+            continue
+        line = line.removeprefix("I: ").strip()
+        if line.startswith("(") and "#" in line:
+            tag_part, _, rest = line.partition(" ")
+            body, _, tail = line.partition("#")
+            keyword = tail.strip().split()[-1] if tail.strip() else ""
+            value = body.split(None, 2)[2] if len(body.split(None, 2)) > 2 else ""
+            value = value.strip()
+            if value.startswith("[") and "]" in value:
+                value = value[1:value.rindex("]")]
+            elif value.startswith("(no value"):
+                value = ""
+            current[keyword] = value
+        elif line.startswith("---") or line.startswith("W:"):
+            continue
+    return results
+
+
+@contextlib.contextmanager
+def storescp(folder: Path, aet: str = "DEST", port: int | None = None, *extra: str) -> Iterator[int]:
+    """dcmtk storescp writing into `folder`, yields its port."""
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, TCP_NODELAY="1")
+    proc = subprocess.Popen([str(DCMTK / "storescp"), "-aet", aet, "-od", str(folder), *extra, str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)

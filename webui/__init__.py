@@ -1,0 +1,1 @@
+"""The web server: technician UI and patient portal (bottle, served by cheroot)."""
