@@ -10,6 +10,9 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import socket
+import socketserver
+import ssl
 import threading
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from pynetdicom.sop_class import (
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
+from pynetdicom.transport import ThreadedAssociationServer
 
 from appliance import tlsca
 from appliance.config import DICOM_LISTENER_KEYS, Settings
@@ -83,6 +87,55 @@ def build_ae(ctx: StationContext) -> AE:
         ae.add_supported_context(sop, NATIVE_SYNTAXES)
     # outgoing (C-MOVE sub-operations, send to node): propose what we hold
     return ae
+
+
+class _Listener(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake moved off the accept loop.
+
+    pynetdicom wraps each accepted socket in `get_request`, i.e. in the one thread that accepts
+    connections: a peer that connects to the TLS port and sends nothing (or a slow handshake)
+    stalls every other TLS client. Here the accept loop only accepts; the handshake runs in the
+    connection's own thread, bounded by the service time-out, and a failed handshake just closes
+    that one connection.
+    """
+
+    tls_context: ssl.SSLContext | None = None
+    handshake_timeout: float = 30.0
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        sock = self.socket
+        assert sock is not None
+        client, address = sock.accept()
+        return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.tls_context is not None:
+            try:
+                request.settimeout(self.handshake_timeout)
+                request = self.tls_context.wrap_socket(request, server_side=True)
+                request.settimeout(None)
+            except (OSError, ValueError) as exc:
+                LOG.info("TLS handshake with %s failed: %s", client_address[0], exc)
+                self.shutdown_request(request)
+                return
+        super().process_request_thread(request, client_address)
+
+    def shutdown(self) -> None:
+        socketserver.BaseServer.shutdown(self)
+        self.server_close()
+
+
+def _start_listener(ae: AE, address: tuple[str, int], handlers: list[Any],
+                    tls_context: ssl.SSLContext | None, timeout: float) -> _Listener:
+    """Bind and serve one listener in a daemon thread (ae.start_server(block=False), our class)."""
+    server = ae.make_server(address, evt_handlers=handlers, server_class=_Listener)
+    assert isinstance(server, _Listener)
+    server.tls_context = tls_context
+    server.handshake_timeout = timeout
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name=f"DicomListener:{address[1]}", daemon=True)
+    thread.start()
+    return server
 
 
 class DicomServer:
@@ -144,8 +197,8 @@ class DicomServer:
         self.ctx.store.min_free = int(settings["dicom.min_free_mb"]) * 1024 * 1024
         if settings["dicom.port"]:
             ae = build_ae(self.ctx)
-            server = ae.start_server((bind, settings["dicom.port"]), block=False, evt_handlers=self.handlers())
-            server.daemon_threads = True
+            server = _start_listener(ae, (bind, settings["dicom.port"]), self.handlers(), None,
+                                     float(settings["dicom.timeout"]))
             self.servers.append(server)
             LOG.info("DICOM listening on %s:%s (plain) as %s", bind or "*", settings["dicom.port"],
                      ", ".join(sorted(self.settings.derived_aets())))
@@ -154,9 +207,8 @@ class DicomServer:
                                            require_client_cert=settings["dicom.tls_require_client_cert"],
                                            trusted_ca=settings["dicom.tls_trusted_ca"])
             ae = build_ae(self.ctx)
-            server = ae.start_server((bind, settings["dicom.tls_port"]), block=False,
-                                     evt_handlers=self.handlers(), ssl_context=ssl_ctx)
-            server.daemon_threads = True
+            server = _start_listener(ae, (bind, settings["dicom.tls_port"]), self.handlers(), ssl_ctx,
+                                     float(settings["dicom.timeout"]))
             self.servers.append(server)
             LOG.info("DICOM listening on %s:%s (TLS)", bind or "*", settings["dicom.tls_port"])
 
