@@ -208,6 +208,10 @@ SPECS: dict[str, Spec] = {
     # Burning (seed: "Automatic / Delayed automatic CD/DVD burning")
     "burn.delay_seconds": Spec(120, _int_range(1, 86400), "delay for _TE/_TP grouping, seconds"),
     "burn.group_by": Spec("patient", _choice("patient", "study"), "_TE/_TP group key: patient or study"),
+    "burn.default_copies": Spec(1, _int_range(1, 100), "copies of each disc for automatic jobs"),
+    "burn.verify": Spec(True, _bool, "ask the robot to read back and compare every disc"),
+    "burn.capacity_override_kb": Spec(
+        0, _int_range(0, 100_000_000), "tests only: cap every media at this many kB (0 = real capacities)"),
     # Worklist server (seed: "Configure the Worklist Server")
     "hl7.port": Spec(2575, _port, "HL7 MLLP port (0 closes it)"),
     "hl7.send_ack": Spec(True, _bool, "answer every HL7 message with an ACK"),

@@ -1,0 +1,336 @@
+"""Routing by called AE title: which received instances become which disc job, and when.
+
+The DICOM process only indexes what it receives (each instance row names its association and the
+called AE title); the burner polls state.db here, so receiving never waits for burning.
+
+- `<AET>_E` / `<AET>_P` ("per association"): when the association is *released*, everything it
+  delivered becomes one job for the Epson / Primera role (nothing delivered: no job). An association
+  that was *aborted* or whose connection dropped is not burned automatically (the sender usually
+  retries, and half a study on a disc is worse than none): it is kept as `held` with a note, listed
+  by `burnstation jobs list`, and a technician burns it on demand (`jobs burn --assoc N`).
+- `<AET>_TE` / `<AET>_TP` ("delayed"): each instance joins the pending group of its key (Patient ID,
+  or Study Instance UID with `burn.group_by=study`; an empty Patient ID falls back to the study).
+  Every arrival for the group, so every new series, pushes its deadline to arrival + `burn.delay_seconds`
+  (a series still in transfer is never cut). The deadline is stored as wall-clock time, so after a
+  restart the group resumes with the right remaining time. When it passes, the group becomes one
+  job in the same transaction that marks it `job`. An instance arriving after that starts a new
+  group whose `follows_job` names the earlier job. Instances of an aborted delayed association
+  still join their group (each was stored and acknowledged; the delay covers the sender's retry).
+
+Exactly-once: associations are discovered through a persistent cursor over `associations.id`
+(ids are assigned in commit order) into `burn_assocs`; an `_E`/`_P` association is claimed by the
+`open → job` update of its row in the job's transaction; a delayed instance is claimed by its
+`burn_claims (sop_uid, assoc_id)` row, written in the transaction that adds it to a group.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from typing import Any
+
+from appliance import db, index  # noqa: F401 - index registers the tables routing reads
+from appliance.burn import jobs
+from appliance.config import Settings
+
+LOG = logging.getLogger("burnstation.burner.routing")
+
+# an association still "open" with nothing received for this long was cut by a station crash
+STALE_SECONDS = 3600.0
+# on the very first start, associations that ended longer ago than this are history, not work
+HISTORY_SECONDS = 3600.0
+# a new group names the job of the previous group of its key when that job is at most this old
+FOLLOWS_WINDOW_SECONDS = 86400.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS burn_cursor (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS burn_assocs (
+    assoc_id   INTEGER PRIMARY KEY,
+    called_aet TEXT NOT NULL,
+    role       TEXT NOT NULL,
+    mode       TEXT NOT NULL,
+    state      TEXT NOT NULL DEFAULT 'open',
+    job_id     TEXT NOT NULL DEFAULT '',
+    note       TEXT NOT NULL DEFAULT '',
+    seen_at    REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS burn_assocs_state ON burn_assocs(state);
+CREATE TABLE IF NOT EXISTS burn_groups (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    role            TEXT NOT NULL,
+    group_by        TEXT NOT NULL,
+    group_key       TEXT NOT NULL,
+    patient_id      TEXT NOT NULL DEFAULT '',
+    study_uid       TEXT NOT NULL DEFAULT '',
+    state           TEXT NOT NULL DEFAULT 'pending',
+    instances       INTEGER NOT NULL DEFAULT 0,
+    series          INTEGER NOT NULL DEFAULT 0,
+    size            INTEGER NOT NULL DEFAULT 0,
+    created_at      REAL NOT NULL,
+    last_arrival_at REAL NOT NULL,
+    deadline_at     REAL NOT NULL,
+    job_id          TEXT NOT NULL DEFAULT '',
+    follows_job     TEXT NOT NULL DEFAULT '',
+    updated_at      REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS burn_groups_pending ON burn_groups(role, group_key) WHERE state='pending';
+CREATE INDEX IF NOT EXISTS burn_groups_due ON burn_groups(state, deadline_at);
+CREATE INDEX IF NOT EXISTS burn_groups_key ON burn_groups(role, group_key, state);
+CREATE TABLE IF NOT EXISTS burn_group_items (
+    group_id   INTEGER NOT NULL,
+    sop_uid    TEXT NOT NULL,
+    series_uid TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (group_id, sop_uid)
+);
+CREATE TABLE IF NOT EXISTS burn_claims (
+    sop_uid    TEXT NOT NULL,
+    assoc_id   INTEGER NOT NULL,
+    group_id   INTEGER NOT NULL,
+    claimed_at REAL NOT NULL,
+    PRIMARY KEY (sop_uid, assoc_id)
+);
+"""
+db.register_schema("burn_routing", SCHEMA)
+
+# derived_aets() role → (job role, mode)
+_ROUTES = {"epson": ("epson", "assoc"), "primera": ("primera", "assoc"),
+           "epson-delayed": ("epson", "delayed"), "primera-delayed": ("primera", "delayed")}
+
+
+def routes(settings: Settings) -> dict[str, tuple[str, str]]:
+    """Called AE title → (job role, "assoc" | "delayed") for the titles that burn."""
+    return {aet: _ROUTES[kind] for aet, kind in settings.derived_aets().items() if kind in _ROUTES}
+
+
+class Router:
+    """One pass = discover new associations, claim delayed arrivals, turn due groups into jobs."""
+
+    def __init__(self, conn: sqlite3.Connection, settings: Settings) -> None:
+        self.conn = conn
+        self.settings = settings
+
+    def run_once(self, now: float | None = None) -> list[str]:
+        """Do all routing work that is due; returns the ids of the jobs created."""
+        now = time.time() if now is None else now
+        created: list[str] = []
+        self.discover(now)
+        for row in self.conn.execute("SELECT * FROM burn_assocs WHERE state='open' ORDER BY assoc_id").fetchall():
+            job_id = self._follow(dict(row), now)
+            if job_id:
+                created.append(job_id)
+        created.extend(self.finalize_due(now))
+        return created
+
+    # -- discovery
+
+    def discover(self, now: float) -> None:
+        conn = self.conn
+        cursor = conn.execute("SELECT value FROM burn_cursor WHERE name='associations'").fetchone()
+        if cursor is None:
+            first = conn.execute("SELECT MIN(id) AS id FROM associations WHERE ended_at IS NULL OR ended_at >= ?",
+                                 (now - HISTORY_SECONDS,)).fetchone()["id"]
+            start = (first - 1) if first is not None else (
+                conn.execute("SELECT COALESCE(MAX(id), 0) AS id FROM associations").fetchone()["id"])
+            conn.execute("INSERT OR IGNORE INTO burn_cursor (name, value) VALUES ('associations', ?)", (start,))
+            last = start
+        else:
+            last = cursor["value"]
+        rows = conn.execute("SELECT id, called_aet FROM associations WHERE id > ? ORDER BY id LIMIT 1000",
+                            (last,)).fetchall()
+        if not rows:
+            return
+        table = routes(self.settings)
+        with db.transaction(conn):
+            for row in rows:
+                route = table.get(row["called_aet"])
+                if route is not None:
+                    conn.execute("INSERT OR IGNORE INTO burn_assocs (assoc_id, called_aet, role, mode, seen_at, "
+                                 "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                                 (row["id"], row["called_aet"], route[0], route[1], now, now))
+            conn.execute("UPDATE burn_cursor SET value=? WHERE name='associations' AND value < ?",
+                         (rows[-1]["id"], rows[-1]["id"]))
+
+    # -- one association
+
+    def _follow(self, item: dict[str, Any], now: float) -> str | None:
+        conn = self.conn
+        assoc = conn.execute("SELECT * FROM associations WHERE id=?", (item["assoc_id"],)).fetchone()
+        if assoc is None:
+            self._set_assoc(item["assoc_id"], "done", note="association row vanished")
+            return None
+        ended = assoc["ended_at"] is not None
+        if item["mode"] == "delayed":
+            self.claim_delayed(item, now, ended)
+            if not ended:
+                self._check_stale(item, assoc, now)
+            return None
+        if not ended:
+            self._check_stale(item, assoc, now)
+            return None
+        uids = [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE assoc_id=?", (assoc["id"],))]
+        if not uids:
+            self._set_assoc(assoc["id"], "empty", note=f"{assoc['result']}: nothing received")
+            return None
+        if assoc["result"] != "released":
+            self._set_assoc(assoc["id"], "held", note=(
+                f"association {assoc['result']} after {len(uids)} instance(s): not burned automatically; "
+                f"burn it with `burnstation jobs burn --assoc {assoc['id']}`"))
+            LOG.warning("association %s to %s was %s: %d instances held, not burned", assoc["id"],
+                        assoc["called_aet"], assoc["result"], len(uids))
+            return None
+        with db.transaction(conn):
+            claimed = conn.execute("UPDATE burn_assocs SET state='job', updated_at=? WHERE assoc_id=? AND state='open'",
+                                   (now, assoc["id"])).rowcount
+            if not claimed:
+                return None
+            job_id = jobs.create_job_in(
+                conn, role=item["role"], sop_uids=uids, source="assoc", assoc_id=assoc["id"],
+                copies=self.settings.get("burn.default_copies"), verify=self.settings.get("burn.verify"),
+                message=f"from association {assoc['id']} ({assoc['calling_aet']} → {assoc['called_aet']})")
+            conn.execute("UPDATE burn_assocs SET job_id=? WHERE assoc_id=?", (job_id, assoc["id"]))
+        LOG.info("job %s: %d instances of association %s (%s)", job_id, len(uids), assoc["id"], assoc["called_aet"])
+        return job_id
+
+    def _set_assoc(self, assoc_id: int, state: str, note: str = "") -> None:
+        self.conn.execute("UPDATE burn_assocs SET state=?, note=?, updated_at=? WHERE assoc_id=? AND state='open'",
+                          (state, note[:1000], time.time(), assoc_id))
+
+    def _check_stale(self, item: dict[str, Any], assoc: sqlite3.Row, now: float) -> None:
+        if now - assoc["started_at"] < STALE_SECONDS:
+            return
+        last = self.conn.execute("SELECT MAX(received_at) AS t FROM instances WHERE assoc_id=?",
+                                 (assoc["id"],)).fetchone()["t"] or assoc["started_at"]
+        if now - last >= STALE_SECONDS:
+            what = "its instances joined their group" if item["mode"] == "delayed" else (
+                f"not burned; burn it with `burnstation jobs burn --assoc {assoc['id']}`")
+            self._set_assoc(assoc["id"], "stale", note=f"never closed (station stopped during it?): {what}")
+
+    # -- delayed groups
+
+    def claim_delayed(self, item: dict[str, Any], now: float, ended: bool) -> int:
+        """Put the not yet claimed instances of a delayed association into their groups."""
+        conn = self.conn
+        group_by = self.settings.get("burn.group_by")
+        delay = float(self.settings.get("burn.delay_seconds"))
+        rows = conn.execute(
+            "SELECT i.sop_uid, i.series_uid, i.study_uid, i.size, i.received_at, st.patient_id "
+            "FROM instances i LEFT JOIN studies st ON st.study_uid=i.study_uid "
+            "LEFT JOIN burn_claims c ON c.sop_uid=i.sop_uid AND c.assoc_id=i.assoc_id "
+            "WHERE i.assoc_id=? AND c.sop_uid IS NULL ORDER BY i.received_at", (item["assoc_id"],)).fetchall()
+        if not rows and not ended:
+            return 0
+        with db.transaction(conn):
+            for row in rows:
+                patient_id = row["patient_id"] or ""
+                if group_by == "patient" and patient_id:
+                    key = f"patient:{patient_id}"
+                else:
+                    key = f"study:{row['study_uid']}"
+                group = self._pending_group(item["role"], group_by, key, patient_id, row["study_uid"], now)
+                added = conn.execute("INSERT OR IGNORE INTO burn_group_items (group_id, sop_uid, series_uid) "
+                                     "VALUES (?, ?, ?)", (group, row["sop_uid"], row["series_uid"])).rowcount
+                conn.execute("INSERT INTO burn_claims (sop_uid, assoc_id, group_id, claimed_at) VALUES (?, ?, ?, ?)",
+                             (row["sop_uid"], item["assoc_id"], group, now))
+                arrival = min(float(row["received_at"] or now), now)
+                conn.execute(
+                    "UPDATE burn_groups SET instances=instances+?, size=size+?, "
+                    "series=(SELECT COUNT(DISTINCT series_uid) FROM burn_group_items WHERE group_id=?), "
+                    "last_arrival_at=MAX(last_arrival_at, ?), deadline_at=MAX(deadline_at, ?), updated_at=? "
+                    "WHERE id=?", (added, row["size"] if added else 0, group, arrival, arrival + delay, now, group))
+            if ended:
+                conn.execute("UPDATE burn_assocs SET state='done', updated_at=? WHERE assoc_id=? AND state='open'",
+                             (now, item["assoc_id"]))
+        return len(rows)
+
+    def _pending_group(self, role: str, group_by: str, key: str, patient_id: str, study_uid: str, now: float) -> int:
+        conn = self.conn
+        row = conn.execute("SELECT id FROM burn_groups WHERE role=? AND group_key=? AND state='pending'",
+                           (role, key)).fetchone()
+        if row is not None:
+            return int(row["id"])
+        prev = conn.execute("SELECT job_id FROM burn_groups WHERE role=? AND group_key=? AND state='job' "
+                            "AND updated_at >= ? ORDER BY id DESC LIMIT 1",
+                            (role, key, now - FOLLOWS_WINDOW_SECONDS)).fetchone()
+        cur = conn.execute(
+            "INSERT INTO burn_groups (role, group_by, group_key, patient_id, study_uid, created_at, last_arrival_at, "
+            "deadline_at, follows_job, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+            (role, group_by, key, patient_id, study_uid, now, prev["job_id"] if prev else "", now))
+        return int(cur.lastrowid or 0)
+
+    def finalize_due(self, now: float) -> list[str]:
+        """Every pending group whose deadline passed becomes one job (one transaction each)."""
+        conn = self.conn
+        created = []
+        due = conn.execute("SELECT id FROM burn_groups WHERE state='pending' AND deadline_at <= ? ORDER BY deadline_at",
+                           (now,)).fetchall()
+        for row in due:
+            with db.transaction(conn):
+                group = conn.execute("SELECT * FROM burn_groups WHERE id=? AND state='pending' AND deadline_at <= ?",
+                                     (row["id"], now)).fetchone()
+                if group is None:
+                    continue
+                uids = [r["sop_uid"] for r in conn.execute(
+                    "SELECT sop_uid FROM burn_group_items WHERE group_id=?", (group["id"],))]
+                note = f"delayed group {group['id']} ({group['group_by']} {group['group_key'].split(':', 1)[1]})"
+                if group["follows_job"]:
+                    note += f"; arrived after job {group['follows_job']} was made"
+                job_id = jobs.create_job_in(
+                    conn, role=group["role"], sop_uids=uids, source="delayed", group_id=group["id"],
+                    follows_job=group["follows_job"], copies=self.settings.get("burn.default_copies"),
+                    verify=self.settings.get("burn.verify"), message=note)
+                conn.execute("UPDATE burn_groups SET state='job', job_id=?, updated_at=? WHERE id=?",
+                             (job_id, now, group["id"]))
+            LOG.info("job %s: %s with %d instances", job_id, note, len(uids))
+            created.append(job_id)
+        return created
+
+
+# --------------------------------------------------------------------------- on demand and listings
+
+
+def burn_study(conn: sqlite3.Connection, settings: Settings, study_uid: str, role: str = "any",
+               copies: int | None = None, priority: int = 0) -> str:
+    """A job for every instance of a study in the index (burn on demand)."""
+    uids = jobs.study_sop_uids(conn, study_uid)
+    if not uids:
+        raise jobs.JobError(f"no instances of study {study_uid!r} in the index")
+    return jobs.create_job(conn, role=role, sop_uids=uids, source="manual", priority=priority,
+                           copies=copies or settings.get("burn.default_copies"), verify=settings.get("burn.verify"),
+                           message=f"on demand: study {study_uid}")
+
+
+def burn_association(conn: sqlite3.Connection, settings: Settings, assoc_id: int, role: str | None = None,
+                     copies: int | None = None, priority: int = 0) -> str:
+    """A job for what one association delivered (e.g. a held, aborted `_E` association)."""
+    uids = [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE assoc_id=?", (assoc_id,))]
+    if not uids:
+        raise jobs.JobError(f"association {assoc_id} delivered no instances that are still in the index")
+    item = conn.execute("SELECT role FROM burn_assocs WHERE assoc_id=?", (assoc_id,)).fetchone()
+    role = role or (item["role"] if item else "any")
+    with db.transaction(conn):
+        job_id = jobs.create_job_in(conn, role=role, sop_uids=uids, source="manual", assoc_id=assoc_id,
+                                    copies=copies or settings.get("burn.default_copies"),
+                                    verify=settings.get("burn.verify"), priority=priority,
+                                    message=f"on demand: association {assoc_id}")
+        conn.execute("UPDATE burn_assocs SET state='job', job_id=?, updated_at=? WHERE assoc_id=? "
+                     "AND state IN ('open', 'held', 'stale')", (job_id, time.time(), assoc_id))
+    return job_id
+
+
+def pending_groups(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute("SELECT * FROM burn_groups WHERE state='pending' ORDER BY deadline_at")]
+
+
+def held_associations(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(
+        "SELECT * FROM burn_assocs WHERE state IN ('held', 'stale') ORDER BY assoc_id DESC LIMIT 100")]
+
+
+def group_of_job(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT * FROM burn_groups WHERE job_id=?", (job_id,)).fetchone()
+    return dict(row) if row else None
