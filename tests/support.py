@@ -76,7 +76,7 @@ def make_dataset(*, patient_id: str = "PID1", patient_name: str = "DOE^JOHN", st
     ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
     ds.PixelSpacing = [0.5, 0.5]
     ds.SliceThickness = 1
-    ds.FrameOfReferenceUID = ds.StudyInstanceUID + ".1"
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=[str(ds.StudyInstanceUID), "frame of reference"])
     ds.PositionReferenceIndicator = ""
     rng = np.random.default_rng(seed if seed is not None else instance_number)
     if photometric == "RGB":
@@ -240,3 +240,24 @@ def storescp(folder: Path, aet: str = "DEST", port: int | None = None, *extra: s
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def findscu(port: int, keys: dict[str, str] | list[str], out_dir: Path, *, model: str = "-S",
+            aet: str = "FINDSCU", aec: str = "BURNSTATION", extra: tuple[str, ...] = ()
+            ) -> tuple[subprocess.CompletedProcess, list]:
+    """dcmtk findscu (`model` -S study root, -P patient root); returns (process, response datasets).
+
+    `keys` are `-k` arguments (`Keyword=value`, or just `Keyword` for a return key); the
+    responses are extracted to files (`-X`) and read back with pydicom, in arrival order.
+    """
+    from pydicom import dcmread
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("rsp*.dcm"):
+        old.unlink()
+    items = [f"{k}={v}" for k, v in keys.items()] if isinstance(keys, dict) else list(keys)
+    args = [model, "-v", "-X", "-od", str(out_dir), "-aet", aet, "-aec", aec, *extra]
+    for item in items:
+        args += ["-k", item]
+    proc = dcmtk("findscu", *args, "127.0.0.1", str(port), timeout=60)
+    return proc, [dcmread(p) for p in sorted(out_dir.glob("rsp*.dcm"))]
