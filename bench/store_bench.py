@@ -1,0 +1,415 @@
+"""C-STORE benchmark: the station against dcmtk storescp and Orthanc, measured in the same run.
+
+Why: issue 2 asks the station to beat Orthanc and come close to storescp on the C-STORE path
+(fsync and indexing included). This script is how those claims are checked; it is not a test.
+
+Each measurement starts its server fresh (empty storage), then times dcmtk `/usr/bin/storescu`
+(TCP_NODELAY=1) from spawn to exit: one association with the whole set, or N parallel storescu
+processes each with its own subset. Every measurement is repeated (the machine is shared and
+noisy) and reported as median and best; server order rotates between repetitions.
+After each run the stored count is checked (station: index rows; storescp: files; Orthanc: REST).
+
+    .venv/bin/python bench/store_bench.py [--reps 3] [--servers station,storescp,orthanc]
+                                          [--sets small,large] [--conc 1,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+STORESCU = "/usr/bin/storescu"
+STORESCP = "/usr/bin/storescp"
+ORTHANC = "/usr/sbin/Orthanc"
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+
+# name -> (count, rows, cols): 16-bit pixels, so ~8 KB and ~512 KB objects
+SETS = {"small": (1000, 64, 56), "large": (400, 512, 512)}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_set(folder: Path, name: str, count: int, rows: int, cols: int) -> list[Path]:
+    """`count` CT instances with fresh UIDs in one study (series of 100), written once per run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng()
+    pixels = rng.integers(0, 4095, (rows, cols), dtype=np.uint16).tobytes()
+    study_uid = generate_uid()
+    paths = []
+    series_uid = ""
+    for i in range(count):
+        if i % 100 == 0:
+            series_uid = generate_uid()
+        sop_uid = generate_uid()
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CT_IMAGE
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.SOPClassUID = CT_IMAGE
+        ds.SOPInstanceUID = sop_uid
+        ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240115"
+        ds.StudyTime = ds.SeriesTime = ds.ContentTime = "101500"
+        ds.AccessionNumber = f"BENCH{name.upper()}"
+        ds.Modality = "CT"
+        ds.Manufacturer = "BurnStation bench"
+        ds.InstitutionName = "BENCH HOSPITAL"
+        ds.ReferringPhysicianName = "REF^DOC"
+        ds.StudyDescription = f"BENCH {name}"
+        ds.SeriesDescription = f"SERIES {i // 100 + 1}"
+        ds.PatientName = "BENCH^PATIENT"
+        ds.PatientID = f"BENCH-{name}"
+        ds.PatientBirthDate = "19700101"
+        ds.PatientSex = "O"
+        ds.SliceThickness = 1
+        ds.KVP = 120
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.StudyID = "1"
+        ds.SeriesNumber = i // 100 + 1
+        ds.InstanceNumber = i % 100 + 1
+        ds.ImagePositionPatient = [0, 0, i]
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.FrameOfReferenceUID = study_uid + ".1"
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows = rows
+        ds.Columns = cols
+        ds.PixelSpacing = [0.5, 0.5]
+        ds.BitsAllocated = 16
+        ds.BitsStored = 12
+        ds.HighBit = 11
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.PixelData = pixels
+        path = folder / f"{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
+
+
+def split(paths: list[Path], n: int) -> list[list[Path]]:
+    """n contiguous subsets of nearly equal size."""
+    size, rest = divmod(len(paths), n)
+    out, start = [], 0
+    for k in range(n):
+        end = start + size + (1 if k < rest else 0)
+        out.append(paths[start:end])
+        start = end
+    return out
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready after {timeout}s")
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def dcmtk_env() -> dict[str, str]:
+    return dict(os.environ, TCP_NODELAY="1")
+
+
+def echo_ok(aet: str, port: int) -> bool:
+    proc = subprocess.run(["/usr/bin/echoscu", "-aec", aet, "127.0.0.1", str(port)],
+                          capture_output=True, env=dcmtk_env(), timeout=30)
+    return proc.returncode == 0
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def run_storescu(aet: str, port: int, subsets: list[list[Path]]) -> float:
+    """Wall time of len(subsets) storescu processes run in parallel (one association each)."""
+    procs = []
+    start = time.perf_counter()
+    for files in subsets:
+        procs.append(subprocess.Popen([STORESCU, "-aet", "BENCH", "-aec", aet, "127.0.0.1", str(port),
+                                       *map(str, files)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dcmtk_env()))
+    errors = []
+    for proc in procs:
+        _out, err = proc.communicate(timeout=600)
+        if proc.returncode != 0:
+            errors.append(err.decode(errors="replace")[-2000:])
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise RuntimeError("storescu failed:\n" + "\n".join(errors))
+    return elapsed
+
+
+# --------------------------------------------------------------------------- servers
+
+
+class Server:
+    name = ""
+    aet = ""
+    port = 0
+
+    @contextlib.contextmanager
+    def running(self, work: Path, concurrency: int) -> Iterator[Server]:
+        raise NotImplementedError
+
+    def stored(self) -> int:
+        raise NotImplementedError
+
+
+class StationServer(Server):
+    """`burnstation run` (the real process: fsync, index, association log)."""
+
+    name = "station"
+    aet = "BURNSTATION"
+
+    def __init__(self, root: Path) -> None:
+        self.data = root / "station-data"
+        self.port = free_port()
+        bs = str(VENV_BIN / "burnstation")
+        subprocess.run([bs, "--data", str(self.data), "init"], check=True, capture_output=True)
+        settings = {"dicom.port": self.port, "dicom.tls_port": 0, "hl7.port": free_port(),
+                    "http.port": free_port(), "dicom.min_free_mb": 500}
+        subprocess.run([bs, "--data", str(self.data), "config", "set",
+                        *(f"{k}={v}" for k, v in settings.items())], check=True, capture_output=True)
+
+    @contextlib.contextmanager
+    def running(self, work: Path, concurrency: int) -> Iterator[Server]:
+        shutil.rmtree(self.data / "storage", ignore_errors=True)
+        for name in ("state.db", "state.db-wal", "state.db-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.data / name).unlink()
+        log = open(work / "station.log", "ab")  # noqa: SIM115
+        cmd = os.environ.get("BENCH_STATION_PREFIX", "").split() + [
+            str(VENV_BIN / "burnstation"), "--data", str(self.data), "run"]
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            wait_until(lambda: port_open(self.port) or proc.poll() is not None, 60, "station")
+            if proc.poll() is not None:
+                raise RuntimeError(f"station exited: {(work / 'station.log').read_text()[-2000:]}")
+            wait_until(lambda: echo_ok(self.aet, self.port), 30, "station C-ECHO")
+            yield self
+        finally:
+            stop_process(proc)
+            log.close()
+
+    def stored(self) -> int:
+        with contextlib.closing(sqlite3.connect(self.data / "state.db")) as conn:
+            return conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+
+
+class StorescpServer(Server):
+    """dcmtk storescp writing into a temp dir (--fork for concurrent associations)."""
+
+    name = "storescp"
+    aet = "STORESCP"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.out = root / "storescp-out"
+
+    @contextlib.contextmanager
+    def running(self, work: Path, concurrency: int) -> Iterator[Server]:
+        shutil.rmtree(self.out, ignore_errors=True)
+        self.out.mkdir()
+        self.port = free_port()
+        extra = ["--fork"] if concurrency > 1 else []
+        proc = subprocess.Popen([STORESCP, "-aet", self.aet, "-od", str(self.out), *extra, str(self.port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dcmtk_env(),
+                                start_new_session=True)
+        try:
+            wait_until(lambda: port_open(self.port), 30, "storescp")
+            yield self
+        finally:
+            stop_process(proc)
+
+    def stored(self) -> int:
+        return sum(len(files) for _root, _dirs, files in os.walk(self.out))
+
+
+class OrthancServer(Server):
+    """Orthanc with its own storage/index dirs, DICOM and HTTP ports, no auth, no plugins."""
+
+    name = "orthanc"
+    aet = "ORTHANC"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "orthanc"
+        self.http_port = 0
+
+    def _get(self, path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=5) as rsp:
+            return json.loads(rsp.read())
+
+    def _ready(self) -> bool:
+        try:
+            return int(self._get("/system").get("DicomPort", -1)) == self.port and port_open(self.port)
+        except (OSError, ValueError):
+            return False
+
+    @contextlib.contextmanager
+    def running(self, work: Path, concurrency: int) -> Iterator[Server]:
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.root.mkdir(parents=True)
+        self.port, self.http_port = free_port(), free_port()
+        config = {
+            "Name": "bench", "StorageDirectory": str(self.root / "storage"),
+            "IndexDirectory": str(self.root / "index"), "DicomAet": self.aet, "DicomPort": self.port,
+            "HttpPort": self.http_port, "HttpServerEnabled": True, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "Plugins": [],
+            "StorageCompression": False, "DicomServerEnabled": True, "SslEnabled": False,
+        }
+        cfg = self.root / "orthanc.json"
+        cfg.write_text(json.dumps(config, indent=1))
+        log = open(work / "orthanc.log", "ab")  # noqa: SIM115
+        # Orthanc's DICOM layer is dcmtk: TCP_NODELAY=1 spares it the Nagle/delayed-ACK stall
+        # (~40 ms per object), as for storescu and storescp
+        proc = subprocess.Popen([ORTHANC, str(cfg)], stdout=log, stderr=subprocess.STDOUT,
+                                env=dcmtk_env(), start_new_session=True)
+        try:
+            wait_until(lambda: self._ready() or proc.poll() is not None, 60, "Orthanc")
+            if proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {(work / 'orthanc.log').read_text()[-2000:]}")
+            yield self
+        finally:
+            stop_process(proc)
+            log.close()
+
+    def stored(self) -> int:
+        return int(self._get("/statistics")["CountInstances"])
+
+
+# --------------------------------------------------------------------------- main
+
+
+def measure(server: Server, work: Path, files: list[Path], concurrency: int) -> float:
+    with server.running(work, concurrency):
+        elapsed = run_storescu(server.aet, server.port, split(files, concurrency))
+        if isinstance(server, OrthancServer):
+            count = server.stored()
+    if not isinstance(server, OrthancServer):
+        count = server.stored()
+    if count != len(files):
+        raise RuntimeError(f"{server.name}: {count} of {len(files)} objects stored")
+    return elapsed
+
+
+def fmt_ratio(a: float, b: float) -> str:
+    return f"{a / b:5.2f}x" if b else "  -  "
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=3, help="repetitions of every measurement (default 3)")
+    parser.add_argument("--servers", default="station,storescp,orthanc")
+    parser.add_argument("--sets", default="small,large")
+    parser.add_argument("--conc", default="1,4", help="concurrent associations to measure (default 1,4)")
+    parser.add_argument("--json", help="also write the raw timings here")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for inspection")
+    args = parser.parse_args(argv)
+    server_names = args.servers.split(",")
+    set_names = args.sets.split(",")
+    concs = [int(c) for c in args.conc.split(",")]
+
+    root = Path(tempfile.mkdtemp(prefix="store-bench-"))
+    try:
+        t0 = time.perf_counter()
+        files = {name: make_set(root / "sets" / name, name, *SETS[name]) for name in set_names}
+        sizes = {name: sum(p.stat().st_size for p in paths) / len(paths) for name, paths in files.items()}
+        print(f"generated {', '.join(f'{n}: {len(files[n])} x {sizes[n] / 1024:.0f} KB' for n in set_names)}"
+              f" in {time.perf_counter() - t0:.1f}s (fresh UIDs)", flush=True)
+        factories = {"station": StationServer, "storescp": StorescpServer, "orthanc": OrthancServer}
+        servers = [factories[name](root) for name in server_names]
+        work = root / "logs"
+        work.mkdir()
+        times: dict[tuple[str, str, int], list[float]] = {}
+        for rep in range(args.reps):
+            order = servers[rep % len(servers):] + servers[:rep % len(servers)]
+            for server in order:
+                for set_name in set_names:
+                    for conc in concs:
+                        elapsed = measure(server, work, files[set_name], conc)
+                        times.setdefault((server.name, set_name, conc), []).append(elapsed)
+                        print(f"  rep {rep + 1}: {server.name:8s} {set_name:5s} x{conc}: {elapsed:6.2f}s",
+                              flush=True)
+        print()
+        print(f"load average now: {os.getloadavg()[0]:.2f}; cores: {os.cpu_count()}; reps: {args.reps}")
+        header = f"{'set':6s} {'assoc':>5s} " + " ".join(f"{n + ' med/best':>17s}" for n in server_names)
+        ratio_cols = [n for n in ("storescp", "orthanc") if n in server_names and "station" in server_names]
+        header += "".join(f"  {'st/' + n[:4] + ' med/best':>17s}" for n in ratio_cols)
+        print(header)
+        print("-" * len(header))
+        for set_name in set_names:
+            for conc in concs:
+                line = f"{set_name:6s} {conc:5d} "
+                stats = {}
+                for name in server_names:
+                    values = times[(name, set_name, conc)]
+                    stats[name] = (statistics.median(values), min(values))
+                    line += f" {stats[name][0]:7.2f}s/{stats[name][1]:6.2f}s "
+                for name in ratio_cols:
+                    line += (f"  {fmt_ratio(stats['station'][0], stats[name][0])}/"
+                             f"{fmt_ratio(stats['station'][1], stats[name][1])}    ")
+                print(line)
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                [{"server": s, "set": n, "conc": c, "seconds": v} for (s, n, c), v in times.items()], indent=1))
+        return 0
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
