@@ -109,6 +109,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     return station.run(_data(args), simulate=args.simulate, robots=args.robots)
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    from appliance.supervisor.child import run_service
+
+    return run_service(_data(args), args.name, robot=args.robot, device=args.device)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from appliance import diagnostics
+
+    _settings(args)
+    report = diagnostics.collect(_data(args))
+    print(json.dumps(report, indent=1, sort_keys=True, default=str) if args.json else diagnostics.render(report))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="burnstation", description="DICOM burn station")
     parser.add_argument("--data", help="data folder (default: $BURNSTATION_DATA, /var/lib/burnstation or ./var)")
@@ -153,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "run the station in the foreground")
     p.add_argument("--simulate", action="store_true", help="start the robot simulator beside the station")
     p.add_argument("--robots", default="epson,primera", help="simulated robots (with --simulate)")
+    p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("service", help=argparse.SUPPRESS)  # one service process, run by the supervisor
+    p.add_argument("--data", default=argparse.SUPPRESS)
+    p.add_argument("name")
+    p.add_argument("--robot", help="driver: the robot's name")
+    p.add_argument("--device", help="panel: the LCD's serial device")
+    p.set_defaults(func=cmd_service)
     return parser
 
 

@@ -77,6 +77,19 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
     return check
 
 
+def _choice_int(*choices: int) -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            number = None
+        if number not in choices or isinstance(value, bool):
+            raise SettingError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
+        return number
+
+    return check
+
+
 def _text(max_len: int, *, allow_empty: bool = True) -> Callable[[str, Any], str]:
     def check(key: str, value: Any) -> str:
         text = str(value)
@@ -232,6 +245,12 @@ SPECS: dict[str, Spec] = {
         "dicom-jpeg-lossless", _choice("dicom-jpeg-lossless", "dicom", "jpeg"), "what patient zip files hold"
     ),
     "http.token_days": Spec(60, _int_range(1, 3650), "days a study token works, from the study date"),
+    # Supervisor and front panel (issue 5)
+    "supervisor.start_seconds": Spec(3, _int_range(1, 600), "a process alive this long counts as started"),
+    "supervisor.start_retries": Spec(3, _int_range(0, 100), "failed starts in a row before a process is 'failed'"),
+    "panel.device": Spec("", _path, "front-panel LCD serial device (empty: found by its USB ids)"),
+    "panel.baud": Spec(19200, _choice_int(9600, 19200, 38400, 57600, 115200), "front-panel LCD baud rate"),
+    "panel.page_seconds": Spec(4, _int_range(1, 60), "seconds each front-panel page is shown"),
 }
 
 # keys whose change needs the DICOM listeners rebound

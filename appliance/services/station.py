@@ -2,46 +2,52 @@
 
 Every service is a module `appliance.services.<name>` with
 `serve(data_dir: Path, stop: threading.Event, ready: threading.Event | None) -> None`
-that runs until `stop` is set. For now they run as threads of one process; the supervisor
-(issue 5) runs each in its own process.
+that runs until `stop` is set. The supervisor (`appliance.supervisor`) runs each service listed in
+`SERVICES` (those whose module exists) as its own process `burnstation service NAME`, plus one
+driver process per robot, the front panel and, with --simulate, the hardware simulator.
 """
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import logging
 import os
-import signal
-import threading
 from pathlib import Path
 
 LOG = logging.getLogger("burnstation")
 
 # the services `run` starts, in start order (stopped in reverse)
-SERVICES = ["dicom"]
+SERVICES = ["dicom", "hl7", "web", "burner"]
+
+
+def available_services() -> list[str]:
+    """SERVICES whose module exists, in order, without duplicates."""
+    out: list[str] = []
+    for name in SERVICES:
+        if name in out:
+            continue
+        try:
+            found = importlib.util.find_spec(f"appliance.services.{name}") is not None
+        except ImportError:
+            found = False
+        if found:
+            out.append(name)
+    return out
 
 
 def run(data_dir: str | os.PathLike[str], simulate: bool = False, robots: str = "epson,primera") -> int:
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    workers: list[tuple[str, threading.Thread]] = []
-    for name in SERVICES:
-        module = importlib.import_module(f"appliance.services.{name}")
-        ready = threading.Event()
-        worker = threading.Thread(target=module.serve, args=(Path(data_dir), stop, ready), name=name, daemon=True)
-        worker.start()
-        ready.wait(30)
-        workers.append((name, worker))
+    from appliance.supervisor.supervisor import Supervisor
+
+    supervisor = Supervisor(Path(data_dir), simulate=simulate, sim_robots=robots)
+    supervisor.install_signals()
+    if simulate:
+        sim = supervisor.sim_root
+        first = supervisor.sim_robots[0][1] if supervisor.sim_robots else "epson"
+        print(f"Simulator: robots {', '.join(n for _, n in supervisor.sim_robots)}; "
+              f"output bin {sim}/bin/<robot>/<job id>/", flush=True)
+        print(f"Inject a fault: burnstation-sim ctl --root {sim} {first} fault input_empty on "
+              f"(and ... off); unplug: burnstation-sim ctl --root {sim} {first} unplug", flush=True)
     LOG.info("BurnStation running (data: %s); Ctrl-C stops it", data_dir)
-    code = 0
-    while not stop.wait(0.5):
-        dead = [name for name, worker in workers if not worker.is_alive()]
-        if dead:
-            LOG.error("service stopped: %s", ", ".join(dead))
-            code = 1
-            stop.set()
-    for _name, worker in reversed(workers):
-        worker.join(10)
+    code = supervisor.run()
     LOG.info("BurnStation stopped")
     return code
