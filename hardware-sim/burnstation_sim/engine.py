@@ -1,0 +1,151 @@
+"""What both publishing engines share: taking a job file only once it stopped changing, one job at
+a time through the robot's disc cycle, renaming the job file at each step, and the output bin."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from . import files
+from .robot import Job, Robot
+
+log = logging.getLogger("burnstation_sim")
+
+
+class Engine:
+    """Base of EpsonEngine and PrimeraEngine. Subclasses set the file extensions and codes."""
+
+    kind = ""
+    vendor = ""
+    vendor_id = ""
+    product_id = ""
+    model = ""
+    paused_ext: str | None = None  # Epson renames a paused job to .STP; PTBurn leaves it .INP
+
+    def __init__(self, robot: Robot, folder: Path, bin_root: Path) -> None:
+        self.robot = robot
+        self.folder = folder
+        self.bin_root = bin_root
+        self.jobs: dict[str, Job] = {}  # by job id, in order of arrival
+        self.seen: dict[Path, tuple[int, int]] = {}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def scan(self) -> None:
+        raise NotImplementedError
+
+    def write_status(self) -> None:
+        raise NotImplementedError
+
+    def deliver(self, job: Job) -> None:
+        raise NotImplementedError
+
+    def fail_write(self, job: Job) -> None:
+        """Set the vendor's code for a write error on job.failed_disc."""
+        raise NotImplementedError
+
+    # -- the tick --------------------------------------------------------------------------------
+    def tick(self, dt: float) -> None:
+        """One engine cycle; nothing at all happens while the robot is unplugged or offline (the
+        status files go stale)."""
+        if not self.robot.running:
+            return
+        self.scan()
+        self.advance(dt)
+        self.write_status()
+
+    def stable(self, path: Path) -> bool:
+        """A file is taken once its size and mtime held still for one tick (robust against a
+        client that writes in place instead of renaming in)."""
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return False
+        sig = (st.st_size, st.st_mtime_ns)
+        if self.seen.get(path) != sig:
+            self.seen[path] = sig
+            return False
+        del self.seen[path]
+        return True
+
+    def arrivals(self, pattern: str) -> list[Path]:
+        found = []
+        for path in self.folder.glob(pattern):
+            try:
+                found.append((path.stat().st_mtime_ns, path.name, path))
+            except FileNotFoundError:
+                continue
+        return [p for _, _, p in sorted(found) if self.stable(p)]
+
+    def bin_dir(self, job: Job) -> Path:
+        return self.bin_root / job.job_id
+
+    def current(self) -> Job | None:
+        return next((j for j in self.jobs.values() if j.state in ("running", "paused")), None)
+
+    def queued(self) -> list[Job]:
+        ready = [j for j in self.jobs.values() if j.state == "queued" and j.accept_left <= 0]
+        return sorted(ready, key=lambda j: -j.priority)  # stable: arrival order among equals
+
+    def advance(self, dt: float) -> None:
+        for job in self.jobs.values():
+            if job.state == "queued" and job.accept_left > 0:
+                job.accept_left -= dt
+        job = self.current()
+        if job is None:
+            ready = self.queued()
+            if not ready or self.robot.faults["cover_open"]:
+                return
+            job = ready[0]
+            job.state, job.started = "running", time.time()
+            job.path = files.rename_ext(job.path, "INP")
+            return
+        event = self.robot.step(job, dt)
+        if event == "paused" and self.paused_ext:
+            job.path = files.rename_ext(job.path, self.paused_ext)
+        elif event == "resumed" and self.paused_ext:
+            job.path = files.rename_ext(job.path, "INP")
+        elif event == "written" and not job.delivered:
+            self.deliver(job)
+        elif event == "disc_failed":
+            job.state = "failed"
+            self.fail_write(job)
+            self.finish(job, "ERR")
+        elif event == "done":
+            job.state = "done"
+            self.finish(job, "DON")
+        if event in ("disc_done", "done", "disc_failed"):
+            self.record_disc(job, ok=event != "disc_failed")
+
+    def finish(self, job: Job, ext: str) -> None:
+        job.completed = time.time()
+        job.phase, job.waiting = "", ""
+        job.path = files.rename_ext(job.path, ext)
+        log.info("%s: job %s %s%s", self.robot.name, job.job_id, job.state,
+                 f" ({job.error} {job.error_text})" if job.error else "")
+
+    def abort(self, job: Job) -> None:
+        if job.state in ("running", "paused"):
+            self.robot.drive_state, self.robot.drive_percent = "idle", 0
+        job.state = "cancelled"
+        self.finish(job, "ERR")
+
+    def record_disc(self, job: Job, ok: bool) -> None:
+        """`discs.json` in the bin: one entry per disc made (or spoiled)."""
+        manifest = self.bin_dir(job) / "discs.json"
+        discs = json.loads(manifest.read_text()) if manifest.exists() else []
+        discs.append({"disc": job.disc, "result": "ok" if ok else "write error", "media": job.media})
+        files.write_atomic(manifest, json.dumps(discs, indent=1).encode())
+
+    def save_received(self, job: Job, raw: bytes) -> None:
+        bin_dir = self.bin_dir(job)
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        files.write_atomic(bin_dir / job.received_name, raw)
+
+    def snapshot(self) -> dict:
+        return {j.job_id: {"state": j.state, "file": j.path.name, "copies": j.copies, "good": j.good,
+                           "bad": j.bad, "error": j.error, "error_text": j.error_text, "waiting": j.waiting}
+                for j in self.jobs.values()}
