@@ -46,7 +46,7 @@ def prepare(ds: Dataset, accepted: list[Any]) -> Dataset:
     if ts in offered or not ts.is_compressed:
         return ds
     if offered & {str(u) for u in NATIVE}:
-        ds.decompress()
+        ds.decompress(generate_instance_uid=False)  # a copy of the same instance, not a new one
     return ds
 
 
