@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "run the station in the foreground")
     p.add_argument("--simulate", action="store_true", help="start the robot simulator beside the station")
     p.add_argument("--robots", default="epson,primera", help="simulated robots (with --simulate)")
+    from appliance.burn import commands as burn_commands  # robots, jobs
+
+    burn_commands.add_parsers(add, _settings)
     p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("service", help=argparse.SUPPRESS)  # one service process, run by the supervisor

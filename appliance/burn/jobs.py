@@ -103,6 +103,10 @@ def create_job_in(conn: sqlite3.Connection, *, role: str, sop_uids: Iterable[str
                   copies: int = 1, priority: int = 0, verify: bool = True, assoc_id: int | None = None,
                   group_id: int | None = None, follows_job: str = "", message: str = "") -> str:
     """Create a queued job inside the caller's transaction; returns its id."""
+    if role not in ("epson", "primera", "any"):
+        raise JobError(f"job role: epson, primera or any, not {role!r}")
+    if not 1 <= int(copies) <= 1000:
+        raise JobError(f"job copies: from 1 to 1000, not {copies}")
     now = time.time()
     job_id = _new_id(conn, now)
     uids = list(dict.fromkeys(sop_uids))

@@ -1,0 +1,166 @@
+"""The burner's two jobs besides routing: build queued jobs into discs, hand built jobs to a robot.
+
+Building calls the disc builder (`appliance.burn.builder.build_discs`) into `<data>/discs/<job id>/`
+with the media the job's robots can take. Assignment picks, for each built job, an online robot
+(fresh heartbeat) of the job's role whose media fit every disc, the least busy first, avoiding the
+robot a retried job failed on when another one can take it. The burner never talks to a robot:
+the robot's driver service takes the job from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.burn import jobs, robots
+from appliance.config import Settings
+from appliance.publish import MEDIA_CAPACITY, MEDIA_ORDER, DiscImage
+
+LOG = logging.getLogger("burnstation.burner")
+
+ROLE_NAMES = {"epson": "Epson", "primera": "Primera", "any": ""}
+
+
+def disc_to_doc(disc: DiscImage) -> dict[str, Any]:
+    doc = dataclasses.asdict(disc)
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in doc.items()}
+
+
+def disc_from_doc(doc: dict[str, Any]) -> DiscImage:
+    fields = {f.name for f in dataclasses.fields(DiscImage)}
+    values = {k: v for k, v in doc.items() if k in fields}
+    for key in ("image", "tree", "label_image"):
+        if values.get(key):
+            values[key] = Path(values[key])
+    return DiscImage(**values)
+
+
+def build_options(settings: Settings, job: dict[str, Any]) -> Any:
+    """The builder's options for a job: media of the role's robots, the test capacity override."""
+    from appliance.burn.builder import BuildOptions
+
+    role_robots = robots.robots_for_role(settings, job["role"])
+    media = robots.allowed_media(settings, job["role"])
+    capacity = None
+    override_kb = int(settings.get("burn.capacity_override_kb") or 0)
+    if override_kb:
+        capacity = {m: min(override_kb * 1000, MEDIA_CAPACITY[m]) for m in MEDIA_ORDER}
+    make_image = not role_robots or any(r.get("mode", "image") == "image" for r in role_robots)
+    return BuildOptions(job_id=job["id"], allowed_media=media, capacity=capacity,
+                        institution=settings.get("http.institution"), department=settings.get("http.department"),
+                        make_image=make_image)
+
+
+def claim_next_build(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    """Move the most urgent queued job to `building`; None when nothing is queued."""
+    while True:
+        row = conn.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY priority DESC, created_at, id LIMIT 1"
+                           ).fetchone()
+        if row is None:
+            return None
+        if jobs.move(conn, row["id"], (jobs.QUEUED,), jobs.BUILDING, build_started_at=time.time(),
+                     message="building the disc"):
+            return jobs.get_job(conn, row["id"])
+
+
+def build_job(conn: sqlite3.Connection, settings: Settings, data_dir: Path, job: dict[str, Any]) -> bool:
+    """Build a job that is `building`; it ends `built` (True) or `failed` with the error text."""
+    job_id = job["id"]
+    instances = jobs.job_instances(conn, job_id)
+    if not instances:
+        jobs.move(conn, job_id, (jobs.BUILDING,), jobs.FAILED, error="none of the job's instances is in the index",
+                  message="nothing to burn")
+        return False
+    work_dir = Path(data_dir) / "discs" / job_id
+    started = time.monotonic()
+    try:
+        from appliance.burn.builder import build_discs
+
+        if work_dir.exists():
+            shutil.rmtree(work_dir)
+        work_dir.mkdir(parents=True)
+        discs = build_discs(instances, work_dir, build_options(settings, job))
+        if not discs:
+            raise RuntimeError("the disc builder made no disc")
+    except Exception as exc:
+        LOG.exception("job %s: build failed", job_id)
+        text = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+        jobs.move(conn, job_id, (jobs.BUILDING,), jobs.FAILED, error=f"build failed: {text}"[:2000],
+                  message="the disc could not be built")
+        return False
+    docs = [disc_to_doc(d) for d in discs]
+    media = ", ".join(f"{d.media} {d.disc_number}/{d.disc_count}" for d in discs)
+    if not jobs.move(conn, job_id, (jobs.BUILDING,), jobs.BUILT, discs=docs, built_at=time.time(), progress=0.0,
+                     message=f"built {len(discs)} disc(s) ({media}) in {time.monotonic() - started:.1f} s"):
+        LOG.info("job %s changed while it was built (cancelled?); discarding its discs", job_id)
+        shutil.rmtree(work_dir, ignore_errors=True)
+        return False
+    LOG.info("job %s built: %s", job_id, media)
+    return True
+
+
+def recover_builds(conn: sqlite3.Connection) -> int:
+    """After a burner restart, a job left `building` is queued again (its half-built folder is redone)."""
+    return conn.execute("UPDATE jobs SET state='queued', message='build interrupted; queued again', updated_at=? "
+                        "WHERE state='building'", (time.time(),)).rowcount
+
+
+def _fits(robot: dict[str, Any], status: dict[str, Any] | None, media_needed: set[str]) -> bool:
+    media = set(robot.get("media") or [])
+    loaded = set((status or {}).get("status", {}).get("media") or [])
+    if loaded:
+        media &= loaded
+    return media_needed <= media
+
+
+def assign_built(conn: sqlite3.Connection, settings: Settings) -> int:
+    """Give every unassigned built job to a robot that can burn it now; returns how many were assigned."""
+    configured = {r["name"]: r for r in robots.list_robots(settings)}
+    statuses = robots.status_rows(conn)
+    # a built job waiting on a robot that vanished or went silent goes back to the pool
+    for row in conn.execute("SELECT id, robot FROM jobs WHERE state='built' AND robot != ''").fetchall():
+        if row["robot"] not in configured or not robots.is_online(statuses.get(row["robot"])):
+            conn.execute("UPDATE jobs SET robot='', updated_at=? WHERE id=? AND state='built' AND robot=?",
+                         (time.time(), row["id"], row["robot"]))
+    waiting = conn.execute("SELECT * FROM jobs WHERE state='built' AND robot='' ORDER BY priority DESC, created_at, id"
+                           ).fetchall()
+    if not waiting:
+        return 0
+    load = {r["robot"]: r["n"] for r in conn.execute(
+        "SELECT robot, COUNT(*) AS n FROM jobs WHERE state IN ('built', 'submitted', 'burning') AND robot != '' "
+        "GROUP BY robot")}
+    assigned = 0
+    for row in waiting:
+        job = jobs._decode(row)
+        needed = {d.get("media", "") for d in job["discs"]}
+        role_robots = [r for r in configured.values() if job["role"] == "any" or r["role"] in (job["role"], "any")]
+        label = ROLE_NAMES.get(job["role"], job["role"])
+        if not role_robots:
+            reason = f"no {label + ' ' if label else ''}robot configured".replace("  ", " ")
+        else:
+            online = [r for r in role_robots if robots.is_online(statuses.get(r["name"]))]
+            fitting = [r for r in online if _fits(r, statuses.get(r["name"]), needed)]
+            if len(fitting) > 1 and job["exclude_robot"]:
+                fitting = [r for r in fitting if r["name"] != job["exclude_robot"]] or fitting
+            if fitting:
+                robot = min(fitting, key=lambda r: (load.get(r["name"], 0), r["name"]))
+                done = conn.execute(
+                    "UPDATE jobs SET robot=?, message=?, updated_at=? WHERE id=? AND state='built' AND robot=''",
+                    (robot["name"], f"assigned to {robot['name']}", time.time(), job["id"])).rowcount
+                if done:
+                    load[robot["name"]] = load.get(robot["name"], 0) + 1
+                    assigned += 1
+                    LOG.info("job %s assigned to robot %s", job["id"], robot["name"])
+                continue
+            if online:
+                reason = f"no online {label + ' ' if label else ''}robot has {', '.join(sorted(needed))} media"
+            else:
+                reason = f"no {label + ' ' if label else ''}robot online"
+        if job["message"] != reason:
+            jobs.update(conn, job["id"], (jobs.BUILT,), message=reason)
+    return assigned

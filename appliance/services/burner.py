@@ -1,0 +1,72 @@
+"""The burner service: grouping timers, disc building and the hand-over of built jobs to robots.
+
+It only reads and writes state.db (the DICOM process indexes, the driver services burn), polling
+about twice a second with indexed queries. Building runs on a thread of its own, one job at a
+time, so a long build never delays a group's deadline or the dispatch of another job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+
+from appliance import db
+from appliance.burn import dispatch, routing
+from appliance.config import Settings
+
+LOG = logging.getLogger("burnstation.burner")
+POLL_SECONDS = 0.5
+
+
+def _build_loop(data_dir: Path, stop: threading.Event, wake: threading.Event) -> None:
+    settings = Settings(data_dir)
+    conn = db.connect(data_dir)
+    try:
+        while not stop.is_set():
+            try:
+                job = dispatch.claim_next_build(conn)
+                if job is not None:
+                    LOG.info("building job %s (%d instances)", job["id"], job["instances"])
+                    dispatch.build_job(conn, settings, data_dir, job)
+                    continue
+            except Exception:
+                LOG.exception("build step failed")
+            wake.wait(POLL_SECONDS * 2)
+            wake.clear()
+    finally:
+        conn.close()
+
+
+def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
+          ready: threading.Event | None = None) -> None:
+    """Run routing, building and dispatch until `stop` is set."""
+    data_dir = Path(data_dir)
+    stop = stop or threading.Event()
+    settings = Settings(data_dir)
+    conn = db.connect(data_dir)
+    requeued = dispatch.recover_builds(conn)
+    if requeued:
+        LOG.info("%d interrupted build(s) queued again", requeued)
+    router = routing.Router(conn, settings)
+    wake = threading.Event()
+    builder = threading.Thread(target=_build_loop, args=(data_dir, stop, wake), name="burner-build", daemon=True)
+    builder.start()
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.is_set():
+            try:
+                if router.run_once():
+                    wake.set()
+                if conn.execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone():
+                    wake.set()
+                dispatch.assign_built(conn, settings)
+            except Exception:
+                LOG.exception("burner pass failed")
+            stop.wait(POLL_SECONDS)
+    finally:
+        wake.set()
+        builder.join(30)
+        conn.close()
