@@ -1,0 +1,157 @@
+"""`burnstation run` as a supervisor of real processes: kill -9 recovery, a service that keeps
+failing at start ends up "failed", SIGTERM stops everything within 10 s without losing anything."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from support import Station, burnstation, dcmtk, write_study
+
+STATE = Path("run") / "supervisor.json"
+
+
+def read_state(data: Path) -> dict:
+    try:
+        return json.loads((data / STATE).read_text())
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def procs(data: Path) -> dict[str, dict]:
+    return {p["name"]: p for p in read_state(data).get("processes", [])}
+
+
+def wait_for(check, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def all_ready(data: Path) -> dict[str, dict]:
+    table = procs(data)
+    if table and all(p["state"] == "running" and p["ready"] for p in table.values()):
+        return table
+    return {}
+
+
+def echo(st: Station) -> bool:
+    return dcmtk("echoscu", "-to", "5", "-aec", st.aet, "127.0.0.1", str(st.port), timeout=30).returncode == 0
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (not yet reaped) counts as gone
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_kill_9_each_child_comes_back(tmp_path):
+    st = Station(tmp_path / "data", supervisor__start_seconds=1)
+    with st:
+        table = wait_for(lambda: all_ready(st.data), what="every process running and ready")
+        assert "dicom" in table
+        for name in sorted(table):
+            old = procs(st.data)[name]
+            os.kill(old["pid"], signal.SIGKILL)
+            t0 = time.monotonic()
+
+            def back(name=name, old=old):
+                p = procs(st.data).get(name)
+                return p if p and p["pid"] and p["pid"] != old["pid"] and p["ready"] else None
+
+            new = wait_for(back, 30, f"{name} back after kill -9")
+            assert new["starts"] == old["starts"] + 1
+            assert new["last_exit"] == "killed by SIGKILL"
+            if name == "dicom":
+                assert wait_for(lambda: echo(st), 30, "echoscu answered")
+            print(f"{name}: serving again {time.monotonic() - t0:.1f} s after kill -9")
+            assert time.monotonic() - t0 < 15
+        assert echo(st)
+
+
+def test_crashing_service_is_failed_and_the_rest_works(tmp_path, monkeypatch):
+    target = "burner" if "burner" in _available() else "hl7" if "hl7" in _available() else None
+    if target is None:  # only dicom exists: make dicom's sibling, a driver, or dicom itself crash
+        target = "dicom"
+    monkeypatch.setenv("BURNSTATION_CRASH_SERVICE", target)
+    st = Station(tmp_path / "data", supervisor__start_seconds=2, supervisor__start_retries=2)
+    if target == "dicom":
+        st.start = _start_no_wait(st)  # dicom never listens in this case
+    with st:
+        failed = wait_for(lambda: procs(st.data).get(target, {}).get("state") == "failed", 60,
+                          f"{target} marked failed")
+        assert failed
+        entry = procs(st.data)[target]
+        assert entry["starts"] == 3 and entry["pid"] is None and "exit status 3" in entry["message"]
+        report = json.loads(burnstation(st.data, "status", "--json").stdout)
+        states = {p["name"]: p["state"] for p in report["processes"]}
+        assert states[target] == "failed"
+        text = burnstation(st.data, "status").stdout
+        assert any(line.split()[:2] == [target, "failed"] for line in text.splitlines()), text
+        if target != "dicom":
+            assert states["dicom"] == "running"
+            assert echo(st)
+        # it stays failed: no more attempts
+        time.sleep(3)
+        assert procs(st.data)[target]["starts"] == 3
+
+
+def _available() -> list[str]:
+    from appliance.services.station import available_services
+
+    return available_services()
+
+
+def _start_no_wait(st: Station):
+    import subprocess
+
+    from support import BIN
+
+    def start(*extra):
+        log = open(st.data / "station.log", "ab")  # noqa: SIM115
+        st.proc = subprocess.Popen([str(BIN / "burnstation"), "--data", str(st.data), "run", *extra],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return st
+
+    return start
+
+
+def test_sigterm_stops_everything_within_10s_and_keeps_instances(tmp_path):
+    st = Station(tmp_path / "data", supervisor__start_seconds=1)
+    files = write_study(tmp_path / "in", n_series=2, per_series=5)
+    with st:
+        wait_for(lambda: all_ready(st.data), what="every process running")
+        sent = dcmtk("storescu", "-aec", st.aet, "127.0.0.1", str(st.port), *map(str, files), timeout=120)
+        assert sent.returncode == 0, sent.stderr
+        pids = [p["pid"] for p in procs(st.data).values()] + [st.proc.pid]
+        # SIGTERM to the supervisor alone: it must stop its children itself, in order
+        t0 = time.monotonic()
+        st.proc.send_signal(signal.SIGTERM)
+        st.proc.wait(15)
+        wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "every process gone")
+        elapsed = time.monotonic() - t0
+        assert elapsed < 10, elapsed
+        assert st.proc.returncode == 0
+        st.proc = None
+    final = read_state(st.data)
+    assert final["state"] == "stopped"
+    assert all(p["state"] == "stopped" for p in final["processes"])
+    log = st.log()
+    order = [line.split(" INFO ")[1].split(":")[0] for line in log.splitlines() if "-> stopping" in line]
+    started = [line.split(" INFO ")[1].split(":")[0] for line in log.splitlines() if "stopped -> starting" in line]
+    assert order == list(reversed(started)), (order, started)
+    stored = list((st.data / "storage").rglob("*.dcm"))
+    assert len(stored) == len(files)
