@@ -36,6 +36,7 @@ from appliance.dicom import pnd_tuning
 from appliance.dicom.context import AssociationLog, StationContext
 from appliance.dicom.handlers import find as find_handler
 from appliance.dicom.handlers import retrieve, store
+from appliance.worklist import scp as worklist_scp
 
 LOG = logging.getLogger("burnstation.dicom")
 
@@ -60,8 +61,8 @@ QR_GET = [PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInf
 NATIVE_SYNTAXES = TRANSFER_SYNTAXES[:3]
 
 # extra (event, handler) bindings other subsystems add (the worklist's MWL C-FIND, for one)
-EXTRA_CONTEXTS: list[str] = []
-EXTRA_FIND_HANDLERS: dict[str, Any] = {}
+EXTRA_CONTEXTS: list[str] = [worklist_scp.MWL_FIND]
+EXTRA_FIND_HANDLERS: dict[str, Any] = {worklist_scp.MWL_FIND: worklist_scp.find_worklist}
 
 
 def build_ae(ctx: StationContext) -> AE:

@@ -1,0 +1,95 @@
+"""The hl7 process: the MLLP listener for orders and the worklist's background work.
+
+The listener runs on `hl7.port` on all interfaces (0 = no listener) and is rebound when the port
+changes. Besides it, every `TICK` seconds: images that arrived mark their items done, finished
+discs are reported, done items past their retention leave the worklist, and queued status
+messages go to the RIS (`hl7.destination_host/port`). This runs even with the port closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from appliance import db
+from appliance import index as _index  # noqa: F401 - registers the instances/studies tables
+from appliance.config import Settings
+from appliance.hl7 import outbox
+from appliance.hl7.mllp import MLLPServer
+from appliance.worklist import items, link
+from appliance.worklist.orders import OrderReceiver
+
+LOG = logging.getLogger("burnstation.hl7")
+
+TICK = 1.0
+
+
+class HL7Service:
+    """The listener and the periodic worklist work of one data directory."""
+
+    def __init__(self, data_dir: Path, settings: Settings | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.settings = settings or Settings(data_dir)
+        self.receiver = OrderReceiver(self.data_dir, self.settings)
+        self.server: MLLPServer | None = None
+        self.port = 0
+        self.conn = db.connect(self.data_dir)
+
+    def start_listener(self) -> None:
+        port = int(self.settings.get("hl7.port"))
+        if port == self.port and (self.server is not None or port == 0):
+            return
+        self.stop_listener()
+        self.port = port
+        if port == 0:
+            LOG.info("HL7 port is 0: no listener (worklist fed by .wl files only)")
+            return
+        self.server = MLLPServer(("", port), self.receiver.on_frame)
+        self.server.start()
+        LOG.info("HL7 MLLP listening on *:%d", port)
+
+    def stop_listener(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def tick(self) -> None:
+        settings = self.settings
+        try:
+            link.link_images(self.conn, settings)
+            link.link_discs(self.conn, settings)
+            items.purge_done(self.conn, float(settings.get("worklist.done_retention_hours")))
+        except Exception:
+            LOG.exception("worklist maintenance failed")
+        host, port = settings.get("hl7.destination_host"), int(settings.get("hl7.destination_port"))
+        if host and port:
+            try:
+                outbox.deliver(self.conn, host, port, timeout=float(settings.get("dicom.timeout")))
+            except Exception:
+                LOG.exception("sending to the RIS failed")
+
+
+def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
+          ready: threading.Event | None = None) -> None:
+    """Run the hl7 service until `stop` is set (or SIGTERM/SIGINT when run in the main thread)."""
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    service = HL7Service(Path(data_dir))
+    service.start_listener()
+    if ready is not None:
+        ready.set()
+    try:
+        while not stop.wait(TICK):
+            if service.settings.changed():
+                try:
+                    service.start_listener()
+                except OSError:
+                    LOG.exception("could not open the HL7 port %s", service.settings.get("hl7.port"))
+            service.tick()
+    finally:
+        service.stop_listener()

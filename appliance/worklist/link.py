@@ -1,0 +1,124 @@
+"""Link worklist items to what happens to their studies.
+
+The hl7 service polls: new rows of `instances` (past a high-water mark, so the C-STORE path is
+never slowed) are matched to open items by Study Instance UID or Accession Number; a matched
+item is marked done (SPS status COMPLETED) and the RIS gets ORC-5=IP. When the burn pipeline's
+`jobs` table shows a finished disc holding the item's study, the RIS gets ORC-5=CM. Messages are
+queued only when an HL7 destination is configured.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import time
+
+from appliance import db
+from appliance.config import Settings
+from appliance.hl7 import outbox
+from appliance.worklist import items
+from appliance.worklist import record as rec
+
+LOG = logging.getLogger("burnstation.worklist")
+
+HWM_KEY = "instances_rowid"
+
+
+def _table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _values(row: sqlite3.Row) -> dict[str, str]:
+    record = rec.from_json(row["dataset"])
+    sps = record.get(0x00400100, ("SQ", [{}]))[1]
+    step = sps[0] if sps else {}
+    protocol = step.get(0x00400008, ("SQ", []))[1]
+    code = protocol[0] if protocol else {}
+    procedure = "^".join([rec.get(code, 0x00080100), rec.get(code, 0x00080104), rec.get(code, 0x00080102)]).strip("^")
+    return {
+        "patient_id": rec.get(record, 0x00100020), "issuer": rec.get(record, 0x00100021),
+        "patient_name": rec.get(record, 0x00100010), "placer": row["placer"], "filler": row["filler"],
+        "accession": row["accession"], "study_uid": row["study_uid"], "rp_id": rec.get(record, 0x00401001),
+        "sps_id": rec.get(step, 0x00400009), "modality": rec.get(step, 0x00080060), "procedure": procedure,
+        "charset": rec.get(record, rec.CHARSET),
+    }
+
+
+def _notify(conn: sqlite3.Connection, settings: Settings, row: sqlite3.Row, order_status: str) -> None:
+    if not settings.get("hl7.destination_host"):
+        return
+    values = _values(row)
+    charset = values["charset"] or None
+    message = outbox.status_message(values, order_status, sending_application=settings.get("hl7.sending_application"),
+                                    sending_facility=settings.get("hl7.sending_facility"), charset=charset)
+    outbox.queue(conn, row["id"], order_status, message, charset or "")
+
+
+def link_images(conn: sqlite3.Connection, settings: Settings, now: float | None = None) -> int:
+    """Mark open items done whose images arrived since the last call; returns how many."""
+    now = now or time.time()
+    if not _table_columns(conn, "instances"):
+        return 0
+    hwm = items.meta_get(conn, HWM_KEY)
+    rows = conn.execute("SELECT rowid, study_uid FROM instances WHERE rowid > ? ORDER BY rowid LIMIT 20000",
+                        (hwm,)).fetchall()
+    if not rows:
+        return 0
+    new_hwm = rows[-1][0]
+    study_uids = {r[1] for r in rows}
+    accessions = set()
+    if _table_columns(conn, "studies"):
+        for uid in study_uids:
+            found = conn.execute("SELECT accession FROM studies WHERE study_uid=?", (uid,)).fetchone()
+            if found and found[0]:
+                accessions.add(found[0])
+    marked = 0
+    with db.transaction(conn):
+        candidates: dict[int, sqlite3.Row] = {}
+        for uid in study_uids:
+            for row in conn.execute("SELECT * FROM worklist_items WHERE study_uid=? AND status IN (?, ?)",
+                                    (uid, *items.OPEN_STATUSES)):
+                candidates[row["id"]] = row
+        for acc in accessions:
+            for row in conn.execute("SELECT * FROM worklist_items WHERE accession=? AND status IN (?, ?)",
+                                    (acc, *items.OPEN_STATUSES)):
+                candidates[row["id"]] = row
+        for row in candidates.values():
+            items.set_item_status(conn, row, "COMPLETED", now)
+            conn.execute("UPDATE worklist_items SET images_at=? WHERE id=?", (now, row["id"]))
+            _notify(conn, settings, row, "IP")
+            marked += 1
+            LOG.info("worklist item %s (accession %s) done: its images arrived", row["id"], row["accession"])
+        items.meta_set(conn, HWM_KEY, new_hwm)
+    return marked
+
+
+def link_discs(conn: sqlite3.Connection, settings: Settings, now: float | None = None) -> int:
+    """Notify CM for items whose study is on a finished disc (jobs table of the burn pipeline)."""
+    now = now or time.time()
+    columns = _table_columns(conn, "jobs")
+    if not {"state", "study_uids"} <= columns:
+        return 0
+    waiting = conn.execute("SELECT * FROM worklist_items WHERE images_at IS NOT NULL AND disc_done_at IS NULL "
+                           "AND study_uid<>''").fetchall()
+    notified = 0
+    for row in waiting:
+        jobs = conn.execute("SELECT study_uids FROM jobs WHERE state='done' AND study_uids LIKE ?",
+                            (f'%"{row["study_uid"]}"%',)).fetchall()
+        burnt = False
+        for job in jobs:
+            try:
+                burnt = row["study_uid"] in json.loads(job[0] or "[]")
+            except ValueError:
+                burnt = False
+            if burnt:
+                break
+        if not burnt:
+            continue
+        with db.transaction(conn):
+            conn.execute("UPDATE worklist_items SET disc_done_at=? WHERE id=?", (now, row["id"]))
+            _notify(conn, settings, row, "CM")
+        notified += 1
+        LOG.info("worklist item %s (accession %s): disc done", row["id"], row["accession"])
+    return notified
