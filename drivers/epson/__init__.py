@@ -1,1 +1,12 @@
-"""Epson Discproducer driver: TD Bridge job files (.JDF) and TDBStatus.txt."""
+"""Epson Discproducer driver: TD Bridge job files (.JDF) and TDBStatus.txt.
+
+Importing it registers the publisher factory as "epson" (appliance.publish.PUBLISHER_FACTORIES).
+"""
+
+from appliance import publish
+from drivers.epson.publisher import EpsonPublisher, factory
+from drivers.epson.usb import matchers
+
+publish.register("epson", factory)
+
+__all__ = ["EpsonPublisher", "factory", "matchers"]

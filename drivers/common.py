@@ -1,0 +1,569 @@
+"""Helpers both vendor drivers share, because both speak "text job file in a watched folder".
+
+- values written into job files come from untrusted data (patient names from scanners): `clean_value`
+  makes any string one harmless value (no line break, tab, NUL or `=`), `checked_path` refuses a
+  path that would need such a change (a mangled path is worse than a clear error);
+- `write_aside_then_rename`: the engines pick up a job file the moment it appears, so it is written
+  in a side folder, fsync'd, then moved in (never written in place);
+- `TolerantIni`: the engines rewrite their INI status files in place; a reader can catch one
+  half-written, so a parse is checked and the last good one kept (never a crash);
+- `EnginePathMap`: the spool may be a share of the engine's (Windows) host, so local paths are
+  rewritten to what the engine sees;
+- robot job ids: a job of several discs, and a retry, need one robot job per disc and attempt;
+  `robot_job_id` / `match_robot_job` name them so that `poll(job_id)` finds them from the files alone;
+- USB matchers: data, extendable by a technician (see `usb_matchers`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from appliance import publish
+
+log = logging.getLogger(__name__)
+
+ASIDE_DIR = ".burnstation-aside"  # inside the spool: same file system, so the rename is atomic
+STAGE_DIR = "jobfiles"  # inside the spool: disc images, trees, labels the engine must read
+ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+USB_MATCHERS_FILE = "usb-matchers.json"
+
+# characters that could end a line, separate a DATA source from its destination, or start a key;
+# Python's str.splitlines also breaks on \v \f \x1c-\x1e \x85 \u2028 \u2029: a parser on the other
+# side may too, so those go as well
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029=]")
+_SPACES = re.compile(r"\s{2,}")
+
+
+# --------------------------------------------------------------------------- values
+
+
+def clean_value(value: object, max_len: int) -> str:
+    """One safe job-file value: control characters, line breaks, tabs and `=` become spaces; cut to max_len."""
+    text = "" if value is None else str(value)
+    text = _UNSAFE.sub(" ", text)
+    text = _SPACES.sub(" ", text).strip()
+    return text[:max_len].rstrip()
+
+
+def clean_key(name: object, max_len: int = 64) -> str:
+    """A merge-field name: letters, digits and `_` only (anything else becomes `_`)."""
+    text = re.sub(r"[^A-Za-z0-9_]", "_", "" if name is None else str(name)).strip("_")
+    return text[:max_len] or "FIELD"
+
+
+def checked_id(value: str, max_len: int, what: str = "job id") -> str:
+    """An id we write verbatim (job ids): refused, not mangled, when it is not [A-Za-z0-9_-]."""
+    if not isinstance(value, str) or not ID_RE.match(value) or len(value) > max_len:
+        raise ValueError(f"{what} {value!r}: must be 1-{max_len} of A-Z a-z 0-9 - _")
+    return value
+
+
+def checked_path(value: str, what: str) -> str:
+    """A path we write verbatim: refused when it holds a character that could break the job file."""
+    if _UNSAFE.search(value):
+        raise ValueError(f"{what}: the path {value!r} holds a line break, tab, control character or '='; "
+                         "it cannot be written into a job file")
+    return value
+
+
+def yes_no(flag: object) -> str:
+    return "YES" if flag else "NO"
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_aside_then_rename(folder: Path, name: str, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `folder/name` so that the file appears complete or not at all.
+
+    Written (and fsync'd) in a side folder inside `folder`, then moved in. An existing file of that
+    name is never replaced (FileExistsError): the engine may already be working on it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    aside = folder / ASIDE_DIR
+    aside.mkdir(exist_ok=True)
+    target = folder / name
+    tmp = aside / f"{name}.{uuid.uuid4().hex}.tmp"
+    data = text.encode(encoding, errors="replace")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        try:
+            os.link(tmp, target)  # atomic and refuses to replace an existing file
+        except FileExistsError:
+            raise
+        except OSError:  # shares without hard links: check, then rename
+            if target.exists():
+                raise FileExistsError(str(target)) from None
+            os.rename(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    _fsync_dir(folder)
+    return target
+
+
+def clean_aside(folder: Path, older_than: float = 60.0) -> None:
+    """Remove temp files a crash left in the side folder."""
+    aside = folder / ASIDE_DIR
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(aside):
+            with contextlib.suppress(OSError):
+                if now - entry.stat().st_mtime > older_than:
+                    os.unlink(entry.path)
+
+
+def read_briefly(path: Path) -> tuple[str, float] | None:
+    """The file's text and mtime: opened, read and closed at once (the engine cannot rewrite a file
+    we hold open). None when it is missing or cannot be read right now."""
+    try:
+        with open(path, "rb") as fh:
+            mtime = os.fstat(fh.fileno()).st_mtime
+            data = fh.read()
+    except OSError:
+        return None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    elif data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return data.decode("utf-16", errors="replace"), mtime
+    try:
+        return data.decode("utf-8"), mtime
+    except UnicodeDecodeError:
+        return data.decode("cp1252", errors="replace"), mtime
+
+
+def stage_file(source: Path, target: Path, must_copy: bool) -> Path:
+    """Make `source` readable at `target` (inside the spool): hard link, else copy when the engine
+    cannot see `source` otherwise (must_copy), else leave it where it is and return `source`."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        return target
+    try:
+        os.link(source, target)
+        return target
+    except OSError:
+        if not must_copy:
+            return source
+    import shutil
+
+    tmp = target.with_name(target.name + ".part")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def stage_tree(source: Path, target: Path, must_copy: bool) -> Path:
+    """Like stage_file for a folder (hard links per file)."""
+    if target.exists():
+        return target
+    import shutil
+
+    tmp = target.with_name(target.name + ".part")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        shutil.copytree(source, tmp, copy_function=os.link)
+    except (OSError, shutil.Error):
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not must_copy:
+            return source
+        shutil.copytree(source, tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def remove_quietly(path: Path) -> None:
+    import shutil
+
+    with contextlib.suppress(OSError):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+
+
+# --------------------------------------------------------------------------- path mapping
+
+
+def is_windows_path(path: str) -> bool:
+    return path.startswith("\\\\") or bool(re.match(r"^[A-Za-z]:", path)) or ("\\" in path and "/" not in path)
+
+
+@dataclass
+class EnginePathMap:
+    """Local paths under `local_root` as the vendor engine sees them under `engine_root`.
+
+    `engine_root` empty: the engine sees our paths as they are. A Windows-style root
+    (`\\\\host\\share\\spool`, `Z:\\spool`) gets backslashes, anything else forward slashes.
+    """
+
+    local_root: Path
+    engine_root: str = ""
+
+    def to_engine(self, path: Path, what: str = "path") -> str:
+        path = Path(os.path.abspath(path))
+        if not self.engine_root:
+            return checked_path(str(path), what)
+        local = Path(os.path.abspath(self.local_root))
+        try:
+            rel = path.relative_to(local)
+        except ValueError:
+            raise ValueError(f"{what}: {path} is outside the spool folder {local}; the engine "
+                             f"(which sees that folder as {self.engine_root}) cannot read it") from None
+        sep = "\\" if is_windows_path(self.engine_root) else "/"
+        root = self.engine_root
+        parts = PurePosixPath(rel.as_posix()).parts
+        if not parts:
+            return checked_path(root, what)
+        if not root.endswith(sep):
+            root += sep
+        return checked_path(root + sep.join(parts), what)
+
+    @property
+    def engine_sep(self) -> str:
+        return "\\" if self.engine_root and is_windows_path(self.engine_root) else "/"
+
+
+# --------------------------------------------------------------------------- INI status files
+
+Sections = dict[str, dict[str, str]]  # lower-cased section name → lower-cased key → value
+
+
+def parse_ini(text: str) -> tuple[Sections, bool, list[str]]:
+    """Parse INI text leniently. Returns (sections, looks_complete, section names in file order).
+
+    Section names and keys are lower-cased (the engines are not consistent about case); values keep
+    theirs. `looks_complete` is False when the text is empty, holds a line that is neither a section,
+    a key, a comment nor blank, or ends without a line break (the writer may be mid-line).
+    """
+    sections: Sections = {}
+    order: list[str] = []
+    complete = bool(text.strip())
+    lines = re.split(r"\r\n|\n|\r", text)
+    if lines and lines[-1].strip():
+        complete = False  # last line not terminated: possibly cut mid-value
+        lines = lines[:-1]
+    current: dict[str, str] | None = None
+    for raw in lines:
+        line = raw.strip()
+        if not line or line[0] in ";#":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            name = line[1:-1].strip().lower()
+            current = sections.setdefault(name, {})
+            order.append(name)
+            continue
+        if "=" in line and current is not None:
+            key, _, value = line.partition("=")
+            current[key.strip().lower()] = value.strip()
+            continue
+        complete = False
+    return sections, complete, order
+
+
+def as_int(value: object, default: int | None = None) -> int | None:
+    try:
+        return int(str(value).strip())
+    except (TypeError, ValueError):
+        return default
+
+
+@dataclass
+class IniSnapshot:
+    sections: Sections
+    mtime: float
+    read_at: float
+    stale: bool = False  # True: the current file could not be parsed, these are the last good values
+
+
+@dataclass
+class TolerantIni:
+    """Reads one engine status file; keeps the last good parse when it catches one half-written.
+
+    `check(new, last_good)` returns a reason string when `new` looks incomplete (a job listed but its
+    section missing, a section that was there before gone), else "". A suspicious read is retried a
+    few times at once; if it stays suspicious it is served from the last good parse, until the same
+    suspicious text has been seen `accept_after` times in a row (then it is what the engine means).
+    """
+
+    path: Path
+    check: Callable[[Sections, Sections | None], str] = lambda new, old: ""
+    retries: int = 3
+    retry_delay: float = 0.02
+    accept_after: int = 3
+    last_good: IniSnapshot | None = None
+    _suspect_text: str = ""
+    _suspect_count: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    def read(self) -> IniSnapshot | None:
+        """The current status (or the last good one); None when the file does not exist."""
+        try:
+            return self._read()
+        except Exception as exc:  # never crash the driver over a status file
+            log.warning("status file %s: %s", self.path, exc)
+            return self._stale()
+
+    def _stale(self) -> IniSnapshot | None:
+        if self.last_good is None:
+            return None
+        return IniSnapshot(self.last_good.sections, self.last_good.mtime, self.last_good.read_at, stale=True)
+
+    def _read(self) -> IniSnapshot | None:
+        reason = ""
+        text = ""
+        for attempt in range(self.retries + 1):
+            got = read_briefly(self.path)
+            if got is None:
+                if not self.path.exists():
+                    return None
+                reason = "cannot be read"
+            else:
+                text, mtime = got
+                sections, complete, _ = parse_ini(text)
+                reason = "" if complete else "incomplete"
+                if not reason:
+                    old = self.last_good.sections if self.last_good else None
+                    reason = self.check(sections, old)
+                if not reason:
+                    self._suspect_count = 0
+                    self.last_good = IniSnapshot(sections, mtime, time.time())
+                    return self.last_good
+            if attempt < self.retries:
+                time.sleep(self.retry_delay)
+        # still suspicious: the same text again and again is what the engine means
+        if got is not None and text == self._suspect_text and text.strip():
+            self._suspect_count += 1
+        else:
+            self._suspect_text, self._suspect_count = text, 1
+        self.problems = [f"{self.path.name}: {reason}"]
+        if got is not None and (self.last_good is None or self._suspect_count >= self.accept_after):
+            sections, _, _ = parse_ini(text)  # best effort (the unterminated last line is dropped)
+            if self._suspect_count >= self.accept_after:
+                self.last_good = IniSnapshot(sections, got[1], time.time())
+                return self.last_good
+            return IniSnapshot(sections, got[1], time.time(), stale=True)
+        return self._stale()
+
+
+def listed_values(section: Mapping[str, str] | None) -> list[str]:
+    """Values of a list section (`JOB1=a`, `Robot0=b`, …) in key order."""
+    if not section:
+        return []
+
+    def order(item: tuple[str, str]) -> tuple[int, str]:
+        digits = re.sub(r"\D", "", item[0])
+        return (int(digits) if digits else 0, item[0])
+
+    return [v for _, v in sorted(section.items(), key=order) if v]
+
+
+def missing_listed_sections(sections: Sections, list_names: Iterable[str]) -> str:
+    for list_name in list_names:
+        for job in listed_values(sections.get(list_name)):
+            if job.lower() not in sections:
+                return f"[{list_name}] lists {job} but its section is missing"
+    return ""
+
+
+def lost_sections(new: Sections, old: Sections | None, keep: Callable[[str], bool]) -> str:
+    """A section that should never vanish (engine info, robots) is in the last good parse but not here."""
+    if not old:
+        return ""
+    for name in old:
+        if keep(name) and name not in new:
+            return f"section [{name}] vanished"
+    return ""
+
+
+# --------------------------------------------------------------------------- robot job ids
+
+
+def robot_job_id(job_id: str, disc: int, disc_count: int, attempt: int, max_len: int) -> str:
+    """The robot's job id for one disc and attempt: `<job>`, `<job>-D2of3`, `<job>-R2`, `<job>-D2of3-R2`.
+
+    The base is cut when the protocol's limit requires it, so the result always fits `max_len`.
+    """
+    suffix = (f"-D{disc}of{disc_count}" if disc_count > 1 else "") + (f"-R{attempt}" if attempt > 1 else "")
+    return job_id[: max_len - len(suffix)] + suffix
+
+
+@dataclass(frozen=True)
+class RobotJobRef:
+    stem: str
+    disc: int
+    disc_count: int
+    attempt: int
+
+
+def match_robot_job(stem: str, job_id: str, max_len: int) -> RobotJobRef | None:
+    """Whether `stem` (a job file name without extension, or a status section) is a robot job of `job_id`."""
+    splits: list[tuple[str, int]] = [(stem, 1)]
+    m = re.fullmatch(r"(.+)-R(\d{1,4})", stem)
+    if m:
+        splits.append((m.group(1), int(m.group(2))))
+    for head, attempt in splits:
+        options: list[tuple[int, int]] = [(1, 1)]
+        d = re.fullmatch(r"(.+)-D(\d{1,3})of(\d{1,3})", head)
+        if d:
+            options.append((int(d.group(2)), int(d.group(3))))
+        for disc, count in options:
+            if attempt < 1 or disc < 1 or count < 1 or disc > count:
+                continue
+            if robot_job_id(job_id, disc, count, attempt, max_len).lower() == stem.lower():
+                return RobotJobRef(stem, disc, count, attempt)
+    return None
+
+
+@dataclass
+class FoundJobFile:
+    ref: RobotJobRef
+    ext: str  # upper case, no dot
+    path: Path
+
+
+def find_job_files(folders: Iterable[Path], job_id: str, extensions: Iterable[str],
+                   max_len: int) -> list[FoundJobFile]:
+    """Every job file of `job_id` (all discs and attempts) in the given folders."""
+    wanted = {e.upper() for e in extensions}
+    found: list[FoundJobFile] = []
+    prefix = job_id[: max(1, min(len(job_id), max_len - 12))].lower()
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            name = entry.name
+            stem, dot, ext = name.rpartition(".")
+            if not dot or ext.upper() not in wanted or not stem.lower().startswith(prefix):
+                continue
+            ref = match_robot_job(stem, job_id, max_len)
+            if ref is not None:
+                found.append(FoundJobFile(ref, ext.upper(), Path(entry.path)))
+    return found
+
+
+def latest_per_disc(refs: Iterable[RobotJobRef]) -> dict[int, RobotJobRef]:
+    """For each disc, the robot job of its highest attempt."""
+    best: dict[int, RobotJobRef] = {}
+    for ref in refs:
+        cur = best.get(ref.disc)
+        if cur is None or ref.attempt > cur.attempt:
+            best[ref.disc] = ref
+    return best
+
+
+@dataclass
+class DiscState:
+    ref: RobotJobRef
+    progress: publish.JobProgress
+
+
+def aggregate(discs: list[DiscState], disc_count: int) -> publish.JobProgress:
+    """The job's state from its discs' states (every disc must be known)."""
+    if not discs or len(discs) < disc_count:
+        return publish.JobProgress(publish.UNKNOWN, message="not every disc of the job is known to the robot")
+    progs = [d.progress for d in discs]
+    total = publish.JobProgress(
+        publish.BURNING,
+        progress=sum(p.progress for p in progs) / disc_count,
+        discs_done=sum(p.discs_done for p in progs),
+        discs_failed=sum(p.discs_failed for p in progs),
+    )
+
+    def label(d: DiscState, text: str) -> str:
+        return f"disc {d.ref.disc} of {disc_count}: {text}" if disc_count > 1 else text
+
+    for wanted in (publish.FAILED, publish.CANCELLED, publish.WAITING, publish.BURNING):
+        hits = [d for d in discs if d.progress.state == wanted]
+        if hits:
+            if wanted == publish.WAITING and any(d.progress.state == publish.BURNING for d in discs) \
+                    and not any(d.progress.error_code for d in hits):
+                continue  # a disc burning beats one merely queued behind it
+            total.state = wanted
+            total.message = label(hits[0], hits[0].progress.message)
+            total.error_code = hits[0].progress.error_code
+            return total
+    total.state = publish.DONE
+    total.progress = 1.0
+    total.message = "done"
+    return total
+
+
+# --------------------------------------------------------------------------- USB matchers
+
+
+def usb_matchers(kind: str, builtin: Iterable[Mapping[str, Any]], data_dir: Path | None) -> list[dict[str, Any]]:
+    """The driver's built-in matchers plus a technician's additions from `<data>/usb-matchers.json`.
+
+    That file is `{"epson": [{"vendor_id": "04b8", "model": "PP-150"}], "primera": [...]}`; each
+    matcher's fields (vendor_id, product_id: exact hex; vendor, model: case-insensitive substrings of
+    udev's ID_VENDOR / ID_MODEL, `_` and space alike) must all match. A broken file is logged and ignored.
+    """
+    result = [dict(m, kind=kind) for m in builtin]
+    if data_dir is None:
+        return result
+    path = Path(data_dir) / USB_MATCHERS_FILE
+    if not path.exists():
+        return result
+    try:
+        extra = json.loads(path.read_text(encoding="utf-8")).get(kind, [])
+        for m in extra:
+            if isinstance(m, dict) and any(m.get(k) for k in ("vendor_id", "product_id", "vendor", "model")):
+                result.append({k: str(v) for k, v in m.items() if k in
+                               ("vendor_id", "product_id", "vendor", "model")} | {"kind": kind})
+    except (OSError, ValueError, AttributeError, TypeError) as exc:
+        log.warning("%s: ignored (%s)", path, exc)
+    return result
+
+
+def _norm(text: object) -> str:
+    return str(text or "").replace("_", " ").strip().lower()
+
+
+def usb_match(matcher: Mapping[str, Any], device: Mapping[str, Any]) -> bool:
+    """Whether a device (keys vendor_id, product_id, vendor, model — or udev's ID_VENDOR_ID, ID_MODEL_ID,
+    ID_VENDOR, ID_MODEL) satisfies every field the matcher sets."""
+    props = {
+        "vendor_id": device.get("vendor_id") or device.get("ID_VENDOR_ID") or "",
+        "product_id": device.get("product_id") or device.get("ID_MODEL_ID") or "",
+        "vendor": device.get("vendor") or device.get("ID_VENDOR") or device.get("ID_VENDOR_FROM_DATABASE") or "",
+        "model": device.get("model") or device.get("ID_MODEL") or device.get("ID_MODEL_FROM_DATABASE") or "",
+    }
+    checked = False
+    for key in ("vendor_id", "product_id"):
+        want = str(matcher.get(key) or "").lower()
+        if want:
+            checked = True
+            if str(props[key]).lower() != want:
+                return False
+    for key in ("vendor", "model"):
+        want = _norm(matcher.get(key))
+        if want:
+            checked = True
+            if want not in _norm(props[key]):
+                return False
+    return checked
