@@ -46,6 +46,7 @@ def _int_range(lo: int, hi: int) -> Callable[[str, Any], int]:
             raise SettingError(f"{key}: must be from {lo} to {hi}, not {number}")
         return number
 
+    check.bad_examples = (lo - 1, hi + 1, "", "ten", "1.5")  # type: ignore[attr-defined]
     return check
 
 
@@ -54,6 +55,9 @@ def _port(key: str, value: Any) -> int:
         return _int_range(0, 65535)(key, value)
     except SettingError:
         raise SettingError(f"{key}: must be a TCP port from 1 to 65535, or 0 to close it; got {value!r}") from None
+
+
+_port.bad_examples = (-1, 65536, "", "http", "80x", "1.5")  # type: ignore[attr-defined]
 
 
 def _bool(key: str, value: Any) -> bool:
@@ -67,6 +71,9 @@ def _bool(key: str, value: Any) -> bool:
     raise SettingError(f"{key}: must be true or false, not {value!r}")
 
 
+_bool.bad_examples = ("", "maybe", "2", "ja")  # type: ignore[attr-defined]
+
+
 def _choice(*choices: str) -> Callable[[str, Any], str]:
     def check(key: str, value: Any) -> str:
         text = str(value).strip()
@@ -74,6 +81,7 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
             raise SettingError(f"{key}: must be one of {', '.join(choices)}; got {value!r}")
         return text
 
+    check.bad_examples = ("", "x" + choices[0], choices[0].upper() + "?")  # type: ignore[attr-defined]
     return check
 
 
@@ -87,6 +95,7 @@ def _choice_int(*choices: int) -> Callable[[str, Any], int]:
             raise SettingError(f"{key}: must be one of {', '.join(map(str, choices))}; got {value!r}")
         return number
 
+    check.bad_examples = ("", "fast", max(choices) + 1, min(choices) - 1)  # type: ignore[attr-defined]
     return check
 
 
@@ -102,6 +111,8 @@ def _text(max_len: int, *, allow_empty: bool = True) -> Callable[[str, Any], str
             raise SettingError(f"{key}: at most {max_len} characters, got {len(text)}")
         return text
 
+    check.bad_examples = ("x" * (max_len + 1), "two\nlines", "tab\there") + (  # type: ignore[attr-defined]
+        () if allow_empty else ("", "   "))
     return check
 
 
@@ -131,6 +142,10 @@ def _station_aet(key: str, value: Any) -> str:
     return validate_aet(key, value, max_len=13)
 
 
+_station_aet.bad_examples = (  # type: ignore[attr-defined]
+    "", "   ", "A" * 14, "MY AET", "BACK\\SLASH", "MÜNCHEN", "TAB\tX", "LINE\nX")
+
+
 def _hostname(key: str, value: Any) -> str:
     text = str(value).strip()
     if not text:
@@ -145,6 +160,10 @@ def _hostname(key: str, value: Any) -> str:
     return text
 
 
+_hostname.bad_examples = (  # type: ignore[attr-defined]
+    "-bad-", "exa mple.org", "host_name", "a" * 254, "ex..ample", "http://x.org", "x" * 64 + ".org")
+
+
 def _path(key: str, value: Any) -> str:
     text = str(value).strip()
     if any(ord(c) < 32 for c in text):
@@ -152,6 +171,9 @@ def _path(key: str, value: Any) -> str:
     if text and not os.path.isabs(text):
         raise SettingError(f"{key}: must be an absolute path, got {value!r}")
     return text
+
+
+_path.bad_examples = ("relative/path", "/tmp/ctl\x01x")  # type: ignore[attr-defined]
 
 
 _CHARSETS = {
@@ -188,6 +210,9 @@ def _charset(key: str, value: Any) -> str:
     return term
 
 
+_charset.bad_examples = ("", "ISO_IR 999", "klingon")  # type: ignore[attr-defined]
+
+
 def python_codec(charset_term: str) -> str:
     """The Python codec for a DICOM Specific Character Set term."""
     return _CHARSETS.get(charset_term, "latin_1")
@@ -198,11 +223,20 @@ def python_codec(charset_term: str) -> str:
 
 @dataclass(frozen=True)
 class Spec:
-    """One setting: its default, its validator and a line of help for the CLI and the web UI."""
+    """One setting: its default, its validator and a line of help for the CLI and the web UI.
+
+    `bad_examples` are values the validator must refuse (tests try every one of them); the
+    shared validators bring their own, so a key needs its own only for a custom validator.
+    """
 
     default: Any
     check: Callable[[str, Any], Any]
     help: str
+    bad_examples: tuple[Any, ...] = ()
+
+    def refused_examples(self) -> tuple[Any, ...]:
+        """Every value known to be invalid for this key (its own and its validator's)."""
+        return tuple(self.bad_examples) + tuple(getattr(self.check, "bad_examples", ()))
 
 
 SPECS: dict[str, Spec] = {
