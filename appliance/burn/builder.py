@@ -1,0 +1,123 @@
+"""One burn job → one or more finished IHE PDI discs (staged tree, image file, label).
+
+`build_discs` is the whole disc builder as the burner sees it: catalogue the instances (headers
+only), choose the media and split (media.py), then per disc stage DICOM/ and the DICOMDIR (pdi.py),
+render previews (render.py), write the pages and README (webpages.py), the label (label.py), the
+SHA-256 manifest (manifest.py) and the image (discimage.py). Files are streamed or hard-linked,
+one at a time: nothing holds the study in memory.
+
+Layout of `work_dir` (owned by the builder; a rebuild replaces it):
+  disc01/tree/        the disc as files (data mode, folder export)
+  disc01/<job>-1.iso  the image (absent when make_image is False)
+  disc01/<job>-1.png  the label
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import re
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from appliance.burn import discimage, label, manifest, media, pdi, render, webpages
+from appliance.burn.catalog import BuildError, catalog
+from appliance.burn.text import ascii_label
+from appliance.publish import DiscImage
+
+log = logging.getLogger(__name__)
+__all__ = ["BuildError", "BuildOptions", "build_discs", "verify_tree"]
+verify_tree = manifest.verify_tree
+
+
+@dataclass
+class BuildOptions:
+    job_id: str
+    allowed_media: list[str]  # subset of publish.MEDIA_ORDER, smallest first
+    capacity: dict[str, int] | None = None  # override publish.MEDIA_CAPACITY (tests use tiny values)
+    institution: str = ""
+    department: str = ""
+    creator: str = "BurnStation"
+    make_image: bool = True  # False: staged tree only (data mode / folder export)
+    token_link: str | None = None  # optional link on the label (no QR encoder is installed: printed as text)
+
+
+def _safe_job(job_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", job_id)[:32] or "job"
+
+
+def volume_label(patients: Sequence[webpages.PatientEntry], number: int, count: int) -> str:
+    """ISO 9660 volume label from the first patient's family name and study date, + "_1OF2" when split."""
+    suffix = f"_{number}OF{count}" if count > 1 else ""
+    family = patients[0].name.split(",")[0].split("/")[0] if patients else ""
+    date = patients[0].studies[0].date if patients and patients[0].studies else ""
+    base = ascii_label(family, date, limit=32 - len(suffix), default="DICOM")
+    return base + suffix
+
+
+def _tree_size(tree: Path) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(tree) for f in files)
+
+
+def build_one(plan: media.DiscPlan, disc_dir: Path, options: BuildOptions, created: dt.datetime,
+              capacity: int) -> DiscImage:
+    if disc_dir.exists():
+        shutil.rmtree(disc_dir)
+    tree = disc_dir / "tree"
+    tree.mkdir(parents=True)
+    patients = webpages.group(plan.instances)
+    vol = volume_label(patients, plan.number, plan.count)
+    pdi.stage_dicom(plan.instances, tree, plan.media, vol[:16])
+    (tree / "IHE_PDI").mkdir()
+    for patient in patients:
+        for study in patient.studies:
+            for series in study.series:
+                shots = render.render_series(series.instances, tree / "IHE_PDI", series.page.removesuffix(".HTM"))
+                series.previews = [p.name for p in shots]
+    fields = label.label_fields(patients, institution=options.institution, department=options.department,
+                                creator=options.creator, disc_number=plan.number, disc_count=plan.count,
+                                media=plan.media, created=created, token_link=options.token_link)
+    fields["volume_label"] = vol
+    webpages.write_pages(tree, patients, fields, plan.notes)
+    webpages.write_readme(tree, patients, fields, plan.notes, media.profile(plan.media))
+    manifest.write_manifest(tree)
+    stem = f"{_safe_job(options.job_id)}-{plan.number}"
+    label_png = label.render_label(fields, disc_dir / f"{stem}.png")
+    image = disc_dir / f"{stem}.iso"
+    filesystem = discimage.filesystem_for(plan.media)
+    if options.make_image:
+        discimage.make_image(tree, image, plan.media, vol, publisher=options.creator or "BurnStation")
+        size = image.stat().st_size
+    else:
+        size = _tree_size(tree)
+    if size > capacity:
+        raise BuildError(f"disc {plan.number} came out at {size} bytes, more than a {plan.media} "
+                         f"({capacity} bytes); the size estimate was wrong for this content")
+    log.info("disc %s of %s: %s, %s, %d instances, %d bytes", plan.number, plan.count, plan.media, vol,
+             len(plan.instances), size)
+    return DiscImage(image=image, tree=tree, media=plan.media, filesystem=filesystem, volume_label=vol,
+                     size=size, label_image=label_png, label_fields=fields, disc_number=plan.number,
+                     disc_count=plan.count)
+
+
+def build_discs(instances: Sequence[Mapping[str, Any]], work_dir: Path, options: BuildOptions) -> list[DiscImage]:
+    """Build every disc of one job under `work_dir` (see the module docstring for the layout).
+
+    `instances` are rows of index.instances (at least `path`). Raises BuildError with a message for
+    the technician when the job cannot be built (missing file, no media, an instance too big).
+    """
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    infos = catalog(instances)
+    plans = media.plan_discs(infos, options.allowed_media, options.capacity)
+    caps = media.capacities(options.capacity)
+    created = dt.datetime.now()
+    for old in work_dir.glob("disc[0-9][0-9]"):  # a rebuild must not leave discs of an earlier plan
+        if int(old.name[4:]) > len(plans):
+            shutil.rmtree(old)
+    return [build_one(plan, work_dir / f"disc{plan.number:02d}", options, created, caps[plan.media])
+            for plan in plans]

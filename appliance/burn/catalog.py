@@ -1,0 +1,133 @@
+"""What the disc builder knows about each instance, read once from its header (never its pixels).
+
+The index rows say where a file is; the header gives the names, dates and descriptions that the
+pages, the label and the media plan need. Text values are decoded with the file's own Specific
+Character Set by pydicom and made safe (`text.display_text`) before anyone sees them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from appliance.burn.text import display_text, person_name
+
+ELE = "1.2.840.10008.1.2.1"
+
+
+class BuildError(Exception):
+    """A job cannot become a disc; the message says why (shown to the technician)."""
+
+
+@dataclass
+class InstanceInfo:
+    path: Path
+    size: int
+    sop_uid: str
+    sop_class: str
+    transfer_syntax: str
+    study_uid: str
+    series_uid: str
+    patient_id: str = ""
+    patient_name: str = ""  # readable, safe ("Family, Given")
+    birth_date: str = ""
+    sex: str = ""
+    study_date: str = ""
+    study_time: str = ""
+    study_description: str = ""
+    accession: str = ""
+    institution: str = ""
+    modality: str = ""
+    series_number: int = 0
+    series_description: str = ""
+    instance_number: int = 0
+    rows: int = 0
+    columns: int = 0
+    frames: int = 1
+    samples: int = 1
+    bits_allocated: int = 0
+
+    @property
+    def pixel_bytes(self) -> int:
+        """Uncompressed pixel data size (0 for objects without pixels)."""
+        return self.rows * self.columns * self.frames * self.samples * ((self.bits_allocated + 7) // 8)
+
+
+def _int(value: Any, default: int = 0) -> int:
+    try:
+        return int(str(value).strip() or default)
+    except (TypeError, ValueError):
+        return default
+
+
+def read_header(path: Path) -> Dataset:
+    """The dataset up to (not including) the pixel data."""
+    return dcmread(path, stop_before_pixels=True)
+
+
+def info_from_header(ds: Dataset, path: Path, size: int, row: Mapping[str, Any] | None = None) -> InstanceInfo:
+    row = row or {}
+    meta = getattr(ds, "file_meta", None)
+    ts = str(getattr(meta, "TransferSyntaxUID", "") or row.get("transfer_syntax") or ELE)
+    sop_uid = str(ds.get("SOPInstanceUID") or getattr(meta, "MediaStorageSOPInstanceUID", "") or row.get("sop_uid", ""))
+    if not sop_uid:
+        raise BuildError(f"{path.name}: no SOP Instance UID")
+    return InstanceInfo(
+        path=path,
+        size=size,
+        sop_uid=sop_uid,
+        sop_class=str(ds.get("SOPClassUID") or getattr(meta, "MediaStorageSOPClassUID", "") or row.get("sop_class", "")),
+        transfer_syntax=ts,
+        study_uid=str(ds.get("StudyInstanceUID") or row.get("study_uid", "")),
+        series_uid=str(ds.get("SeriesInstanceUID") or row.get("series_uid", "")),
+        patient_id=display_text(ds.get("PatientID", ""), 64),
+        patient_name=person_name(ds.get("PatientName", "")),
+        birth_date=display_text(ds.get("PatientBirthDate", ""), 16),
+        sex=display_text(ds.get("PatientSex", ""), 16),
+        study_date=display_text(ds.get("StudyDate", ""), 16),
+        study_time=display_text(ds.get("StudyTime", ""), 16),
+        study_description=display_text(ds.get("StudyDescription", "")),
+        accession=display_text(ds.get("AccessionNumber", ""), 64),
+        institution=display_text(ds.get("InstitutionName", "")),
+        modality=display_text(ds.get("Modality", ""), 16),
+        series_number=_int(ds.get("SeriesNumber")),
+        series_description=display_text(ds.get("SeriesDescription", "")),
+        instance_number=_int(ds.get("InstanceNumber", row.get("instance_number"))),
+        rows=_int(ds.get("Rows")),
+        columns=_int(ds.get("Columns")),
+        frames=max(1, _int(ds.get("NumberOfFrames"), 1)),
+        samples=_int(ds.get("SamplesPerPixel"), 1),
+        bits_allocated=_int(ds.get("BitsAllocated")),
+    )
+
+
+def catalog(instances: Sequence[Mapping[str, Any]]) -> list[InstanceInfo]:
+    """Header facts of every instance of a job, sorted study → series → instance number.
+
+    Duplicated SOP Instance UIDs are kept once. A missing or unreadable file is a BuildError that
+    names it (a job never silently burns less than it was given).
+    """
+    infos: dict[str, InstanceInfo] = {}
+    for row in instances:
+        path = Path(str(row["path"]))
+        try:
+            size = os.stat(path).st_size
+            ds = read_header(path)
+        except FileNotFoundError as exc:
+            raise BuildError(f"instance file missing: {path}") from exc
+        except Exception as exc:  # pydicom raises many kinds on a broken file
+            raise BuildError(f"cannot read DICOM file {path}: {exc}") from exc
+        info = info_from_header(ds, path, size, row)
+        infos.setdefault(info.sop_uid, info)
+    return sorted(infos.values(), key=sort_key)
+
+
+def sort_key(info: InstanceInfo) -> tuple:
+    return (info.patient_id, info.study_date, info.study_time, info.study_uid, info.series_number,
+            info.series_uid, info.instance_number, info.sop_uid)
