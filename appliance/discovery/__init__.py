@@ -41,12 +41,22 @@ def robot_name(driver: str, device: dict[str, Any]) -> str:
     return f"{driver}-{serial[-8:]}" if serial else driver
 
 
+def known_targets() -> set[str]:
+    """Driver package names plus the panel."""
+    import pkgutil
+
+    import drivers
+
+    return {info.name for info in pkgutil.iter_modules(drivers.__path__) if info.ispkg} | {LCD_TARGET}
+
+
 class Discovery:
     """Matched devices from one backend, refreshed by `poll()`."""
 
-    def __init__(self, backend: Backend, matchers: list[Matcher] | None = None) -> None:
+    def __init__(self, backend: Backend, matchers: list[Matcher] | None = None,
+                 data_dir: Path | None = None) -> None:
         self.backend = backend
-        self.matchers = load_matchers() if matchers is None else matchers
+        self.matchers = load_matchers(data_dir) if matchers is None else matchers
         self.ok, self.message = backend.available()
         self._robots: dict[str, dict[str, Any]] = {}
         self._lcd: dict[str, Any] | None = None
@@ -67,6 +77,11 @@ class Discovery:
             return
         for device in devices:
             target = best_match(device, self.matchers)
+            if target is None and self.backend.name == "simulated" and device.get("kind") in known_targets():
+                # the simulator says what it plays; its ids matching no driver is worth a warning
+                target = str(device["kind"])
+                LOG.warning("discovery: simulated %s (%s:%s) matches no USB matcher; using its kind %s",
+                            device.get("name"), device.get("vendor_id"), device.get("product_id"), target)
             if target is None:
                 continue
             if target == LCD_TARGET:
@@ -118,7 +133,7 @@ def make_discovery(data_dir: Path, simulate: bool, sim_root: Path | None = None)
     if simulate:
         from appliance.discovery.simulated import SimulatedBackend
 
-        return Discovery(SimulatedBackend(sim_root or data_dir / "sim"))
+        return Discovery(SimulatedBackend(sim_root or data_dir / "sim"), data_dir=data_dir)
     from appliance.discovery.udev import UdevBackend
 
-    return Discovery(UdevBackend())
+    return Discovery(UdevBackend(), data_dir=data_dir)

@@ -2,9 +2,12 @@
 
 A driver package `drivers/<name>/usb.py` holds a list of dicts (Home Assistant's manifest style):
 `{"vid": "04b8", "pid": "0007", "vendor": "*Epson*", "model": "*PP-100*"}` — every key optional,
-ids as 4 hex digits, strings as case-insensitive shell patterns. A device matches when every key
-given matches; among matches the most specific one wins (ids count more than patterns), so a
-technician can add a narrow entry that beats a broad one.
+ids as 4 hex digits (also spelled vendor_id/product_id), strings case-insensitive, `_` and space
+alike, matched as substrings (or as shell patterns when they contain `*`/`?`). A device matches
+when every key given matches; among matches the most specific one wins (ids count more than
+strings, longer strings more than shorter), so a technician's narrow entry beats a broad one.
+When the driver offers `matchers(data_dir)` (built-ins plus `<data>/usb-matchers.json`), that is
+used, so technicians' additions count here too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import importlib
 import logging
 import pkgutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 LOG = logging.getLogger("burnstation.discovery")
@@ -61,11 +65,12 @@ class Matcher:
         return cls(target, norm_id(_field(doc, "vid")), norm_id(_field(doc, "pid")),
                    _field(doc, "vendor"), _field(doc, "model"))
 
-    def specificity(self) -> int:
-        return 4 * bool(self.vid) + 4 * bool(self.pid) + bool(self.vendor) + bool(self.model)
+    def specificity(self) -> tuple[int, int]:
+        return (4 * bool(self.vid) + 4 * bool(self.pid) + bool(self.vendor) + bool(self.model),
+                len(self.vendor) + len(self.model))
 
     def matches(self, device: dict[str, Any]) -> bool:
-        if self.specificity() == 0:
+        if self.specificity()[0] == 0:
             return False
         if self.vid and norm_id(_field(device, "vid")) != self.vid:
             return False
@@ -73,8 +78,11 @@ class Matcher:
             return False
         for key, pattern in (("vendor", self.vendor), ("model", self.model)):
             if pattern:
-                value = _field(device, key).replace("_", " ").lower()
-                if not fnmatch.fnmatchcase(value, pattern.replace("_", " ").lower()):
+                value = _field(device, key).replace("_", " ").strip().lower()
+                want = pattern.replace("_", " ").strip().lower()
+                if not any(c in want for c in "*?["):
+                    want = f"*{want}*"
+                if not fnmatch.fnmatchcase(value, want):
                     return False
         return True
 
@@ -93,7 +101,7 @@ def best_match(device: dict[str, Any], matchers: list[Matcher]) -> str | None:
     found = [m for m in matchers if m.matches(device)]
     if not found:
         return None
-    found.sort(key=lambda m: -m.specificity())
+    found.sort(key=lambda m: m.specificity(), reverse=True)
     return found[0].target
 
 
@@ -105,7 +113,7 @@ def _matcher_list(module: Any) -> list[dict[str, Any]]:
     return []
 
 
-def driver_matchers() -> list[Matcher]:
+def driver_matchers(data_dir: Path | None = None) -> list[Matcher]:
     """Matchers from every `drivers/<name>/usb.py` (the driver name is the target)."""
     import drivers
 
@@ -120,7 +128,13 @@ def driver_matchers() -> list[Matcher]:
         except Exception:
             LOG.exception("drivers.%s.usb could not be loaded; its robots are not discovered", info.name)
             continue
-        out.extend(Matcher.from_doc(info.name, doc) for doc in _matcher_list(module))
+        docs = _matcher_list(module)
+        if callable(getattr(module, "matchers", None)):
+            try:
+                docs = [dict(m) for m in module.matchers(data_dir)]
+            except Exception:
+                LOG.exception("drivers.%s.usb.matchers() failed; using its built-in list", info.name)
+        out.extend(Matcher.from_doc(info.name, doc) for doc in docs)
     return out
 
 
@@ -130,5 +144,5 @@ def panel_matchers() -> list[Matcher]:
     return [Matcher.from_doc(LCD_TARGET, doc) for doc in USB_MATCHERS]
 
 
-def load_matchers() -> list[Matcher]:
-    return driver_matchers() + panel_matchers()
+def load_matchers(data_dir: Path | None = None) -> list[Matcher]:
+    return driver_matchers(data_dir) + panel_matchers()

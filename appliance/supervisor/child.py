@@ -74,6 +74,16 @@ def run_service(data_dir: Path, name: str, robot: str | None = None, device: str
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     _announce_ready(ready, stop)
+    try:
+        return _serve(data_dir, name, stop, ready, robot, device)
+    finally:
+        # a second SIGTERM during interpreter shutdown must not turn a clean exit into a kill
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _serve(data_dir: Path, name: str, stop: threading.Event, ready: threading.Event, robot: str | None,
+           device: str | None) -> int:
     if name == "driver":
         if not robot:
             print("burnstation service driver: --robot NAME is required", file=sys.stderr)

@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="time multiplier: 1 realistic (minutes per disc), 0.1 ten times faster, 0 instant")
     parser.add_argument("--faults", default="",
                         help="faults set at start: robot:fault[,robot:write_error=N,...]")
+    parser.add_argument("--lcd", action="store_true",
+                        help="also offer a virtual front-panel LCD on a pty (ROOT/devices/lcd.json, ROOT/lcd-screen.txt)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -60,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"burnstation-sim: --faults: {exc}", file=sys.stderr)
         return 2
     # optional components (objects with tick() and close()) are appended to sim.components here
+    if args.lcd:
+        from .lcd import VirtualLCD
+
+        sim.components.append(VirtualLCD(sim.root))
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,0 +1,143 @@
+"""What the front panel says: pages of 4 lines of 20 characters, built from the station's state.
+
+Page 1: AE title, IP address, DICOM ports, station state. Page 2: state, HL7/HTTP ports, current
+job. Further pages list more IP addresses. The state is one of OK / ROBOT FAULT / DISK LOW /
+PROCESS FAILED, judged from the robots' live status, free disk space and the supervisor's table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import shutil
+import socket
+import sqlite3
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance.config import Settings
+
+SIOCGIFADDR = 0x8915
+ACTIVE_JOB_STATES = ("burning", "submitted", "building", "built", "queued")
+
+
+def ip_addresses() -> list[str]:
+    """The host's IPv4 addresses, then global IPv6 ones; loopback only when there is nothing else."""
+    found: list[str] = []
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for _index, name in socket.if_nameindex():
+            try:
+                packed = fcntl.ioctl(sock.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+            except OSError:
+                continue
+            addr = socket.inet_ntoa(packed[20:24])
+            if addr not in found:
+                found.append(addr)
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            raw = line.split()[0]
+            addr = ipaddress.IPv6Address(bytes.fromhex(raw))
+            if addr.is_global:
+                found.append(str(addr))
+    outside = [a for a in found if not ipaddress.ip_address(a).is_loopback]
+    outside.sort(key=lambda a: ":" in a)
+    return outside or ["127.0.0.1"]
+
+
+def _db(data_dir: Path) -> sqlite3.Connection | None:
+    path = data_dir / "state.db"
+    if not path.exists():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2)
+    except sqlite3.Error:
+        return None
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _rows(conn: sqlite3.Connection | None, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+    if conn is None:
+        return []
+    try:
+        return conn.execute(sql, args).fetchall()
+    except sqlite3.Error:
+        return []
+
+
+def station_state(data_dir: Path, settings: Settings, conn: sqlite3.Connection | None) -> tuple[str, str]:
+    """(state, detail) for the panel."""
+    free_mb = shutil.disk_usage(data_dir).free // 2**20
+    if free_mb < max(int(settings.get("dicom.min_free_mb")), 1) * 2:
+        return "DISK LOW", f"{free_mb} MB free"
+    robots = {r.get("name"): r for r in settings.table_all("robots")}
+    now = time.time()
+    for row in _rows(conn, "SELECT name, online, message, status, heartbeat_at FROM robot_status"):
+        if row["name"] not in robots:
+            continue
+        faults = []
+        with contextlib.suppress(ValueError, TypeError):
+            faults = json.loads(row["status"] or "{}").get("faults") or []
+        if not row["online"] or faults or now - float(row["heartbeat_at"] or 0) > 15:
+            return "ROBOT FAULT", f"{row['name']}: {', '.join(faults) or row['message'] or 'offline'}"
+    try:
+        sup = json.loads((data_dir / "run" / "supervisor.json").read_text())
+    except (OSError, ValueError):
+        sup = {}
+    failed = [p["name"] for p in sup.get("processes", []) if p.get("state") == "failed"]
+    if failed:
+        return "PROCESS FAILED", ", ".join(failed)
+    return "OK", ""
+
+
+def current_job(conn: sqlite3.Connection | None) -> dict[str, Any] | None:
+    placeholders = ",".join("?" * len(ACTIVE_JOB_STATES))
+    rows = _rows(conn, f"SELECT * FROM jobs WHERE state IN ({placeholders})", ACTIVE_JOB_STATES)
+    if not rows:
+        return None
+    rows.sort(key=lambda r: ACTIVE_JOB_STATES.index(r["state"]))
+    return dict(rows[0])
+
+
+def queue_counts(conn: sqlite3.Connection | None) -> dict[str, int]:
+    return {r["state"]: r["n"] for r in _rows(conn, "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+
+def pages(data_dir: Path, settings: Settings, addresses: list[str] | None = None) -> list[list[str]]:
+    values = settings.all()
+    addresses = addresses if addresses is not None else ip_addresses()
+    conn = _db(data_dir)
+    try:
+        state, detail = station_state(data_dir, settings, conn)
+        job = current_job(conn)
+        queue = queue_counts(conn)
+    finally:
+        if conn is not None:
+            conn.close()
+
+    def port(key: str) -> str:
+        return str(values[key]) if values[key] else "off"
+
+    first = [
+        values["dicom.aet"],
+        f"IP {addresses[0]}",
+        f"DICOM {port('dicom.port')} TLS {port('dicom.tls_port')}",
+        f"State: {state}",
+    ]
+    if job:
+        progress = job.get("progress") or 0
+        pct = int(progress * 100) if progress <= 1 else int(progress)
+        job_lines = [f"Job {job['id']}", f"{job['state']} {pct}% {job.get('robot') or ''}".strip()]
+    else:
+        waiting = sum(n for s, n in queue.items() if s in ("queued", "built", "building"))
+        job_lines = ["No disc burning", f"Queue: {waiting} waiting" if queue else "Queue empty"]
+    second = [f"State: {state}" if not detail else f"{state}: {detail}",
+              f"HL7 {port('hl7.port')} HTTP {port('http.port')}", *job_lines]
+    out = [first, second]
+    for start in range(1, len(addresses), 4):
+        out.append([f"IP {a}" for a in addresses[start:start + 4]])
+    return out
