@@ -104,6 +104,8 @@ class Engine:
             job.path = files.rename_ext(job.path, "INP")
             return
         event = self.robot.step(job, dt)
+        if job.phase in ("write", "verify"):
+            self.robot.drive_percent = self.robot.progress_percent(job)
         if event == "paused" and self.paused_ext:
             job.path = files.rename_ext(job.path, self.paused_ext)
         elif event == "resumed" and self.paused_ext:
