@@ -305,7 +305,8 @@ class TolerantIni:
     `check(new, last_good)` returns a reason string when `new` looks incomplete (a job listed but its
     section missing, a section that was there before gone), else "". A suspicious read is retried a
     few times at once; if it stays suspicious it is served from the last good parse, until the same
-    suspicious text has been seen `accept_after` times in a row (then it is what the engine means).
+    reason has come back on `accept_after` reads in a row over at least `accept_seconds` (then it is
+    what the engine means: a robot really removed, a key really dropped).
     """
 
     path: Path
@@ -313,9 +314,11 @@ class TolerantIni:
     retries: int = 3
     retry_delay: float = 0.02
     accept_after: int = 3
+    accept_seconds: float = 1.5
     last_good: IniSnapshot | None = None
-    _suspect_text: str = ""
+    _suspect_reason: str = ""
     _suspect_count: int = 0
+    _suspect_since: float = 0.0
     problems: list[str] = field(default_factory=list)
 
     def read(self) -> IniSnapshot | None:
@@ -353,18 +356,21 @@ class TolerantIni:
                     return self.last_good
             if attempt < self.retries:
                 time.sleep(self.retry_delay)
-        # still suspicious: the same text again and again is what the engine means
-        if got is not None and text == self._suspect_text and text.strip():
+        # still suspicious: the same reason again and again, for a while, is what the engine means
+        now = time.time()
+        if got is not None and reason == self._suspect_reason and text.strip():
             self._suspect_count += 1
         else:
-            self._suspect_text, self._suspect_count = text, 1
+            self._suspect_reason, self._suspect_count, self._suspect_since = reason, 1, now
         self.problems = [f"{self.path.name}: {reason}"]
-        if got is not None and (self.last_good is None or self._suspect_count >= self.accept_after):
+        settled = (self._suspect_count >= self.accept_after and now - self._suspect_since >= self.accept_seconds
+                   and reason != "incomplete")
+        if got is not None and (self.last_good is None or settled):
             sections, _, _ = parse_ini(text)  # best effort (the unterminated last line is dropped)
-            if self._suspect_count >= self.accept_after:
-                self.last_good = IniSnapshot(sections, got[1], time.time())
+            if settled:
+                self.last_good = IniSnapshot(sections, got[1], now)
                 return self.last_good
-            return IniSnapshot(sections, got[1], time.time(), stale=True)
+            return IniSnapshot(sections, got[1], now, stale=True)
         return self._stale()
 
 
@@ -389,12 +395,15 @@ def missing_listed_sections(sections: Sections, list_names: Iterable[str]) -> st
 
 
 def lost_sections(new: Sections, old: Sections | None, keep: Callable[[str], bool]) -> str:
-    """A section that should never vanish (engine info, robots) is in the last good parse but not here."""
+    """A section that should never vanish (engine info, robots) is in the last good parse but not here,
+    or a section in both has lost keys."""
     if not old:
         return ""
-    for name in old:
+    for name, keys in old.items():
         if keep(name) and name not in new:
             return f"section [{name}] vanished"
+        if name in new and not set(keys) <= set(new[name]):
+            return f"section [{name}] lost keys"  # the writer stopped inside it
     return ""
 
 
@@ -432,8 +441,9 @@ def match_robot_job(stem: str, job_id: str, max_len: int) -> RobotJobRef | None:
         for disc, count in options:
             if attempt < 1 or disc < 1 or count < 1 or disc > count:
                 continue
-            if robot_job_id(job_id, disc, count, attempt, max_len).lower() == stem.lower():
-                return RobotJobRef(stem, disc, count, attempt)
+            canonical = robot_job_id(job_id, disc, count, attempt, max_len)
+            if canonical.lower() == stem.lower():  # status sections come lower-cased
+                return RobotJobRef(canonical, disc, count, attempt)
     return None
 
 
@@ -484,8 +494,10 @@ class DiscState:
 
 def aggregate(discs: list[DiscState], disc_count: int) -> publish.JobProgress:
     """The job's state from its discs' states (every disc must be known)."""
-    if not discs or len(discs) < disc_count:
-        return publish.JobProgress(publish.UNKNOWN, message="not every disc of the job is known to the robot")
+    if not discs:
+        return publish.JobProgress(publish.UNKNOWN, message="the robot does not know this job")
+    if len(discs) < disc_count:
+        return publish.JobProgress(publish.UNKNOWN, message="not every disc of the job reached the robot")
     progs = [d.progress for d in discs]
     total = publish.JobProgress(
         publish.BURNING,

@@ -26,8 +26,8 @@ CLIENT_ID = "BurnStation"
 # the label design's fields, in its order (MergeField lines are positional); a robot config's
 # `merge_fields` list replaces it; fields not named here follow in the order the builder gave them
 DEFAULT_MERGE_ORDER = (
-    "patient_name", "patient_id", "birth_date", "sex", "study_date", "modalities", "description",
-    "institution", "department", "created", "disc",
+    "patient_name", "patient_id", "birth_date", "sex", "study_dates", "modalities", "study_descriptions",
+    "accession_numbers", "institution", "department", "creation_date", "disc_of", "content",
 )
 
 
