@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from appliance.services import station
 
     _settings(args)
-    return station.run(_data(args), simulate=args.simulate, robots=args.robots)
+    return station.run(_data(args), simulate=args.simulate, robots=args.robots, sim_speed=args.sim_speed)
 
 
 def cmd_service(args: argparse.Namespace) -> int:
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "run the station in the foreground")
     p.add_argument("--simulate", action="store_true", help="start the robot simulator beside the station")
     p.add_argument("--robots", default="epson,primera", help="simulated robots (with --simulate)")
+    p.add_argument("--sim-speed", type=float, default=1.0,
+                   help="simulator time multiplier (with --simulate): 1 realistic, 0 instant")
     from appliance.burn import commands as burn_commands  # robots, jobs
 
     burn_commands.add_parsers(add, _settings)

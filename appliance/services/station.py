@@ -35,10 +35,11 @@ def available_services() -> list[str]:
     return out
 
 
-def run(data_dir: str | os.PathLike[str], simulate: bool = False, robots: str = "epson,primera") -> int:
+def run(data_dir: str | os.PathLike[str], simulate: bool = False, robots: str = "epson,primera",
+        sim_speed: float = 1.0) -> int:
     from appliance.supervisor.supervisor import Supervisor
 
-    supervisor = Supervisor(Path(data_dir), simulate=simulate, sim_robots=robots)
+    supervisor = Supervisor(Path(data_dir), simulate=simulate, sim_robots=robots, sim_speed=sim_speed)
     supervisor.install_signals()
     if simulate:
         sim = supervisor.sim_root

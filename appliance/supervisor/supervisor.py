@@ -10,6 +10,7 @@ timeout) within 10 s. Children run `burnstation service NAME` (see `appliance.su
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import logging
@@ -167,12 +168,13 @@ class Supervisor:
     """Runs the station's processes until `stop` is set."""
 
     def __init__(self, data_dir: str | os.PathLike[str], *, simulate: bool = False,
-                 sim_robots: str = "epson,primera", services: list[str] | None = None,
+                 sim_robots: str = "epson,primera", sim_speed: float = 1.0, services: list[str] | None = None,
                  discovery: Discovery | None = None, tick: float = 0.2) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.settings = Settings(self.data_dir)
         self.simulate = simulate
         self.sim_robots = parse_sim_robots(sim_robots) if simulate else []
+        self.sim_speed = sim_speed
         self.services = services if services is not None else self._default_services()
         self.sim_root = self.data_dir / "sim"
         self.discovery = discovery or make_discovery(self.data_dir, simulate, self.sim_root)
@@ -228,7 +230,7 @@ class Supervisor:
         if self.simulate:
             robots = ",".join(kind if kind == name else f"{kind}:{name}" for kind, name in self.sim_robots)
             argv = [sys.executable, "-m", "burnstation_sim", "--spool", str(self.data_dir / "spool"),
-                    "--root", str(self.sim_root), "--robots", robots, "--lcd"]
+                    "--root", str(self.sim_root), "--robots", robots, "--speed", f"{self.sim_speed:g}", "--lcd"]
             wanted["simulator"] = self._config("simulator", argv, kind="simulator")
         for name in self.services:
             wanted[name] = self._config(name, self._service_argv(name), kind="service")
@@ -368,7 +370,23 @@ class Supervisor:
                 return robot.get("source", "manual")
         return "manual"
 
+    def _lock(self) -> bool:
+        """One supervisor per data folder: a second `burnstation run` would fight the first."""
+        path = self.data_dir / "run" / "supervisor.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = open(path, "a+")  # noqa: SIM115 - held for the supervisor's life
+        try:
+            fcntl.flock(self._lock_fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            other = (read_state(self.data_dir) or {}).get("pid", "?")
+            LOG.error("another `burnstation run` (pid %s) already runs on %s; not starting a second one",
+                      other, self.data_dir)
+            return False
+        return True
+
     def run(self) -> int:
+        if not self._lock():
+            return 1
         self.write_state(force=True)
         if self.simulate:
             self.register_simulated()
