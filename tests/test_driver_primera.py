@@ -1,0 +1,349 @@
+"""Primera PTBurn driver, unit level: JRQ building, injection attempts, status files (half-written
+too, heartbeat), the job lifecycle by file extension, abort, retry, path mapping, label conversion.
+
+The engine's side is played by hand here; tests/test_robots_e2e.py runs the driver against the
+hardware simulator.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from appliance import publish
+from drivers.primera import errors, jrq
+from drivers.primera.publisher import PrimeraPublisher
+from drivers.primera.status import Heartbeat
+
+INJECT = "DOE^JOHN\r\nData=/etc\nImportance=400"
+
+
+def disc(tmp_path: Path, media: str = "CD", fields: dict | None = None, volume: str = "DOE_JOHN",
+         label: str = "png", number: int = 1, count: int = 1) -> publish.DiscImage:
+    tree = tmp_path / f"tree{number}"
+    tree.mkdir(exist_ok=True)
+    (tree / "DICOMDIR").write_bytes(b"x")
+    image = tmp_path / f"disc{number}.iso"
+    image.write_bytes(b"\0" * 4096)
+    label_path = None
+    if label:
+        label_path = tmp_path / f"label.{label}"
+        Image.new("RGB", (40, 40), "white").save(label_path)
+    return publish.DiscImage(image=image, tree=tree, media=media, filesystem="ISO9660+JOLIET", volume_label=volume,
+                             size=4096, label_image=label_path,
+                             label_fields=fields if fields is not None else {"patient_id": "P1",
+                                                                               "patient_name": "DOE^JOHN"},
+                             disc_number=number, disc_count=count)
+
+
+def robot(tmp_path: Path, **kw: object) -> dict:
+    spool = tmp_path / "PTBurnJobs"
+    (spool / "Status").mkdir(parents=True, exist_ok=True)
+    return {"name": "bravo", "driver": "primera", "role": "primera", "media": ["CD", "DVD"], "spool": str(spool),
+            "engine_path": "", "mode": "image", "verify": True, "source": "manual", **kw}
+
+
+TICK = [1000]
+
+
+def write_system(spool: Path, sys_error: tuple[int, str] = (0, ""), robot_keys: dict | None = None,
+                 tick: bool = True) -> None:
+    if tick:
+        TICK[0] += 1
+    keys = {"RobotType": 7, "NumJobs": 0, "Status": "Idle", "DiscsInLeftBin": 25, "DiscsInRightBin": -1,
+            "CartridgeType0": "Color", "CartridgeFill0": 64, "CartridgeType1": "Black", "CartridgeFill1": 5}
+    keys.update(robot_keys or {})
+    text = ("[RobotList]\r\nRobot0=Bravo Xi\r\n\r\n[System]\r\n"
+            f"SysErrorNumber={sys_error[0]}\r\nSysErrorString={sys_error[1]}\r\nServerTickCount={TICK[0]}\r\n"
+            "ServerTime=2024-01-01 12:00:00\r\nDriveSpace=1000\r\n\r\n[Bravo Xi]\r\n"
+            + "".join(f"{k}={v}\r\n" for k, v in keys.items()))
+    tmp = spool / "Status" / "sys.tmp"
+    tmp.write_text(text)
+    tmp.replace(spool / "Status" / "SystemStatus.txt")
+
+
+def write_robot(spool: Path, jobs: dict[str, dict] | None = None, completed: tuple[str, ...] = ()) -> None:
+    lines = ["[JobList]"] + [f"Job{i}={j}" for i, j in enumerate(j for j in (jobs or {}) if j not in completed)]
+    lines += ["", "[CompletedJobs]"] + [f"Job{i}={j}" for i, j in enumerate(completed)] + [""]
+    for job, keys in (jobs or {}).items():
+        full = {"JobsAhead": 0, "DiscsAhead": 0, "CurrentStatus": "", "CurrentStatusState": 17, "GoodDiscs": 0,
+                "BadDiscs": 0, "DiscsRemaining": 1, "JobState": 0, "JobErrorNumber": 0, "JobErrorString": "",
+                "DiscErrorIndex0": 0, "DiscErrorNumber0": 0, "DiscErrorString0": ""}
+        full.update(keys)
+        lines += [f"[{job}]"] + [f"{k} = {v}" for k, v in full.items()] + [""]
+    lines += ["[System]", "SystemStatus=Idle", "DriveState0=1", "DrivePercent0=40", "DriveState1=0",
+              "DrivePercent1=0"]
+    tmp = spool / "Status" / "rob.tmp"
+    tmp.write_text("\r\n".join(lines) + "\r\n")
+    tmp.replace(spool / "Status" / "Bravo Xi.txt")
+
+
+def rename(spool: Path, stem: str, old: str, new: str) -> None:
+    (spool / f"{stem}.{old}").rename(spool / f"{stem}.{new}")
+
+
+def raw(path: Path) -> str:
+    return path.read_bytes().decode()
+
+
+# --------------------------------------------------------------------------- JRQ builder
+
+
+def test_jrq_image_mode_has_exactly_the_expected_keys():
+    job = jrq.JrqJob(job_id="J1", image="/spool/jobfiles/J1/DISC.iso", copies=2, print_label="/spool/L.jpg",
+                     merge_values=["DOE^JOHN", "P1"], volume_name="VOL", robot_name="Bravo Xi")
+    text = jrq.build_jrq(job)
+    assert jrq.parse_jrq(text) == [
+        ("JobID", "J1"), ("ClientID", "BurnStation"), ("Importance", "100"),
+        ("ImageFile", "/spool/jobfiles/J1/DISC.iso"), ("ImageType", "MODE_1_2048"), ("CloseDisc", "YES"),
+        ("VerifyDisc", "YES"), ("RejectIfNotBlank", "YES"), ("Copies", "2"), ("PrintLabel", "/spool/L.jpg"),
+        ("MergeField", "DOE^JOHN"), ("MergeField", "P1"), ("VolumeName", "VOL"), ("RobotName", "Bravo Xi"),
+    ]
+
+
+def test_jrq_data_mode_and_limits():
+    pairs = jrq.parse_jrq(jrq.build_jrq(jrq.JrqJob(job_id="J2", data=["Z:\\a\\DISC"], data_image_type="UDF",
+                                                   verify=False, importance=300)))
+    assert ("Data", "Z:\\a\\DISC") in pairs and ("DataImageType", "UDF") in pairs and ("VerifyDisc", "NO") in pairs
+    assert not any(k in ("ImageFile", "ImageType") for k, _ in pairs)
+    for bad in (dict(copies=0), dict(copies=10001), dict(importance=401), dict(job_id="x" * 33),
+                dict(data_image_type="NTFS", image="", data=["/d"]), dict(print_label="/l.png")):
+        with pytest.raises(ValueError):
+            jrq.build_jrq(jrq.JrqJob(**{"job_id": "J3", "image": "/i.iso", **bad}))
+    assert jrq.data_image_type_for("CD", "") == "JOLIET" and jrq.data_image_type_for("BD", "") == "UDF201"
+    assert jrq.importance_for(0) < jrq.importance_for(1) <= 400
+
+
+def test_untrusted_values_cannot_add_a_key():
+    job = jrq.JrqJob(job_id="J1", image="/i.iso", volume_name=INJECT, robot_name=INJECT, client_id=INJECT,
+                     merge_values=jrq.ordered_merge_values({"patient_name": INJECT}))
+    pairs = jrq.parse_jrq(jrq.build_jrq(job))
+    keys = [k for k, _ in pairs]
+    assert keys.count("Data") == 0 and keys.count("Importance") == 1 and dict(pairs)["Importance"] == "100"
+    assert len(dict(pairs)["VolumeName"]) <= 32 and len(dict(pairs)["ClientID"]) <= 32
+    assert dict(pairs)["MergeField"] == "DOE^JOHN Data /etc Importance 400"
+
+
+def test_merge_fields_follow_the_declared_order():
+    values = jrq.ordered_merge_values({"institution": "H", "patient_id": "P1", "extra": "E", "patient_name": "N"})
+    # patient_name, patient_id, then empty places up to institution, then fields not in the order
+    order = list(jrq.DEFAULT_MERGE_ORDER)
+    assert values[order.index("patient_name")] == "N" and values[order.index("patient_id")] == "P1"
+    assert values[order.index("institution")] == "H" and values[order.index("birth_date")] == ""
+    assert values[-1] == "E"
+    assert jrq.ordered_merge_values({"b": "2", "a": "1"}, order=["a", "b"]) == ["1", "2"]
+
+
+def test_abort_command():
+    assert jrq.parse_jrq(jrq.build_abort("J1")) == [("Message", "ABORT"), ("ClientID", "BurnStation"),
+                                                    ("JobID", "J1")]
+    with pytest.raises(ValueError):
+        jrq.build_abort("J1\nMessage=SHUTDOWN_IMMEDIATE")
+
+
+def test_error_numbers_in_clear_text():
+    assert len(errors.ERRORS) == 23 and all(errors.ERRORS[n] for n in range(23))
+    assert "record" in errors.describe(18) and "verify" in errors.describe(19)
+    assert errors.describe(18, "Recorder failed at 73%") == "Recorder failed at 73% (record (write) error, error 18)"
+    assert errors.describe(0) == "" and "99" in errors.describe(99)
+
+
+# --------------------------------------------------------------------------- status
+
+
+def test_status_bins_cartridges_drives_and_heartbeat(tmp_path):
+    r = robot(tmp_path, status_timeout=30)
+    spool = Path(r["spool"])
+    pub = PrimeraPublisher(r, tmp_path)
+    st = pub.status()
+    assert not st.online and "SystemStatus.txt" in st.message
+    write_system(spool)
+    write_robot(spool)
+    st = pub.status()
+    assert st.online and st.media == ["CD", "DVD"]
+    assert st.stackers == {"left bin": {"discs": 25}, "right bin": {"discs": None}}
+    assert st.ink == {"cartridge 0 (Color)": 64, "cartridge 1 (Black)": 5}
+    assert "ink low: cartridge 1 (Black) 5%" in st.faults
+    assert st.drives == [{"drive": 0, "state": 1, "percent": 40}, {"drive": 1, "state": 0, "percent": 0}]
+    write_system(spool, sys_error=(5, "Input bin empty"))
+    st = pub.status()
+    assert st.online and "Input bin empty" in st.message
+    # half-written: the last good values, no crash
+    text = (spool / "Status" / "SystemStatus.txt").read_text()
+    (spool / "Status" / "SystemStatus.txt").write_text(text[: len(text) // 2])
+    st = pub.status()
+    assert st.ink["cartridge 0 (Color)"] == 64 and "half-written" in st.message
+    (spool / "Status" / "Bravo Xi.txt").write_bytes(b"\x00\xff" * 50)
+    assert pub.status().drives[0]["percent"] == 40
+
+
+def test_heartbeat():
+    hb = Heartbeat(timeout=10)
+    assert hb.alive("1", now=100) and hb.alive("1", now=109)
+    assert not hb.alive("1", now=111)
+    assert hb.alive("2", now=112)
+
+
+def test_engine_that_stopped_ticking_is_offline(tmp_path):
+    r = robot(tmp_path, status_timeout=30)
+    spool = Path(r["spool"])
+    write_system(spool)
+    write_robot(spool)
+    pub = PrimeraPublisher(r, tmp_path)
+    assert pub.status().online
+    pub.heartbeat.since -= 31  # we have watched the same tick for 31 s
+    st = pub.status()
+    assert not st.online and "not responding" in st.message
+    write_system(spool)  # it ticks again
+    assert pub.status().online
+    old = time.time() - 600  # a file nobody has rewritten for ten minutes
+    os.utime(spool / "Status" / "SystemStatus.txt", (old, old))
+    assert not PrimeraPublisher(r, tmp_path).status().online
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_submit_poll_lifecycle(tmp_path):
+    r = robot(tmp_path)
+    spool = Path(r["spool"])
+    write_system(spool)
+    write_robot(spool)
+    pub = PrimeraPublisher(r, tmp_path)
+    assert pub.poll("J1").state == publish.UNKNOWN
+    pub.submit(publish.PublishRequest(job_id="J1", discs=[disc(tmp_path)], copies=3, priority=1))
+    pairs = jrq.parse_jrq(raw(spool / "J1.JRQ"))
+    d = dict(pairs)
+    assert [k for k, _ in pairs] == ["JobID", "ClientID", "Importance", "ImageFile", "ImageType", "CloseDisc",
+                                     "VerifyDisc", "RejectIfNotBlank", "Copies", "PrintLabel", "MergeField",
+                                     "MergeField", "VolumeName", "RobotName"]
+    assert d["JobID"] == "J1" and d["Copies"] == "3" and d["Importance"] == "300" and d["RobotName"] == "Bravo Xi"
+    assert [v for k, v in pairs if k == "MergeField"] == ["DOE^JOHN", "P1"]
+    assert d["PrintLabel"].endswith("LABEL.jpg") and Image.open(d["PrintLabel"]).format == "JPEG"
+    assert Path(d["ImageFile"]).read_bytes() == b"\0" * 4096
+    assert pub.poll("J1").state == publish.WAITING
+    pub.submit(publish.PublishRequest(job_id="J1", discs=[disc(tmp_path)], copies=3))
+    assert [p.name for p in spool.glob("J1*")] == ["J1.JRQ"]  # never twice
+
+    rename(spool, "J1", "JRQ", "QRJ")
+    write_robot(spool, {"J1": {"JobsAhead": 2, "DiscsRemaining": 3}})
+    p = pub.poll("J1")
+    assert p.state == publish.WAITING and "2 jobs ahead" in p.message
+    rename(spool, "J1", "QRJ", "INP")
+    write_robot(spool, {"J1": {"JobState": 1, "CurrentStatus": "Recording disc 2", "CurrentStatusState": 0,
+                               "GoodDiscs": 1, "DiscsRemaining": 2}})
+    p = pub.poll("J1")
+    assert p.state == publish.BURNING and "Recording disc 2" in p.message and abs(p.progress - 1 / 3) < 1e-9
+    # the robot ran out of discs: the job waits with the robot's words
+    write_system(spool, sys_error=(3, "Input bin empty - load discs"))
+    p = pub.poll("J1")
+    assert p.state == publish.WAITING and "Input bin empty" in p.message
+    write_system(spool)
+    assert pub.poll("J1").state == publish.BURNING
+    rename(spool, "J1", "INP", "DON")
+    write_robot(spool, {"J1": {"JobState": 2, "CurrentStatusState": 10, "GoodDiscs": 3, "DiscsRemaining": 0}},
+                completed=("J1",))
+    p = PrimeraPublisher(r, tmp_path).poll("J1")  # a restarted driver finds it by id
+    assert p.state == publish.DONE and p.discs_done == 3
+    assert not (spool / "jobfiles" / "J1").exists()
+
+
+def test_write_error_then_retry(tmp_path):
+    r = robot(tmp_path)
+    spool = Path(r["spool"])
+    write_system(spool)
+    write_robot(spool)
+    pub = PrimeraPublisher(r, tmp_path)
+    req = publish.PublishRequest(job_id="J2", discs=[disc(tmp_path)])
+    pub.submit(req)
+    rename(spool, "J2", "JRQ", "ERR")
+    write_robot(spool, {"J2": {"JobState": 3, "CurrentStatusState": 15, "BadDiscs": 1, "JobErrorNumber": 0,
+                               "DiscErrorNumber0": 18, "DiscErrorString0": "Write failed at sector 1234"}},
+                completed=("J2",))
+    p = pub.poll("J2")
+    assert p.state == publish.FAILED and p.error_code == "18"
+    assert "Write failed at sector 1234" in p.message and "record (write) error" in p.message
+    pub.submit(req)
+    assert dict(jrq.parse_jrq(raw(spool / "J2-R2.JRQ")))["JobID"] == "J2-R2"
+    rename(spool, "J2-R2", "JRQ", "DON")
+    assert pub.poll("J2").state == publish.DONE
+
+
+def test_abort(tmp_path):
+    r = robot(tmp_path)
+    spool = Path(r["spool"])
+    write_system(spool)
+    write_robot(spool)
+    pub = PrimeraPublisher(r, tmp_path)
+    assert not pub.cancel("J3")
+    pub.submit(publish.PublishRequest(job_id="J3", discs=[disc(tmp_path)]))
+    rename(spool, "J3", "JRQ", "INP")
+    assert pub.cancel("J3")
+    assert jrq.parse_jrq(raw(spool / "J3.PTM")) == [("Message", "ABORT"), ("ClientID", "BurnStation"),
+                                                    ("JobID", "J3")]
+    (spool / "J3.PTM").unlink()  # consumed by the engine
+    rename(spool, "J3", "INP", "ERR")
+    write_robot(spool, {"J3": {"JobState": 3, "CurrentStatusState": 13, "JobErrorNumber": 16,
+                               "JobErrorString": "Job aborted by client"}}, completed=("J3",))
+    assert pub.poll("J3").state == publish.CANCELLED
+    assert not pub.cancel("J3")
+
+
+@pytest.mark.parametrize("engine_path, image", [
+    ("\\\\ptburn-host\\PTBurnJobs", "\\\\ptburn-host\\PTBurnJobs\\jobfiles\\J4\\DISC.iso"),
+    ("C:\\PTBurnJobs", "C:\\PTBurnJobs\\jobfiles\\J4\\DISC.iso"),
+    ("/srv/ptburn", "/srv/ptburn/jobfiles/J4/DISC.iso"),
+])
+def test_engine_path_mapping(tmp_path, engine_path, image):
+    r = robot(tmp_path, engine_path=engine_path)
+    spool = Path(r["spool"])
+    write_system(spool)
+    write_robot(spool)
+    PrimeraPublisher(r, tmp_path).submit(publish.PublishRequest(job_id="J4", discs=[disc(tmp_path)]))
+    d = dict(jrq.parse_jrq(raw(spool / "J4.JRQ")))
+    assert d["ImageFile"] == image
+    assert d["PrintLabel"] == image.replace("DISC.iso", "LABEL.jpg")
+
+
+def test_data_mode_and_jpeg_label_kept(tmp_path):
+    r = robot(tmp_path, mode="data")
+    spool = Path(r["spool"])
+    write_system(spool)
+    write_robot(spool)
+    PrimeraPublisher(r, tmp_path).submit(publish.PublishRequest(
+        job_id="J5", discs=[disc(tmp_path, media="DVD", label="jpg")]))
+    d = dict(jrq.parse_jrq(raw(spool / "J5.JRQ")))
+    assert d["Data"].endswith("jobfiles/J5/DISC") and d["DataImageType"] == "UDF" and "ImageFile" not in d
+    assert Path(d["Data"], "DICOMDIR").exists() and d["PrintLabel"].endswith("LABEL.jpg")
+
+
+def test_long_job_ids_fit_32_characters(tmp_path):
+    r = robot(tmp_path)
+    spool = Path(r["spool"])
+    write_system(spool)
+    write_robot(spool)
+    pub = PrimeraPublisher(r, tmp_path)
+    job_id = "J" + "1" * 31
+    pub.submit(publish.PublishRequest(job_id=job_id, discs=[disc(tmp_path, number=1, count=2),
+                                                            disc(tmp_path, number=2, count=2)]))
+    ids = sorted(dict(jrq.parse_jrq(raw(p)))["JobID"] for p in spool.glob("*.JRQ"))
+    assert len(ids) == 2 and all(len(i) <= 32 for i in ids) and ids[0].endswith("-D1of2")
+    assert pub.poll(job_id).state == publish.WAITING
+
+
+def test_injection_through_the_publisher(tmp_path):
+    r = robot(tmp_path)
+    spool = Path(r["spool"])
+    write_system(spool)
+    write_robot(spool)
+    fields = {"patient_name": INJECT, "patient_id": "P1\r\nJobID=EVIL"}
+    PrimeraPublisher(r, tmp_path).submit(publish.PublishRequest(
+        job_id="J6", discs=[disc(tmp_path, fields=fields, volume=INJECT)]))
+    pairs = jrq.parse_jrq(raw(spool / "J6.JRQ"))
+    keys = [k for k, _ in pairs]
+    assert keys.count("JobID") == 1 and "Data" not in keys and keys.count("Importance") == 1
+    assert dict(pairs)["JobID"] == "J6"
