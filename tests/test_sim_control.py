@@ -94,3 +94,15 @@ def test_bad_arguments_exit_2(tmp_path):
                                  "--root", str(tmp_path / "r"), *args], capture_output=True, text=True, cwd=REPO,
                                 timeout=30)
         assert result.returncode == 2 and "burnstation-sim:" in result.stderr
+
+
+def test_path_map_reads_paths_as_the_engine_host_sees_them(tmp_path):
+    share = tmp_path / "share"
+    (share / "images").mkdir(parents=True)
+    make_iso(share / "images" / "disc.iso")
+    with Sim(tmp_path, robots="epson,primera", extra=("--path-map", f"Z:\\burn={share}")) as sim:
+        submit(sim.spool / "epson", "m.JDF", "IMAGE=Z:\\burn\\images\\disc.iso\n")
+        submit(sim.spool / "primera", "m.JRQ", "ImageFile=z:\\burn\\images\\disc.iso\n")
+        wait_ext(sim.spool / "epson", "m", "DON")
+        wait_ext(sim.spool / "primera", "m", "DON")
+        assert (sim.root / "bin" / "epson" / "m" / "disc.iso").is_file()

@@ -201,3 +201,13 @@ def test_status_rewritten_in_place_and_ink_low(sim, tmp_path):
     sim.ctl("epson", "fault", "ink_low", "off")
     wait_for(lambda: status(sim)["PUBLISHER1"]["ERROR"] == "", what="ink ok")
     assert path.stat().st_ino == inode
+
+
+def test_output_full_waits_until_emptied(sim, tmp_path):
+    order = sim.spool / "epson"
+    sim.ctl("epson", "fault", "output_full", "on")
+    submit(order, "full.JDF", f"IMAGE={make_iso(tmp_path / 'f.iso')}\n")
+    wait_for(lambda: status(sim)["full"]["ERROR"] == "RTN001", what="RTN001")
+    assert (order / "full.INP").exists() and status(sim)["full"]["COMPLETION_NUMBER"] == "0"
+    sim.ctl("epson", "fault", "output_full", "off")  # the operator took the discs away
+    wait_ext(order, "full", "DON")

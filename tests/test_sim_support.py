@@ -100,7 +100,8 @@ def submit(folder: Path, name: str, text: str | bytes) -> Path:
 class Sim:
     """`burnstation-sim` as a real process."""
 
-    def __init__(self, tmp: Path, robots: str = "epson,primera", speed: str = "0", faults: str = "") -> None:
+    def __init__(self, tmp: Path, robots: str = "epson,primera", speed: str = "0", faults: str = "",
+                 extra: tuple[str, ...] = ()) -> None:
         self.spool = tmp / "spool"
         self.root = tmp / "simroot"
         self.robots = [item.split(":")[-1] for item in robots.split(",")]
@@ -108,6 +109,7 @@ class Sim:
                      str(self.root), "--robots", robots, "--speed", speed]
         if faults:
             self.args += ["--faults", faults]
+        self.args += list(extra)
         self.log = tmp / "sim.log"
         self.proc: subprocess.Popen | None = None
 

@@ -24,10 +24,12 @@ class Engine:
     model = ""
     paused_ext: str | None = None  # Epson renames a paused job to .STP; PTBurn leaves it .INP
 
-    def __init__(self, robot: Robot, folder: Path, bin_root: Path) -> None:
+    def __init__(self, robot: Robot, folder: Path, bin_root: Path,
+                 path_maps: list[tuple[str, Path]] | None = None) -> None:
         self.robot = robot
         self.folder = folder
         self.bin_root = bin_root
+        self.path_maps = path_maps or []  # (path prefix as the client writes it, local folder)
         self.jobs: dict[str, Job] = {}  # by job id, in order of arrival
         self.seen: dict[Path, tuple[int, int]] = {}
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -79,6 +81,17 @@ class Engine:
             except FileNotFoundError:
                 continue
         return [p for _, _, p in sorted(found) if self.stable(p)]
+
+    def resolve(self, value: str) -> Path:
+        """A path named in a job file, as this engine sees it: a mapped prefix (for example a
+        Windows share `Z:\\spool`) is replaced by its local folder; a relative path is relative to
+        the watched folder."""
+        for prefix, local in self.path_maps:
+            if value.lower().startswith(prefix.lower()):
+                rest = value[len(prefix):].replace("\\", "/").lstrip("/")
+                return local / rest if rest else local
+        path = Path(value)
+        return path if path.is_absolute() else self.folder / path
 
     def bin_dir(self, job: Job) -> Path:
         return self.bin_root / job.job_id

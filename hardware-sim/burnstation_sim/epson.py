@@ -129,8 +129,9 @@ class EpsonEngine(Engine):
     model = MODEL
     paused_ext = "STP"
 
-    def __init__(self, robot: Robot, folder: Path, bin_root: Path) -> None:
-        super().__init__(robot, folder, bin_root)
+    def __init__(self, robot: Robot, folder: Path, bin_root: Path,
+                 path_maps: list[tuple[str, Path]] | None = None) -> None:
+        super().__init__(robot, folder, bin_root, path_maps)
         self.status_path = folder / "TDBStatus.txt"
         self.extra_sections: dict[str, Job] = {}  # rejected jobs whose JOB_ID belongs to another job
 
@@ -147,7 +148,10 @@ class EpsonEngine(Engine):
 
     # -- accepting a job -------------------------------------------------------------------------
     def accept(self, path: Path) -> None:
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return
         stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)[:40] or "JOB"
         job = Job(job_id=stem, path=path, received_name=path.name)
         try:
@@ -172,10 +176,6 @@ class EpsonEngine(Engine):
         self.save_received(job, raw)
         self.jobs[job.job_id] = job
         log.info("%s: accepted %s as job %s", self.robot.name, path.name, job.job_id)
-
-    def _resolve(self, value: str) -> Path:
-        path = Path(value)
-        return path if path.is_absolute() else self.folder / path
 
     def validate(self, text: str, job: Job) -> None:
         items = parse_jdf(text)
@@ -224,7 +224,7 @@ class EpsonEngine(Engine):
                 raise bad(key)
         job.compare = keys.get("COMPARE") == "YES"
         if "DATA_LIST" in keys:
-            listing = self._resolve(keys["DATA_LIST"])
+            listing = self.resolve(keys["DATA_LIST"])
             if not listing.is_file():
                 raise bad("DATA_LIST")
             for line in listing.read_text("utf-8", "replace").splitlines():
@@ -237,7 +237,7 @@ class EpsonEngine(Engine):
         if "FORMAT" in keys and keys["FORMAT"] not in FORMATS[disc_type]:
             raise JdfError(FORMAT_ERROR[disc_type], f"FORMAT={keys['FORMAT'][:40]} DISC_TYPE={disc_type}")
         if "IMAGE" in keys:
-            image = self._resolve(keys["IMAGE"])
+            image = self.resolve(keys["IMAGE"])
             if not image.is_file():
                 raise JdfError("JDF1101", str(image))
             problem = check_image(image)
@@ -247,7 +247,7 @@ class EpsonEngine(Engine):
         elif data_lines:
             for line in data_lines:
                 source_text, _, destination = line.partition("\t")
-                source = self._resolve(source_text)
+                source = self.resolve(source_text)
                 if not source_text or not source.exists():
                     raise JdfError("JDF0901", line[:80])
                 names = [source] if source.is_file() else [p for p in source.rglob("*") if p.is_file()]
@@ -262,12 +262,12 @@ class EpsonEngine(Engine):
         if "VOLUME_LABEL" in keys and len(keys["VOLUME_LABEL"]) > 32:
             raise bad("VOLUME_LABEL")
         if "LABEL" in keys:
-            label = self._resolve(keys["LABEL"])
+            label = self.resolve(keys["LABEL"])
             if not label.is_file():
                 raise JdfError("JDF1501", str(label))
             job.label_files.append(label)
         if "REPLACE_FIELD" in keys:
-            merge = self._resolve(keys["REPLACE_FIELD"])
+            merge = self.resolve(keys["REPLACE_FIELD"])
             if not merge.is_file():
                 raise JdfError("JDF1600", str(merge))
             lines = merge.read_text("utf-8", "replace").splitlines()
@@ -284,7 +284,10 @@ class EpsonEngine(Engine):
 
     # -- cancel ----------------------------------------------------------------------------------
     def cancel(self, path: Path) -> None:
-        text = path.read_bytes().decode("utf-8", "replace")
+        try:
+            text = path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         job_id = ""
         if lines and lines[0] == "[CANCEL]":

@@ -64,5 +64,8 @@ def tree_size(path: Path) -> int:
 def rename_ext(path: Path, ext: str) -> Path:
     """Rename `NAME.OLD` to `NAME.<ext>` in the same folder (what the engines do to job files)."""
     target = path.with_suffix("." + ext)
-    os.replace(path, target)
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:  # someone removed the job file; the job goes on in the status file
+        pass
     return target

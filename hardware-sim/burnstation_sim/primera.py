@@ -103,8 +103,9 @@ class PrimeraEngine(Engine):
     model = MODEL
     paused_ext = None
 
-    def __init__(self, robot: Robot, folder: Path, bin_root: Path) -> None:
-        super().__init__(robot, folder, bin_root)
+    def __init__(self, robot: Robot, folder: Path, bin_root: Path,
+                 path_maps: list[tuple[str, Path]] | None = None) -> None:
+        super().__init__(robot, folder, bin_root, path_maps)
         self.status_dir = folder / "Status"
         self.status_dir.mkdir(exist_ok=True)
         self.ink_low_ignored = False
@@ -117,7 +118,10 @@ class PrimeraEngine(Engine):
 
     # -- accepting a job -------------------------------------------------------------------------
     def accept(self, path: Path) -> None:
-        raw = path.read_bytes()
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return
         stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)[:32] or "JOB"
         job = Job(job_id=stem, path=path, received_name=path.name)
         try:
@@ -190,7 +194,7 @@ class PrimeraEngine(Engine):
         if "ImageFile" in keys and data:
             raise JrqError(8, "both ImageFile and Data given")
         if "ImageFile" in keys:
-            image = Path(keys["ImageFile"])
+            image = self.resolve(keys["ImageFile"])
             if not image.is_file():
                 raise JrqError(6, f"ImageFile not found: {image}")
             problem = check_image(image)
@@ -199,7 +203,7 @@ class PrimeraEngine(Engine):
             job.image, job.size = image, image.stat().st_size
         elif data:
             for value in data:
-                source = Path(value)
+                source = self.resolve(value)
                 if not value or not source.exists():
                     raise JrqError(6, f"Data not found: {value[:80]}")
                 job.data.append((source, ""))
@@ -216,7 +220,7 @@ class PrimeraEngine(Engine):
         if job.size > MEDIA_CAPACITY[job.media]:
             raise JrqError(11, f"{job.size} bytes on {job.media}")
         if "PrintLabel" in keys:
-            label = Path(keys["PrintLabel"])
+            label = self.resolve(keys["PrintLabel"])
             if not label.is_file() or label.suffix.lower() not in LABEL_EXTENSIONS:
                 raise JrqError(7, f"PrintLabel {str(label)[:80]}")
             if label.suffix.lower() in (".jpg", ".jpeg", ".bmp", ".png"):
@@ -233,8 +237,9 @@ class PrimeraEngine(Engine):
         JobID (else every job of that client); Message=IGNORE_INKLOW. Deleted once read."""
         try:
             items = dict(self._ptm_items(path.read_text("utf-8", "replace")))
-        finally:
-            path.unlink(missing_ok=True)
+        except FileNotFoundError:
+            return
+        path.unlink(missing_ok=True)
         message = items.get("message", "").upper()
         client = items.get("clientid", "")
         if message == "ABORT":
@@ -358,6 +363,7 @@ class PrimeraEngine(Engine):
             system += [(f"DriveState{drive}", DRIVE_STATE[robot.drive_state]),
                        (f"DrivePercent{drive}", robot.drive_percent)]
         sections.append(("System", system))
+        self.status_dir.mkdir(exist_ok=True)
         files.rewrite_in_place(self.status_dir / f"{name}.txt", files.render_ini(sections))
 
         bins = {s.number: s.count for s in robot.inputs()}

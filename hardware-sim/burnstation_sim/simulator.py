@@ -52,6 +52,18 @@ def parse_robots(text: str) -> list[RobotSpec]:
     return specs
 
 
+def parse_path_maps(items: list[str]) -> list[tuple[str, Path]]:
+    """`--path-map PREFIX=LOCAL_DIR` (repeatable): job files name paths as the engine's host sees
+    them (e.g. `Z:\\spool\\epson\\disc.iso`); the prefix is replaced by the local folder."""
+    maps = []
+    for item in items:
+        prefix, sep, local = item.rpartition("=")
+        if not sep or not prefix or not local:
+            raise ValueError(f"--path-map {item!r}: expected PREFIX=LOCAL_DIR")
+        maps.append((prefix, Path(local).resolve()))
+    return sorted(maps, key=lambda m: -len(m[0]))  # the longest prefix wins
+
+
 def tick_seconds(speed: float) -> float:
     """How often the engines run: every second at realistic speed, faster when time is scaled
     down, 50 ms at --speed 0. (The real TD Bridge rewrites its status about every 5 s.)"""
@@ -59,7 +71,8 @@ def tick_seconds(speed: float) -> float:
 
 
 class Simulator:
-    def __init__(self, spool: Path, root: Path, robots: list[RobotSpec], speed: float = 1.0) -> None:
+    def __init__(self, spool: Path, root: Path, robots: list[RobotSpec], speed: float = 1.0,
+                 path_maps: list[tuple[str, Path]] | None = None) -> None:
         self.spool = spool.resolve()
         self.root = root.resolve()
         self.speed = speed
@@ -69,7 +82,8 @@ class Simulator:
         for spec in robots:
             make_robot, engine_class = KINDS[spec.kind]
             robot = make_robot(spec.name, speed)
-            self.engines[spec.name] = engine_class(robot, self.spool / spec.name, self.root / "bin" / spec.name)
+            self.engines[spec.name] = engine_class(robot, self.spool / spec.name, self.root / "bin" / spec.name,
+                                                   path_maps)
 
     # -- operator commands -----------------------------------------------------------------------
     def apply(self, robot_name: str, words: list[str]) -> dict:
