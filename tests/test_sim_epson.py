@@ -211,3 +211,16 @@ def test_output_full_waits_until_emptied(sim, tmp_path):
     assert (order / "full.INP").exists() and status(sim)["full"]["COMPLETION_NUMBER"] == "0"
     sim.ctl("epson", "fault", "output_full", "off")  # the operator took the discs away
     wait_ext(order, "full", "DON")
+
+
+def test_timed_run_reports_progress_and_estimate(tmp_path):
+    """At --speed 0.01 a disc takes about 0.7 s: the job is seen in progress with an estimate."""
+    with Sim(tmp_path, robots="epson", speed="0.01") as sim:
+        order = sim.spool / "epson"
+        submit(order, "slow.JDF", f"COPIES=3\nIMAGE={make_iso(tmp_path / 's.iso')}\n")
+        wait_ext(order, "slow", "INP")
+        running = wait_for(lambda: (j := status(sim)["slow"])["STATUS"] == "2" and j["DETAIL_STATUS"] in ("3", "4", "5", "6")
+                           and int(j["ESTIMATION_TIME_REMAIN"]) > 0 and j, what="in progress")
+        assert int(running["ESTIMATION_TIME_REMAIN"]) < 5
+        wait_ext(order, "slow", "DON", timeout=30)
+        assert status(sim)["slow"]["COMPLETION_NUMBER"] == "3"
