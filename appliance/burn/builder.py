@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,20 +72,29 @@ def build_one(plan: media.DiscPlan, disc_dir: Path, options: BuildOptions, creat
     tree.mkdir(parents=True)
     patients = webpages.group(plan.instances)
     vol = volume_label(patients, plan.number, plan.count)
-    pdi.stage_dicom(plan.instances, tree, plan.media, vol[:16])
-    (tree / "IHE_PDI").mkdir()
-    for patient in patients:
-        for study in patient.studies:
-            for series in study.series:
-                shots = render.render_series(series.instances, tree / "IHE_PDI", series.page.removesuffix(".HTM"))
-                series.previews = [p.name for p in shots]
-    fields = label.label_fields(patients, institution=options.institution, department=options.department,
-                                creator=options.creator, disc_number=plan.number, disc_count=plan.count,
-                                media=plan.media, created=created, token_link=options.token_link)
-    fields["volume_label"] = vol
-    webpages.write_pages(tree, patients, fields, plan.notes)
-    webpages.write_readme(tree, patients, fields, plan.notes, media.profile(plan.media))
-    manifest.write_manifest(tree)
+    # DICOM files are hashed in a thread (hashlib and file reads release the GIL) while this thread
+    # stages the rest, renders previews and writes the pages
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="disc-hash") as pool:
+        hashing: dict[str, Future[str]] = {}
+
+        def hash_later(path: Path) -> None:
+            hashing[path.relative_to(tree).as_posix()] = pool.submit(manifest.sha256_file, path)
+
+        pdi.stage_dicom(plan.instances, tree, plan.media, vol[:16], on_file=hash_later)
+        (tree / "IHE_PDI").mkdir()
+        for patient in patients:
+            for study in patient.studies:
+                for series in study.series:
+                    stem = series.page.removesuffix(".HTM")
+                    series.previews = [p.name for p in render.render_series(series.instances, tree / "IHE_PDI", stem)]
+        fields = label.label_fields(patients, institution=options.institution, department=options.department,
+                                    creator=options.creator, disc_number=plan.number, disc_count=plan.count,
+                                    media=plan.media, created=created, token_link=options.token_link)
+        fields["volume_label"] = vol
+        webpages.write_pages(tree, patients, fields, plan.notes)
+        webpages.write_readme(tree, patients, fields, plan.notes, media.profile(plan.media))
+        digests = {rel: future.result() for rel, future in hashing.items()}
+    manifest.write_manifest(tree, digests)
     stem = f"{_safe_job(options.job_id)}-{plan.number}"
     label_png = label.render_label(fields, disc_dir / f"{stem}.png")
     image = disc_dir / f"{stem}.iso"

@@ -1,12 +1,17 @@
-"""What the disc builder knows about each instance, read once from its header (never its pixels).
+"""What the disc builder knows about each instance, from the index row and a few headers.
 
-The index rows say where a file is; the header gives the names, dates and descriptions that the
-pages, the label and the media plan need. Text values are decoded with the file's own Specific
-Character Set by pydicom and made safe (`text.display_text`) before anyone sees them.
+The index rows (index.instances) already say which file, instance, series and study, in which
+transfer syntax and how big. Names, dates and descriptions are the same for every instance of a
+series, so only the first header of each series is read (parsing 2000 headers would cost more than
+writing the disc image). Headers are also read where the row cannot answer: rows without the UIDs,
+files that may be transcoded (their decompressed size), and objects that are not plain images (their
+DICOMDIR record needs more keys). Text values are decoded with the file's own Specific Character
+Set by pydicom and made safe (`text.display_text`) before anyone sees them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,14 +23,21 @@ from pydicom.dataset import Dataset
 
 from appliance.burn.text import display_text, person_name
 
+try:  # pydicom's own SOP class → DICOMDIR record type map; without it everything is an IMAGE
+    from pydicom.fileset import _four_level_record_type as _record_type
+except ImportError:  # pragma: no cover
+    def _record_type(ds: Dataset) -> str:
+        return "IMAGE"
+
 ELE = "1.2.840.10008.1.2.1"
+ROW_KEYS = ("sop_uid", "series_uid", "study_uid", "sop_class", "transfer_syntax")
 
 
 class BuildError(Exception):
     """A job cannot become a disc; the message says why (shown to the technician)."""
 
 
-@dataclass
+@dataclass(slots=True)
 class InstanceInfo:
     path: Path
     size: int
@@ -52,6 +64,8 @@ class InstanceInfo:
     frames: int = 1
     samples: int = 1
     bits_allocated: int = 0
+    instance_number_text: str = ""  # as in the file (IS), for the DICOMDIR record
+    record_type: str = "IMAGE"  # DICOMDIR leaf record type
 
     @property
     def pixel_bytes(self) -> int:
@@ -75,6 +89,7 @@ def info_from_header(ds: Dataset, path: Path, size: int, row: Mapping[str, Any] 
     row = row or {}
     meta = getattr(ds, "file_meta", None)
     ts = str(getattr(meta, "TransferSyntaxUID", "") or row.get("transfer_syntax") or ELE)
+    number = ds.get("InstanceNumber", row.get("instance_number"))
     sop_uid = str(ds.get("SOPInstanceUID") or getattr(meta, "MediaStorageSOPInstanceUID", "") or row.get("sop_uid", ""))
     if not sop_uid:
         raise BuildError(f"{path.name}: no SOP Instance UID")
@@ -98,7 +113,9 @@ def info_from_header(ds: Dataset, path: Path, size: int, row: Mapping[str, Any] 
         modality=display_text(ds.get("Modality", ""), 16),
         series_number=_int(ds.get("SeriesNumber")),
         series_description=display_text(ds.get("SeriesDescription", "")),
-        instance_number=_int(ds.get("InstanceNumber", row.get("instance_number"))),
+        instance_number=_int(number),
+        instance_number_text=str(number if number is not None else "").strip(),
+        record_type=_record_type(ds),
         rows=_int(ds.get("Rows")),
         columns=_int(ds.get("Columns")),
         frames=max(1, _int(ds.get("NumberOfFrames"), 1)),
@@ -107,23 +124,45 @@ def info_from_header(ds: Dataset, path: Path, size: int, row: Mapping[str, Any] 
     )
 
 
+def _from_row(template: InstanceInfo, row: Mapping[str, Any], path: Path, size: int) -> InstanceInfo | None:
+    """The info of an instance whose series we know, from its index row alone (None: read the header)."""
+    if not all(row.get(k) for k in ROW_KEYS) or row["transfer_syntax"] != ELE:
+        return None
+    probe = Dataset()
+    probe.SOPClassUID = str(row["sop_class"])
+    probe.Modality = template.modality
+    if _record_type(probe) != "IMAGE":
+        return None
+    number = str(row.get("instance_number") or "").strip()
+    return dataclasses.replace(template, path=path, size=size, sop_uid=str(row["sop_uid"]),
+                               sop_class=str(row["sop_class"]), transfer_syntax=ELE,
+                               study_uid=str(row["study_uid"]), series_uid=str(row["series_uid"]),
+                               instance_number=_int(number), instance_number_text=number, record_type="IMAGE")
+
+
 def catalog(instances: Sequence[Mapping[str, Any]]) -> list[InstanceInfo]:
-    """Header facts of every instance of a job, sorted study → series → instance number.
+    """Facts of every instance of a job, sorted patient → study → series → instance number.
 
     Duplicated SOP Instance UIDs are kept once. A missing or unreadable file is a BuildError that
     names it (a job never silently burns less than it was given).
     """
     infos: dict[str, InstanceInfo] = {}
+    templates: dict[str, InstanceInfo] = {}
     for row in instances:
         path = Path(str(row["path"]))
         try:
             size = os.stat(path).st_size
-            ds = read_header(path)
         except FileNotFoundError as exc:
             raise BuildError(f"instance file missing: {path}") from exc
-        except Exception as exc:  # pydicom raises many kinds on a broken file
-            raise BuildError(f"cannot read DICOM file {path}: {exc}") from exc
-        info = info_from_header(ds, path, size, row)
+        template = templates.get(str(row.get("series_uid") or ""))
+        info = _from_row(template, row, path, size) if template else None
+        if info is None:
+            try:
+                ds = read_header(path)
+            except Exception as exc:  # pydicom raises many kinds on a broken file
+                raise BuildError(f"cannot read DICOM file {path}: {exc}") from exc
+            info = info_from_header(ds, path, size, row)
+            templates.setdefault(info.series_uid, info)
         infos.setdefault(info.sop_uid, info)
     return sorted(infos.values(), key=sort_key)
 

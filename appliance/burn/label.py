@@ -154,7 +154,9 @@ def render_label(fields: dict[str, str], out: Path) -> Path:
     image = Image.new("RGBA", (SIZE, SIZE), (255, 255, 255, 255))
     draw = ImageDraw.Draw(image)
     c = SIZE / 2
-    draw.ellipse((c - SIZE * 0.13, c - SIZE * 0.13, c + SIZE * 0.13, c + SIZE * 0.13), outline="#999", width=3)
+    ring = SIZE * 0.12  # edge of the clear hub area: no text inside
+    draw.ellipse((c - ring, c - ring, c + ring, c + ring), outline="#999", width=3)
+    draw.ellipse((2, 2, SIZE - 3, SIZE - 3), outline="#999", width=3)
 
     def chord(y: float) -> float:  # usable width of the disc at height y (margin 6 %)
         r = SIZE * 0.47
@@ -162,18 +164,18 @@ def render_label(fields: dict[str, str], out: Path) -> Path:
         return max(0.0, 2 * (max(r * r - dy * dy, 0) ** 0.5)) * 0.9
 
     top = [
-        (fields.get("institution", ""), 34, False),
-        (fields.get("department", ""), 28, False),
-        (fields.get("patient_name", ""), 56, True),
-        (f"ID {fields.get('patient_id', '')} · born {fields.get('birth_date', '')} · {fields.get('sex', '')}", 32, False),
-        (f"{fields.get('study_dates', '')} · {fields.get('modalities', '')}", 32, False),
-        (fields.get("study_descriptions", ""), 30, False),
+        (fields.get("institution", ""), 30, False),
+        (fields.get("department", ""), 26, False),
+        (fields.get("patient_name", ""), 52, True),
+        (f"ID {fields.get('patient_id', '')} · born {fields.get('birth_date', '')} · {fields.get('sex', '')}", 28, False),
+        (f"{fields.get('study_dates', '')} · {fields.get('modalities', '')}", 28, False),
+        (fields.get("study_descriptions", ""), 28, False),
     ]
-    y = SIZE * 0.16
+    y = SIZE * 0.07
     for text, size, bold in top:
         if text.strip(" ·"):
             _draw_line(draw, text, y + size, size, chord(y + size / 2), bold)
-            y += size * 1.45
+            y += size * 1.4
     bottom = [
         (f"Accession {fields.get('accession_numbers', '')}" if fields.get("accession_numbers") else "", 28, False),
         (f"Disc {fields.get('disc_of', '1 of 1')} · {fields.get('media', '')}", 38, True),
@@ -181,7 +183,7 @@ def render_label(fields: dict[str, str], out: Path) -> Path:
         (f"Created {fields.get('creation_date', '')} · {fields.get('creator', '')}", 26, False),
         (fields.get("token_link", ""), 22, False),
     ]
-    y = SIZE * 0.62
+    y = SIZE * 0.64
     for text, size, bold in bottom:
         if text.strip(" ·"):
             _draw_line(draw, text, y + size, size, chord(y + size / 2), bold)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 NAME = "MANIFEST.SHA"
@@ -35,9 +36,11 @@ def _files(folder: Path) -> list[str]:
     return out
 
 
-def write_manifest(folder: Path) -> Path:
-    """Hash every file under `folder` into folder/MANIFEST.SHA."""
-    lines = [f"{sha256_file(folder / rel)}  {rel}\n" for rel in _files(folder)]
+def write_manifest(folder: Path, known: Mapping[str, str] | None = None) -> Path:
+    """Hash every file under `folder` into folder/MANIFEST.SHA (`known`: digests already computed,
+    by relative path, e.g. hashed in a thread while the rest of the disc was made)."""
+    known = known or {}
+    lines = [f"{known.get(rel) or sha256_file(folder / rel)}  {rel}\n" for rel in _files(folder)]
     tmp = folder / (NAME + ".tmp")
     tmp.write_text("".join(lines), encoding="utf-8", newline="\n")
     tmp.replace(folder / NAME)

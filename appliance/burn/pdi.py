@@ -7,7 +7,8 @@ byte for byte; anything else is transcoded to Explicit VR Little Endian, one fil
 The DICOMDIR is written here rather than by `pydicom.fileset.FileSet.write()`: FileSet re-encodes
 every instance into a staging folder and checks each addition against all earlier ones (37 s for
 2000 instances), and it cannot put the files under DICOM/. We reuse pydicom's directory record
-definitions (`DIRECTORY_RECORDERS`) and compute the record offsets the same way FileSet does.
+definitions (`DIRECTORY_RECORDERS`), encode each record once and patch the offsets (fixed-size UL
+values at fixed places at the start of every record) into the bytes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import datetime as dt
 import errno
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,12 +31,6 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, gene
 
 from appliance.burn.catalog import ELE, BuildError, InstanceInfo, read_header
 from appliance.burn.media import output_syntax
-
-try:  # the SOP class → record type map is pydicom's own; fall back to IMAGE without it
-    from pydicom.fileset import _four_level_record_type as _record_type
-except ImportError:  # pragma: no cover
-    def _record_type(ds: Dataset) -> str:
-        return "IMAGE"
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 _NEXT, _LOWER = "OffsetOfTheNextDirectoryRecord", "OffsetOfReferencedLowerLevelDirectoryEntity"
@@ -104,12 +100,13 @@ def _fill_required(ds: Dataset, info: InstanceInfo, series_index: int, instance_
 
 
 class _Node:
-    __slots__ = ("record", "children", "offset")
+    __slots__ = ("record", "children", "offset", "encoded")
 
     def __init__(self, record: Dataset) -> None:
         self.record = record
         self.children: list[_Node] = []
         self.offset = 0
+        self.encoded = b""
 
 
 def _record(kind: str, ds: Dataset, charset: object) -> Dataset:
@@ -119,6 +116,10 @@ def _record(kind: str, ds: Dataset, charset: object) -> Dataset:
         record = Dataset()
         if "InstanceNumber" in ds:
             record.InstanceNumber = ds.InstanceNumber
+    return _wrap(kind, record, charset)
+
+
+def _wrap(kind: str, record: Dataset, charset: object) -> Dataset:
     out = Dataset()
     out.OffsetOfTheNextDirectoryRecord = 0
     out.RecordInUseFlag = 0xFFFF
@@ -137,6 +138,24 @@ def _preorder(nodes: Iterable[_Node]) -> Iterable[_Node]:
         yield from _preorder(node.children)
 
 
+# explicit VR little endian element headers of the offsets every record starts with
+_NEXT_AT, _LOWER_AT = 8, 30
+_NEXT_TAG, _LOWER_TAG = b"\x04\x00\x00\x14UL\x04\x00", b"\x04\x00\x20\x14UL\x04\x00"
+_FIRST_TAG, _LAST_TAG = b"\x04\x00\x00\x12UL\x04\x00", b"\x04\x00\x02\x12UL\x04\x00"
+_SEQUENCE_TAG = b"\x04\x00\x20\x12SQ\x00\x00"
+_ITEM_TAG = b"\xfe\xff\x00\xe0"
+
+
+def _encode(record: Dataset) -> bytearray:
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, False
+    write_dataset(buf, record)
+    data = bytearray(buf.getvalue())
+    if data[:8] != _NEXT_TAG or data[22:30] != _LOWER_TAG:
+        raise BuildError("unexpected DICOMDIR record layout")
+    return data
+
+
 def write_dicomdir(path: Path, patients: list[_Node], fileset_id: str) -> None:
     """Encode the DICOMDIR: records in pre-order, offsets are byte positions in the file."""
     ds = Dataset()
@@ -149,70 +168,94 @@ def write_dicomdir(path: Path, patients: list[_Node], fileset_id: str) -> None:
     ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = 0
     ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = 0
     ds.FileSetConsistencyFlag = 0
-    ds.DirectoryRecordSequence = []
-    head = DicomBytesIO()
-    ds.save_as(head, implicit_vr=False, little_endian=True, enforce_file_format=True)
-    offset = len(head.getvalue())  # the file ends with the empty sequence's header: items start here
+    buf = DicomBytesIO()
+    ds.save_as(buf, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    head = bytearray(buf.getvalue())  # everything before the Directory Record Sequence
 
     nodes = list(_preorder(patients))
-    for node in nodes:  # UL offsets have a fixed size, so each record's length is known up front
+    offset = len(head) + len(_SEQUENCE_TAG) + 4
+    for node in nodes:  # every record is encoded once; its length does not depend on the offsets
+        node.encoded = _encode(node.record)
         node.offset = offset
-        buf = DicomBytesIO()
-        buf.is_little_endian, buf.is_implicit_VR = True, False
-        write_dataset(buf, node.record)
-        offset += 8 + len(buf.getvalue())  # item tag + length, then the record
+        offset += 8 + len(node.encoded)
 
     def link(siblings: list[_Node]) -> None:
         for i, node in enumerate(siblings):
-            node.record[_NEXT].value = siblings[i + 1].offset if i + 1 < len(siblings) else 0
-            node.record[_LOWER].value = node.children[0].offset if node.children else 0
+            nxt = siblings[i + 1].offset if i + 1 < len(siblings) else 0
+            lower = node.children[0].offset if node.children else 0
+            struct.pack_into("<I", node.encoded, _NEXT_AT, nxt)
+            struct.pack_into("<I", node.encoded, _LOWER_AT, lower)
             link(node.children)
 
     link(patients)
-    if patients:
-        ds.OffsetOfTheFirstDirectoryRecordOfTheRootDirectoryEntity = patients[0].offset
-        ds.OffsetOfTheLastDirectoryRecordOfTheRootDirectoryEntity = patients[-1].offset
-    ds.DirectoryRecordSequence = [node.record for node in nodes]
+    for tag, value in ((_FIRST_TAG, patients[0].offset if patients else 0),
+                       (_LAST_TAG, patients[-1].offset if patients else 0)):
+        at = head.find(tag)
+        if at < 0:
+            raise BuildError("unexpected DICOMDIR header layout")
+        struct.pack_into("<I", head, at + 8, value)
     tmp = path.with_name(path.name + ".tmp")
-    ds.save_as(tmp, implicit_vr=False, little_endian=True, enforce_file_format=True)
-    if tmp.stat().st_size != offset:
-        raise BuildError(f"DICOMDIR encoding mismatch ({tmp.stat().st_size} != {offset} bytes)")
+    with open(tmp, "wb") as f:
+        f.write(head)
+        f.write(_SEQUENCE_TAG + struct.pack("<I", offset - len(head) - len(_SEQUENCE_TAG) - 4))
+        for node in nodes:
+            f.write(_ITEM_TAG + struct.pack("<I", len(node.encoded)))
+            f.write(node.encoded)
     os.replace(tmp, path)
 
 
-def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_id: str) -> list[StagedInstance]:
-    """Put every instance under tree/DICOM/ and write tree/DICOMDIR; `infos` are in catalog order."""
+def _leaf(info: InstanceInfo, ds: Dataset | None, index: int) -> Dataset:
+    """The IMAGE (or other leaf) record; plain images need only the row's instance number."""
+    if ds is not None:
+        return _record(info.record_type, ds, ds.get("SpecificCharacterSet"))
+    record = Dataset()
+    record.InstanceNumber = info.instance_number_text or str(index + 1)
+    return _wrap("IMAGE", record, None)
+
+
+def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_id: str,
+                on_file: Callable[[Path], None] | None = None) -> list[StagedInstance]:
+    """Put every instance under tree/DICOM/ and write tree/DICOMDIR; `infos` are in catalog order.
+
+    `on_file(path)` is called for each DICOM file once it is in place (the builder hashes it).
+    """
     staged: list[StagedInstance] = []
     patients: list[_Node] = []
     patient_nodes: dict[str, tuple[_Node, int]] = {}
     study_nodes: dict[tuple[str, str], tuple[_Node, int]] = {}
-    series_nodes: dict[str, tuple[_Node, int]] = {}
+    series_nodes: dict[str, tuple[_Node, int, int, int]] = {}  # node, patient, study, series index
     instance_counts: dict[str, int] = {}
 
     (tree / "DICOM").mkdir(parents=True, exist_ok=True)
     for info in infos:
-        ds = read_header(info.path)
-        charset = ds.get("SpecificCharacterSet")
         out_ts = output_syntax(info.transfer_syntax, media)
-        p_node, p_index = patient_nodes.get(info.patient_id, (None, len(patients)))
-        s_key = (info.patient_id, info.study_uid)
-        s_node, s_index = study_nodes.get(s_key, (None, len(p_node.children) if p_node else 0))
-        e_node, e_index = series_nodes.get(info.series_uid, (None, len(s_node.children) if s_node else 0))
+        e_node, p_index, s_index, e_index = series_nodes.get(info.series_uid, (None, 0, 0, 0))
         i_index = instance_counts.get(info.series_uid, 0)
         instance_counts[info.series_uid] = i_index + 1
-        _fill_required(ds, info, e_index, i_index)
-        if p_node is None:
-            p_node = _Node(_record("PATIENT", ds, charset))
-            patients.append(p_node)
-            patient_nodes[info.patient_id] = (p_node, p_index)
-        if s_node is None:
-            s_node = _Node(_record("STUDY", ds, charset))
-            p_node.children.append(s_node)
-            study_nodes[s_key] = (s_node, s_index)
+        ds = None
+        if e_node is None or info.record_type != "IMAGE":  # the header is needed for the records
+            ds = read_header(info.path)
         if e_node is None:
+            assert ds is not None
+            charset = ds.get("SpecificCharacterSet")
+            p_node, p_index = patient_nodes.get(info.patient_id, (None, len(patients)))
+            s_key = (info.patient_id, info.study_uid)
+            s_node, s_index = study_nodes.get(s_key, (None, len(p_node.children) if p_node else 0))
+            e_index = len(s_node.children) if s_node else 0
+            _fill_required(ds, info, e_index, i_index)
+            if p_node is None:
+                p_node = _Node(_record("PATIENT", ds, charset))
+                patients.append(p_node)
+                patient_nodes[info.patient_id] = (p_node, p_index)
+            if s_node is None:
+                s_node = _Node(_record("STUDY", ds, charset))
+                p_node.children.append(s_node)
+                study_nodes[s_key] = (s_node, s_index)
             e_node = _Node(_record("SERIES", ds, charset))
             s_node.children.append(e_node)
-            series_nodes[info.series_uid] = (e_node, e_index)
+            series_nodes[info.series_uid] = (e_node, p_index, s_index, e_index)
+        elif ds is not None:
+            _fill_required(ds, info, e_index, i_index)
         file_id = ["DICOM", f"PT{p_index:06d}", f"ST{s_index:06d}", f"SE{e_index:06d}", f"IM{i_index:06d}"]
         dest = tree.joinpath(*file_id)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -220,7 +263,9 @@ def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_i
             link_or_copy(info.path, dest)
         else:
             transcode(info.path, dest, out_ts)
-        leaf = _record(_record_type(ds), ds, charset)
+        if on_file:
+            on_file(dest)
+        leaf = _leaf(info, ds, i_index)
         leaf.ReferencedFileID = file_id
         leaf.ReferencedSOPClassUIDInFile = info.sop_class
         leaf.ReferencedSOPInstanceUIDInFile = info.sop_uid

@@ -1,0 +1,118 @@
+"""Disc builder speed and memory: a whole build of a 1 GB study next to `xorriso -as mkisofs`.
+
+Usage: .venv/bin/python bench/disc_bench.py [--instances 2000] [--media DVD] [--keep]
+
+Generates N instances of 512 KB (512 × 512 × 16 bit CT, one study, 4 series) in a temporary
+folder under /tmp, builds the disc in a child process (wall time and that child's peak RSS from
+resource.getrusage), then packs the very same staged tree with `xorriso -as mkisofs -J` (ISO 9660 + Joliet;
+xorriso cannot write UDF), and deletes everything unless --keep. Targets (issue 3): build ≤ 2 × the xorriso
+packing time, peak memory < 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def generate(folder: Path, count: int) -> list[dict]:
+    from pydicom.uid import generate_uid
+    from support import make_dataset
+
+    folder.mkdir(parents=True)
+    study = generate_uid()
+    series = [generate_uid() for _ in range(4)]
+    paths = []
+    for i in range(count):
+        s = i % 4
+        ds = make_dataset(study_uid=study, series_uid=series[s], series_number=s + 1, instance_number=i // 4 + 1,
+                          rows=512, cols=512, seed=i)
+        path = folder / f"{i:05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        # what index.instances holds for a received file
+        paths.append({"path": str(path), "sop_uid": ds.SOPInstanceUID, "series_uid": ds.SeriesInstanceUID,
+                      "study_uid": ds.StudyInstanceUID, "sop_class": ds.SOPClassUID,
+                      "transfer_syntax": ds.file_meta.TransferSyntaxUID, "size": path.stat().st_size,
+                      "instance_number": str(ds.InstanceNumber)})
+    return paths
+
+
+def child(args: argparse.Namespace) -> None:
+    """Runs in its own process so that ru_maxrss is the build's alone."""
+    from appliance.burn.builder import BuildOptions, build_discs
+
+    rows = json.loads(Path(args.child).read_text())
+    start = time.perf_counter()
+    discs = build_discs(rows, Path(args.work), BuildOptions("bench", [args.media], institution="Bench"))
+    elapsed = time.perf_counter() - start
+    print(json.dumps({"seconds": elapsed, "tree": str(discs[0].tree), "image": str(discs[0].image),
+                      "size": discs[0].size, "discs": len(discs)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=2000)
+    parser.add_argument("--media", default="DVD", choices=["CD", "DVD", "DVD-DL", "BD"])
+    parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    print(subprocess.run(["df", "-h", "/tmp"], capture_output=True, text=True).stdout.strip())
+    need = args.instances * 530_000 * 3
+    if shutil.disk_usage("/tmp").free < need * 1.2:
+        sys.exit(f"not enough space in /tmp: need about {need / 1e9:.1f} GB")
+    root = Path(tempfile.mkdtemp(prefix="disc_bench_", dir="/tmp"))
+    try:
+        start = time.perf_counter()
+        paths = generate(root / "in", args.instances)
+        total = sum(p["size"] for p in paths)
+        print(f"generated {len(paths)} instances, {total / 1e6:.0f} MB in {time.perf_counter() - start:.1f} s")
+        (root / "paths.json").write_text(json.dumps(paths))
+        subprocess.run(["sync"], check=False)
+        proc = subprocess.run([sys.executable, __file__, "--child", str(root / "paths.json"), "--work",
+                               str(root / "work"), "--media", args.media], capture_output=True, text=True)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            sys.exit(f"build failed:\n{proc.stdout}\n{proc.stderr}")
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        peak_mb = usage.ru_maxrss / 1024
+        tree = result["tree"]
+        xorriso_args = ["-J"]  # xorriso writes no UDF: for DVD it is ISO 9660 + Joliet, our image is UDF
+        times = []
+        for run in range(2):
+            out = root / f"xorriso{run}.iso"
+            start = time.perf_counter()
+            subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", *xorriso_args, "-V", "BENCH", "-o", str(out), tree],
+                           check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+            xsize = out.stat().st_size
+            out.unlink()
+        pack = min(times)
+        print(f"media {args.media}: disc image {result['size'] / 1e6:.0f} MB ({result['discs']} disc)")
+        print(f"whole build (catalogue, DICOMDIR, previews, pages, label, manifest, image): {result['seconds']:.1f} s")
+        print(f"xorriso -as mkisofs {' '.join(xorriso_args)} of the same tree: "
+              f"{', '.join(f'{t:.1f}' for t in times)} s (image {xsize / 1e6:.0f} MB)")
+        print(f"ratio build / xorriso: {result['seconds'] / pack:.2f} (target ≤ 2)")
+        print(f"peak RSS of the build process: {peak_mb:.0f} MB (target < 300 MB)")
+    finally:
+        if args.keep:
+            print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
