@@ -27,9 +27,14 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     server.start()
     if ready is not None:
         ready.set()
+    # A Settings of its own for the watch: `changed()` compares with the last read, and the
+    # handler threads read `settings` all the time, which would swallow the change.
+    watcher = Settings(data_dir)
+    watcher.all()
     try:
         while not stop.wait(1.0):
-            if settings.changed():
+            if watcher.changed():
+                watcher.all()
                 try:
                     if server.reload():
                         LOG.info("DICOM listeners rebound after a settings change")
