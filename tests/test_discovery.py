@@ -1,0 +1,180 @@
+"""Discovery: USB matchers as data, udev's absence handled cleanly, the simulator's plug/unplug
+announcements starting and stopping a Primera driver process, and `_P` jobs burning or waiting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from support import Station, burnstation, dcmtk, write_study
+
+from appliance.discovery import Discovery, udev
+from appliance.discovery.matchers import Matcher, best_match, load_matchers
+from appliance.discovery.simulated import SimulatedBackend
+
+TIMEOUT = 90
+
+
+def wait_for(check, timeout: float = TIMEOUT, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# --------------------------------------------------------------------------- matchers
+
+
+def test_most_specific_matcher_wins():
+    matchers = [Matcher("broad", vid="04b8"), Matcher("narrow", vid="04b8", model="PP-100"),
+                Matcher("narrower", vid="04b8", model="PP-100II"), Matcher("exact", vid="04b8", pid="0b1d")]
+    assert best_match({"vendor_id": "04B8", "product_id": "1234", "model": "Stylus"}, matchers) == "broad"
+    assert best_match({"vendor_id": "04b8", "model": "PP-100N"}, matchers) == "narrow"
+    assert best_match({"vendor_id": "04b8", "model": "Discproducer_PP-100II"}, matchers) == "narrower"
+    assert best_match({"vendor_id": "0x04b8", "product_id": "0B1D", "model": "PP-100II"}, matchers) == "exact"
+    assert best_match({"vendor_id": "1234"}, matchers) is None
+    assert best_match({"vendor_id": "04b8"}, [Matcher("empty")]) is None  # an empty matcher matches nothing
+
+
+def test_drivers_and_panel_declare_matchers():
+    matchers = load_matchers()
+    assert {m.target for m in matchers} >= {"epson", "primera", "lcd"}
+    assert best_match({"vendor_id": "04b8", "model": "PP-100II", "vendor": "Seiko Epson"}, matchers) == "epson"
+    assert best_match({"vendor": "Primera Technology", "model": "Bravo 4100"}, matchers) == "primera"
+    assert best_match({"vendor_id": "1b3d", "product_id": "0120"}, matchers) == "lcd"
+    assert best_match({"vendor_id": "0403", "product_id": "fa03"}, matchers) == "lcd"
+    assert best_match({"vendor_id": "0403", "product_id": "6001", "model": "FT232R USB UART"}, matchers) is None
+
+
+def test_technician_matchers_file_counts(tmp_path):
+    (tmp_path / "usb-matchers.json").write_text(json.dumps({"primera": [{"vendor_id": "abcd"}]}))
+    assert best_match({"vendor_id": "abcd", "model": "X"}, load_matchers(tmp_path)) == "primera"
+    assert best_match({"vendor_id": "abcd", "model": "X"}, load_matchers()) is None
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def test_without_udev_discovery_says_so(monkeypatch, tmp_path):
+    monkeypatch.setattr(udev, "UDEV_CONTROL", str(tmp_path / "no-such-control"))
+    disc = Discovery(udev.UdevBackend())
+    status = disc.status()
+    assert status["backend"] == "udev" and status["working"] is False
+    assert "no udev daemon" in status["message"] and "robots add" in status["message"]
+    assert disc.poll() is False and disc.robots() == {} and disc.lcd() is None
+
+
+def test_udev_device_description_uses_stable_paths():
+    tty = SimpleNamespace(
+        properties={"ID_VENDOR_ID": "1b3d", "ID_MODEL_ID": "0120", "ID_VENDOR": "Matrix_Orbital",
+                    "ID_MODEL": "LK204", "ID_SERIAL_SHORT": "A1", "ID_PATH": "pci-0000:00:14.0-usb-0:2:1.0",
+                    "DEVLINKS": "/dev/serial/by-path/x /dev/serial/by-id/usb-Matrix_Orbital_LK204_A1-if00-port0"},
+        attributes={}, subsystem="tty", device_node="/dev/ttyUSB0", sys_path="/sys/x")
+    info = udev.describe(tty)
+    assert info["device"] == "/dev/serial/by-id/usb-Matrix_Orbital_LK204_A1-if00-port0"
+    assert info["id_path"].startswith("pci-")
+    assert best_match(info, load_matchers()) == "lcd"
+
+
+def test_simulated_announcements_are_plug_and_unplug(tmp_path):
+    devices = tmp_path / "devices"
+    devices.mkdir()
+    disc = Discovery(SimulatedBackend(tmp_path, interval=0))
+    assert disc.robots() == {} and disc.status()["working"]
+    doc = {"name": "p2", "kind": "primera", "vendor_id": "0f25", "product_id": "0041",
+           "vendor": "Primera Technology, Inc.", "model": "Bravo 4100", "serial": "S1", "spool": "/x/p2"}
+    (devices / "p2.json").write_text(json.dumps(doc))
+    assert disc.poll() is True
+    assert disc.robots()["p2"]["driver"] == "primera" and disc.robots()["p2"]["spool"] == "/x/p2"
+    assert disc.poll() is False
+    (devices / "bad.json").write_text("{not json")
+    disc.poll()
+    assert set(disc.robots()) == {"p2"}
+    (devices / "p2.json").unlink()
+    assert disc.poll() is True and disc.robots() == {}
+
+
+# --------------------------------------------------------------------------- the station
+
+
+def status(data: Path) -> dict:
+    return json.loads(burnstation(data, "status", "--json").stdout)
+
+
+def driver_state(data: Path, robot: str) -> str | None:
+    for proc in status(data)["processes"]:
+        if proc["name"] == f"driver:{robot}":
+            return proc["state"]
+    return None
+
+
+def robot_row(data: Path, name: str) -> dict:
+    return next(r for r in status(data)["robots"] if r["name"] == name)
+
+
+def jobs(data: Path) -> list[dict]:
+    return json.loads(burnstation(data, "jobs", "list", "--json").stdout)["jobs"]
+
+
+def sim_ctl(root: Path, *words: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "burnstation_sim", "ctl", "--root", str(root), *words],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def send(st: Station, aet: str, files: list[Path]) -> None:
+    result = dcmtk("storescu", "-aec", aet, "127.0.0.1", str(st.port), *map(str, files), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
+    pytest.importorskip("appliance.services.driver")
+    st = Station(tmp_path / "data", supervisor__start_seconds=1, hl7__port=0, http__port=0)
+    sim = st.data / "sim"
+    st.start("--simulate", "--robots", "primera", "--sim-speed", "0")
+    try:
+        # plugged in at start: the driver process runs and is visible in status
+        wait_for(lambda: driver_state(st.data, "primera") == "running", what="driver:primera running")
+        row = robot_row(st.data, "primera")
+        assert row["source"] == "simulated" and row["plugged"] is True and row["driver"] == "primera"
+        assert "simulated" in status(st.data)["discovery"]["backend"]
+
+        # a _P association burns on the simulated Primera
+        send(st, "BURNSTATION_P", write_study(tmp_path / "one", n_series=1, per_series=2))
+        first = wait_for(lambda: [j for j in jobs(st.data) if j["state"] == "done"], what="first job done")[0]
+        assert first["robot"] == "primera"
+        assert (sim / "bin" / "primera" / first["id"]).is_dir()
+
+        # unplug: the driver process stops, a new _P job waits with the reason visible
+        sim_ctl(sim, "primera", "unplug")
+        wait_for(lambda: driver_state(st.data, "primera") is None, what="driver:primera stopped")
+        row = wait_for(lambda: (lambda r: r if not r["online"] else None)(robot_row(st.data, "primera")),
+                       what="robot offline")
+        assert row["plugged"] is False and "unplugged" in row["message"], row
+        assert row["process"] == "not running"
+        send(st, "BURNSTATION_P", write_study(tmp_path / "two", n_series=1, per_series=2))
+        second = wait_for(lambda: [j for j in jobs(st.data) if j["id"] != first["id"] and j["state"] == "built"
+                                   and j["message"]], what="second job built and waiting")[0]
+        assert "robot" in second["message"] and "online" in second["message"], second
+        time.sleep(3)
+        again = next(j for j in jobs(st.data) if j["id"] == second["id"])
+        assert again["state"] == "built" and not (sim / "bin" / "primera" / second["id"]).exists()
+        text = burnstation(st.data, "status").stdout
+        assert "UNPLUGGED" in text and "unplugged" in text
+
+        # plug it back: the driver returns and the waiting job burns
+        sim_ctl(sim, "primera", "plug")
+        wait_for(lambda: driver_state(st.data, "primera") == "running", what="driver:primera back")
+        done = wait_for(lambda: [j for j in jobs(st.data) if j["id"] == second["id"] and j["state"] == "done"],
+                        what="second job done after plug")[0]
+        assert done["robot"] == "primera" and (sim / "bin" / "primera" / second["id"]).is_dir()
+    finally:
+        st.stop()
