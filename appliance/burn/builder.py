@@ -51,13 +51,18 @@ def _safe_job(job_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", job_id)[:32] or "job"
 
 
+VOLUME_LABEL_MAX = 16  # Joliet stores the label in UTF-16 in 32 bytes; UDF and Windows show the same
+
+
 def volume_label(patients: Sequence[webpages.PatientEntry], number: int, count: int) -> str:
-    """ISO 9660 volume label from the first patient's family name and study date, + "_1OF2" when split."""
+    """ISO 9660 volume label: first patient's family name and study date, + "_1OF2" when split."""
     suffix = f"_{number}OF{count}" if count > 1 else ""
     family = patients[0].name.split(",")[0].split("/")[0] if patients else ""
     date = patients[0].studies[0].date if patients and patients[0].studies else ""
-    base = ascii_label(family, date, limit=32 - len(suffix), default="DICOM")
-    return base + suffix
+    date_part = ascii_label(date, limit=8, default="")
+    room = VOLUME_LABEL_MAX - len(suffix) - (len(date_part) + 1 if date_part else 0)
+    base = "_".join(p for p in (ascii_label(family, limit=max(room, 1), default="DICOM"), date_part) if p)
+    return base[: VOLUME_LABEL_MAX - len(suffix)] + suffix
 
 
 def _tree_size(tree: Path) -> int:

@@ -22,7 +22,7 @@ from appliance.burn.catalog import ELE, BuildError, InstanceInfo
 
 JPEG_LOSSLESS = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
 SECTOR = 2048
-FIXED_OVERHEAD = 2 * 1024 * 1024  # volume descriptors, root pages, README, manifest header, label slack
+FIXED_OVERHEAD = 1024 * 1024  # volume descriptors, root pages, README, manifest header, label slack
 PER_FILE_OVERHEAD = 2 * SECTOR  # directory records (ISO + Joliet/UDF), DICOMDIR record, manifest line
 PER_SERIES_OVERHEAD = 400 * 1024  # up to 4 JPEG previews and one XHTML page
 
