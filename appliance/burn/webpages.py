@@ -102,9 +102,10 @@ def _write(path: Path, text: str) -> None:
 
 
 def _disc_line(fields: dict[str, str]) -> str:
+    where = " · ".join(esc(fields.get(k, "")) for k in ("institution", "department") if fields.get(k))
     return (f'<p>Disc {esc(fields.get("disc_number", "1"))} of {esc(fields.get("disc_count", "1"))} · '
             f'{esc(fields.get("content", "DICOM PLUS WEB"))} · created {esc(fields.get("creation_date", ""))} '
-            f'by {esc(fields.get("creator", ""))}</p>\n')
+            f'by {esc(fields.get("creator", ""))}</p>\n' + (f'<p>{where}</p>\n' if where else ""))
 
 
 def _study_table(patients: list[PatientEntry], link_prefix: str) -> str:
@@ -148,11 +149,15 @@ def write_pages(tree: Path, patients: list[PatientEntry], fields: dict[str, str]
                 images = "".join(
                     f'<img src="{esc(name)}" alt="{esc(series.description or "image")} {n}" />\n'
                     for n, name in enumerate(series.previews, 1)) or "<p>No preview for this series.</p>\n"
-                body = (f'<h1>{esc(heading)}</h1>\n<p>{len(series.instances)} images · '
+                body = (f'<h1>{esc(heading)}</h1>\n<p>{_images(len(series.instances))} · '
                         '<a href="INDEX.HTM">All series</a></p>\n'
                         f'<div>\n{images}</div>\n<p>Previews are reduced; the full images are in the DICOM '
                         'folder for a DICOM viewer.</p>\n')
                 _write(pdi / series.page, _page(heading, body))
+
+
+def _images(count: int) -> str:
+    return f"{count} image" if count == 1 else f"{count} images"
 
 
 def write_readme(tree: Path, patients: list[PatientEntry], fields: dict[str, str], notes: Sequence[str],
@@ -176,10 +181,10 @@ def write_readme(tree: Path, patients: list[PatientEntry], fields: dict[str, str
             count = sum(len(s.instances) for s in study.series)
             lines.append(f"  Study {dicom_date(study.date)} {display_text(study.description)} "
                          f"(accession {display_text(study.accession)}; {', '.join(study.modalities)}; "
-                         f"{len(study.series)} series, {count} images)")
+                         f"{len(study.series)} series, {_images(count)})")
             for series in study.series:
                 lines.append(f"    Series {series.number} {display_text(series.modality)} "
-                             f"{display_text(series.description)}: {len(series.instances)} images")
+                             f"{display_text(series.description)}: {_images(len(series.instances))}")
     if notes:
         lines += ["", "NOTES"] + [display_text(n, 400) for n in notes]
     lines += [
@@ -190,9 +195,9 @@ def write_readme(tree: Path, patients: list[PatientEntry], fields: dict[str, str
         "  in the DICOM folder. These are the full diagnostic images.",
         "",
         "HOW TO VERIFY",
-        "MANIFEST.SHA lists the SHA-256 checksum of every file on the disc; on Linux or macOS run",
-        "  sha256sum -c MANIFEST.SHA",
-        "in the disc's top folder.",
+        "MANIFEST.SHA lists the SHA-256 checksum of every file on the disc. In the disc's top folder run",
+        "  sha256sum -c MANIFEST.SHA            (Linux)",
+        "  shasum -a 256 -c MANIFEST.SHA        (macOS)",
         "",
         "This disc contains confidential patient information. Keep it safe.",
         "",
