@@ -101,7 +101,7 @@ class _Listener(ThreadedAssociationServer):
     """
 
     tls_context: ssl.SSLContext | None = None
-    handshake_timeout: float = 30.0
+    io_timeout: float = 30.0
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock = self.socket
@@ -110,11 +110,13 @@ class _Listener(ThreadedAssociationServer):
         return client, address
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        # Every blocking read/write on the connection is bounded by the service time-out: without
+        # it a peer that stops in the middle of a PDU holds its thread forever (pynetdicom reads
+        # the rest of a PDU with a plain blocking recv).
+        request.settimeout(self.io_timeout)
         if self.tls_context is not None:
             try:
-                request.settimeout(self.handshake_timeout)
                 request = self.tls_context.wrap_socket(request, server_side=True)
-                request.settimeout(None)
             except (OSError, ValueError) as exc:
                 LOG.info("TLS handshake with %s failed: %s", client_address[0], exc)
                 self.shutdown_request(request)
@@ -132,7 +134,7 @@ def _start_listener(ae: AE, address: tuple[str, int], handlers: list[Any],
     server = ae.make_server(address, evt_handlers=handlers, server_class=_Listener)
     assert isinstance(server, _Listener)
     server.tls_context = tls_context
-    server.handshake_timeout = timeout
+    server.io_timeout = timeout
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name=f"DicomListener:{address[1]}", daemon=True)
     thread.start()
