@@ -52,8 +52,8 @@ def _first(value: object) -> float | None:
         return None
 
 
-def to_display(arr: np.ndarray, ds: Dataset) -> Image.Image:
-    """8-bit greyscale or RGB image of one frame, windowed for viewing."""
+def to_display(arr: np.ndarray, ds: Dataset, modality: str = "") -> Image.Image:
+    """8-bit greyscale or RGB image of one frame, windowed for viewing (`ds`: its group 0028 elements)."""
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(arr, ds)
@@ -70,7 +70,6 @@ def to_display(arr: np.ndarray, ds: Dataset) -> Image.Image:
         values = apply_rescale(values, ds)
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is None or width is None or width <= 0:
-        modality = str(ds.get("Modality", ""))
         if modality == "CT" and "RescaleIntercept" in ds:
             center, width = CT_DEFAULT_WINDOW
         else:
@@ -92,7 +91,7 @@ def render_one(info: InstanceInfo, frame: int | None, out: Path) -> bool:
         arr = pixel_array(info.path, ds_out=ds, index=frame)
         if arr.ndim == 3 and frame is None and arr.shape[-1] not in (3, 4):
             arr = arr[0]
-        image = to_display(arr, ds)
+        image = to_display(arr, ds, info.modality)  # pydicom fills ds_out with group 0028 only
         image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
         tmp = out.with_name(out.name + ".tmp")
         image.save(tmp, "JPEG", quality=85)
