@@ -1,6 +1,6 @@
 """Disc builder speed and memory: a whole build of a 1 GB study next to `xorriso -as mkisofs`.
 
-Usage: .venv/bin/python bench/disc_bench.py [--instances 2000] [--media DVD] [--keep]
+Usage: .venv/bin/python bench/disc_bench.py [--instances 2000] [--media DVD] [--rounds 3] [--keep]
 
 Generates N instances of 512 KB (512 × 512 × 16 bit CT, one study, 4 series) in a temporary
 folder under /tmp, builds the disc in a child process (wall time and that child's peak RSS from
@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -64,6 +66,7 @@ def main() -> None:
     parser.add_argument("--instances", type=int, default=2000)
     parser.add_argument("--media", default="DVD", choices=["CD", "DVD", "DVD-DL", "BD"])
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -81,32 +84,39 @@ def main() -> None:
         total = sum(p["size"] for p in paths)
         print(f"generated {len(paths)} instances, {total / 1e6:.0f} MB in {time.perf_counter() - start:.1f} s")
         (root / "paths.json").write_text(json.dumps(paths))
-        subprocess.run(["sync"], check=False)
-        proc = subprocess.run([sys.executable, __file__, "--child", str(root / "paths.json"), "--work",
-                               str(root / "work"), "--media", args.media], capture_output=True, text=True)
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if proc.returncode != 0:
-            sys.exit(f"build failed:\n{proc.stdout}\n{proc.stderr}")
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
-        peak_mb = usage.ru_maxrss / 1024
-        tree = result["tree"]
-        xorriso_args = ["-J"]  # xorriso writes no UDF: for DVD it is ISO 9660 + Joliet, our image is UDF
-        times = []
-        for run in range(2):
-            out = root / f"xorriso{run}.iso"
+        xorriso_args = ["-J"]  # xorriso writes no UDF: it packs ISO 9660 + Joliet for every media
+        builds, packs, peaks = [], [], []
+        for run in range(args.rounds):  # alternate, each after `sync`, so both meet the same disk state
+            work = root / f"work{run}"
+            subprocess.run(["sync"], check=False)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+            proc = subprocess.run([sys.executable, __file__, "--child", str(root / "paths.json"), "--work",
+                                   str(work), "--media", args.media], capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"build failed:\n{proc.stdout}\n{proc.stderr}")
+            # RUSAGE_CHILDREN's ru_maxrss is the largest child so far: the builds are the only big children
+            peaks.append(max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024)
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            builds.append(result["seconds"])
+            subprocess.run(["sync"], check=False)
+            out = root / "xorriso.iso"
             start = time.perf_counter()
-            subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", *xorriso_args, "-V", "BENCH", "-o", str(out), tree],
-                           check=True, capture_output=True)
-            times.append(time.perf_counter() - start)
+            subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", *xorriso_args, "-V", "BENCH", "-o", str(out),
+                            result["tree"]], check=True, capture_output=True)
+            packs.append(time.perf_counter() - start)
             xsize = out.stat().st_size
             out.unlink()
-        pack = min(times)
-        print(f"media {args.media}: disc image {result['size'] / 1e6:.0f} MB ({result['discs']} disc)")
-        print(f"whole build (catalogue, DICOMDIR, previews, pages, label, manifest, image): {result['seconds']:.1f} s")
-        print(f"xorriso -as mkisofs {' '.join(xorriso_args)} of the same tree: "
-              f"{', '.join(f'{t:.1f}' for t in times)} s (image {xsize / 1e6:.0f} MB)")
-        print(f"ratio build / xorriso: {result['seconds'] / pack:.2f} (target ≤ 2)")
-        print(f"peak RSS of the build process: {peak_mb:.0f} MB (target < 300 MB)")
+            Path(result["image"]).unlink(missing_ok=True)
+            print(f"round {run + 1}: build {builds[-1]:.1f} s, xorriso {packs[-1]:.1f} s")
+        print(f"media {args.media}: disc image {result['size'] / 1e6:.0f} MB ({result['discs']} disc), "
+              f"xorriso image {xsize / 1e6:.0f} MB")
+        print(f"whole build (catalogue, DICOMDIR, previews, pages, label, manifest, image): "
+              f"median {statistics.median(builds):.1f} s over {len(builds)} rounds")
+        print(f"xorriso -as mkisofs {' '.join(xorriso_args)} of the same staged tree: "
+              f"median {statistics.median(packs):.1f} s")
+        print(f"ratio build / xorriso: {statistics.median(builds) / statistics.median(packs):.2f} (target ≤ 2)")
+        print(f"peak RSS of a build process: {max(peaks):.0f} MB (target < 300 MB)")
+        print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())} (shared machine)")
     finally:
         if args.keep:
             print(f"kept {root}")

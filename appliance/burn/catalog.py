@@ -149,6 +149,7 @@ def catalog(instances: Sequence[Mapping[str, Any]]) -> list[InstanceInfo]:
     infos: dict[str, InstanceInfo] = {}
     templates: dict[str, InstanceInfo] = {}
     for row in instances:
+        row = dict(row)  # sqlite3.Row or any mapping
         path = Path(str(row["path"]))
         try:
             size = os.stat(path).st_size
