@@ -197,6 +197,11 @@ def test_dvd_keeps_jpeg_lossless_and_is_udf(tmp_path: Path) -> None:
     tree_files = {"/" + p.relative_to(disc.tree).as_posix(): p.read_bytes() for p in disc.tree.rglob("*") if p.is_file()}
     assert files == tree_files  # the UDF image holds exactly the staged tree
     assert {"/DICOMDIR", "/README.TXT", "/INDEX.HTM", "/MANIFEST.SHA", "/IHE_PDI/INDEX.HTM"} <= set(files)
+    # readers without UDF see the ISO 9660 bridge with the same names (xorriso reads that side)
+    bridge = tmp_path / "bridge"
+    listed = extract(disc.image, bridge)
+    assert {p for p in listed if (bridge / p.lstrip("/")).is_file()} == set(files)
+    assert all((bridge / p.lstrip("/")).read_bytes() == data for p, data in files.items())
     out = tmp_path / "x"
     for path, data in files.items():
         (out / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)

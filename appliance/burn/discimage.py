@@ -71,23 +71,3 @@ def make_image(tree: Path, image: Path, media: str, volume_label: str, publisher
         iso.close()
     return filesystem
 
-
-def list_image(image: Path) -> list[str]:
-    """Paths of all files in an image (Joliet for ISO images, UDF for UDF ones), for checks and tests."""
-    iso = pycdlib.PyCdlib()
-    iso.open(str(image))
-    try:
-        if iso.has_udf():
-            facade, root = iso.get_udf_facade(), "udf_path"
-        elif iso.has_joliet():
-            facade, root = iso.get_joliet_facade(), "joliet_path"
-        else:
-            facade, root = iso.get_iso9660_facade(), "iso_path"
-        del root
-        out = []
-        for dirname, _dirs, files in facade.walk("/"):
-            for name in files:
-                out.append(f"{dirname.rstrip('/')}/{name}")
-        return sorted(out)
-    finally:
-        iso.close()
