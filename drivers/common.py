@@ -394,15 +394,16 @@ def missing_listed_sections(sections: Sections, list_names: Iterable[str]) -> st
     return ""
 
 
-def lost_sections(new: Sections, old: Sections | None, keep: Callable[[str], bool]) -> str:
+def lost_sections(new: Sections, old: Sections | None, keep: Callable[[str], bool],
+                  lists: Iterable[str] = ()) -> str:
     """A section that should never vanish (engine info, robots) is in the last good parse but not here,
-    or a section in both has lost keys."""
+    or a section in both has lost keys (list sections, whose entries come and go, excepted)."""
     if not old:
         return ""
     for name, keys in old.items():
         if keep(name) and name not in new:
             return f"section [{name}] vanished"
-        if name in new and not set(keys) <= set(new[name]):
+        if name in new and name not in lists and not set(keys) <= set(new[name]):
             return f"section [{name}] lost keys"  # the writer stopped inside it
     return ""
 
@@ -523,6 +524,34 @@ def aggregate(discs: list[DiscState], disc_count: int) -> publish.JobProgress:
     total.progress = 1.0
     total.message = "done"
     return total
+
+
+@dataclass
+class ErrorReportWait:
+    """Holds back a failure the engine has not explained yet.
+
+    An engine renames a job file to .ERR and rewrites its status file (with the error) a moment
+    later; a poll in between would fail the job with no reason, or call a cancelled job failed. So a
+    failure without an error code, or one with a cancel request still unanswered, is reported as
+    still running until the status file has been rewritten after we first saw it, for at most
+    `grace` seconds.
+    """
+
+    grace: float = 20.0
+    first_seen: dict[str, float] = field(default_factory=dict)
+
+    def settle(self, stem: str, progress: publish.JobProgress, cancel_pending: bool,
+               status_mtime: float) -> publish.JobProgress:
+        if progress.state != publish.FAILED or (progress.error_code and not cancel_pending):
+            self.first_seen.pop(stem, None)
+            return progress
+        now = time.time()
+        first = self.first_seen.setdefault(stem, now)
+        if now - first < self.grace and (status_mtime <= first or cancel_pending):
+            return publish.JobProgress(publish.BURNING, progress.progress,
+                                       "finishing: waiting for the engine's report", "",
+                                       progress.discs_done, progress.discs_failed)
+        return progress
 
 
 # --------------------------------------------------------------------------- USB matchers

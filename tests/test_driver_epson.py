@@ -320,8 +320,12 @@ def test_multi_disc_job(tmp_path):
     p = pub.poll("J9")
     assert p.state == publish.BURNING and p.progress == 0.5
     rename(spool, "J9-D2of2", "INP", "ERR")
+    p = pub.poll("J9")  # .ERR before the status file says why: held back a moment
+    assert p.state == publish.BURNING and "waiting for the engine's report" in p.message
+    time.sleep(0.01)
+    write_status(spool, status_text({"J9-D2of2": {"STATUS": 5, "ERROR": "JDF0903"}}))
     p = pub.poll("J9")
-    assert p.state == publish.FAILED and p.message.startswith("disc 2 of 2")
+    assert p.state == publish.FAILED and p.message.startswith("disc 2 of 2") and "too large" in p.message
     pub.submit(req)  # the retry redoes only the failed disc
     assert sorted(p.name for p in spool.glob("*.JDF")) == ["J9-D2of2-R2.JDF"]
     rename(spool, "J9-D2of2-R2", "JDF", "DON")
@@ -398,3 +402,17 @@ def test_data_mode(tmp_path):
     assert d["DATA"] == "Z:\\Order\\jobfiles\\J10\\DISC\t\\" and "IMAGE" not in d
     assert d["DISC_TYPE"] == "DVD" and d["FORMAT"] == "UDF102"
     assert (spool / "jobfiles" / "J10" / "DISC" / "DICOMDIR").exists()
+
+
+def test_an_unexplained_error_fails_after_the_status_file_moved_on(tmp_path):
+    r = robot(tmp_path)
+    spool = Path(r["spool"])
+    write_status(spool, status_text())
+    pub = EpsonPublisher(r, tmp_path)
+    pub.submit(publish.PublishRequest(job_id="J11", discs=[disc(tmp_path)]))
+    rename(spool, "J11", "JDF", "ERR")
+    assert pub.poll("J11").state == publish.BURNING
+    time.sleep(0.01)
+    write_status(spool, status_text())  # rewritten, and still no word about J11
+    p = pub.poll("J11")
+    assert p.state == publish.FAILED and "no code" in p.message

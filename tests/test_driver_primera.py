@@ -260,7 +260,12 @@ def test_write_error_then_retry(tmp_path):
     pub = PrimeraPublisher(r, tmp_path)
     req = publish.PublishRequest(job_id="J2", discs=[disc(tmp_path)])
     pub.submit(req)
+    write_robot(spool, {"J2": {"JobState": 1, "CurrentStatusState": 0}})
+    pub.poll("J2")
     rename(spool, "J2", "JRQ", "ERR")
+    p = pub.poll("J2")  # renamed before the status file tells why: held back, not failed without a reason
+    assert p.state == publish.BURNING and "waiting for the engine's report" in p.message
+    time.sleep(0.01)
     write_robot(spool, {"J2": {"JobState": 3, "CurrentStatusState": 15, "BadDiscs": 1, "JobErrorNumber": 0,
                                "DiscErrorNumber0": 18, "DiscErrorString0": "Write failed at sector 1234"}},
                 completed=("J2",))
@@ -285,8 +290,10 @@ def test_abort(tmp_path):
     assert pub.cancel("J3")
     assert jrq.parse_jrq(raw(spool / "J3.PTM")) == [("Message", "ABORT"), ("ClientID", "BurnStation"),
                                                     ("JobID", "J3")]
-    (spool / "J3.PTM").unlink()  # consumed by the engine
     rename(spool, "J3", "INP", "ERR")
+    assert pub.poll("J3").state == publish.BURNING  # abort sent, the engine's word not in yet
+    (spool / "J3.PTM").unlink()  # consumed by the engine
+    time.sleep(0.01)
     write_robot(spool, {"J3": {"JobState": 3, "CurrentStatusState": 13, "JobErrorNumber": 16,
                                "JobErrorString": "Job aborted by client"}}, completed=("J3",))
     assert pub.poll("J3").state == publish.CANCELLED

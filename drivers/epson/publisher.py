@@ -18,6 +18,7 @@ from drivers.common import (
     STAGE_DIR,
     DiscState,
     EnginePathMap,
+    ErrorReportWait,
     FoundJobFile,
     RobotJobRef,
     Sections,
@@ -126,6 +127,7 @@ class EpsonPublisher(publish.Publisher):
         self.status_timeout = float(robot.get("status_timeout", 60) or 0)
         self.encoding = str(robot.get("encoding") or "utf-8")
         self.data_dir = data_dir
+        self.error_wait = ErrorReportWait()
         clean_aside(self.spool)
 
     # ------------------------------------------------------------------ reading state
@@ -182,7 +184,11 @@ class EpsonPublisher(publish.Publisher):
         for disc in sorted(latest):
             ref = latest[disc]
             info = job_info(sections, ref.stem)
-            states.append(DiscState(ref, disc_state(by_stem.get(ref.stem.lower(), set()), info)))
+            exts = by_stem.get(ref.stem.lower(), set())
+            progress = disc_state(exts, info)
+            mtime = self.reader.last_good.mtime if self.reader.last_good else 0.0
+            progress = self.error_wait.settle(ref.stem, progress, "JCF" in exts, mtime)
+            states.append(DiscState(ref, progress))
         del max_attempt
         return states, latest_count, sorted(refs, key=lambda r: (r.attempt, r.disc))
 

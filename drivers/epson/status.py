@@ -49,7 +49,8 @@ def check_sections(new: Sections, old: Sections | None) -> str:
     reason = missing_listed_sections(new, ("active_job", "complete_job"))
     if reason:
         return reason
-    return lost_sections(new, old, lambda name: name == "tdb_info" or bool(re.fullmatch(r"publisher\d+", name)))
+    return lost_sections(new, old, lambda name: name == "tdb_info" or bool(re.fullmatch(r"publisher\d+", name)),
+                         lists=("active_job", "complete_job"))
 
 
 def status_reader(spool: Path) -> TolerantIni:

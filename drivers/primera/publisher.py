@@ -17,6 +17,7 @@ from drivers.common import (
     STAGE_DIR,
     DiscState,
     EnginePathMap,
+    ErrorReportWait,
     FoundJobFile,
     RobotJobRef,
     Sections,
@@ -133,6 +134,8 @@ class PrimeraPublisher(publish.Publisher):
         self.robot_readers: dict[str, TolerantIni] = {}
         self.heartbeat = Heartbeat(self.status_timeout)
         self.data_dir = data_dir
+        self.error_wait = ErrorReportWait()
+        self.robot_file_mtime = 0.0
         clean_aside(self.spool)
 
     # ------------------------------------------------------------------ reading state
@@ -154,6 +157,7 @@ class PrimeraPublisher(publish.Publisher):
                 if rsnap is not None:
                     robot_sections = rsnap.sections
                     stale = stale or rsnap.stale
+                    self.robot_file_mtime = rsnap.mtime
             except ValueError:
                 pass
         return snap.sections, name, robot_sections, snap.mtime, stale
@@ -182,7 +186,10 @@ class PrimeraPublisher(publish.Publisher):
         for disc in sorted(latest):
             ref = latest[disc]
             info = job_info(robot_sections, ref.stem)
-            states.append(DiscState(ref, disc_state(by_stem.get(ref.stem.lower(), set()), info, sys_err)))
+            exts = by_stem.get(ref.stem.lower(), set())
+            progress = disc_state(exts, info, sys_err)
+            progress = self.error_wait.settle(ref.stem, progress, "PTM" in exts, self.robot_file_mtime)
+            states.append(DiscState(ref, progress))
         return states, latest_count, sorted(refs, key=lambda r: (r.attempt, r.disc))
 
     def poll(self, job_id: str) -> publish.JobProgress:

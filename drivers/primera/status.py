@@ -49,14 +49,15 @@ def check_system(new: Sections, old: Sections | None) -> str:
     if reason:
         return reason
     robots = {r.lower() for r in listed_values((old or {}).get("robotlist"))}
-    return lost_sections(new, old, lambda name: name in ("system", "robotlist") or name in robots)
+    return lost_sections(new, old, lambda name: name in ("system", "robotlist") or name in robots,
+                         lists=("robotlist",))
 
 
 def check_robot(new: Sections, old: Sections | None) -> str:
     reason = missing_listed_sections(new, ("joblist", "completedjobs"))
     if reason:
         return reason
-    return lost_sections(new, old, lambda name: name == "system")
+    return lost_sections(new, old, lambda name: name == "system", lists=("joblist", "completedjobs"))
 
 
 def safe_robot_file_name(robot_name: str) -> str:

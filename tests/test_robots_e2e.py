@@ -1,0 +1,299 @@
+"""Robots end to end: storescu → station (burner + driver processes) → the vendor job files →
+the hardware simulator (`burnstation-sim`, its own process) → discs in its output bin.
+
+The drivers meet the simulator only through the spool folders, as they would meet TD Bridge or
+PTBurn. Every wait polls (the CLI, the bin folder) with a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from support import BIN, Station, burnstation, dcmtk, write_study
+
+from drivers.epson.jdf import parse_jdf
+from drivers.primera.jrq import parse_jrq
+
+TIMEOUT = 60.0
+JDF_KEYS = ["JOB_ID", "PUBLISHER", "COPIES", "DISC_TYPE", "FORMAT", "COMPARE", "CLOSE_DISC", "IMAGE",
+            "VOLUME_LABEL", "REPLACE_FIELD"]
+JRQ_HEAD = ["JobID", "ClientID", "Importance", "ImageFile", "ImageType", "CloseDisc", "VerifyDisc",
+            "RejectIfNotBlank", "Copies", "PrintLabel"]
+JRQ_TAIL = ["VolumeName", "RobotName"]
+NASTY_NAME = "DOE^JOHN\nDATA=/etc"
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = TIMEOUT, every: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+@dataclass
+class Rig:
+    station: Station
+    sim: subprocess.Popen
+    spool: Path
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.station.data
+
+    def ctl(self, robot: str, *command: str) -> str:
+        proc = subprocess.run([str(BIN / "burnstation-sim"), "ctl", "--root", str(self.root), robot, *command],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    def send(self, aet: str, files: list[Path]) -> None:
+        result = dcmtk("storescu", "-aec", aet, "127.0.0.1", str(self.station.port), *map(str, files))
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return json.loads(burnstation(self.data, "jobs", "list", "--json").stdout)["jobs"]
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return json.loads(burnstation(self.data, "jobs", "show", job_id, "--json").stdout)
+
+    def new_job(self, known: set[str]) -> dict[str, Any]:
+        return wait_for("a new job", lambda: next((j for j in self.jobs() if j["id"] not in known), None))
+
+    def final(self, job_id: str, timeout: float = TIMEOUT) -> dict[str, Any]:
+        return wait_for(f"job {job_id} to finish", lambda: (lambda j: j if j["state"] in (
+            "done", "failed", "cancelled") else None)(self.job(job_id)), timeout)
+
+    def bin(self, robot: str) -> Path:
+        return self.root / "bin" / robot
+
+
+def start_sim(spool: Path, root: Path, speed: str, robots: str = "epson,primera") -> subprocess.Popen:
+    log = open(root.parent / "sim.log", "ab")  # noqa: SIM115 - lives as long as the process
+    sim = subprocess.Popen([str(BIN / "burnstation-sim"), "--spool", str(spool), "--root", str(root),
+                            "--robots", robots, "--speed", speed], stdout=log, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    for name in [r.split(":")[-1] for r in robots.split(",")]:
+        wait_for(f"simulated robot {name}", lambda n=name: (root / "devices" / f"{n}.json").exists(), 20)
+    return sim
+
+
+@contextlib.contextmanager
+def rig(tmp_path: Path, speed: str = "0", roles: dict[str, str] | None = None) -> Iterator[Rig]:
+    roles = roles or {"epson": "epson", "primera": "primera"}
+    spool, root = tmp_path / "spool", tmp_path / "sim"
+    root.mkdir()
+    sim = start_sim(spool, root, speed, ",".join(roles))
+    station = Station(tmp_path / "data", burn__delay_seconds=3)
+    for name, role in roles.items():
+        burnstation(station.data, "robots", "add", name, "--driver", name, "--path", str(spool / name),
+                    "--role", role, "--media", "CD,DVD")
+    try:
+        station.start()
+        r = Rig(station, sim, spool, root)
+        def online() -> bool:
+            lines = burnstation(station.data, "robots", "list").stdout.splitlines()
+            return sum(1 for ln in lines if ln.split()[:1] and ln.split()[0] in roles and " online " in ln) == len(roles)
+
+        wait_for("the robots online", online, 30)
+        yield r
+    finally:
+        station.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sim.pid, signal.SIGTERM)
+        sim.wait(15)
+
+
+def job_file(folder: Path, ext: str) -> Path:
+    files = list(folder.glob(f"*.{ext}"))
+    assert len(files) == 1, f"expected one .{ext} in {folder}: {sorted(p.name for p in folder.iterdir())}"
+    return files[0]
+
+
+def disc_listing(image: Path) -> set[str]:
+    out = subprocess.run(["xorriso", "-indev", str(image), "-find", "/", "-maxdepth", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return {line.strip().strip("'").lstrip("/") for line in out.stdout.splitlines() if line.strip()}
+
+
+def check_disc(image: Path, tmp: Path, verify_dicomdir: bool = True) -> None:
+    """The disc checks of the burn pipeline: PDI layout, and a DICOMDIR dciodvfy has no error with."""
+    names = disc_listing(image)
+    for name in ("DICOMDIR", "README.TXT", "INDEX.HTM", "IHE_PDI", "DICOM"):
+        assert name in names, f"{name} missing on {image}: {sorted(names)}"
+    if not verify_dicomdir:
+        return
+    out = tmp / f"dicomdir-{image.parent.name}"
+    out.mkdir()
+    got = subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(image), "-extract", "/DICOMDIR",
+                          str(out / "DICOMDIR")], capture_output=True, text=True, timeout=60)
+    assert got.returncode == 0, got.stderr
+    report = subprocess.run(["/usr/bin/dciodvfy", str(out / "DICOMDIR")], capture_output=True, text=True, timeout=60)
+    text = report.stdout + report.stderr
+    assert "BasicDirectory" in text and "Error" not in text, text
+
+
+def jrq_keys(pairs: list[tuple[str, str]]) -> list[str]:
+    keys = [k for k, _ in pairs]
+    merges = keys.count("MergeField")
+    assert merges >= 2
+    assert keys == JRQ_HEAD + ["MergeField"] * merges + JRQ_TAIL, keys
+    return keys
+
+
+def test_epson_and_primera_burn_with_exactly_the_expected_keys(tmp_path: Path) -> None:
+    """_E → one disc from the Epson simulator, _P → one from the Primera one; a patient name with a
+    line break and `DATA=/etc` adds no key to either job file (nor to the merge file)."""
+    with rig(tmp_path) as r:
+        seen: set[str] = set()
+        made = {}
+        for aet, robot, name in (("BURNSTATION_E", "epson", "DOE^JOHN"), ("BURNSTATION_P", "primera", "DOE^JANE"),
+                                 ("BURNSTATION_E", "epson", NASTY_NAME), ("BURNSTATION_P", "primera", NASTY_NAME)):
+            files = write_study(tmp_path / f"in-{len(made)}", n_series=1, per_series=2, patient_name=name,
+                                patient_id=f"P{len(made)}")
+            r.send(aet, files)
+            job = r.new_job(seen)
+            seen.add(job["id"])
+            made[job["id"]] = (robot, name)
+        for job_id, (robot, _) in made.items():
+            done = r.final(job_id)
+            assert done["state"] == "done" and done["robot"] == robot, done
+    for job_id, (robot, name) in made.items():
+        out = r.bin(robot) / job_id
+        assert out.is_dir(), sorted(p.name for p in r.bin(robot).iterdir())
+        image = job_file(out, "iso")
+        check_disc(image, tmp_path, verify_dicomdir=name != NASTY_NAME)  # dciodvfy rightly flags a LF in a PN
+        if robot == "epson":
+            text = job_file(out, "JDF").read_bytes().decode()
+            pairs = parse_jdf(text)
+            assert [k for k, _ in pairs] == JDF_KEYS, text
+            values = dict(pairs)
+            assert values["JOB_ID"] == job_id and values["DISC_TYPE"] == "CD" and values["FORMAT"] == "JOLIET"
+            merge = next((out / "label").glob("*FIELDS*")).read_bytes().decode()
+            lines = [ln for ln in merge.split("\r\n") if ln]
+            assert all(ln.count("=") == 1 for ln in lines), merge
+            assert [ln.split("=")[0] for ln in lines][:2] == ["patient_name", "patient_id"]
+        else:
+            text = job_file(out, "JRQ").read_bytes().decode()
+            pairs = parse_jrq(text)
+            jrq_keys(pairs)
+            values = dict(pairs)
+            assert values["JobID"] == job_id and values["PrintLabel"].endswith(".jpg")
+            assert [v for k, v in pairs if k == "MergeField"][1] == f"P{list(made).index(job_id)}"
+        assert "/etc" not in [v for _, v in pairs], text
+        assert len(text.splitlines()) == len(pairs)  # one line per key: nothing split a line
+
+
+def test_input_empty_waits_then_write_error_fails_and_retry_succeeds(tmp_path: Path) -> None:
+    with rig(tmp_path) as r:
+        seen: set[str] = set()
+        for aet, robot, words in (("BURNSTATION_E", "epson", "input stacker empty"),
+                                  ("BURNSTATION_P", "primera", "Input bin empty")):
+            r.ctl(robot, "fault", "input_empty", "on")
+            r.send(aet, write_study(tmp_path / f"in-{robot}", n_series=1, per_series=1))
+            job = r.new_job(seen)
+            seen.add(job["id"])
+            waiting = wait_for("the robot's message", lambda j=job, w=words: (
+                lambda x: x if w in x["message"] else None)(r.job(j["id"])))
+            assert waiting["state"] in ("submitted", "burning"), waiting
+            time.sleep(1.0)
+            assert r.job(job["id"])["state"] in ("submitted", "burning")  # it waits, it does not fail
+            r.ctl(robot, "fault", "input_empty", "off")
+            r.ctl(robot, "refill")
+            assert r.final(job["id"])["state"] == "done"
+            assert (r.bin(robot) / job["id"]).is_dir()
+
+            r.ctl(robot, "fault", "write_error", "1", "on")
+            r.send(aet, write_study(tmp_path / f"in2-{robot}", n_series=1, per_series=1))
+            bad = r.new_job(seen)
+            seen.add(bad["id"])
+            failed = r.final(bad["id"])
+            assert failed["state"] == "failed", failed
+            text = failed.get("error") or failed["message"]
+            if robot == "epson":
+                assert failed["error_code"].startswith("CAN") and "device fault" in text, failed
+            else:
+                assert failed["error_code"] == "18" and "record (write) error" in text, failed
+            assert "attempt 2" in burnstation(r.data, "jobs", "retry", bad["id"]).stdout
+            again = r.final(bad["id"])
+            assert again["state"] == "done" and again["robot"] == robot and again["attempts"] == 2, again
+            assert (r.bin(robot) / f"{bad['id']}-2").is_dir()
+
+
+def test_cancel_and_kill_while_burning(tmp_path: Path) -> None:
+    """Cancel reaches the robot; a station killed (SIGKILL) mid-burn re-attaches and burns once."""
+    with rig(tmp_path, speed="0.05") as r:
+        seen: set[str] = set()
+        for aet, robot in (("BURNSTATION_E", "epson"), ("BURNSTATION_P", "primera")):
+            r.send(aet, write_study(tmp_path / f"c-{robot}", n_series=1, per_series=1))
+            job = r.new_job(seen)
+            seen.add(job["id"])
+            wait_for("burning", lambda j=job: r.job(j["id"])["state"] == "burning")
+            assert "cancel requested" in burnstation(r.data, "jobs", "cancel", job["id"]).stdout
+            assert r.final(job["id"])["state"] == "cancelled"
+            result = r.bin(robot) / job["id"] / "discs.json"  # the simulator's record of finished discs
+            assert not result.exists() or all(d["result"] != "ok" for d in json.loads(result.read_text()))
+
+        killed = []
+        for aet, robot in (("BURNSTATION_E", "epson"), ("BURNSTATION_P", "primera")):
+            r.send(aet, write_study(tmp_path / f"k-{robot}", n_series=1, per_series=2))
+            job = r.new_job(seen)
+            seen.add(job["id"])
+            killed.append((job["id"], robot))
+        for job_id, _ in killed:
+            wait_for("burning", lambda j=job_id: r.job(j)["state"] == "burning")
+        r.station.stop(sig=signal.SIGKILL)
+        r.station.start()
+        for job_id, robot in killed:
+            done = r.final(job_id)
+            assert done["state"] == "done" and done["attempts"] == 1 and done["robot"] == robot, done
+        ext = {"epson": ("JDF", "DON"), "primera": ("JRQ", "DON")}
+        for job_id, robot in killed:
+            assert sorted(p.name for p in r.bin(robot).iterdir() if p.name.startswith(job_id)) == [job_id]
+            assert [p.name for p in (r.bin(robot) / job_id).glob(f"*.{ext[robot][0]}")] == [f"{job_id}.{ext[robot][0]}"]
+            spool_files = sorted(p.name for p in (r.spool / robot).rglob(f"{job_id}*") if p.is_file())
+            assert spool_files == [f"{job_id}.{ext[robot][1]}"], spool_files  # one job file, staged copies gone
+
+
+def test_two_robots_spread_jobs_and_a_fault_sends_the_retry_to_the_other(tmp_path: Path) -> None:
+    with rig(tmp_path, speed="0.05", roles={"epson": "any", "primera": "any"}) as r:
+        seen: set[str] = set()
+        for i in range(4):
+            r.send("BURNSTATION_E", write_study(tmp_path / f"s{i}", n_series=1, per_series=1, patient_id=f"S{i}"))
+            seen.add(r.new_job(seen)["id"])
+        robots_used = {}
+        for job_id in seen:
+            done = r.final(job_id, timeout=90)
+            assert done["state"] == "done", done
+            robots_used[job_id] = done["robot"]
+        assert set(robots_used.values()) == {"epson", "primera"}, robots_used
+        for job_id, robot in robots_used.items():
+            assert (r.bin(robot) / job_id).is_dir()
+
+        r.ctl("epson", "fault", "write_error", "1", "on")
+        r.ctl("primera", "fault", "write_error", "1", "on")
+        r.send("BURNSTATION_E", write_study(tmp_path / "f", n_series=1, per_series=1, patient_id="F1"))
+        bad = r.new_job(seen)
+        failed = r.final(bad["id"])
+        assert failed["state"] == "failed", failed
+        first = failed["robot"]
+        other = {"epson": "primera", "primera": "epson"}[first]
+        r.ctl(other, "fault", "write_error", "1", "off")
+        burnstation(r.data, "jobs", "retry", bad["id"])
+        again = r.final(bad["id"])
+        assert again["state"] == "done" and again["robot"] == other, again
+        assert (r.bin(other) / f"{bad['id']}-2").is_dir()
