@@ -219,14 +219,14 @@ class Router:
         conn = self.conn
         group_by = self.settings.get("burn.group_by")
         delay = float(self.settings.get("burn.delay_seconds"))
-        rows = conn.execute(
-            "SELECT i.sop_uid, i.series_uid, i.study_uid, i.size, i.received_at, st.patient_id "
-            "FROM instances i LEFT JOIN studies st ON st.study_uid=i.study_uid "
-            "LEFT JOIN burn_claims c ON c.sop_uid=i.sop_uid AND c.assoc_id=i.assoc_id "
-            "WHERE i.assoc_id=? AND c.sop_uid IS NULL ORDER BY i.received_at", (item["assoc_id"],)).fetchall()
-        if not rows and not ended:
-            return 0
-        with db.transaction(conn):
+        query = ("SELECT i.sop_uid, i.series_uid, i.study_uid, i.size, i.received_at, st.patient_id "
+                 "FROM instances i LEFT JOIN studies st ON st.study_uid=i.study_uid "
+                 "LEFT JOIN burn_claims c ON c.sop_uid=i.sop_uid AND c.assoc_id=i.assoc_id "
+                 "WHERE i.assoc_id=? AND c.sop_uid IS NULL ORDER BY i.received_at")
+        if not ended and not conn.execute(query + " LIMIT 1", (item["assoc_id"],)).fetchone():
+            return 0  # the cheap common case: nothing new on an open association
+        with db.transaction(conn):  # read again under the write lock: a second burner cannot claim the same rows
+            rows = conn.execute(query, (item["assoc_id"],)).fetchall()
             for row in rows:
                 patient_id = row["patient_id"] or ""
                 if group_by == "patient" and patient_id:
