@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from test_sim_support import REPO, Sim, make_iso, parse_ini, read_ini, submit, wait_ext, wait_for
+from test_sim_support import REPO, Sim, make_iso, parse_ini, read_ini, submit, wait_for
 
 
 def test_announcements_plug_unplug_and_clean_exit(tmp_path):
@@ -33,7 +33,7 @@ def test_announcements_plug_unplug_and_clean_exit(tmp_path):
         assert status_file.read_bytes() == stale  # not rewritten
         sim.ctl("epson", "plug")
         assert sim.device("epson")["serial"]
-        wait_ext(sim.spool / "epson", "u", "DON")
+        sim.wait_ext(sim.spool / "epson", "u", "DON")
     finally:
         rc = sim.stop()
     assert rc == 0, sim.output()
@@ -53,7 +53,7 @@ def test_offline_robot_stops_heartbeat_and_pickup(tmp_path):
         assert sim.status("primera")["online"] is False
         assert sim.device("primera") is not None  # still plugged in, just not answering
         sim.ctl("primera", "fault", "offline", "off")
-        wait_ext(sim.spool / "primera", "O", "DON")
+        sim.wait_ext(sim.spool / "primera", "O", "DON")
         assert int(read_ini(status, "primera")["System"]["ServerTickCount"]) > int(tick)
 
 
@@ -64,7 +64,7 @@ def test_faults_at_start_and_ctl_status(tmp_path):
         assert sim.status("right")["write_error_at"] == 1
         order = sim.spool / "right"
         submit(order, "r.JDF", f"PUBLISHER=right\nIMAGE={make_iso(tmp_path / 'r.iso')}\n")
-        wait_ext(order, "r", "ERR")
+        sim.wait_ext(order, "r", "ERR")
         jobs = sim.status("right")["jobs"]
         assert jobs["r"]["state"] == "failed" and jobs["r"]["error"] == "CAN006"
         st = read_ini(order / "TDBStatus.txt", "PUBLISHER1")
@@ -103,6 +103,37 @@ def test_path_map_reads_paths_as_the_engine_host_sees_them(tmp_path):
     with Sim(tmp_path, robots="epson,primera", extra=("--path-map", f"Z:\\burn={share}")) as sim:
         submit(sim.spool / "epson", "m.JDF", "IMAGE=Z:\\burn\\images\\disc.iso\n")
         submit(sim.spool / "primera", "m.JRQ", "ImageFile=z:\\burn\\images\\disc.iso\n")
-        wait_ext(sim.spool / "epson", "m", "DON")
-        wait_ext(sim.spool / "primera", "m", "DON")
+        sim.wait_ext(sim.spool / "epson", "m", "DON")
+        sim.wait_ext(sim.spool / "primera", "m", "DON")
         assert (sim.root / "bin" / "epson" / "m" / "disc.iso").is_file()
+
+
+def test_restart_keeps_history_and_finishes_a_job_once(tmp_path):
+    """The simulator is killed while a job is in the robot: after a restart the job is taken up
+    again, makes only the discs still missing, and the finished jobs and stacker levels remain."""
+    iso = make_iso(tmp_path / "r.iso")
+    sim = Sim(tmp_path, robots="epson").start()
+    order = sim.spool / "epson"
+    submit(order, "before.JDF", f"IMAGE={iso}\n")
+    sim.wait_ext(order, "before", "DON")
+    sim.ctl("epson", "refill", "2")
+    submit(order, "cut.JDF", f"COPIES=3\nIMAGE={iso}\n")
+    wait_for(lambda: sim.status("epson")["jobs"]["cut"]["waiting"] == "input_empty", what="stacker ran out")
+    sim.proc.kill()  # no clean exit
+    sim.proc.wait()
+    sim._log.close()
+    assert (order / "cut.INP").exists()
+
+    again = Sim(tmp_path, robots="epson")
+    again.log = tmp_path / "sim2.log"
+    with again:
+        state = again.status("epson")
+        assert state["jobs"]["before"]["state"] == "done"
+        assert state["jobs"]["cut"]["good"] == 2 and state["stackers"][0]["count"] == 0
+        again.ctl("epson", "refill")
+        again.wait_ext(order, "cut", "DON")
+        st = read_ini(order / "TDBStatus.txt", "PUBLISHER1")
+        assert st["cut"]["COMPLETION_NUMBER"] == "3" and st["before"]["STATUS"] == "4"
+        assert st["PUBLISHER1"]["STACKER1"] == "49"  # one more disc after the refill, not three
+        discs = json.loads((again.root / "bin" / "epson" / "cut" / "discs.json").read_text())
+        assert [d["disc"] for d in discs] == [1, 2, 3]

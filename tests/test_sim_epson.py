@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_sim_support import Sim, make_iso, make_tree, read_ini, submit, wait_ext, wait_for
+from test_sim_support import Sim, make_iso, make_tree, read_ini, submit, wait_for
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_happy_path_image_job(sim, tmp_path):
             f"COMPARE=YES\nIMAGE={iso}\nVOLUME_LABEL=TESTDISC\nREPLACE_FIELD={merge}\n")
     before = status(sim)["PUBLISHER1"]
     submit(order, "job-1.JDF", text)
-    done = wait_ext(order, "job-1", "DON")
+    done = sim.wait_ext(order, "job-1", "DON")
     assert not (order / "job-1.JDF").exists()
     st = wait_for(lambda: (s := status(sim)) and s["job-1"]["STATUS"] == "4" and s, what="STATUS 4")
     job = st["job-1"]
@@ -61,7 +61,7 @@ def test_data_mode_and_defaults(sim, tmp_path):
     tree = make_tree(tmp_path / "tree")
     # no JOB_ID: the file name is the id; DATA copies a folder's contents to the destination
     submit(order, "datajob.JDF", f"DISC_TYPE=DVD\nFORMAT=UDF102\nDATA={tree}\t\nDATA={tree / 'DICOM'}\tEXTRA\n")
-    wait_ext(order, "datajob", "DON")
+    sim.wait_ext(order, "datajob", "DON")
     disc = sim.root / "bin" / "epson" / "datajob" / "disc"
     assert (disc / "DICOMDIR").is_file() and (disc / "DICOM" / "IM1").is_file() and (disc / "EXTRA" / "IM1").is_file()
     st = status(sim)
@@ -94,7 +94,7 @@ def test_invalid_jobs_rejected_with_code(sim, tmp_path, body, code):
     iso = make_iso(tmp_path / "ok.iso")
     noddir = make_iso(tmp_path / "noddir.iso", dicomdir=False)
     submit(order, "bad.JDF", body.format(iso=iso, tmp=tmp_path, noddir=noddir))
-    wait_ext(order, "bad", "ERR")
+    sim.wait_ext(order, "bad", "ERR")
     job = job_status(sim, "bad")
     assert (job["STATUS"], job["ERROR"], job["DETAIL_STATUS"]) == ("6", code, "14")
     assert not (sim.root / "bin" / "epson" / "bad").exists()  # nothing burned
@@ -104,9 +104,9 @@ def test_duplicate_job_id(sim, tmp_path):
     order = sim.spool / "epson"
     iso = make_iso(tmp_path / "d.iso")
     submit(order, "first.JDF", f"JOB_ID=same\nIMAGE={iso}\n")
-    wait_ext(order, "first", "DON")
+    sim.wait_ext(order, "first", "DON")
     submit(order, "second.JDF", f"JOB_ID=same\nIMAGE={iso}\n")
-    wait_ext(order, "second", "ERR")
+    sim.wait_ext(order, "second", "ERR")
     st = status(sim)
     assert (st["second"]["STATUS"], st["second"]["ERROR"]) == ("6", "JDF0100")
     assert (st["same"]["STATUS"], st["same"]["ERROR"]) == ("4", "")  # the original is untouched
@@ -116,13 +116,13 @@ def test_input_empty_waits_then_refill_completes(sim, tmp_path):
     order = sim.spool / "epson"
     sim.ctl("epson", "fault", "input_empty", "on")
     submit(order, "wait1.JDF", f"JOB_ID=wait1\nIMAGE={make_iso(tmp_path / 'w.iso')}\n")
-    wait_ext(order, "wait1", "INP")
+    sim.wait_ext(order, "wait1", "INP")
     wait_for(lambda: status(sim)["wait1"]["ERROR"] == "RTN000", what="RTN000")
     st = status(sim)
     assert st["wait1"]["STATUS"] == "2" and st["PUBLISHER1"]["ERROR"] == "RTN000"
     assert st["ACTIVE_JOB"]["JOB1"] == "wait1"
     sim.ctl("epson", "refill")
-    wait_ext(order, "wait1", "DON")
+    sim.wait_ext(order, "wait1", "DON")
     st = status(sim)
     assert st["wait1"]["ERROR"] == "" and st["PUBLISHER1"]["STACKER1"] == "49"
 
@@ -134,7 +134,7 @@ def test_stackers_run_out_and_refill_count(sim, tmp_path):
     wait_for(lambda: status(sim)["three"]["ERROR"] == "RTN000", what="stacker ran out")
     assert status(sim)["three"]["COMPLETION_NUMBER"] == "2"
     sim.ctl("epson", "refill", "5")
-    wait_ext(order, "three", "DON")
+    sim.wait_ext(order, "three", "DON")
     assert status(sim)["PUBLISHER1"]["STACKER1"] == "4"
 
 
@@ -142,7 +142,7 @@ def test_write_error_on_disc_n(sim, tmp_path):
     order = sim.spool / "epson"
     sim.ctl("epson", "fault", "write_error", "2", "on")
     submit(order, "we.JDF", f"JOB_ID=we\nCOPIES=3\nIMAGE={make_iso(tmp_path / 'we.iso')}\n")
-    wait_ext(order, "we", "ERR")
+    sim.wait_ext(order, "we", "ERR")
     job = job_status(sim, "we")
     assert (job["STATUS"], job["ERROR"], job["COMPLETION_NUMBER"], job["ERRORDISC_NUMBER"],
             job["DETAIL_STATUS"]) == ("5", "CAN006", "1", "1", "13")
@@ -151,16 +151,16 @@ def test_write_error_on_disc_n(sim, tmp_path):
     # the fault is spent: a retry under a new id succeeds
     assert sim.status("epson")["faults"]["write_error"] is False
     submit(order, "we2.JDF", f"COPIES=3\nIMAGE={make_iso(tmp_path / 'we2.iso')}\n")
-    wait_ext(order, "we2", "DON")
+    sim.wait_ext(order, "we2", "DON")
 
 
 def test_cover_open_pauses_then_resumes(sim, tmp_path):
     order = sim.spool / "epson"
     sim.ctl("epson", "fault", "input_empty", "on")  # hold the job in the robot
     submit(order, "cov.JDF", f"IMAGE={make_iso(tmp_path / 'c.iso')}\n")
-    wait_ext(order, "cov", "INP")
+    sim.wait_ext(order, "cov", "INP")
     sim.ctl("epson", "fault", "cover_open", "on")
-    wait_ext(order, "cov", "STP")
+    sim.wait_ext(order, "cov", "STP")
     wait_for(lambda: status(sim)["cov"]["STATUS"] == "3", what="STATUS 3")
     st = status(sim)
     assert st["cov"]["ERROR"] == "RTN002" and st["PUBLISHER1"]["ERROR"] == "RTN002"
@@ -168,7 +168,7 @@ def test_cover_open_pauses_then_resumes(sim, tmp_path):
     sim.ctl("epson", "status")  # a full round through the loop: still paused
     assert (order / "cov.STP").exists()
     sim.ctl("epson", "fault", "cover_open", "off")
-    wait_ext(order, "cov", "DON")
+    sim.wait_ext(order, "cov", "DON")
     assert status(sim)["cov"]["STATUS"] == "4"
 
 
@@ -176,16 +176,16 @@ def test_cancel_and_cancel_unknown(sim, tmp_path):
     order = sim.spool / "epson"
     sim.ctl("epson", "fault", "input_empty", "on")
     submit(order, "can.JDF", f"JOB_ID=can\nIMAGE={make_iso(tmp_path / 'c.iso')}\n")
-    wait_ext(order, "can", "INP")
+    sim.wait_ext(order, "can", "INP")
     submit(order, "stop-can.JCF", "[CANCEL]\r\nJOB_ID=can\r\n")
-    wait_ext(order, "stop-can", "CDN")
-    wait_ext(order, "can", "ERR")
+    sim.wait_ext(order, "stop-can", "CDN")
+    sim.wait_ext(order, "can", "ERR")
     job = job_status(sim, "can")
     assert (job["STATUS"], job["DETAIL_STATUS"]) == ("5", "12")
     submit(order, "stop-none.JCF", "[CANCEL]\nJOB_ID=nosuchjob\n")
-    wait_ext(order, "stop-none", "CER")
+    sim.wait_ext(order, "stop-none", "CER")
     submit(order, "stop-again.JCF", "[CANCEL]\nJOB_ID=can\n")  # already finished
-    wait_ext(order, "stop-again", "CER")
+    sim.wait_ext(order, "stop-again", "CER")
 
 
 def test_status_rewritten_in_place_and_ink_low(sim, tmp_path):
@@ -197,7 +197,7 @@ def test_status_rewritten_in_place_and_ink_low(sim, tmp_path):
     assert int(status(sim)["PUBLISHER1"]["INK_C"]) <= 5
     wait_for(lambda: path.stat().st_mtime_ns != first, what="rewrite")
     submit(sim.spool / "epson", "ink.JDF", f"IMAGE={make_iso(tmp_path / 'i.iso')}\n")  # still burns
-    wait_ext(sim.spool / "epson", "ink", "DON")
+    sim.wait_ext(sim.spool / "epson", "ink", "DON")
     sim.ctl("epson", "fault", "ink_low", "off")
     wait_for(lambda: status(sim)["PUBLISHER1"]["ERROR"] == "", what="ink ok")
     assert path.stat().st_ino == inode
@@ -210,7 +210,7 @@ def test_output_full_waits_until_emptied(sim, tmp_path):
     wait_for(lambda: status(sim)["full"]["ERROR"] == "RTN001", what="RTN001")
     assert (order / "full.INP").exists() and status(sim)["full"]["COMPLETION_NUMBER"] == "0"
     sim.ctl("epson", "fault", "output_full", "off")  # the operator took the discs away
-    wait_ext(order, "full", "DON")
+    sim.wait_ext(order, "full", "DON")
 
 
 def test_timed_run_reports_progress_and_estimate(tmp_path):
@@ -218,9 +218,9 @@ def test_timed_run_reports_progress_and_estimate(tmp_path):
     with Sim(tmp_path, robots="epson", speed="0.01") as sim:
         order = sim.spool / "epson"
         submit(order, "slow.JDF", f"COPIES=3\nIMAGE={make_iso(tmp_path / 's.iso')}\n")
-        wait_ext(order, "slow", "INP")
+        sim.wait_ext(order, "slow", "INP")
         running = wait_for(lambda: (j := status(sim)["slow"])["STATUS"] == "2" and j["DETAIL_STATUS"] in ("3", "4", "5", "6")
                            and int(j["ESTIMATION_TIME_REMAIN"]) > 0 and j, what="in progress")
         assert int(running["ESTIMATION_TIME_REMAIN"]) < 5
-        wait_ext(order, "slow", "DON", timeout=30)
+        sim.wait_ext(order, "slow", "DON", timeout=30)
         assert status(sim)["slow"]["COMPLETION_NUMBER"] == "3"

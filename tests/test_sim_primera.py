@@ -6,7 +6,7 @@ import json
 
 import pytest
 from PIL import Image
-from test_sim_support import Sim, make_iso, make_tree, read_ini, submit, wait_ext, wait_for
+from test_sim_support import Sim, make_iso, make_tree, read_ini, submit, wait_for
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def test_happy_path_image_job(sim, tmp_path):
             f"MergeField=20240115\r\nVolumeName=TESTDISC\r\nRobotName=bravo\r\n")
     before = system_status(sim)["bravo"]
     submit(jobs, "P-1.JRQ", text)
-    wait_ext(jobs, "P-1", "DON")
+    sim.wait_ext(jobs, "P-1", "DON")
     st = wait_for(lambda: (s := robot_status(sim))["P-1"]["JobState"] == "2" and s, what="JobState 2")
     j = st["P-1"]
     assert (j["GoodDiscs"], j["BadDiscs"], j["JobErrorNumber"], j["CurrentStatusState"], j["DiscsRemaining"]) == (
@@ -67,7 +67,7 @@ def test_data_mode_picks_media_by_bin(sim, tmp_path):
     jobs = sim.spool / "bravo"
     tree = make_tree(tmp_path / "tree")
     submit(jobs, "D1.JRQ", f"JobID=D1\nData={tree}\nBinID=2\n")
-    wait_ext(jobs, "D1", "DON")
+    sim.wait_ext(jobs, "D1", "DON")
     assert (sim.root / "bin" / "bravo" / "D1" / "disc" / "DICOMDIR").is_file()
     assert system_status(sim)["bravo"]["DiscsInRightBin"] == "49"
 
@@ -92,7 +92,7 @@ def test_invalid_jobs_rejected_with_number(sim, tmp_path, body, number):
     noddir = make_iso(tmp_path / "n.iso", dicomdir=False)
     (tmp_path / "notimage.jpg").write_text("not a jpeg")
     submit(jobs, "BAD.JRQ", body.format(tmp=tmp_path, iso=iso, noddir=noddir))
-    wait_ext(jobs, "BAD", "ERR")
+    sim.wait_ext(jobs, "BAD", "ERR")
     j = job(sim, "BAD")
     assert (j["JobState"], j["JobErrorNumber"], j["CurrentStatusState"]) == ("3", number, "15")
     assert j["JobErrorString"]
@@ -102,9 +102,9 @@ def test_duplicate_job_id(sim, tmp_path):
     jobs = sim.spool / "bravo"
     iso = make_iso(tmp_path / "d.iso")
     submit(jobs, "a.JRQ", f"JobID=dup\nImageFile={iso}\n")
-    wait_ext(jobs, "a", "DON")
+    sim.wait_ext(jobs, "a", "DON")
     submit(jobs, "b.JRQ", f"JobID=dup\nImageFile={iso}\n")
-    wait_ext(jobs, "b", "ERR")
+    sim.wait_ext(jobs, "b", "ERR")
     assert robot_status(sim)["dup"]["JobState"] == "2"
 
 
@@ -112,38 +112,38 @@ def test_input_empty_waits_then_refill(sim, tmp_path):
     jobs = sim.spool / "bravo"
     sim.ctl("bravo", "fault", "input_empty", "on")
     submit(jobs, "W.JRQ", f"JobID=W\nImageFile={make_iso(tmp_path / 'w.iso')}\n")
-    wait_ext(jobs, "W", "INP")
+    sim.wait_ext(jobs, "W", "INP")
     wait_for(lambda: "Input bin empty" in robot_status(sim)["W"]["CurrentStatus"], what="waiting text")
     assert robot_status(sim)["W"]["JobState"] == "1"
     assert system_status(sim)["System"]["SysErrorString"] == "Input bin empty"
     sim.ctl("bravo", "refill")
-    wait_ext(jobs, "W", "DON")
+    sim.wait_ext(jobs, "W", "DON")
 
 
 def test_write_error_on_disc_n(sim, tmp_path):
     jobs = sim.spool / "bravo"
     sim.ctl("bravo", "fault", "write_error", "1", "on")
     submit(jobs, "E.JRQ", f"JobID=E\nCopies=2\nImageFile={make_iso(tmp_path / 'e.iso')}\n")
-    wait_ext(jobs, "E", "ERR")
+    sim.wait_ext(jobs, "E", "ERR")
     j = wait_for(lambda: (s := robot_status(sim))["E"]["JobState"] == "3" and s["E"], what="failed")
     assert (j["JobErrorNumber"], j["JobErrorString"], j["BadDiscs"], j["GoodDiscs"]) == ("18", "Record error", "1", "0")
     assert (j["DiscErrorIndex0"], j["DiscErrorNumber0"], j["DiscErrorString0"]) == ("1", "18", "Record error")
     submit(jobs, "E2.JRQ", f"JobID=E2\nCopies=2\nImageFile={make_iso(tmp_path / 'e2.iso')}\n")
-    wait_ext(jobs, "E2", "DON")
+    sim.wait_ext(jobs, "E2", "DON")
 
 
 def test_cover_open_pauses(sim, tmp_path):
     jobs = sim.spool / "bravo"
     sim.ctl("bravo", "fault", "input_empty", "on")
     submit(jobs, "C.JRQ", f"JobID=C\nImageFile={make_iso(tmp_path / 'c.iso')}\n")
-    wait_ext(jobs, "C", "INP")
+    sim.wait_ext(jobs, "C", "INP")
     sim.ctl("bravo", "fault", "cover_open", "on")
     wait_for(lambda: robot_status(sim)["C"]["CurrentStatusState"] == "11", what="paused")
     assert (jobs / "C.INP").exists()  # PTBurn keeps .INP while paused
     assert system_status(sim)["System"]["SysErrorString"] == "Cover open"
     sim.ctl("bravo", "refill")
     sim.ctl("bravo", "fault", "cover_open", "off")
-    wait_ext(jobs, "C", "DON")
+    sim.wait_ext(jobs, "C", "DON")
 
 
 def test_abort_with_ptm(sim, tmp_path):
@@ -152,18 +152,18 @@ def test_abort_with_ptm(sim, tmp_path):
     iso = make_iso(tmp_path / "a.iso")
     submit(jobs, "A.JRQ", f"JobID=A\nClientID=station\nImageFile={iso}\n")
     submit(jobs, "B.JRQ", f"JobID=B\nClientID=station\nImageFile={iso}\n")
-    wait_ext(jobs, "A", "INP")
-    wait_ext(jobs, "B", "QRJ")
+    sim.wait_ext(jobs, "A", "INP")
+    sim.wait_ext(jobs, "B", "QRJ")
     submit(jobs, "x.PTM", "Message=ABORT\nClientID=intruder\nJobID=A\n")  # not authorized: ignored
     wait_for(lambda: not (jobs / "x.PTM").exists(), what="PTM consumed")
     sim.ctl("bravo", "status")
     assert (jobs / "A.INP").exists()
     submit(jobs, "y.PTM", "Message = ABORT\nClientID = station\nJobID = A\n")
-    wait_ext(jobs, "A", "ERR")
+    sim.wait_ext(jobs, "A", "ERR")
     j = job(sim, "A")
     assert (j["JobState"], j["JobErrorNumber"], j["CurrentStatusState"]) == ("3", "16", "13")
     submit(jobs, "z.PTM", "Message=ABORT\nClientID=Administrator\nJobID=B\n")
-    wait_ext(jobs, "B", "ERR")
+    sim.wait_ext(jobs, "B", "ERR")
 
 
 def test_ink_low_system_error(sim, tmp_path):

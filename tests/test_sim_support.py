@@ -118,8 +118,12 @@ class Sim:
         self._log = open(self.log, "wb")
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
         for name in self.robots:
-            wait_for(lambda n=name: self.device(n) is not None and self.proc.poll() is None,
-                     what=f"device {name} announced")
+            try:
+                wait_for(lambda n=name: self.device(n) is not None and self.proc.poll() is None, timeout=30,
+                         what=f"device {name} announced")
+            except AssertionError:
+                self.stop()
+                raise AssertionError(f"simulator did not start:\n{self.output()}") from None
         return self
 
     def device(self, name: str) -> dict | None:
@@ -147,6 +151,17 @@ class Sim:
         if check:
             assert result.returncode == 0, result.stderr
         return result
+
+    def sync(self) -> None:
+        """A round trip through the simulator's loop: whatever was seen on disk before this call has
+        its status-file rewrite finished after it (each tick renames, then rewrites the status)."""
+        self.ctl(self.robots[0], "status")
+
+    def wait_ext(self, folder: Path, stem: str, ext: str, timeout: float = 15.0) -> Path:
+        """Wait for a job file to reach `ext`, then for the status files written with that step."""
+        path = wait_ext(folder, stem, ext, timeout)
+        self.sync()
+        return path
 
     def status(self, robot: str) -> dict:
         return json.loads(self.ctl(robot, "status").stdout)

@@ -23,6 +23,9 @@ class Engine:
     product_id = ""
     model = ""
     paused_ext: str | None = None  # Epson renames a paused job to .STP; PTBurn leaves it .INP
+    job_ext = ""  # what a client drops: JDF / JRQ
+    queued_ext = ""  # accepted, not started: RJD / QRJ
+    in_progress_exts: tuple[str, ...] = ()
 
     def __init__(self, robot: Robot, folder: Path, bin_root: Path,
                  path_maps: list[tuple[str, Path]] | None = None) -> None:
@@ -34,6 +37,8 @@ class Engine:
         self.seen: dict[Path, tuple[int, int]] = {}
         self.folder.mkdir(parents=True, exist_ok=True)
         self.started = time.monotonic()
+        self.state_path: Path | None = None
+        self._saved = ""
 
     # -- hooks -----------------------------------------------------------------------------------
     def scan(self) -> None:
@@ -164,3 +169,55 @@ class Engine:
         return {j.job_id: {"state": j.state, "file": j.path.name, "copies": j.copies, "good": j.good,
                            "bad": j.bad, "error": j.error, "error_text": j.error_text, "waiting": j.waiting}
                 for j in self.jobs.values()}
+
+    # -- surviving a restart of the simulator ----------------------------------------------------
+    def state_doc(self) -> dict:
+        return {"robot": self.robot.snapshot(), "jobs": [j.to_dict() for j in self.jobs.values()]}
+
+    def save_state(self) -> None:
+        """Keep jobs and stacker/ink levels in ROOT/state/<name>.json (when they changed)."""
+        if self.state_path is None:
+            return
+        text = json.dumps(self.state_doc(), sort_keys=True)
+        if text != self._saved:
+            files.write_atomic(self.state_path, text.encode(), fsync=False)
+            self._saved = text
+
+    def load_state(self, state_path: Path) -> None:
+        """Pick up where a previous run on the same ROOT and SPOOL stopped: finished jobs stay in
+        the status file, jobs that were in the robot start again with the discs not yet made (a
+        restarted engine re-queues them); in-progress job files it knows nothing of are taken anew."""
+        self.state_path = state_path
+        if state_path.exists():
+            try:
+                doc = json.loads(state_path.read_text())
+            except (OSError, ValueError):
+                log.warning("%s: state file %s unreadable, starting afresh", self.robot.name, state_path)
+                doc = {}
+            self.robot.load_counts(doc.get("robot", {}))
+            for item in doc.get("jobs", []):
+                job = Job.from_dict(item)
+                if job.active:
+                    self.requeue(job)
+                self.jobs[job.job_id] = job
+            self.load_extra(doc)
+        known = {j.path.name for j in self.jobs.values()}
+        for ext in self.in_progress_exts:
+            for path in self.folder.glob(f"*.{ext}"):
+                if path.name not in known:
+                    log.info("%s: %s from an earlier run is taken again", self.robot.name, path.name)
+                    files.rename_ext(path, self.job_ext)
+
+    def load_extra(self, doc: dict) -> None:
+        """Subclasses restore what else they keep in state_doc."""
+
+    def requeue(self, job: Job) -> None:
+        for ext in self.in_progress_exts:
+            candidate = job.path.with_suffix("." + ext)
+            if candidate.exists():
+                job.path = files.rename_ext(candidate, self.queued_ext)
+                break
+        job.state, job.phase, job.waiting, job.phase_left, job.accept_left = "queued", "", "", 0.0, 0.0
+        job.disc = job.good + job.bad
+        log.info("%s: job %s re-queued after a restart (%d of %d discs made)", self.robot.name, job.job_id,
+                 job.good, job.copies)

@@ -128,6 +128,9 @@ class EpsonEngine(Engine):
     product_id = PRODUCT_ID
     model = MODEL
     paused_ext = "STP"
+    job_ext = "JDF"
+    queued_ext = "RJD"
+    in_progress_exts = ("RJD", "INP", "STP")
 
     def __init__(self, robot: Robot, folder: Path, bin_root: Path,
                  path_maps: list[tuple[str, Path]] | None = None) -> None:
@@ -139,6 +142,15 @@ class EpsonEngine(Engine):
         super().tick(dt)
         if self.robot.running:
             self.archive_old()
+
+    def state_doc(self) -> dict:
+        doc = super().state_doc()
+        doc["extra_sections"] = {stem: job.to_dict() for stem, job in self.extra_sections.items()}
+        return doc
+
+    def load_extra(self, doc: dict) -> None:
+        for stem, item in doc.get("extra_sections", {}).items():
+            self.extra_sections[stem] = Job.from_dict(item)
 
     def scan(self) -> None:
         for path in self.arrivals("*.JDF"):

@@ -102,6 +102,9 @@ class PrimeraEngine(Engine):
     product_id = PRODUCT_ID
     model = MODEL
     paused_ext = None
+    job_ext = "JRQ"
+    queued_ext = "QRJ"
+    in_progress_exts = ("QRJ", "INP")
 
     def __init__(self, robot: Robot, folder: Path, bin_root: Path,
                  path_maps: list[tuple[str, Path]] | None = None) -> None:

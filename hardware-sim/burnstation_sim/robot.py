@@ -71,6 +71,24 @@ class Job:
     def active(self) -> bool:
         return self.state in ("queued", "running", "paused")
 
+    def to_dict(self) -> dict:
+        doc = {k: v for k, v in vars(self).items() if k != "log"}
+        doc["path"] = str(self.path)
+        doc["image"] = str(self.image) if self.image else None
+        doc["data"] = [[str(s), d] for s, d in self.data]
+        doc["label_files"] = [str(p) for p in self.label_files]
+        return doc
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> Job:
+        doc = dict(doc)
+        doc["path"] = Path(doc["path"])
+        doc["image"] = Path(doc["image"]) if doc.get("image") else None
+        doc["data"] = [(Path(s), d) for s, d in doc.get("data", [])]
+        doc["label_files"] = [Path(p) for p in doc.get("label_files", [])]
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in doc.items() if k in known})
+
 
 class Robot:
     """One simulated robot: mechanism state and faults."""
@@ -251,6 +269,17 @@ class Robot:
             total = self.seconds(job.phase, job)
             return 100 if total <= 0 else int(100 * (1 - max(job.phase_left, 0) / total))
         return 0
+
+    def load_counts(self, doc: dict) -> None:
+        """Stacker and ink levels kept from a previous run (what a power cycle does not change)."""
+        counts = {s.get("number"): s.get("count") for s in doc.get("stackers", [])}
+        for stacker in self.stackers:
+            if isinstance(counts.get(stacker.number), int):
+                stacker.count = counts[stacker.number]
+        for colour, level in doc.get("ink", {}).items():
+            if colour in self.inks and isinstance(level, int):
+                self.inks[colour] = level
+        self.discs_made = int(doc.get("discs_made", 0))
 
     def snapshot(self) -> dict:
         return {

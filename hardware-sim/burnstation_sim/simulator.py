@@ -82,8 +82,9 @@ class Simulator:
         for spec in robots:
             make_robot, engine_class = KINDS[spec.kind]
             robot = make_robot(spec.name, speed)
-            self.engines[spec.name] = engine_class(robot, self.spool / spec.name, self.root / "bin" / spec.name,
-                                                   path_maps)
+            engine = engine_class(robot, self.spool / spec.name, self.root / "bin" / spec.name, path_maps)
+            engine.load_state(self.root / "state" / f"{spec.name}.json")  # before --faults are applied
+            self.engines[spec.name] = engine
 
     # -- operator commands -----------------------------------------------------------------------
     def apply(self, robot_name: str, words: list[str]) -> dict:
@@ -156,6 +157,7 @@ class Simulator:
                 engine.tick(dt)
             except Exception:  # a bug in one engine must not stop the others; it shows in the log
                 log.exception("%s: engine tick failed", name)
+            engine.save_state()
         for component in self.components:
             component.tick()
 
