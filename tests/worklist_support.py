@@ -52,17 +52,31 @@ def frame(payload: bytes) -> bytes:
     return SB + payload + EB + CR
 
 
+class Replies:
+    """Framed replies read from one socket; keeps bytes that arrived past the current frame."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def next(self, timeout: float = 10.0) -> bytes | None:
+        """The next framed reply, or None when the peer closed the connection without one."""
+        self.sock.settimeout(timeout)
+        while EB + CR not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                return None
+            self.buf += data
+        frame_end = self.buf.index(EB + CR)
+        start = self.buf.index(SB)
+        payload = self.buf[start + 1:frame_end]
+        self.buf = self.buf[frame_end + 2:]
+        return payload
+
+
 def read_reply(sock: socket.socket, timeout: float = 10.0) -> bytes | None:
-    """One framed reply, or None when the peer closed the connection without one."""
-    sock.settimeout(timeout)
-    buf = b""
-    while EB + CR not in buf:
-        data = sock.recv(65536)
-        if not data:
-            return None
-        buf += data
-    start = buf.index(SB)
-    return buf[start + 1:buf.index(EB + CR)]
+    """One framed reply on a socket used for one exchange at a time."""
+    return Replies(sock).next(timeout)
 
 
 def exchange(port: int, payload: bytes, *, framed: bool = True, timeout: float = 10.0) -> bytes | None:
@@ -88,6 +102,7 @@ def msa(reply: bytes) -> list[str]:
 
 
 def msh(reply: bytes) -> list[str]:
+    """The MSH fields of a reply, indexed so that msh(reply)[n] is MSH-n."""
     first = reply.decode("latin_1").split("\r")[0]
     return ["MSH", "|", *first.split("|")[1:]]
 

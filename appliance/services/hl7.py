@@ -35,7 +35,7 @@ class HL7Service:
         self.settings = settings or Settings(data_dir)
         self.receiver = OrderReceiver(self.data_dir, self.settings)
         self.server: MLLPServer | None = None
-        self.port = 0
+        self.port: int | None = None
         self.conn = db.connect(self.data_dir)
 
     def start_listener(self) -> None:
