@@ -58,13 +58,14 @@ def _media(value: Any) -> list[str]:
 
 
 def _abs_path(key: str, value: Any, *, allow_empty: bool) -> str:
-    text = str(value or "").strip()
+    text = str(value or "")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise SettingError(f"robot {key}: must not contain control characters (line breaks, tabs)")
+    text = text.strip()
     if not text:
         if allow_empty:
             return ""
         raise SettingError(f"robot {key}: must not be empty")
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        raise SettingError(f"robot {key}: must not contain control characters")
     if key == "spool" and not os.path.isabs(text):
         raise SettingError(f"robot {key}: must be an absolute path, got {text!r}")
     return text
