@@ -304,6 +304,33 @@ def test_port_change_reaches_the_running_station(station: Station) -> None:
     wait_for(lambda: echo_ok(station, old), what="echo on the old port again")
 
 
+def test_port_taken_by_another_program_is_retried(station: Station) -> None:
+    """A new port that is in use: the TLS port keeps serving, and the port opens once it is free."""
+    old = station.port
+    blocker = socket.create_server(("0.0.0.0", 0))
+    taken = blocker.getsockname()[1]
+    ca = str(station.data / "tls" / "ca.pem")
+
+    def tls_echo() -> bool:
+        r = dcmtk("echoscu", "-to", "5", "+tla", "+cf", ca, "-aec", "BURNSTATION", "127.0.0.1",
+                  str(station.tls_port), timeout=30)
+        return r.returncode == 0
+
+    try:
+        burnstation(station.data, "config", "set", f"dicom.port={taken}")
+        wait_for(lambda: f"cannot open plain port *:{taken}" in station.log(), what="the bind failure")
+        assert not echo_ok(station, old)
+        wait_for(tls_echo, what="the TLS port to serve while the plain one is taken")
+    finally:
+        blocker.close()
+    try:
+        wait_for(lambda: echo_ok(station, taken), what="the freed port to be opened")
+        assert tls_echo()
+    finally:
+        burnstation(station.data, "config", "set", f"dicom.port={old}")
+    wait_for(lambda: echo_ok(station, old), what="echo on the old port again")
+
+
 def test_aet_change_reaches_the_running_station(station: Station) -> None:
     burnstation(station.data, "config", "set", "dicom.aet=NEWNAME")
     try:

@@ -149,6 +149,7 @@ class DicomServer:
         self.settings = settings or Settings(data_dir)
         self.ctx = StationContext(self.data_dir, self.settings)
         self.servers: list[Any] = []
+        self._open: dict[str, Any] = {}  # "plain" / "tls" → its listener
         self._snapshot: dict[str, Any] = {}
         self._debug_handler: logging.Handler | None = None
         self._lock = threading.Lock()
@@ -171,6 +172,7 @@ class DicomServer:
 
     def _configure_debug(self) -> None:
         logger = logging.getLogger("pynetdicom")
+        pnd_tuning.set_protocol_logging(bool(self.settings.get("dicom.debug")))
         if self.settings.get("dicom.debug"):
             if self._debug_handler is None:
                 logs = self.data_dir / "logs"
@@ -192,47 +194,69 @@ class DicomServer:
         with self._lock:
             self._start_locked()
 
-    def _start_locked(self) -> None:
+    def _start_locked(self, only_missing: bool = False) -> None:
+        """Open every configured listener; one that cannot be opened does not keep the other shut.
+
+        Raises OSError naming the failed listeners after opening what it can (the service retries,
+        with `only_missing`, leaving the listeners that are open alone).
+        """
         settings = self.settings.all()
         self._snapshot = {k: settings[k] for k in DICOM_LISTENER_KEYS + ("dicom.timeout",)}
         self._configure_debug()
         bind = settings["dicom.bind"] or ""
         self.ctx.store.min_free = int(settings["dicom.min_free_mb"]) * 1024 * 1024
-        if settings["dicom.port"]:
-            ae = build_ae(self.ctx)
-            server = _start_listener(ae, (bind, settings["dicom.port"]), self.handlers(), None,
-                                     float(settings["dicom.timeout"]))
-            self.servers.append(server)
-            LOG.info("DICOM listening on %s:%s (plain) as %s", bind or "*", settings["dicom.port"],
-                     ", ".join(sorted(self.settings.derived_aets())))
-        if settings["dicom.tls_port"]:
-            ssl_ctx = tlsca.server_context(self.data_dir,
-                                           require_client_cert=settings["dicom.tls_require_client_cert"],
-                                           trusted_ca=settings["dicom.tls_trusted_ca"])
-            ae = build_ae(self.ctx)
-            server = _start_listener(ae, (bind, settings["dicom.tls_port"]), self.handlers(), ssl_ctx,
-                                     float(settings["dicom.timeout"]))
-            self.servers.append(server)
-            LOG.info("DICOM listening on %s:%s (TLS)", bind or "*", settings["dicom.tls_port"])
+        failures: list[str] = []
+        if settings["dicom.port"] and not (only_missing and "plain" in self._open):
+            try:
+                ae = build_ae(self.ctx)
+                server = _start_listener(ae, (bind, settings["dicom.port"]), self.handlers(), None,
+                                         float(settings["dicom.timeout"]))
+                self.servers.append(server)
+                self._open["plain"] = server
+                LOG.info("DICOM listening on %s:%s (plain) as %s", bind or "*", settings["dicom.port"],
+                         ", ".join(sorted(self.settings.derived_aets())))
+            except OSError as exc:
+                failures.append(f"plain port {bind or '*'}:{settings['dicom.port']}: {exc}")
+        if settings["dicom.tls_port"] and not (only_missing and "tls" in self._open):
+            try:
+                ssl_ctx = tlsca.server_context(self.data_dir,
+                                               require_client_cert=settings["dicom.tls_require_client_cert"],
+                                               trusted_ca=settings["dicom.tls_trusted_ca"])
+                ae = build_ae(self.ctx)
+                server = _start_listener(ae, (bind, settings["dicom.tls_port"]), self.handlers(), ssl_ctx,
+                                         float(settings["dicom.timeout"]))
+                self.servers.append(server)
+                self._open["tls"] = server
+                LOG.info("DICOM listening on %s:%s (TLS)", bind or "*", settings["dicom.tls_port"])
+            except (OSError, ssl.SSLError) as exc:
+                failures.append(f"TLS port {bind or '*'}:{settings['dicom.tls_port']}: {exc}")
+        if failures:
+            raise OSError("cannot open " + "; ".join(failures))
 
     def stop(self) -> None:
         with self._lock:
             for server in self.servers:
                 server.shutdown()
             self.servers = []
+            self._open = {}
 
-    def reload(self) -> bool:
-        """Apply changed settings; rebinds the listeners only when their settings changed."""
+    def reload(self, force: bool = False) -> bool:
+        """Apply changed settings; rebinds the listeners only when their settings changed (or `force`)."""
         settings = self.settings.all()
         self._configure_debug()
         self.ctx.store.min_free = int(settings["dicom.min_free_mb"]) * 1024 * 1024
         current = {k: settings[k] for k in DICOM_LISTENER_KEYS + ("dicom.timeout",)}
         if current == self._snapshot:
-            return False
+            if not force:
+                return False
+            with self._lock:
+                self._start_locked(only_missing=True)
+            return True
         with self._lock:
             for server in self.servers:
                 server.shutdown()
             self.servers = []
+            self._open = {}
             self._start_locked()
         return True
 

@@ -24,7 +24,12 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     settings = Settings(data_dir)
     server = DicomServer(Path(data_dir), settings)
     server.ctx.store.remove_stale_temp_files()
-    server.start()
+    retry = False  # a listener could not be opened (port taken, bad certificate): try again
+    try:
+        server.start()
+    except OSError as exc:
+        LOG.error("%s (retrying every second)", exc)
+        retry = True
     if ready is not None:
         ready.set()
     # A Settings of its own for the watch: `changed()` compares with the last read, and the
@@ -33,12 +38,15 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     watcher.all()
     try:
         while not stop.wait(1.0):
-            if watcher.changed():
+            if watcher.changed() or retry:
                 watcher.all()
                 try:
-                    if server.reload():
-                        LOG.info("DICOM listeners rebound after a settings change")
-                except Exception:
-                    LOG.exception("could not apply the new DICOM settings")
+                    if server.reload(force=retry):
+                        LOG.info("DICOM listeners (re)opened after a settings change")
+                    retry = False
+                except Exception as exc:
+                    if not retry:
+                        LOG.error("could not apply the DICOM settings (retrying every second): %s", exc)
+                    retry = True
     finally:
         server.stop()
