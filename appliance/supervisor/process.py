@@ -40,6 +40,7 @@ class ProcessConfig:
     backoff_max: float = 30.0
     stable_secs: float = 60.0     # alive this long = the crash streak is over
     order: int = 0                # start order; stopped in reverse
+    notify_ready: bool = True     # the child reports readiness on the pipe; else RUNNING = ready
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -155,6 +156,8 @@ class Process:
         now = self.clock()
         if self.state is ProcessState.STARTING and now - self.started_at >= self.config.startsecs:
             self.failed_starts = 0
+            if not self.config.notify_ready:
+                self.ready = True
             self._set(ProcessState.RUNNING, f"pid {self.pid}")
             return True
         if self.state is ProcessState.BACKOFF and self.wanted and now >= self.delay_until:
@@ -199,8 +202,7 @@ class Process:
         self._close_ready()
         self.last_exit = describe_exit(code)
         if self.state is ProcessState.STOPPING or not self.wanted:
-            if self.state is ProcessState.STOPPING:
-                self._set(ProcessState.STOPPED, f"stopped ({self.last_exit})")
+            self._set(ProcessState.STOPPED, f"stopped ({self.last_exit})")
             return
         if self.state is ProcessState.STARTING:
             self._failed_start(now, f"{self.last_exit} within {self.config.startsecs:g} s of starting")

@@ -2,7 +2,8 @@
 
 STOPPED --spawn--> STARTING --alive startsecs--> RUNNING --exit--> EXITED --restart--> STARTING
 STARTING --exit before startsecs--> BACKOFF --delay--> STARTING ... --too many--> FATAL ("failed")
-any live state --stop--> STOPPING --gone--> STOPPED
+any live state --stop--> STOPPING --gone--> STOPPED (or straight to STOPPED when a child the
+supervisor no longer wants exits by itself, e.g. all got SIGTERM from the terminal at once)
 Depends on nothing, so tests and the status command can use it freely.
 """
 
@@ -29,8 +30,8 @@ S = ProcessState
 # from-state -> states it may move to
 TRANSITIONS: dict[ProcessState, frozenset[ProcessState]] = {
     S.STOPPED: frozenset({S.STARTING, S.BACKOFF, S.FATAL}),
-    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.STOPPING, S.FATAL}),
-    S.RUNNING: frozenset({S.EXITED, S.BACKOFF, S.STOPPING}),
+    S.STARTING: frozenset({S.RUNNING, S.BACKOFF, S.STOPPING, S.FATAL, S.STOPPED}),
+    S.RUNNING: frozenset({S.EXITED, S.BACKOFF, S.STOPPING, S.STOPPED}),
     S.BACKOFF: frozenset({S.STARTING, S.FATAL, S.STOPPED}),
     S.EXITED: frozenset({S.STARTING, S.BACKOFF, S.STOPPED}),
     S.STOPPING: frozenset({S.STOPPED}),

@@ -232,6 +232,7 @@ class Supervisor:
             argv = [sys.executable, "-m", "burnstation_sim", "--spool", str(self.data_dir / "spool"),
                     "--root", str(self.sim_root), "--robots", robots, "--speed", f"{self.sim_speed:g}", "--lcd"]
             wanted["simulator"] = self._config("simulator", argv, kind="simulator")
+            wanted["simulator"].notify_ready = False  # not a `burnstation service`: running = ready
         for name in self.services:
             wanted[name] = self._config(name, self._service_argv(name), kind="service")
         if module_exists("appliance.services.driver"):
@@ -408,6 +409,7 @@ class Supervisor:
         deadline = time.monotonic() + SHUTDOWN_BUDGET
         LOG.info("stopping %d processes", sum(p.alive() for p in self.procs.values()))
         for proc in self.procs.values():
+            proc.wanted = False  # a child that exits from now on is stopped, not restarted
             proc.poll()
             if not proc.alive():
                 proc.stop()
