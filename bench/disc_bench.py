@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import shutil
@@ -54,6 +55,7 @@ def child(args: argparse.Namespace) -> None:
     from appliance.burn.builder import BuildOptions, build_discs
 
     rows = json.loads(Path(args.child).read_text())
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     start = time.perf_counter()
     discs = build_discs(rows, Path(args.work), BuildOptions("bench", [args.media], institution="Bench"))
     elapsed = time.perf_counter() - start
@@ -108,6 +110,7 @@ def main() -> None:
             out.unlink()
             Path(result["image"]).unlink(missing_ok=True)
             print(f"round {run + 1}: build {builds[-1]:.1f} s, xorriso {packs[-1]:.1f} s")
+            print("   " + "".join(line for line in proc.stderr.splitlines() if "instances" in line))
         print(f"media {args.media}: disc image {result['size'] / 1e6:.0f} MB ({result['discs']} disc), "
               f"xorriso image {xsize / 1e6:.0f} MB")
         print(f"whole build (catalogue, DICOMDIR, previews, pages, label, manifest, image): "

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,8 +70,22 @@ def _tree_size(tree: Path) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(tree) for f in files)
 
 
+class _Laps:
+    """Wall time per build phase, for the log (where does a slow build spend its time)."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+        self.laps: list[str] = []
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps.append(f"{name} {now - self.last:.2f}s")
+        self.last = now
+
+
 def build_one(plan: media.DiscPlan, disc_dir: Path, options: BuildOptions, created: dt.datetime,
               capacity: int) -> DiscImage:
+    laps = _Laps()
     if disc_dir.exists():
         shutil.rmtree(disc_dir)
     tree = disc_dir / "tree"
@@ -79,41 +94,48 @@ def build_one(plan: media.DiscPlan, disc_dir: Path, options: BuildOptions, creat
     vol = volume_label(patients, plan.number, plan.count)
     # DICOM files are hashed in a thread (hashlib and file reads release the GIL) while this thread
     # stages the rest, renders previews and writes the pages
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="disc-hash") as pool:
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="disc-hash") as pool:
         hashing: dict[str, Future[str]] = {}
 
         def hash_later(path: Path) -> None:
             hashing[path.relative_to(tree).as_posix()] = pool.submit(manifest.sha256_file, path)
 
         pdi.stage_dicom(plan.instances, tree, plan.media, vol[:16], on_file=hash_later)
+        laps.lap("DICOM+DICOMDIR")
         (tree / "IHE_PDI").mkdir()
         for patient in patients:
             for study in patient.studies:
                 for series in study.series:
                     stem = series.page.removesuffix(".HTM")
                     series.previews = [p.name for p in render.render_series(series.instances, tree / "IHE_PDI", stem)]
+        laps.lap("previews")
         fields = label.label_fields(patients, institution=options.institution, department=options.department,
                                     creator=options.creator, disc_number=plan.number, disc_count=plan.count,
                                     media=plan.media, created=created, token_link=options.token_link)
         fields["volume_label"] = vol
         webpages.write_pages(tree, patients, fields, plan.notes)
         webpages.write_readme(tree, patients, fields, plan.notes, media.profile(plan.media))
+        laps.lap("pages")
         digests = {rel: future.result() for rel, future in hashing.items()}
+        laps.lap("hashing (rest)")
     manifest.write_manifest(tree, digests)
+    laps.lap("manifest")
     stem = f"{_safe_job(options.job_id)}-{plan.number}"
     label_png = label.render_label(fields, disc_dir / f"{stem}.png")
+    laps.lap("label")
     image = disc_dir / f"{stem}.iso"
     filesystem = discimage.filesystem_for(plan.media)
     if options.make_image:
         discimage.make_image(tree, image, plan.media, vol, publisher=options.creator or "BurnStation")
         size = image.stat().st_size
+        laps.lap("image")
     else:
         size = _tree_size(tree)
     if size > capacity:
         raise BuildError(f"disc {plan.number} came out at {size} bytes, more than a {plan.media} "
                          f"({capacity} bytes); the size estimate was wrong for this content")
-    log.info("disc %s of %s: %s, %s, %d instances, %d bytes", plan.number, plan.count, plan.media, vol,
-             len(plan.instances), size)
+    log.info("disc %s of %s: %s, %s, %d instances, %d bytes (%s)", plan.number, plan.count, plan.media, vol,
+             len(plan.instances), size, ", ".join(laps.laps))
     return DiscImage(image=image, tree=tree, media=plan.media, filesystem=filesystem, volume_label=vol,
                      size=size, label_image=label_png, label_fields=fields, disc_number=plan.number,
                      disc_count=plan.count)

@@ -13,15 +13,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 NAME = "MANIFEST.SHA"
-BLOCK = 1024 * 1024
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(BLOCK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    with open(path, "rb", buffering=0) as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _files(folder: Path) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, apply_rescale, pixel_array
+from pydicom.pixels import apply_color_lut, pixel_array
 
 from appliance.burn.catalog import InstanceInfo
 
@@ -65,9 +65,12 @@ def to_display(arr: np.ndarray, ds: Dataset, modality: str = "") -> Image.Image:
             bits = int(ds.get("BitsStored", 8) or 8)
             rgb = np.clip(rgb.astype(np.float64) * 255.0 / (2 ** bits - 1), 0, 255).astype(np.uint8)
         return Image.fromarray(np.ascontiguousarray(rgb), "RGB")
-    values = arr.astype(np.float64)
-    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-        values = apply_rescale(values, ds)
+    values = arr.astype(np.float32)
+    slope, intercept = _first(ds.get("RescaleSlope")), _first(ds.get("RescaleIntercept"))
+    if slope not in (None, 1.0):
+        values *= slope
+    if intercept:
+        values += intercept
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is None or width is None or width <= 0:
         if modality == "CT" and "RescaleIntercept" in ds:
