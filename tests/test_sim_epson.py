@@ -76,6 +76,8 @@ def test_data_mode_and_defaults(sim, tmp_path):
     ("IMAGE={noddir}\n", "JDF1103"),
     ("DATA={tmp}/nothing\t\n", "JDF0901"),
     ("DISC_TYPE=CD\n", "JDF0902"),
+    ("DATA={tmp}\t../outside\n", "JDF0901"),
+    ("IMAGE={iso}\nDATA=/etc\t\n", "JDF1102"),
     ("IMAGE={iso}\nREPLACE_FIELD={tmp}/nofields.txt\n", "JDF1600"),
     ("IMAGE={iso}\nLABEL={tmp}/nolabel.tdd\n", "JDF1501"),
     ("IMAGE={iso}\nPUBLISHER=PP-100-OTHER\n", "JDF0203"),

@@ -76,7 +76,7 @@ def stage_data(sources: list[tuple[Path, str]], target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for source, destination in sources:
         dest = (target / destination.strip("/\\")).resolve()
-        if not str(dest).startswith(str(target.resolve())):
+        if not dest.is_relative_to(target.resolve()):
             raise ValueError(f"destination outside the disc: {destination}")
         if source.is_dir():
             shutil.copytree(source, dest, dirs_exist_ok=True)

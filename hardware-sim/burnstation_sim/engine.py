@@ -129,7 +129,11 @@ class Engine:
         elif event == "resumed" and self.paused_ext:
             job.path = files.rename_ext(job.path, "INP")
         elif event == "written" and not job.delivered:
-            self.deliver(job)
+            try:
+                self.deliver(job)
+            except (OSError, ValueError) as exc:  # e.g. a source vanished: the disc is kept as far as it got
+                log.warning("%s: job %s: could not keep the disc content: %s", self.robot.name, job.job_id, exc)
+                job.delivered = True
         elif event == "disc_failed":
             job.state = "failed"
             self.fail_write(job)

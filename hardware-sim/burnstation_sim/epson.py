@@ -262,6 +262,9 @@ class EpsonEngine(Engine):
                 source = self.resolve(source_text)
                 if not source_text or not source.exists():
                     raise JdfError("JDF0901", line[:80])
+                if ".." in destination.replace("\\", "/").split("/") or destination.startswith(("/", "\\")) \
+                        or re.match(r"[A-Za-z]:", destination):
+                    raise JdfError("JDF0901", f"destination must be relative to the disc root: {line[:80]}")
                 names = [source] if source.is_file() else [p for p in source.rglob("*") if p.is_file()]
                 if any(p.name.upper().endswith(FORBIDDEN_ENDINGS) for p in names):
                     raise JdfError("JDF0904", line[:80])
