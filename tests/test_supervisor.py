@@ -200,3 +200,39 @@ def test_sigterm_stops_everything_within_10s_and_keeps_instances(tmp_path):
     assert order == list(reversed(started)), (order, started)
     stored = list((st.data / "storage").rglob("*.dcm"))
     assert len(stored) == len(files)
+
+
+def test_sigterm_during_a_transfer_loses_no_acknowledged_instance(tmp_path):
+    """Every instance the sender got a success for is on disk and in the index after SIGTERM."""
+    import sqlite3
+    import subprocess
+
+    from support import DCMTK
+
+    st = Station(tmp_path / "data", supervisor__start_seconds=1)
+    # enough files that the transfer outlasts the orderly stop of the other processes
+    files = write_study(tmp_path / "in", n_series=3, per_series=600, rows=16, cols=16)
+    with st:
+        wait_for(lambda: all_ready(st.data), what="every process running")
+        env = dict(os.environ, TCP_NODELAY="1")
+        sender = subprocess.Popen([str(DCMTK / "storescu"), "-v", "-aec", st.aet, "127.0.0.1", str(st.port),
+                                   *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, env=env)
+        storage = st.data / "storage"
+        wait_for(lambda: len(list(storage.rglob("*.dcm"))) >= 5, 60, "the transfer under way")
+        pids = [p["pid"] for p in procs(st.data).values()] + [st.proc.pid]
+        t0 = time.monotonic()
+        st.proc.send_signal(signal.SIGTERM)
+        out, _ = sender.communicate(timeout=60)
+        st.proc.wait(15)
+        wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "every process gone")
+        assert time.monotonic() - t0 < 10
+        st.proc = None
+    acked = out.count("Received Store Response (Success)")
+    assert acked >= 5, out[-2000:]
+    stored = list((st.data / "storage").rglob("*.dcm"))
+    with sqlite3.connect(st.data / "state.db") as conn:
+        indexed = conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+    print(f"{acked} of {len(files)} acknowledged before the stop; {len(stored)} files, {indexed} indexed")
+    assert len(stored) >= acked and indexed >= acked
+    assert not list((st.data / "storage").rglob("*.tmp"))  # nothing half-written left behind
