@@ -48,7 +48,10 @@ class Query:
     sequences: dict[int, Query | None] = field(default_factory=dict)  # None: universal, return items whole
 
     def matches(self, record: Record) -> bool:
-        return all(p(record) for p in self.predicates)
+        for predicate in self.predicates:
+            if not predicate(record):
+                return False
+        return True
 
 
 # --------------------------------------------------------------------------- values
@@ -117,29 +120,41 @@ def _range(text: str) -> tuple[str, str]:
 # --------------------------------------------------------------------------- predicates
 
 
+def _exact_predicate(tag: int, wanted: str) -> Predicate:
+    """Single value matching without wildcards: the hot path of scanner queries (AE title, modality)."""
+
+    def check(record: Record) -> bool:
+        item = record.get(tag)
+        if item is None:
+            return False
+        value = item[1]
+        if value == wanted:
+            return True
+        if isinstance(value, str):
+            return "\\" in value and any(v.strip() == wanted for v in value.split("\\"))
+        return any(str(v) == wanted for v in value)
+
+    return check
+
+
 def _text_predicate(tag: int, vr: str, query_text: str) -> Predicate:
     matchers: list[Callable[[str], bool]] = []
-    for q in _values(query_text, vr):
+    values = _values(query_text, vr)
+    if len(values) == 1 and not (vr in WILDCARD_VRS and ("*" in values[0] or "?" in values[0])):
+        return _exact_predicate(tag, values[0])
+    for q in values:
         if vr in WILDCARD_VRS and ("*" in q or "?" in q):
             if q.strip("*") == "":
                 return lambda record: True  # "*" alone is universal matching
             matchers.append(_wildcard(q).fullmatch)  # type: ignore[arg-type]
         else:
             matchers.append(q.__eq__)
-    if len(matchers) == 1:
-        single = matchers[0]
 
-        def one(record: Record) -> bool:
-            values = _entity_values(record, tag, vr)
-            return values is not None and any(single(v) for v in values)
-
-        return one
-
-    def many(record: Record) -> bool:
+    def check(record: Record) -> bool:
         values = _entity_values(record, tag, vr)
         return values is not None and any(m(v) for v in values for m in matchers)
 
-    return many
+    return check
 
 
 def _uid_predicate(tag: int, query_text: str) -> Predicate:
@@ -173,6 +188,8 @@ def _in_bounds(value: str, low: str, high: str) -> bool:
 
 def _date_predicate(tag: int, query_text: str) -> Predicate:
     options = [_date_bounds(q) for q in _values(query_text, "DA")]
+    if len(options) == 1 and options[0][0] == options[0][1]:
+        return _exact_predicate(tag, options[0][0])
 
     def check(record: Record) -> bool:
         values = _entity_values(record, tag, "DA")
@@ -246,11 +263,19 @@ def _combined_predicate(date_tag: int, time_tag: int, date_text: str, time_text:
 
 
 def _sequence_predicate(tag: int, sub: Query) -> Predicate:
+    predicates = sub.predicates
+
     def check(record: Record) -> bool:
         item = record.get(tag)
         if item is None or item[0] != "SQ":
             return False
-        return any(sub.matches(entry) for entry in item[1])
+        for entry in item[1]:
+            for predicate in predicates:
+                if not predicate(entry):
+                    break
+            else:
+                return True
+        return False
 
     return check
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -58,17 +59,20 @@ def from_dataset(ds: Dataset) -> Record:
     return out
 
 
+_IGNORE = pydicom_config.IGNORE  # values come from a record that was read or built once; skip re-validation
+
+
 def element(tag: int, vr: str, value: Any) -> DataElement:
     """A pydicom element for a record value."""
     if vr == "SQ":
-        return DataElement(tag, vr, [to_dataset(item) for item in value])
+        return DataElement(tag, vr, [to_dataset(item) for item in value], validation_mode=_IGNORE)
     if vr in NUMBER_VRS:
         if not value:
-            return DataElement(tag, vr, None)
-        return DataElement(tag, vr, value if len(value) > 1 else value[0])
+            return DataElement(tag, vr, None, validation_mode=_IGNORE)
+        return DataElement(tag, vr, value if len(value) > 1 else value[0], validation_mode=_IGNORE)
     if value == "":
-        return DataElement(tag, vr, None)
-    return DataElement(tag, vr, value)
+        return DataElement(tag, vr, None, validation_mode=_IGNORE)
+    return DataElement(tag, vr, value, validation_mode=_IGNORE)
 
 
 def to_dataset(record: Record) -> Dataset:
