@@ -226,3 +226,18 @@ def test_timed_run_reports_progress_and_estimate(tmp_path):
         assert int(running["ESTIMATION_TIME_REMAIN"]) < 5
         sim.wait_ext(order, "slow", "DON", timeout=30)
         assert status(sim)["slow"]["COMPLETION_NUMBER"] == "3"
+
+
+def test_job_file_written_in_place_is_not_read_half_written(sim, tmp_path):
+    """Clients should rename job files in; one that writes in place, in pieces, is still read whole."""
+    import time
+
+    iso = make_iso(tmp_path / "p.iso")
+    text = f"JOB_ID=piecewise\nCOPIES=2\nDISC_TYPE=CD\nFORMAT=JOLIET\nIMAGE={iso}\n".encode()
+    with open(sim.spool / "epson" / "piecewise.JDF", "wb") as fh:
+        for start in range(0, len(text), 12):
+            fh.write(text[start:start + 12])
+            fh.flush()
+            time.sleep(0.06)  # slower than the engine's tick (50 ms at --speed 0)
+    sim.wait_ext(sim.spool / "epson", "piecewise", "DON")
+    assert (sim.root / "bin" / "epson" / "piecewise" / "piecewise.JDF").read_bytes() == text

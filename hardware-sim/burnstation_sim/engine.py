@@ -13,6 +13,8 @@ from .robot import Job, Robot
 
 log = logging.getLogger("burnstation_sim")
 
+MIN_AGE = 0.3  # seconds since a job file was last written before it is read
+
 
 class Engine:
     """Base of EpsonEngine and PrimeraEngine. Subclasses set the file extensions and codes."""
@@ -65,14 +67,16 @@ class Engine:
         self.write_status()
 
     def stable(self, path: Path) -> bool:
-        """A file is taken once its size and mtime held still for one tick (robust against a
-        client that writes in place instead of renaming in)."""
+        """A file is taken once its size and mtime held still for one tick and it was last written
+        at least MIN_AGE seconds ago (robust against a client that writes in place instead of
+        renaming in, as long as it does not pause longer than that)."""
         try:
             st = path.stat()
         except FileNotFoundError:
+            self.seen.pop(path, None)
             return False
         sig = (st.st_size, st.st_mtime_ns)
-        if self.seen.get(path) != sig:
+        if self.seen.get(path) != sig or time.time() - st.st_mtime < MIN_AGE:
             self.seen[path] = sig
             return False
         del self.seen[path]
