@@ -179,8 +179,13 @@ class Robot:
         return real * self.speed
 
     def remaining_seconds(self, job: Job) -> int:
-        per_disc = sum(self.seconds(p, job) for p in self.phases(job))
-        left = job.phase_left if job.state == "running" else 0.0
+        """Seconds (already scaled by --speed) until the job's last disc is out."""
+        phases = self.phases(job)
+        per_disc = sum(self.seconds(p, job) for p in phases)
+        left = 0.0
+        if job.phase in phases:  # the rest of the disc in the robot
+            rest = phases[phases.index(job.phase) + 1:]
+            left = max(job.phase_left, 0.0) + sum(self.seconds(p, job) for p in rest)
         discs_after = max(0, job.copies - max(job.disc, 0))
         return int(left + per_disc * discs_after + 0.5)
 
