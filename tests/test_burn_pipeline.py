@@ -21,6 +21,9 @@ import pytest
 from pydicom import dcmread
 from support import Station, burnstation, dcmtk, write_study
 
+from appliance import db
+from appliance.burn import jobs, routing
+
 TIMEOUT = 60.0
 
 
@@ -36,11 +39,19 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = TIMEOUT, ever
 
 
 def queue(data: Path) -> dict[str, Any]:
-    return json.loads(burnstation(data, "jobs", "list", "--json").stdout)
+    """What `burnstation jobs list --json` prints, read straight from state.db (fast enough to poll)."""
+    with contextlib.closing(db.connect(data)) as conn:
+        return {"jobs": jobs.list_jobs(conn), "groups": routing.pending_groups(conn),
+                "held": routing.held_associations(conn)}
 
 
 def job(data: Path, job_id: str) -> dict[str, Any]:
-    return json.loads(burnstation(data, "jobs", "show", job_id, "--json").stdout)
+    """What `burnstation jobs show ID --json` prints, read straight from state.db."""
+    with contextlib.closing(db.connect(data)) as conn:
+        found = jobs.get_job(conn, job_id)
+        assert found is not None, job_id
+        found["group"] = routing.group_of_job(conn, job_id)
+        return found
 
 
 def jobs_in(data: Path, *states: str) -> list[dict[str, Any]]:
@@ -132,6 +143,14 @@ def test_association_to_E_makes_one_job_and_one_disc(tmp_path: Path, shared: tup
     assert done["role"] == "epson" and done["robot"] == "usb" and done["source"] == "assoc"
     assert done["instances"] == 6 and len(done["discs"]) == 1
     assert len(new_jobs(data, before)) == 1  # exactly one job for the association
+    # the CLI says the same
+    listed = json.loads(burnstation(data, "jobs", "list", "--json").stdout)
+    assert [j["id"] for j in listed["jobs"] if j["id"] not in before] == [done["id"]]
+    shown = json.loads(burnstation(data, "jobs", "show", done["id"], "--json").stdout)
+    assert shown["state"] == "done" and shown["discs"] == done["discs"]
+    assert done["id"] in burnstation(data, "jobs", "list").stdout
+    robots_listed = json.loads(burnstation(data, "robots", "list", "--json").stdout)
+    assert [(r["name"], r["online"]) for r in robots_listed] == [("usb", True)]
     # an empty association (echo only) to _E makes no job; the plain title never burns
     assert dcmtk("echoscu", "-aec", "BURNSTATION_E", "127.0.0.1", str(station.port)).returncode == 0
     send(station, "BURNSTATION", write_study(tmp_path / "plain", n_series=1, per_series=1))
