@@ -261,3 +261,10 @@ def findscu(port: int, keys: dict[str, str] | list[str], out_dir: Path, *, model
         args += ["-k", item]
     proc = dcmtk("findscu", *args, "127.0.0.1", str(port), timeout=60)
     return proc, [dcmread(p) for p in sorted(out_dir.glob("rsp*.dcm"))]
+
+
+def configure(data: Path, *assignments: str) -> None:
+    """`burnstation config set` without a process start (same validation, for speed in tests)."""
+    from appliance.config import Settings
+
+    Settings(data).update(dict(item.split("=", 1) for item in assignments))

@@ -20,6 +20,7 @@ from pynetdicom import AE, _config
 from support import (
     Station,
     burnstation,
+    configure,
     dcmtk,
     findscu,
     free_port,
@@ -232,7 +233,7 @@ def test_undecodable_or_mismatched_c_store_fails_and_indexes_nothing(station: St
 def test_store_from_known_nodes_only(station: Station, tmp_path: Path) -> None:
     files = write_study(tmp_path / "in", 1, 2, patient_id="PACL", rows=8, cols=8)
     probe = write_study(tmp_path / "probe", 1, 40, patient_id="PPROBE", rows=8, cols=8)
-    burnstation(station.data, "config", "set", "dicom.store_from_any=false")
+    configure(station.data, "dicom.store_from_any=false")
     try:
         probes = iter(probe)
 
@@ -253,18 +254,18 @@ def test_store_from_known_nodes_only(station: Station, tmp_path: Path) -> None:
         assert {str(dcmread(p).SOPInstanceUID) for p in files} <= stored_sops(station)
         assert echo_ok(station, aet="STRANGER")  # echo is open to anyone
     finally:
-        burnstation(station.data, "config", "set", "dicom.store_from_any=true")
+        configure(station.data, "dicom.store_from_any=true")
 
 
 def test_debug_log_switched_on_live(station: Station) -> None:
     log = station.data / "logs" / "dicom-debug.log"
     assert not log.exists() or log.stat().st_size == 0
-    burnstation(station.data, "config", "set", "dicom.debug=true")
+    configure(station.data, "dicom.debug=true")
     try:
         wait_for(lambda: echo_ok(station) and log.exists() and "A-ASSOCIATE-RQ" in log.read_text(errors="replace"),
                  what="logs/dicom-debug.log")
     finally:
-        burnstation(station.data, "config", "set", "dicom.debug=false")
+        configure(station.data, "dicom.debug=false")
     wait_for(lambda: echo_ok(station) and _stable_size(log), what="debug log to stop growing")
     size = log.stat().st_size
     assert echo_ok(station)
@@ -293,13 +294,13 @@ def test_cli_echo_of_known_nodes(station: Station, tmp_path: Path) -> None:
 
 def test_port_change_reaches_the_running_station(station: Station) -> None:
     old, new = station.port, free_port()
-    burnstation(station.data, "config", "set", f"dicom.port={new}")
+    configure(station.data, f"dicom.port={new}")
     try:
         wait_port(new, timeout=20)
         wait_for(lambda: echo_ok(station, new), what="echo on the new port")
         wait_for(lambda: not echo_ok(station, old), what="the old port to close")
     finally:
-        burnstation(station.data, "config", "set", f"dicom.port={old}")
+        configure(station.data, f"dicom.port={old}")
     wait_port(old, timeout=20)
     wait_for(lambda: echo_ok(station, old), what="echo on the old port again")
 
@@ -317,7 +318,7 @@ def test_port_taken_by_another_program_is_retried(station: Station) -> None:
         return r.returncode == 0
 
     try:
-        burnstation(station.data, "config", "set", f"dicom.port={taken}")
+        configure(station.data, f"dicom.port={taken}")
         wait_for(lambda: f"cannot open plain port *:{taken}" in station.log(), what="the bind failure")
         assert not echo_ok(station, old)
         wait_for(tls_echo, what="the TLS port to serve while the plain one is taken")
@@ -327,19 +328,19 @@ def test_port_taken_by_another_program_is_retried(station: Station) -> None:
         wait_for(lambda: echo_ok(station, taken), what="the freed port to be opened")
         assert tls_echo()
     finally:
-        burnstation(station.data, "config", "set", f"dicom.port={old}")
+        configure(station.data, f"dicom.port={old}")
     wait_for(lambda: echo_ok(station, old), what="echo on the old port again")
 
 
 def test_aet_change_reaches_the_running_station(station: Station) -> None:
-    burnstation(station.data, "config", "set", "dicom.aet=NEWNAME")
+    configure(station.data, "dicom.aet=NEWNAME")
     try:
         def answers(title: str) -> bool:
             return dcmtk("echoscu", "-aec", title, "127.0.0.1", str(station.port)).returncode == 0
 
         wait_for(lambda: answers("NEWNAME_TE") and not answers("BURNSTATION"), what="the new AE title")
     finally:
-        burnstation(station.data, "config", "set", "dicom.aet=BURNSTATION")
+        configure(station.data, "dicom.aet=BURNSTATION")
     wait_for(lambda: echo_ok(station), what="the old AE title again")
 
 

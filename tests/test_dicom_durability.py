@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from support import DCMTK, Station, burnstation, dcmtk, findscu, make_dataset
+from support import DCMTK, Station, burnstation, configure, dcmtk, findscu, make_dataset
 
 
 def _write_files(folder: Path, count: int, **kw: object) -> list[Path]:
@@ -43,6 +44,14 @@ def station(tmp_path_factory: pytest.TempPathFactory):
     st.start()
     yield st
     st.stop()
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _stored(st: Station) -> dict[str, Path]:
@@ -80,7 +89,16 @@ def test_kill_9_during_storescu_keeps_every_acknowledged_instance(station: Stati
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a file")
 
+    deadline = time.monotonic() + 10
+    while _port_open(st.port):  # everything of the old station is gone
+        assert time.monotonic() < deadline, "the killed station still listens"
+        time.sleep(0.1)
+    opened = st.log().count("(plain) as")
     st.start()
+    deadline = time.monotonic() + 30
+    while st.log().count("(plain) as") <= opened:  # this station's own listener, not a stranger's
+        assert time.monotonic() < deadline, "the restarted station did not open its port"
+        time.sleep(0.1)
     stored = _stored(st)
     assert not _temp_files(st), _temp_files(st)
     originals = {str(dcmread(p).SOPInstanceUID): dcmread(p) for p in map(Path, acknowledged)}
@@ -103,7 +121,7 @@ def test_below_free_space_threshold_answers_a700_and_keeps_serving(station: Stat
     st = station
     free_mb = shutil.disk_usage(st.data).free // (1024 * 1024)
     files = _write_files(tmp_path / "in", 3, patient_id="PFULL")
-    burnstation(st.data, "config", "set", f"dicom.min_free_mb={free_mb + 1000}")
+    configure(st.data, f"dicom.min_free_mb={free_mb + 1000}")
     deadline = time.monotonic() + 20
     probes = iter(_write_files(tmp_path / "probe", 100, patient_id="PPROBE"))
     while True:  # the running station picks the raised threshold up by itself
@@ -125,7 +143,7 @@ def test_below_free_space_threshold_answers_a700_and_keeps_serving(station: Stat
                                         "SOPInstanceUID": ""}, tmp_path / "rsp", aet="CHECKER")
     assert responses == []
 
-    burnstation(st.data, "config", "set", "dicom.min_free_mb=0")
+    configure(st.data, "dicom.min_free_mb=0")
     first = str(dcmread(files[0]).SOPInstanceUID)
     deadline = time.monotonic() + 20
     while True:  # and the lower one, again without a restart

@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support import Station, burnstation, dcmtk, wait_port
+from support import Station, configure, dcmtk, wait_port
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +180,7 @@ def test_client_certificate_required(tls_station: Station, tmp_path: Path) -> No
     rogue_key, rogue_ca = _make_ca("Rogue CA")
     rogue = _make_client(rogue_key, rogue_ca, tmp_path, "rogue")
 
-    burnstation(tls_station.data, "config", "set", "dicom.tls_require_client_cert=true",
+    configure(tls_station.data, "dicom.tls_require_client_cert=true",
                 f"dicom.tls_trusted_ca={trusted}")
     try:
         # the running station rebinds the TLS listener on its own
@@ -194,6 +194,6 @@ def test_client_certificate_required(tls_station: Station, tmp_path: Path) -> No
         assert code != 0, out
         assert echo_plain(tls_station)[0] == 0
     finally:
-        burnstation(tls_station.data, "config", "set", "dicom.tls_require_client_cert=false",
+        configure(tls_station.data, "dicom.tls_require_client_cert=false",
                     "dicom.tls_trusted_ca=")
     assert _wait_for(lambda: echo_tls(tls_station)[0] == 0)
