@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 from pydicom import dcmread
+from pydicom.fileset import FileSet
 from support import Station, burnstation, dcmtk, write_study
 
 from appliance import db
@@ -159,12 +161,27 @@ def test_association_to_E_makes_one_job_and_one_disc(tmp_path: Path, shared: tup
     out = usb / done["id"]
     check_disc(out / "disc1")
     assert not list(usb.glob(".partial-*"))
-    assert (out / "disc1.iso").is_file() and (out / "disc1.iso").stat().st_size > 0
     on_disc = disc_sops(out / "disc1")
     assert set(on_disc) == sop_uids(files)
     for f in files:
         ds = dcmread(f)
         assert on_disc[str(ds.SOPInstanceUID)] == ds.PixelData
+    # the image beside it: listed with xorriso, extracted, its DICOMDIR valid and naming every instance
+    image = out / "disc1.iso"
+    listing = subprocess.run(["xorriso", "-indev", str(image), "-find", "/"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    names = {line.strip().strip("'") for line in listing.splitlines()}
+    assert {"/DICOMDIR", "/README.TXT", "/INDEX.HTM", "/IHE_PDI", "/DICOM"} <= names, listing
+    extracted = tmp_path / "extracted"
+    subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(image), "-extract", "/", str(extracted)],
+                   capture_output=True, text=True, timeout=60, check=True)
+    check = subprocess.run(["/usr/bin/dciodvfy", str(extracted / "DICOMDIR")], capture_output=True, text=True,
+                           timeout=60)
+    assert (check.stdout + check.stderr).strip()
+    assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+    fileset = FileSet(dcmread(extracted / "DICOMDIR"))
+    assert {str(i.SOPInstanceUID) for i in fileset} == sop_uids(files)
+    assert set(disc_sops(extracted)) == sop_uids(files)
 
 
 def test_delayed_grouping_within_and_after_the_delay(tmp_path: Path, shared: tuple[Station, Path]) -> None:
