@@ -101,10 +101,19 @@ def test_station_panel_shows_address_aet_and_state(tmp_path):
 
     st.start("--simulate", "--robots", "epson", "--sim-speed", "0")
     try:
-        wait_for(collect("BURNSTATION", "IP ", "State: OK", f"DICOM {st.port}"), 90, "the panel's first page")
+        wait_for(collect("BURNSTATION", "IP ", "State: OK", f" {st.port} TLS {st.tls_port}"), 90,
+                 "the panel's first page")
         ips = [line.split()[1] for line in seen if line.startswith("IP ")]
         assert set(ips) & host_addresses(), (ips, host_addresses())
         wait_for(collect("HL7 ", "Queue"), 30, "the second page (ports, job)")
+        # a robot fault shows as the station's state, with the robot's own words
+        sim_ctl = [sys.executable, "-m", "burnstation_sim", "ctl", "--root", str(st.data / "sim"), "epson"]
+        subprocess.run([*sim_ctl, "fault", "cover_open", "on"], check=True, capture_output=True, timeout=60)
+        seen.clear()
+        wait_for(collect("State: ROBOT FAULT", "epson: "), 60, "ROBOT FAULT on the panel")
+        subprocess.run([*sim_ctl, "fault", "cover_open", "off"], check=True, capture_output=True, timeout=60)
+        seen.clear()
+        wait_for(collect("State: OK"), 60, "OK again on the panel")
         # a settings change reaches the panel without a restart
         burnstation(st.data, "config", "set", "dicom.aet=FRONTDESK")
         seen.clear()

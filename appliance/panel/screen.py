@@ -1,7 +1,7 @@
 """What the front panel says: pages of 4 lines of 20 characters, built from the station's state.
 
-Page 1: AE title, IP address, DICOM ports, station state. Page 2: state, HL7/HTTP ports, current
-job. Further pages list more IP addresses. The state is one of OK / ROBOT FAULT / DISK LOW /
+Page 1: AE title, IP address, DICOM ports, station state. Page 2: state, what is wrong (or the
+HL7/HTTP ports), current job or queue. Page 3: HL7/HTTP ports and further IP addresses. The state is one of OK / ROBOT FAULT / DISK LOW /
 PROCESS FAILED, judged from the robots' live status, free disk space and the supervisor's table.
 """
 
@@ -122,12 +122,11 @@ def pages(data_dir: Path, settings: Settings, addresses: list[str] | None = None
     def port(key: str) -> str:
         return str(values[key]) if values[key] else "off"
 
-    first = [
-        values["dicom.aet"],
-        f"IP {addresses[0]}",
-        f"DICOM {port('dicom.port')} TLS {port('dicom.tls_port')}",
-        f"State: {state}",
-    ]
+    dicom = f"DICOM {port('dicom.port')} TLS {port('dicom.tls_port')}"
+    if len(dicom) > 20:
+        dicom = f"DCM {port('dicom.port')} TLS {port('dicom.tls_port')}"
+    first = [values["dicom.aet"], f"IP {addresses[0]}", dicom, f"State: {state}"]
+    others = f"HL7 {port('hl7.port')} HTTP {port('http.port')}"
     if job:
         progress = job.get("progress") or 0
         pct = int(progress * 100) if progress <= 1 else int(progress)
@@ -135,9 +134,9 @@ def pages(data_dir: Path, settings: Settings, addresses: list[str] | None = None
     else:
         waiting = sum(n for s, n in queue.items() if s in ("queued", "built", "building"))
         job_lines = ["No disc burning", f"Queue: {waiting} waiting" if queue else "Queue empty"]
-    second = [f"State: {state}" if not detail else f"{state}: {detail}",
-              f"HL7 {port('hl7.port')} HTTP {port('http.port')}", *job_lines]
-    out = [first, second]
-    for start in range(1, len(addresses), 4):
+    second = [f"State: {state}", detail or others, *job_lines]
+    third = [others, *(f"IP {a}" for a in addresses[1:4])]
+    out = [first, second, third]
+    for start in range(4, len(addresses), 4):
         out.append([f"IP {a}" for a in addresses[start:start + 4]])
     return out

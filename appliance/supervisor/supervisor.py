@@ -397,7 +397,10 @@ class Supervisor:
         self.write_state(force=True)
         try:
             while not self.stop_event.is_set():
-                self.step()
+                try:
+                    self.step()
+                except Exception:  # e.g. a settings file being rewritten by hand: log, keep supervising
+                    LOG.exception("supervisor step failed; continuing")
                 self.stop_event.wait(self.tick)
         finally:
             self.shutdown()
