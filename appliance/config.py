@@ -312,8 +312,23 @@ def _cross_check(values: dict[str, Any]) -> None:
         raise SettingError("dicom.tls_require_client_cert: set dicom.tls_trusted_ca to the CA file first")
     if values["dicom.tls_trusted_ca"] and not os.path.isfile(values["dicom.tls_trusted_ca"]):
         raise SettingError(f"dicom.tls_trusted_ca: no such file {values['dicom.tls_trusted_ca']!r}")
+    if values["dicom.tls_trusted_ca"]:
+        _check_ca_file("dicom.tls_trusted_ca", values["dicom.tls_trusted_ca"])
     if values["hl7.destination_host"] and not values["hl7.destination_port"]:
         raise SettingError("hl7.destination_port: set it when hl7.destination_host is set")
+
+
+def _check_ca_file(key: str, path: str) -> None:
+    """The file must hold at least one CA certificate in PEM (else the TLS port could not open)."""
+    import ssl
+
+    try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_verify_locations(cafile=path)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise SettingError(f"{key}: {path!r} is not a readable PEM file of CA certificates ({exc})") from None
+    if not ctx.get_ca_certs():
+        raise SettingError(f"{key}: {path!r} holds no CA certificate")
 
 
 def parse_assignment(text: str) -> tuple[str, str]:

@@ -96,6 +96,21 @@ def test_cross_key_rules(data: Path, capsys: pytest.CaptureFixture[str], tmp_pat
                    f"dicom.tls_port={values['dicom.tls_port']}")[0] == 0
 
 
+def test_trusted_ca_must_be_a_pem_ca_file(data: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    empty = tmp_path / "empty.pem"
+    empty.write_text("")
+    for path in (junk, empty):
+        code, _out, err = run_cli(data, capsys, "config", "set", f"dicom.tls_trusted_ca={path}")
+        assert code == 2 and "dicom.tls_trusted_ca" in err, err
+    good = data / "tls" / "ca.pem"
+    code, _out, err = run_cli(data, capsys, "config", "set", f"dicom.tls_trusted_ca={good}",
+                              "dicom.tls_require_client_cert=true")
+    assert code == 0, err
+    assert run_cli(data, capsys, "config", "set", "dicom.tls_trusted_ca=", "dicom.tls_require_client_cert=no")[0] == 0
+
+
 def test_all_or_nothing(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = Settings(data).all()
     code, _out, err = run_cli(data, capsys, "config", "set", "burn.delay_seconds=7", "dicom.timeout=0")
