@@ -357,3 +357,21 @@ def test_wl_files_served_and_reread_on_change(station, tmp_path):
     (folder / "broken.wl").write_bytes(b"not dicom at all")
     found = worklist(station.port, ["AccessionNumber", f"{SPS}.ScheduledStationAETitle=US01"], tmp_path / "c")
     assert [ds.AccessionNumber for ds in found] == ["WL-B"]
+
+
+def test_order_that_arrives_after_its_images(shared, tmp_path):
+    """Images first, order later (a late RIS): the item is marked done when it arrives."""
+    store_image(shared, tmp_path / "img", accession="LATEACC", patient_id="LATE1")
+    assert send_order(shared.hl7_port, order(placer="LATE1", accession="LATEACC", patient_id="LATE1",
+                                             control_id="LATE1")) == "AA"
+    wait_for(lambda: status_of(shared, tmp_path / "s", "LATE1") == "COMPLETED")
+
+
+def test_malformed_query_answered_with_error_status(shared, tmp_path):
+    proc = dcmtk("findscu", "-W", "-v", "-aec", "BURNSTATION", "-k",
+                 f"{SPS}.ScheduledProcedureStepStartDate=2026-11-26-", "-k", "PatientName",
+                 "127.0.0.1", str(shared.port))
+    text = proc.stdout + proc.stderr
+    assert "DataSetDoesNotMatchSOPClass" in text, text  # status A900
+    # and the worklist keeps answering
+    assert worklist(shared.port, ["PatientName"], tmp_path / "q") is not None

@@ -23,6 +23,7 @@ from appliance.worklist import record as rec
 LOG = logging.getLogger("burnstation.worklist")
 
 HWM_KEY = "instances_rowid"
+ITEMS_KEY = "items_checked_id"  # orders that arrive after their images are matched once, on arrival
 
 
 def _table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -56,23 +57,27 @@ def _notify(conn: sqlite3.Connection, settings: Settings, row: sqlite3.Row, orde
 
 
 def link_images(conn: sqlite3.Connection, settings: Settings, now: float | None = None) -> int:
-    """Mark open items done whose images arrived since the last call; returns how many."""
+    """Mark open items done whose images arrived (new instances since the last call, or new items whose
+    study is already stored); returns how many."""
     now = now or time.time()
     if not _table_columns(conn, "instances"):
         return 0
     hwm = items.meta_get(conn, HWM_KEY)
     rows = conn.execute("SELECT rowid, study_uid FROM instances WHERE rowid > ? ORDER BY rowid LIMIT 20000",
                         (hwm,)).fetchall()
-    if not rows:
-        return 0
-    new_hwm = rows[-1][0]
+    new_hwm = rows[-1][0] if rows else hwm
     study_uids = {r[1] for r in rows}
     accessions = set()
-    if _table_columns(conn, "studies"):
+    has_studies = bool(_table_columns(conn, "studies"))
+    if has_studies:
         for uid in study_uids:
             found = conn.execute("SELECT accession FROM studies WHERE study_uid=?", (uid,)).fetchone()
             if found and found[0]:
                 accessions.add(found[0])
+    items_hwm = items.meta_get(conn, ITEMS_KEY)
+    newest_item = conn.execute("SELECT COALESCE(MAX(id), 0) FROM worklist_items").fetchone()[0]
+    if not rows and newest_item == items_hwm:
+        return 0
     marked = 0
     with db.transaction(conn):
         candidates: dict[int, sqlite3.Row] = {}
@@ -84,6 +89,12 @@ def link_images(conn: sqlite3.Connection, settings: Settings, now: float | None 
             for row in conn.execute("SELECT * FROM worklist_items WHERE accession=? AND status IN (?, ?)",
                                     (acc, *items.OPEN_STATUSES)):
                 candidates[row["id"]] = row
+        if has_studies and newest_item > items_hwm:
+            for row in conn.execute(
+                    "SELECT w.* FROM worklist_items w WHERE w.id > ? AND w.status IN (?, ?) AND EXISTS "
+                    "(SELECT 1 FROM studies s WHERE s.study_uid=w.study_uid OR (w.accession<>'' AND "
+                    "s.accession=w.accession))", (items_hwm, *items.OPEN_STATUSES)):
+                candidates[row["id"]] = row
         for row in candidates.values():
             items.set_item_status(conn, row, "COMPLETED", now)
             conn.execute("UPDATE worklist_items SET images_at=? WHERE id=?", (now, row["id"]))
@@ -91,6 +102,7 @@ def link_images(conn: sqlite3.Connection, settings: Settings, now: float | None 
             marked += 1
             LOG.info("worklist item %s (accession %s) done: its images arrived", row["id"], row["accession"])
         items.meta_set(conn, HWM_KEY, new_hwm)
+        items.meta_set(conn, ITEMS_KEY, newest_item)
     return marked
 
 
