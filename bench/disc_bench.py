@@ -1,6 +1,6 @@
 """Disc builder speed and memory: a whole build of a 1 GB study next to `xorriso -as mkisofs`.
 
-Usage: .venv/bin/python bench/disc_bench.py [--instances 2000] [--media DVD] [--rounds 3] [--keep]
+Usage: .venv/bin/python bench/disc_bench.py [--instances 2000] [--media DVD] [--rounds 3] [--input-root DIR] [--keep]
 
 Generates N instances of 512 KB (512 × 512 × 16 bit CT, one study, 4 series) in a temporary
 folder under /tmp, builds the disc in a child process (wall time and that child's peak RSS from
@@ -69,6 +69,8 @@ def main() -> None:
     parser.add_argument("--media", default="DVD", choices=["CD", "DVD", "DVD-DL", "BD"])
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--input-root", help="put the study on another file system (e.g. /dev/shm): the builder "
+                        "then copies files instead of hard-linking them")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -80,9 +82,11 @@ def main() -> None:
     if shutil.disk_usage("/tmp").free < need * 1.2:
         sys.exit(f"not enough space in /tmp: need about {need / 1e9:.1f} GB")
     root = Path(tempfile.mkdtemp(prefix="disc_bench_", dir="/tmp"))
+    in_root = root
     try:
         start = time.perf_counter()
-        paths = generate(root / "in", args.instances)
+        in_root = Path(tempfile.mkdtemp(prefix="disc_bench_in_", dir=args.input_root)) if args.input_root else root
+        paths = generate(in_root / "in", args.instances)
         total = sum(p["size"] for p in paths)
         print(f"generated {len(paths)} instances, {total / 1e6:.0f} MB in {time.perf_counter() - start:.1f} s")
         (root / "paths.json").write_text(json.dumps(paths))
@@ -125,6 +129,8 @@ def main() -> None:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+            if args.input_root:
+                shutil.rmtree(in_root, ignore_errors=True)
 
 
 if __name__ == "__main__":
