@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sqlite3
 import struct
 import time
 from collections.abc import Callable
@@ -290,6 +291,55 @@ def test_cli_echo_of_known_nodes(station: Station, tmp_path: Path) -> None:
     assert proc.returncode != 0
     proc = burnstation(station.data, "echo", "NOT_A_NODE", check=False)
     assert proc.returncode == 2 and "NOT_A_NODE" in proc.stderr
+
+
+def test_cli_echo_of_a_tls_node(station: Station) -> None:
+    """`burnstation echo` to a node marked TLS goes over TLS (here: the station's own TLS port)."""
+    burnstation(station.data, "nodes", "add", "BURNSTATION_E", "127.0.0.1", str(station.tls_port), "--tls")
+    proc = burnstation(station.data, "echo", "BURNSTATION_E", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    burnstation(station.data, "nodes", "add", "BURNSTATION_P", "127.0.0.1", str(station.tls_port))  # plain to TLS
+    proc = burnstation(station.data, "echo", "BURNSTATION_P", check=False)
+    assert proc.returncode != 0
+
+
+def _rows(st: Station, sql: str, *args: object) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(st.data / "state.db", timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute(sql, args).fetchall()
+    finally:
+        conn.close()
+
+
+def test_association_log_and_called_title_per_instance(station: Station, tmp_path: Path) -> None:
+    files = write_study(tmp_path / "in", 1, 3, patient_id="PLOG", rows=8, cols=8)
+    r = dcmtk("storescu", "-aet", "LOGGER", "-aec", "BURNSTATION_TE", "127.0.0.1", str(station.port),
+              *map(str, files))
+    assert r.returncode == 0, r.stderr
+    dcmtk("echoscu", "-aet", "LOGGER", "-aec", "NOBODY_HERE", "127.0.0.1", str(station.port))
+    with socket.create_connection(("127.0.0.1", station.port)) as sock:  # associate, then hang up
+        sock.sendall(_associate_rq(calling="HANGUP"))
+        sock.settimeout(10)
+        assert sock.recv(6)[:1] == b"\x02"
+
+    def logged() -> bool:
+        return len(_rows(station, "SELECT * FROM associations WHERE calling_aet IN ('LOGGER', 'HANGUP') "
+                                  "AND result <> 'open'")) >= 3
+
+    wait_for(logged, what="the association log")
+    stored = _rows(station, "SELECT * FROM associations WHERE calling_aet='LOGGER' AND called_aet='BURNSTATION_TE'")
+    assert len(stored) == 1
+    row = stored[0]
+    assert (row["stored"], row["failed"], row["services"], row["result"]) == (3, 0, "store", "released")
+    assert row["peer_host"] == "127.0.0.1" and row["ended_at"] >= row["started_at"]
+    rejected = _rows(station, "SELECT * FROM associations WHERE called_aet='NOBODY_HERE'")
+    assert [r["result"] for r in rejected] == ["rejected"]
+    hung = _rows(station, "SELECT * FROM associations WHERE calling_aet='HANGUP'")
+    assert len(hung) == 1 and hung[0]["result"] in ("aborted", "connection closed")
+    instances = _rows(station, "SELECT * FROM instances WHERE assoc_id=?", row["id"])
+    assert {i["sop_uid"] for i in instances} == {str(dcmread(p).SOPInstanceUID) for p in files}
+    assert {(i["called_aet"], i["calling_aet"]) for i in instances} == {("BURNSTATION_TE", "LOGGER")}
 
 
 def test_port_change_reaches_the_running_station(station: Station) -> None:
