@@ -573,12 +573,18 @@ def usb_matchers(kind: str, builtin: Iterable[Mapping[str, Any]], data_dir: Path
     try:
         extra = json.loads(path.read_text(encoding="utf-8")).get(kind, [])
         for m in extra:
-            if isinstance(m, dict) and any(m.get(k) for k in ("vendor_id", "product_id", "vendor", "model")):
-                result.append({k: str(v) for k, v in m.items() if k in
-                               ("vendor_id", "product_id", "vendor", "model")} | {"kind": kind})
+            if not isinstance(m, dict):
+                continue
+            m = {_USB_ALIASES.get(k, k): v for k, v in m.items()}
+            doc = {k: str(v) for k, v in m.items() if k in ("vendor_id", "product_id", "vendor", "model") and v}
+            if doc:
+                result.append(doc | {"kind": kind})
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         log.warning("%s: ignored (%s)", path, exc)
     return result
+
+
+_USB_ALIASES = {"vid": "vendor_id", "pid": "product_id", "idVendor": "vendor_id", "idProduct": "product_id"}
 
 
 def _norm(text: object) -> str:

@@ -191,6 +191,8 @@ def test_usb_matchers_and_technician_file(tmp_path):
     assert not epson_usb.matches(pp150, tmp_path)
     (tmp_path / common.USB_MATCHERS_FILE).write_text(json.dumps({"epson": [{"vendor_id": "04b8", "model": "PP-150"}]}))
     assert epson_usb.matches(pp150, tmp_path)
+    (tmp_path / common.USB_MATCHERS_FILE).write_text(json.dumps({"epson": [{"vid": "04B8", "model": "PP-7"}]}))
+    assert epson_usb.matches({"ID_VENDOR_ID": "04b8", "ID_MODEL": "PP-7"}, tmp_path)  # discovery's spelling too
     (tmp_path / common.USB_MATCHERS_FILE).write_text("{broken")
     assert epson_usb.matches(pp100, tmp_path) and not epson_usb.matches(pp150, tmp_path)
 

@@ -416,3 +416,20 @@ def test_an_unexplained_error_fails_after_the_status_file_moved_on(tmp_path):
     write_status(spool, status_text())  # rewritten, and still no word about J11
     p = pub.poll("J11")
     assert p.state == publish.FAILED and "no code" in p.message
+
+
+def test_driver_options_from_the_robot_config(tmp_path):
+    """`label_template`, `publisher` and `format` survive the robot configuration's checks and reach the JDF."""
+    from appliance.burn.robots import validate_robot
+
+    doc = validate_robot(robot(tmp_path, label_template="C:\\labels\\pdi.tdd", publisher="PP100-02",
+                               format="UDF102", status_timeout=0))
+    spool = Path(doc["spool"])
+    write_status(spool, status_text())
+    EpsonPublisher(doc, tmp_path).submit(publish.PublishRequest(job_id="J12", discs=[disc(tmp_path)]))
+    d = dict(jdf.parse_jdf((spool / "J12.JDF").read_bytes().decode()))
+    assert d["LABEL"] == "C:\\labels\\pdi.tdd" and d["PUBLISHER"] == "PP100-02" and d["FORMAT"] == "UDF102"
+    old = time.time() - 600
+    os.utime(spool / "TDBStatus.txt", (old, old))
+    st = EpsonPublisher(doc, tmp_path).status()  # status_timeout 0: age never makes it offline
+    assert "PP100-02" in st.message and not st.online  # but a publisher name TD Bridge does not know does

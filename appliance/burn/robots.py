@@ -116,6 +116,40 @@ def validate_robot(doc: dict[str, Any]) -> dict[str, Any]:
         raise SettingError(f"robot copy_delay: from 0 to 60 seconds, got {delay}")
     if delay:
         out["copy_delay"] = delay
+    out.update(_driver_options(doc))
+    return out
+
+
+# optional settings of the vendor drivers (see drivers/epson/publisher.py, drivers/primera/publisher.py)
+DRIVER_TEXT_OPTIONS = ("publisher", "robot_name", "label_template", "format", "client_id", "data_image_type",
+                       "encoding")
+
+
+def _driver_options(doc: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in DRIVER_TEXT_OPTIONS:
+        text = str(doc.get(key) or "").strip()
+        if not text:
+            continue
+        if len(text) > 255 or "=" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
+            raise SettingError(f"robot {key}: at most 255 characters, no control characters and no '=' "
+                               f"(it is written into the robot's job files), got {text!r}")
+        out[key] = text
+    if doc.get("status_timeout") not in (None, ""):
+        try:
+            timeout = float(doc["status_timeout"])
+        except (TypeError, ValueError):
+            raise SettingError(f"robot status_timeout: seconds, got {doc['status_timeout']!r}") from None
+        if not 0 <= timeout <= 3600:
+            raise SettingError(f"robot status_timeout: 0 (never offline) to 3600 seconds, got {timeout}")
+        out["status_timeout"] = timeout
+    if doc.get("merge_fields"):
+        fields = doc["merge_fields"]
+        fields = fields.split(",") if isinstance(fields, str) else list(fields)
+        fields = [str(f).strip() for f in fields if str(f).strip()]
+        if not all(re.fullmatch(r"[A-Za-z0-9_]{1,64}", f) for f in fields):
+            raise SettingError(f"robot merge_fields: label field names (A-Z a-z 0-9 _), got {fields!r}")
+        out["merge_fields"] = fields
     return out
 
 
