@@ -276,3 +276,49 @@ def test_media_choice_and_bad_input(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="larger than"):
         build_discs(rows(paths), tmp_path / "w5", BuildOptions("x", ["CD"], capacity={"CD": 10_000}))
     assert paths[0].is_file()  # bad input loses nothing
+
+
+def test_big_objects_are_decompressed_frame_by_frame_like_pydicom(tmp_path: Path) -> None:
+    """The streaming path (used above pdi.STREAM_ABOVE bytes) gives what pydicom's decompress() gives."""
+    from appliance.burn import pdi
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    sources = []
+    multi = make_dataset(modality="MR", rows=40, cols=48, frames=5, seed=3)
+    multi.compress(RLELossless)
+    sources.append(folder / "rle_multi.dcm")
+    multi.save_as(sources[-1], enforce_file_format=True)
+    make_dataset(rows=64, cols=64, seed=4).save_as(folder / "grey.dcm", enforce_file_format=True)
+    sources.append(folder / "jpegll.dcm")
+    dcmtk("dcmcjpeg", "+e1", str(folder / "grey.dcm"), str(sources[-1]), check=True)
+    colour = make_dataset(modality="OT", rows=32, cols=32, photometric="RGB", seed=5)
+    colour.save_as(folder / "rgb.dcm", enforce_file_format=True)
+    sources.append(folder / "baseline.dcm")  # lossy JPEG, YBR_FULL_422: decoded to RGB
+    dcmtk("dcmcjpeg", "+eb", str(folder / "rgb.dcm"), str(sources[-1]), check=True)
+    assert dcmread(sources[-1]).PhotometricInterpretation.startswith("YBR")
+    for src in sources:
+        out = tmp_path / (src.stem + ".out")
+        assert pdi._stream_decompress(src, out)
+        streamed = dcmread(out)
+        reference = dcmread(src)
+        reference.decompress(generate_instance_uid=False)
+        assert streamed.file_meta.TransferSyntaxUID == ELE
+        assert streamed.SOPInstanceUID == reference.SOPInstanceUID
+        assert streamed.PhotometricInterpretation == reference.PhotometricInterpretation, src.name
+        assert streamed.get("NumberOfFrames", 1) == reference.get("NumberOfFrames", 1)
+        assert streamed.PixelData == reference.PixelData, src.name
+        assert np.array_equal(streamed.pixel_array, reference.pixel_array)
+    # and in a build: a CD with the threshold at 0 takes the streaming path for every compressed file
+    original = pdi.STREAM_ABOVE
+    pdi.STREAM_ABOVE = 0
+    try:
+        disc = build_discs(rows(sources[:2]), tmp_path / "work", BuildOptions("stream", ["CD"], make_image=False))[0]
+    finally:
+        pdi.STREAM_ABOVE = original
+    on_disc = by_sop(disc.tree)
+    for src in sources[:2]:
+        ref = dcmread(src)
+        got = dcmread(on_disc[str(ref.SOPInstanceUID)])
+        assert got.file_meta.TransferSyntaxUID == ELE and np.array_equal(got.pixel_array, ref.pixel_array)
+    assert dciodvfy_errors(disc.tree / "DICOMDIR") == []

@@ -28,6 +28,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.fileset import DIRECTORY_RECORDERS
 from pydicom.filewriter import write_dataset
+from pydicom.pixels import iter_pixels
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
 from appliance.burn.catalog import ELE, BuildError, InstanceInfo, read_header
@@ -57,10 +58,65 @@ def link_or_copy(src: Path, dst: Path) -> None:
         shutil.copyfile(src, dst)
 
 
-def transcode(src: Path, dst: Path, transfer_syntax: str) -> None:
-    """Write src as `transfer_syntax` (only ELE is ever asked for); lossless data stays pixel-identical."""
+STREAM_ABOVE = 32 * 1024 * 1024  # decoded pixel bytes above which frames are decoded one at a time
+
+
+def _stream_decompress(src: Path, dst: Path) -> bool:
+    """Decompress frame by frame straight into dst (memory: one frame); False when this file needs the
+    whole-dataset path (bit-packed or odd pixel layouts). Same result as pydicom's decompress()."""
+    header = dcmread(src, stop_before_pixels=True)
+    bits = int(header.get("BitsAllocated", 0) or 0)
+    spp = int(header.get("SamplesPerPixel", 1) or 1)
+    frames = int(header.get("NumberOfFrames", 1) or 1)
+    if bits not in (8, 16, 32) or not header.get("Rows") or not header.get("Columns"):
+        return False
+    frame_bytes = int(header.Rows) * int(header.Columns) * spp * bits // 8
+    total = frame_bytes * frames
+    if total >= 2**32 - 2:
+        raise BuildError(f"{src.name}: decompressed pixel data would exceed 4 GB")
+    for tag in (0x7FE00001, 0x7FE00002):  # extended offset table (lengths) belongs to the compressed form
+        header.pop(tag, None)
+    if spp == 3 and str(header.get("PhotometricInterpretation", "")).startswith("YBR"):
+        header.PhotometricInterpretation = "RGB"  # what pydicom's decoders deliver (as_rgb)
+    if spp > 1:
+        header.PlanarConfiguration = 0
+    header.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    tmp = dst.with_name(dst.name + ".tmp")
+    written = 0
+    with open(tmp, "wb") as f:
+        header.save_as(f, implicit_vr=False, little_endian=True, enforce_file_format=True)
+        vr = b"OB" if bits <= 8 else b"OW"
+        f.write(struct.pack("<HH", 0x7FE0, 0x0010) + vr + b"\0\0" + struct.pack("<I", total + total % 2))
+        for arr in iter_pixels(src):
+            data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+            if len(data) != frame_bytes:
+                raise BuildError(f"{src.name}: a decoded frame has {len(data)} bytes, expected {frame_bytes}")
+            f.write(data)
+            written += 1
+        if total % 2:
+            f.write(b"\0")
+    if written != frames:
+        tmp.unlink()
+        raise BuildError(f"{src.name}: decoded {written} frames, the header says {frames}")
+    os.replace(tmp, dst)
+    return True
+
+
+def transcode(src: Path, dst: Path, transfer_syntax: str, pixel_bytes: int = 0) -> None:
+    """Write src as `transfer_syntax` (only ELE is ever asked for); lossless data stays pixel-identical.
+
+    Big compressed objects (multi-frame cine, large mammograms) are decoded a frame at a time."""
     if transfer_syntax != ELE:
         raise BuildError(f"transcoding to {transfer_syntax} is not supported")
+    meta = dcmread(src, stop_before_pixels=True).file_meta
+    if meta.TransferSyntaxUID.is_compressed and pixel_bytes > STREAM_ABOVE:
+        try:
+            if _stream_decompress(src, dst):
+                return
+        except BuildError:
+            raise
+        except Exception as exc:
+            raise BuildError(f"cannot decompress {src.name} ({meta.TransferSyntaxUID.name}): {exc}") from exc
     ds = dcmread(src)
     if ds.file_meta.TransferSyntaxUID.is_compressed and "PixelData" in ds:
         try:
@@ -283,7 +339,7 @@ def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_i
         if out_ts == info.transfer_syntax:
             link_or_copy(info.path, dest)
         else:
-            transcode(info.path, dest, out_ts)
+            transcode(info.path, dest, out_ts, info.pixel_bytes)
         if on_file:
             on_file(dest)
         number = info.instance_number_text if _IS.fullmatch(info.instance_number_text) else str(i_index + 1)
