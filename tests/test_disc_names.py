@@ -95,6 +95,12 @@ def test_hostile_and_international_names(tmp_path: Path) -> None:
     assert alpha[label.SIZE // 2, 40] == 255
 
     assert verify_tree(tree) == []
+    # the DICOMDIR keeps each patient's name in its own character set, and is valid
+    check = subprocess.run(["/usr/bin/dciodvfy", str(tree / "DICOMDIR")], capture_output=True, text=True)
+    assert not [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+    names = {str(r.PatientName) for r in dcmread(tree / "DICOMDIR").DirectoryRecordSequence
+             if r.DirectoryRecordType == "PATIENT"}
+    assert names == {name.replace("\n", " ").replace("\t", " ") for name, _, _ in NAMES}
     listing = subprocess.run(["xorriso", "-indev", str(disc.image), "-find", "/"], capture_output=True, text=True,
                              check=True).stdout
     for line in listing.splitlines():

@@ -30,6 +30,7 @@ from pydicom.fileset import DIRECTORY_RECORDERS
 from pydicom.filewriter import write_dataset
 from pydicom.pixels import iter_pixels
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.valuerep import PersonName
 
 from appliance.burn.catalog import ELE, BuildError, InstanceInfo, read_header
 from appliance.burn.media import output_syntax
@@ -176,7 +177,17 @@ def _record(kind: str, ds: Dataset, charset: object) -> Dataset:
     return _wrap(kind, record, charset)
 
 
+_CONTROL = re.compile("[\x00-\x1a\x1c-\x1f\x7f]")  # everything but ESC (ISO 2022 code extensions)
+
+
 def _wrap(kind: str, record: Dataset, charset: object) -> Dataset:
+    """A directory record around `record`'s keys; text with control characters (a scanner sent a
+    newline in a name: invalid PN) is mended with spaces in the record, the file stays as received."""
+    for element in record:
+        if element.VR in ("PN", "LO", "SH", "CS", "DA", "TM") and isinstance(element.value, str | PersonName):
+            text = str(element.value)
+            if _CONTROL.search(text):
+                element.value = _CONTROL.sub(" ", text)
     out = Dataset()
     out.OffsetOfTheNextDirectoryRecord = 0
     out.RecordInUseFlag = 0xFFFF
