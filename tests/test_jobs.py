@@ -142,6 +142,11 @@ def test_assignment_needs_an_online_robot_with_the_media(env) -> None:
     other = fake_job(conn, role="primera")
     dispatch.assign_built(conn, settings)
     assert jobs.get_job(conn, other)["robot"] == "" and "Primera" in jobs.get_job(conn, other)["message"]
+    # a robot removed while it had a job: the job fails with the reason (no driver would ever follow it)
+    orphan = fake_job(conn, state="burning", robot="gone")
+    dispatch.assign_built(conn, settings)
+    job = jobs.get_job(conn, orphan)
+    assert job["state"] == "failed" and job["error_code"] == "REMOVED" and "gone" in job["error"]
 
 
 def test_retry_avoids_the_robot_that_failed_and_spreads_load(env) -> None:

@@ -127,6 +127,12 @@ def assign_built(conn: sqlite3.Connection, settings: Settings) -> int:
         if row["robot"] not in configured or not robots.is_online(statuses.get(row["robot"])):
             conn.execute("UPDATE jobs SET robot='', updated_at=? WHERE id=? AND state='built' AND robot=?",
                          (time.time(), row["id"], row["robot"]))
+    # a robot deleted from the configuration while it had a job: nobody will follow that job any more
+    for row in conn.execute("SELECT id, robot FROM jobs WHERE state IN ('submitted', 'burning')").fetchall():
+        if row["robot"] and row["robot"] not in configured:
+            jobs.move(conn, row["id"], jobs.IN_ROBOT, jobs.FAILED, error_code="REMOVED",
+                      error=f"robot {row['robot']} was removed from the configuration while it had this job; "
+                            "check the robot before retrying")
     waiting = conn.execute("SELECT * FROM jobs WHERE state='built' AND robot='' ORDER BY priority DESC, created_at, id"
                            ).fetchall()
     if not waiting:
