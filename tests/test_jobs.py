@@ -145,6 +145,9 @@ def test_assignment_needs_an_online_robot_with_the_media(env) -> None:
     # a robot removed while it had a job: the job fails with the reason (no driver would ever follow it)
     orphan = fake_job(conn, state="burning", robot="gone")
     dispatch.assign_built(conn, settings)
+    assert jobs.get_job(conn, orphan)["state"] == "burning"  # not at the first sight: it may come back
+    dispatch._missing_since[orphan] -= dispatch.REMOVED_GRACE_SECONDS
+    dispatch.assign_built(conn, settings)
     job = jobs.get_job(conn, orphan)
     assert job["state"] == "failed" and job["error_code"] == "REMOVED" and "gone" in job["error"]
 

@@ -24,6 +24,9 @@ from appliance.publish import MEDIA_CAPACITY, MEDIA_ORDER, DiscImage
 LOG = logging.getLogger("burnstation.burner")
 
 ROLE_NAMES = {"epson": "Epson", "primera": "Primera", "any": ""}
+# a job whose robot is gone from the configuration this long fails (see assign_built)
+REMOVED_GRACE_SECONDS = 30.0
+_missing_since: dict[str, float] = {}
 
 
 def disc_to_doc(disc: DiscImage) -> dict[str, Any]:
@@ -128,8 +131,14 @@ def assign_built(conn: sqlite3.Connection, settings: Settings) -> int:
             conn.execute("UPDATE jobs SET robot='', updated_at=? WHERE id=? AND state='built' AND robot=?",
                          (time.time(), row["id"], row["robot"]))
     # a robot deleted from the configuration while it had a job: nobody will follow that job any more
+    # (only after it stayed away a while: a robot re-registered by discovery vanishes for a moment)
+    now = time.monotonic()
     for row in conn.execute("SELECT id, robot FROM jobs WHERE state IN ('submitted', 'burning')").fetchall():
-        if row["robot"] and row["robot"] not in configured:
+        if not row["robot"] or row["robot"] in configured:
+            _missing_since.pop(row["id"], None)
+            continue
+        if now - _missing_since.setdefault(row["id"], now) >= REMOVED_GRACE_SECONDS:
+            _missing_since.pop(row["id"], None)
             jobs.move(conn, row["id"], jobs.IN_ROBOT, jobs.FAILED, error_code="REMOVED",
                       error=f"robot {row['robot']} was removed from the configuration while it had this job; "
                             "check the robot before retrying")
