@@ -225,7 +225,7 @@ def serve_robot(data_dir: str | os.PathLike[str], stop: threading.Event | None, 
             LOG.error("robot %s is not configured", robot_name)
             return
         while not stop.is_set():
-            if loop.settings.changed() and not loop.reload():
+            if loop.settings.changed() and not loop.reload() and not (stop.wait(2.0) or loop.reload()):
                 LOG.info("robot %s removed from the configuration; its driver stops", robot_name)
                 robots.mark_stopped(loop.conn, robot_name, "removed from the configuration")
                 return
