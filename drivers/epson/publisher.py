@@ -124,7 +124,7 @@ class EpsonPublisher(publish.Publisher):
         self.paths = EnginePathMap(self.spool, str(robot.get("engine_path") or ""))
         self.mode = str(robot.get("mode") or "image")
         self.reader = status_reader(self.spool)
-        self.status_timeout = float(robot.get("status_timeout", 60) or 0)
+        self.status_timeout = float(robot.get("status_timeout", 30) or 0)
         self.encoding = str(robot.get("encoding") or "utf-8")
         self.data_dir = data_dir
         self.error_wait = ErrorReportWait()

@@ -128,7 +128,7 @@ class PrimeraPublisher(publish.Publisher):
         self.paths = EnginePathMap(self.spool, str(robot.get("engine_path") or ""))
         self.mode = str(robot.get("mode") or "image")
         self.client_id = str(robot.get("client_id") or jrq.CLIENT_ID)
-        self.status_timeout = float(robot.get("status_timeout", 60) or 0)
+        self.status_timeout = float(robot.get("status_timeout", 30) or 0)
         self.encoding = str(robot.get("encoding") or "utf-8")
         self.system_reader = status_readers(self.spool)
         self.robot_readers: dict[str, TolerantIni] = {}
