@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 from support import Station, dcmtk, free_port, make_dataset, wait_port
 from worklist_support import EB, SB, msa, order, send_order, wait_for, worklist
 
@@ -168,10 +170,21 @@ def test_latin1_order_without_msh18(shared, tmp_path):
     # the bytes findscu received are Latin-1, as the character set says
     files = sorted((tmp_path / "q").glob("rsp*.dcm"))
     assert b"M\xdcLLER^J\xdcRGEN" in files[0].read_bytes()
-    # a query in Latin-1 with the umlaut matches too
-    proc = dcmtk("findscu", "-W", "-X", "-od", str(tmp_path), "-aec", "BURNSTATION",
-                 "-k", "SpecificCharacterSet=ISO_IR 100", "-k", "PatientName=MÜLLER*", "127.0.0.1", str(shared.port))
-    assert proc.returncode == 0
+    # a query in Latin-1 with the umlaut matches too (written as a query file: exact bytes)
+    query = Dataset()
+    query.SpecificCharacterSet = "ISO_IR 100"
+    query.PatientName = "MÜLLER^J*"
+    query.PlacerOrderNumberImagingServiceRequest = ""
+    query_file = tmp_path / "query.dcm"
+    query.save_as(query_file, implicit_vr=False, little_endian=True)
+    assert b"M\xdcLLER" in query_file.read_bytes()
+    out = tmp_path / "latin1-query"
+    out.mkdir()
+    proc = dcmtk("findscu", "-W", "-X", "-od", str(out), "-aec", "BURNSTATION", "127.0.0.1", str(shared.port),
+                 str(query_file))
+    assert proc.returncode == 0, proc.stderr
+    answers = [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+    assert [a.PlacerOrderNumberImagingServiceRequest for a in answers] == ["LAT1"]
 
 
 def test_utf8_order_with_msh18(shared, tmp_path):
@@ -327,7 +340,6 @@ def test_done_items_leave_after_retention(tmp_path):
 
 def test_wl_files_served_and_reread_on_change(station, tmp_path):
     """`.wl` files in <data>/worklist are served next to the HL7 items and re-read when they change."""
-    from pydicom.dataset import Dataset
     folder = station.data / "worklist"
     folder.mkdir(exist_ok=True)
 
