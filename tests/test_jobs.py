@@ -103,6 +103,13 @@ def test_robot_config_validation(env) -> None:
         with pytest.raises(SettingError):
             robots.add_robot(settings, bad)
     assert [r["name"] for r in robots.list_robots(settings)] == ["e1", "usb"]
+    # driver options pass through, checked
+    robot = robots.add_robot(settings, {"name": "p1", "driver": "primera", "spool": "/s/p1", "robot_name": "Bravo 4100",
+                                        "status_timeout": 30, "merge_fields": "name,id"})
+    assert robot["robot_name"] == "Bravo 4100" and robot["merge_fields"] == ["name", "id"]
+    with pytest.raises(SettingError):
+        robots.add_robot(settings, {"name": "p2", "driver": "primera", "spool": "/s/p2", "publisher": "PP\nX"})
+    robots.delete_robot(settings, "p1")
     assert robots.allowed_media(settings, "epson") == list(publish.MEDIA_ORDER)  # usb serves any role
     assert robots.delete_robot(settings, "usb") and not robots.delete_robot(settings, "usb")
     assert robots.allowed_media(settings, "epson") == ["CD", "DVD"]

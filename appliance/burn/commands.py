@@ -41,6 +41,11 @@ def cmd_robots(args: argparse.Namespace, settings: Settings) -> int:
                "verify": not args.no_verify, "source": "manual"}
         if args.copy_delay:
             doc["copy_delay"] = args.copy_delay
+        for option in args.option or []:
+            key, sep, value = option.partition("=")
+            if not sep or key.strip() in doc:
+                raise SettingError(f"--option {option!r}: expected key=value for a driver option")
+            doc[key.strip()] = value
         robot = robots.add_robot(settings, doc)
         print(f"robot {robot['name']}: {robot['driver']} role {robot['role']} media {','.join(robot['media'])} "
               f"spool {robot['spool']} mode {robot['mode']}{'' if robot['verify'] else ' no-verify'}")
@@ -174,6 +179,8 @@ def add_parsers(add: Callable[[str, Any, str], argparse.ArgumentParser],
     ra.add_argument("--mode", choices=robots.MODES, default="image")
     ra.add_argument("--no-verify", action="store_true", help="do not compare discs after burning")
     ra.add_argument("--copy-delay", type=float, default=0.0, help=argparse.SUPPRESS)  # tests: a slow folder
+    ra.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="a driver option (publisher=…, robot_name=…, status_timeout=30, …); repeatable")
     rl = data_arg(rsub.add_parser("list"))
     rl.add_argument("--json", action="store_true")
     rd = data_arg(rsub.add_parser("delete"))
