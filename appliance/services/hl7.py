@@ -2,8 +2,9 @@
 
 The listener runs on `hl7.port` on all interfaces (0 = no listener) and is rebound when the port
 changes. Besides it, every `TICK` seconds: images that arrived mark their items done, finished
-discs are reported, done items past their retention leave the worklist, and queued status
-messages go to the RIS (`hl7.destination_host/port`). This runs even with the port closed.
+discs are reported, done items past their retention leave the worklist; a thread of its own sends
+the queued status messages to the RIS (`hl7.destination_host/port`). This runs even with the port
+closed.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class HL7Service:
             self.server = None
 
     def tick(self) -> None:
+        """Link images and discs to items, purge old done items."""
         settings = self.settings
         try:
             link.link_images(self.conn, settings)
@@ -64,12 +66,19 @@ class HL7Service:
             items.purge_done(self.conn, float(settings.get("worklist.done_retention_hours")))
         except Exception:
             LOG.exception("worklist maintenance failed")
-        host, port = settings.get("hl7.destination_host"), int(settings.get("hl7.destination_port"))
-        if host and port:
+
+    def deliver_loop(self, stop: threading.Event) -> None:
+        """Send queued status messages to the RIS; its own thread, so a slow RIS delays nothing else."""
+        conn = db.connect(self.data_dir)
+        while not stop.wait(TICK):
+            host, port = self.settings.get("hl7.destination_host"), int(self.settings.get("hl7.destination_port"))
+            if not (host and port):
+                continue
             try:
-                outbox.deliver(self.conn, host, port, timeout=float(settings.get("dicom.timeout")))
+                outbox.deliver(conn, host, port, timeout=float(self.settings.get("dicom.timeout")))
             except Exception:
                 LOG.exception("sending to the RIS failed")
+        conn.close()
 
 
 def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
@@ -81,6 +90,8 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
             signal.signal(sig, lambda *_: stop.set())
     service = HL7Service(Path(data_dir))
     service.start_listener()
+    sender = threading.Thread(target=service.deliver_loop, args=(stop,), name="hl7-outbox", daemon=True)
+    sender.start()
     if ready is not None:
         ready.set()
     try:
@@ -93,3 +104,4 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
             service.tick()
     finally:
         service.stop_listener()
+        sender.join(5)
