@@ -257,6 +257,8 @@ SPECS: dict[str, Spec] = {
     "burn.group_by": Spec("patient", _choice("patient", "study"), "_TE/_TP group key: patient or study"),
     "burn.default_copies": Spec(1, _int_range(1, 100), "copies of each disc for automatic jobs"),
     "burn.verify": Spec(True, _bool, "ask the robot to read back and compare every disc"),
+    "burn.keep_discs_hours": Spec(
+        24, _int_range(0, 24 * 365), "hours the built disc images of a finished job are kept (0 = forever)"),
     "burn.capacity_override_kb": Spec(
         0, _int_range(0, 100_000_000), "tests only: cap every media at this many kB (0 = real capacities)"),
     # Worklist server (seed: "Configure the Worklist Server")

@@ -190,6 +190,11 @@ def test_build_success_and_failure(env, tmp_path: Path) -> None:
     disc = dispatch.disc_from_doc(job["discs"][0])
     assert disc.tree.is_dir() and (disc.tree / "DICOMDIR").is_file() and disc.image.is_file()
     assert str(disc.tree).startswith(str(tmp_path / "discs" / job_id))
+    # finished jobs' disc images go after burn.keep_discs_hours; received files stay
+    jobs.move(conn, job_id, (jobs.BUILT,), jobs.DONE)
+    assert dispatch.prune_discs(conn, settings, tmp_path) == 0  # just finished: kept
+    assert dispatch.prune_discs(conn, settings, tmp_path, now=time.time() + 25 * 3600) == 1
+    assert not (tmp_path / "discs" / job_id).exists() and all(f.is_file() for f in files)
     # a disc that cannot be built: the job fails with the builder's words; nothing received is touched
     settings.update({"burn.capacity_override_kb": 1})
     bad = jobs.create_job(conn, role="epson", sop_uids=uids, source="manual")

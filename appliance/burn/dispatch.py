@@ -107,6 +107,27 @@ def build_job(conn: sqlite3.Connection, settings: Settings, data_dir: Path, job:
     return True
 
 
+def prune_discs(conn: sqlite3.Connection, settings: Settings, data_dir: Path, now: float | None = None) -> int:
+    """Delete the built disc folders of jobs finished more than `burn.keep_discs_hours` ago.
+
+    Only `<data>/discs/<job id>/` goes (what the builder made); received instances are never touched.
+    """
+    hours = int(settings.get("burn.keep_discs_hours") or 0)
+    if not hours:
+        return 0
+    cutoff = (time.time() if now is None else now) - hours * 3600
+    removed = 0
+    for row in conn.execute("SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') "
+                            "AND finished_at BETWEEN ? AND ?", (cutoff - 30 * 86400, cutoff)).fetchall():
+        folder = Path(data_dir) / "discs" / row["id"]
+        if jobs.JOB_ID_RE.match(row["id"]) and folder.is_dir():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+    if removed:
+        LOG.info("removed the disc images of %d finished job(s) older than %d h", removed, hours)
+    return removed
+
+
 def recover_builds(conn: sqlite3.Connection) -> int:
     """After a burner restart, a job left `building` is queued again (its half-built folder is redone)."""
     return conn.execute("UPDATE jobs SET state='queued', message='build interrupted; queued again', updated_at=? "

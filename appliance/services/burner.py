@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 from appliance import db
@@ -18,6 +19,7 @@ from appliance.config import Settings
 
 LOG = logging.getLogger("burnstation.burner")
 POLL_SECONDS = 0.5
+PRUNE_SECONDS = 300.0  # how often finished jobs' disc images are checked for removal
 
 
 def _build_loop(data_dir: Path, stop: threading.Event, wake: threading.Event) -> None:
@@ -55,6 +57,7 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     builder.start()
     if ready is not None:
         ready.set()
+    pruned = 0.0
     try:
         while not stop.is_set():
             try:
@@ -63,6 +66,9 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
                 if conn.execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone():
                     wake.set()
                 dispatch.assign_built(conn, settings)
+                if time.monotonic() - pruned > PRUNE_SECONDS:
+                    pruned = time.monotonic()
+                    dispatch.prune_discs(conn, settings, data_dir)
             except Exception:
                 LOG.exception("burner pass failed")
             stop.wait(POLL_SECONDS)
