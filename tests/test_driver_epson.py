@@ -399,7 +399,7 @@ def test_data_mode(tmp_path):
                                                                                         fs="UDF")]))
     pairs = jdf.parse_jdf((spool / "J10.JDF").read_bytes().decode())
     d = dict(pairs)
-    assert d["DATA"] == "Z:\\Order\\jobfiles\\J10\\DISC\t\\" and "IMAGE" not in d
+    assert d["DATA"] == "Z:\\Order\\jobfiles\\J10\\DISC\t" and "IMAGE" not in d  # to the disc root
     assert d["DISC_TYPE"] == "DVD" and d["FORMAT"] == "UDF102"
     assert (spool / "jobfiles" / "J10" / "DISC" / "DICOMDIR").exists()
 

@@ -92,7 +92,7 @@ def start_sim(spool: Path, root: Path, speed: str, robots: str = "epson,primera"
 
 
 @contextlib.contextmanager
-def rig(tmp_path: Path, speed: str = "0", roles: dict[str, str] | None = None) -> Iterator[Rig]:
+def rig(tmp_path: Path, speed: str = "0", roles: dict[str, str] | None = None, mode: str = "image") -> Iterator[Rig]:
     roles = roles or {"epson": "epson", "primera": "primera"}
     spool, root = tmp_path / "spool", tmp_path / "sim"
     root.mkdir()
@@ -100,7 +100,7 @@ def rig(tmp_path: Path, speed: str = "0", roles: dict[str, str] | None = None) -
     station = Station(tmp_path / "data", burn__delay_seconds=3)
     for name, role in roles.items():
         burnstation(station.data, "robots", "add", name, "--driver", name, "--path", str(spool / name),
-                    "--role", role, "--media", "CD,DVD")
+                    "--role", role, "--media", "CD,DVD", "--mode", mode)
     try:
         station.start()
         r = Rig(station, sim, spool, root)
@@ -241,3 +241,31 @@ def test_input_empty_waits_then_write_error_fails_and_retry_succeeds(tmp_path: P
             again = r.final(job_id)
             assert again["state"] == "done" and again["robot"] == robot and again["attempts"] == 2, again
             assert (r.bin(robot) / f"{job_id}-2").is_dir()
+
+
+def test_data_mode_burns_the_staged_tree(tmp_path: Path) -> None:
+    """`--mode data`: DATA= / Data= lines name the disc's staged tree instead of an image."""
+    with rig(tmp_path, mode="data") as r:
+        seen: set[str] = set()
+        made = {}
+        for aet, robot in (("BURNSTATION_E", "epson"), ("BURNSTATION_P", "primera")):
+            r.send(aet, write_study(tmp_path / f"d-{robot}", n_series=1, per_series=1))
+            job = r.new_job(seen)
+            seen.add(job["id"])
+            made[job["id"]] = robot
+        for job_id, robot in made.items():
+            done = r.final(job_id)
+            assert done["state"] == "done" and done["robot"] == robot, done
+    for job_id, robot in made.items():
+        out = r.bin(robot) / job_id
+        if robot == "epson":
+            pairs = parse_jdf(job_file(out, "JDF").read_bytes().decode())
+            data = [v for k, v in pairs if k == "DATA"]
+            assert len(data) == 1 and data[0].endswith("\t") and "IMAGE" not in dict(pairs)
+        else:
+            pairs = parse_jrq(job_file(out, "JRQ").read_bytes().decode())
+            assert [k for k, _ in pairs].count("Data") == 1 and dict(pairs)["DataImageType"] == "JOLIET"
+        burned = {p.name for p in out.rglob("*")}  # what the simulator put on the disc
+        for name in ("DICOMDIR", "README.TXT", "INDEX.HTM", "IHE_PDI", "DICOM"):
+            assert name in burned, (robot, sorted(burned))
+

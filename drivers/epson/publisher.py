@@ -296,7 +296,8 @@ class EpsonPublisher(publish.Publisher):
             )
             if self.mode == "data":
                 tree = stage_tree(Path(disc.tree), stage / "DISC", must_copy)
-                job.data = [(self.paths.to_engine(tree, "DATA"), self.paths.engine_sep)]
+                # destination "" = the disc root (relative to it, as TD Bridge wants; unconfirmed: "\\")
+                job.data = [(self.paths.to_engine(tree, "DATA"), "")]
             else:
                 image = stage_file(Path(disc.image), stage / f"DISC{Path(disc.image).suffix or '.iso'}", must_copy)
                 job.image = self.paths.to_engine(image, "IMAGE")
