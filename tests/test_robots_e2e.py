@@ -243,8 +243,11 @@ def test_input_empty_waits_then_write_error_fails_and_retry_succeeds(tmp_path: P
             assert (r.bin(robot) / f"{job_id}-2").is_dir()
 
 
-def test_data_mode_burns_the_staged_tree(tmp_path: Path) -> None:
-    """`--mode data`: DATA= / Data= lines name the disc's staged tree instead of an image."""
+def test_data_mode_and_a_job_of_two_discs(tmp_path: Path) -> None:
+    """`--mode data`: DATA= / Data= lines name the disc's staged tree instead of an image; a job too big
+    for one disc becomes one robot job per disc (`<job>-D1of2`, `<job>-D2of2`)."""
+    from appliance.burn import media
+
     with rig(tmp_path, mode="data") as r:
         seen: set[str] = set()
         made = {}
@@ -256,6 +259,21 @@ def test_data_mode_burns_the_staged_tree(tmp_path: Path) -> None:
         for job_id, robot in made.items():
             done = r.final(job_id)
             assert done["state"] == "done" and done["robot"] == robot, done
+
+        files = write_study(tmp_path / "big-a", n_series=1, per_series=2, rows=256, cols=256, patient_id="BIG")
+        files += write_study(tmp_path / "big-b", n_series=1, per_series=2, rows=256, cols=256, patient_id="BIG")
+        study = sum(f.stat().st_size for f in files) // 2
+        capacity_kb = (media.FIXED_OVERHEAD + media.PER_SERIES_OVERHEAD + study) // 1000 + 200
+        burnstation(r.data, "config", "set", f"burn.capacity_override_kb={capacity_kb}")
+        r.send("BURNSTATION_E", files)
+        split = r.new_job(seen)
+        done = r.final(split["id"])
+        assert done["state"] == "done" and len(done["discs"]) == 2, done
+    for number in (1, 2):
+        out = r.bin("epson") / f"{split['id']}-D{number}of2"
+        pairs = dict(parse_jdf(job_file(out, "JDF").read_bytes().decode()))
+        assert pairs["JOB_ID"] == out.name
+        assert "DICOMDIR" in {p.name for p in out.rglob("*")}
     for job_id, robot in made.items():
         out = r.bin(robot) / job_id
         if robot == "epson":
