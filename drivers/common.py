@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -166,8 +167,6 @@ def stage_file(source: Path, target: Path, must_copy: bool) -> Path:
     except OSError:
         if not must_copy:
             return source
-    import shutil
-
     tmp = target.with_name(target.name + ".part")
     shutil.copyfile(source, tmp)
     os.replace(tmp, target)
@@ -178,8 +177,6 @@ def stage_tree(source: Path, target: Path, must_copy: bool) -> Path:
     """Like stage_file for a folder (hard links per file)."""
     if target.exists():
         return target
-    import shutil
-
     tmp = target.with_name(target.name + ".part")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -195,8 +192,6 @@ def stage_tree(source: Path, target: Path, must_copy: bool) -> Path:
 
 
 def remove_quietly(path: Path) -> None:
-    import shutil
-
     with contextlib.suppress(OSError):
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

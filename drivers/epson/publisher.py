@@ -173,7 +173,6 @@ class EpsonPublisher(publish.Publisher):
         refs = {f.ref for f in files} | self._section_refs(job_id, sections)
         if not refs:
             return [], 0, []
-        max_attempt = max(r.attempt for r in refs)
         latest_count = max(refs, key=lambda r: r.attempt).disc_count
         current = [r for r in refs if r.disc_count == latest_count]
         latest = latest_per_disc(current)
@@ -189,7 +188,6 @@ class EpsonPublisher(publish.Publisher):
             mtime = self.reader.last_good.mtime if self.reader.last_good else 0.0
             progress = self.error_wait.settle(ref.stem, progress, "JCF" in exts, mtime)
             states.append(DiscState(ref, progress))
-        del max_attempt
         return states, latest_count, sorted(refs, key=lambda r: (r.attempt, r.disc))
 
     def poll(self, job_id: str) -> publish.JobProgress:
@@ -272,9 +270,8 @@ class EpsonPublisher(publish.Publisher):
             cur = active.get(number)
             if cur is not None and cur.progress.state in (publish.WAITING, publish.BURNING, publish.DONE):
                 continue  # already with the robot (or made): never twice
-            first = not refs
-            stem = robot_job_id(request.job_id, number, count, 1 if first else attempt, MAX_JOB_ID)
-            todo.append((RobotJobRef(stem, number, count, 1 if first else attempt), disc))
+            stem = robot_job_id(request.job_id, number, count, attempt, MAX_JOB_ID)
+            todo.append((RobotJobRef(stem, number, count, attempt), disc))
         return todo
 
     def submit(self, request: publish.PublishRequest) -> None:

@@ -45,8 +45,8 @@ from drivers.primera.status import (
     pick_robot,
     robot_reader,
     robot_state,
-    status_readers,
     system_error,
+    system_reader,
 )
 
 STATE_EXTS = ("JRQ", "QRJ", "INP", "DON", "ERR")
@@ -130,7 +130,7 @@ class PrimeraPublisher(publish.Publisher):
         self.client_id = str(robot.get("client_id") or jrq.CLIENT_ID)
         self.status_timeout = float(robot.get("status_timeout", 30) or 0)
         self.encoding = str(robot.get("encoding") or "utf-8")
-        self.system_reader = status_readers(self.spool)
+        self.system_reader = system_reader(self.spool)
         self.robot_readers: dict[str, TolerantIni] = {}
         self.heartbeat = Heartbeat(self.status_timeout)
         self.data_dir = data_dir

@@ -208,7 +208,7 @@ def robot_state(system: Sections, robot_file: Sections, robot_name: str) -> Robo
     return state
 
 
-def status_readers(spool: Path) -> TolerantIni:
+def system_reader(spool: Path) -> TolerantIni:
     return TolerantIni(spool / STATUS_DIR / SYSTEM_FILE, check=check_system)
 
 
