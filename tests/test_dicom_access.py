@@ -265,6 +265,7 @@ def test_debug_log_switched_on_live(station: Station) -> None:
     try:
         wait_for(lambda: echo_ok(station) and log.exists() and "A-ASSOCIATE-RQ" in log.read_text(errors="replace"),
                  what="logs/dicom-debug.log")
+        assert "A-ASSOCIATE-RQ" not in station.log(), "the protocol log went to the main log too"
     finally:
         configure(station.data, "dicom.debug=false")
     wait_for(lambda: echo_ok(station) and _stable_size(log), what="debug log to stop growing")

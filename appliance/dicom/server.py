@@ -141,6 +141,21 @@ def _start_listener(ae: AE, address: tuple[str, int], handlers: list[Any],
     return server
 
 
+class _WarningsToMainLog(logging.Handler):
+    """While debug mode keeps pynetdicom from propagating, still pass its warnings and errors on."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        for handler in logging.getLogger().handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
+
+
+_WARNINGS_TO_MAIN_LOG = _WarningsToMainLog()
+
+
 class DicomServer:
     """Plain and TLS listeners sharing one AE configuration and one set of handlers."""
 
@@ -181,11 +196,15 @@ class DicomServer:
                     logs / "dicom-debug.log", maxBytes=20 * 1024 * 1024, backupCount=5)
                 handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s %(message)s"))
                 logger.addHandler(handler)
+                logger.addHandler(_WARNINGS_TO_MAIN_LOG)
+                logger.propagate = False  # the protocol log goes to its own file, not the main log
                 self._debug_handler = handler
             logger.setLevel(logging.DEBUG)
         else:
             if self._debug_handler is not None:
                 logger.removeHandler(self._debug_handler)
+                logger.removeHandler(_WARNINGS_TO_MAIN_LOG)
+                logger.propagate = True
                 self._debug_handler.close()
                 self._debug_handler = None
             logger.setLevel(logging.WARNING)
