@@ -455,7 +455,7 @@ def find_job_files(folders: Iterable[Path], job_id: str, extensions: Iterable[st
     """Every job file of `job_id` (all discs and attempts) in the given folders."""
     wanted = {e.upper() for e in extensions}
     found: list[FoundJobFile] = []
-    prefix = job_id[: max(1, min(len(job_id), max_len - 12))].lower()
+    prefix = job_id[: max(1, max_len - 16)].lower()  # what survives the longest suffix's cut
     for folder in folders:
         try:
             entries = list(os.scandir(folder))

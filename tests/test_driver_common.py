@@ -210,3 +210,36 @@ def test_register_all_registers_both_drivers():
     pub = publish.PUBLISHER_FACTORIES["primera"](dict(robot, driver="primera"), Path("/nonexistent"))
     st = pub.status()
     assert not st.online and "SystemStatus.txt" in st.message
+
+
+def test_reader_racing_an_in_place_writer_never_sees_a_broken_status(tmp_path):
+    """A writer rewrites the file in place (truncate, then small chunks) while the reader polls."""
+    path = tmp_path / "TDBStatus.txt"
+    path.write_text(GOOD)
+    reader = _reader(path)
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            text = GOOD.replace("INK_C=80", f"INK_C={n % 100}").encode()
+            with open(path, "r+b") as fh:
+                fh.truncate(0)
+                for i in range(0, len(text), 7):
+                    fh.write(text[i:i + 7])
+                    fh.flush()
+                    os.sched_yield()
+
+    t = threading.Thread(target=writer, daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            snap = reader.read()
+            assert snap is not None
+            assert {"tdb_info", "active_job", "j1", "publisher1"} <= set(snap.sections)
+            assert snap.sections["j1"]["status"] == "2" and snap.sections["publisher1"]["ink_c"].isdigit()
+    finally:
+        stop.set()
+        t.join()
