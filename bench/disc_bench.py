@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 
-def generate(folder: Path, count: int) -> list[dict]:
+def generate(folder: Path, count: int, side: int = 512) -> list[dict]:
     from pydicom.uid import generate_uid
     from support import make_dataset
 
@@ -39,7 +39,7 @@ def generate(folder: Path, count: int) -> list[dict]:
     for i in range(count):
         s = i % 4
         ds = make_dataset(study_uid=study, series_uid=series[s], series_number=s + 1, instance_number=i // 4 + 1,
-                          rows=512, cols=512, seed=i)
+                          rows=side, cols=side, seed=i)
         path = folder / f"{i:05d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         # what index.instances holds for a received file
@@ -66,6 +66,7 @@ def child(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--instances", type=int, default=2000)
+    parser.add_argument("--side", type=int, default=512, help="rows = columns of the 16-bit images (512: 512 KB each)")
     parser.add_argument("--media", default="DVD", choices=["CD", "DVD", "DVD-DL", "BD"])
     parser.add_argument("--keep", action="store_true")
     parser.add_argument("--rounds", type=int, default=3)
@@ -86,7 +87,7 @@ def main() -> None:
     try:
         start = time.perf_counter()
         in_root = Path(tempfile.mkdtemp(prefix="disc_bench_in_", dir=args.input_root)) if args.input_root else root
-        paths = generate(in_root / "in", args.instances)
+        paths = generate(in_root / "in", args.instances, args.side)
         total = sum(p["size"] for p in paths)
         print(f"generated {len(paths)} instances, {total / 1e6:.0f} MB in {time.perf_counter() - start:.1f} s")
         (root / "paths.json").write_text(json.dumps(paths))

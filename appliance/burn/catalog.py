@@ -12,6 +12,7 @@ Set by pydicom and made safe (`text.display_text`) before anyone sees them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -124,14 +125,19 @@ def info_from_header(ds: Dataset, path: Path, size: int, row: Mapping[str, Any] 
     )
 
 
+@functools.lru_cache(maxsize=256)
+def _leaf_type(sop_class: str, modality: str) -> str:
+    probe = Dataset()
+    probe.SOPClassUID = sop_class
+    probe.Modality = modality
+    return _record_type(probe)
+
+
 def _from_row(template: InstanceInfo, row: Mapping[str, Any], path: Path, size: int) -> InstanceInfo | None:
     """The info of an instance whose series we know, from its index row alone (None: read the header)."""
     if not all(row.get(k) for k in ROW_KEYS) or row["transfer_syntax"] != ELE:
         return None
-    probe = Dataset()
-    probe.SOPClassUID = str(row["sop_class"])
-    probe.Modality = template.modality
-    if _record_type(probe) != "IMAGE":
+    if _leaf_type(str(row["sop_class"]), template.modality) != "IMAGE":
         return None
     number = str(row.get("instance_number") or "").strip()
     return dataclasses.replace(template, path=path, size=size, sop_uid=str(row["sop_uid"]),

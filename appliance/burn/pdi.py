@@ -36,7 +36,6 @@ from appliance.burn.catalog import ELE, BuildError, InstanceInfo, read_header
 from appliance.burn.media import output_syntax
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
-_NEXT, _LOWER = "OffsetOfTheNextDirectoryRecord", "OffsetOfReferencedLowerLevelDirectoryEntity"
 
 
 @dataclass
