@@ -345,7 +345,8 @@ def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_i
             _fill_required(ds, info, e_index, i_index)
         file_id = ["DICOM", f"PT{p_index:06d}", f"ST{s_index:06d}", f"SE{e_index:06d}", f"IM{i_index:06d}"]
         dest = tree.joinpath(*file_id)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if i_index == 0:  # first instance of its series: the series folder is new
+            dest.parent.mkdir(parents=True, exist_ok=True)
         if out_ts == info.transfer_syntax:
             link_or_copy(info.path, dest)
         else:
