@@ -10,6 +10,7 @@ import os
 import socket
 import sqlite3
 import struct
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from support import (
+    DCMTK,
     Station,
     burnstation,
     configure,
@@ -341,6 +343,50 @@ def test_association_log_and_called_title_per_instance(station: Station, tmp_pat
     instances = _rows(station, "SELECT * FROM instances WHERE assoc_id=?", row["id"])
     assert {i["sop_uid"] for i in instances} == {str(dcmread(p).SOPInstanceUID) for p in files}
     assert {(i["called_aet"], i["calling_aet"]) for i in instances} == {("BURNSTATION_TE", "LOGGER")}
+
+
+def _movescu(st: Station, dest: str, study_uid: str) -> subprocess.Popen:
+    return subprocess.Popen([str(DCMTK / "movescu"), "-S", "-v", "-aet", "FRIEND", "-aec", "BURNSTATION",
+                             "-aem", dest, "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}",
+                             "127.0.0.1", str(st.port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, TCP_NODELAY="1"))
+
+
+def test_silent_peer_is_bounded_by_the_timeout_and_outgoing_associations_are_capped(
+        station: Station, tmp_path: Path) -> None:
+    """A move destination that takes the TCP connection and never answers fails after dicom.timeout (5 s);
+    with dicom.max_connections=1 a second move waits for that slot, with 4 it does not."""
+    files = write_study(tmp_path / "in", 1, 2, patient_id="PCAP", rows=8, cols=8)
+    assert dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(station.port), *map(str, files)).returncode == 0
+    study = str(dcmread(files[0]).StudyInstanceUID)
+    silent = socket.create_server(("127.0.0.1", 0), backlog=16)
+    good_port = free_port()
+    burnstation(station.data, "nodes", "add", "SILENT", "127.0.0.1", str(silent.getsockname()[1]))
+    burnstation(station.data, "nodes", "add", "GOOD", "127.0.0.1", str(good_port))
+    try:
+        with storescp(tmp_path / "good", "GOOD", good_port):
+            for slots, must_wait in ((1, True), (4, False)):
+                configure(station.data, f"dicom.max_connections={slots}")  # read by each move
+                started = time.monotonic()
+                stuck = _movescu(station, "SILENT", study)
+                silent.settimeout(20)
+                held, _ = silent.accept()  # the first move holds its slot now
+                fine = _movescu(station, "GOOD", study)
+                fine_out = fine.communicate(timeout=60)[0]
+                fine_took = time.monotonic() - started
+                stuck_out = stuck.communicate(timeout=60)[0]
+                stuck_took = time.monotonic() - started
+                held.close()
+                assert "Success" in fine_out, fine_out
+                assert "Success" not in stuck_out, stuck_out
+                assert stuck_took < 25, f"silent peer held the move {stuck_took:.1f} s"
+                if must_wait:
+                    assert fine_took >= 4.0, f"second move did not wait for the only slot ({fine_took:.1f} s)"
+                else:
+                    assert fine_took < 4.0, f"second move waited with free slots ({fine_took:.1f} s)"
+    finally:
+        silent.close()
+        configure(station.data, "dicom.max_connections=4")
 
 
 def test_port_change_reaches_the_running_station(station: Station) -> None:
