@@ -332,7 +332,8 @@ class TolerantIni:
     def _read(self) -> IniSnapshot | None:
         reason = ""
         text = ""
-        for attempt in range(self.retries + 1):
+        retries = self.retries if self.last_good is not None else self.retries * 4  # nothing to fall back on
+        for attempt in range(retries + 1):
             got = read_briefly(self.path)
             if got is None:
                 if not self.path.exists():
@@ -349,7 +350,7 @@ class TolerantIni:
                     self._suspect_count = 0
                     self.last_good = IniSnapshot(sections, mtime, time.time())
                     return self.last_good
-            if attempt < self.retries:
+            if attempt < retries:
                 time.sleep(self.retry_delay)
         # still suspicious: the same reason again and again, for a while, is what the engine means
         now = time.time()

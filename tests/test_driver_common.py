@@ -217,6 +217,7 @@ def test_reader_racing_an_in_place_writer_never_sees_a_broken_status(tmp_path):
     path = tmp_path / "TDBStatus.txt"
     path.write_text(GOOD)
     reader = _reader(path)
+    assert not reader.read().stale  # a good parse to fall back on (a first read mid-write has none)
     stop = threading.Event()
 
     def writer() -> None:
