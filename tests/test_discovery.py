@@ -178,3 +178,62 @@ def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
         assert done["robot"] == "primera" and (sim / "bin" / "primera" / second["id"]).is_dir()
     finally:
         st.stop()
+
+
+class FakeUdev:
+    """Stands in for udev: a list of USB devices the test plugs and unplugs."""
+
+    name = "udev"
+
+    def __init__(self) -> None:
+        self.devices: list[dict] = []
+        self.event = False
+
+    def available(self):
+        return True, "fake udev"
+
+    def scan(self):
+        return list(self.devices)
+
+    def poll(self):
+        event, self.event = self.event, False
+        return event
+
+    def close(self):
+        pass
+
+
+def test_udev_robot_is_registered_and_gets_a_driver_while_plugged(tmp_path):
+    pytest.importorskip("appliance.services.driver")
+    from appliance.supervisor.supervisor import Supervisor
+
+    data = tmp_path / "data"
+    burnstation(data, "init")
+    fake = FakeUdev()
+    sup = Supervisor(data, discovery=Discovery(fake, data_dir=data), services=[])
+    assert not [n for n in sup.desired() if n.startswith("driver:")]
+    # a Primera on USB (udev strings as the kernel reports them), and a serial LCD
+    fake.devices = [
+        {"vendor_id": "0f25", "product_id": "0041", "vendor": "Primera_Technology", "model": "Bravo_4100",
+         "serial": "PT-000123", "id_path": "pci-0000:00:14.0-usb-0:1:1.0", "subsystem": "usb", "device": ""},
+        {"vendor_id": "1b3d", "product_id": "0120", "vendor": "Matrix_Orbital", "model": "LK204",
+         "subsystem": "tty", "device": "/dev/serial/by-id/usb-Matrix_Orbital_LK204-if00-port0"},
+        {"vendor_id": "046d", "product_id": "c52b", "vendor": "Logitech", "model": "Receiver", "subsystem": "usb"},
+    ]
+    fake.event = True
+    assert sup.discovery.poll() is True
+    sup.register_discovered()
+    robots = {r["name"]: r for r in sup.settings.table_all("robots")}
+    assert set(robots) == {"primera-PT000123"}
+    robot = robots["primera-PT000123"]
+    assert robot["source"] == "udev" and robot["driver"] == "primera" and robot["role"] == "primera"
+    assert robot["spool"] == str((data / "spool" / "primera-PT000123").resolve())
+    wanted = sup.desired()
+    assert wanted["driver:primera-PT000123"].argv[-3:] == ["driver", "--robot", "primera-PT000123"]
+    assert wanted["panel"].argv[-2:] == ["--device", "/dev/serial/by-id/usb-Matrix_Orbital_LK204-if00-port0"]
+    # unplugged: no driver, no panel; the robot stays configured (its spool and settings are kept)
+    fake.devices = []
+    fake.event = True
+    assert sup.discovery.poll() is True
+    assert not [n for n in sup.desired() if n.startswith("driver:") or n == "panel"]
+    assert [r["name"] for r in sup.settings.table_all("robots")] == ["primera-PT000123"]

@@ -37,7 +37,7 @@ def robot_name(driver: str, device: dict[str, Any]) -> str:
         name = _NAME_RE.sub("-", str(device["name"])).strip("-")
         if name:
             return name[:32]
-    serial = _NAME_RE.sub("", str(device.get("serial") or ""))
+    serial = re.sub(r"[^A-Za-z0-9]", "", str(device.get("serial") or ""))
     return f"{driver}-{serial[-8:]}" if serial else driver
 
 
