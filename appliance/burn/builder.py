@@ -116,13 +116,13 @@ def build_one(plan: media.DiscPlan, disc_dir: Path, options: BuildOptions, creat
         webpages.write_pages(tree, patients, fields, plan.notes)
         webpages.write_readme(tree, patients, fields, plan.notes, media.profile(plan.media))
         laps.lap("pages")
+        stem = f"{_safe_job(options.job_id)}-{plan.number}"
+        label_png = label.render_label(fields, disc_dir / f"{stem}.png")
+        laps.lap("label")
         digests = {rel: future.result() for rel, future in hashing.items()}
         laps.lap("hashing (rest)")
     manifest.write_manifest(tree, digests)
     laps.lap("manifest")
-    stem = f"{_safe_job(options.job_id)}-{plan.number}"
-    label_png = label.render_label(fields, disc_dir / f"{stem}.png")
-    laps.lap("label")
     image = disc_dir / f"{stem}.iso"
     filesystem = discimage.filesystem_for(plan.media)
     if options.make_image:
