@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     burn_commands.add_parsers(add, _settings)
     p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("service", help=argparse.SUPPRESS)  # one service process, run by the supervisor
+    # one service in its own process, as the supervisor runs it (no help line: not for people)
+    p = sub.add_parser("service", description="run one station service (used by `burnstation run`)")
     p.add_argument("--data", default=argparse.SUPPRESS)
     p.add_argument("name")
     p.add_argument("--robot", help="driver: the robot's name")
