@@ -228,6 +228,15 @@ def test_only_requested_keys_are_returned(archive) -> None:
     assert keywords <= {"StudyInstanceUID", "PatientID", "RetrieveAETitle"}
 
 
+def test_keys_of_a_lower_level_come_back_empty(archive) -> None:
+    """Modality or SeriesDescription in a STUDY query: no single instance speaks for the study."""
+    responses = run_find(archive, "STUDY", {"AccessionNumber": "ACC2", "StudyInstanceUID": "", "Modality": "",
+                                            "SeriesDescription": "", "NumberOfSeriesRelatedInstances": ""})
+    assert len(responses) == 1
+    for keyword in ("Modality", "SeriesDescription", "NumberOfSeriesRelatedInstances"):
+        assert keyword in responses[0] and responses[0][keyword].value in (None, "", []), keyword
+
+
 # --------------------------------------------------------------------------- SERIES and IMAGE level
 
 

@@ -313,6 +313,12 @@ def response(identifier: Dataset, match: Match, retrieve_aet: str = "") -> Datas
                 text = text.replace(",", "\\")
             _set_value(ds, keyword, text)
             continue
+        known = COLUMNS.get(keyword) or COMPUTED.get(keyword)
+        if known is not None and LEVELS.index(known[0]) > LEVELS.index(match.level):
+            # a key of a lower level (Modality in a STUDY query): no one value stands for the
+            # entity, so it comes back empty rather than copied from some instance
+            ds.add_new(elem.tag, elem.VR, None if elem.VR != "SQ" else [])
+            continue
         if file_ds is None:
             file_ds = _read_header(row["_path"])
         if file_ds is not None and elem.tag in file_ds:
