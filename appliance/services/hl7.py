@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 
 from appliance import db
@@ -44,11 +45,12 @@ class HL7Service:
         if port == self.port and (self.server is not None or port == 0):
             return
         self.stop_listener()
-        self.port = port
         if port == 0:
-            LOG.info("HL7 port is 0: no listener (worklist fed by .wl files only)")
+            self.port = port
+            LOG.info("HL7 port is 0: no listener (the worklist still answers C-FIND)")
             return
         self.server = MLLPServer(("", port), self.receiver.on_frame)
+        self.port = port
         self.server.start()
         LOG.info("HL7 MLLP listening on *:%d", port)
 
@@ -95,12 +97,16 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     if ready is not None:
         ready.set()
     try:
+        failed_at = 0.0
         while not stop.wait(TICK):
-            if service.settings.changed():
+            # compare the port itself (another thread may already have reloaded the settings)
+            if int(service.settings.get("hl7.port")) != service.port and time.monotonic() - failed_at > 30:
                 try:
                     service.start_listener()
                 except OSError:
-                    LOG.exception("could not open the HL7 port %s", service.settings.get("hl7.port"))
+                    failed_at = time.monotonic()
+                    LOG.exception("could not open the HL7 port %s; trying again in 30 s",
+                                  service.settings.get("hl7.port"))
             service.tick()
     finally:
         service.stop_listener()
