@@ -184,6 +184,27 @@ def test_association_to_E_makes_one_job_and_one_disc(tmp_path: Path, shared: tup
     assert set(disc_sops(extracted)) == sop_uids(files)
 
 
+@pytest.mark.xfail(strict=False, reason=(
+    "the DICOM layer logs an A-ABORT as 'connection closed' when pynetdicom's close event wins the race "
+    "(appliance/dicom/context.py on_closed), and 'connection closed' counts as a release"))
+def test_aborted_association_is_held_then_burned_on_demand(tmp_path: Path, shared: tuple[Station, Path]) -> None:
+    station, usb = shared
+    data = station.data
+    before = {j["id"] for j in jobs_in(data)}
+    files = write_study(tmp_path / "in", n_series=1, per_series=2, patient_id="P-ABORT")
+    result = dcmtk("storescu", "--abort", "-aec", "BURNSTATION_E", "127.0.0.1", str(station.port), *map(str, files))
+    assert result.returncode == 0, result.stdout + result.stderr
+    held = wait_for("the association held back", lambda: queue(data)["held"])
+    assert len(held) == 1 and "aborted" in held[0]["note"] and "jobs burn --assoc" in held[0]["note"]
+    assert "associations not burned automatically" in burnstation(data, "jobs", "list").stdout
+    assert not new_jobs(data, before)
+    job_id = burnstation(data, "jobs", "burn", "--assoc", str(held[0]["assoc_id"])).stdout.strip()
+    done = wait_final(data, job_id)
+    assert done["state"] == "done" and done["role"] == "epson" and done["instances"] == 2
+    assert set(disc_sops(usb / job_id / "disc1")) == sop_uids(files)
+    assert not queue(data)["held"]
+
+
 def test_delayed_grouping_within_and_after_the_delay(tmp_path: Path, shared: tuple[Station, Path]) -> None:
     station, usb = shared
     data = station.data
