@@ -55,17 +55,28 @@ def test_cancel_and_kill_while_burning(tmp_path: Path) -> None:
 
 
 def test_two_robots_spread_jobs_and_a_fault_sends_the_retry_to_the_other(tmp_path: Path) -> None:
-    with rig(tmp_path, speed="0.05", roles={"epson": "any", "primera": "any"}) as r:
+    with rig(tmp_path, roles={"epson": "any", "primera": "any"}) as r:
+        # both robots hold their jobs (input stacker empty), so the jobs are in flight together and
+        # each new one goes to the least busy robot
+        for robot in ("epson", "primera"):
+            r.ctl(robot, "fault", "input_empty", "on")
         seen: set[str] = set()
         for i in range(3):
             r.send("BURNSTATION_E", write_study(tmp_path / f"s{i}", n_series=1, per_series=1, patient_id=f"S{i}"))
-            seen.add(r.new_job(seen)["id"])
+            job = r.new_job(seen)
+            seen.add(job["id"])
+            wait_for("the job in a robot", lambda j=job["id"]: r.job(j)["state"] in ("submitted", "burning"))
+        held = {j: r.job(j)["robot"] for j in seen}
+        assert sorted(held.values()) == ["epson", "epson", "primera"], held
+        for robot in ("epson", "primera"):
+            r.ctl(robot, "fault", "input_empty", "off")
+            r.ctl(robot, "refill")
         robots_used = {}
         for job_id in seen:
-            done = r.final(job_id, timeout=90)
+            done = r.final(job_id)
             assert done["state"] == "done", done
             robots_used[job_id] = done["robot"]
-        assert set(robots_used.values()) == {"epson", "primera"}, robots_used
+        assert robots_used == held, robots_used
         for job_id, robot in robots_used.items():
             assert (r.bin(robot) / job_id).is_dir()
 
