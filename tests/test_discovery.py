@@ -146,6 +146,9 @@ def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
         row = robot_row(st.data, "primera")
         assert row["source"] == "simulated" and row["plugged"] is True and row["driver"] == "primera"
         assert "simulated" in status(st.data)["discovery"]["backend"]
+        log = st.log()  # `run --simulate` says where the discs land and how to inject a fault
+        assert f"output bin {sim}/bin/<robot>/<job id>/" in log
+        assert f"burnstation-sim ctl --root {sim} primera fault input_empty on" in log
 
         # a _P association burns on the simulated Primera
         send(st, "BURNSTATION_P", write_study(tmp_path / "one", n_series=1, per_series=2))
