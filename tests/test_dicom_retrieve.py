@@ -195,6 +195,20 @@ def test_unknown_calling_ae_refused_for_find_move_get_but_echo_works(pacs, tmp_p
     assert r.returncode == 0, r.stderr
 
 
+def test_node_services_are_enforced(pacs, tmp_path: Path) -> None:
+    """A known node may only use the services it is given (here: echo and store, no query/retrieve)."""
+    st = pacs["st"]
+    burnstation(st.data, "nodes", "add", "STOREONLY", "127.0.0.1", "104", "--services", "echo,store")
+    proc, responses = findscu(st.port, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": ""}, tmp_path / "f",
+                              aet="STOREONLY")
+    assert responses == [] and NOT_AUTHORISED in proc.stdout + proc.stderr
+    code, out = movescu(st, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid(pacs['plain'])}",
+                        aet="STOREONLY")
+    assert NOT_AUTHORISED in out, out
+    r = dcmtk("echoscu", "-aet", "STOREONLY", "-aec", "BURNSTATION", "127.0.0.1", str(st.port))
+    assert r.returncode == 0
+
+
 def test_known_ae_title_from_the_wrong_address_is_refused(pacs, tmp_path: Path) -> None:
     """A known node is its AE title *and* its host: the same title from another address is a stranger."""
     st = pacs["st"]
