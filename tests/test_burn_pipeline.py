@@ -194,7 +194,8 @@ def test_aborted_association_is_held_then_burned_on_demand(tmp_path: Path, share
     files = write_study(tmp_path / "in", n_series=1, per_series=2, patient_id="P-ABORT")
     result = dcmtk("storescu", "--abort", "-aec", "BURNSTATION_E", "127.0.0.1", str(station.port), *map(str, files))
     assert result.returncode == 0, result.stdout + result.stderr
-    held = wait_for("the association held back", lambda: queue(data)["held"])
+    wait_for("the association to be routed", lambda: queue(data)["held"] or new_jobs(data, before))
+    held = queue(data)["held"]
     assert len(held) == 1 and "aborted" in held[0]["note"] and "jobs burn --assoc" in held[0]["note"]
     assert "associations not burned automatically" in burnstation(data, "jobs", "list").stdout
     assert not new_jobs(data, before)
