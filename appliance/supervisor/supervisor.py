@@ -27,7 +27,7 @@ from typing import Any
 from appliance.config import Settings
 from appliance.discovery import Discovery, make_discovery
 from appliance.supervisor.process import Process, ProcessConfig
-from appliance.supervisor.states import RUNNING_STATES, ProcessState
+from appliance.supervisor.states import ProcessState
 
 LOG = logging.getLogger("burnstation.supervisor")
 
@@ -240,8 +240,7 @@ class Supervisor:
                 rname = robot["name"]
                 wanted[f"driver:{rname}"] = self._config(
                     f"driver:{rname}", self._service_argv("driver", "--robot", rname), kind="driver", robot=rname)
-        device = self.settings.get("panel.device") if "panel.device" in self.settings.all() else ""
-        device = device or self.discovery.lcd() or ""
+        device = self.settings.get("panel.device") or self.discovery.lcd() or ""
         if device:
             wanted["panel"] = self._config("panel", self._service_argv("panel", "--device", device),
                                            kind="panel", device=device)
@@ -441,7 +440,3 @@ class Supervisor:
         self._state = "stopped"
         self.write_state(force=True)
         LOG.info("all processes stopped")
-
-
-def alive_children(procs: dict[str, Process]) -> list[str]:
-    return [n for n, p in procs.items() if p.state in RUNNING_STATES]
