@@ -125,3 +125,30 @@ def test_station_panel_shows_address_aet_and_state(tmp_path):
     finally:
         st.stop()
     assert os.path.exists(st.data / "sim" / "lcd-screen.txt")
+
+
+def test_panel_device_set_by_hand_starts_the_panel(tmp_path):
+    """No USB discovery here: `panel.device` set while running starts the panel process on that line."""
+    root = tmp_path / "lcd"
+    lcd = subprocess.Popen([sys.executable, "-m", "burnstation_sim.lcd", "--root", str(root)], stderr=subprocess.PIPE)
+    st = Station(tmp_path / "data", supervisor__start_seconds=1, panel__baud=9600)
+    try:
+        wait_for((root / "devices" / "lcd.json").exists, 30, "the virtual LCD")
+        device = json.loads((root / "devices" / "lcd.json").read_text())["device"]
+        with st:
+            procs = wait_for(lambda: (lambda ps: ps if ps and all(p["state"] == "running" for p in ps) else None)(
+                json.loads(burnstation(st.data, "status", "--json").stdout)["processes"]), 60, "all running")
+            assert "panel" not in [p["name"] for p in procs]  # nothing found, nothing configured
+            burnstation(st.data, "config", "set", f"panel.device={device}")
+            screen = root / "lcd-screen.txt"
+            wait_for(lambda: "BURNSTATION" in screen.read_text(), 60, "the AE title on the hand-set LCD")
+            status = json.loads(burnstation(st.data, "status", "--json").stdout)
+            assert next(p for p in status["processes"] if p["name"] == "panel")["device"] == device
+            burnstation(st.data, "config", "set", "panel.device=")
+            wait_for(lambda: "panel" not in [p["name"] for p in json.loads(
+                burnstation(st.data, "status", "--json").stdout)["processes"]], 30, "the panel stopped")
+            # the panel says goodbye when it stops
+            wait_for(lambda: "BurnStation stopped" in screen.read_text(), 30, "the goodbye text")
+    finally:
+        lcd.send_signal(signal.SIGTERM)
+        lcd.wait(10)
