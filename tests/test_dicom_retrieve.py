@@ -279,3 +279,26 @@ def test_duplicate_sop_instance_replaces_the_old_copy(pacs, tmp_path: Path) -> N
     proc, responses = findscu(st.port, {"QueryRetrieveLevel": "IMAGE", "SOPInstanceUID": sop,
                                         "StudyDescription": ""}, tmp_path / "f", aet="MOVER")
     assert len(responses) == 1
+
+
+def test_missing_file_is_a_failed_sub_operation_not_a_success(pacs, tmp_path: Path) -> None:
+    """A stored file that vanished: move and get report it (Warning, failed count 1), the rest arrives."""
+    st = pacs["st"]
+    files = write_study(tmp_path / "lost", n_series=1, per_series=3, patient_id="PLOST", rows=8, cols=8)
+    assert dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port), *map(str, files)).returncode == 0
+    lost = str(dcmread(files[1]).SOPInstanceUID)
+    next(p for p in (st.data / "storage").rglob(f"{lost}.dcm")).unlink()
+    rest = uids(files) - {lost}
+    clear(pacs["any"])
+    code, out = movescu(st, "DEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid(files)}")
+    assert "Final Move Response (Success)" not in out, out
+    assert "Warning" in out, out
+    assert uids(received(pacs["any"])) == rest
+    get_dir = tmp_path / "get"
+    get_dir.mkdir()
+    r = dcmtk("getscu", "-S", "-v", "-aet", "MOVER", "-aec", "BURNSTATION", "-od", str(get_dir),
+              "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid(files)}",
+              "127.0.0.1", str(st.port), timeout=120)
+    out = r.stdout + r.stderr
+    assert "Final Get Response (Success)" not in out, out
+    assert uids(received(get_dir)) == rest

@@ -155,5 +155,10 @@ def _send(rows: list[Any], event: Any, accepted: Any) -> Iterator[tuple[int, Dat
             ds = prepare(ds, accepted())
         except Exception as exc:
             LOG.error("cannot read %s for retrieve: %s", row["path"], exc)
-            continue  # pynetdicom counts the missing sub-operation as failed
+            # Skipping it would leave pynetdicom to answer Success with an instance missing. A
+            # stand-in without file meta cannot be sent, so pynetdicom counts a failed
+            # sub-operation and lists its SOP Instance UID (final status B000, or A702 if all fail).
+            ds = Dataset()
+            ds.SOPClassUID = row["sop_class"]
+            ds.SOPInstanceUID = row["sop_uid"]
         yield 0xFF00, ds
