@@ -322,3 +322,54 @@ def test_big_objects_are_decompressed_frame_by_frame_like_pydicom(tmp_path: Path
         got = dcmread(on_disc[str(ref.SOPInstanceUID)])
         assert got.file_meta.TransferSyntaxUID == ELE and np.array_equal(got.pixel_array, ref.pixel_array)
     assert dciodvfy_errors(disc.tree / "DICOMDIR") == []
+
+
+def test_reports_and_documents_get_their_own_directory_records(tmp_path: Path) -> None:
+    """A structured report and an encapsulated PDF beside an image: SR DOCUMENT / ENCAP DOC records
+    (pydicom's SOP class map), no preview, and a DICOMDIR without dciodvfy errors."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = make_dataset()
+    image.save_as(folder / "img.dcm", enforce_file_format=True)
+
+    def base(sop_class: str, modality: str, series_number: int) -> Dataset:
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = sop_class
+        ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, ds.file_meta.MediaStorageSOPInstanceUID
+        for key in ("PatientID", "PatientName", "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID",
+                    "AccessionNumber"):
+            setattr(ds, key, getattr(image, key))
+        ds.SeriesInstanceUID, ds.SeriesNumber, ds.Modality, ds.InstanceNumber = generate_uid(), series_number, modality, 1
+        ds.ContentDate, ds.ContentTime = "20240115", "101500"
+        code = Dataset()
+        code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "18748-4", "LN", "Diagnostic Imaging Report"
+        ds.ConceptNameCodeSequence = [code]
+        return ds
+
+    sr = base("1.2.840.10008.5.1.4.1.1.88.11", "SR", 8)
+    sr.CompletionFlag, sr.VerificationFlag, sr.ValueType, sr.ContinuityOfContent = "COMPLETE", "UNVERIFIED", "CONTAINER", "SEPARATE"
+    sr.save_as(folder / "sr.dcm", enforce_file_format=True)
+    pdf = base("1.2.840.10008.5.1.4.1.1.104.1", "DOC", 9)
+    pdf.MIMETypeOfEncapsulatedDocument, pdf.DocumentTitle = "application/pdf", "Report"
+    pdf.EncapsulatedDocument = b"%PDF-1.4\n%%EOF\n"
+    pdf.save_as(folder / "pdf.dcm", enforce_file_format=True)
+
+    disc = build_discs(rows(sorted(folder.glob("*.dcm"))), tmp_path / "work", BuildOptions("docs", ["CD"]))[0]
+    out = tmp_path / "x"
+    extract(disc.image, out)
+    fs = check_dicomdir(out, {str(image.SOPInstanceUID), str(sr.SOPInstanceUID), str(pdf.SOPInstanceUID)})
+    kinds = {str(i.SOPInstanceUID): i.DirectoryRecordType for i in fs}
+    assert kinds == {str(image.SOPInstanceUID): "IMAGE", str(sr.SOPInstanceUID): "SR DOCUMENT",
+                     str(pdf.SOPInstanceUID): "ENCAP DOC"}
+    for path in sorted((out / "DICOM").rglob("IM*")):
+        assert path.read_bytes() in {p.read_bytes() for p in folder.glob("*.dcm")}
+    pages = [(out / "IHE_PDI" / f"S0000{n}.HTM").read_text(encoding="utf-8") for n in (1, 2, 3)]
+    assert "No preview" not in pages[0] and "1 image ·" in pages[0]
+    assert all("No preview for this series" in p and "1 object ·" in p for p in pages[1:])
+    check_profile(out, "-Pgp", tmp_path)

@@ -149,15 +149,17 @@ def write_pages(tree: Path, patients: list[PatientEntry], fields: dict[str, str]
                 images = "".join(
                     f'<img src="{esc(name)}" alt="{esc(series.description or "image")} {n}" />\n'
                     for n, name in enumerate(series.previews, 1)) or "<p>No preview for this series.</p>\n"
-                body = (f'<h1>{esc(heading)}</h1>\n<p>{_images(len(series.instances))} · '
+                body = (f'<h1>{esc(heading)}</h1>\n<p>{_count(series.instances)} · '
                         '<a href="INDEX.HTM">All series</a></p>\n'
                         f'<div>\n{images}</div>\n<p>Previews are reduced; the full images are in the DICOM '
                         'folder for a DICOM viewer.</p>\n')
                 _write(pdi / series.page, _page(heading, body))
 
 
-def _images(count: int) -> str:
-    return f"{count} image" if count == 1 else f"{count} images"
+def _count(instances: Sequence[InstanceInfo]) -> str:
+    """ "3 images", or "1 object" for what has no pixels (reports, PDFs)."""
+    noun = "image" if all(i.rows and i.columns for i in instances) else "object"
+    return f"{len(instances)} {noun}" + ("" if len(instances) == 1 else "s")
 
 
 def write_readme(tree: Path, patients: list[PatientEntry], fields: dict[str, str], notes: Sequence[str],
@@ -178,13 +180,12 @@ def write_readme(tree: Path, patients: list[PatientEntry], fields: dict[str, str
         lines.append(f"Patient: {display_text(patient.name)} (ID {display_text(patient.patient_id)}, "
                      f"born {dicom_date(patient.birth_date)}, sex {display_text(patient.sex)})")
         for study in patient.studies:
-            count = sum(len(s.instances) for s in study.series)
             lines.append(f"  Study {dicom_date(study.date)} {display_text(study.description)} "
                          f"(accession {display_text(study.accession)}; {', '.join(study.modalities)}; "
-                         f"{len(study.series)} series, {_images(count)})")
+                         f"{len(study.series)} series, {_count([i for s in study.series for i in s.instances])})")
             for series in study.series:
                 lines.append(f"    Series {series.number} {display_text(series.modality)} "
-                             f"{display_text(series.description)}: {_images(len(series.instances))}")
+                             f"{display_text(series.description)}: {_count(series.instances)}")
     if notes:
         lines += ["", "NOTES"] + [display_text(n, 400) for n in notes]
     lines += [
