@@ -387,3 +387,18 @@ def test_malformed_query_answered_with_error_status(shared, tmp_path):
     assert "DataSetDoesNotMatchSOPClass" in text, text  # status A900
     # and the worklist keeps answering
     assert worklist(shared.port, ["PatientName"], tmp_path / "q") is not None
+
+
+def test_default_charset_setting_is_used_when_msh18_is_empty(shared, tmp_path):
+    """`hl7.default_charset` decides how bytes without MSH-18 are read (here UTF-8 instead of Latin-1)."""
+    from support import burnstation
+    burnstation(shared.data, "config", "set", "hl7.default_charset=UNICODE UTF-8")
+    try:
+        text = order("NW", placer="DEF8", name="ŠTĚPÁN^ŽOFIE", control_id="DEF8")
+        assert send_order(shared.hl7_port, text, encoding="utf-8") == "AA"  # settings are read per message
+    finally:
+        burnstation(shared.data, "config", "set", "hl7.default_charset=ISO_IR 100")
+    found = worklist(shared.port, ["SpecificCharacterSet", "PatientName",
+                                   "PlacerOrderNumberImagingServiceRequest=DEF8"], tmp_path / "q")
+    assert found[0].SpecificCharacterSet == "ISO_IR 192"
+    assert str(found[0].PatientName) == "ŠTĚPÁN^ŽOFIE"
