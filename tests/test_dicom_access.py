@@ -205,6 +205,26 @@ def _dataset_bytes(ds) -> bytes:  # noqa: ANN001 - a pydicom Dataset
     return buf.getvalue()
 
 
+def _without(ds, keyword: str):  # noqa: ANN001, ANN202 - pydicom Datasets
+    copy = ds.copy()
+    delattr(copy, keyword)
+    return copy
+
+
+def test_badly_encoded_name_is_stored_not_lost(station: Station, tmp_path: Path) -> None:
+    """Invalid UTF-8 in a name declared ISO_IR 192: the object is still stored and found (replacement chars)."""
+    ds = make_dataset(patient_id="PBROKEN", rows=8, cols=8, charset="ISO_IR 192")
+    raw = _dataset_bytes(ds).replace(b"DOE^JOHN", b"D\xc3(E^JO\xff")
+    assert b"\xff" in raw
+    status = _store_raw(station, str(ds.SOPClassUID), str(ds.SOPInstanceUID), raw, tmp_path)
+    assert status == 0x0000, f"0x{status:04X}"
+    assert str(ds.SOPInstanceUID) in stored_sops(station)
+    proc, responses = findscu(station.port, {"QueryRetrieveLevel": "PATIENT", "PatientID": "PBROKEN",
+                                             "PatientName": ""}, tmp_path / "rsp", model="-P", aet="FRIEND")
+    assert len(responses) == 1, proc.stdout + proc.stderr
+    assert str(responses[0].PatientName).startswith("D")
+
+
 def _is_failure(status: int) -> bool:
     return status in (0x0124, 0x0122) or 0xA000 <= status <= 0xCFFF
 
@@ -219,6 +239,7 @@ def test_undecodable_or_mismatched_c_store_fails_and_indexes_nothing(station: St
         "cut in the middle": (str(good.SOPInstanceUID), raw[: len(raw) // 3]),
         "element longer than the data": (generate_uid(), b"\x10\x00\x10\x00PN\xff\x7fDOE^JOHN"),
         "other SOP Instance UID": (generate_uid(), raw),
+        "no Study Instance UID": (str(good.SOPInstanceUID), _dataset_bytes(_without(good, "StudyInstanceUID"))),
     }
     for name, (sop_uid, data) in cases.items():
         status = _store_raw(station, sop_class, sop_uid, data, tmp_path)
