@@ -402,3 +402,16 @@ def test_default_charset_setting_is_used_when_msh18_is_empty(shared, tmp_path):
                                    "PlacerOrderNumberImagingServiceRequest=DEF8"], tmp_path / "q")
     assert found[0].SpecificCharacterSet == "ISO_IR 192"
     assert str(found[0].PatientName) == "ŠTĚPÁN^ŽOFIE"
+
+
+def test_worklist_on_the_tls_port(shared, tmp_path):
+    """The MWL C-FIND is served on port 2 (TLS) as well."""
+    assert send_order(shared.hl7_port, order(placer="TLS1", accession="TLSACC", control_id="TLS1")) == "AA"
+    ca = str(shared.data / "tls" / "ca.pem")
+    out = tmp_path / "tls"
+    out.mkdir()
+    proc = dcmtk("findscu", "-W", "+tla", "+cf", ca, "-X", "-od", str(out), "-aec", "BURNSTATION",
+                 "-k", "AccessionNumber=TLSACC", "-k", "PatientName", "127.0.0.1", str(shared.tls_port))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    answers = [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
+    assert [a.AccessionNumber for a in answers] == ["TLSACC"]
