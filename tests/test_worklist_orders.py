@@ -407,6 +407,7 @@ def test_default_charset_setting_is_used_when_msh18_is_empty(shared, tmp_path):
 def test_worklist_on_the_tls_port(shared, tmp_path):
     """The MWL C-FIND is served on port 2 (TLS) as well."""
     assert send_order(shared.hl7_port, order(placer="TLS1", accession="TLSACC", control_id="TLS1")) == "AA"
+    wait_port(shared.tls_port)  # the TLS listener comes up after the plain one
     ca = str(shared.data / "tls" / "ca.pem")
     out = tmp_path / "tls"
     out.mkdir()
