@@ -23,7 +23,8 @@ from appliance.worklist import record as rec
 LOG = logging.getLogger("burnstation.worklist")
 
 HWM_KEY = "instances_rowid"
-ITEMS_KEY = "items_checked_id"  # orders that arrive after their images are matched once, on arrival
+ITEMS_KEY = "items_checked_id"
+JOBS_KEY = "jobs_done_at"  # updated_at of the last finished job looked at  # orders that arrive after their images are matched once, on arrival
 
 
 def _table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
@@ -107,30 +108,32 @@ def link_images(conn: sqlite3.Connection, settings: Settings, now: float | None 
 
 
 def link_discs(conn: sqlite3.Connection, settings: Settings, now: float | None = None) -> int:
-    """Notify CM for items whose study is on a finished disc (jobs table of the burn pipeline)."""
+    """Notify CM for items whose study is on a disc finished since the last call (the burn pipeline's
+    `jobs` table, read only if it exists with the expected columns)."""
     now = now or time.time()
-    columns = _table_columns(conn, "jobs")
-    if not {"state", "study_uids"} <= columns:
+    if not {"state", "study_uids", "updated_at"} <= _table_columns(conn, "jobs"):
         return 0
-    waiting = conn.execute("SELECT * FROM worklist_items WHERE images_at IS NOT NULL AND disc_done_at IS NULL "
-                           "AND study_uid<>''").fetchall()
-    notified = 0
-    for row in waiting:
-        jobs = conn.execute("SELECT study_uids FROM jobs WHERE state='done' AND study_uids LIKE ?",
-                            (f'%"{row["study_uid"]}"%',)).fetchall()
-        burnt = False
-        for job in jobs:
-            try:
-                burnt = row["study_uid"] in json.loads(job[0] or "[]")
-            except ValueError:
-                burnt = False
-            if burnt:
-                break
-        if not burnt:
+    row = conn.execute("SELECT value FROM worklist_meta WHERE key=?", (JOBS_KEY,)).fetchone()
+    since = float(row[0]) if row else 0.0  # stored as REAL: the exact updated_at of the last job seen
+    jobs = conn.execute("SELECT study_uids, updated_at FROM jobs WHERE state='done' AND updated_at > ? "
+                        "ORDER BY updated_at", (since,)).fetchall()
+    if not jobs:
+        return 0
+    study_uids: set[str] = set()
+    for job in jobs:
+        try:
+            study_uids.update(u for u in json.loads(job[0] or "[]") if isinstance(u, str) and u)
+        except ValueError:
             continue
-        with db.transaction(conn):
-            conn.execute("UPDATE worklist_items SET disc_done_at=? WHERE id=?", (now, row["id"]))
-            _notify(conn, settings, row, "CM")
-        notified += 1
-        LOG.info("worklist item %s (accession %s): disc done", row["id"], row["accession"])
+    notified = 0
+    with db.transaction(conn):
+        for uid in study_uids:
+            for row in conn.execute("SELECT * FROM worklist_items WHERE study_uid=? AND images_at IS NOT NULL "
+                                    "AND disc_done_at IS NULL", (uid,)).fetchall():
+                conn.execute("UPDATE worklist_items SET disc_done_at=? WHERE id=?", (now, row["id"]))
+                _notify(conn, settings, row, "CM")
+                notified += 1
+                LOG.info("worklist item %s (accession %s): disc done", row["id"], row["accession"])
+        conn.execute("INSERT INTO worklist_meta(key, value) VALUES(?, ?) "
+                     "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (JOBS_KEY, float(jobs[-1][1])))
     return notified
