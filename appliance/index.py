@@ -185,9 +185,11 @@ def add_instance(conn: sqlite3.Connection, rec: InstanceRecord) -> str | None:
     now = time.time()
     old_path = None
     with db.transaction(conn):
-        row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (rec.sop_uid,)).fetchone()
+        row = conn.execute("SELECT path, series_uid, study_uid FROM instances WHERE sop_uid=?",
+                           (rec.sop_uid,)).fetchone()
         if row is not None and row["path"] != rec.path:
             old_path = row["path"]
+        study = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
         _upsert(conn, "patients", "patient_id", rec.patient)
         _upsert(conn, "studies", "study_uid",
                 {"study_uid": rec.study_uid, "patient_id": rec.patient["patient_id"], **rec.study, "updated_at": now})
@@ -199,7 +201,26 @@ def add_instance(conn: sqlite3.Connection, rec: InstanceRecord) -> str | None:
             "assoc_id": rec.assoc_id, "called_aet": rec.called_aet, "calling_aet": rec.calling_aet,
             "received_at": rec.received_at or now,
         })
+        # a re-sent object that moved (other series/study, or the study to another patient) must
+        # not leave an empty series, study or patient behind for C-FIND to list
+        if row is not None and (row["series_uid"], row["study_uid"]) != (rec.series_uid, rec.study_uid):
+            _prune(conn, row["series_uid"], row["study_uid"])
+        if study is not None and study["patient_id"] != rec.patient["patient_id"]:
+            conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS "
+                         "(SELECT 1 FROM studies WHERE patient_id=?)", (study["patient_id"], study["patient_id"]))
     return old_path
+
+
+def _prune(conn: sqlite3.Connection, series_uid: str, study_uid: str) -> None:
+    """Delete the series, study and patient rows that no instance belongs to any more."""
+    conn.execute("DELETE FROM series WHERE series_uid=? AND NOT EXISTS (SELECT 1 FROM instances WHERE series_uid=?)",
+                 (series_uid, series_uid))
+    owner = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+    conn.execute("DELETE FROM studies WHERE study_uid=? AND NOT EXISTS (SELECT 1 FROM instances WHERE study_uid=?)",
+                 (study_uid, study_uid))
+    if owner is not None:
+        conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_id=?)",
+                     (owner["patient_id"], owner["patient_id"]))
 
 
 # --------------------------------------------------------------------------- association log

@@ -251,6 +251,27 @@ def test_undecodable_or_mismatched_c_store_fails_and_indexes_nothing(station: St
     assert indexed(station, tmp_path, PatientID="PBAD") == {str(good.SOPInstanceUID)}
 
 
+def test_resent_object_that_moved_leaves_no_empty_entities(station: Station, tmp_path: Path) -> None:
+    """The same SOP Instance UID sent again under another study and patient (a corrected study):
+    the old study and patient, now empty, are no longer listed."""
+    first = make_dataset(patient_id="PMOVED1", rows=8, cols=8)
+    second = make_dataset(patient_id="PMOVED2", sop_uid=str(first.SOPInstanceUID), rows=8, cols=8)
+    for n, ds in enumerate((first, second)):
+        path = tmp_path / f"{n}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        r = dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(station.port), str(path))
+        assert r.returncode == 0, r.stderr
+    for level, model in (("PATIENT", "-P"), ("STUDY", "-S")):
+        proc, responses = findscu(station.port, {"QueryRetrieveLevel": level, "PatientID": "PMOVED*"},
+                                  tmp_path / "rsp", model=model, aet="FRIEND")
+        assert [r.PatientID for r in responses] == ["PMOVED2"], (level, proc.stdout)
+    proc, responses = findscu(station.port, {"QueryRetrieveLevel": "SERIES", "SeriesInstanceUID": "",
+                                             "StudyInstanceUID": str(first.StudyInstanceUID)},
+                              tmp_path / "rsp", aet="FRIEND")
+    assert responses == []
+    assert indexed(station, tmp_path, PatientID="PMOVED*") == {str(first.SOPInstanceUID)}
+
+
 # --------------------------------------------------------------------------- access and live settings
 
 
