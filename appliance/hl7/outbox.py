@@ -64,8 +64,7 @@ def _ack_code(reply: bytes) -> tuple[str, str]:
     return "", "reply without MSA segment"
 
 
-def deliver(conn: sqlite3.Connection, host: str, port: int, timeout: float = 10.0,
-            now: float | None = None) -> int:
+def deliver(conn: sqlite3.Connection, host: str, port: int, timeout: float = 10.0) -> int:
     """Send what is due, in order; stops at the first unreachable attempt. Returns messages sent."""
     sent = 0
     for row in pending(conn):
