@@ -132,6 +132,24 @@ def test_tls_1_1_refused(tls_station: Station) -> None:
     assert echo_tls(tls_station)[0] == 0
 
 
+def test_port_zero_closes_the_tls_port_live(tls_station: Station) -> None:
+    configure(tls_station.data, "dicom.tls_port=0")
+    try:
+        assert _wait_for(lambda: _refused(tls_station.tls_port)), "TLS port still open"
+        assert echo_plain(tls_station)[0] == 0
+    finally:
+        configure(tls_station.data, f"dicom.tls_port={tls_station.tls_port}")
+    assert _wait_for(lambda: echo_tls(tls_station)[0] == 0)
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 # --------------------------------------------------------------------------- client certificates
 
 
