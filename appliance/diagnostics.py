@@ -166,6 +166,19 @@ def _queue(conn: sqlite3.Connection | None) -> dict[str, int] | None:
     return {row["state"]: row["n"] for row in rows}
 
 
+def _waiting(conn: sqlite3.Connection | None) -> list[dict[str, Any]]:
+    """Why jobs wait: each distinct message of queued/built jobs not yet with a robot, with a count."""
+    if conn is None:
+        return []
+    try:
+        rows = conn.execute(
+            "SELECT state, message, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'built') "
+            "GROUP BY state, message ORDER BY n DESC LIMIT 10").fetchall()
+    except sqlite3.Error:
+        return []
+    return [{"state": r["state"], "message": r["message"], "jobs": r["n"]} for r in rows]
+
+
 def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
     from appliance import tlsca
     from appliance.supervisor.supervisor import read_state
@@ -182,6 +195,7 @@ def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         ports, other_ports = _ports(settings, sup)
         robots = _robots(data_dir, settings, conn, sup)
         queue = _queue(conn)
+        waiting = _waiting(conn)
     finally:
         if conn is not None:
             conn.close()
@@ -203,6 +217,7 @@ def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "processes": (sup or {}).get("processes", []),
         "robots": robots,
         "queue": queue,
+        "waiting": waiting,
         "disk": {"path": str(data_dir), "free_mb": usage.free // 2**20, "total_mb": usage.total // 2**20,
                  "min_free_mb": min_free_mb, "low": usage.free // 2**20 < max(min_free_mb, 1) * 2},
         "tls_certificate": {
@@ -256,6 +271,8 @@ def render(report: dict[str, Any]) -> str:
         lines += ["", "Queue: (no jobs table yet)"]
     else:
         lines += ["", "Queue: " + (", ".join(f"{k} {v}" for k, v in sorted(queue.items())) or "empty")]
+        for item in report.get("waiting", []):
+            lines.append(f"  {item['jobs']} {item['state']}: {item['message'] or '(no message)'}")
     disk = report["disk"]
     lines.append(f"Disk: {disk['free_mb']} MB free of {disk['total_mb']} MB at {disk['path']}"
                  f"{' — LOW' if disk['low'] else ''} (C-STORE refused below {disk['min_free_mb']} MB)")

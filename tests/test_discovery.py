@@ -172,6 +172,7 @@ def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
         assert again["state"] == "built" and not (sim / "bin" / "primera" / second["id"]).exists()
         text = burnstation(st.data, "status").stdout
         assert "UNPLUGGED" in text and "unplugged" in text
+        assert f"1 built: {second['message']}" in text  # why the job waits, in status too
 
         # plug it back: the driver returns and the waiting job burns
         sim_ctl(sim, "primera", "plug")
