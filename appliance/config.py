@@ -250,7 +250,7 @@ SPECS: dict[str, Spec] = {
     "dicom.debug": Spec(False, _bool, "write the verbose protocol log to logs/dicom-debug.log"),
     "dicom.store_from_any": Spec(True, _bool, "accept C-STORE from any node (false: known nodes only)"),
     "dicom.tls_require_client_cert": Spec(False, _bool, "TLS port: require a client certificate"),
-    "dicom.tls_trusted_ca": Spec("", _path, "PEM file of CAs trusted for client certificates"),
+    "dicom.tls_trusted_ca": Spec("", _path, "PEM file of CAs trusted for client certificates and TLS nodes"),
     "dicom.min_free_mb": Spec(500, _int_range(0, 10_000_000), "below this free space C-STORE answers A700"),
     # Burning (seed: "Automatic / Delayed automatic CD/DVD burning")
     "burn.delay_seconds": Spec(120, _int_range(1, 86400), "delay for _TE/_TP grouping, seconds"),

@@ -18,6 +18,7 @@ from pydicom.uid import JPEGLosslessSV1, generate_uid
 from support import (
     Station,
     burnstation,
+    configure,
     dcmtk,
     findscu,
     free_port,
@@ -256,6 +257,42 @@ def test_move_to_a_tls_node(pacs, tmp_path: Path) -> None:
         code, out = movescu(st, "TLSDEST", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid(pacs['plain'])}")
         assert code == 0, out
         assert uids(received(folder)) == uids(pacs["plain"])
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+
+def test_move_to_a_tls_node_with_its_own_ca(pacs, tmp_path: Path) -> None:
+    """A TLS node whose certificate comes from the hospital's CA: refused until that CA is trusted
+    through dicom.tls_trusted_ca, then delivered."""
+    from cryptography.hazmat.primitives import serialization
+    from test_dicom_tls import _make_ca, _make_client
+
+    st = pacs["st"]
+    ca_key, ca = _make_ca("Hospital CA")
+    ca_file = tmp_path / "hospital-ca.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    key, cert = _make_client(ca_key, ca, tmp_path, "pacs")
+    folder, port = tmp_path / "hospital", free_port()
+    folder.mkdir()
+    burnstation(st.data, "nodes", "add", "HOSPITAL", "127.0.0.1", str(port), "--tls")
+    proc = subprocess.Popen(["/usr/bin/storescp", "-aet", "HOSPITAL", "-od", str(folder), "+tls", key, cert,
+                             "+cf", str(st.data / "tls" / "ca.pem"), str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, TCP_NODELAY="1"))
+    try:
+        wait_port(port)
+        code, out = movescu(st, "HOSPITAL", "QueryRetrieveLevel=STUDY", f"StudyInstanceUID={study_uid(pacs['plain'])}")
+        assert "Final Move Response (Success)" not in out, out
+        assert received(folder) == []
+        configure(st.data, f"dicom.tls_trusted_ca={ca_file}")
+        try:
+            code, out = movescu(st, "HOSPITAL", "QueryRetrieveLevel=STUDY",
+                                f"StudyInstanceUID={study_uid(pacs['plain'])}")
+            assert code == 0 and "Final Move Response (Success)" in out, out
+            assert uids(received(folder)) == uids(pacs["plain"])
+        finally:
+            configure(st.data, "dicom.tls_trusted_ca=")
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

@@ -22,8 +22,10 @@ def _client_ae(settings: Settings) -> AE:
     return ae
 
 
-def _tls_args(data_dir: str | os.PathLike[str], node: Node) -> tuple | None:
-    return (tlsca.client_context(data_dir), None) if node.tls else None
+def _tls_args(data_dir: str | os.PathLike[str], node: Node, settings: Settings) -> tuple | None:
+    if not node.tls:
+        return None
+    return (tlsca.client_context(data_dir, trusted_ca=settings.get("dicom.tls_trusted_ca")), None)
 
 
 def echo(data_dir: str | os.PathLike[str], settings: Settings, node: Node) -> tuple[bool, str]:
@@ -31,7 +33,7 @@ def echo(data_dir: str | os.PathLike[str], settings: Settings, node: Node) -> tu
     ae = _client_ae(settings)
     ae.add_requested_context("1.2.840.10008.1.1")
     with outgoing_slots(int(settings.get("dicom.max_connections"))):
-        assoc = ae.associate(node.host, node.port, ae_title=node.aet, tls_args=_tls_args(data_dir, node))
+        assoc = ae.associate(node.host, node.port, ae_title=node.aet, tls_args=_tls_args(data_dir, node, settings))
         if not assoc.is_established:
             if assoc.is_rejected:
                 return False, f"association rejected by {node.aet}@{node.host}:{node.port}"
@@ -54,7 +56,7 @@ def send_files(data_dir: str | os.PathLike[str], settings: Settings, node: Node,
     sent = failed = 0
     with outgoing_slots(int(settings.get("dicom.max_connections"))):
         assoc = ae.associate(node.host, node.port, ae_title=node.aet, contexts=contexts,
-                             tls_args=_tls_args(data_dir, node))
+                             tls_args=_tls_args(data_dir, node, settings))
         if not assoc.is_established:
             return 0, len(rows)
         try:

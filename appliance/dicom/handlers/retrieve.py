@@ -100,7 +100,8 @@ class MoveHandler:
                                   "contexts": contexts_for(rows or [])
                                   or [build_context("1.2.840.10008.1.1")]}
         if dest.tls:
-            kwargs["tls_args"] = (tlsca.client_context(self.ctx.data_dir), None)
+            kwargs["tls_args"] = (tlsca.client_context(self.ctx.data_dir,
+                                                       trusted_ca=self.ctx.settings.get("dicom.tls_trusted_ca")), None)
         slots = outgoing_slots(int(self.ctx.settings.get("dicom.max_connections")))
         slots.acquire()
         try:
