@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from support import Station, burnstation
+from support import Station, burnstation, free_port
 
 from appliance.diagnostics import listening_sockets, socket_owners
 
@@ -112,5 +112,17 @@ def test_status_lists_open_ports_and_only_those(tmp_path):
         wait_for(lambda: not any(s["port"] == st.tls_port for s in listening_sockets()), 30, "TLS socket gone")
         rep = report(st.data)
         assert rep["other_listening_ports"] == [] and ports(rep)["DICOM"]["state"] == "listening"
+        if hl7_exists:
+            # HL7 closed and opened on another port while running: the hl7 process follows
+            burnstation(st.data, "config", "set", "hl7.port=0")
+            wait_for(lambda: not any(s["port"] == st.hl7_port for s in listening_sockets()), 30, "HL7 closed")
+            assert ports(report(st.data))["HL7"]["state"] == "closed"
+            new_port = free_port()
+            burnstation(st.data, "config", "set", f"hl7.port={new_port}")
+            rep = wait_for(lambda: (lambda r: r if ports(r)["HL7"]["state"] == "listening" else None)(
+                report(st.data)), 30, "HL7 on its new port")
+            assert ports(rep)["HL7"]["port"] == new_port
+            assert {ln["process"] for ln in ports(rep)["HL7"]["listeners"]} == {"hl7"}
+            assert rep["other_listening_ports"] == []
     rep = report(st.data)
     assert rep["supervisor"]["running"] is False and rep["supervisor"]["state"] == "stopped"
