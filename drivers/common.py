@@ -522,6 +522,56 @@ def aggregate(discs: list[DiscState], disc_count: int) -> publish.JobProgress:
     return total
 
 
+class SubmittedLedger:
+    """The robot job ids this station wrote into a spool, kept in the data folder.
+
+    Job ids repeat when a station's state is reset (a re-initialised box numbers its jobs from 1
+    again) while the engine still keeps the old job files and status entries for days. A job file
+    the ledger does not list is someone else's: `poll` ignores it and `submit` burns under a new
+    attempt id instead of taking that old ".DON" for this job's. Each id is written (fsync'd)
+    before its job file, so a crash in between never makes our own job look foreign.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._known: set[str] = set()
+        self._size = -1
+
+    def _load(self) -> None:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            size = 0
+        if size != self._size:
+            try:
+                text = self.path.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                text = ""
+            self._known = {line.strip().lower() for line in text.splitlines() if line.strip()}
+            self._size = size
+
+    def known(self, stem: str) -> bool:
+        self._load()
+        return stem.lower() in self._known
+
+    def add(self, stems: Iterable[str]) -> None:
+        stems = [s for s in stems if not self.known(s)]
+        if not stems:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write("".join(f"{s}\n" for s in stems))
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._size = -1
+
+
+def ledger_for(data_dir: Path | None, robot_name: str) -> SubmittedLedger | None:
+    if data_dir is None:
+        return None
+    return SubmittedLedger(Path(data_dir) / "drivers" / checked_id(robot_name, 64, "robot name") / "submitted.txt")
+
+
 @dataclass
 class ErrorReportWait:
     """Holds back a failure the engine has not explained yet.

@@ -433,3 +433,20 @@ def test_driver_options_from_the_robot_config(tmp_path):
     os.utime(spool / "TDBStatus.txt", (old, old))
     st = EpsonPublisher(doc, tmp_path).status()  # status_timeout 0: age never makes it offline
     assert "PP100-02" in st.message and not st.online  # but a publisher name TD Bridge does not know does
+
+
+def test_an_old_job_of_the_same_id_is_not_taken_for_ours(tmp_path):
+    """A re-initialised station numbers its jobs from 1 again; TD Bridge still has J1.DON from before."""
+    r = robot(tmp_path)
+    spool = Path(r["spool"])
+    log_dir = spool / "log" / "20240101" / "1200"
+    log_dir.mkdir(parents=True)
+    (log_dir / "J1.DON").write_text("JOB_ID=J1\r\n")
+    write_status(spool, status_text({"J1": {"STATUS": 4, "PUBLICATION_NUMBER": 1, "COMPLETION_NUMBER": 1}}))
+    pub = EpsonPublisher(r, tmp_path / "fresh-data")
+    assert pub.poll("J1").state == publish.UNKNOWN  # not ours
+    pub.submit(publish.PublishRequest(job_id="J1", discs=[disc(tmp_path)]))
+    assert (spool / "J1-R2.JDF").exists() and not (spool / "J1.JDF").exists()  # burned, under a new id
+    assert pub.poll("J1").state == publish.WAITING
+    assert EpsonPublisher(r, tmp_path / "fresh-data").poll("J1").state == publish.WAITING  # after a restart too
+    assert EpsonPublisher(r, None).poll("J1").state == publish.WAITING  # without a ledger: the latest attempt

@@ -354,3 +354,16 @@ def test_injection_through_the_publisher(tmp_path):
     keys = [k for k, _ in pairs]
     assert keys.count("JobID") == 1 and "Data" not in keys and keys.count("Importance") == 1
     assert dict(pairs)["JobID"] == "J6"
+
+
+def test_an_old_job_of_the_same_id_is_not_taken_for_ours(tmp_path):
+    r = robot(tmp_path)
+    spool = Path(r["spool"])
+    (spool / "J1.DON").write_text("JobID=J1\r\n")
+    write_system(spool)
+    write_robot(spool, {"J1": {"JobState": 2, "CurrentStatusState": 10, "GoodDiscs": 1}}, completed=("J1",))
+    pub = PrimeraPublisher(r, tmp_path / "fresh-data")
+    assert pub.poll("J1").state == publish.UNKNOWN
+    pub.submit(publish.PublishRequest(job_id="J1", discs=[disc(tmp_path)]))
+    assert dict(jrq.parse_jrq(raw(spool / "J1-R2.JRQ")))["JobID"] == "J1-R2"
+    assert PrimeraPublisher(r, tmp_path / "fresh-data").poll("J1").state == publish.WAITING

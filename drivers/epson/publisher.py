@@ -27,6 +27,7 @@ from drivers.common import (
     clean_aside,
     find_job_files,
     latest_per_disc,
+    ledger_for,
     match_robot_job,
     remove_quietly,
     robot_job_id,
@@ -128,6 +129,7 @@ class EpsonPublisher(publish.Publisher):
         self.encoding = str(robot.get("encoding") or "utf-8")
         self.data_dir = data_dir
         self.error_wait = ErrorReportWait()
+        self.ledger = ledger_for(data_dir, self.name)
         clean_aside(self.spool)
 
     # ------------------------------------------------------------------ reading state
@@ -170,9 +172,10 @@ class EpsonPublisher(publish.Publisher):
 
     def _disc_states(self, job_id: str) -> tuple[list[DiscState], int, list[RobotJobRef]]:
         files, sections = self._scan(job_id)
-        refs = {f.ref for f in files} | self._section_refs(job_id, sections)
+        all_refs = {f.ref for f in files} | self._section_refs(job_id, sections)
+        refs = {r for r in all_refs if self.ledger is None or self.ledger.known(r.stem)}  # ours only
         if not refs:
-            return [], 0, []
+            return [], 0, sorted(all_refs, key=lambda r: (r.attempt, r.disc))
         latest_count = max(refs, key=lambda r: r.attempt).disc_count
         current = [r for r in refs if r.disc_count == latest_count]
         latest = latest_per_disc(current)
@@ -188,7 +191,7 @@ class EpsonPublisher(publish.Publisher):
             mtime = self.reader.last_good.mtime if self.reader.last_good else 0.0
             progress = self.error_wait.settle(ref.stem, progress, "JCF" in exts, mtime)
             states.append(DiscState(ref, progress))
-        return states, latest_count, sorted(refs, key=lambda r: (r.attempt, r.disc))
+        return states, latest_count, sorted(all_refs, key=lambda r: (r.attempt, r.disc))
 
     def poll(self, job_id: str) -> publish.JobProgress:
         try:
@@ -302,6 +305,8 @@ class EpsonPublisher(publish.Publisher):
             if merge:
                 job.replace_field = self.paths.to_engine(self._merge_file(ref.stem), "REPLACE_FIELD")
             prepared.append((ref.stem, jdf.build_jdf(job), merge))
+        if self.ledger is not None:
+            self.ledger.add(stem for stem, _, _ in prepared)  # before the job files (see SubmittedLedger)
         for stem, text, merge in prepared:
             if merge:
                 target = self._merge_file(stem)

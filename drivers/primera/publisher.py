@@ -27,6 +27,7 @@ from drivers.common import (
     clean_aside,
     find_job_files,
     latest_per_disc,
+    ledger_for,
     match_robot_job,
     remove_quietly,
     robot_job_id,
@@ -135,6 +136,7 @@ class PrimeraPublisher(publish.Publisher):
         self.heartbeat = Heartbeat(self.status_timeout)
         self.data_dir = data_dir
         self.error_wait = ErrorReportWait()
+        self.ledger = ledger_for(data_dir, self.name)
         self.robot_file_mtime = 0.0
         clean_aside(self.spool)
 
@@ -173,9 +175,10 @@ class PrimeraPublisher(publish.Publisher):
     def _disc_states(self, job_id: str) -> tuple[list[DiscState], int, list[RobotJobRef]]:
         system, _, robot_sections, _, _ = self._read()
         files: list[FoundJobFile] = find_job_files([self.spool], job_id, STATE_EXTS + ("PTM",), MAX_JOB_ID)
-        refs = {f.ref for f in files} | self._section_refs(job_id, robot_sections)
+        all_refs = {f.ref for f in files} | self._section_refs(job_id, robot_sections)
+        refs = {r for r in all_refs if self.ledger is None or self.ledger.known(r.stem)}  # ours only
         if not refs:
-            return [], 0, []
+            return [], 0, sorted(all_refs, key=lambda r: (r.attempt, r.disc))
         sys_err = system_error(system or {})
         latest_count = max(refs, key=lambda r: r.attempt).disc_count
         latest = latest_per_disc(r for r in refs if r.disc_count == latest_count)
@@ -190,7 +193,7 @@ class PrimeraPublisher(publish.Publisher):
             progress = disc_state(exts, info, sys_err)
             progress = self.error_wait.settle(ref.stem, progress, "PTM" in exts, self.robot_file_mtime)
             states.append(DiscState(ref, progress))
-        return states, latest_count, sorted(refs, key=lambda r: (r.attempt, r.disc))
+        return states, latest_count, sorted(all_refs, key=lambda r: (r.attempt, r.disc))
 
     def poll(self, job_id: str) -> publish.JobProgress:
         try:
@@ -299,6 +302,8 @@ class PrimeraPublisher(publish.Publisher):
                 job.image = self.paths.to_engine(image, "ImageFile")
             job.print_label = self._label(disc, stage, must_copy)
             prepared.append((ref.stem, jrq.build_jrq(job)))
+        if self.ledger is not None:
+            self.ledger.add(stem for stem, _ in prepared)  # before the job files (see SubmittedLedger)
         for stem, text in prepared:
             write_aside_then_rename(self.spool, f"{stem}.JRQ", text, self.encoding)
 
