@@ -227,7 +227,7 @@ class PrimeraPublisher(publish.Publisher):
             rs.message = f"PTBurn has no robot named {wanted!r}" if wanted else "PTBurn reports no robot"
             return rs
         rs.online = True
-        words = [f for f in state.faults]
+        words = list(state.faults)
         if state.message and state.message.lower() not in ("ok", "idle", "ready", "system ok"):
             words.insert(0, state.message)
         rs.message = "; ".join(dict.fromkeys(words)) or "ready"
