@@ -11,6 +11,8 @@
   rewritten to what the engine sees;
 - robot job ids: a job of several discs, and a retry, need one robot job per disc and attempt;
   `robot_job_id` / `match_robot_job` name them so that `poll(job_id)` finds them from the files alone;
+  `SubmittedLedger` tells our jobs from an engine's old ones of a repeated id; `aggregate` makes one
+  job state of the discs' states; `ErrorReportWait` holds back an .ERR the engine has not explained;
 - USB matchers: data, extendable by a technician (see `usb_matchers`).
 """
 
