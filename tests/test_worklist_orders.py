@@ -416,3 +416,16 @@ def test_worklist_on_the_tls_port(shared, tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     answers = [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
     assert [a.AccessionNumber for a in answers] == ["TLSACC"]
+
+
+def test_two_orders_in_one_message(shared, tmp_path):
+    """Each ORC (with its OBR) is one order: one message, two worklist items, one ACK."""
+    first = order(placer="MULTI1", accession="MACC1", modality="CT", control_id="MULTI")
+    second = order(placer="MULTI2", accession="MACC2", modality="MR", station="MR01")
+    orc_obr = "\r".join(s for s in second.split("\r") if s.startswith(("ORC|", "OBR|"))) + "\r"
+    assert send_order(shared.hl7_port, first + orc_obr) == "AA"
+    found = worklist(shared.port, ["AccessionNumber", f"{SPS}.Modality", "PatientID",
+                                   "PlacerOrderNumberImagingServiceRequest=MULTI*"], tmp_path / "q")
+    assert sorted((ds.AccessionNumber, ds.ScheduledProcedureStepSequence[0].Modality) for ds in found) == [
+        ("MACC1", "CT"), ("MACC2", "MR")]
+    assert {ds.PatientID for ds in found} == {"PID1"}
