@@ -93,3 +93,29 @@ def test_two_robots_spread_jobs_and_a_fault_sends_the_retry_to_the_other(tmp_pat
         again = r.final(bad["id"])
         assert again["state"] == "done" and again["robot"] == other, again
         assert (r.bin(other) / f"{bad['id']}-2").is_dir()
+
+
+def test_an_engine_that_stops_reporting_takes_its_robot_offline(tmp_path: Path) -> None:
+    """`fault offline`: the engine stops rewriting its status; after `status_timeout` the robot is
+    offline, a new job waits for it, and once the engine reports again the job is burned."""
+    with rig(tmp_path, status_timeout=3) as r:
+        for robot in ("epson", "primera"):
+            r.ctl(robot, "fault", "offline", "on")
+
+        def states() -> dict[str, str]:
+            lines = burnstation(r.data, "robots", "list").stdout.splitlines()
+            return {ln.split()[0]: ("online" if " online " in ln else "offline") for ln in lines
+                    if ln.split()[:1] and ln.split()[0] in ("epson", "primera")}
+
+        wait_for("both robots offline", lambda: states() == {"epson": "offline", "primera": "offline"}, 30)
+        seen: set[str] = set()
+        r.send("BURNSTATION_E", write_study(tmp_path / "o", n_series=1, per_series=1))
+        job = r.new_job(seen)
+        waiting = wait_for("the job to wait for a robot", lambda: (
+            lambda j: j if j["state"] == "built" and "online" in j["message"] else None)(r.job(job["id"])))
+        assert waiting["robot"] == ""
+        r.ctl("epson", "fault", "offline", "off")
+        done = r.final(job["id"])
+        assert done["state"] == "done" and done["robot"] == "epson", done
+        assert states()["primera"] == "offline"
+

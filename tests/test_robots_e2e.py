@@ -92,7 +92,10 @@ def start_sim(spool: Path, root: Path, speed: str, robots: str = "epson,primera"
 
 
 @contextlib.contextmanager
-def rig(tmp_path: Path, speed: str = "0", roles: dict[str, str] | None = None, mode: str = "image") -> Iterator[Rig]:
+def rig(tmp_path: Path, speed: str = "0", roles: dict[str, str] | None = None, mode: str = "image",
+        **options: Any) -> Iterator[Rig]:
+    """Simulator + station with one robot per entry of `roles` (name = kind); `options` go into each
+    robot's configuration (driver settings such as status_timeout)."""
     roles = roles or {"epson": "epson", "primera": "primera"}
     spool, root = tmp_path / "spool", tmp_path / "sim"
     root.mkdir()
@@ -101,6 +104,13 @@ def rig(tmp_path: Path, speed: str = "0", roles: dict[str, str] | None = None, m
     for name, role in roles.items():
         burnstation(station.data, "robots", "add", name, "--driver", name, "--path", str(spool / name),
                     "--role", role, "--media", "CD,DVD", "--mode", mode)
+    if options:
+        from appliance.burn.robots import add_robot, get_robot
+        from appliance.config import Settings
+
+        settings = Settings(station.data)
+        for name in roles:
+            add_robot(settings, {**get_robot(settings, name), **options})
     try:
         station.start()
         r = Rig(station, sim, spool, root)
