@@ -141,6 +141,10 @@ def test_non_ascii_name_as_matching_key(archive) -> None:
     responses = run_find(archive, "PATIENT", {"SpecificCharacterSet": "ISO_IR 192", "PatientName": "MÜ*",
                                               "PatientID": ""}, model="-P")
     assert [r.PatientID for r in responses] == ["PAT002"]
+    for name in ("müller^jürgen", "Müller^Jürgen", "mü*", "doe^john"):  # names match regardless of case
+        responses = run_find(archive, "PATIENT", {"SpecificCharacterSet": "ISO_IR 192", "PatientName": name,
+                                                  "PatientID": ""}, model="-P")
+        assert len(responses) == 1, name
 
 
 # --------------------------------------------------------------------------- STUDY level

@@ -203,9 +203,9 @@ def _condition(keyword: str, column: str, vr: str, text: str, args: list[Any]) -
     if "*" in text or "?" in text:
         args.append(text)
         return f"dwild({column}, ?, {fold})"
-    if vr == "PN":
+    if vr == "PN":  # case-insensitive like the wildcard path (Unicode-aware: "müller" finds "MÜLLER")
         args.append(text)
-        return f"{column}=? COLLATE NOCASE"
+        return f"dwild({column}, ?, 1)"
     if vr == "TM":
         args.append(_norm_time(text, upper=False))
         return f"dtime({column})=?"
