@@ -184,4 +184,7 @@ def test_sigterm_during_a_transfer_loses_no_acknowledged_instance(tmp_path):
         indexed = conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0]
     print(f"{acked} of {len(files)} acknowledged before the stop; {len(stored)} files, {indexed} indexed")
     assert len(stored) >= acked and indexed >= acked
-    assert not list((st.data / "storage").rglob("*.tmp"))  # nothing half-written left behind
+    # an instance cut off mid-write (never acknowledged) may leave a temp file; the next start removes it
+    with st:
+        wait_for(lambda: not list((st.data / "storage").rglob("*.tmp")), 30, "temp files cleaned at start")
+        assert len(list((st.data / "storage").rglob("*.dcm"))) == len(stored)
