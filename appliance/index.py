@@ -244,6 +244,19 @@ def close_association(conn: sqlite3.Connection, assoc_id: int, *, stored: int, f
     )
 
 
+def close_interrupted_associations(conn: sqlite3.Connection) -> int:
+    """Mark associations still 'open' from before a crash as 'interrupted', with what they stored.
+
+    Call once when the (single) DICOM process starts, before it accepts anything: every 'open'
+    row then belongs to a process that is gone.
+    """
+    cur = conn.execute(
+        "UPDATE associations SET result='interrupted', ended_at=?, detail='the station stopped during it', "
+        "stored=(SELECT COUNT(*) FROM instances i WHERE i.assoc_id=associations.id) WHERE result='open'",
+        (time.time(),))
+    return cur.rowcount
+
+
 def recent_associations(conn: sqlite3.Connection, limit: int = 100) -> list[sqlite3.Row]:
     return conn.execute("SELECT * FROM associations ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
 

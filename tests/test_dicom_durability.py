@@ -11,6 +11,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -111,6 +112,14 @@ def test_kill_9_during_storescu_keeps_every_acknowledged_instance(station: Stati
     found = {str(r.SOPInstanceUID) for r in responses}
     assert set(originals) <= found, f"{len(set(originals) - found)} acknowledged instances not indexed"
     assert found <= set(stored), "the index names files that are not there"
+    # the association log says what happened to the killed association
+    conn = sqlite3.connect(st.data / "state.db", timeout=10)
+    try:
+        rows = conn.execute("SELECT result, stored FROM associations WHERE calling_aet='STORESCU'").fetchall()
+    finally:
+        conn.close()
+    assert [r[0] for r in rows] == ["interrupted"], rows
+    assert rows[0][1] >= len(acknowledged)
     # and the station takes the rest of the study
     r = dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port), *map(str, files))
     assert r.returncode == 0, r.stderr

@@ -8,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from appliance import index
 from appliance.config import Settings
 from appliance.dicom.server import DicomServer
 
@@ -24,6 +25,9 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     settings = Settings(data_dir)
     server = DicomServer(Path(data_dir), settings)
     server.ctx.store.remove_stale_temp_files()
+    interrupted = index.close_interrupted_associations(server.ctx.conn())
+    if interrupted:
+        LOG.warning("%d association(s) were interrupted by the last stop", interrupted)
     retry = False  # a listener could not be opened (port taken, bad certificate): try again
     try:
         server.start()
