@@ -339,3 +339,33 @@ def test_missing_file_is_a_failed_sub_operation_not_a_success(pacs, tmp_path: Pa
     out = r.stdout + r.stderr
     assert "Final Get Response (Success)" not in out, out
     assert uids(received(get_dir)) == rest
+
+
+def test_station_sends_a_study_to_a_known_node(pacs) -> None:
+    """scu.send_files (the UI's "send to node"): every instance arrives, JPEG decompressed for a
+    peer that only takes uncompressed data."""
+    import sqlite3
+
+    from appliance.config import Settings
+    from appliance.dicom import scu
+
+    st = pacs["st"]
+    settings = Settings(st.data)
+    conn = sqlite3.connect(st.data / "state.db", timeout=10)
+    conn.row_factory = sqlite3.Row
+    try:
+        rows = [dict(r) for r in conn.execute("SELECT * FROM instances WHERE study_uid IN (?, ?)",
+                                               (study_uid(pacs["plain"]), study_uid(pacs["jpeg"])))]
+    finally:
+        conn.close()
+    assert len(rows) == len(pacs["plain"]) + len(pacs["jpeg"])
+    clear(pacs["raw"])
+    node = settings.node("RAWDEST")
+    assert node is not None
+    sent, failed = scu.send_files(st.data, settings, node, rows)
+    assert (sent, failed) == (len(rows), 0)
+    got = received(pacs["raw"])
+    assert uids(got) == uids(pacs["plain"]) | uids(pacs["jpeg"])
+    assert {str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in got} <= UNCOMPRESSED
+    ok, message = scu.echo(st.data, settings, node)
+    assert ok, message
