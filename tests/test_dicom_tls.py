@@ -147,6 +147,8 @@ def _refused(port: int) -> bool:
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
     except ConnectionRefusedError:
         return True
+    except OSError:  # reset while the listener goes away: ask again
+        return False
     return False
 
 
