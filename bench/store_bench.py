@@ -56,6 +56,7 @@ def make_set(folder: Path, name: str, count: int, rows: int, cols: int) -> list[
     rng = np.random.default_rng()
     pixels = rng.integers(0, 4095, (rows, cols), dtype=np.uint16).tobytes()
     study_uid = generate_uid()
+    frame_uid = generate_uid()
     paths = []
     series_uid = ""
     for i in range(count):
@@ -93,7 +94,7 @@ def make_set(folder: Path, name: str, count: int, rows: int, cols: int) -> list[
         ds.InstanceNumber = i % 100 + 1
         ds.ImagePositionPatient = [0, 0, i]
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.FrameOfReferenceUID = study_uid + ".1"
+        ds.FrameOfReferenceUID = frame_uid
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows = rows
@@ -206,11 +207,34 @@ class Server:
         raise NotImplementedError
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError, ValueError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """user+system CPU time of the given processes (from /proc; 0 for those gone)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class StationServer(Server):
     """`burnstation run` (the real process: fsync, index, association log)."""
 
     name = "station"
     aet = "BURNSTATION"
+    pids: list[int] = []
+    last_cpu = 0.0
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pids)
 
     def __init__(self, root: Path) -> None:
         self.data = root / "station-data"
@@ -229,16 +253,29 @@ class StationServer(Server):
             with contextlib.suppress(FileNotFoundError):
                 (self.data / name).unlink()
         log = open(work / "station.log", "ab")  # noqa: SIM115
-        cmd = os.environ.get("BENCH_STATION_PREFIX", "").split() + [
-            str(VENV_BIN / "burnstation"), "--data", str(self.data), "run"]
+        cmd = [str(VENV_BIN / "burnstation"), "--data", str(self.data), "run"]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        profiler = None
         try:
             wait_until(lambda: port_open(self.port) or proc.poll() is not None, 60, "station")
             if proc.poll() is not None:
                 raise RuntimeError(f"station exited: {(work / 'station.log').read_text()[-2000:]}")
             wait_until(lambda: echo_ok(self.aet, self.port), 30, "station C-ECHO")
+            self.pids = [proc.pid, *_children(proc.pid)]
+            profile_dir = os.environ.get("BENCH_PROFILE_DIR")  # py-spy raw profiles of the station
+            if profile_dir:
+                out = Path(profile_dir) / f"station-{time.strftime('%H%M%S')}-x{concurrency}.txt"
+                profiler = subprocess.Popen([str(VENV_BIN / "py-spy"), "record", "--pid", str(proc.pid),
+                                             "-r", "250", "-f", "raw", "--threads", "--subprocesses",
+                                             *(["--idle"] if os.environ.get("BENCH_PROFILE_IDLE") else []),
+                                             "-o", str(out)],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(1.0)  # let py-spy attach before the timed part
             yield self
         finally:
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(60)
             stop_process(proc)
             log.close()
 
@@ -333,7 +370,10 @@ class OrthancServer(Server):
 
 def measure(server: Server, work: Path, files: list[Path], concurrency: int) -> float:
     with server.running(work, concurrency):
+        cpu0 = server.cpu() if isinstance(server, StationServer) else 0.0
         elapsed = run_storescu(server.aet, server.port, split(files, concurrency))
+        if isinstance(server, StationServer):
+            server.last_cpu = server.cpu() - cpu0
         if isinstance(server, OrthancServer):
             count = server.stored()
     if not isinstance(server, OrthancServer):
@@ -379,7 +419,8 @@ def main(argv: list[str] | None = None) -> int:
                     for conc in concs:
                         elapsed = measure(server, work, files[set_name], conc)
                         times.setdefault((server.name, set_name, conc), []).append(elapsed)
-                        print(f"  rep {rep + 1}: {server.name:8s} {set_name:5s} x{conc}: {elapsed:6.2f}s",
+                        cpu = f"  (station CPU {server.last_cpu:.2f}s)" if isinstance(server, StationServer) else ""
+                        print(f"  rep {rep + 1}: {server.name:8s} {set_name:5s} x{conc}: {elapsed:6.2f}s{cpu}",
                               flush=True)
         print()
         print(f"load average now: {os.getloadavg()[0]:.2f}; cores: {os.cpu_count()}; reps: {args.reps}")
