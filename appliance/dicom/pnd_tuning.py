@@ -8,17 +8,106 @@ this module relies on changes shape, so an upgrade is a deliberate act.
    so the acceptor's negotiation is wrapped: an AE that carries `accepted_called_aets` rejects
    any other called title (A-ASSOCIATE-RJ, reason 7 "called AE title not recognised") and takes
    the called title as its own for the rest of the association.
+
+2. Event-driven reactors. Each association runs two polling loops: the DUL thread sleeps 1 ms
+   whenever it finds nothing to do, and the association thread sleeps 1 ms on every turn. A
+   C-STORE crosses both twice (request: DUL -> association thread; response: association thread
+   -> DUL), so every object paid up to ~2-3 ms of sleeping. Here the loops are the library's own
+   (copied from 3.0, line for line, minus the sleeps) but they block instead:
+   - the DUL waits in `select()` on its socket plus a wake-up socketpair; the queues other threads
+     feed it (`event_queue`, `to_provider_queue`), `kill_dul` and `stop_dul` poke the socketpair;
+   - the association thread waits on a `threading.Event` set whenever the DUL feeds it
+     (`dimse.msg_queue`, `dul.to_user_queue`), when the DUL thread ends, and on `kill`.
+   Both waits time out after `IDLE_WAIT` seconds, so the timers (ARTIM, network idle) are still
+   checked as before, only with that resolution instead of 1 ms.
+   The association thread fires EVT_RELEASED just before (not after) queueing the A-RELEASE-RP,
+   so a peer closing right after the response cannot make the release look like a lost
+   connection. The association thread never waits for itself from the DUL thread (`kill`).
+
+2b. C-STORE requests served in the DUL thread. Even without sleeps, every object still crossed
+   two threads (DUL -> association thread -> DUL); on a busy machine each wake-up waits for a
+   CPU. When a complete C-STORE request arrives, nothing is queued for or being served by the
+   association thread, and the association is an established acceptor with a valid context,
+   the DUL thread runs `Association._serve_request` itself (the same library code the
+   association thread would run) and sends the response on its next turn. Anything else
+   (other services, a paused reactor, requests during a C-GET, an unknown context) is queued
+   for the association thread exactly as before, so requests are still served in order.
+
+3. C-STORE-RSP packed directly. `DIMSEServiceProvider.send_msg` builds a pydicom Dataset for
+   the command set and encodes it twice (once for the group length): about half of the Python
+   time per stored object. `encode_store_rsp` packs the same Implicit VR Little Endian bytes with
+   struct; any response it does not cover (Offending Element, non-ASCII text, a command set
+   larger than the peer's PDU, an EVT_DIMSE_SENT handler that wants the message object) takes
+   the library's path. Byte-for-byte equality with the library is tested.
+
+3b. Socket reads in one piece. `AssociationSocket.recv` reads a PDU in 4 KiB `recv` calls,
+   appending each to a bytearray (a 128 KiB P-DATA PDU: 32 calls and copies). `_socket_recv`
+   reads into a preallocated bytearray with `recv_into` instead; same result, same behaviour at
+   end of stream (returns what was read), same exceptions (time-outs, resets).
+
+4. Protocol logging handlers only in debug mode. pynetdicom binds its "standard" logging
+   handlers (a formatted log of every PDU and DIMSE message) to every association; they do
+   their work even when the log level discards it. `set_protocol_logging(False)` binds none;
+   the DICOM server turns them on with `dicom.debug`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import logging
+import os
+import queue
+import select
+import socket
+import ssl
+import struct
+import threading
+import time
+from collections.abc import Callable
 from typing import Any, cast
 
-from pynetdicom import evt
+from pynetdicom import _config, evt
 from pynetdicom.acse import ACSE
+from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.transport import AssociationSocket
 
 _ORIGINAL_NEGOTIATE = ACSE._negotiate_as_acceptor
+_ORIGINAL_ASSOC_INIT = Association.__init__
+_ORIGINAL_ASSOC_KILL = Association.kill
+_ORIGINAL_SEND_MSG = DIMSEServiceProvider.send_msg
+_ORIGINAL_RECV = AssociationSocket.recv
+_ORIGINAL = {
+    "Association._run_reactor": Association._run_reactor,
+    "DULServiceProvider.run_reactor": DULServiceProvider.run_reactor,
+    "DULServiceProvider.kill_dul": DULServiceProvider.kill_dul,
+    "DULServiceProvider.stop_dul": DULServiceProvider.stop_dul,
+}
+_LOGGER_DUL = logging.getLogger("pynetdicom.dul")
+_LOGGER_ASSOC = logging.getLogger("pynetdicom.association")
 _installed = False
+
+IDLE_WAIT = 0.05  # seconds a reactor blocks when idle before re-checking its timers
+_INLINE_STORE = False  # 2b on (set by install)
+
+# sha256 of the source of every library function the patches replace or copy: a pynetdicom
+# release that changes one of them must be reviewed (tests/test_pnd_tuning.py checks this).
+REPLACED_SOURCES = {
+    "ACSE._negotiate_as_acceptor": "fffd360957c42a8ed89284cf1b1b734527c9be60253950777a0330c0f2be692e",
+    "Association.__init__": "eb07516b8009ad8fa338201dea39578380fbf9f2c59fa5e368e20250eb97c4ea",
+    "Association.kill": "8f9713666a7f4cffd840899f023090e9786668945a7c844f99d7a834077c3972",
+    "Association._run_reactor": "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
+    "DULServiceProvider.run_reactor": "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
+    "DULServiceProvider.kill_dul": "5ceccf8dd01c2072c377d18bb1be284941a345bd40f03bd1e03a864ab0817842",
+    "DULServiceProvider.stop_dul": "28a7e0be126e7b306369cc1b131daec8e907d21d0f5692930133b6599b8c6e5f",
+    "AssociationSocket.recv": "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
+    "DIMSEServiceProvider.send_msg": "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
+}
 
 
 def _negotiate_as_acceptor(self: ACSE) -> None:
@@ -37,13 +126,441 @@ def _negotiate_as_acceptor(self: ACSE) -> None:
     _ORIGINAL_NEGOTIATE(self)
 
 
+# --------------------------------------------------------------------------- 2. event-driven reactors
+
+
+class _WakeQueue(queue.Queue):
+    """A queue.Queue that calls `notify` after every put."""
+
+    def __init__(self, notify: Callable[[], None]) -> None:
+        super().__init__()
+        self._notify = notify
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        self._notify()
+
+
+def _notify_dul(dul: DULServiceProvider) -> None:
+    """Wake the DUL thread if it may be blocked (not needed when the DUL itself is the caller)."""
+    if getattr(dul, "_bs_ident", None) == threading.get_ident():
+        return
+    waker = getattr(dul, "_bs_waker", None)
+    if waker is not None:
+        try:
+            waker.send(b"\0")
+        except OSError:  # closed (the reactor ended) or full (a wake-up is pending anyway)
+            pass
+
+
+class _DimseQueue(_WakeQueue):
+    """dimse.msg_queue: wakes the association thread, or lets the DUL thread serve a C-STORE itself."""
+
+    def __init__(self, assoc: Association) -> None:
+        super().__init__(assoc._bs_wake.set)  # type: ignore[attr-defined]
+        self._assoc = assoc
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if _INLINE_STORE and _serve_inline(self, item):
+            return
+        super().put(item, block, timeout)
+
+
+def _serve_inline(msg_queue: _DimseQueue, item: Any) -> bool:
+    """Serve a C-STORE request in the DUL thread when that keeps the library's order and rules."""
+    context_id, msg = item
+    if type(msg) is not C_STORE or msg.MessageIDBeingRespondedTo is not None:
+        return False
+    assoc = msg_queue._assoc
+    if getattr(assoc.dul, "_bs_ident", None) != threading.get_ident():
+        return False
+    if (not assoc.is_acceptor or not assoc.is_established or assoc._sent_release
+            or context_id not in assoc._accepted_cx or not msg.is_valid_request
+            or not assoc._reactor_checkpoint.is_set()):
+        return False
+    with assoc._bs_serve_lock:  # type: ignore[attr-defined]
+        if msg_queue.queue or assoc._bs_serving:  # type: ignore[attr-defined]
+            return False
+        assoc._bs_serving = True  # type: ignore[attr-defined]
+    try:
+        assoc._serve_request(msg, context_id)
+    finally:
+        assoc._bs_serving = False  # type: ignore[attr-defined]
+    return True
+
+
+def _association_init(self: Association, ae: Any, mode: str) -> None:
+    _ORIGINAL_ASSOC_INIT(self, ae, mode)
+    self._bs_wake = threading.Event()  # type: ignore[attr-defined]
+    self._bs_serve_lock = threading.Lock()  # type: ignore[attr-defined]
+    self._bs_serving = False  # type: ignore[attr-defined]
+    dul = self.dul
+    dul._bs_waker = None  # type: ignore[attr-defined]
+    dul._bs_ident = None  # type: ignore[attr-defined]
+    dul.event_queue = _WakeQueue(lambda: _notify_dul(dul))
+    dul.to_provider_queue = _WakeQueue(lambda: _notify_dul(dul))
+    dul.to_user_queue = _WakeQueue(self._bs_wake.set)
+    self.dimse.msg_queue = _DimseQueue(self)
+
+
+def _association_kill(self: Association) -> None:
+    wake = getattr(self, "_bs_wake", None)
+    self._kill = True
+    if wake is not None:
+        wake.set()
+    if getattr(self.dul, "_bs_ident", None) == threading.get_ident():
+        # called in the DUL thread (an abort while serving inline): the library would wait for
+        # the DUL to stop, i.e. for itself; stop it without waiting instead
+        self._reactor_checkpoint.set()
+        self.is_established = False
+        self._is_paused = True
+        self.dul.kill_dul()
+        return
+    _ORIGINAL_ASSOC_KILL(self)
+
+
+def _dul_kill(self: DULServiceProvider) -> None:
+    self._kill_thread = True
+    _notify_dul(self)
+
+
+def _dul_stop(self: DULServiceProvider) -> bool:
+    if self.state_machine.current_state == "Sta1":
+        self._kill_thread = True
+        _notify_dul(self)
+        while self.is_alive():
+            time.sleep(self._run_loop_delay)
+        return True
+    return False
+
+
+def _dul_wait(dul: DULServiceProvider, waker_r: socket.socket) -> None:
+    """Block until the peer sent data, another thread queued work for the DUL, or IDLE_WAIT passed."""
+    if dul._kill_thread or dul.event_queue.queue or dul.to_provider_queue.queue:  # type: ignore[attr-defined]
+        return
+    rlist: list[Any] = [waker_r]
+    assoc_sock = dul.socket
+    raw = getattr(assoc_sock, "socket", None)
+    if raw is not None and getattr(assoc_sock, "_is_connected", False):
+        if isinstance(raw, ssl.SSLSocket) and raw.pending():
+            return
+        rlist.append(raw)
+    try:
+        readable, _, _ = select.select(rlist, [], [], IDLE_WAIT)
+    except (OSError, ValueError):  # the socket was closed under us: let the loop notice
+        time.sleep(dul._run_loop_delay)
+        return
+    if waker_r in readable:
+        try:
+            while waker_r.recv(4096):
+                pass
+        except OSError:
+            pass
+
+
+def _dul_run_reactor(self: DULServiceProvider) -> None:
+    """DULServiceProvider.run_reactor of pynetdicom 3.0 with the idle sleep replaced by `_dul_wait`."""
+    waker_r, waker_w = socket.socketpair()
+    waker_r.setblocking(False)
+    waker_w.setblocking(False)
+    self._bs_ident = threading.get_ident()  # type: ignore[attr-defined]
+    self._bs_waker = waker_w  # type: ignore[attr-defined]
+    try:
+        _dul_loop(self, waker_r)
+    finally:
+        self._bs_waker = None  # type: ignore[attr-defined]
+        waker_w.close()
+        waker_r.close()
+        wake = getattr(self.assoc, "_bs_wake", None)
+        if wake is not None:
+            wake.set()
+
+
+def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
+    # --- from here on the library's loop (pynetdicom 3.0.4 dul.py), `time.sleep` -> `_dul_wait`
+    self._idle_timer.start()
+    self.socket = cast(Any, self.socket)
+    sleep = False
+
+    while True:
+        # Let the assoc reactor off the leash
+        if not self.assoc._dul_ready.is_set():
+            self.assoc._dul_ready.set()
+            sleep = True
+
+        if sleep:
+            _dul_wait(self, waker_r)
+
+        if self._kill_thread:
+            break
+
+        # Check the ARTIM timer first so its event is placed on the queue
+        #   ahead of any other events this loop
+        if self.artim_timer.expired:
+            self.event_queue.put("Evt18")
+
+        # Check the connection for incoming data
+        try:
+            # We can either encode and send a primitive **OR**
+            #   receive and decode a PDU per loop of the reactor
+            if self._process_recv_primitive():  # encode (sent by state machine)
+                pass
+            elif self._is_transport_event():  # receive and decode PDU
+                self._idle_timer.restart()
+        except Exception as exc:
+            _LOGGER_DUL.error("Exception in DUL.run(), aborting association")
+            _LOGGER_DUL.exception(exc)
+            abort_pdu = A_ABORT_RQ()
+            abort_pdu.source = 0x02
+            abort_pdu.reason_diagnostic = 0x00
+            self.socket.send(abort_pdu.encode())
+            self.assoc.is_aborted = True
+            self.assoc.is_established = False
+            # Hard shutdown of the Association and DUL reactors
+            self.assoc._kill = True
+            self._kill_thread = True
+            return
+
+        # Check the event queue to see if there is anything to do
+        try:
+            event = self.event_queue.get(block=False)
+        # If the queue is empty, return to the start of the loop
+        except queue.Empty:
+            sleep = True
+            continue
+
+        self.state_machine.do_action(event)
+        sleep = False
+
+
+def _association_run_reactor(self: Association) -> None:
+    """Association._run_reactor of pynetdicom 3.0 with the 1 ms sleep replaced by an event wait."""
+    wake: threading.Event = self._bs_wake  # type: ignore[attr-defined]
+    idle = False
+    self._is_paused = False
+    while not self._kill:
+        if idle:
+            # paused while waiting, so send_*()/release() from other threads need not spin
+            self._is_paused = True
+            wake.wait(IDLE_WAIT)
+            wake.clear()
+
+        # --- from here on the library's loop (pynetdicom 3.0.4 association.py)
+        self._is_paused = True
+        self._reactor_checkpoint.wait()
+        self._is_paused = False
+
+        # Check with the DIMSE provider to see if a completely decoded
+        #   message is available
+        with self._bs_serve_lock:  # type: ignore[attr-defined]
+            context_id, msg = self.dimse.get_msg(block=False)
+            self._bs_serving = bool(msg)  # type: ignore[attr-defined]
+        idle = not msg
+        if msg:
+            try:
+                self._serve_request(msg, cast(int, context_id))
+            finally:
+                self._bs_serving = False  # type: ignore[attr-defined]
+
+        # Check for release request from the peer
+        if self.is_established and self.acse.is_release_requested():
+            _LOGGER_ASSOC.info("Association Released")
+            self.is_released = True
+            self.is_established = False
+            # EVT_RELEASED before the A-RELEASE-RP goes out (the library fires it just after):
+            # with the DUL no longer sleeping, the peer's close (EVT_CONN_CLOSE) could otherwise
+            # be seen first and the association would be logged as "connection closed"
+            evt.trigger(self, evt.EVT_RELEASED, {})
+            self.acse.send_release(is_response=True)
+            self.kill()
+            return
+
+        # Check for abort from either locally or the peer
+        if self.acse.is_aborted():
+            log_msg = "Association Aborted"
+            if self.acse.is_aborted("a-p-abort"):
+                log_msg += " (A-P-ABORT)"
+            _LOGGER_ASSOC.info(log_msg)
+            # Ensure that EVT_ASCE_RECV fires for subscribers
+            self.dul.receive_pdu(wait=False)
+            self.is_aborted = True
+            self.is_established = False
+            evt.trigger(self, evt.EVT_ABORTED, {})
+            self.kill()
+            return
+
+        # Check if the DULServiceProvider thread is still running
+        if not self.dul.is_alive():
+            self.kill()
+            return
+
+        # Check if network_timeout has expired
+        if self.dul.idle_timer_expired():
+            _LOGGER_ASSOC.error("Network timeout reached")
+            if self.network_timeout_response == "A-RELEASE":
+                self._is_paused = True
+                self._reactor_checkpoint.wait()
+                self.release()
+                self._is_paused = False
+            else:
+                self.abort()
+
+            self.kill()
+            return
+
+
+# --------------------------------------------------------------------------- 3. C-STORE-RSP fast path
+
+_pack_us = struct.Struct("<HHIH").pack
+_pack_len = struct.Struct("<HHI").pack
+
+
+def _text_element(elem: int, value: str, pad: bytes) -> bytes:
+    data = value.encode("ascii")  # UnicodeEncodeError: not covered, the caller falls back
+    if len(data) % 2:
+        data += pad
+    return _pack_len(0x0000, elem, len(data)) + data
+
+
+def encode_store_rsp(primitive: C_STORE) -> bytes | None:
+    """The Implicit VR Little Endian command set of a C-STORE response, or None if not covered.
+
+    Same elements, order and padding as pynetdicom's C_STORE_RSP.primitive_to_message + encode.
+    """
+    msg_id = primitive.MessageIDBeingRespondedTo
+    status = primitive.Status
+    if msg_id is None or status is None or primitive.OffendingElement is not None:
+        return None
+    try:
+        body = []
+        if primitive.AffectedSOPClassUID is not None:
+            body.append(_text_element(0x0002, str(primitive.AffectedSOPClassUID), b"\0"))
+        body.append(_pack_us(0x0000, 0x0100, 2, 0x8001))  # Command Field: C-STORE-RSP
+        body.append(_pack_us(0x0000, 0x0120, 2, msg_id))
+        body.append(_pack_us(0x0000, 0x0800, 2, 0x0101))  # Command Data Set Type: none
+        body.append(_pack_us(0x0000, 0x0900, 2, status))
+        if primitive.ErrorComment is not None:
+            body.append(_text_element(0x0902, str(primitive.ErrorComment), b" "))
+        if primitive.AffectedSOPInstanceUID is not None:
+            body.append(_text_element(0x1000, str(primitive.AffectedSOPInstanceUID), b"\0"))
+        data = b"".join(body)
+    except (UnicodeEncodeError, struct.error):
+        return None
+    return _pack_len(0x0000, 0x0000, 4) + struct.pack("<I", len(data)) + data
+
+
+def _dimse_send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> None:
+    """DIMSEServiceProvider.send_msg, with C-STORE responses packed by `encode_store_rsp`."""
+    if type(primitive) is C_STORE and not self.assoc.get_handlers(evt.EVT_DIMSE_SENT):
+        encoded = encode_store_rsp(primitive)
+        max_pdu = self.maximum_pdu_size
+        if encoded is not None and (not max_pdu or len(encoded) <= max_pdu - 6):
+            pdata = P_DATA()
+            pdata.presentation_data_value_list.append((context_id, b"\x03" + encoded))
+            self.dul.send_pdu(pdata)
+            return
+    _ORIGINAL_SEND_MSG(self, primitive, context_id)
+
+
+def _socket_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    """AssociationSocket.recv: `nr_bytes` from the socket, fewer only if the peer closed it."""
+    sock = cast(Any, self.socket)
+    buf = bytearray(nr_bytes)
+    view = memoryview(buf)
+    nr_read = 0
+    try:
+        while nr_read < nr_bytes:
+            got = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
+            if not got:
+                break
+            nr_read += got
+    finally:
+        view.release()
+    if nr_read < nr_bytes:
+        del buf[nr_read:]
+    return buf
+
+
+# --------------------------------------------------------------------------- 4. protocol logging
+
+
+def set_protocol_logging(enabled: bool) -> None:
+    """Bind pynetdicom's standard logging handlers to associations created from now on (or not)."""
+    _config.LOG_HANDLER_LEVEL = "standard" if enabled or not fast_path_enabled("logging") else "none"
+
+
+# --------------------------------------------------------------------------- install / checks
+
+
+FAST_PATH_PARTS = ("reactors", "inline_store", "store_rsp", "recv", "logging", "parser")
+
+
+def fast_path_enabled(part: str = "") -> bool:
+    """Whether a speed-up is on. BURNSTATION_FASTPATH: unset or "1" = all, "0" = none, or a comma
+    list of FAST_PATH_PARTS (reactors = 2, inline_store = 2b, store_rsp = 3, recv = 3b, logging = 4, parser = the store
+    handler's raw attribute parser). An escape hatch for the field and for A/B measurements;
+    the functional patch (1) always applies."""
+    value = os.environ.get("BURNSTATION_FASTPATH", "1").strip()
+    if value in ("1", ""):
+        return True
+    if value == "0":
+        return False
+    parts = {p.strip() for p in value.split(",")}
+    return part in parts if part else bool(parts & set(FAST_PATH_PARTS))
+
+
 def install() -> None:
     """Apply the patches (idempotent)."""
-    global _installed
+    global _installed, _INLINE_STORE
     if _installed:
         return
     ACSE._negotiate_as_acceptor = _negotiate_as_acceptor  # type: ignore[method-assign]
     _installed = True
+    _INLINE_STORE = fast_path_enabled("inline_store")
+    if fast_path_enabled("reactors") or _INLINE_STORE:
+        Association.__init__ = _association_init  # type: ignore[method-assign]
+        Association.kill = _association_kill  # type: ignore[method-assign]
+        Association._run_reactor = _association_run_reactor  # type: ignore[method-assign]
+        DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
+        DULServiceProvider.kill_dul = _dul_kill  # type: ignore[method-assign]
+        DULServiceProvider.stop_dul = _dul_stop  # type: ignore[method-assign]
+    if fast_path_enabled("store_rsp"):
+        DIMSEServiceProvider.send_msg = _dimse_send_msg  # type: ignore[method-assign]
+    if fast_path_enabled("recv"):
+        AssociationSocket.recv = _socket_recv  # type: ignore[method-assign]
+
+
+def uninstall() -> None:
+    """Restore the library's own functions (tests compare patched and unpatched behaviour)."""
+    global _installed, _INLINE_STORE
+    originals = original_functions()
+    for name, func in originals.items():
+        cls_name, attr = name.split(".")
+        cls = {"ACSE": ACSE, "Association": Association, "DULServiceProvider": DULServiceProvider,
+               "DIMSEServiceProvider": DIMSEServiceProvider, "AssociationSocket": AssociationSocket}[cls_name]
+        setattr(cls, attr, func)
+    _installed = False
+    _INLINE_STORE = False
+
+
+def source_hash(func: Any) -> str:
+    """sha256 of a function's source (what REPLACED_SOURCES pins)."""
+    return hashlib.sha256(inspect.getsource(func).encode()).hexdigest()
+
+
+def original_functions() -> dict[str, Any]:
+    """The unpatched library functions named in REPLACED_SOURCES."""
+    return {
+        "ACSE._negotiate_as_acceptor": _ORIGINAL_NEGOTIATE,
+        "Association.__init__": _ORIGINAL_ASSOC_INIT,
+        "Association.kill": _ORIGINAL_ASSOC_KILL,
+        "Association._run_reactor": _ORIGINAL["Association._run_reactor"],
+        "DULServiceProvider.run_reactor": _ORIGINAL["DULServiceProvider.run_reactor"],
+        "DULServiceProvider.kill_dul": _ORIGINAL["DULServiceProvider.kill_dul"],
+        "DULServiceProvider.stop_dul": _ORIGINAL["DULServiceProvider.stop_dul"],
+        "DIMSEServiceProvider.send_msg": _ORIGINAL_SEND_MSG,
+        "AssociationSocket.recv": _ORIGINAL_RECV,
+    }
 
 
 def internals_present() -> list[str]:
@@ -53,4 +570,12 @@ def internals_present() -> list[str]:
         missing.append("ACSE.send_reject")
     if "_negotiate_as_acceptor" not in ACSE.__dict__:
         missing.append("ACSE._negotiate_as_acceptor")
+    needed = {
+        ACSE: ["is_release_requested", "is_aborted", "send_release"],
+        Association: ["_run_reactor", "_serve_request", "kill", "abort", "release"],
+        DULServiceProvider: ["run_reactor", "kill_dul", "stop_dul", "_process_recv_primitive",
+                             "_is_transport_event", "idle_timer_expired", "receive_pdu"],
+    }
+    for cls, names in needed.items():
+        missing += [f"{cls.__name__}.{name}" for name in names if not callable(getattr(cls, name, None))]
     return missing
