@@ -369,3 +369,50 @@ def test_station_sends_a_study_to_a_known_node(pacs) -> None:
     assert {str(dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID) for p in got} <= UNCOMPRESSED
     ok, message = scu.echo(st.data, settings, node)
     assert ok, message
+
+
+# (how to make the file, storescu proposal, transfer syntax the station must keep, lossless)
+SYNTAXES = [
+    (None, "-xi", "1.2.840.10008.1.2", True),
+    (["dcmconv", "+tb"], "-xb", "1.2.840.10008.1.2.2", True),
+    (["dcmconv", "+td"], "-xd", "1.2.840.10008.1.2.1.99", True),
+    (["dcmcjpeg", "+eb", "+un"], "-xy", "1.2.840.10008.1.2.4.50", False),
+    (["dcmcjpeg", "+ee", "+un"], "-xx", "1.2.840.10008.1.2.4.51", False),
+    (["dcmcjpeg", "+e1"], "-xs", "1.2.840.10008.1.2.4.70", True),
+    (["dcmcjpls"], "-xt", "1.2.840.10008.1.2.4.80", True),
+    (["dcmcjpls", "+en", "+un"], "-xu", "1.2.840.10008.1.2.4.81", False),
+    (["dcmcrle"], "-xr", "1.2.840.10008.1.2.5", True),
+    ("pydicom:1.2.840.10008.1.2.4.90", "-xv", "1.2.840.10008.1.2.4.90", True),
+]
+
+
+def test_every_transfer_syntax_is_stored_as_received(pacs, tmp_path: Path) -> None:
+    """SPEC section 4: implicit/explicit/big endian, deflate, JPEG baseline/extended/lossless, JPEG-LS,
+    JPEG 2000 and RLE are accepted and kept as sent (pixels intact for the lossless ones)."""
+    st = pacs["st"]
+    for n, (make, proposal, syntax, lossless) in enumerate(SYNTAXES):
+        original = make_dataset(patient_id="PSYNTAX", rows=64, cols=64, bits=8, seed=n,
+                                 instance_number=n + 1)
+        plain = tmp_path / f"{n}.dcm"
+        original.save_as(plain, enforce_file_format=True)
+        sent = plain
+        if isinstance(make, list):
+            sent = tmp_path / f"{n}.{make[0]}.dcm"
+            r = dcmtk(make[0], *make[1:], str(plain), str(sent))
+            assert r.returncode == 0, r.stderr
+        elif isinstance(make, str):
+            ds = dcmread(plain)
+            try:
+                ds.compress(make.split(":", 1)[1], generate_instance_uid=False)
+            except Exception as exc:  # pragma: no cover - depends on the installed encoders
+                pytest.fail(f"cannot make {syntax} here: {exc}")
+            sent = tmp_path / f"{n}.j2k.dcm"
+            ds.save_as(sent, enforce_file_format=True)
+        r = dcmtk("storescu", proposal, "-aec", "BURNSTATION", "127.0.0.1", str(st.port), str(sent))
+        assert r.returncode == 0, f"{syntax}: {r.stderr}"
+        stored = next((st.data / "storage").rglob(f"{original.SOPInstanceUID}.dcm"), None)
+        assert stored is not None, f"{syntax}: not stored; storescu said {r.stdout + r.stderr}"
+        copy = dcmread(stored)
+        assert str(copy.file_meta.TransferSyntaxUID) == syntax
+        if lossless:
+            assert np.array_equal(copy.pixel_array, original.pixel_array), syntax
