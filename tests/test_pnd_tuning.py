@@ -375,3 +375,125 @@ def test_socket_recv_same_as_library(chunks, sizes, close, timeout):
     assert read_with(pnd_tuning._socket_recv, chunks, sizes, close, timeout) == expected
     if timeout:
         assert expected[-1] == "TimeoutError"
+
+
+# --------------------------------------------------------------------------- C-STORE-RQ command sets
+
+
+def store_rq_pdatas(max_pdu: int = 16384, payload: bytes = b"\x08\x00\x18\x00\x04\x00\x00\x001.2\x00", *,
+                    context_id: int = 1, merge: bool = False, **fields) -> list:
+    from pynetdicom.dimse_messages import C_STORE_RQ
+    from pynetdicom.pdu_primitives import P_DATA
+
+    req = C_STORE()
+    req.MessageID = fields.get("msg_id", 7)
+    req.AffectedSOPClassUID = fields.get("cls", CT)
+    req.AffectedSOPInstanceUID = fields.get("inst", "1.2.826.0.1.3680043.10.1457.7")
+    req.Priority = fields.get("priority", 2)
+    if "move_aet" in fields:
+        req.MoveOriginatorApplicationEntityTitle = fields["move_aet"]
+        req.MoveOriginatorMessageID = fields.get("move_id", 3)
+    import io
+
+    req.DataSet = io.BytesIO(payload)
+    msg = C_STORE_RQ()
+    msg.primitive_to_message(req)
+    pdatas = list(msg.encode_msg(context_id, max_pdu))
+    if merge and len(pdatas) > 1:
+        both = P_DATA()
+        both.presentation_data_value_list.extend(pdatas[0].presentation_data_value_list
+                                                 + pdatas[1].presentation_data_value_list)
+        pdatas = [both, *pdatas[2:]]
+    return pdatas
+
+
+def raw_pdata(context_id: int, *pdvs: bytes):
+    from pynetdicom.pdu_primitives import P_DATA
+
+    p = P_DATA()
+    p.presentation_data_value_list = [[context_id, pdv] for pdv in pdvs]
+    return p
+
+
+def receive_all(pdatas: list) -> tuple[list, list]:
+    assoc = Association(AE(), "acceptor")
+    keys = ("MessageID", "AffectedSOPClassUID", "AffectedSOPInstanceUID", "Priority",
+            "MoveOriginatorApplicationEntityTitle", "MoveOriginatorMessageID", "MessageIDBeingRespondedTo")
+    errors = []
+    for p in pdatas:
+        try:
+            assoc.dimse.receive_primitive(p)
+        except Exception as exc:
+            errors.append(type(exc).__name__)
+    out = []
+    while not assoc.dimse.msg_queue.empty():
+        cx, prim = assoc.dimse.msg_queue.get()
+        data = getattr(prim, "DataSet", None)
+        out.append((cx, type(prim).__name__, {k: getattr(prim, k, None) for k in keys},
+                    data.getvalue() if data is not None else None, prim._context_id,
+                    getattr(prim, "_dataset_path", None)))
+    return out, [*assoc.dul.event_queue.queue, *errors]
+
+
+def _odd_command(elements: list[tuple[int, bytes]]) -> bytes:
+    import struct
+
+    body = b"".join(struct.pack("<HHI", 0, e, len(v)) + v for e, v in elements)
+    return struct.pack("<HHII", 0, 0, 4, len(body)) + body
+
+
+ODD_COMMANDS = {
+    "unknown-command-field": _odd_command([(0x0002, CT.encode() + b"\0"), (0x0100, b"\x99\x00"),
+                                           (0x0110, b"\x01\x00"), (0x0800, b"\x00\x00"), (0x1000, b"1.2\0")]),
+    "extra-element": _odd_command([(0x0002, CT.encode() + b"\0"), (0x0100, b"\x01\x00"), (0x0110, b"\x01\x00"),
+                                   (0x0700, b"\x00\x00"), (0x0800, b"\x00\x00"), (0x0900, b"\x00\x00"),
+                                   (0x1000, b"1.2\0")]),
+    "multi-valued-uid": _odd_command([(0x0002, CT.encode() + b"\\1.2\0"), (0x0100, b"\x01\x00"), (0x0110, b"\x01\x00"),
+                                      (0x0700, b"\x00\x00"), (0x0800, b"\x00\x00"), (0x1000, b"1.2\0")]),
+    "no-data-set": _odd_command([(0x0002, CT.encode() + b"\0"), (0x0100, b"\x01\x00"), (0x0110, b"\x01\x00"),
+                                 (0x0700, b"\x00\x00"), (0x0800, b"\x01\x01"), (0x1000, b"1.2\0")]),
+    "short-us": _odd_command([(0x0002, CT.encode() + b"\0"), (0x0100, b"\x01\x00"), (0x0110, b"\x01"),
+                              (0x0700, b"\x00\x00"), (0x0800, b"\x00\x00"), (0x1000, b"1.2\0")]),
+    "truncated": _odd_command([(0x0002, CT.encode() + b"\0"), (0x0100, b"\x01\x00")])[:-3],
+    "padded-uids-and-aet": _odd_command([(0x0002, CT.encode() + b"\0"), (0x0100, b"\x01\x00"), (0x0110, b"\x05\x00"),
+                                         (0x0700, b"\x01\x00"), (0x0800, b"\x00\x00"), (0x1000, b"1.2.3 "),
+                                         (0x1030, b" MOVER  "), (0x1031, b"\x09\x00")]),
+}
+
+
+@pytest.mark.parametrize("name", ["plain", "big", "split-command", "merged", "move", "odd-uid", "echo",
+                                  *ODD_COMMANDS])
+def test_store_rq_decoding_same_as_library(name: str):
+    if name == "plain":
+        pdatas = store_rq_pdatas()
+    elif name == "big":
+        pdatas = store_rq_pdatas(16384, bytes(range(256)) * 200, context_id=3)
+    elif name == "split-command":
+        pdatas = store_rq_pdatas(40)
+    elif name == "merged":
+        pdatas = store_rq_pdatas(16384, b"x" * 100, merge=True)
+    elif name == "move":
+        pdatas = store_rq_pdatas(move_aet="MOVESCU", move_id=12)
+    elif name == "odd-uid":
+        pdatas = store_rq_pdatas(inst="1.2.826.0.1.3680043.10.1457.77", cls="1.2.840.10008.5.1.4.1.1.7")
+    elif name == "echo":
+        from pynetdicom.dimse_messages import C_ECHO_RQ
+        from pynetdicom.dimse_primitives import C_ECHO
+
+        echo = C_ECHO()
+        echo.MessageID = 1
+        echo.AffectedSOPClassUID = "1.2.840.10008.1.1"
+        msg = C_ECHO_RQ()
+        msg.primitive_to_message(echo)
+        pdatas = list(msg.encode_msg(1, 16384))
+    else:
+        pdatas = [raw_pdata(1, b"\x03" + ODD_COMMANDS[name]), raw_pdata(1, b"\x02" + b"\x00" * 8)]
+    expected = receive_all(pdatas)
+    pnd_tuning.set_protocol_logging(False)
+    pnd_tuning.install()
+    assert receive_all(pdatas) == expected
+    if name in ("plain", "big", "merged", "move"):
+        assert expected[0] and expected[0][0][1] == "C_STORE"
+    first_pdv = pdatas[0].presentation_data_value_list[0][1]
+    taken = first_pdv[0] & 3 == 3 and pnd_tuning._decode_store_rq(first_pdv[1:]) is not None
+    assert taken == (name in ("plain", "big", "merged", "move", "odd-uid", "padded-uids-and-aet")), name

@@ -40,6 +40,14 @@ this module relies on changes shape, so an upgrade is a deliberate act.
    larger than the peer's PDU, an EVT_DIMSE_SENT handler that wants the message object) takes
    the library's path. Byte-for-byte equality with the library is tested.
 
+3a. C-STORE-RQ command sets read directly. The library decodes every command set into a
+   pydicom Dataset and then copies it element by element into the request primitive. When a
+   C-STORE-RQ command set arrives whole in one PDV and holds only the standard elements (each
+   single-valued, well-formed), `_decode_store_rq` unpacks it with struct and fills the C_STORE
+   primitive through the same setters (same validation); the data set fragments still go through
+   the library's `decode_msg`. Anything else, or an EVT_DIMSE_RECV handler that wants the decoded
+   command set, takes the library's path. Equality of the resulting primitives is tested.
+
 3b. Socket reads in one piece. `AssociationSocket.recv` reads a PDU in 4 KiB `recv` calls,
    appending each to a bytearray (a 128 KiB P-DATA PDU: 32 calls and copies). `_socket_recv`
    reads into a preallocated bytearray with `recv_into` instead; same result, same behaviour at
@@ -65,23 +73,28 @@ import struct
 import threading
 import time
 from collections.abc import Callable
+from io import BytesIO
 from typing import Any, cast
 
+from pydicom.values import convert_AE_string, convert_UI
 from pynetdicom import _config, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
+from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
+from pynetdicom.utils import make_target
 
 _ORIGINAL_NEGOTIATE = ACSE._negotiate_as_acceptor
 _ORIGINAL_ASSOC_INIT = Association.__init__
 _ORIGINAL_ASSOC_KILL = Association.kill
 _ORIGINAL_SEND_MSG = DIMSEServiceProvider.send_msg
 _ORIGINAL_RECV = AssociationSocket.recv
+_ORIGINAL_RECEIVE_PRIMITIVE = DIMSEServiceProvider.receive_primitive
 _ORIGINAL = {
     "Association._run_reactor": Association._run_reactor,
     "DULServiceProvider.run_reactor": DULServiceProvider.run_reactor,
@@ -90,6 +103,7 @@ _ORIGINAL = {
 }
 _LOGGER_DUL = logging.getLogger("pynetdicom.dul")
 _LOGGER_ASSOC = logging.getLogger("pynetdicom.association")
+_LOGGER_DIMSE = logging.getLogger("pynetdicom.dimse")
 _installed = False
 
 IDLE_WAIT = 0.05  # seconds a reactor blocks when idle before re-checking its timers
@@ -105,6 +119,7 @@ REPLACED_SOURCES = {
     "DULServiceProvider.run_reactor": "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
     "DULServiceProvider.kill_dul": "5ceccf8dd01c2072c377d18bb1be284941a345bd40f03bd1e03a864ab0817842",
     "DULServiceProvider.stop_dul": "28a7e0be126e7b306369cc1b131daec8e907d21d0f5692930133b6599b8c6e5f",
+    "DIMSEServiceProvider.receive_primitive": "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f",
     "AssociationSocket.recv": "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
     "DIMSEServiceProvider.send_msg": "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
 }
@@ -462,6 +477,132 @@ def _dimse_send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int)
     _ORIGINAL_SEND_MSG(self, primitive, context_id)
 
 
+_unpack_element = struct.Struct("<HHI").unpack_from
+_unpack_us = struct.Struct("<H").unpack
+# C-STORE-RQ command elements: element number -> (primitive attribute or None, VR)
+_STORE_RQ_ELEMENTS = {
+    0x0000: (None, "UL"),  # Command Group Length
+    0x0002: ("AffectedSOPClassUID", "UI"),
+    0x0100: (None, "US"),  # Command Field
+    0x0110: ("MessageID", "US"),
+    0x0700: ("Priority", "US"),
+    0x0800: (None, "US"),  # Command Data Set Type
+    0x1000: ("AffectedSOPInstanceUID", "UI"),
+    0x1030: ("MoveOriginatorApplicationEntityTitle", "AE"),
+    0x1031: ("MoveOriginatorMessageID", "US"),
+}
+
+
+def _decode_store_rq(command: bytes) -> C_STORE | None:
+    """The C_STORE request primitive of a standard C-STORE-RQ command set, or None (library path)."""
+    values: dict[int, bytes] = {}
+    pos, end = 0, len(command)
+    last = -1
+    while pos < end:
+        if pos + 8 > end:
+            return None
+        group, elem, length = _unpack_element(command, pos)
+        pos += 8
+        if group != 0 or elem <= last or elem not in _STORE_RQ_ELEMENTS or pos + length > end or not length:
+            return None
+        last = elem
+        values[elem] = command[pos:pos + length]
+        pos += length
+    for elem, raw in values.items():
+        vr = _STORE_RQ_ELEMENTS[elem][1]
+        if (vr == "US" and len(raw) != 2) or (vr == "UL" and len(raw) != 4) or b"\\" in raw:
+            return None
+    if (values.get(0x0100) != b"\x01\x00" or 0x0800 not in values or values[0x0800] == b"\x01\x01"
+            or 0x0002 not in values or 0x0110 not in values or 0x1000 not in values):
+        return None
+    rq = C_STORE()
+    try:
+        for elem, raw in values.items():
+            attr, vr = _STORE_RQ_ELEMENTS[elem]
+            if attr is None:
+                continue
+            if vr == "US":
+                value: Any = _unpack_us(raw)[0]
+            elif vr == "UI":
+                value = convert_UI(raw, True)
+            else:
+                value = convert_AE_string(raw, True)
+            setattr(rq, attr, value)
+    except Exception:  # the library raises the same from message_to_primitive -> its own handling
+        return None
+    return rq
+
+
+def _dimse_receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
+    """DIMSEServiceProvider.receive_primitive of pynetdicom 3.0 with C-STORE-RQ command sets read by
+    `_decode_store_rq` (the data set fragments still go through DIMSEMessage.decode_msg)."""
+    if (self.message is None and type(primitive) is P_DATA and primitive.presentation_data_value_list
+            and not _config.STORE_RECV_CHUNKED_DATASET and not self.assoc.get_handlers(evt.EVT_DIMSE_RECV)):
+        pdvs = primitive.presentation_data_value_list
+        context_id, data = pdvs[0]
+        if data[0] & 3 == 3:
+            rq = _decode_store_rq(data[1:])
+            if rq is not None:
+                message = DIMSEMessage()
+                message.__class__ = C_STORE_RQ
+                message.context_id = context_id
+                message.encoded_command_set.write(data[1:])
+                message._bs_primitive = rq  # type: ignore[attr-defined]
+                self.message = message
+                rest = P_DATA()
+                rest.presentation_data_value_list.extend(pdvs[1:])  # items as received (no re-validation)
+                primitive = rest
+
+    # --- from here on the library's function (pynetdicom 3.0.4 dimse.py), message_to_primitive
+    #     skipped when the command set was read above
+    if self.message is None:
+        self.message = DIMSEMessage()
+
+    if self.message.decode_msg(primitive, self.assoc):
+        # Trigger event
+        evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
+
+        context_id = cast(int, self.message.context_id)
+        try:
+            fast = getattr(self.message, "_bs_primitive", None)
+            if fast is not None and not len(self.message.command_set):
+                fast.DataSet = self.message.data_set
+                fast._context_id = self.message.context_id
+                fast._dataset_path = None
+                fast._dataset_file = None
+                d_primitive = fast
+            else:
+                d_primitive = self.message.message_to_primitive()
+        except Exception as exc:
+            _LOGGER_DIMSE.error("Received an invalid DIMSE message")
+            _LOGGER_DIMSE.exception(exc)
+            self.dul.event_queue.put("Evt19")
+            return
+
+        # Keep C-CANCEL requests separate from other messages
+        # Only allow up to 10 C-CANCEL requests
+        if isinstance(d_primitive, C_CANCEL) and len(self.cancel_req) < 10:
+            msg_id = cast(int, d_primitive.MessageIDBeingRespondedTo)
+            self.cancel_req[msg_id] = d_primitive
+        elif isinstance(d_primitive, N_EVENT_REPORT) and d_primitive.is_valid_request:
+            # N-EVENT-REPORT service requests are handled immediately
+            t = threading.Thread(
+                target=make_target(self.assoc._serve_request),
+                args=(d_primitive, context_id),
+            )
+            t.start()
+        else:
+            self.msg_queue.put((context_id, d_primitive))
+
+        # Fix for memory leak, Issue #41
+        #   Reset the DIMSE message, ready for the next one
+        self.message.encoded_command_set = BytesIO()
+        self.message.data_set = BytesIO()
+        self.message._data_set_file = None
+        self.message._data_set_path = None
+        self.message = None
+
+
 def _socket_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     """AssociationSocket.recv: `nr_bytes` from the socket, fewer only if the peer closed it."""
     sock = cast(Any, self.socket)
@@ -492,12 +633,12 @@ def set_protocol_logging(enabled: bool) -> None:
 # --------------------------------------------------------------------------- install / checks
 
 
-FAST_PATH_PARTS = ("reactors", "inline_store", "store_rsp", "recv", "logging", "parser")
+FAST_PATH_PARTS = ("reactors", "inline_store", "store_rq", "store_rsp", "recv", "logging", "parser")
 
 
 def fast_path_enabled(part: str = "") -> bool:
     """Whether a speed-up is on. BURNSTATION_FASTPATH: unset or "1" = all, "0" = none, or a comma
-    list of FAST_PATH_PARTS (reactors = 2, inline_store = 2b, store_rsp = 3, recv = 3b, logging = 4, parser = the store
+    list of FAST_PATH_PARTS (reactors = 2, inline_store = 2b, store_rq = 3a, store_rsp = 3, recv = 3b, logging = 4, parser = the store
     handler's raw attribute parser). An escape hatch for the field and for A/B measurements;
     the functional patch (1) always applies."""
     value = os.environ.get("BURNSTATION_FASTPATH", "1").strip()
@@ -526,6 +667,8 @@ def install() -> None:
         DULServiceProvider.stop_dul = _dul_stop  # type: ignore[method-assign]
     if fast_path_enabled("store_rsp"):
         DIMSEServiceProvider.send_msg = _dimse_send_msg  # type: ignore[method-assign]
+    if fast_path_enabled("store_rq"):
+        DIMSEServiceProvider.receive_primitive = _dimse_receive_primitive  # type: ignore[method-assign]
     if fast_path_enabled("recv"):
         AssociationSocket.recv = _socket_recv  # type: ignore[method-assign]
 
@@ -560,6 +703,7 @@ def original_functions() -> dict[str, Any]:
         "DULServiceProvider.stop_dul": _ORIGINAL["DULServiceProvider.stop_dul"],
         "DIMSEServiceProvider.send_msg": _ORIGINAL_SEND_MSG,
         "AssociationSocket.recv": _ORIGINAL_RECV,
+        "DIMSEServiceProvider.receive_primitive": _ORIGINAL_RECEIVE_PRIMITIVE,
     }
 
 
