@@ -431,6 +431,21 @@ def test_silent_peer_is_bounded_by_the_timeout_and_outgoing_associations_are_cap
         configure(station.data, "dicom.max_connections=4")
 
 
+def test_settings_changes_do_not_close_the_listeners(station: Station) -> None:
+    """Time-out, TLS trust and client-certificate changes are applied in place: the plain port keeps
+    answering throughout and no listener is reopened."""
+    opened = station.log().count("DICOM listening on")
+    ca = str(station.data / "tls" / "ca.pem")
+    changes = [("dicom.timeout=6",), (f"dicom.tls_trusted_ca={ca}",), ("dicom.tls_require_client_cert=true",),
+               ("dicom.tls_require_client_cert=false", "dicom.tls_trusted_ca="), ("dicom.timeout=5",)]
+    for assignments in changes:
+        configure(station.data, *assignments)
+        deadline = time.monotonic() + 2.5  # the service looks at the settings every second
+        while time.monotonic() < deadline:
+            assert echo_ok(station), f"plain port refused after {assignments}"
+    assert station.log().count("DICOM listening on") == opened
+
+
 def test_port_change_reaches_the_running_station(station: Station) -> None:
     old, new = station.port, free_port()
     configure(station.data, f"dicom.port={new}")

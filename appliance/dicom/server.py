@@ -65,6 +65,17 @@ EXTRA_CONTEXTS: list[str] = [worklist_scp.MWL_FIND]
 EXTRA_FIND_HANDLERS: dict[str, Any] = {worklist_scp.MWL_FIND: worklist_scp.find_worklist}
 
 
+def apply_settings(ae: AE, settings: Settings) -> None:
+    """The AE title, derived called titles and time-outs: what a running listener can change in place."""
+    ae.ae_title = settings.aet()
+    timeout = float(settings.get("dicom.timeout"))
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = max(timeout, 60.0)
+    ae.connection_timeout = timeout
+    ae.accepted_called_aets = set(settings.derived_aets())  # type: ignore[attr-defined]
+
+
 def build_ae(ctx: StationContext) -> AE:
     """An AE that supports every service of SPEC section 4."""
     pnd_tuning.install()
@@ -73,12 +84,7 @@ def build_ae(ctx: StationContext) -> AE:
     ae.require_called_aet = False
     ae.maximum_associations = 1_000_000  # incoming associations are not capped (seed)
     ae.maximum_pdu_size = 0  # no limit on what we receive
-    timeout = float(ctx.settings.get("dicom.timeout"))
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = max(timeout, 60.0)
-    ae.connection_timeout = timeout
-    ae.accepted_called_aets = set(ctx.settings.derived_aets())  # type: ignore[attr-defined]
+    apply_settings(ae, ctx.settings)
     for cx in AllStoragePresentationContexts:
         ae.add_supported_context(cx.abstract_syntax, TRANSFER_SYNTAXES, scu_role=True, scp_role=True)
     ae.add_supported_context(Verification, NATIVE_SYNTAXES)
@@ -262,23 +268,49 @@ class DicomServer:
             self._open = {}
 
     def reload(self, force: bool = False) -> bool:
-        """Apply changed settings; rebinds the listeners only when their settings changed (or `force`)."""
+        """Apply changed settings without dropping a listener that can stay.
+
+        Only a changed port or bind address closes and reopens that listener; the AE title,
+        time-outs and the TLS settings (client certificates, trusted CAs) are swapped in place on
+        the running listeners, so a settings change never refuses a connection. `force` retries
+        what failed last time (a port that was taken, a TLS file that could not be read).
+        """
         settings = self.settings.all()
         self._configure_debug()
         self.ctx.store.min_free = int(settings["dicom.min_free_mb"]) * 1024 * 1024
         current = {k: settings[k] for k in DICOM_LISTENER_KEYS + ("dicom.timeout",)}
-        if current == self._snapshot:
-            if not force:
-                return False
-            with self._lock:
-                self._start_locked(only_missing=True)
-            return True
+        old = self._snapshot
+        if current == old and not force:
+            return False
         with self._lock:
-            for server in self.servers:
-                server.shutdown()
-            self.servers = []
-            self._open = {}
-            self._start_locked()
+            moved = set()
+            if (current["dicom.port"], current["dicom.bind"]) != (old.get("dicom.port"), old.get("dicom.bind")):
+                moved.add("plain")
+            if (current["dicom.tls_port"], current["dicom.bind"]) != (old.get("dicom.tls_port"), old.get("dicom.bind")):
+                moved.add("tls")
+            for name in moved:
+                server = self._open.pop(name, None)
+                if server is not None:
+                    server.shutdown()
+                    self.servers.remove(server)
+            errors = []
+            for name, server in self._open.items():
+                try:
+                    apply_settings(server.ae, self.settings)
+                    server.ae_title = server.ae.ae_title
+                    server.io_timeout = float(settings["dicom.timeout"])
+                    if name == "tls":
+                        server.tls_context = tlsca.server_context(
+                            self.data_dir, require_client_cert=settings["dicom.tls_require_client_cert"],
+                            trusted_ca=settings["dicom.tls_trusted_ca"])
+                except (OSError, ValueError) as exc:
+                    errors.append(f"{name} listener: {exc}")
+            try:
+                self._start_locked(only_missing=True)
+            except OSError as exc:
+                errors.append(str(exc))
+            if errors:
+                raise OSError("; ".join(errors))
         return True
 
     def ports(self) -> list[int]:
