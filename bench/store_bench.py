@@ -11,6 +11,12 @@ After each run the stored count is checked (station: index rows; storescp: files
 
     .venv/bin/python bench/store_bench.py [--reps 3] [--servers station,storescp,orthanc]
                                           [--sets small,large] [--conc 1,4]
+
+The station's CPU seconds (all its processes) are printed per run: on a shared, noisy machine
+they say more about a change than the wall clock. BENCH_PROFILE_DIR=dir records each station run
+with py-spy (pip install py-spy into the venv; summarise with bench/profile_summary.py), and
+BURNSTATION_FASTPATH=0 or a list of parts (see appliance/dicom/pnd_tuning.py) measures the
+station with speed-ups switched off, for A/B comparisons.
 """
 
 from __future__ import annotations
