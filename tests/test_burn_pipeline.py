@@ -184,9 +184,6 @@ def test_association_to_E_makes_one_job_and_one_disc(tmp_path: Path, shared: tup
     assert set(disc_sops(extracted)) == sop_uids(files)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "the DICOM layer logs an A-ABORT as 'connection closed' when pynetdicom's close event wins the race "
-    "(appliance/dicom/context.py on_closed), and 'connection closed' counts as a release"))
 def test_aborted_association_is_held_then_burned_on_demand(tmp_path: Path, shared: tuple[Station, Path]) -> None:
     station, usb = shared
     data = station.data

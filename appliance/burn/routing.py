@@ -7,9 +7,9 @@ called AE title); the burner polls state.db here, so receiving never waits for b
   delivered becomes one job for the Epson / Primera role (nothing delivered: no job). An association
   that was *aborted* (A-ABORT) is not burned automatically (the sender usually retries, and half a
   study on a disc is worse than none): it is kept as `held` with a note, listed by
-  `burnstation jobs list`, and a technician burns it on demand (`jobs burn --assoc N`). A
-  "connection closed" end counts as a release: pynetdicom reports some normal releases that way
-  (the peer closes the socket right after A-RELEASE-RP and the close event can win the race).
+  `burnstation jobs list`, and a technician burns it on demand (`jobs burn --assoc N`). So is one
+  whose connection dropped without a release ("connection closed"); the DICOM layer tells a
+  completed release from a drop by the protocol state (`appliance.dicom.context.closing_reason`).
 - `<AET>_TE` / `<AET>_TP` ("delayed"): each instance joins the pending group of its key (Patient ID,
   or Study Instance UID with `burn.group_by=study`; an empty Patient ID falls back to the study).
   Every arrival for the group, so every new series, pushes its deadline to arrival + `burn.delay_seconds`
@@ -178,7 +178,7 @@ class Router:
         if not uids:
             self._set_assoc(assoc["id"], "empty", note=f"{assoc['result']}: nothing received")
             return None
-        if assoc["result"] not in ("released", "connection closed"):
+        if assoc["result"] != "released":
             self._set_assoc(assoc["id"], "held", note=(
                 f"association {assoc['result']} after {len(uids)} instance(s): not burned automatically; "
                 f"burn it with `burnstation jobs burn --assoc {assoc['id']}`"))

@@ -114,13 +114,36 @@ class AssociationLog:
         self._close(event, "aborted")
 
     def on_closed(self, event: Any) -> None:
-        self._close(event, "connection closed")
+        self._close(event, closing_reason(event.assoc))
 
     def on_echo(self, event: Any) -> int:
         state = state_of(event.assoc)
         if state is not None:
             state.services.add("echo")
         return 0x0000
+
+
+def closing_reason(assoc: Any) -> str:
+    """How an association ended, decided when its connection closes.
+
+    pynetdicom fires EVT_CONN_CLOSE from the DUL thread, often before the association thread
+    fires EVT_RELEASED / EVT_ABORTED, so the close event alone says nothing. The state machine does:
+    Sta13 (the A-RELEASE-RP went out, waiting for the peer to close) means a completed release;
+    an A-ABORT / A-P-ABORT waiting for the association thread means an abort; anything else is
+    a transport connection dropped without release (the burn pipeline treats it like an abort).
+    """
+    if getattr(assoc, "is_released", False):
+        return "released"
+    dul = getattr(assoc, "dul", None)
+    state = getattr(getattr(dul, "state_machine", None), "current_state", "")
+    if state == "Sta13":
+        return "released"
+    try:
+        if getattr(assoc, "is_aborted", False) or assoc.acse.is_aborted("a-abort"):
+            return "aborted"
+    except Exception:  # the queue peek is best effort
+        pass
+    return "connection closed"
 
 
 def _is_tls(assoc: Any) -> bool:
