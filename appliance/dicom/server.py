@@ -14,6 +14,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -260,12 +261,34 @@ class DicomServer:
         if failures:
             raise OSError("cannot open " + "; ".join(failures))
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 3.0) -> None:
+        """Close the listeners, let running associations finish for `grace` seconds, abort the rest.
+
+        An aborted peer never got a success for the object in flight, so nothing acknowledged
+        is lost; without the abort a busy sender would keep the process alive until SIGKILL.
+        """
         with self._lock:
+            active = []
             for server in self.servers:
+                try:
+                    active.extend(server.active_associations)
+                except Exception:
+                    pass
                 server.shutdown()
             self.servers = []
             self._open = {}
+        deadline = time.monotonic() + grace
+        for assoc in active:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+        for assoc in active:
+            if assoc.is_alive():
+                LOG.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
+                try:
+                    assoc.abort()
+                except Exception:
+                    pass
+        for assoc in active:
+            assoc.join(1.0)
 
     def reload(self, force: bool = False) -> bool:
         """Apply changed settings without dropping a listener that can stay.
