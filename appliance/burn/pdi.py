@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.fileset import DIRECTORY_RECORDERS
-from pydicom.filewriter import write_dataset
+from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.pixels import iter_pixels
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import PersonName
@@ -123,10 +124,36 @@ def transcode(src: Path, dst: Path, transfer_syntax: str, pixel_bytes: int = 0) 
             ds.decompress(generate_instance_uid=False)  # same instance, other encoding: keep its UID
         except Exception as exc:
             raise BuildError(f"cannot decompress {src.name} ({ds.file_meta.TransferSyntaxUID.name}): {exc}") from exc
+    if ds.original_encoding[1] is False:  # Explicit VR Big Endian: pydicom leaves binary values as read
+        _swap_binary_values(ds, ds.get("BitsAllocated"))
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     tmp = dst.with_name(dst.name + ".tmp")
-    ds.save_as(tmp, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    dcmwrite(tmp, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
     os.replace(tmp, dst)
+
+
+_WORD_SIZE = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
+
+
+def _swap_binary_values(ds: Dataset, bits_allocated: object) -> None:
+    """Turn the big-endian OW/OL/OF/OD/OV values of `ds` (and its sequences) into little endian.
+
+    pydicom decodes numbers and text by the file's byte order but keeps these values as raw bytes
+    (its `save_as` refuses to change byte order for that reason). Pixel data is swapped by its
+    Bits Allocated (16 or 32 bit cells), everything else by the word size of its VR."""
+    for element in ds.iterall():
+        size = _WORD_SIZE.get(str(element.VR).split(" or ")[-1] if element.VR else "")
+        if not size or not isinstance(element.value, bytes | bytearray) or not element.value:
+            continue
+        if element.tag == 0x7FE00010:  # pixel cells: 8-bit ones have no byte order
+            if bits_allocated not in (16, 32, 64):
+                continue
+            size = int(bits_allocated) // 8  # type: ignore[call-overload]
+        value = bytes(element.value)
+        if len(value) % size:
+            raise BuildError(f"{element.keyword or element.tag}: {len(value)} bytes is not a whole number of "
+                             f"{size}-byte words")
+        element.value = np.frombuffer(value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
 
 
 def _fill_required(ds: Dataset, info: InstanceInfo, series_index: int, instance_index: int) -> None:
