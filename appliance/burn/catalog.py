@@ -69,6 +69,12 @@ class InstanceInfo:
     record_type: str = "IMAGE"  # DICOMDIR leaf record type
 
     @property
+    def patient_key(self) -> str:
+        """Who the instance belongs to on the disc: the Patient ID, or for objects without one the
+        name and birth date (two patients without ID must not become one patient)."""
+        return self.patient_id or f"\0{self.patient_name}\0{self.birth_date}"
+
+    @property
     def pixel_bytes(self) -> int:
         """Uncompressed pixel data size (0 for objects without pixels)."""
         return self.rows * self.columns * self.frames * self.samples * ((self.bits_allocated + 7) // 8)
@@ -175,5 +181,5 @@ def catalog(instances: Sequence[Mapping[str, Any]]) -> list[InstanceInfo]:
 
 
 def sort_key(info: InstanceInfo) -> tuple:
-    return (info.patient_id, info.study_date, info.study_time, info.study_uid, info.series_number,
+    return (info.patient_key, info.study_date, info.study_time, info.study_uid, info.series_number,
             info.series_uid, info.instance_number, info.sop_uid)

@@ -352,15 +352,15 @@ def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_i
         if e_node is None:
             assert ds is not None
             charset = ds.get("SpecificCharacterSet")
-            p_node, p_index = patient_nodes.get(info.patient_id, (None, len(patients)))
-            s_key = (info.patient_id, info.study_uid)
+            p_node, p_index = patient_nodes.get(info.patient_key, (None, len(patients)))
+            s_key = (info.patient_key, info.study_uid)
             s_node, s_index = study_nodes.get(s_key, (None, len(p_node.children) if p_node else 0))
             e_index = len(s_node.children) if s_node else 0
             _fill_required(ds, info, e_index, i_index)
             if p_node is None:
                 p_node = _Node(_record("PATIENT", ds, charset))
                 patients.append(p_node)
-                patient_nodes[info.patient_id] = (p_node, p_index)
+                patient_nodes[info.patient_key] = (p_node, p_index)
             if s_node is None:
                 s_node = _Node(_record("STUDY", ds, charset))
                 p_node.children.append(s_node)

@@ -65,16 +65,24 @@ def group(infos: Sequence[InstanceInfo]) -> list[PatientEntry]:
     studies: dict[tuple[str, str], StudyEntry] = {}
     series: dict[str, SeriesEntry] = {}
     for info in infos:
-        patient = patients.get(info.patient_id)
+        patient = patients.get(info.patient_key)
         if patient is None:
-            patient = patients[info.patient_id] = PatientEntry(info.patient_id, info.patient_name,
-                                                               info.birth_date, info.sex)
-        study = studies.get((info.patient_id, info.study_uid))
+            patient = patients[info.patient_key] = PatientEntry(info.patient_id, info.patient_name,
+                                                                info.birth_date, info.sex)
+        else:  # an object without pixels (a PDF, an SR) often lacks what the images have
+            patient.name, patient.birth_date = patient.name or info.patient_name, patient.birth_date or info.birth_date
+            patient.sex = patient.sex or info.sex
+        study = studies.get((info.patient_key, info.study_uid))
         if study is None:
-            study = studies[(info.patient_id, info.study_uid)] = StudyEntry(
+            study = studies[(info.patient_key, info.study_uid)] = StudyEntry(
                 info.study_uid, info.study_date, info.study_time, info.study_description, info.accession,
                 info.institution)
             patient.studies.append(study)
+        elif not study.date:
+            study.date, study.time = info.study_date, info.study_time
+        for name in ("description", "accession", "institution"):
+            if not getattr(study, name):
+                setattr(study, name, getattr(info, {"description": "study_description"}.get(name, name)))
         entry = series.get(info.series_uid)
         if entry is None:
             entry = series[info.series_uid] = SeriesEntry(info.series_uid, info.series_number, info.modality,
