@@ -113,16 +113,20 @@ def create_job_in(conn: sqlite3.Connection, *, role: str, sop_uids: Iterable[str
     conn.executemany("INSERT OR IGNORE INTO job_items (job_id, sop_uid) VALUES (?, ?)", [(job_id, u) for u in uids])
     summary = conn.execute(
         "SELECT COUNT(*) AS n, COALESCE(SUM(i.size), 0) AS size, MIN(st.patient_id) AS patient_id, "
-        "MIN(p.patient_name) AS patient_name, json_group_array(DISTINCT i.study_uid) AS studies "
+        "MIN(p.patient_name) AS patient_name, COUNT(DISTINCT st.patient_id) AS patients, "
+        "json_group_array(DISTINCT i.study_uid) AS studies "
         "FROM job_items j JOIN instances i ON i.sop_uid=j.sop_uid "
         "LEFT JOIN studies st ON st.study_uid=i.study_uid LEFT JOIN patients p ON p.patient_id=st.patient_id "
         "WHERE j.job_id=?", (job_id,)).fetchone()
+    patient_name = summary["patient_name"] or ""
+    if summary["patients"] > 1:  # one disc, several patients (e.g. one association to _E): say so
+        patient_name += f" (+{summary['patients'] - 1} more)"
     conn.execute(
         "INSERT INTO jobs (id, state, role, priority, copies, verify, message, source, assoc_id, group_id, "
         "follows_job, patient_id, patient_name, study_uids, instances, size, robot_job_id, created_at, updated_at) "
         "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (job_id, role, int(priority), int(copies), int(bool(verify)), message, source, assoc_id, group_id,
-         follows_job, summary["patient_id"] or "", summary["patient_name"] or "", summary["studies"] or "[]",
+         follows_job, summary["patient_id"] or "", patient_name, summary["studies"] or "[]",
          summary["n"], summary["size"], job_id, now, now),
     )
     return job_id
