@@ -10,6 +10,7 @@ the robot's driver service takes the job from there.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import shutil
 import sqlite3
@@ -93,6 +94,11 @@ def build_job(conn: sqlite3.Connection, settings: Settings, data_dir: Path, job:
     except Exception as exc:
         LOG.exception("job %s: build failed", job_id)
         text = f"{type(exc).__name__}: {exc}" if not str(exc) else str(exc)
+        shutil.rmtree(work_dir, ignore_errors=True)  # a partial build must not keep a full disk full
+        if _disk_full(exc):
+            free_mb = shutil.disk_usage(work_dir.parent).free // 1_000_000 if work_dir.parent.exists() else 0
+            text = (f"disk full while building in {work_dir.parent} ({free_mb} MB free now): free space, "
+                    f"then retry the job ({text})")
         jobs.move(conn, job_id, (jobs.BUILDING,), jobs.FAILED, error=f"build failed: {text}"[:2000],
                   message="the disc could not be built")
         return False
@@ -105,6 +111,16 @@ def build_job(conn: sqlite3.Connection, settings: Settings, data_dir: Path, job:
         return False
     LOG.info("job %s built: %s", job_id, media)
     return True
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """True when `exc` or an exception it was raised from is "no space left" (or over quota)."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def prune_discs(conn: sqlite3.Connection, settings: Settings, data_dir: Path, now: float | None = None) -> int:
