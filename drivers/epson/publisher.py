@@ -15,25 +15,14 @@ from typing import Any
 
 from appliance import publish
 from drivers.common import (
-    STAGE_DIR,
-    DiscState,
-    EnginePathMap,
-    ErrorReportWait,
     FoundJobFile,
     RobotJobRef,
     Sections,
-    aggregate,
-    checked_id,
-    clean_aside,
+    SpoolPublisher,
     find_job_files,
     latest_per_disc,
-    ledger_for,
-    match_robot_job,
     remove_quietly,
-    robot_job_id,
-    stage_file,
-    stage_tree,
-    write_aside_then_rename,
+    spool_factory,
 )
 from drivers.epson import errors, jdf
 from drivers.epson.status import (
@@ -46,7 +35,6 @@ from drivers.epson.status import (
 
 STATE_EXTS = ("JDF", "RJD", "INP", "STP", "DON", "ERR")
 CANCEL_EXTS = ("JCF", "CDN", "CER")
-TERMINAL = (publish.DONE, publish.FAILED, publish.CANCELLED)
 MAX_JOB_ID = jdf.MAX_JOB_ID
 
 
@@ -106,7 +94,7 @@ def disc_state(exts: set[str], info: JobInfo | None) -> publish.JobProgress:
     return publish.JobProgress(publish.UNKNOWN)
 
 
-class EpsonPublisher(publish.Publisher):
+class EpsonPublisher(SpoolPublisher):
     """A robot behind TD Bridge, reached through its watched folder (the robot config's `spool`).
 
     Robot config keys used (besides the shared ones): `engine_path` (the spool as TD Bridge sees
@@ -117,20 +105,12 @@ class EpsonPublisher(publish.Publisher):
     """
 
     kind = "epson"
+    MAX_JOB_ID = MAX_JOB_ID
+    CANCEL_EXT = "JCF"
 
     def __init__(self, robot: Mapping[str, Any], data_dir: Path | None = None) -> None:
-        self.robot = dict(robot)
-        self.name = str(robot["name"])
-        self.spool = Path(robot["spool"])
-        self.paths = EnginePathMap(self.spool, str(robot.get("engine_path") or ""))
-        self.mode = str(robot.get("mode") or "image")
+        super().__init__(robot, data_dir)
         self.reader = status_reader(self.spool)
-        self.status_timeout = float(robot.get("status_timeout", 30) or 0)
-        self.encoding = str(robot.get("encoding") or "utf-8")
-        self.data_dir = data_dir
-        self.error_wait = ErrorReportWait()
-        self.ledger = ledger_for(data_dir, self.name)
-        clean_aside(self.spool)
 
     # ------------------------------------------------------------------ reading state
 
@@ -149,7 +129,8 @@ class EpsonPublisher(publish.Publisher):
                     continue
         return folders
 
-    def _scan(self, job_id: str) -> tuple[list[FoundJobFile], Sections]:
+    def _observe(self, job_id: str) -> tuple[list[FoundJobFile], Sections, None]:
+        """Job files in the spool, else (once TD Bridge has moved them) in its log folders."""
         snap = self.reader.read()
         sections = snap.sections if snap else {}
         exts = STATE_EXTS + CANCEL_EXTS
@@ -159,54 +140,17 @@ class EpsonPublisher(publish.Publisher):
         latest = latest_per_disc(refs)
         if any(ref.stem not in known for ref in latest.values()) or not latest:
             files += find_job_files(self._log_folders(), job_id, exts, MAX_JOB_ID)
-        return files, sections
+        return files, sections, None
 
-    @staticmethod
-    def _section_refs(job_id: str, sections: Sections) -> set[RobotJobRef]:
-        refs = set()
-        for name in sections:
-            ref = match_robot_job(name, job_id, MAX_JOB_ID)
-            if ref is not None:
-                refs.add(ref)
-        return refs
+    def _disc_progress(self, ref: RobotJobRef, exts: set[str], sections: Sections,
+                       context: None) -> publish.JobProgress:
+        return disc_state(exts, job_info(sections, ref.stem))
 
-    def _disc_states(self, job_id: str) -> tuple[list[DiscState], int, list[RobotJobRef]]:
-        files, sections = self._scan(job_id)
-        all_refs = {f.ref for f in files} | self._section_refs(job_id, sections)
-        refs = {r for r in all_refs if self.ledger is None or self.ledger.known(r.stem)}  # ours only
-        if not refs:
-            return [], 0, sorted(all_refs, key=lambda r: (r.attempt, r.disc))
-        latest_count = max(refs, key=lambda r: r.attempt).disc_count
-        current = [r for r in refs if r.disc_count == latest_count]
-        latest = latest_per_disc(current)
-        by_stem: dict[str, set[str]] = {}
-        for f in files:
-            by_stem.setdefault(f.ref.stem.lower(), set()).add(f.ext)
-        states = []
-        for disc in sorted(latest):
-            ref = latest[disc]
-            info = job_info(sections, ref.stem)
-            exts = by_stem.get(ref.stem.lower(), set())
-            progress = disc_state(exts, info)
-            mtime = self.reader.last_good.mtime if self.reader.last_good else 0.0
-            progress = self.error_wait.settle(ref.stem, progress, "JCF" in exts, mtime)
-            states.append(DiscState(ref, progress))
-        return states, latest_count, sorted(all_refs, key=lambda r: (r.attempt, r.disc))
-
-    def poll(self, job_id: str) -> publish.JobProgress:
-        try:
-            checked_id(job_id, 32)
-        except ValueError:
-            return publish.JobProgress(publish.UNKNOWN, message="not a valid job id")
-        states, count, _ = self._disc_states(job_id)
-        for d in states:  # the engine is finished with a disc's files: drop our staged copies
-            if d.progress.state in TERMINAL:
-                self._clean_staged(d.ref.stem)
-        return aggregate(states, count)
+    def _status_mtime(self) -> float:
+        return self.reader.last_good.mtime if self.reader.last_good else 0.0
 
     def status(self) -> publish.RobotStatus:
-        rs = publish.RobotStatus(name=self.name, kind=self.kind, online=False,
-                                 media=list(self.robot.get("media") or []))
+        rs = self._new_status()
         snap = self.reader.read()
         if snap is None:
             rs.message = f"TD Bridge is not running: no TDBStatus.txt in {self.spool}"
@@ -237,14 +181,11 @@ class EpsonPublisher(publish.Publisher):
         snap = self.reader.read()
         return robot_state(snap.sections).publisher_name if snap else ""
 
-    def _stage_dir(self, stem: str) -> Path:
-        return self.spool / STAGE_DIR / stem
-
     def _merge_file(self, stem: str) -> Path:
         return self.spool / f"{stem}_FIELDS.TXT"
 
     def _clean_staged(self, stem: str) -> None:
-        remove_quietly(self._stage_dir(stem))
+        super()._clean_staged(stem)
         remove_quietly(self._merge_file(stem))
 
     def _label(self) -> str:
@@ -259,87 +200,39 @@ class EpsonPublisher(publish.Publisher):
                 pass  # outside the spool: taken to be a path on the engine's host already
         return template
 
-    def plan(self, request: publish.PublishRequest) -> list[tuple[RobotJobRef, publish.DiscImage]]:
-        """Which discs still need a robot job, and under which robot job id."""
-        checked_id(request.job_id, 32)
-        if not request.discs:
-            raise ValueError(f"job {request.job_id}: no discs to publish")
-        count = len(request.discs)
-        states, known_count, refs = self._disc_states(request.job_id)
-        active = {d.ref.disc: d for d in states} if known_count == count else {}
-        attempt = max((r.attempt for r in refs), default=0) + 1
-        todo = []
-        for number, disc in enumerate(request.discs, 1):
-            cur = active.get(number)
-            if cur is not None and cur.progress.state in (publish.WAITING, publish.BURNING, publish.DONE):
-                continue  # already with the robot (or made): never twice
-            stem = robot_job_id(request.job_id, number, count, attempt, MAX_JOB_ID)
-            todo.append((RobotJobRef(stem, number, count, attempt), disc))
-        return todo
-
     def submit(self, request: publish.PublishRequest) -> None:
         todo = self.plan(request)
         if not todo:
             return
         publisher = self._publisher_name()
         must_copy = bool(self.paths.engine_root)
-        prepared: list[tuple[str, str, str]] = []  # stem, jdf text, merge text
+        prepared: list[tuple[str, list[tuple[str, str]]]] = []  # stem, [merge file], job file
         for ref, disc in todo:
             disc_type = disc.media.upper()
             fmt = jdf.choose_format(disc_type, disc.filesystem, str(self.robot.get("format") or ""))
             jdf.validate_format(disc_type, fmt)  # before anything is staged or written
-            stage = self._stage_dir(ref.stem)
             job = jdf.JdfJob(
                 job_id=ref.stem, disc_type=disc_type, format=fmt, copies=request.copies,
                 publisher=publisher, compare=request.verify and bool(self.robot.get("verify", True)),
                 volume_label=disc.volume_label, label=self._label(), high_priority=request.priority > 0,
             )
+            content = self._stage_content(disc, ref.stem, must_copy, "DATA", "IMAGE")
             if self.mode == "data":
-                tree = stage_tree(Path(disc.tree), stage / "DISC", must_copy)
                 # destination "" = the disc root (relative to it, as TD Bridge wants; unconfirmed: "\\")
-                job.data = [(self.paths.to_engine(tree, "DATA"), "")]
+                job.data = [(content, "")]
             else:
-                image = stage_file(Path(disc.image), stage / f"DISC{Path(disc.image).suffix or '.iso'}", must_copy)
-                job.image = self.paths.to_engine(image, "IMAGE")
+                job.image = content
+            files: list[tuple[str, str]] = []
             merge = jdf.build_merge_file(disc.label_fields) if disc.label_fields else ""
             if merge:
                 job.replace_field = self.paths.to_engine(self._merge_file(ref.stem), "REPLACE_FIELD")
-            prepared.append((ref.stem, jdf.build_jdf(job), merge))
-        if self.ledger is not None:
-            self.ledger.add(stem for stem, _, _ in prepared)  # before the job files (see SubmittedLedger)
-        for stem, text, merge in prepared:
-            if merge:
-                target = self._merge_file(stem)
-                remove_quietly(target)  # a crashed earlier try; no job file refers to it yet
-                write_aside_then_rename(self.spool, target.name, merge, self.encoding)
-            write_aside_then_rename(self.spool, f"{stem}.JDF", text, self.encoding)
+                files.append((self._merge_file(ref.stem).name, merge))
+            files.append((f"{ref.stem}.JDF", jdf.build_jdf(job)))
+            prepared.append((ref.stem, files))
+        self._hand_over(prepared)
 
-    def cancel(self, job_id: str) -> bool:
-        try:
-            checked_id(job_id, 32)
-        except ValueError:
-            return False
-        states, _, _ = self._disc_states(job_id)
-        asked = False
-        for d in states:
-            if d.progress.state in TERMINAL or d.progress.state == publish.UNKNOWN:
-                continue
-            name = f"{d.ref.stem}.JCF"
-            if (self.spool / name).exists():
-                asked = True
-                continue
-            try:
-                write_aside_then_rename(self.spool, name, jdf.build_cancel(d.ref.stem), self.encoding)
-                asked = True
-            except FileExistsError:
-                asked = True
-        return asked
+    def _cancel_text(self, stem: str) -> str:
+        return jdf.build_cancel(stem)
 
 
-def factory(robot: Any, data_dir: Any = None, *rest: Any) -> EpsonPublisher:
-    """`PUBLISHER_FACTORIES["epson"](robot_doc, data_dir)`; also accepts (name, options, data_dir)."""
-    if isinstance(robot, str):
-        options = dict(data_dir or {})
-        options.setdefault("name", robot)
-        return EpsonPublisher(options, rest[0] if rest else None)
-    return EpsonPublisher(robot, data_dir)
+factory = spool_factory(EpsonPublisher)

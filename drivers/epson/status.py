@@ -16,9 +16,8 @@ from drivers.common import (
     Sections,
     TolerantIni,
     as_int,
+    half_written,
     listed_values,
-    lost_sections,
-    missing_listed_sections,
 )
 from drivers.epson import errors
 
@@ -46,11 +45,8 @@ def check_sections(new: Sections, old: Sections | None) -> str:
     """Why a parse of TDBStatus.txt looks half-written ('' when it looks whole)."""
     if "tdb_info" not in new:
         return "[TDB_INFO] missing"
-    reason = missing_listed_sections(new, ("active_job", "complete_job"))
-    if reason:
-        return reason
-    return lost_sections(new, old, lambda name: name == "tdb_info" or bool(re.fullmatch(r"publisher\d+", name)),
-                         lists=("active_job", "complete_job"))
+    return half_written(new, old, ("active_job", "complete_job"),
+                        lambda name: name == "tdb_info" or bool(re.fullmatch(r"publisher\d+", name)))
 
 
 def status_reader(spool: Path) -> TolerantIni:

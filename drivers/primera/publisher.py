@@ -14,26 +14,14 @@ from typing import Any
 
 from appliance import publish
 from drivers.common import (
-    STAGE_DIR,
-    DiscState,
-    EnginePathMap,
-    ErrorReportWait,
     FoundJobFile,
     RobotJobRef,
     Sections,
+    SpoolPublisher,
     TolerantIni,
-    aggregate,
-    checked_id,
-    clean_aside,
     find_job_files,
-    latest_per_disc,
-    ledger_for,
-    match_robot_job,
-    remove_quietly,
-    robot_job_id,
+    spool_factory,
     stage_file,
-    stage_tree,
-    write_aside_then_rename,
 )
 from drivers.primera import errors, jrq
 from drivers.primera.status import (
@@ -51,7 +39,6 @@ from drivers.primera.status import (
 )
 
 STATE_EXTS = ("JRQ", "QRJ", "INP", "DON", "ERR")
-TERMINAL = (publish.DONE, publish.FAILED, publish.CANCELLED)
 MAX_JOB_ID = jrq.MAX_ID
 
 
@@ -110,7 +97,7 @@ def disc_state(exts: set[str], info: JobInfo | None, sys_err: str = "") -> publi
     return publish.JobProgress(publish.UNKNOWN)
 
 
-class PrimeraPublisher(publish.Publisher):
+class PrimeraPublisher(SpoolPublisher):
     """A robot behind PTBurn, reached through its job request folder (the robot config's `spool`).
 
     Robot config keys used (besides the shared ones): `engine_path` (the folder as PTBurn sees it),
@@ -121,24 +108,16 @@ class PrimeraPublisher(publish.Publisher):
     """
 
     kind = "primera"
+    MAX_JOB_ID = MAX_JOB_ID
+    CANCEL_EXT = "PTM"
 
     def __init__(self, robot: Mapping[str, Any], data_dir: Path | None = None) -> None:
-        self.robot = dict(robot)
-        self.name = str(robot["name"])
-        self.spool = Path(robot["spool"])
-        self.paths = EnginePathMap(self.spool, str(robot.get("engine_path") or ""))
-        self.mode = str(robot.get("mode") or "image")
+        super().__init__(robot, data_dir)
         self.client_id = str(robot.get("client_id") or jrq.CLIENT_ID)
-        self.status_timeout = float(robot.get("status_timeout", 30) or 0)
-        self.encoding = str(robot.get("encoding") or "utf-8")
         self.system_reader = system_reader(self.spool)
         self.robot_readers: dict[str, TolerantIni] = {}
         self.heartbeat = Heartbeat(self.status_timeout)
-        self.data_dir = data_dir
-        self.error_wait = ErrorReportWait()
-        self.ledger = ledger_for(data_dir, self.name)
         self.robot_file_mtime = 0.0
-        clean_aside(self.spool)
 
     # ------------------------------------------------------------------ reading state
 
@@ -164,51 +143,21 @@ class PrimeraPublisher(publish.Publisher):
                 pass
         return snap.sections, name, robot_sections, snap.mtime, stale
 
-    def _section_refs(self, job_id: str, sections: Sections) -> set[RobotJobRef]:
-        refs = set()
-        for section in sections:
-            ref = match_robot_job(section, job_id, MAX_JOB_ID)
-            if ref is not None:
-                refs.add(ref)
-        return refs
-
-    def _disc_states(self, job_id: str) -> tuple[list[DiscState], int, list[RobotJobRef]]:
+    def _observe(self, job_id: str) -> tuple[list[FoundJobFile], Sections, str]:
+        """Job files in the job folder, the robot file's sections and the engine's system error."""
         system, _, robot_sections, _, _ = self._read()
-        files: list[FoundJobFile] = find_job_files([self.spool], job_id, STATE_EXTS + ("PTM",), MAX_JOB_ID)
-        all_refs = {f.ref for f in files} | self._section_refs(job_id, robot_sections)
-        refs = {r for r in all_refs if self.ledger is None or self.ledger.known(r.stem)}  # ours only
-        if not refs:
-            return [], 0, sorted(all_refs, key=lambda r: (r.attempt, r.disc))
-        sys_err = system_error(system or {})
-        latest_count = max(refs, key=lambda r: r.attempt).disc_count
-        latest = latest_per_disc(r for r in refs if r.disc_count == latest_count)
-        by_stem: dict[str, set[str]] = {}
-        for f in files:
-            by_stem.setdefault(f.ref.stem.lower(), set()).add(f.ext)
-        states = []
-        for disc in sorted(latest):
-            ref = latest[disc]
-            info = job_info(robot_sections, ref.stem)
-            exts = by_stem.get(ref.stem.lower(), set())
-            progress = disc_state(exts, info, sys_err)
-            progress = self.error_wait.settle(ref.stem, progress, "PTM" in exts, self.robot_file_mtime)
-            states.append(DiscState(ref, progress))
-        return states, latest_count, sorted(all_refs, key=lambda r: (r.attempt, r.disc))
+        files = find_job_files([self.spool], job_id, STATE_EXTS + (self.CANCEL_EXT,), MAX_JOB_ID)
+        return files, robot_sections, system_error(system or {})
 
-    def poll(self, job_id: str) -> publish.JobProgress:
-        try:
-            checked_id(job_id, 32)
-        except ValueError:
-            return publish.JobProgress(publish.UNKNOWN, message="not a valid job id")
-        states, count, _ = self._disc_states(job_id)
-        for d in states:
-            if d.progress.state in TERMINAL:
-                remove_quietly(self._stage_dir(d.ref.stem))
-        return aggregate(states, count)
+    def _disc_progress(self, ref: RobotJobRef, exts: set[str], sections: Sections,
+                       context: str) -> publish.JobProgress:
+        return disc_state(exts, job_info(sections, ref.stem), context)
+
+    def _status_mtime(self) -> float:
+        return self.robot_file_mtime
 
     def status(self) -> publish.RobotStatus:
-        rs = publish.RobotStatus(name=self.name, kind=self.kind, online=False,
-                                 media=list(self.robot.get("media") or []))
+        rs = self._new_status()
         system, name, robot_sections, mtime, stale = self._read()
         if system is None:
             rs.message = f"PTBurn is not running: no Status/SystemStatus.txt in {self.spool}"
@@ -237,9 +186,6 @@ class PrimeraPublisher(publish.Publisher):
 
     # ------------------------------------------------------------------ submitting
 
-    def _stage_dir(self, stem: str) -> Path:
-        return self.spool / STAGE_DIR / stem
-
     def _label(self, disc: publish.DiscImage, stage: Path, must_copy: bool) -> str:
         if not disc.label_image:
             return ""
@@ -258,24 +204,6 @@ class PrimeraPublisher(publish.Publisher):
                     tmp.replace(staged)
         return self.paths.to_engine(staged, "PrintLabel")
 
-    def plan(self, request: publish.PublishRequest) -> list[tuple[RobotJobRef, publish.DiscImage]]:
-        """Which discs still need a robot job, and under which robot job id."""
-        checked_id(request.job_id, 32)
-        if not request.discs:
-            raise ValueError(f"job {request.job_id}: no discs to publish")
-        count = len(request.discs)
-        states, known_count, refs = self._disc_states(request.job_id)
-        active = {d.ref.disc: d for d in states} if known_count == count else {}
-        attempt = 1 if not refs else max(r.attempt for r in refs) + 1
-        todo = []
-        for number, disc in enumerate(request.discs, 1):
-            cur = active.get(number)
-            if cur is not None and cur.progress.state in (publish.WAITING, publish.BURNING, publish.DONE):
-                continue
-            stem = robot_job_id(request.job_id, number, count, attempt, MAX_JOB_ID)
-            todo.append((RobotJobRef(stem, number, count, attempt), disc))
-        return todo
-
     def submit(self, request: publish.PublishRequest) -> None:
         todo = self.plan(request)
         if not todo:
@@ -283,57 +211,28 @@ class PrimeraPublisher(publish.Publisher):
         system, robot_name, _, _, _ = self._read()
         must_copy = bool(self.paths.engine_root)
         order = list(self.robot.get("merge_fields") or jrq.DEFAULT_MERGE_ORDER)
-        prepared: list[tuple[str, str]] = []
+        prepared: list[tuple[str, list[tuple[str, str]]]] = []
         for ref, disc in todo:
-            stage = self._stage_dir(ref.stem)
             job = jrq.JrqJob(
                 job_id=ref.stem, client_id=self.client_id, importance=jrq.importance_for(request.priority),
                 verify=request.verify and bool(self.robot.get("verify", True)), copies=request.copies,
                 volume_name=disc.volume_label, robot_name=robot_name,
                 merge_values=jrq.ordered_merge_values(disc.label_fields, order) if disc.label_fields else [],
             )
-            if self.mode == "data":
+            if self.mode == "data":  # refused before anything is staged
                 job.data_image_type = jrq.data_image_type_for(disc.media, disc.filesystem,
                                                               str(self.robot.get("data_image_type") or ""))
-                tree = stage_tree(Path(disc.tree), stage / "DISC", must_copy)
-                job.data = [self.paths.to_engine(tree, "Data")]
+            content = self._stage_content(disc, ref.stem, must_copy, "Data", "ImageFile")
+            if self.mode == "data":
+                job.data = [content]
             else:
-                image = stage_file(Path(disc.image), stage / f"DISC{Path(disc.image).suffix or '.iso'}", must_copy)
-                job.image = self.paths.to_engine(image, "ImageFile")
-            job.print_label = self._label(disc, stage, must_copy)
-            prepared.append((ref.stem, jrq.build_jrq(job)))
-        if self.ledger is not None:
-            self.ledger.add(stem for stem, _ in prepared)  # before the job files (see SubmittedLedger)
-        for stem, text in prepared:
-            write_aside_then_rename(self.spool, f"{stem}.JRQ", text, self.encoding)
+                job.image = content
+            job.print_label = self._label(disc, self._stage_dir(ref.stem), must_copy)
+            prepared.append((ref.stem, [(f"{ref.stem}.JRQ", jrq.build_jrq(job))]))
+        self._hand_over(prepared)
 
-    def cancel(self, job_id: str) -> bool:
-        try:
-            checked_id(job_id, 32)
-        except ValueError:
-            return False
-        states, _, _ = self._disc_states(job_id)
-        asked = False
-        for d in states:
-            if d.progress.state in TERMINAL or d.progress.state == publish.UNKNOWN:
-                continue
-            name = f"{d.ref.stem}.PTM"
-            if (self.spool / name).exists():
-                asked = True
-                continue
-            try:
-                write_aside_then_rename(self.spool, name, jrq.build_abort(d.ref.stem, self.client_id),
-                                        self.encoding)
-                asked = True
-            except FileExistsError:
-                asked = True
-        return asked
+    def _cancel_text(self, stem: str) -> str:
+        return jrq.build_abort(stem, self.client_id)
 
 
-def factory(robot: Any, data_dir: Any = None, *rest: Any) -> PrimeraPublisher:
-    """`PUBLISHER_FACTORIES["primera"](robot_doc, data_dir)`; also accepts (name, options, data_dir)."""
-    if isinstance(robot, str):
-        options = dict(data_dir or {})
-        options.setdefault("name", robot)
-        return PrimeraPublisher(options, rest[0] if rest else None)
-    return PrimeraPublisher(robot, data_dir)
+factory = spool_factory(PrimeraPublisher)

@@ -18,9 +18,8 @@ from drivers.common import (
     Sections,
     TolerantIni,
     as_int,
+    half_written,
     listed_values,
-    lost_sections,
-    missing_listed_sections,
 )
 
 STATUS_DIR = "Status"
@@ -45,19 +44,12 @@ INK_LOW_PERCENT = 10
 def check_system(new: Sections, old: Sections | None) -> str:
     if "system" not in new:
         return "[System] missing"
-    reason = missing_listed_sections(new, ("robotlist",))
-    if reason:
-        return reason
     robots = {r.lower() for r in listed_values((old or {}).get("robotlist"))}
-    return lost_sections(new, old, lambda name: name in ("system", "robotlist") or name in robots,
-                         lists=("robotlist",))
+    return half_written(new, old, ("robotlist",), lambda name: name in ("system", "robotlist") or name in robots)
 
 
 def check_robot(new: Sections, old: Sections | None) -> str:
-    reason = missing_listed_sections(new, ("joblist", "completedjobs"))
-    if reason:
-        return reason
-    return lost_sections(new, old, lambda name: name == "system", lists=("joblist", "completedjobs"))
+    return half_written(new, old, ("joblist", "completedjobs"), lambda name: name == "system")
 
 
 def safe_robot_file_name(robot_name: str) -> str:
