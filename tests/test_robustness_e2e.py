@@ -25,9 +25,15 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian, generate_uid
-from support import burnstation, dcmtk, make_dataset, write_study
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
+from support import Station, burnstation, dcmtk, make_dataset, wait_port, write_study
 from test_robots_e2e import job_file, rig, wait_for
+from worklist_support import EB, SB, order, send_order
 
 from drivers.epson.jdf import parse_jdf
 from drivers.primera.jrq import parse_jrq
@@ -214,3 +220,150 @@ def test_odd_datasets_and_two_patients_in_one_association(tmp_path: Path) -> Non
     for shown in ("ODD, ONE", "NOID, ANNA", "NOID, BERT"):
         assert shown in fields["patient_name"], fields
     assert fields["birth_date"] == "1970-01-01"  # ODD^ONE's, though its first object (the PDF) has none
+
+
+def _mount_tmpfs(folder: Path, size: str) -> bool:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def stored_sops(data: Path) -> set[str]:
+    conn = sqlite3.connect(data / "state.db")
+    try:
+        return {row[0] for row in conn.execute("SELECT sop_uid FROM instances")}
+    finally:
+        conn.close()
+
+
+def test_full_disk_while_building_fails_clearly_loses_nothing_and_retry_burns(tmp_path: Path) -> None:
+    """<data>/discs on a 1 MB tmpfs: the build runs out of space → the job fails saying so, the
+    partial build is removed, every received instance stays stored; after the space is grown a retry
+    burns. Then storage below dicom.min_free_mb refuses C-STORE (A700) while that job still burns."""
+    small = tmp_path / "small"
+    if not _mount_tmpfs(small, "1m"):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount(8)); the full-disk path is untested")
+    try:
+        files = write_study(tmp_path / "big", n_series=1, per_series=24, rows=128, cols=128, patient_id="FULL")
+        with rig(tmp_path, roles={"epson": "epson"}) as r:
+            discs = r.data / "discs"
+            if discs.exists():
+                assert not any(discs.iterdir())
+                discs.rmdir()
+            discs.symlink_to(small, target_is_directory=True)
+            r.send("BURNSTATION_E", files)
+            job = r.new_job(set())
+            failed = r.final(job["id"])
+            assert failed["state"] == "failed", failed
+            assert "disk full while building" in failed["error"] and "retry" in failed["error"], failed
+            shown = burnstation(r.data, "jobs", "list").stdout
+            assert job["id"] in shown and "disk full" in shown, shown
+            assert not any(small.iterdir()), sorted(p.name for p in small.rglob("*"))  # the partial build is gone
+            sent = {str(dcmread(f).SOPInstanceUID) for f in files}
+            assert sent <= stored_sops(r.data)
+
+            subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+            r.ctl("epson", "fault", "cover_open", "on")  # hold the retry in the robot for the A700 check
+            assert "attempt 2" in burnstation(r.data, "jobs", "retry", job["id"]).stdout
+            wait_for("the retry in the robot", lambda: r.job(job["id"])["state"] in ("submitted", "burning"))
+            burnstation(r.data, "config", "set", "dicom.min_free_mb=10000000")
+            probes = iter(write_study(tmp_path / "probe", n_series=1, per_series=60, rows=8, cols=8))
+
+            def refused() -> str | None:  # a new object each time: the station picks the setting up by itself
+                probe = next(probes)
+                out = dcmtk("storescu", "-d", "-nh", "-aec", "BURNSTATION", "127.0.0.1", str(r.station.port),
+                            str(probe))
+                return str(dcmread(probe).SOPInstanceUID) if "Status                  : 0xa700" in out.stdout + \
+                    out.stderr else None
+
+            refused_sop = wait_for("C-STORE refused with A700", refused, 30, every=0.5)
+            r.ctl("epson", "fault", "cover_open", "off")
+            done = r.final(job["id"])
+            assert done["state"] == "done" and done["attempts"] == 2, done
+            assert refused_sop not in stored_sops(r.data)
+            tree = extract(job_file(r.bin("epson") / f"{job['id']}-2", "iso"), tmp_path / "disc")
+            assert set(dicomdir_sops(tree)) == sent
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+def test_cover_open_and_write_error_with_a_queue_behind(tmp_path: Path) -> None:
+    """Cover opened while a job is in the Epson robot and two more queue behind it: the reason shows in
+    `jobs list` and `status`; once the cover is closed the armed write error fails the first job
+    only, the other two burn, a retry burns the failed one: each disc exactly once, none lost."""
+    with rig(tmp_path, roles={"epson": "epson"}) as r:
+        r.ctl("epson", "fault", "input_empty", "on")  # holds the first job inside the robot (.INP)
+        seen: set[str] = set()
+        order = []
+        for n in range(3):
+            r.send("BURNSTATION_E", write_study(tmp_path / f"q{n}", n_series=1, per_series=1, patient_id=f"Q{n}"))
+            job = r.new_job(seen)
+            seen.add(job["id"])
+            order.append(job["id"])
+            if n == 0:
+                wait_for("the first job in the robot", lambda j=job["id"]: "empty" in r.job(j)["message"])
+                r.ctl("epson", "fault", "cover_open", "on")  # opened while that job is in the robot
+                r.ctl("epson", "fault", "write_error", "1", "on")
+                r.ctl("epson", "refill")
+        first = order[0]
+        wait_for("the cover message on the first job", lambda: "cover" in r.job(first)["message"].lower())
+        listing = burnstation(r.data, "jobs", "list").stdout
+        assert "cover" in next(ln for ln in listing.splitlines() if ln.startswith(first)).lower(), listing
+        status = burnstation(r.data, "status").stdout
+        robot_line = next(ln for ln in status.splitlines() if ln.strip().startswith("epson "))
+        assert "cover" in robot_line.lower(), status
+        for job_id in order[1:]:
+            assert r.job(job_id)["state"] in ("queued", "building", "built", "submitted"), r.job(job_id)
+
+        r.ctl("epson", "fault", "cover_open", "off")
+        results = {job_id: r.final(job_id) for job_id in order}
+        assert results[first]["state"] == "failed" and results[first]["error_code"].startswith("CAN"), results[first]
+        assert [results[j]["state"] for j in order[1:]] == ["done", "done"], results
+        burnstation(r.data, "jobs", "retry", first)
+        assert r.final(first)["state"] == "done"
+        state = json.loads(r.ctl("epson", "status"))
+    made = sorted(p.name for p in r.bin("epson").iterdir())
+    assert made == sorted([first, f"{first}-2", *order[1:]]), made
+    for name in made:  # one job file per robot job, the discs the simulator made
+        discs = json.loads((r.bin("epson") / name / "discs.json").read_text())
+        assert [d["result"] for d in discs] == (["write error"] if name == first else ["ok"]), (name, discs)
+    engine_jobs = state.get("jobs", [])
+    assert len(engine_jobs) == len(made), engine_jobs  # nothing submitted twice
+
+
+def test_broken_hl7_during_dicom_traffic(tmp_path: Path) -> None:
+    """Garbage, an endless frame and an idle connection on the HL7 port while storescu sends a study:
+    every instance is stored, a good order is acknowledged meanwhile, no process restarts."""
+    files = write_study(tmp_path / "traffic", n_series=2, per_series=20, rows=128, cols=128)
+    with Station(tmp_path / "data") as st:
+        wait_port(st.hl7_port)
+        before = json.loads(burnstation(st.data, "status", "--json").stdout)
+        pids = {p["name"]: p.get("pid") for p in before["processes"]}
+        result: dict[str, subprocess.CompletedProcess] = {}
+        sender = threading.Thread(target=lambda: result.setdefault("store", dcmtk(
+            "storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port), *map(str, files))))
+        sender.start()
+        idle = socket.create_connection(("127.0.0.1", st.hl7_port))  # says nothing
+        endless = socket.create_connection(("127.0.0.1", st.hl7_port))
+        endless.sendall(SB + b"MSH|^~\\&|" + b"A" * 2_000_000)  # a frame that never ends
+        rng = np.random.default_rng(7)
+        for n in range(20):
+            with socket.create_connection(("127.0.0.1", st.hl7_port), timeout=5) as junk:
+                payload = rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()
+                junk.sendall([payload, SB + payload + EB + b"\r", SB + b"MSH|\r\x00\xff" + EB + b"\r"][n % 3])
+                junk.settimeout(2)
+                try:
+                    junk.recv(4096)
+                except (TimeoutError, ConnectionResetError):
+                    pass
+        assert send_order(st.hl7_port, order(placer="GOOD-1", control_id="GOOD-1")) == "AA"
+        sender.join(120)
+        assert result["store"].returncode == 0, result["store"].stderr
+        assert {str(dcmread(f).SOPInstanceUID) for f in files} <= stored_sops(st.data)
+        assert send_order(st.hl7_port, order(placer="GOOD-2", control_id="GOOD-2")) == "AA"
+        idle.close()
+        endless.close()
+        after = json.loads(burnstation(st.data, "status", "--json").stdout)
+        assert {p["name"]: p.get("pid") for p in after["processes"]} == pids, after["processes"]

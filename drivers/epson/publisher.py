@@ -71,6 +71,8 @@ def disc_state(exts: set[str], info: JobInfo | None) -> publish.JobProgress:
             return prog(publish.WAITING, _info_progress(info), errors.describe(code) + cancel_note, code)
         if info and info.status == 3:
             return prog(publish.WAITING, _info_progress(info), "paused" + cancel_note, code)
+        if "INP" not in exts and info and info.status == 1:  # queued in TD Bridge, not in the robot yet
+            return prog(publish.WAITING, 0.0, "accepted by TD Bridge, waiting for the robot" + cancel_note, code)
         word = "burning" if "INP" in exts else "accepted, preparing"
         if info and info.publication and info.publication > 0:
             word += f" ({max(info.completion or 0, 0)} of {info.publication} discs done)"
