@@ -25,6 +25,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import dcmwrite
+from pydicom.multival import MultiValue
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -50,6 +51,8 @@ NAMES = [
     ("Tab\tName^X", None, "Tab Name, X"),
     ("Müller^Jürgen", "ISO_IR 100", "Müller, Jürgen"),
     ("Yamada^Tarou=山田^太郎=やまだ^たろう", ["", "ISO 2022 IR 87"], "Yamada, Tarou / 山田 太郎 / やまだ たろう"),
+    ("Evil\u202eTXT.EXE^\u200bX", "ISO_IR 192", "EvilTXT.EXE, X"),  # a bidi override would show "EvilEXE.TXT"
+    ("Back\\slash^X", None, "Back; slash, X"),  # "\\" makes PN two values
 ]
 
 
@@ -96,7 +99,8 @@ def test_hostile_and_international_names_through_both_robots(tmp_path: Path) -> 
         files += write_study(tmp_path / f"in{n}", n_series=1, per_series=1, patient_name=name, charset=charset,
                              patient_id=f"ID<{n}>/..\\x", study_description=f"<b>d{n}</b>\r\nX=1")
     for path, (name, _, _) in zip(files, NAMES, strict=True):
-        assert str(dcmread(path).PatientName) == name
+        value = dcmread(path).PatientName
+        assert ("\\".join(map(str, value)) if isinstance(value, MultiValue) else str(value)) == name
     with rig(tmp_path) as r:
         seen: set[str] = set()
         made = {}
@@ -125,6 +129,8 @@ def test_hostile_and_international_names_through_both_robots(tmp_path: Path) -> 
                 assert shown in text, (page, shown)
             assert "<b>d0</b> X=1" in text  # a description shown as text, on one line
         readme = (tree / "README.TXT").read_text(encoding="utf-8")
+        for _, _, shown in NAMES:
+            assert f"Patient: {shown} (" in readme, shown
         assert not any(ln.startswith("DATA=") for ln in readme.splitlines())
         if robot == "epson":
             text = job_file(out, "JDF").read_bytes().decode()
@@ -144,7 +150,7 @@ def test_hostile_and_international_names_through_both_robots(tmp_path: Path) -> 
         assert not [v for k, v in pairs if k.upper() == "DATA"], text
         for _, _, shown in NAMES:
             assert shown in fields["patient_name"], (robot, shown, fields["patient_name"])
-        assert not re.search(r"[\x00-\x1f\x7f]", "".join(fields.values()))
+        assert not re.search(r"[\x00-\x1f\x7f\u200b\u202e]", "".join(fields.values()))
 
 
 def odd_datasets(folder: Path) -> dict[str, Path]:

@@ -15,6 +15,9 @@ from pydicom.valuerep import PersonName
 
 # characters XML 1.0 forbids (tab, LF and CR are allowed but we fold them: values are one line)
 _XML_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+# invisible format characters: bidi overrides/isolates (a name "Evil\u202eTXT.EXE" would read
+# "EvilEXE.TXT"), zero-width space, word joiners, BOM, soft hyphen. ZWNJ/ZWJ stay (scripts need them).
+_INVISIBLE = re.compile("[\u00ad\u061c\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 _SPACES = re.compile(r"\s+")
 _ISO_D = re.compile(r"[^A-Z0-9_]+")
 
@@ -25,7 +28,7 @@ def display_text(value: Any, limit: int = 200) -> str:
         return ""
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":
         value = "\\".join(str(v) for v in value)
-    text = _XML_BAD.sub(" ", str(value))
+    text = _INVISIBLE.sub("", _XML_BAD.sub(" ", str(value)))
     text = _SPACES.sub(" ", text).strip()
     if len(text) > limit:
         text = text[: limit - 1] + "…"
@@ -48,6 +51,8 @@ def person_name(value: Any) -> str:
     """
     if value is None:
         return ""
+    if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":  # a "\\" in the name
+        return display_text("; ".join(filter(None, (person_name(v) for v in value))))
     if not isinstance(value, PersonName):
         value = PersonName(str(value))
     groups = []

@@ -185,7 +185,7 @@ def write_readme(tree: Path, patients: list[PatientEntry], fields: dict[str, str
         "CONTENTS",
     ]
     for patient in patients:
-        lines.append(f"Patient: {display_text(patient.name)} (ID {display_text(patient.patient_id)}, "
+        lines.append(f"Patient: {display_text(patient.name) or '(no name)'} (ID {display_text(patient.patient_id)}, "
                      f"born {dicom_date(patient.birth_date)}, sex {display_text(patient.sex)})")
         for study in patient.studies:
             lines.append(f"  Study {dicom_date(study.date)} {display_text(study.description)} "
