@@ -373,3 +373,24 @@ def test_broken_hl7_during_dicom_traffic(tmp_path: Path) -> None:
         endless.close()
         after = json.loads(burnstation(st.data, "status", "--json").stdout)
         assert {p["name"]: p.get("pid") for p in after["processes"]} == pids, after["processes"]
+
+
+def test_an_association_with_refused_objects_is_held_not_burned_incomplete(tmp_path: Path) -> None:
+    """_E: two good instances and one the station refuses (no Study Instance UID) in one association:
+    no incomplete disc is burned; the association is held with the reason, and burned on demand."""
+    files = write_study(tmp_path / "part", n_series=1, per_series=2, patient_id="PART")
+    broken = make_dataset(patient_id="PART")
+    del broken.StudyInstanceUID
+    broken.save_as(tmp_path / "broken.dcm", enforce_file_format=True)
+    with rig(tmp_path, roles={"epson": "epson"}) as r:
+        sent = dcmtk("storescu", "-aec", "BURNSTATION_E", "127.0.0.1", str(r.station.port), *map(str, files),
+                     str(tmp_path / "broken.dcm"))
+        assert sent.returncode != 0  # the sender is told
+        held = wait_for("the association held", lambda: json.loads(
+            burnstation(r.data, "jobs", "list", "--json").stdout)["held"])
+        assert "1 object(s) refused" in held[0]["note"] and "jobs burn --assoc" in held[0]["note"], held
+        assert r.jobs() == []
+        assert "refused" in burnstation(r.data, "jobs", "list").stdout
+        job_id = burnstation(r.data, "jobs", "burn", "--assoc", str(held[0]["assoc_id"])).stdout.strip()
+        done = r.final(job_id)
+        assert done["state"] == "done" and done["instances"] == 2 and done["robot"] == "epson", done

@@ -185,6 +185,14 @@ class Router:
             LOG.warning("association %s to %s was %s: %d instances held, not burned", assoc["id"],
                         assoc["called_aet"], assoc["result"], len(uids))
             return None
+        if assoc["failed"]:  # a disc without the refused objects would look complete to whoever gets it
+            self._set_assoc(assoc["id"], "held", note=(
+                f"association released with {assoc['failed']} object(s) refused and {len(uids)} stored: not "
+                f"burned automatically (the disc would lack them); let the sender send again, or burn what "
+                f"arrived with `burnstation jobs burn --assoc {assoc['id']}`"))
+            LOG.warning("association %s to %s: %d instance(s) refused, %d stored; held, not burned", assoc["id"],
+                        assoc["called_aet"], assoc["failed"], len(uids))
+            return None
         with db.transaction(conn):
             claimed = conn.execute("UPDATE burn_assocs SET state='job', updated_at=? WHERE assoc_id=? AND state='open'",
                                    (now, assoc["id"])).rowcount
