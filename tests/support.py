@@ -9,8 +9,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -22,6 +23,7 @@ DCMTK = Path("/usr/bin")
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
+NOT_AUTHORISED = "Unknown Status: 0x124"  # how dcmtk prints C-STORE/C-MOVE status 0x0124 (refused: not authorised)
 
 
 def free_port() -> int:
@@ -132,6 +134,33 @@ def wait_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts a connection on the port right now."""
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition", every: float = 0.2) -> Any:
+    """Poll `check()` every `every` s until it returns something truthy, and return that;
+    AssertionError when it has not after `timeout` s (checked once more at the deadline)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def wait_for_named(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.2) -> Any:
+    """`wait_for` with the description first (the order the robot end-to-end tests use)."""
+    return wait_for(check, timeout, what, every)
 
 
 def dcmtk(tool: str, *args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:

@@ -14,7 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,22 +21,12 @@ import pytest
 from pydicom import dcmread
 from pydicom.fileset import FileSet
 from support import Station, burnstation, dcmtk, write_study
+from support import wait_for_named as wait_for
 
 from appliance import db
 from appliance.burn import jobs, routing
 
 TIMEOUT = 60.0
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = TIMEOUT, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 def queue(data: Path) -> dict[str, Any]:

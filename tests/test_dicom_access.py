@@ -12,7 +12,6 @@ import sqlite3
 import struct
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE, _config
 from support import (
     DCMTK,
+    NOT_AUTHORISED,
     Station,
     burnstation,
     configure,
@@ -29,11 +29,10 @@ from support import (
     free_port,
     make_dataset,
     storescp,
+    wait_for,
     wait_port,
     write_study,
 )
-
-NOT_AUTHORISED = "Unknown Status: 0x124"  # how dcmtk prints status 0x0124
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +42,6 @@ def station(tmp_path_factory: pytest.TempPathFactory):
     st.start()
     yield st
     st.stop()
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.25)
 
 
 def echo_ok(st: Station, port: int | None = None, aet: str = "ECHOSCU") -> bool:
@@ -287,7 +279,7 @@ def test_store_from_known_nodes_only(station: Station, tmp_path: Path) -> None:
                       str(next(probes)))
             return NOT_AUTHORISED in r.stdout + r.stderr
 
-        wait_for(refused, what="dicom.store_from_any=false to apply")
+        wait_for(refused, what="dicom.store_from_any=false to apply", timeout=20.0)
         before = stored_sops(station)
         r = dcmtk("storescu", "-v", "-nh", "-aet", "STRANGER", "-aec", "BURNSTATION", "127.0.0.1",
                   str(station.port), *map(str, files))
@@ -308,11 +300,11 @@ def test_debug_log_switched_on_live(station: Station) -> None:
     configure(station.data, "dicom.debug=true")
     try:
         wait_for(lambda: echo_ok(station) and log.exists() and "A-ASSOCIATE-RQ" in log.read_text(errors="replace"),
-                 what="logs/dicom-debug.log")
+                 what="logs/dicom-debug.log", timeout=20.0)
         assert "A-ASSOCIATE-RQ" not in station.log(), "the protocol log went to the main log too"
     finally:
         configure(station.data, "dicom.debug=false")
-    wait_for(lambda: echo_ok(station) and _stable_size(log), what="debug log to stop growing")
+    wait_for(lambda: echo_ok(station) and _stable_size(log), what="debug log to stop growing", timeout=20.0)
     size = log.stat().st_size
     assert echo_ok(station)
     assert log.stat().st_size == size
@@ -372,7 +364,7 @@ def test_association_log_and_called_title_per_instance(station: Station, tmp_pat
         return len(_rows(station, "SELECT * FROM associations WHERE calling_aet IN ('LOGGER', 'HANGUP') "
                                   "AND result <> 'open'")) >= 3
 
-    wait_for(logged, what="the association log")
+    wait_for(logged, what="the association log", timeout=20.0)
     stored = _rows(station, "SELECT * FROM associations WHERE calling_aet='LOGGER' AND called_aet='BURNSTATION_TE'")
     assert len(stored) == 1
     row = stored[0]
@@ -451,12 +443,12 @@ def test_port_change_reaches_the_running_station(station: Station) -> None:
     configure(station.data, f"dicom.port={new}")
     try:
         wait_port(new, timeout=20)
-        wait_for(lambda: echo_ok(station, new), what="echo on the new port")
-        wait_for(lambda: not echo_ok(station, old), what="the old port to close")
+        wait_for(lambda: echo_ok(station, new), what="echo on the new port", timeout=20.0)
+        wait_for(lambda: not echo_ok(station, old), what="the old port to close", timeout=20.0)
     finally:
         configure(station.data, f"dicom.port={old}")
     wait_port(old, timeout=20)
-    wait_for(lambda: echo_ok(station, old), what="echo on the old port again")
+    wait_for(lambda: echo_ok(station, old), what="echo on the old port again", timeout=20.0)
 
 
 def test_port_taken_by_another_program_is_retried(station: Station) -> None:
@@ -473,17 +465,17 @@ def test_port_taken_by_another_program_is_retried(station: Station) -> None:
 
     try:
         configure(station.data, f"dicom.port={taken}")
-        wait_for(lambda: f"cannot open plain port *:{taken}" in station.log(), what="the bind failure")
+        wait_for(lambda: f"cannot open plain port *:{taken}" in station.log(), what="the bind failure", timeout=20.0)
         assert not echo_ok(station, old)
-        wait_for(tls_echo, what="the TLS port to serve while the plain one is taken")
+        wait_for(tls_echo, what="the TLS port to serve while the plain one is taken", timeout=20.0)
     finally:
         blocker.close()
     try:
-        wait_for(lambda: echo_ok(station, taken), what="the freed port to be opened")
+        wait_for(lambda: echo_ok(station, taken), what="the freed port to be opened", timeout=20.0)
         assert tls_echo()
     finally:
         configure(station.data, f"dicom.port={old}")
-    wait_for(lambda: echo_ok(station, old), what="echo on the old port again")
+    wait_for(lambda: echo_ok(station, old), what="echo on the old port again", timeout=20.0)
 
 
 def test_aet_change_reaches_the_running_station(station: Station) -> None:
@@ -492,10 +484,10 @@ def test_aet_change_reaches_the_running_station(station: Station) -> None:
         def answers(title: str) -> bool:
             return dcmtk("echoscu", "-aec", title, "127.0.0.1", str(station.port)).returncode == 0
 
-        wait_for(lambda: answers("NEWNAME_TE") and not answers("BURNSTATION"), what="the new AE title")
+        wait_for(lambda: answers("NEWNAME_TE") and not answers("BURNSTATION"), what="the new AE title", timeout=20.0)
     finally:
         configure(station.data, "dicom.aet=BURNSTATION")
-    wait_for(lambda: echo_ok(station), what="the old AE title again")
+    wait_for(lambda: echo_ok(station), what="the old AE title again", timeout=20.0)
 
 
 def test_reindex_after_losing_state_db(station: Station, tmp_path: Path) -> None:

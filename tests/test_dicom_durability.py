@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from support import DCMTK, Station, burnstation, configure, dcmtk, findscu, make_dataset
+from support import DCMTK, Station, burnstation, configure, dcmtk, findscu, make_dataset, port_open
 
 
 def _write_files(folder: Path, count: int, **kw: object) -> list[Path]:
@@ -45,14 +44,6 @@ def station(tmp_path_factory: pytest.TempPathFactory):
     st.start()
     yield st
     st.stop()
-
-
-def _port_open(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
 def _stored(st: Station) -> dict[str, Path]:
@@ -91,7 +82,7 @@ def test_kill_9_during_storescu_keeps_every_acknowledged_instance(station: Stati
     stale.write_bytes(b"half a file")
 
     deadline = time.monotonic() + 10
-    while _port_open(st.port):  # everything of the old station is gone
+    while port_open(st.port):  # everything of the old station is gone
         assert time.monotonic() < deadline, "the killed station still listens"
         time.sleep(0.1)
     opened = st.log().count("(plain) as")

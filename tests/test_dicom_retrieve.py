@@ -16,6 +16,7 @@ import pytest
 from pydicom import dcmread
 from pydicom.uid import JPEGLosslessSV1, generate_uid
 from support import (
+    NOT_AUTHORISED,
     Station,
     burnstation,
     configure,
@@ -28,7 +29,6 @@ from support import (
     write_study,
 )
 
-NOT_AUTHORISED = "Unknown Status: 0x124"  # how dcmtk prints status 0x0124 (refused: not authorised)
 UNCOMPRESSED = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 

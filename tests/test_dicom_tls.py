@@ -19,7 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support import Station, configure, dcmtk, wait_port
+from support import Station, configure, dcmtk, wait_for, wait_port
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +135,11 @@ def test_tls_1_1_refused(tls_station: Station) -> None:
 def test_port_zero_closes_the_tls_port_live(tls_station: Station) -> None:
     configure(tls_station.data, "dicom.tls_port=0")
     try:
-        assert _wait_for(lambda: _refused(tls_station.tls_port)), "TLS port still open"
+        wait_for(lambda: _refused(tls_station.tls_port), 15.0, "the TLS port to close")
         assert echo_plain(tls_station)[0] == 0
     finally:
         configure(tls_station.data, f"dicom.tls_port={tls_station.tls_port}")
-    assert _wait_for(lambda: echo_tls(tls_station)[0] == 0)
+    wait_for(lambda: echo_tls(tls_station)[0] == 0, 15.0, "TLS echo to succeed")
 
 
 def _refused(port: int) -> bool:
@@ -183,15 +183,6 @@ def _make_client(ca_key: ec.EllipticCurvePrivateKey, ca: x509.Certificate, folde
     return str(key_path), str(cert_path)
 
 
-def _wait_for(predicate, timeout: float = 15.0) -> bool:  # noqa: ANN001 - a small local helper
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
 def test_client_certificate_required(tls_station: Station, tmp_path: Path) -> None:
     ca_key, ca = _make_ca("Hospital clients CA")
     trusted = tmp_path / "clients-ca.pem"
@@ -204,8 +195,8 @@ def test_client_certificate_required(tls_station: Station, tmp_path: Path) -> No
                 f"dicom.tls_trusted_ca={trusted}")
     try:
         # the running station rebinds the TLS listener on its own
-        assert _wait_for(lambda: echo_tls(tls_station)[0] != 0), "anonymous TLS still accepted"
-        assert _wait_for(lambda: echo_tls(tls_station, None, *good)[0] == 0)
+        wait_for(lambda: echo_tls(tls_station)[0] != 0, 15.0, "anonymous TLS to be refused")
+        wait_for(lambda: echo_tls(tls_station, None, *good)[0] == 0, 15.0, "TLS echo with the client certificate")
         code, out = echo_tls(tls_station, None, *good)
         assert code == 0, out
         code, out = echo_tls(tls_station)
@@ -216,4 +207,4 @@ def test_client_certificate_required(tls_station: Station, tmp_path: Path) -> No
     finally:
         configure(tls_station.data, "dicom.tls_require_client_cert=false",
                     "dicom.tls_trusted_ca=")
-    assert _wait_for(lambda: echo_tls(tls_station)[0] == 0)
+    wait_for(lambda: echo_tls(tls_station)[0] == 0, 15.0, "TLS echo to succeed")

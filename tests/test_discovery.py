@@ -11,23 +11,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support import Station, burnstation, dcmtk, write_study
+from support import Station, burnstation, dcmtk, wait_for, write_study
 
 from appliance.discovery import Discovery, udev
 from appliance.discovery.matchers import Matcher, best_match, load_matchers
 from appliance.discovery.simulated import SimulatedBackend
 
 TIMEOUT = 90
-
-
-def wait_for(check, timeout: float = TIMEOUT, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # --------------------------------------------------------------------------- matchers
@@ -142,7 +132,7 @@ def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
     st.start("--simulate", "--robots", "primera", "--sim-speed", "0")
     try:
         # plugged in at start: the driver process runs and is visible in status
-        wait_for(lambda: driver_state(st.data, "primera") == "running", what="driver:primera running")
+        wait_for(lambda: driver_state(st.data, "primera") == "running", what="driver:primera running", timeout=TIMEOUT)
         row = robot_row(st.data, "primera")
         assert row["source"] == "simulated" and row["plugged"] is True and row["driver"] == "primera"
         assert "simulated" in status(st.data)["discovery"]["backend"]
@@ -152,20 +142,20 @@ def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
 
         # a _P association burns on the simulated Primera
         send(st, "BURNSTATION_P", write_study(tmp_path / "one", n_series=1, per_series=2))
-        first = wait_for(lambda: [j for j in jobs(st.data) if j["state"] == "done"], what="first job done")[0]
+        first = wait_for(lambda: [j for j in jobs(st.data) if j["state"] == "done"], what="first job done", timeout=TIMEOUT)[0]
         assert first["robot"] == "primera"
         assert (sim / "bin" / "primera" / first["id"]).is_dir()
 
         # unplug: the driver process stops, a new _P job waits with the reason visible
         sim_ctl(sim, "primera", "unplug")
-        wait_for(lambda: driver_state(st.data, "primera") is None, what="driver:primera stopped")
+        wait_for(lambda: driver_state(st.data, "primera") is None, what="driver:primera stopped", timeout=TIMEOUT)
         row = wait_for(lambda: (lambda r: r if not r["online"] else None)(robot_row(st.data, "primera")),
-                       what="robot offline")
+                       what="robot offline", timeout=TIMEOUT)
         assert row["plugged"] is False and "unplugged" in row["message"], row
         assert row["process"] == "not running"
         send(st, "BURNSTATION_P", write_study(tmp_path / "two", n_series=1, per_series=2))
         second = wait_for(lambda: [j for j in jobs(st.data) if j["id"] != first["id"] and j["state"] == "built"
-                                   and j["message"]], what="second job built and waiting")[0]
+                                   and j["message"]], what="second job built and waiting", timeout=TIMEOUT)[0]
         assert "robot" in second["message"] and "online" in second["message"], second
         time.sleep(3)
         again = next(j for j in jobs(st.data) if j["id"] == second["id"])
@@ -176,9 +166,9 @@ def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
 
         # plug it back: the driver returns and the waiting job burns
         sim_ctl(sim, "primera", "plug")
-        wait_for(lambda: driver_state(st.data, "primera") == "running", what="driver:primera back")
+        wait_for(lambda: driver_state(st.data, "primera") == "running", what="driver:primera back", timeout=TIMEOUT)
         done = wait_for(lambda: [j for j in jobs(st.data) if j["id"] == second["id"] and j["state"] == "done"],
-                        what="second job done after plug")[0]
+                        what="second job done after plug", timeout=TIMEOUT)[0]
         assert done["robot"] == "primera" and (sim / "bin" / "primera" / second["id"]).is_dir()
     finally:
         st.stop()

@@ -8,25 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import serial
 from burnstation_sim.lcd import Screen
-from support import Station, burnstation
+from support import Station, burnstation, wait_for
 
 from appliance.panel import protocol
-
-
-def wait_for(check, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def host_addresses() -> set[str]:
@@ -69,14 +57,14 @@ def test_virtual_lcd_on_a_pty_through_pyserial(tmp_path):
                             stderr=subprocess.PIPE)
     try:
         announce = root / "devices" / "lcd.json"
-        wait_for(announce.exists, 30, "lcd.json")
+        wait_for(announce.exists, 30, "lcd.json", every=0.1)
         doc = json.loads(announce.read_text())
         assert doc["kind"] == "lcd" and doc["vendor_id"] == "1b3d" and doc["device"].startswith("/dev/pts/")
         with serial.Serial(doc["device"], 19200, timeout=1) as port:
             port.write(protocol.clear() + protocol.frame(["hello", "", "", "world"]))
             port.flush()
         screen = root / "lcd-screen.txt"
-        text = wait_for(lambda: "world" in screen.read_text() and screen.read_text(), 10, "the screen")
+        text = wait_for(lambda: "world" in screen.read_text() and screen.read_text(), 10, "the screen", every=0.1)
         assert text.splitlines() == ["hello".ljust(20), " " * 20, " " * 20, "world".ljust(20)]
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -102,22 +90,22 @@ def test_station_panel_shows_address_aet_and_state(tmp_path):
     st.start("--simulate", "--robots", "epson", "--sim-speed", "0")
     try:
         wait_for(collect("BURNSTATION", "IP ", "State: OK", f" {st.port} TLS {st.tls_port}"), 90,
-                 "the panel's first page")
+                 "the panel's first page", every=0.1)
         ips = [line.split()[1] for line in seen if line.startswith("IP ")]
         assert set(ips) & host_addresses(), (ips, host_addresses())
-        wait_for(collect("HL7 ", "Queue"), 30, "the second page (ports, job)")
+        wait_for(collect("HL7 ", "Queue"), 30, "the second page (ports, job)", every=0.1)
         # a robot fault shows as the station's state, with the robot's own words
         sim_ctl = [sys.executable, "-m", "burnstation_sim", "ctl", "--root", str(st.data / "sim"), "epson"]
         subprocess.run([*sim_ctl, "fault", "cover_open", "on"], check=True, capture_output=True, timeout=60)
         seen.clear()
-        wait_for(collect("State: ROBOT FAULT", "epson: "), 60, "ROBOT FAULT on the panel")
+        wait_for(collect("State: ROBOT FAULT", "epson: "), 60, "ROBOT FAULT on the panel", every=0.1)
         subprocess.run([*sim_ctl, "fault", "cover_open", "off"], check=True, capture_output=True, timeout=60)
         seen.clear()
-        wait_for(collect("State: OK"), 60, "OK again on the panel")
+        wait_for(collect("State: OK"), 60, "OK again on the panel", every=0.1)
         # a settings change reaches the panel without a restart
         burnstation(st.data, "config", "set", "dicom.aet=FRONTDESK")
         seen.clear()
-        wait_for(collect("FRONTDESK"), 30, "the new AE title on the panel")
+        wait_for(collect("FRONTDESK"), 30, "the new AE title on the panel", every=0.1)
         status = json.loads(burnstation(st.data, "status", "--json").stdout)
         panel = next(p for p in status["processes"] if p["name"] == "panel")
         assert panel["state"] == "running" and panel["starts"] == 1
@@ -133,22 +121,22 @@ def test_panel_device_set_by_hand_starts_the_panel(tmp_path):
     lcd = subprocess.Popen([sys.executable, "-m", "burnstation_sim.lcd", "--root", str(root)], stderr=subprocess.PIPE)
     st = Station(tmp_path / "data", supervisor__start_seconds=1, panel__baud=9600)
     try:
-        wait_for((root / "devices" / "lcd.json").exists, 30, "the virtual LCD")
+        wait_for((root / "devices" / "lcd.json").exists, 30, "the virtual LCD", every=0.1)
         device = json.loads((root / "devices" / "lcd.json").read_text())["device"]
         with st:
             procs = wait_for(lambda: (lambda ps: ps if ps and all(p["state"] == "running" for p in ps) else None)(
-                json.loads(burnstation(st.data, "status", "--json").stdout)["processes"]), 60, "all running")
+                json.loads(burnstation(st.data, "status", "--json").stdout)["processes"]), 60, "all running", every=0.1)
             assert "panel" not in [p["name"] for p in procs]  # nothing found, nothing configured
             burnstation(st.data, "config", "set", f"panel.device={device}")
             screen = root / "lcd-screen.txt"
-            wait_for(lambda: "BURNSTATION" in screen.read_text(), 60, "the AE title on the hand-set LCD")
+            wait_for(lambda: "BURNSTATION" in screen.read_text(), 60, "the AE title on the hand-set LCD", every=0.1)
             status = json.loads(burnstation(st.data, "status", "--json").stdout)
             assert next(p for p in status["processes"] if p["name"] == "panel")["device"] == device
             burnstation(st.data, "config", "set", "panel.device=")
             wait_for(lambda: "panel" not in [p["name"] for p in json.loads(
-                burnstation(st.data, "status", "--json").stdout)["processes"]], 30, "the panel stopped")
+                burnstation(st.data, "status", "--json").stdout)["processes"]], 30, "the panel stopped", every=0.1)
             # the panel says goodbye when it stops
-            wait_for(lambda: "BurnStation stopped" in screen.read_text(), 30, "the goodbye text")
+            wait_for(lambda: "BurnStation stopped" in screen.read_text(), 30, "the goodbye text", every=0.1)
     finally:
         lcd.send_signal(signal.SIGTERM)
         lcd.wait(10)

@@ -13,12 +13,13 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from support import BIN, Station, burnstation, dcmtk, write_study
+from support import wait_for_named as wait_for  # (what, check, timeout, every): also imported from here
 
 from drivers.epson.jdf import parse_jdf
 from drivers.primera.jrq import parse_jrq
@@ -30,17 +31,6 @@ JRQ_HEAD = ["JobID", "ClientID", "Importance", "ImageFile", "ImageType", "CloseD
             "RejectIfNotBlank", "Copies", "PrintLabel"]
 JRQ_TAIL = ["VolumeName", "RobotName"]
 NASTY_NAME = "DOE^JOHN\nDATA=/etc"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = TIMEOUT, every: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
 
 
 @dataclass

@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from pathlib import Path
 
-from support import Station, burnstation, free_port
+from support import Station, burnstation, free_port, wait_for
 
 from appliance.diagnostics import listening_sockets, socket_owners
-
-
-def wait_for(check, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def report(data: Path) -> dict:

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import Station, burnstation, dcmtk, write_study
+from support import Station, burnstation, dcmtk, wait_for, write_study
 
 STATE = Path("run") / "supervisor.json"
 
@@ -24,16 +24,6 @@ def read_state(data: Path) -> dict:
 
 def procs(data: Path) -> dict[str, dict]:
     return {p["name"]: p for p in read_state(data).get("processes", [])}
-
-
-def wait_for(check, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def all_ready(data: Path) -> dict[str, dict]:
@@ -65,7 +55,7 @@ def test_kill_9_each_child_comes_back(tmp_path):
     st.start("--simulate", "--robots", "epson,primera", "--sim-speed", "0")
     try:
         table = wait_for(lambda: (lambda t: t if len(t) >= 5 else None)(all_ready(st.data)), 90,
-                         what="every process running and ready")
+                         what="every process running and ready", every=0.1)
         assert {"dicom", "simulator", "panel"} <= set(table)
         for name in sorted(table):
             old = procs(st.data)[name]
@@ -76,14 +66,14 @@ def test_kill_9_each_child_comes_back(tmp_path):
                 p = procs(st.data).get(name)
                 return p if p and p["pid"] and p["pid"] != old["pid"] and p["ready"] else None
 
-            new = wait_for(back, 30, f"{name} back after kill -9")
+            new = wait_for(back, 30, f"{name} back after kill -9", every=0.1)
             assert new["starts"] == old["starts"] + 1
             assert new["last_exit"] == "killed by SIGKILL"
             if name == "dicom":
-                assert wait_for(lambda: echo(st), 30, "echoscu answered")
+                assert wait_for(lambda: echo(st), 30, "echoscu answered", every=0.1)
             print(f"{name}: serving again {time.monotonic() - t0:.1f} s after kill -9")
             assert time.monotonic() - t0 < 15
-            wait_for(lambda: all_ready(st.data), 60, "everything running again")
+            wait_for(lambda: all_ready(st.data), 60, "everything running again", every=0.1)
         assert echo(st)
         final = procs(st.data)
         assert all(p["state"] == "running" for p in final.values()), final
@@ -100,7 +90,7 @@ def test_crashing_service_is_failed_and_the_rest_works(tmp_path, monkeypatch):
     st = Station(tmp_path / "data", supervisor__start_seconds=10, supervisor__start_retries=2)
     with st:
         failed = wait_for(lambda: procs(st.data).get(target, {}).get("state") == "failed", 90,
-                          f"{target} marked failed")
+                          f"{target} marked failed", every=0.1)
         assert failed
         entry = procs(st.data)[target]
         assert entry["starts"] == 3 and entry["pid"] is None and "exit status 3" in entry["message"]
@@ -110,7 +100,7 @@ def test_crashing_service_is_failed_and_the_rest_works(tmp_path, monkeypatch):
         text = burnstation(st.data, "status").stdout
         assert any(line.split()[:2] == [target, "failed"] for line in text.splitlines()), text
         assert states["dicom"] in ("starting", "running")
-        wait_for(lambda: procs(st.data)["dicom"]["state"] == "running", 30, "dicom running")
+        wait_for(lambda: procs(st.data)["dicom"]["state"] == "running", 30, "dicom running", every=0.1)
         assert echo(st)
         # it stays failed: no more attempts
         time.sleep(3)
@@ -127,7 +117,7 @@ def test_sigterm_stops_everything_within_10s_and_keeps_instances(tmp_path):
     st = Station(tmp_path / "data", supervisor__start_seconds=1)
     files = write_study(tmp_path / "in", n_series=2, per_series=5)
     with st:
-        wait_for(lambda: all_ready(st.data), what="every process running")
+        wait_for(lambda: all_ready(st.data), what="every process running", every=0.1)
         sent = dcmtk("storescu", "-aec", st.aet, "127.0.0.1", str(st.port), *map(str, files), timeout=120)
         assert sent.returncode == 0, sent.stderr
         pids = [p["pid"] for p in procs(st.data).values()] + [st.proc.pid]
@@ -135,7 +125,7 @@ def test_sigterm_stops_everything_within_10s_and_keeps_instances(tmp_path):
         t0 = time.monotonic()
         st.proc.send_signal(signal.SIGTERM)
         st.proc.wait(15)
-        wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "every process gone")
+        wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "every process gone", every=0.1)
         elapsed = time.monotonic() - t0
         assert elapsed < 10, elapsed
         assert st.proc.returncode == 0
@@ -162,19 +152,19 @@ def test_sigterm_during_a_transfer_loses_no_acknowledged_instance(tmp_path):
     # enough files that the transfer outlasts the orderly stop of the other processes
     files = write_study(tmp_path / "in", n_series=3, per_series=600, rows=16, cols=16)
     with st:
-        wait_for(lambda: all_ready(st.data), what="every process running")
+        wait_for(lambda: all_ready(st.data), what="every process running", every=0.1)
         env = dict(os.environ, TCP_NODELAY="1")
         sender = subprocess.Popen([str(DCMTK / "storescu"), "-v", "-aec", st.aet, "127.0.0.1", str(st.port),
                                    *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, env=env)
         storage = st.data / "storage"
-        wait_for(lambda: len(list(storage.rglob("*.dcm"))) >= 5, 60, "the transfer under way")
+        wait_for(lambda: len(list(storage.rglob("*.dcm"))) >= 5, 60, "the transfer under way", every=0.1)
         pids = [p["pid"] for p in procs(st.data).values()] + [st.proc.pid]
         t0 = time.monotonic()
         st.proc.send_signal(signal.SIGTERM)
         out, _ = sender.communicate(timeout=60)
         st.proc.wait(15)
-        wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "every process gone")
+        wait_for(lambda: not any(pid_alive(p) for p in pids), 10, "every process gone", every=0.1)
         assert time.monotonic() - t0 < 10
         st.proc = None
     acked = out.count("Received Store Response (Success)")
@@ -188,5 +178,5 @@ def test_sigterm_during_a_transfer_loses_no_acknowledged_instance(tmp_path):
     assert "did not stop within" not in st.log(), st.log()[-3000:]
     # an instance cut off mid-write (never acknowledged) may leave a temp file; the next start removes it
     with st:
-        wait_for(lambda: not list((st.data / "storage").rglob("*.tmp")), 30, "temp files cleaned at start")
+        wait_for(lambda: not list((st.data / "storage").rglob("*.tmp")), 30, "temp files cleaned at start", every=0.1)
         assert len(list((st.data / "storage").rglob("*.dcm"))) == len(stored)

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from support import Station, dcmtk, free_port, make_dataset, wait_port
-from worklist_support import EB, SB, msa, order, send_order, wait_for, worklist
+from support import Station, dcmtk, free_port, make_dataset, wait_for, wait_port
+from worklist_support import EB, SB, msa, order, send_order, worklist
 
 SPS = "ScheduledProcedureStepSequence[0]"
 KEYS = ["SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
@@ -280,13 +280,13 @@ def test_images_mark_item_done_and_ris_is_told(tmp_path):
         assert send_order(st.hl7_port, order(placer="L3", accession="LACC3", control_id="L3")) == "AA"
         store_image(st, tmp_path / "img1", study_uid="1.2.826.0.1.99.1", accession="OTHER", patient_id="PID1")
         store_image(st, tmp_path / "img2", accession="LACC2", patient_id="PID1")
-        wait_for(lambda: status_of(st, tmp_path / "s1", "L1") == "COMPLETED")
-        wait_for(lambda: status_of(st, tmp_path / "s2", "L2") == "COMPLETED")
+        wait_for(lambda: status_of(st, tmp_path / "s1", "L1") == "COMPLETED", timeout=20.0)
+        wait_for(lambda: status_of(st, tmp_path / "s2", "L2") == "COMPLETED", timeout=20.0)
         assert status_of(st, tmp_path / "s3", "L3") == "SCHEDULED"
         # the RIS was down: the messages wait in state.db
         conn = sqlite3.connect(st.data / "state.db")
         wait_for(lambda: conn.execute("SELECT COUNT(*) = 2 AND MAX(attempts) >= 1 FROM hl7_outbox "
-                                      "WHERE state='pending'").fetchone()[0] == 1)
+                                      "WHERE state='pending'").fetchone()[0] == 1, timeout=20.0)
         ris = FakeRIS(ris_port)
         wait_for(lambda: len(ris.messages) == 2, timeout=30)
         by_placer = {m.split("ORC|")[1].split("|")[1]: m for m in ris.messages}
@@ -298,7 +298,7 @@ def test_images_mark_item_done_and_ris_is_told(tmp_path):
         assert "MÜLLER^JÜRGEN" in msg and msh[17] == "8859/1"  # MSH-18 (index 0 is MSH, 1 is MSH-1)
         assert "1.2.826.0.1.99.1" in msg
         assert "LACC2" in by_placer["L2"]
-        wait_for(lambda: conn.execute("SELECT COUNT(*) FROM hl7_outbox WHERE state='sent'").fetchone()[0] == 2)
+        wait_for(lambda: conn.execute("SELECT COUNT(*) FROM hl7_outbox WHERE state='sent'").fetchone()[0] == 2, timeout=20.0)
 
         # the disc of L1's study is done (burn pipeline jobs table) → CM
         from appliance import db
@@ -329,7 +329,7 @@ def test_done_items_leave_after_retention(tmp_path):
         assert send_order(st.hl7_port, order(placer="R2", accession="RACC2", control_id="R2")) == "AA"
         assert status_of(st, tmp_path / "a", "R1") == "SCHEDULED"
         store_image(st, tmp_path / "img", accession="RACC1")
-        wait_for(lambda: status_of(st, tmp_path / "b", "R1") is None)
+        wait_for(lambda: status_of(st, tmp_path / "b", "R1") is None, timeout=20.0)
         assert status_of(st, tmp_path / "c", "R2") == "SCHEDULED"
         conn = sqlite3.connect(st.data / "state.db")
         assert conn.execute("SELECT COUNT(*) FROM worklist_items WHERE placer='R1'").fetchone()[0] == 0
@@ -376,7 +376,7 @@ def test_order_that_arrives_after_its_images(shared, tmp_path):
     store_image(shared, tmp_path / "img", accession="LATEACC", patient_id="LATE1")
     assert send_order(shared.hl7_port, order(placer="LATE1", accession="LATEACC", patient_id="LATE1",
                                              control_id="LATE1")) == "AA"
-    wait_for(lambda: status_of(shared, tmp_path / "s", "LATE1") == "COMPLETED")
+    wait_for(lambda: status_of(shared, tmp_path / "s", "LATE1") == "COMPLETED", timeout=20.0)
 
 
 def test_malformed_query_answered_with_error_status(shared, tmp_path):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 from support import findscu, wait_port
@@ -117,13 +116,3 @@ def worklist(port: int, keys: list[str], out: Path, aet: str = "SCANNER", aec: s
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return responses
 
-
-def wait_for(predicate, timeout: float = 20.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(interval)
