@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 from pathlib import Path
 
 from appliance import index
 from appliance.config import Settings
 from appliance.dicom.server import DicomServer
+from appliance.services import stop_event
 
 LOG = logging.getLogger("burnstation.dicom")
 
@@ -18,10 +18,7 @@ LOG = logging.getLogger("burnstation.dicom")
 def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
           ready: threading.Event | None = None) -> None:
     """Run the DICOM service until `stop` is set (or SIGTERM/SIGINT when run in the main thread)."""
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event(stop)
     settings = Settings(data_dir)
     server = DicomServer(Path(data_dir), settings)
     server.ctx.store.remove_stale_temp_files()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from appliance import index as _index  # noqa: F401 - registers the instances/st
 from appliance.config import Settings
 from appliance.hl7 import outbox
 from appliance.hl7.mllp import MLLPServer
+from appliance.services import stop_event
 from appliance.worklist import items, link
 from appliance.worklist.orders import OrderReceiver
 
@@ -86,10 +86,7 @@ class HL7Service:
 def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
           ready: threading.Event | None = None) -> None:
     """Run the hl7 service until `stop` is set (or SIGTERM/SIGINT when run in the main thread)."""
-    stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+    stop = stop_event(stop)
     service = HL7Service(Path(data_dir))
     service.start_listener()
     sender = threading.Thread(target=service.deliver_loop, args=(stop,), name="hl7-outbox", daemon=True)

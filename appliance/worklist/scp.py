@@ -21,6 +21,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from appliance.dicom.handlers import BAD_IDENTIFIER, UNABLE_TO_PROCESS, failure_status
 from appliance.worklist import items
 from appliance.worklist import record as rec
 from appliance.worklist.matching import QueryError, compile_query, respond
@@ -118,17 +119,11 @@ def find_worklist(ctx: Any, event: Any) -> Iterator[tuple[Any, Dataset | None]]:
             yield 0xFF00, rec.to_dataset(respond(query, record))
     except QueryError as exc:
         LOG.info("worklist C-FIND from %s refused: %s", calling, exc)
-        rsp = Dataset()
-        rsp.Status = 0xA900
-        rsp.ErrorComment = str(exc)[:64]
-        yield rsp, None
+        yield failure_status(BAD_IDENTIFIER, str(exc)), None
         return
     except Exception as exc:
         LOG.exception("worklist C-FIND failed")
-        rsp = Dataset()
-        rsp.Status = 0xC000
-        rsp.ErrorComment = f"unable to process: {exc}"[:64]
-        yield rsp, None
+        yield failure_status(UNABLE_TO_PROCESS, f"unable to process: {exc}"), None
         return
     if log_on:
         LOG.info("worklist C-FIND from %s: %d item(s) in %.1f ms", calling, found,

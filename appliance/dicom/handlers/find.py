@@ -10,6 +10,7 @@ from pydicom.dataset import Dataset
 
 from appliance.dicom import query
 from appliance.dicom.context import StationContext, state_of
+from appliance.dicom.handlers import BAD_IDENTIFIER, UNABLE_TO_PROCESS, failure_status
 
 LOG = logging.getLogger("burnstation.dicom.find")
 
@@ -50,16 +51,10 @@ class FindHandler:
                     return
                 yield 0xFF00, query.response(identifier, match, self.ctx.settings.aet())
         except query.QueryError as exc:
-            rsp = Dataset()
-            rsp.Status = 0xA900
-            rsp.ErrorComment = str(exc)[:64]
-            yield rsp, None
+            yield failure_status(BAD_IDENTIFIER, str(exc)), None
             return
         except Exception as exc:
             LOG.exception("C-FIND failed")
-            rsp = Dataset()
-            rsp.Status = 0xC000
-            rsp.ErrorComment = f"unable to process: {exc}"[:64]
-            yield rsp, None
+            yield failure_status(UNABLE_TO_PROCESS, f"unable to process: {exc}"), None
             return
         yield 0x0000, None
