@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 DB_FILE = "state.db"
 
 _SCHEMAS: list[tuple[str, str]] = []
+_MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = []
 _applied: set[tuple[str, str]] = set()
 _lock = threading.Lock()
 
@@ -24,6 +26,12 @@ def register_schema(name: str, sql: str) -> None:
     """Declare a subsystem's tables; applied by every later `connect`."""
     if not any(existing == name for existing, _ in _SCHEMAS):
         _SCHEMAS.append((name, sql))
+
+
+def register_migration(name: str, migrate: Callable[[sqlite3.Connection], None]) -> None:
+    """Declare a change to existing tables (run once per process and file, after every schema)."""
+    if not any(existing == name for existing, _ in _MIGRATIONS):
+        _MIGRATIONS.append((name, migrate))
 
 
 def db_path(data_dir: str | os.PathLike[str]) -> Path:
@@ -49,6 +57,11 @@ def connect(data_dir: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlit
             key = (str(path.resolve()), name)
             if key not in _applied:
                 conn.executescript(sql)
+                _applied.add(key)
+        for name, migrate in _MIGRATIONS:
+            key = (str(path.resolve()), "migrate:" + name)
+            if key not in _applied:
+                migrate(conn)
                 _applied.add(key)
     return conn
 

@@ -7,6 +7,7 @@ matches on; everything else is read from the files when a query asks for it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -21,7 +22,8 @@ from appliance import db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
-    patient_id   TEXT PRIMARY KEY,
+    patient_id   TEXT PRIMARY KEY,  -- the key: Patient ID, or a made-up key for a patient without one
+    id_value     TEXT NOT NULL DEFAULT '',  -- the Patient ID as received ('' when there is none)
     patient_name TEXT NOT NULL DEFAULT '',
     birth_date   TEXT NOT NULL DEFAULT '',
     sex          TEXT NOT NULL DEFAULT '',
@@ -91,6 +93,29 @@ CREATE INDEX IF NOT EXISTS associations_started ON associations(started_at);
 """
 
 db.register_schema("index", SCHEMA)
+
+NO_ID_PREFIX = "\x1fnoid:"  # a control character: no real Patient ID (VR LO) can start with it
+
+
+def _add_id_value(conn: sqlite3.Connection) -> None:
+    """Databases made before `id_value` existed: add it (every key then was a real Patient ID)."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(patients)")}
+    if "id_value" not in columns:
+        conn.execute("ALTER TABLE patients ADD COLUMN id_value TEXT NOT NULL DEFAULT ''")
+        conn.execute("UPDATE patients SET id_value=patient_id")
+
+
+db.register_migration("index.patients.id_value", _add_id_value)
+
+
+def patient_key(patient: dict[str, str]) -> str:
+    """The index key of a patient: its Patient ID, or for a patient without one a key made from
+    name and birth date, so two ID-less patients never share a record (nor a name in C-FIND)."""
+    pid = patient.get("patient_id", "")
+    if pid:
+        return pid
+    seed = f"{patient.get('patient_name', '')}\x00{patient.get('birth_date', '')}".encode("utf-8", "surrogateescape")
+    return NO_ID_PREFIX + hashlib.sha1(seed).hexdigest()[:24]
 
 
 def _text(ds: Dataset, keyword: str) -> str:
@@ -190,9 +215,11 @@ def add_instance(conn: sqlite3.Connection, rec: InstanceRecord) -> str | None:
         if row is not None and row["path"] != rec.path:
             old_path = row["path"]
         study = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
-        _upsert(conn, "patients", "patient_id", rec.patient)
+        key = patient_key(rec.patient)
+        _upsert(conn, "patients", "patient_id", {**rec.patient, "patient_id": key,
+                                                 "id_value": rec.patient.get("patient_id", "")})
         _upsert(conn, "studies", "study_uid",
-                {"study_uid": rec.study_uid, "patient_id": rec.patient["patient_id"], **rec.study, "updated_at": now})
+                {"study_uid": rec.study_uid, "patient_id": key, **rec.study, "updated_at": now})
         _upsert(conn, "series", "series_uid", {"series_uid": rec.series_uid, "study_uid": rec.study_uid, **rec.series})
         _upsert(conn, "instances", "sop_uid", {
             "sop_uid": rec.sop_uid, "series_uid": rec.series_uid, "study_uid": rec.study_uid,
@@ -205,7 +232,7 @@ def add_instance(conn: sqlite3.Connection, rec: InstanceRecord) -> str | None:
         # not leave an empty series, study or patient behind for C-FIND to list
         if row is not None and (row["series_uid"], row["study_uid"]) != (rec.series_uid, rec.study_uid):
             _prune(conn, row["series_uid"], row["study_uid"])
-        if study is not None and study["patient_id"] != rec.patient["patient_id"]:
+        if study is not None and study["patient_id"] != key:
             conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS "
                          "(SELECT 1 FROM studies WHERE patient_id=?)", (study["patient_id"], study["patient_id"]))
     return old_path

@@ -205,7 +205,8 @@ def test_odd_datasets_and_two_patients_in_one_association(tmp_path: Path) -> Non
         job = r.new_job(set())
         done = r.final(job["id"])
         assert done["state"] == "done" and done["instances"] == len(files), done
-        assert re.fullmatch(r".+ \(\+1 more\)", done["patient_name"]), done  # the index knows ODD1 and ""
+        # three patients: ODD1 and the two without Patient ID, which the index keeps apart
+        assert re.fullmatch(r".+ \(\+2 more\)", done["patient_name"]), done
     tree = extract(job_file(r.bin("epson") / job["id"], "iso"), tmp_path / "disc")
     on_disc = dicomdir_sops(tree)
     assert set(on_disc) == set(sops.values())

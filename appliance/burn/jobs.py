@@ -112,7 +112,7 @@ def create_job_in(conn: sqlite3.Connection, *, role: str, sop_uids: Iterable[str
     uids = list(dict.fromkeys(sop_uids))
     conn.executemany("INSERT OR IGNORE INTO job_items (job_id, sop_uid) VALUES (?, ?)", [(job_id, u) for u in uids])
     summary = conn.execute(
-        "SELECT COUNT(*) AS n, COALESCE(SUM(i.size), 0) AS size, MIN(st.patient_id) AS patient_id, "
+        "SELECT COUNT(*) AS n, COALESCE(SUM(i.size), 0) AS size, MIN(p.id_value) AS patient_id, "
         "MIN(p.patient_name) AS patient_name, COUNT(DISTINCT st.patient_id) AS patients, "
         "json_group_array(DISTINCT i.study_uid) AS studies "
         "FROM job_items j JOIN instances i ON i.sop_uid=j.sop_uid "

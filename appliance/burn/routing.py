@@ -227,8 +227,9 @@ class Router:
         conn = self.conn
         group_by = self.settings.get("burn.group_by")
         delay = float(self.settings.get("burn.delay_seconds"))
-        query = ("SELECT i.sop_uid, i.series_uid, i.study_uid, i.size, i.received_at, st.patient_id "
+        query = ("SELECT i.sop_uid, i.series_uid, i.study_uid, i.size, i.received_at, p.id_value AS patient_id "
                  "FROM instances i LEFT JOIN studies st ON st.study_uid=i.study_uid "
+                 "LEFT JOIN patients p ON p.patient_id=st.patient_id "
                  "LEFT JOIN burn_claims c ON c.sop_uid=i.sop_uid AND c.assoc_id=i.assoc_id "
                  "WHERE i.assoc_id=? AND c.sop_uid IS NULL ORDER BY i.received_at")
         if not ended and not conn.execute(query + " LIMIT 1", (item["assoc_id"],)).fetchone():

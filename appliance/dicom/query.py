@@ -25,7 +25,7 @@ _KEY_COLUMN = {"PATIENT": "p.patient_id", "STUDY": "st.study_uid", "SERIES": "se
 
 # keyword → (level, SQL column)
 COLUMNS: dict[str, tuple[str, str]] = {
-    "PatientID": ("PATIENT", "p.patient_id"),
+    "PatientID": ("PATIENT", "p.id_value"),
     "PatientName": ("PATIENT", "p.patient_name"),
     "PatientBirthDate": ("PATIENT", "p.birth_date"),
     "PatientSex": ("PATIENT", "p.sex"),
@@ -254,6 +254,7 @@ def build_query(identifier: Dataset, model: str = "STUDY") -> tuple[str, str, li
     select = [f"{col} AS {kw}" for kw, (lvl, col) in COLUMNS.items() if LEVELS.index(lvl) <= depth]
     select += [f"{expr} AS {kw}" for kw, (lvl, expr) in COMPUTED.items()
                if LEVELS.index(lvl) <= depth and kw in requested]
+    select.append("p.patient_id AS _pkey")  # the index key (PatientID may be empty)
     select.append(f"{_REPRESENTATIVE[level]} AS _path")
     select.append("st.charset AS _charset" if depth >= 1 else "p.charset AS _charset")
     if depth == 3:
@@ -340,7 +341,7 @@ def _read_header(path: str | None) -> Dataset | None:
 def instance_rows(conn: sqlite3.Connection, identifier: Dataset, model: str = "STUDY") -> list[sqlite3.Row]:
     """All instances under the matches of a retrieve identifier (C-MOVE / C-GET)."""
     level, sql, args, _ = build_query(identifier, model)
-    key_kw = {"PATIENT": "PatientID", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
+    key_kw = {"PATIENT": "_pkey", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
               "IMAGE": "SOPInstanceUID"}[level]
     keys = [row[key_kw] for row in conn.execute(sql, args)]
     if not keys:
