@@ -13,6 +13,7 @@ from pydicom.dataset import Dataset
 from appliance import index
 from appliance.dicom import pnd_tuning, rawparse
 from appliance.dicom.context import StationContext, state_of
+from appliance.dicom.handlers import failure_status as _failure
 from appliance.storage import OutOfSpace, file_meta_bytes
 
 LOG = logging.getLogger("burnstation.dicom.store")
@@ -28,13 +29,6 @@ NOT_AUTHORISED = 0x0124
 OUT_OF_RESOURCES = 0xA700
 DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
-
-
-def _failure(status: int, comment: str) -> Dataset:
-    rsp = Dataset()
-    rsp.Status = status
-    rsp.ErrorComment = comment[:64]
-    return rsp
 
 
 def _record(event: Any, raw: bytes, transfer_syntax: str) -> index.InstanceRecord:
