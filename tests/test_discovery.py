@@ -154,8 +154,10 @@ def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
         assert row["plugged"] is False and "unplugged" in row["message"], row
         assert row["process"] == "not running"
         send(st, "BURNSTATION_P", write_study(tmp_path / "two", n_series=1, per_series=2))
+        # "built" first carries the builder's message; the burner then says why the job waits
         second = wait_for(lambda: [j for j in jobs(st.data) if j["id"] != first["id"] and j["state"] == "built"
-                                   and j["message"]], what="second job built and waiting", timeout=TIMEOUT)[0]
+                                   and "online" in j["message"]], what="second job waiting for a robot",
+                          timeout=TIMEOUT)[0]
         assert "robot" in second["message"] and "online" in second["message"], second
         time.sleep(3)
         again = next(j for j in jobs(st.data) if j["id"] == second["id"])
