@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 from support import Station, burnstation, dcmtk, wait_for, write_study
 
 from appliance.discovery import Discovery, udev
@@ -126,7 +125,6 @@ def send(st: Station, aet: str, files: list[Path]) -> None:
 
 
 def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
-    pytest.importorskip("appliance.services.driver")
     st = Station(tmp_path / "data", supervisor__start_seconds=1, hl7__port=0, http__port=0)
     sim = st.data / "sim"
     st.start("--simulate", "--robots", "primera", "--sim-speed", "0")
@@ -200,7 +198,6 @@ class FakeUdev:
 
 
 def test_udev_robot_is_registered_and_gets_a_driver_while_plugged(tmp_path):
-    pytest.importorskip("appliance.services.driver")
     from appliance.supervisor.supervisor import Supervisor
 
     data = tmp_path / "data"

@@ -3,7 +3,6 @@ and robots added or deleted while running get or lose their driver process."""
 
 from __future__ import annotations
 
-import pytest
 from support import Station, burnstation, wait_for
 from test_supervisor import all_ready, echo, pid_alive, procs
 
@@ -24,7 +23,6 @@ def test_supervisor_killed_takes_its_children_along(tmp_path):
 
 def test_robots_added_and_removed_while_running(tmp_path):
     """Settings changes reach the supervisor: a configured robot gets a driver process, deleting it stops it."""
-    pytest.importorskip("appliance.services.driver")
     st = Station(tmp_path / "data", supervisor__start_seconds=1)
     export = tmp_path / "export"
     export.mkdir()
