@@ -171,11 +171,13 @@ def render_label(fields: dict[str, str], out: Path) -> Path:
         (f"{fields.get('study_dates', '')} · {fields.get('modalities', '')}", 28, False),
         (fields.get("study_descriptions", ""), 28, False),
     ]
-    y = SIZE * 0.07
-    for text, size, bold in top:
-        if text.strip(" ·"):
-            _draw_line(draw, text, y + size, size, chord(y + size / 2), bold)
-            y += size * 1.4
+    def draw_block(lines: list[tuple[str, int, bool]], y: float, spacing: float) -> None:
+        for text, size, bold in lines:
+            if text.strip(" ·"):  # an empty field leaves no blank line
+                _draw_line(draw, text, y + size, size, chord(y + size / 2), bold)
+                y += size * spacing
+
+    draw_block(top, SIZE * 0.07, 1.4)
     bottom = [
         (f"Accession {fields.get('accession_numbers', '')}" if fields.get("accession_numbers") else "", 28, False),
         (f"Disc {fields.get('disc_of', '1 of 1')} · {fields.get('media', '')}", 38, True),
@@ -183,11 +185,7 @@ def render_label(fields: dict[str, str], out: Path) -> Path:
         (f"Created {fields.get('creation_date', '')} · {fields.get('creator', '')}", 26, False),
         (fields.get("token_link", ""), 22, False),
     ]
-    y = SIZE * 0.64
-    for text, size, bold in bottom:
-        if text.strip(" ·"):
-            _draw_line(draw, text, y + size, size, chord(y + size / 2), bold)
-            y += size * 1.45
+    draw_block(bottom, SIZE * 0.64, 1.45)
     image.putalpha(mask)
     tmp = out.with_name(out.name + ".tmp")
     image.save(tmp, "PNG", compress_level=1)  # level 6 costs 0.3 s for a mostly white image

@@ -162,7 +162,7 @@ def _value_text(elem: Any) -> str:
 
 def _condition(keyword: str, column: str, vr: str, text: str, args: list[Any]) -> str | None:
     """SQL for one matching key; None for universal matching."""
-    text = text.strip() if vr not in ("PN",) else text.strip()
+    text = text.strip()
     if text == "" or text == "*":
         return None
     fold = 1 if vr == "PN" else 0
