@@ -26,10 +26,19 @@ SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
 NOT_AUTHORISED = "Unknown Status: 0x124"  # how dcmtk prints C-STORE/C-MOVE status 0x0124 (refused: not authorised)
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free TCP port, never one this test process handed out before (the kernel may give the
+    same ephemeral port to two quick probes, and a station needs four distinct ones)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def make_dataset(*, patient_id: str = "PID1", patient_name: str = "DOE^JOHN", study_uid: str | None = None,
