@@ -27,13 +27,12 @@ import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from appliance import publish
+from appliance import atomicfile, publish
 
 log = logging.getLogger(__name__)
 
@@ -88,15 +87,6 @@ def yes_no(flag: object) -> str:
 # --------------------------------------------------------------------------- files
 
 
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_aside_then_rename(folder: Path, name: str, text: str, encoding: str = "utf-8") -> Path:
     """Write `text` to `folder/name` so that the file appears complete or not at all.
 
@@ -106,27 +96,7 @@ def write_aside_then_rename(folder: Path, name: str, text: str, encoding: str = 
     folder.mkdir(parents=True, exist_ok=True)
     aside = folder / ASIDE_DIR
     aside.mkdir(exist_ok=True)
-    target = folder / name
-    tmp = aside / f"{name}.{uuid.uuid4().hex}.tmp"
-    data = text.encode(encoding, errors="replace")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    try:
-        try:
-            os.link(tmp, target)  # atomic and refuses to replace an existing file
-        except FileExistsError:
-            raise
-        except OSError:  # shares without hard links: check, then rename
-            if target.exists():
-                raise FileExistsError(str(target)) from None
-            os.rename(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-    _fsync_dir(folder)
-    return target
+    return atomicfile.write_text(folder / name, text, encoding, errors="replace", exclusive=True, temp_dir=aside)
 
 
 def clean_aside(folder: Path, older_than: float = 60.0) -> None:

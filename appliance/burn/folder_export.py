@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from appliance import atomicfile
 from appliance.publish import (
     BURNING,
     CANCELLED,
@@ -177,10 +178,7 @@ class FolderPublisher(Publisher):
             job_id = request.job_id
             if job_id in self._copies or self.final_dir(job_id).exists():
                 return  # already has it (never copy a job twice)
-            saved = self.request_file(job_id)
-            tmp = saved.with_name(saved.name + ".tmp")
-            tmp.write_text(json.dumps(_request_to_doc(request)), encoding="utf-8")
-            os.replace(tmp, saved)
+            atomicfile.write_text(self.request_file(job_id), json.dumps(_request_to_doc(request)))
             self._start(request)
 
     def poll(self, job_id: str) -> JobProgress:
