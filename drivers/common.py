@@ -14,14 +14,12 @@
   `SubmittedLedger` tells our jobs from an engine's old ones of a repeated id; `aggregate` makes one
   job state of the discs' states; `ErrorReportWait` holds back an .ERR the engine has not explained;
 - `SpoolPublisher`: the job-following skeleton both publishers share (poll, plan, cancel, ledger,
-  staging); `spool_factory` makes a class's PUBLISHER_FACTORIES entry;
-- USB matchers: data, extendable by a technician (see `usb_matchers`).
+  staging); `spool_factory` makes a class's PUBLISHER_FACTORIES entry.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
@@ -39,7 +37,6 @@ log = logging.getLogger(__name__)
 ASIDE_DIR = ".burnstation-aside"  # inside the spool: same file system, so the rename is atomic
 STAGE_DIR = "jobfiles"  # inside the spool: disc images, trees, labels the engine must read
 ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-USB_MATCHERS_FILE = "usb-matchers.json"
 
 # characters that could end a line, separate a DATA source from its destination, or start a key;
 # Python's str.splitlines also breaks on \v \f \x1c-\x1e \x85 \u2028 \u2029: a parser on the other
@@ -768,65 +765,3 @@ def spool_factory(cls: type[SpoolPublisher]) -> Callable[..., SpoolPublisher]:
 
     factory.__doc__ = f"`PUBLISHER_FACTORIES[{cls.kind!r}](robot_doc, data_dir)`; also accepts (name, options, data_dir)."
     return factory
-
-
-# --------------------------------------------------------------------------- USB matchers
-
-
-def usb_matchers(kind: str, builtin: Iterable[Mapping[str, Any]], data_dir: Path | None) -> list[dict[str, Any]]:
-    """The driver's built-in matchers plus a technician's additions from `<data>/usb-matchers.json`.
-
-    That file is `{"epson": [{"vendor_id": "04b8", "model": "PP-150"}], "primera": [...]}`; each
-    matcher's fields (vendor_id, product_id: exact hex; vendor, model: case-insensitive substrings of
-    udev's ID_VENDOR / ID_MODEL, `_` and space alike) must all match. A broken file is logged and ignored.
-    """
-    result = [dict(m, kind=kind) for m in builtin]
-    if data_dir is None:
-        return result
-    path = Path(data_dir) / USB_MATCHERS_FILE
-    if not path.exists():
-        return result
-    try:
-        extra = json.loads(path.read_text(encoding="utf-8")).get(kind, [])
-        for m in extra:
-            if not isinstance(m, dict):
-                continue
-            m = {_USB_ALIASES.get(k, k): v for k, v in m.items()}
-            doc = {k: str(v) for k, v in m.items() if k in ("vendor_id", "product_id", "vendor", "model") and v}
-            if doc:
-                result.append(doc | {"kind": kind})
-    except (OSError, ValueError, AttributeError, TypeError) as exc:
-        log.warning("%s: ignored (%s)", path, exc)
-    return result
-
-
-_USB_ALIASES = {"vid": "vendor_id", "pid": "product_id", "idVendor": "vendor_id", "idProduct": "product_id"}
-
-
-def _norm(text: object) -> str:
-    return str(text or "").replace("_", " ").strip().lower()
-
-
-def usb_match(matcher: Mapping[str, Any], device: Mapping[str, Any]) -> bool:
-    """Whether a device (keys vendor_id, product_id, vendor, model — or udev's ID_VENDOR_ID, ID_MODEL_ID,
-    ID_VENDOR, ID_MODEL) satisfies every field the matcher sets."""
-    props = {
-        "vendor_id": device.get("vendor_id") or device.get("ID_VENDOR_ID") or "",
-        "product_id": device.get("product_id") or device.get("ID_MODEL_ID") or "",
-        "vendor": device.get("vendor") or device.get("ID_VENDOR") or device.get("ID_VENDOR_FROM_DATABASE") or "",
-        "model": device.get("model") or device.get("ID_MODEL") or device.get("ID_MODEL_FROM_DATABASE") or "",
-    }
-    checked = False
-    for key in ("vendor_id", "product_id"):
-        want = str(matcher.get(key) or "").lower()
-        if want:
-            checked = True
-            if str(props[key]).lower() != want:
-                return False
-    for key in ("vendor", "model"):
-        want = _norm(matcher.get(key))
-        if want:
-            checked = True
-            if want not in _norm(props[key]):
-                return False
-    return checked

@@ -5,8 +5,7 @@ Importing it registers the publisher factory as "epson" (appliance.publish.PUBLI
 
 from appliance import publish
 from drivers.epson.publisher import EpsonPublisher, factory
-from drivers.epson.usb import matchers
 
 publish.register("epson", factory)
 
-__all__ = ["EpsonPublisher", "factory", "matchers"]
+__all__ = ["EpsonPublisher", "factory"]

@@ -5,8 +5,7 @@ Importing it registers the publisher factory as "primera" (appliance.publish.PUB
 
 from appliance import publish
 from drivers.primera.publisher import PrimeraPublisher, factory
-from drivers.primera.usb import matchers
 
 publish.register("primera", factory)
 
-__all__ = ["PrimeraPublisher", "factory", "matchers"]
+__all__ = ["PrimeraPublisher", "factory"]
