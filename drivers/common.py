@@ -14,7 +14,7 @@
   `SubmittedLedger` tells our jobs from an engine's old ones of a repeated id; `aggregate` makes one
   job state of the discs' states; `ErrorReportWait` holds back an .ERR the engine has not explained;
 - `SpoolPublisher`: the job-following skeleton both publishers share (poll, plan, cancel, ledger,
-  staging); `spool_factory` makes a class's PUBLISHER_FACTORIES entry.
+  staging); a subclass is its own `PUBLISHER_FACTORIES` entry (see appliance/publish.py).
 """
 
 from __future__ import annotations
@@ -750,18 +750,3 @@ class SpoolPublisher(publish.Publisher):
             except FileExistsError:
                 asked = True
         return asked
-
-
-def spool_factory(cls: type[SpoolPublisher]) -> Callable[..., SpoolPublisher]:
-    """The `PUBLISHER_FACTORIES[kind]` entry for a publisher class: `(robot_doc, data_dir)`; also
-    accepts `(name, options, data_dir)`."""
-
-    def factory(robot: Any, data_dir: Any = None, *rest: Any) -> SpoolPublisher:
-        if isinstance(robot, str):
-            options = dict(data_dir or {})
-            options.setdefault("name", robot)
-            return cls(options, rest[0] if rest else None)
-        return cls(robot, data_dir)
-
-    factory.__doc__ = f"`PUBLISHER_FACTORIES[{cls.kind!r}](robot_doc, data_dir)`; also accepts (name, options, data_dir)."
-    return factory

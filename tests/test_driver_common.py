@@ -188,6 +188,19 @@ def test_register_all_registers_both_drivers():
     assert not st.online and "SystemStatus.txt" in st.message
 
 
+def test_every_publisher_factory_takes_the_robot_document_and_data_dir(tmp_path):
+    """One factory signature for the folder export and both drivers: `factory(robot, data_dir)`."""
+    from appliance import publish
+    from appliance.burn import folder_export  # noqa: F401 - registers "folder"
+
+    register_all()
+    for kind in ("folder", "epson", "primera"):
+        robot = {"name": f"r-{kind}", "driver": kind, "spool": str(tmp_path / kind), "media": ["CD"]}
+        for data_dir in (tmp_path / "data", None):
+            pub = publish.PUBLISHER_FACTORIES[kind](robot, data_dir)
+            assert isinstance(pub, publish.Publisher) and (pub.kind, pub.name) == (kind, f"r-{kind}")
+
+
 def test_reader_racing_an_in_place_writer_never_sees_a_broken_status(tmp_path):
     """A writer rewrites the file in place (truncate, then small chunks) while the reader polls."""
     path = tmp_path / "TDBStatus.txt"

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ class FolderPublisher(Publisher):
 
     kind = "folder"
 
-    def __init__(self, robot: dict[str, Any], data_dir: Path | None = None) -> None:
+    def __init__(self, robot: Mapping[str, Any], data_dir: Path | None = None) -> None:
         self.name = str(robot["name"])
         self.spool = Path(robot["spool"])
         self.mode = robot.get("mode", "image")
@@ -211,9 +212,5 @@ class FolderPublisher(Publisher):
             return True
 
 
-def factory(robot: dict[str, Any], data_dir: Path | None = None) -> FolderPublisher:
-    return FolderPublisher(robot, data_dir)
-
-
-register("folder", factory)
+register("folder", FolderPublisher)
 

@@ -4,8 +4,8 @@ Importing it registers the publisher factory as "epson" (appliance.publish.PUBLI
 """
 
 from appliance import publish
-from drivers.epson.publisher import EpsonPublisher, factory
+from drivers.epson.publisher import EpsonPublisher
 
-publish.register("epson", factory)
+publish.register("epson", EpsonPublisher)
 
-__all__ = ["EpsonPublisher", "factory"]
+__all__ = ["EpsonPublisher"]
