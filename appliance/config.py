@@ -423,7 +423,7 @@ class AtomicJSONStorage(Storage):
                 json.dump(data, fh, indent=1, sort_keys=True)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.chmod(tmp, 0o640)
+            os.chmod(tmp, 0o600)  # owner only, like the whole data folder (appliance/permissions.py)
             os.replace(tmp, self.path)
             dfd = os.open(directory, os.O_RDONLY)
             try:
