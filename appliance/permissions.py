@@ -9,7 +9,8 @@ folder-export targets (a robot's spool too), plus `<data>/spool`, the default sp
 
 The whole tree is walked only when its top shows an older folder (the data folder itself or one of
 its direct entries open to others); a private top keeps everyone else out of everything below it.
-The walk changes the top folder last, so an interrupted walk is done again at the next start.
+The walk changes the top folder last, and not at all when something below could not be changed, so
+an interrupted walk is done again at the next start, and a refusal is repeated until it is fixed.
 """
 
 from __future__ import annotations
@@ -158,6 +159,8 @@ def scan(data_dir: Path, exempt: Iterable[Path] = (), fix: bool = False) -> Repo
         if len(report.examples) < EXAMPLES:
             report.examples.append(f"{path} ({stat.S_IMODE(st.st_mode):04o})")
         if not fix:
+            continue
+        if path == top and report.failures:  # stays open: the next run walks again and refuses again
             continue
         try:
             os.chmod(path, _private_mode(st.st_mode))  # never a symlink: those were skipped
