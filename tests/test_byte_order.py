@@ -111,3 +111,44 @@ def test_object_that_cannot_be_decoded_goes_on_the_disc_as_received_and_is_named
     index = (disc.tree / "INDEX.HTM").read_text(encoding="utf-8", errors="replace")
     for text in (readme, index):
         assert file_id in text and "cannot decompress" in text
+
+
+def test_ol_of_od_ov_values_are_swapped_by_their_word_size(tmp_path: Path) -> None:
+    """dcmtk writes the big endian file; byteorder turns it back into what was authored."""
+    from pydicom.uid import ExplicitVRLittleEndian
+    from support import dcmtk
+
+    from appliance.dicom import byteorder
+
+    values = {0x00660040: ("OL", "<u4"), 0x00720082: ("OV", "<u8"), 0x7FE00008: ("OF", "<f4"),
+              0x7FE00009: ("OD", "<f8")}
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    for tag, (vr, dtype) in values.items():
+        ds.add_new(tag, vr, (np.arange(1, 8) * 1000.5).astype(dtype).tobytes())
+    ds.save_as(tmp_path / "le.dcm", enforce_file_format=True)
+    assert dcmtk("dcmconv", "+tb", str(tmp_path / "le.dcm"), str(tmp_path / "be.dcm")).returncode == 0
+    big = dcmread(tmp_path / "be.dcm")
+    assert big.file_meta.TransferSyntaxUID == EVBE
+    assert all(big[tag].value != ds[tag].value for tag in values)  # really big endian on disc
+    byteorder.swap_to_little_endian(big)
+    for tag in values:
+        assert big[tag].value == ds[tag].value, values[tag][0]
+    assert not byteorder.is_big_endian(big)
+    byteorder.swap_to_little_endian(big)  # a second call changes nothing
+    assert all(big[tag].value == ds[tag].value for tag in values)
+
+
+def test_a_value_that_is_not_whole_words_is_refused_and_nothing_changes(tmp_path: Path) -> None:
+    from appliance.dicom import byteorder
+
+    ds = Dataset()
+    ds.add_new(0x00660040, "OL", b"\x00\x00\x00\x01")
+    ds.add_new(0x7FE00010, "OW", b"\x01\x02\x03")  # 3 bytes: no whole 16-bit words
+    ds.set_original_encoding(False, False)
+    with pytest.raises(byteorder.ByteOrderError, match="3 bytes"):
+        byteorder.swap_to_little_endian(ds)
+    assert ds[0x00660040].value == b"\x00\x00\x00\x01" and byteorder.is_big_endian(ds)
