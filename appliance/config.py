@@ -417,7 +417,7 @@ class AtomicJSONStorage(Storage):
         return json.loads(text) if text.strip() else None
 
     def write(self, data: dict[str, Any]) -> None:
-        atomicfile.write_text(self.path, json.dumps(data, indent=1, sort_keys=True), mode=0o640)
+        atomicfile.write_text(self.path, json.dumps(data, indent=1, sort_keys=True), mode=0o600)  # owner only, like the whole data folder (appliance/permissions.py)
 
     def close(self) -> None:
         pass

@@ -36,6 +36,8 @@ class DiscImage:
     label_fields: dict[str, str] = field(default_factory=dict)  # merge fields, values untrusted
     disc_number: int = 1
     disc_count: int = 1
+    # objects on this disc not in the syntax its media profile asks for, each with the reason
+    off_profile: list[str] = field(default_factory=list)
 
 
 @dataclass
