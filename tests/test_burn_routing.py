@@ -390,6 +390,14 @@ def test_existing_database_gets_association_instances_from_the_index(tmp_path: P
     conn = db.connect(tmp_path)
     assert index.association_sop_uids(conn, 7) == uids
     assert conn.execute("SELECT COUNT(*) FROM association_instances").fetchone()[0] == 3
+    # the worklist link had followed `instances` by rowid: it goes on from the arrivals copied, not from 0
+    from appliance.worklist import items, link
+
+    items.meta_set(conn, link.OLD_HWM_KEY, 3)
+    settings = Settings(tmp_path)
+    settings.initialize()
+    link.link_images(conn, settings)
+    assert items.meta_get(conn, link.HWM_KEY) == index.last_arrival_id(conn) == 3
     # from now on each store adds to it: the same instance stored by another association adds a row
     later = open_assoc(conn, "BURNSTATION_P")
     receive(conn, later, "BURNSTATION_P", study="st", series="se", resend=uids[:1])
