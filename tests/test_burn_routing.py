@@ -16,6 +16,7 @@ from pydicom.uid import generate_uid
 from appliance import db, index
 from appliance.burn import jobs, routing
 from appliance.config import Settings
+from appliance.worklist import items, link
 
 T0 = float(int(time.time()))  # the clock the router is given (associations carry real times)
 
@@ -391,8 +392,6 @@ def test_existing_database_gets_association_instances_from_the_index(tmp_path: P
     assert index.association_sop_uids(conn, 7) == uids
     assert conn.execute("SELECT COUNT(*) FROM association_instances").fetchone()[0] == 3
     # the worklist link had followed `instances` by rowid: it goes on from the arrivals copied, not from 0
-    from appliance.worklist import items, link
-
     items.meta_set(conn, link.OLD_HWM_KEY, 3)
     settings = Settings(tmp_path)
     settings.initialize()
