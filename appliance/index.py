@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS associations (
 );
 CREATE INDEX IF NOT EXISTS associations_started ON associations(started_at);
 -- what each association received, one row per (association, SOP Instance UID); never rewritten by
--- a later association storing the same instance. `id` is the order of arrival (a cursor for pollers).
+-- a later association storing the same instance. `id` is the order of arrival (a cursor for pollers;
+-- the same association storing an instance again gives its row a new id).
 CREATE TABLE IF NOT EXISTS association_instances (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     assoc_id    INTEGER NOT NULL,
@@ -262,9 +263,9 @@ def add_instance(conn: sqlite3.Connection, rec: InstanceRecord, *, arrival: bool
             "received_at": rec.received_at or now,
         })
         if arrival and rec.assoc_id is not None:
-            conn.execute("INSERT INTO association_instances (assoc_id, sop_uid, received_at) VALUES (?, ?, ?) "
-                         "ON CONFLICT(assoc_id, sop_uid) DO UPDATE SET received_at=excluded.received_at",
-                         (rec.assoc_id, rec.sop_uid, rec.received_at or now))
+            # stored again by the same association: one row still, but a new arrival (a new id)
+            conn.execute("INSERT OR REPLACE INTO association_instances (assoc_id, sop_uid, received_at) "
+                         "VALUES (?, ?, ?)", (rec.assoc_id, rec.sop_uid, rec.received_at or now))
         # a re-sent object that moved (other series/study, or the study to another patient) must
         # not leave an empty series, study or patient behind for C-FIND to list
         if row is not None and (row["series_uid"], row["study_uid"]) != (rec.series_uid, rec.study_uid):
@@ -343,19 +344,19 @@ def association_sop_uids(conn: sqlite3.Connection, assoc_id: int) -> list[str]:
 
 def association_arrivals(conn: sqlite3.Connection, assoc_id: int) -> list[sqlite3.Row]:
     """What delayed grouping needs of each instance the association received (still in the index),
-    in arrival order: sop_uid, series_uid, study_uid, size (of the file stored last), received_at
-    (when this association delivered it) and patient_id (the Patient ID as received, '' if none)."""
+    in arrival order: arrival_id, sop_uid, series_uid, study_uid, size (of the file stored last),
+    received_at (when this association delivered it) and patient_id (as received, '' if none)."""
     return conn.execute(
-        "SELECT a.sop_uid, i.series_uid, i.study_uid, i.size, a.received_at, p.id_value AS patient_id "
+        "SELECT a.id AS arrival_id, a.sop_uid, i.series_uid, i.study_uid, i.size, a.received_at, p.id_value AS patient_id "
         "FROM association_instances a JOIN instances i ON i.sop_uid=a.sop_uid "
         "LEFT JOIN studies st ON st.study_uid=i.study_uid LEFT JOIN patients p ON p.patient_id=st.patient_id "
         "WHERE a.assoc_id=? ORDER BY a.id", (assoc_id,)).fetchall()
 
 
-def association_arrival_count(conn: sqlite3.Connection, assoc_id: int) -> int:
-    """How many instances the association received that are still in the index."""
-    return int(conn.execute("SELECT COUNT(*) FROM association_instances a JOIN instances i ON i.sop_uid=a.sop_uid "
-                            "WHERE a.assoc_id=?", (assoc_id,)).fetchone()[0])
+def association_last_arrival_id(conn: sqlite3.Connection, assoc_id: int) -> int:
+    """The newest arrival id among the association's instances still in the index (0: none)."""
+    return int(conn.execute("SELECT COALESCE(MAX(a.id), 0) FROM association_instances a "
+                            "JOIN instances i ON i.sop_uid=a.sop_uid WHERE a.assoc_id=?", (assoc_id,)).fetchone()[0])
 
 
 def association_last_arrival(conn: sqlite3.Connection, assoc_id: int) -> float | None:

@@ -285,6 +285,27 @@ def test_resend_into_a_pending_group_and_after_it_burned(env) -> None:
     assert jobs.get_job(conn, follow)["follows_job"] == job_id and job_uids(conn, follow) == uids[:1]
 
 
+def test_instance_stored_again_by_the_same_association_after_its_group_burned(env) -> None:
+    """An association held open (e.g. a modality that keeps it) stores an instance again after its
+    group became a job: a follow-up disc, as for any late arrival."""
+    settings, conn = env
+    router = routing.Router(conn, settings)
+    study, series = generate_uid(), generate_uid()
+    a = open_assoc(conn, "BURNSTATION_TE")
+    uids = receive(conn, a, "BURNSTATION_TE", study=study, series=series, n=2, at=T0)
+    router.run_once(T0 + 1)
+    [first] = router.run_once(T0 + 10.1)
+    assert router.run_once(T0 + 15) == []  # nothing new: no group
+    receive(conn, a, "BURNSTATION_TE", study=study, series=series, resend=uids[1:], at=T0 + 20)
+    close(conn, a)
+    router.run_once(T0 + 21)
+    [late] = routing.pending_groups(conn)
+    assert late["follows_job"] == first and late["instances"] == 1
+    [follow] = router.run_once(T0 + 30.1)
+    assert job_uids(conn, follow) == uids[1:] and job_uids(conn, first) == sorted(uids)
+    assert router.run_once(T0 + 60) == [] and routing.pending_groups(conn) == []
+
+
 def test_delayed_and_per_association_titles_share_instances(env) -> None:
     """The same instances to _TE and to _E before the burner looked: the group and the disc each
     have all of them."""
@@ -377,24 +398,38 @@ def test_existing_database_gets_association_instances_from_the_index(tmp_path: P
     import sqlite3
 
     old_schema = index.SCHEMA.split("-- what each association received")[0]
+    old_routing = routing.SCHEMA.replace("    arrival_id INTEGER NOT NULL DEFAULT 0,\n", "")
+    assert old_routing != routing.SCHEMA
     raw = sqlite3.connect(tmp_path / db.DB_FILE)
-    raw.executescript(old_schema)
+    raw.executescript(old_schema + old_routing)
     raw.execute("INSERT INTO associations (id, called_aet, started_at, ended_at, result) "
-                "VALUES (7, 'BURNSTATION_E', ?, ?, 'released')", (T0, T0 + 1))
+                "VALUES (7, 'BURNSTATION_TE', ?, ?, 'released')", (T0, T0 + 1))
     uids = [generate_uid() for _ in range(3)]
     for uid in uids:
         raw.execute("INSERT INTO instances (sop_uid, series_uid, study_uid, path, assoc_id, received_at) "
                     "VALUES (?, 'se', 'st', '/x', 7, ?)", (uid, T0))
     raw.execute("INSERT INTO instances (sop_uid, series_uid, study_uid, path) VALUES ('loose', 'se', 'st', '/x')")
+    # the burner had put association 7's instances in a group that became a job; the association row
+    # is still 'open' for it (as when the station stopped between the two)
+    raw.execute("INSERT INTO burn_cursor (name, value) VALUES ('associations', 7)")
+    raw.execute("INSERT INTO burn_assocs (assoc_id, called_aet, role, mode, seen_at, updated_at) "
+                "VALUES (7, 'BURNSTATION_TE', 'epson', 'delayed', ?, ?)", (T0, T0))
+    raw.execute("INSERT INTO burn_groups (id, role, group_by, group_key, state, created_at, last_arrival_at, "
+                "deadline_at, job_id, updated_at) VALUES (1, 'epson', 'patient', 'study:st', 'job', ?, ?, ?, 'J1', ?)",
+                (T0, T0, T0 + 10, T0 + 10))
+    for uid in uids:
+        raw.execute("INSERT INTO burn_claims (sop_uid, assoc_id, group_id, claimed_at) VALUES (?, 7, 1, ?)", (uid, T0))
     raw.commit()
     raw.close()
     conn = db.connect(tmp_path)
     assert index.association_sop_uids(conn, 7) == uids
     assert conn.execute("SELECT COUNT(*) FROM association_instances").fetchone()[0] == 3
-    # the worklist link had followed `instances` by rowid: it goes on from the arrivals copied, not from 0
-    items.meta_set(conn, link.OLD_HWM_KEY, 3)
     settings = Settings(tmp_path)
     settings.initialize()
+    assert routing.Router(conn, settings).run_once() == []  # nothing grouped again
+    assert routing.pending_groups(conn) == []
+    # the worklist link had followed `instances` by rowid: it goes on from the arrivals copied, not from 0
+    items.meta_set(conn, link.OLD_HWM_KEY, 3)
     link.link_images(conn, settings)
     assert items.meta_get(conn, link.HWM_KEY) == index.last_arrival_id(conn) == 3
     # from now on each store adds to it: the same instance stored by another association adds a row

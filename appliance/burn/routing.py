@@ -26,7 +26,8 @@ stored last for each instance).
 Exactly-once: associations are discovered through a persistent cursor over `associations.id`
 (ids are assigned in commit order) into `burn_assocs`; an `_E`/`_P` association is claimed by the
 `open → job` update of its row in the job's transaction; a delayed instance is claimed by its
-`burn_claims (sop_uid, assoc_id)` row, written in the transaction that adds it to a group.
+`burn_claims (sop_uid, assoc_id)` row, written in the transaction that adds it to a group, with the
+arrival it claimed (an instance the same association stores again is a new arrival, claimed again).
 """
 
 from __future__ import annotations
@@ -98,11 +99,25 @@ CREATE TABLE IF NOT EXISTS burn_claims (
     assoc_id   INTEGER NOT NULL,
     group_id   INTEGER NOT NULL,
     claimed_at REAL NOT NULL,
+    arrival_id INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sop_uid, assoc_id)
 );
 CREATE INDEX IF NOT EXISTS burn_claims_assoc ON burn_claims(assoc_id);
 """
 db.register_schema("burn_routing", SCHEMA)
+
+
+def _add_claim_arrival(conn: sqlite3.Connection) -> None:
+    """Databases made before `burn_claims.arrival_id`: what was claimed then was the newest arrival of
+    its instance (so nothing already grouped is grouped again)."""
+    if "arrival_id" in {r[1] for r in conn.execute("PRAGMA table_info(burn_claims)")}:
+        return
+    with db.transaction(conn):
+        conn.execute("ALTER TABLE burn_claims ADD COLUMN arrival_id INTEGER NOT NULL DEFAULT 0")
+        conn.execute("UPDATE burn_claims SET arrival_id=?", (index.last_arrival_id(conn),))
+
+
+db.register_migration("burn_routing.burn_claims.arrival_id", _add_claim_arrival)  # after index's migrations
 
 # derived_aets() role → (job role, mode)
 _ROUTES = {"epson": ("epson", "assoc"), "primera": ("primera", "assoc"),
@@ -232,12 +247,14 @@ class Router:
         group_by = self.settings.get("burn.group_by")
         delay = float(self.settings.get("burn.delay_seconds"))
         assoc_id = item["assoc_id"]
-        if not ended and index.association_arrival_count(conn, assoc_id) <= self._claimed_count(assoc_id):
+        if not ended and index.association_last_arrival_id(conn, assoc_id) <= self._last_claimed(assoc_id):
             return 0  # the cheap common case: nothing new on an open association
         with db.transaction(conn):  # read again under the write lock: a second burner cannot claim the same rows
-            claimed = {r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM burn_claims WHERE assoc_id=?",
-                                                          (assoc_id,))}
-            rows = [r for r in index.association_arrivals(conn, assoc_id) if r["sop_uid"] not in claimed]
+            claimed = {r["sop_uid"]: r["arrival_id"] for r in conn.execute(
+                "SELECT sop_uid, arrival_id FROM burn_claims WHERE assoc_id=?", (assoc_id,))}
+            # new instances, and instances this association stored again since they were claimed
+            rows = [r for r in index.association_arrivals(conn, assoc_id)
+                    if r["arrival_id"] > claimed.get(r["sop_uid"], -1)]
             for row in rows:
                 patient_id = row["patient_id"] or ""
                 if group_by == "patient" and patient_id:
@@ -247,8 +264,10 @@ class Router:
                 group = self._pending_group(item["role"], group_by, key, patient_id, row["study_uid"], now)
                 added = conn.execute("INSERT OR IGNORE INTO burn_group_items (group_id, sop_uid, series_uid) "
                                      "VALUES (?, ?, ?)", (group, row["sop_uid"], row["series_uid"])).rowcount
-                conn.execute("INSERT INTO burn_claims (sop_uid, assoc_id, group_id, claimed_at) VALUES (?, ?, ?, ?)",
-                             (row["sop_uid"], item["assoc_id"], group, now))
+                conn.execute("INSERT INTO burn_claims (sop_uid, assoc_id, group_id, claimed_at, arrival_id) "
+                             "VALUES (?, ?, ?, ?, ?) ON CONFLICT(sop_uid, assoc_id) DO UPDATE SET "
+                             "group_id=excluded.group_id, claimed_at=excluded.claimed_at, arrival_id=excluded.arrival_id",
+                             (row["sop_uid"], assoc_id, group, now, row["arrival_id"]))
                 arrival = min(float(row["received_at"] or now), now)
                 conn.execute(
                     "UPDATE burn_groups SET instances=instances+?, size=size+?, "
@@ -260,8 +279,9 @@ class Router:
                              (now, item["assoc_id"]))
         return len(rows)
 
-    def _claimed_count(self, assoc_id: int) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM burn_claims WHERE assoc_id=?", (assoc_id,)).fetchone()[0])
+    def _last_claimed(self, assoc_id: int) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(arrival_id), 0) FROM burn_claims WHERE assoc_id=?",
+                                     (assoc_id,)).fetchone()[0])
 
     def _pending_group(self, role: str, group_by: str, key: str, patient_id: str, study_uid: str, now: float) -> int:
         conn = self.conn
