@@ -34,6 +34,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from appliance import publish
+from drivers.encoding import encode_strict, job_file_encoding
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def write_aside_then_rename(folder: Path, name: str, text: str, encoding: str = 
     aside.mkdir(exist_ok=True)
     target = folder / name
     tmp = aside / f"{name}.{uuid.uuid4().hex}.tmp"
-    data = text.encode(encoding, errors="replace")
+    data = encode_strict(text, encoding, name)  # never a silent "?" (drivers/encoding.py)
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -647,7 +648,7 @@ class SpoolPublisher(publish.Publisher):
         self.paths = EnginePathMap(self.spool, str(robot.get("engine_path") or ""))
         self.mode = str(robot.get("mode") or "image")
         self.status_timeout = float(robot.get("status_timeout", 30) or 0)
-        self.encoding = str(robot.get("encoding") or "utf-8")
+        self.encoding = job_file_encoding(robot, self.kind)  # checked code page, vendor default
         self.data_dir = data_dir
         self.error_wait = ErrorReportWait()
         self.ledger = ledger_for(data_dir, self.name)
