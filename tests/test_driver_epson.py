@@ -221,7 +221,7 @@ def test_status_online_offline_and_half_written(tmp_path):
 
 
 def test_submit_poll_lifecycle(tmp_path):
-    r = robot(tmp_path)
+    r = robot(tmp_path, label_template="C:\\Designs\\burnstation.tdd")
     spool = Path(r["spool"])
     write_status(spool, status_text())
     pub = EpsonPublisher(r, tmp_path)
@@ -230,7 +230,7 @@ def test_submit_poll_lifecycle(tmp_path):
     pairs = jdf.parse_jdf((spool / "J1.JDF").read_bytes().decode())
     d = dict(pairs)
     assert [k for k, _ in pairs] == ["JOB_ID", "PUBLISHER", "COPIES", "DISC_TYPE", "FORMAT", "COMPARE",
-                                     "CLOSE_DISC", "IMAGE", "VOLUME_LABEL", "REPLACE_FIELD"]
+                                     "CLOSE_DISC", "IMAGE", "VOLUME_LABEL", "LABEL", "REPLACE_FIELD"]
     assert d["JOB_ID"] == "J1" and d["PUBLISHER"] == "PP100-01" and d["COPIES"] == "2"
     assert Path(d["IMAGE"]).read_bytes() == b"\0" * 4096 and Path(d["IMAGE"]).is_relative_to(spool)
     assert Path(d["REPLACE_FIELD"]).read_bytes().decode() == "patient_name=DOE^JOHN\r\npatient_id=P1\r\n"
