@@ -215,6 +215,8 @@ def test_abort_with_ptm(sim, tmp_path):
     wait_for(lambda: not (jobs / "A.PTM").exists(), what="PTM consumed")
     sim.ctl("bravo", "status")
     assert (jobs / "A.INP").exists()
+    submit(jobs, "A.PTM", "Message=ABORT\nClientID=station\nJobID=A\n")  # Message and ClientID only
+    wait_for(lambda: not (jobs / "A.PTM").exists(), what="PTM consumed")
     submit(jobs, "other.PTM", "Message=ABORT\nClientID=station\n")  # names no job
     wait_for(lambda: not (jobs / "other.PTM").exists(), what="PTM consumed")
     sim.ctl("bravo", "status")

@@ -286,7 +286,9 @@ class PrimeraEngine(Engine):
         client = items.get("clientid", "")
         if message == "ABORT":
             job = self.jobs.get(path.stem)
-            if job is None or not job.active:
+            if set(items) - {"message", "clientid"}:  # the SDK: Message=ABORT and ClientID only
+                log.info("%s: ABORT %s refused: keys %s", self.robot.name, path.name, sorted(set(items)))
+            elif job is None or not job.active:
                 log.info("%s: ABORT %s: no such active job", self.robot.name, path.stem)
             elif client not in ("Administrator", job.client_id):
                 log.info("%s: ABORT of %s refused: ClientID %r is not the job's", self.robot.name, job.job_id, client)
