@@ -261,3 +261,17 @@ def test_job_file_written_in_place_is_not_read_half_written(sim, tmp_path):
             time.sleep(0.06)  # slower than the engine's tick (50 ms at --speed 0)
     sim.wait_ext(sim.spool / "epson", "piecewise", "DON")
     assert (sim.root / "bin" / "epson" / "piecewise" / "piecewise.JDF").read_bytes() == text
+
+
+def test_job_files_decoded_strictly_in_the_configured_code_page(tmp_path):
+    """`--encoding epson=ascii`: a byte outside the code page rejects the job; cp1252 (the default)
+    takes the same byte as Ü."""
+    iso = make_iso(tmp_path / "e.iso")
+    body = f"DISC_TYPE=CD\r\nIMAGE={iso}\r\nVOLUME_LABEL=M\xdcLLER\r\n".encode("cp1252")
+    with Sim(tmp_path / "a", robots="epson", extra=("--encoding", "epson=ascii")) as s:
+        submit(s.spool / "epson", "asc.JDF", body)
+        s.wait_ext(s.spool / "epson", "asc", "ERR")
+        assert read_ini(s.spool / "epson" / "TDBStatus.txt", "asc")["asc"]["ERROR"] == "JDF0001"
+    with Sim(tmp_path / "b", robots="epson") as s:
+        submit(s.spool / "epson", "ansi.JDF", body)
+        s.wait_ext(s.spool / "epson", "ansi", "DON")
