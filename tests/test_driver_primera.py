@@ -426,6 +426,10 @@ def test_std_design_gets_merge_fields_an_image_label_does_not(tmp_path):
     PrimeraPublisher(r2, tmp_path / "img").submit(publish.PublishRequest(job_id="J31", discs=[disc(tmp_path)]))
     pairs = jrq.parse_jrq(raw(Path(r2["spool"]) / "J31.JRQ"))
     assert dict(pairs)["PrintLabel"].endswith(".jpg") and "MergeField" not in dict(pairs)
+    wrong = PrimeraPublisher({**r2, "label_template": "C:\\Designs\\epson.tdd"}, tmp_path / "img")
+    with pytest.raises(ValueError, match="SureThing .STD"):
+        wrong.submit(publish.PublishRequest(job_id="J32", discs=[disc(tmp_path)]))
+    assert not (Path(r2["spool"]) / "J32.JRQ").exists()
 
 
 def test_data_image_type_with_options():

@@ -195,6 +195,8 @@ class PrimeraPublisher(SpoolPublisher):
         """The configured SureThing .STD design as PTBurn names it ('' = print the label image)."""
         template = str(self.robot.get("label_template") or "")
         if not template.lower().endswith(".std"):
+            if template:
+                raise ValueError(f"robot {self.name}: label_template {template!r} must be a SureThing .STD design")
             return ""
         local = Path(template)
         if self.paths.engine_root and local.is_absolute():

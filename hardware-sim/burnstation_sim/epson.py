@@ -329,7 +329,7 @@ class EpsonEngine(Engine):
             log.info("%s: cannot cancel %r", self.robot.name, job_id)
             files.rename_ext(path, "CER")
             return
-        self.abort(job)
+        self.abort(job)  # the job file then ends .ERR, STATUS 5: a guess, the manual names only .CDN for the .JCF
         files.rename_ext(path, "CDN")
         log.info("%s: cancelled %s", self.robot.name, job_id)
 

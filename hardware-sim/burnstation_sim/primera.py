@@ -209,7 +209,9 @@ class PrimeraEngine(Engine):
         for value in drives:
             if not re.fullmatch(r"[0-9]{1,2}", value) or int(value) >= self.robot.drives:
                 raise JrqError(8, f"DriveID={value[:10]} (drives 0-{self.robot.drives - 1})")
-        bin_id = number("BinID", 0, 2)  # 0 both bins, 1 left, 2 right (kiosk mode)
+        # 0 both bins, 1 left, 2 right (kiosk mode); outside kiosk mode the SDK's table of input and
+        # output bins is not in our reference (unconfirmed), so the kiosk meaning is played
+        bin_id = number("BinID", 0, 2)
         for key in YES_NO_KEYS:
             if key in keys and keys[key].upper() not in ("YES", "NO"):
                 raise JrqError(8, f"{key} must be YES or NO")
