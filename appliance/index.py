@@ -293,6 +293,83 @@ def instances_of_association(conn: sqlite3.Connection, assoc_id: int) -> list[sq
                         "CAST(instance_number AS INTEGER)", (assoc_id,)).fetchall()
 
 
+def search_studies(conn: sqlite3.Connection, *, name: str = "", patient_id: str = "", date_from: str = "",
+                   date_to: str = "", modality: str = "", accession: str = "", offset: int = 0,
+                   limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+    """Studies for the web UI's list, newest study date first, with the total count for paging.
+
+    Name and ID match anywhere (case-insensitive), dates are YYYYMMDD bounds, modality is exact.
+    """
+    where, args = [], []
+    if name:
+        where.append("p.patient_name LIKE ?")
+        args.append(f"%{name}%")
+    if patient_id:
+        where.append("p.id_value LIKE ?")
+        args.append(f"%{patient_id}%")
+    if date_from:
+        where.append("st.study_date >= ?")
+        args.append(date_from)
+    if date_to:
+        where.append("st.study_date <= ?")
+        args.append(date_to)
+    if accession:
+        where.append("st.accession LIKE ?")
+        args.append(f"%{accession}%")
+    if modality:
+        where.append("EXISTS (SELECT 1 FROM series se WHERE se.study_uid=st.study_uid AND se.modality=?)")
+        args.append(modality)
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    base = f"FROM studies st LEFT JOIN patients p ON p.patient_id=st.patient_id {clause}"
+    total = conn.execute(f"SELECT COUNT(*) {base}", args).fetchone()[0]
+    rows = conn.execute(
+        f"SELECT st.*, p.patient_name, p.id_value, p.birth_date, p.sex, "
+        f"(SELECT group_concat(DISTINCT se.modality) FROM series se WHERE se.study_uid=st.study_uid) AS modalities, "
+        f"(SELECT COUNT(*) FROM instances i WHERE i.study_uid=st.study_uid) AS instances "
+        f"{base} ORDER BY st.study_date DESC, st.study_time DESC, st.study_uid LIMIT ? OFFSET ?",
+        (*args, limit, offset)).fetchall()
+    return [dict(r) for r in rows], total
+
+
+def recent_studies(conn: sqlite3.Connection, since: float, limit: int = 50) -> list[dict[str, Any]]:
+    """Studies that received an instance after `since` (epoch seconds), newest arrival first."""
+    rows = conn.execute(
+        "SELECT st.*, p.patient_name, p.id_value, MAX(i.received_at) AS last_received, COUNT(*) AS instances "
+        "FROM instances i JOIN studies st ON st.study_uid=i.study_uid "
+        "LEFT JOIN patients p ON p.patient_id=st.patient_id WHERE i.received_at >= ? "
+        "GROUP BY st.study_uid ORDER BY last_received DESC LIMIT ?", (since, limit)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def get_study(conn: sqlite3.Connection, study_uid: str) -> dict[str, Any] | None:
+    """A study with its patient's attributes and its series (each with its instance count)."""
+    row = conn.execute("SELECT st.*, p.patient_name, p.id_value, p.birth_date, p.sex FROM studies st "
+                       "LEFT JOIN patients p ON p.patient_id=st.patient_id WHERE st.study_uid=?",
+                       (study_uid,)).fetchone()
+    if row is None:
+        return None
+    study = dict(row)
+    study["series"] = [dict(r) for r in conn.execute(
+        "SELECT se.*, (SELECT COUNT(*) FROM instances i WHERE i.series_uid=se.series_uid) AS instances, "
+        "(SELECT COALESCE(SUM(i.size), 0) FROM instances i WHERE i.series_uid=se.series_uid) AS size "
+        "FROM series se WHERE se.study_uid=? ORDER BY CAST(se.series_number AS INTEGER), se.series_uid",
+        (study_uid,))]
+    return study
+
+
+def associations_page(conn: sqlite3.Connection, *, search: str = "", offset: int = 0,
+                      limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+    """The association log, newest first; `search` matches AE titles, host, result or detail."""
+    where, args = "", []
+    if search:
+        where = "WHERE calling_aet LIKE ? OR called_aet LIKE ? OR peer_host LIKE ? OR result LIKE ? OR detail LIKE ?"
+        args = [f"%{search}%"] * 5
+    total = conn.execute(f"SELECT COUNT(*) FROM associations {where}", args).fetchone()[0]
+    rows = conn.execute(f"SELECT * FROM associations {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                        (*args, limit, offset)).fetchall()
+    return [dict(r) for r in rows], total
+
+
 # --------------------------------------------------------------------------- rebuild
 
 

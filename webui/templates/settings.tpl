@@ -1,0 +1,38 @@
+% rebase('base', title=title)
+<nav class="sub">
+% for g, t in groups:
+  <a href="/settings/{{g}}" class="{{'on' if g == group else ''}}">{{t}}</a>
+% end
+</nav>
+<h1>{{title}}</h1>
+% if error:
+<p class="error" role="alert" id="error">{{error}}</p>
+% end
+% if group == 'http':
+<p class="hint">With SSL on, HTTPS uses the device certificate made by <code>burnstation init</code>. Tell browsers to trust the device CA: <a href="/tls/ca.pem">download burnstation-ca.pem</a>.</p>
+% end
+<form method="post" action="/settings/{{group}}" class="card settings">
+  <input type="hidden" name="csrf" value="{{csrf}}">
+  % for f in fields:
+  <div class="field">
+    <label for="f-{{f['key']}}">{{f['key']}}</label>
+    % if f['bool']:
+    <select name="{{f['key']}}" id="f-{{f['key']}}">
+      <option value="true" {{'selected' if f['value'] == 'true' else ''}}>on</option>
+      <option value="false" {{'selected' if f['value'] != 'true' else ''}}>off</option>
+    </select>
+    % elif f['key'] == 'dicom.aet':
+    <input name="{{f['key']}}" id="f-{{f['key']}}" value="{{f['value']}}" data-aet-derive="aet-derived" autocomplete="off">
+    <p class="derived">Station answers to: <span id="aet-derived"></span></p>
+    % else:
+    <input name="{{f['key']}}" id="f-{{f['key']}}" value="{{f['value']}}" autocomplete="off">
+    % end
+    <p class="help">{{f['help']}}</p>
+  </div>
+  % end
+  % if rank[role] >= rank['admin']:
+  <button type="submit" id="save">Save</button>
+  % else:
+  <p class="muted">Only an admin can change settings.</p>
+  % end
+</form>
