@@ -383,7 +383,8 @@ class WebApp:
                         "media": robot.get("media", []), "spool": robot.get("spool", ""),
                         "source": robot.get("source", "manual"), "online": robots.is_online(row or None),
                         "message": row.get("message", "no status yet"), "heartbeat_at": row.get("heartbeat_at"),
-                        "stackers": body.get("stackers") or {}, "ink": body.get("ink") or {},
+                        "stackers": {k: _stacker_text(v) for k, v in (body.get("stackers") or {}).items()},
+                        "ink": body.get("ink") or {},
                         "drives": body.get("drives") or [], "faults": body.get("faults") or [],
                         "loaded": body.get("media") or [], "jobs": [j["id"] for j in current]})
         return out
@@ -548,6 +549,15 @@ class WebApp:
             abort(404, "No device CA (run burnstation init).")
         return bottle.static_file("ca.pem", root=str(path.parent), mimetype="application/x-pem-file",
                                   download="burnstation-ca.pem")
+
+
+def _stacker_text(value: Any) -> str:
+    """A stacker as a technician reads it: "49 discs (CD)"; plain values as they are."""
+    if isinstance(value, dict):
+        level, holds = value.get("level"), value.get("holds")
+        text = f"{level} discs" if level is not None else ", ".join(f"{k} {v}" for k, v in value.items())
+        return f"{text} ({holds})" if holds else text
+    return str(value)
 
 
 def _pages(total: int) -> int:

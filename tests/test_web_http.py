@@ -1,0 +1,345 @@
+"""The web UI over plain HTTP (and HTTPS): the setup code, sessions, CSRF, throttling, roles, headers,
+escaping of hostile DICOM text, and the `burnstation users` CLI.
+
+A real station (`burnstation run`) serves the pages; requests go through http.client so that the
+raw headers (Set-Cookie flags, redirects) can be asserted, which a browser would hide.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+from bottle import html_escape
+from support import BIN, burnstation, dcmtk, wait_for, write_study
+
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(autouse=True)
+def cheap_scrypt(monkeypatch):
+    """A low scrypt cost for the station and CLI processes started by these tests (test-only hook)."""
+    monkeypatch.setenv("BURNSTATION_TEST_SCRYPT_N", "1024")
+    monkeypatch.setenv("BURNSTATION_TEST_LOGIN_BACKOFF", "3")
+
+
+class Client:
+    """A cookie-keeping HTTP client that does not follow redirects."""
+
+    def __init__(self, port: int, https: bool = False, ca: Path | None = None) -> None:
+        self.port, self.https, self.ca = port, https, ca
+        self.cookies: dict[str, str] = {}
+        self.last_set_cookie: list[str] = []
+
+    def request(self, method: str, path: str, form: dict[str, str] | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+        if self.https:
+            ctx = ssl.create_default_context(cafile=str(self.ca))
+            ctx.check_hostname = False
+            conn = http.client.HTTPSConnection("127.0.0.1", self.port, timeout=30, context=ctx)
+        else:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        hdrs = dict(headers or {})
+        if self.cookies:
+            hdrs["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+        body = None
+        if form is not None:
+            body = urlencode(form)
+            hdrs["Content-Type"] = "application/x-www-form-urlencoded"
+        conn.request(method, path, body=body, headers=hdrs)
+        resp = conn.getresponse()
+        text = resp.read().decode("utf-8", "replace")
+        self.last_set_cookie = resp.headers.get_all("Set-Cookie") or []
+        for item in self.last_set_cookie:
+            name, _, rest = item.partition("=")
+            value = rest.split(";", 1)[0]
+            if value and "expires=Thu, 01 Jan 1970" not in item and "Max-Age=-1" not in item:
+                self.cookies[name.strip()] = value
+            else:
+                self.cookies.pop(name.strip(), None)
+        conn.close()
+        return resp.status, {k.lower(): v for k, v in resp.headers.items()}, text
+
+    def get(self, path: str, **kw: object) -> tuple[int, dict[str, str], str]:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, form: dict[str, str], **kw: object) -> tuple[int, dict[str, str], str]:
+        return self.request("POST", path, form=form, **kw)
+
+    def csrf(self, path: str = "/jobs") -> str:
+        status, _, text = self.get(path)
+        assert status == 200, (status, text[:300])
+        match = re.search(r'name="csrf-token" content="([^"]*)"', text) or re.search(r'name="csrf" value="([^"]*)"', text)
+        assert match and match.group(1), text[:500]
+        return match.group(1)
+
+    def login(self, name: str, password: str) -> int:
+        token = self.csrf("/login")
+        status, _, _ = self.post("/login", {"csrf": token, "username": name, "password": password})
+        return status
+
+
+def web_ready(station) -> None:
+    """The web process answers (it starts beside the DICOM one)."""
+    def answers():
+        try:
+            return Client(station.http_port).get("/static/style.css")[0] == 200
+        except OSError:
+            return False
+    wait_for(answers, 60, "the web server")
+
+
+def make_admin(station, client: Client, name: str = "admin", password: str = "correct horse") -> None:
+    code = (station.data / "setup-code").read_text().strip()
+    token = client.csrf("/setup")
+    status, headers, text = client.post("/setup", {"csrf": token, "code": code, "username": name,
+                                                   "password": password, "password2": password})
+    assert status == 303, text[:500]
+
+
+def audit_rows(station) -> list[dict]:
+    from appliance import audit, db
+
+    conn = db.connect(station.data)
+    try:
+        return audit.page(conn, limit=500)[0]
+    finally:
+        conn.close()
+
+
+def test_setup_code_sessions_csrf_roles_and_escaping(station, tmp_path):
+    web_ready(station)
+    code_file = station.data / "setup-code"
+    assert code_file.stat().st_mode & 0o777 == 0o600
+    code = code_file.read_text().strip()
+    assert re.fullmatch(r"[A-Z2-9]{4}-[A-Z2-9]{4}-[A-Z2-9]{4}", code)
+
+    c = Client(station.http_port)
+    # no user yet: every page leads to /setup
+    for path in ("/", "/jobs", "/studies", "/settings/dicom"):
+        status, headers, _ = c.get(path)
+        if path == "/":
+            status, headers, _ = c.get("/jobs")
+        assert status == 303 and headers["location"].endswith("/setup"), (path, status, headers)
+    status, headers, _ = c.get("/api/jobs")
+    assert status == 401
+
+    # a wrong code is refused and makes no user
+    token = c.csrf("/setup")
+    status, _, text = c.post("/setup", {"csrf": token, "code": "AAAA-BBBB-CCCC", "username": "admin",
+                                        "password": "correct horse", "password2": "correct horse"})
+    assert status == 200 and "wrong setup code" in text
+    assert c.get("/jobs")[1]["location"].endswith("/setup")
+
+    # a POST without or with a wrong CSRF token: 403, nothing made
+    for form in ({"code": code}, {"code": code, "csrf": "forged"}):
+        status, _, _ = c.post("/setup", {**form, "username": "admin", "password": "correct horse",
+                                         "password2": "correct horse"})
+        assert status == 403
+    # a request another site sent (right token, foreign Origin): 403
+    status, _, _ = c.post("/setup", {"csrf": token, "code": code, "username": "admin", "password": "correct horse",
+                                     "password2": "correct horse"}, headers={"Origin": "http://evil.example"})
+    assert status == 403
+    assert code_file.exists()
+
+    # the right code makes the admin, with a new session id, and /setup is gone
+    before = c.cookies.get("bsid")
+    status, _, _ = c.post("/setup", {"csrf": token, "code": code.lower(), "username": "admin",
+                                     "password": "correct horse", "password2": "correct horse"})
+    assert status == 303
+    cookie = next(v for v in c.last_set_cookie if v.startswith("bsid="))
+    flags = [f.strip().lower() for f in cookie.split(";")[1:]]
+    assert "httponly" in flags and "samesite=strict" in flags and "path=/" in flags
+    assert "secure" not in flags  # plain HTTP: the HTTPS test checks Secure
+    assert c.cookies["bsid"] != before
+    assert not code_file.exists()
+    assert c.get("/setup")[0] == 404
+    assert Client(station.http_port).get("/setup")[0] == 404
+
+    # security headers on pages, redirects and errors alike
+    for path in ("/jobs", "/", "/nope"):
+        _, headers, _ = c.get(path)
+        csp = headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["referrer-policy"]
+    # paths out of the static folder
+    for path in ("/static/..%2fapp.py", "/static/..%2f..%2fappliance%2fconfig.py", "/static/%2e%2e%2fauth.py",
+                 "/static/../app.py"):
+        assert c.get(path)[0] == 404, path
+    assert c.get("/static/app.js")[0] == 200
+
+    # institution and department on every page, escaped
+    token = c.csrf("/settings/http")
+    status, _, text = c.post("/settings/http", {"csrf": token, "http.institution": "St. Mary <b>Clinic</b>",
+                                                "http.department": "Radiology & CT"})
+    assert status == 303, text[:400]
+    for path in ("/jobs", "/studies", "/robots", "/diagnostics", "/nodes", "/logs/audit"):
+        status, _, text = c.get(path)
+        assert status == 200, path
+        assert "St. Mary &lt;b&gt;Clinic&lt;/b&gt;" in text and "Radiology &amp; CT" in text, path
+
+    # a bad setting is refused with the CLI's message and changes nothing
+    cli = burnstation(station.data, "config", "set", "dicom.aet=ABCDEFGHIJKLMN", check=False)
+    token = c.csrf("/settings/dicom")
+    status, _, text = c.post("/settings/dicom", {"csrf": token, "dicom.aet": "ABCDEFGHIJKLMN"})
+    assert status == 200
+    message = cli.stderr.strip().removeprefix("burnstation: ")
+    assert message and html_escape(message) in text
+    assert json.loads(burnstation(station.data, "config", "show", "--json").stdout)["dicom.aet"] == "BURNSTATION"
+
+    # a viewer reads but cannot change a setting
+    proc = subprocess.run([str(BIN / "burnstation"), "--data", str(station.data), "users", "add", "vera", "--role",
+                           "viewer"], input="viewer pass\n", capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    v = Client(station.http_port)
+    assert v.login("vera", "viewer pass") == 303
+    assert v.get("/settings/dicom")[0] == 200
+    token = v.csrf("/settings/dicom")
+    status, _, _ = v.post("/settings/dicom", {"csrf": token, "dicom.aet": "VIEWERSET"})
+    assert status == 403
+    assert json.loads(burnstation(station.data, "config", "show", "--json").stdout)["dicom.aet"] == "BURNSTATION"
+    assert v.get("/users")[0] == 403
+
+    # a hostile patient name stored with storescu shows as text on every page it appears on
+    files = write_study(tmp_path / "hostile", n_series=1, per_series=2, patient_name=HOSTILE)
+    result = dcmtk("storescu", "-aec", station.aet, "127.0.0.1", str(station.port), *map(str, files))
+    assert result.returncode == 0, result.stderr
+    status, _, text = c.get("/studies?" + urlencode({"name": "onerror"}))
+    uid = wait_for(lambda: (re.findall(r'href="/studies/([0-9.]+)"', c.get("/studies?name=onerror")[2]) or [None])[0],
+                   30, "the hostile study in the list")
+    pages = ["/studies", f"/studies/{uid}"]
+    token = c.csrf(f"/studies/{uid}")
+    status, headers, _ = c.post(f"/studies/{uid}/burn", {"csrf": token, "role": "epson", "copies": "1",
+                                                         "priority": "0"})
+    assert status == 303 and "/jobs" in headers["location"]
+    pages.append("/jobs")
+    for path in pages:
+        text = c.get(path)[2]
+        assert "&lt;img src=x onerror=alert(1)&gt;" in text, path
+        assert "<img" not in text, path
+    jobs = json.loads(c.get("/api/jobs")[2])["jobs"]
+    assert jobs[0]["patient_name"] == HOSTILE  # JSON carries the text; the page script writes it as text
+
+    # logout ends the session on the server
+    token = c.csrf()
+    old = dict(c.cookies)
+    assert c.post("/logout", {"csrf": token})[0] == 303
+    replay = Client(station.http_port)
+    replay.cookies = old
+    assert replay.get("/jobs")[0] == 303
+
+    # every change above is in the audit log with the user's name
+    rows = audit_rows(station)
+    seen = {(r["actor"], r["action"], r["target"]) for r in rows}
+    assert ("admin", "setup", "admin") in seen
+    assert ("admin", "setting", "http.institution") in seen
+    assert any(r["actor"].startswith("cli:") and r["action"] == "user-add" and r["target"] == "vera" for r in rows)
+    assert ("vera", "login", "") in seen
+    assert ("admin", "burn", uid) in seen
+    assert ("admin", "logout", "") in seen
+    assert any(r["action"] == "setup-failed" for r in rows)
+    detail = next(r["detail"] for r in rows if r["target"] == "http.institution")
+    assert detail == '"" -> "St. Mary <b>Clinic</b>"'
+
+
+def test_login_throttling_and_https(station):
+    web_ready(station)
+    c = Client(station.http_port)
+    make_admin(station, c)
+    # ten wrong passwords: then 429 even for the right one, until the backoff ends
+    t = Client(station.http_port)
+    for _ in range(10):
+        assert t.login("admin", "wrong password") == 200
+    assert t.login("admin", "correct horse") == 429
+    assert Client(station.http_port).login("admin", "correct horse") == 429  # per user, whatever the address
+    rows = audit_rows(station)
+    assert sum(r["action"] == "login-failed" and r["actor"] == "admin" for r in rows) == 10
+    time.sleep(3.5)  # BURNSTATION_TEST_LOGIN_BACKOFF: the backoff itself is what is tested
+    assert t.login("admin", "correct horse") == 303
+
+    # HTTPS: switched on live, served with the device certificate; cookie Secure and __Host-
+    token = c.csrf("/settings/http")
+    status, _, _ = c.post("/settings/http", {"csrf": token, "http.ssl": "true"})
+    assert status == 303
+    s = Client(station.http_port, https=True, ca=station.data / "tls" / "ca.pem")
+
+    def https_up():
+        try:
+            return s.get("/static/style.css")[0] == 200
+        except (OSError, ssl.SSLError):
+            return False
+    wait_for(https_up, 30, "HTTPS on the web port")
+    assert s.login("admin", "correct horse") == 303
+    cookie = next(v for v in s.last_set_cookie if v.startswith("__Host-bsid="))
+    flags = [f.strip().lower() for f in cookie.split(";")[1:]]
+    assert {"secure", "httponly", "samesite=strict", "path=/"} <= set(flags)
+    assert s.get("/jobs")[0] == 200
+    # TLS 1.1 refused
+    ctx = ssl.create_default_context(cafile=str(station.data / "tls" / "ca.pem"))
+    ctx.check_hostname = False
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    conn = http.client.HTTPSConnection("127.0.0.1", station.http_port, timeout=10, context=ctx)
+    conn.request("GET", "/static/style.css")
+    assert conn.getresponse().status == 200
+
+
+def test_users_cli(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    out = burnstation(data, "init").stdout
+    code = (data / "setup-code").read_text().strip()
+    assert code in out
+    assert (data / "setup-code").stat().st_mode & 0o777 == 0o600
+    # init again while no user exists: the same code
+    assert code in burnstation(data, "init").stdout
+
+    def users(*args: str, password: str = "") -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "burnstation"), "--data", str(data), "users", *args], input=password,
+                              capture_output=True, text=True, timeout=60)
+
+    assert users("add", "ann", "--role", "admin", password="s3cret-pass\n").returncode == 0
+    assert not (data / "setup-code").exists()  # a user exists: the code is void
+    short = users("add", "bob", "--role", "technician", password="short\n")
+    assert short.returncode == 2 and "at least 8 characters" in short.stderr
+    assert users("add", "ann", "--role", "viewer", password="another-pass\n").returncode == 2
+    assert users("add", "bob", "--role", "technician", password="bob-password\n").returncode == 0
+    listing = users("list").stdout.split("\n")
+    assert any(line.split() == ["ann", "admin"] for line in listing)
+    assert any(line.split() == ["bob", "technician"] for line in listing)
+    assert users("passwd", "bob", password="new-password\n").returncode == 0
+    assert users("delete", "ann").returncode == 2  # the last admin stays
+    assert users("delete", "bob").returncode == 0
+    assert "bob" not in users("list").stdout
+
+    from appliance import accounts, db
+
+    conn = db.connect(data)
+    assert accounts.authenticate(conn, "ann", "s3cret-pass")["role"] == "admin"
+    assert accounts.authenticate(conn, "ann", "wrong") is None
+    stored = conn.execute("SELECT password FROM users WHERE name='ann'").fetchone()[0]
+    assert stored.startswith("scrypt$1024$8$1$") and "s3cret" not in stored
+    conn.close()
+    burnstation(data, "config", "set", "http.department=ICU")
+    rows = audit_rows(type("S", (), {"data": data}))
+    assert any(r["actor"].startswith("cli:") and r["target"] == "http.department" and r["detail"] == '"" -> "ICU"'
+               for r in rows)
+    assert any(r["actor"].startswith("cli:") and r["action"] == "user-delete" and r["target"] == "bob" for r in rows)
+
+
+def test_scrypt_default_cost(monkeypatch):
+    """Without the test hook the hash uses n=2^17, r=8, p=1 (and the maxmem that needs)."""
+    from appliance import accounts
+
+    monkeypatch.delenv("BURNSTATION_TEST_SCRYPT_N")
+    stored = accounts.hash_password("correct horse")
+    assert stored.startswith("scrypt$131072$8$1$")
+    assert accounts.check_password(stored, "correct horse")
+    assert not accounts.check_password(stored, "correct hors")
