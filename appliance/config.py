@@ -82,6 +82,7 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
         return text
 
     check.bad_examples = ("", "x" + choices[0], choices[0].upper() + "?")  # type: ignore[attr-defined]
+    check.choices = choices  # type: ignore[attr-defined] - the web UI offers them as a list
     return check
 
 
@@ -96,6 +97,7 @@ def _choice_int(*choices: int) -> Callable[[str, Any], int]:
         return number
 
     check.bad_examples = ("", "fast", max(choices) + 1, min(choices) - 1)  # type: ignore[attr-defined]
+    check.choices = tuple(map(str, choices))  # type: ignore[attr-defined] - the web UI offers them as a list
     return check
 
 

@@ -161,7 +161,7 @@ class WebApp:
                                role=(sess or {}).get("role"), csrf=(sess or {}).get("csrf", ""),
                                institution=values["http.institution"], department=values["http.department"],
                                aet=values["dicom.aet"], path=request.path, rank=accounts.RANK,
-                               flash=request.query.get("msg", ""), **kw)
+                               flash=request.query.getunicode("msg", ""), fdate=_fdate, fsize=_fsize, **kw)
 
     def back(self, where: str, message: str) -> HTTPResponse:
         redirect(where + ("&" if "?" in where else "?") + urlencode({"msg": message[:300]}))
@@ -424,9 +424,15 @@ class WebApp:
                 self.back(f"/settings/{group}", f"Saved ({len(converted)} changed)." if converted else "Nothing changed.")
         else:
             sess = self.need()
-        fields = [{"key": k, "value": shown[k], "help": SPECS[k].help, "bool": _bool_key(k)} for k in keys]
+        fields = [{"key": k, "value": shown[k], "help": SPECS[k].help[:1].upper() + SPECS[k].help[1:],
+                   "bool": _bool_key(k), "choices": getattr(SPECS[k].check, "choices", None)} for k in keys]
+        addresses = []
+        if group == "dicom":
+            from appliance.panel.screen import ip_addresses
+
+            addresses = ip_addresses()
         return self.render("settings", sess, group=group, title=title, fields=fields, error=error,
-                           groups=[(g, t) for g, (t, _) in GROUPS.items()])
+                           groups=[(g, t) for g, (t, _) in GROUPS.items()], addresses=addresses)
 
     # -- known nodes
 
@@ -549,6 +555,21 @@ class WebApp:
             abort(404, "No device CA (run burnstation init).")
         return bottle.static_file("ca.pem", root=str(path.parent), mimetype="application/x-pem-file",
                                   download="burnstation-ca.pem")
+
+
+def _fdate(value: str) -> str:
+    """A DICOM date (YYYYMMDD) as YYYY-MM-DD; anything else as it is."""
+    text = str(value or "")
+    return f"{text[:4]}-{text[4:6]}-{text[6:8]}" if len(text) == 8 and text.isdigit() else text
+
+
+def _fsize(size: int | float) -> str:
+    size = float(size or 0)
+    for unit in ("bytes", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 def _stacker_text(value: Any) -> str:

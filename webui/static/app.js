@@ -73,8 +73,12 @@ function jobRow(job, canAct) {
     if (job.can_cancel) actions.append(actionForm(job.id, "cancel", "Cancel"));
     if (job.can_retry) actions.append(actionForm(job.id, "retry", "Retry"));
   }
-  tr.append(id, patient, state, prog, el("td", "robot", job.robot || job.role), el("td", "message", job.message),
-            el("td", "num discs", job.discs + " \u00d7 " + job.copies), actions);
+  const robot = el("td", "robot", job.robot || job.role);
+  const message = el("td", "message", job.message);
+  const discs = el("td", "num discs", job.discs + " \u00d7 " + job.copies);
+  [[state, "State"], [prog, "Progress"], [robot, "Robot"], [message, "Message"], [discs, "Discs \u00d7 copies"]]
+    .forEach(function (pair) { pair[0].setAttribute("data-label", pair[1]); });
+  tr.append(id, patient, state, prog, robot, message, discs, actions);
   return tr;
 }
 
@@ -143,6 +147,7 @@ function setupRobots() {
           drives.replaceChildren.apply(drives, r.drives.map(function (d) {
             return el("li", null, Object.keys(d).map(function (k) { return k + ": " + d[k]; }).join(", "));
           }));
+          if (!r.drives.length) drives.append(el("li", "muted", "none reported"));
         });
       }
     } catch (err) { /* the next poll tries again */ }

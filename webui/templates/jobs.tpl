@@ -3,18 +3,18 @@
 <h1>Job queue</h1>
 <p class="hint">Updates by itself every 2 seconds. <span id="live-state" class="muted"></span></p>
 <div class="scroll">
-<table class="list" id="jobs" data-can-act="{{'1' if rank[role] >= rank['technician'] else ''}}">
+<table class="list stack" id="jobs" data-can-act="{{'1' if rank[role] >= rank['technician'] else ''}}">
 <thead><tr><th>Job</th><th>Patient</th><th>State</th><th>Progress</th><th>Robot</th><th>Message</th><th>Discs</th><th></th></tr></thead>
 <tbody>
 % for j in jobs:
 <tr data-job="{{j['id']}}">
   <td class="id">{{j['id']}}<br><span class="muted">{{time.strftime('%m-%d %H:%M', time.localtime(j['created_at']))}}</span></td>
   <td class="patient">{{j['patient_name']}}<br><span class="muted">{{j['patient_id']}}</span></td>
-  <td><span class="state s-{{j['state']}}">{{j['state']}}</span></td>
-  <td><progress max="1" value="{{j['progress']}}"></progress> <span class="pct">{{int(j['progress'] * 100)}}%</span></td>
-  <td class="robot">{{j['robot'] or j['role']}}</td>
-  <td class="message">{{j['message']}}</td>
-  <td class="num discs">{{j['discs']}} × {{j['copies']}}</td>
+  <td data-label="State"><span class="state s-{{j['state']}}">{{j['state']}}</span></td>
+  <td data-label="Progress"><progress max="1" value="{{j['progress']}}"></progress> <span class="pct">{{int(j['progress'] * 100)}}%</span></td>
+  <td class="robot" data-label="Robot">{{j['robot'] or j['role']}}</td>
+  <td class="message" data-label="Message">{{j['message']}}</td>
+  <td class="num discs" data-label="Discs × copies">{{j['discs']}} × {{j['copies']}}</td>
   <td class="actions">
   % if rank[role] >= rank['technician']:
     % if j['can_cancel']:

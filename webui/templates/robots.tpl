@@ -24,6 +24,9 @@
   % for d in r['drives']:
     <li>{{', '.join('%s: %s' % (k, v) for k, v in d.items())}}</li>
   % end
+  % if not r['drives']:
+    <li class="muted">none reported</li>
+  % end
   </ul>
   <p>Current job: <span data-key="jobs">{{', '.join(r['jobs']) or 'none'}}</span></p>
   % if r['faults']:

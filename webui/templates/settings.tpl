@@ -11,15 +11,24 @@
 % if group == 'http':
 <p class="hint">With SSL on, HTTPS uses the device certificate made by <code>burnstation init</code>. Tell browsers to trust the device CA: <a href="/tls/ca.pem">download burnstation-ca.pem</a>.</p>
 % end
+% if addresses:
+<p class="hint">This box's IP addresses: <strong>{{', '.join(addresses)}}</strong></p>
+% end
 <form method="post" action="/settings/{{group}}" class="card settings">
   <input type="hidden" name="csrf" value="{{csrf}}">
   % for f in fields:
   <div class="field">
-    <label for="f-{{f['key']}}">{{f['key']}}</label>
+    <label for="f-{{f['key']}}">{{f['help']}}</label>
     % if f['bool']:
     <select name="{{f['key']}}" id="f-{{f['key']}}">
       <option value="true" {{'selected' if f['value'] == 'true' else ''}}>on</option>
       <option value="false" {{'selected' if f['value'] != 'true' else ''}}>off</option>
+    </select>
+    % elif f['choices']:
+    <select name="{{f['key']}}" id="f-{{f['key']}}">
+      % for c in f['choices']:
+      <option {{'selected' if c == f['value'] else ''}}>{{c}}</option>
+      % end
     </select>
     % elif f['key'] == 'dicom.aet':
     <input name="{{f['key']}}" id="f-{{f['key']}}" value="{{f['value']}}" data-aet-derive="aet-derived" autocomplete="off">
@@ -27,12 +36,14 @@
     % else:
     <input name="{{f['key']}}" id="f-{{f['key']}}" value="{{f['value']}}" autocomplete="off">
     % end
-    <p class="help">{{f['help']}}</p>
+    <p class="help key">{{f['key']}}</p>
   </div>
   % end
+  <div class="field wide">
   % if rank[role] >= rank['admin']:
-  <button type="submit" id="save">Save</button>
+  <button type="submit" id="save">Save</button> <span class="muted">Applied at once, no restart.</span>
   % else:
   <p class="muted">Only an admin can change settings.</p>
   % end
+  </div>
 </form>

@@ -21,14 +21,14 @@
   <button type="submit">Search</button> <a href="/studies">Clear</a>
 </form>
 <div class="scroll">
-<table class="list" id="studies">
+<table class="list stack" id="studies">
 <thead><tr><th>Patient</th><th>ID</th><th>Birth</th><th>Study date</th><th>Modality</th><th>Accession</th><th>Description</th><th class="num">Images</th></tr></thead>
 <tbody>
 % for s in rows:
 <tr>
   <td><a href="/studies/{{s['study_uid']}}" class="patient">{{s['patient_name'] or '(no name)'}}</a></td>
-  <td>{{s['id_value']}}</td><td>{{s['birth_date']}}</td><td>{{s['study_date']}}</td>
-  <td>{{s['modalities'] or ''}}</td><td>{{s['accession']}}</td><td>{{s['description']}}</td><td class="num">{{s['instances']}}</td>
+  <td data-label="ID">{{s['id_value']}}</td><td data-label="Birth">{{fdate(s['birth_date'])}}</td><td data-label="Study date">{{fdate(s['study_date'])}}</td>
+  <td data-label="Modality">{{s['modalities'] or ''}}</td><td data-label="Accession">{{s['accession']}}</td><td data-label="Description">{{s['description']}}</td><td class="num" data-label="Images">{{s['instances']}}</td>
 </tr>
 % end
 % if not rows:

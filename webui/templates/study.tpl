@@ -2,8 +2,8 @@
 <h1 class="patient">{{study['patient_name'] or '(no name)'}}</h1>
 <dl class="facts card">
   <dt>Patient ID</dt><dd>{{study['id_value']}}</dd>
-  <dt>Birth date / sex</dt><dd>{{study['birth_date']}} {{study['sex']}}</dd>
-  <dt>Study date</dt><dd>{{study['study_date']}} {{study['study_time']}}</dd>
+  <dt>Birth date / sex</dt><dd>{{fdate(study['birth_date'])}} {{study['sex']}}</dd>
+  <dt>Study date</dt><dd>{{fdate(study['study_date'])}} {{study['study_time'][:2]}}:{{study['study_time'][2:4]}}</dd>
   <dt>Accession</dt><dd>{{study['accession']}}</dd>
   <dt>Description</dt><dd>{{study['description']}}</dd>
   <dt>Referring</dt><dd>{{study['referring']}}</dd>
@@ -12,11 +12,11 @@
 <h2>Series</h2>
 <div class="scroll">
 <table class="list">
-<thead><tr><th>#</th><th>Modality</th><th>Description</th><th>Body part</th><th class="num">Images</th><th class="num">MB</th></tr></thead>
+<thead><tr><th>#</th><th>Modality</th><th>Description</th><th>Body part</th><th class="num">Images</th><th class="num">Size</th></tr></thead>
 <tbody>
 % for se in study['series']:
 <tr><td>{{se['series_number']}}</td><td>{{se['modality']}}</td><td>{{se['description']}}</td><td>{{se['body_part']}}</td>
-<td class="num">{{se['instances']}}</td><td class="num">{{'%.1f' % (se['size'] / 1e6)}}</td></tr>
+<td class="num">{{se['instances']}}</td><td class="num">{{fsize(se['size'])}}</td></tr>
 % end
 </tbody>
 </table>
