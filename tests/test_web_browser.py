@@ -7,12 +7,14 @@ so the pictures in the repository show what the code really renders.
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
 import urllib.request
 
 import pytest
-from support import REPO, dcmtk, free_port, storescp, wait_for, write_study
+from support import BIN, REPO, dcmtk, free_port, storescp, wait_for, write_study
 
 sync_api = pytest.importorskip("playwright.sync_api")
 
@@ -51,7 +53,14 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     context = browser.new_context(viewport={"width": 1366, "height": 800})
     page = context.new_page()
     problems: list[str] = []
-    page.on("dialog", lambda d: (problems.append(f"dialog {d.message}"), d.dismiss()))
+
+    def dialog(d) -> None:
+        if d.type == "confirm" and d.message.startswith("Cancel job"):
+            d.accept()  # the page's own "are you sure"
+        else:
+            problems.append(f"dialog {d.type} {d.message}")
+            d.dismiss()
+    page.on("dialog", dialog)
     page.on("console", lambda m: problems.append(m.text) if "Content Security Policy" in m.text else None)
     page.on("pageerror", lambda e: problems.append(f"script error {e}"))
 
@@ -164,10 +173,51 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     assert progress == sorted(progress), progress
     assert page.inner_text(f"{row} .patient").startswith(HOSTILE)
 
-    # robots page: numbers from the simulator
+    study_url = page.url  # (the jobs page; the study page is reached again below)
+
+    # an injected simulator fault: the robot's words on the job row, then Retry burns it
+    sim(station, "fault", "write_error", "1", "on")
+    goto("/studies")
+    page.click("#studies a.patient")
+    page.select_option("#burn-role", "epson")
+    page.click("#burn")
+    page.wait_for_url(re.compile(r"/jobs\?msg="))
+    failed_id = re.search(r"Job (J[0-9-]+) queued", page.inner_text(".flash")).group(1)
+    row = f"tr[data-job='{failed_id}']"
+    page.wait_for_function(f"document.querySelector(\"{row} .state\").textContent === 'failed'", timeout=120000)
+    robot_text = page.inner_text(f"{row} .message")
+    assert robot_text and robot_text != "failed", robot_text
+    shoot(page, "jobs-failed", "laptop")
+    page.click(f"{row} form[action$='/retry'] button")
+    page.wait_for_url(re.compile(r"msg="))
+    page.wait_for_function(f"document.querySelector(\"{row} .state\").textContent === 'done'", timeout=120000)
+
+    # Cancel on a job that waits (no Primera robot here): it ends "cancelled"
+    goto("/studies")
+    page.click("#studies a.patient")
+    page.select_option("#burn-role", "primera")
+    page.click("#burn")
+    page.wait_for_url(re.compile(r"/jobs\?msg="))
+    waiting_id = re.search(r"Job (J[0-9-]+) queued", page.inner_text(".flash")).group(1)
+    page.click(f"tr[data-job='{waiting_id}'] form[action$='/cancel'] button")
+    page.wait_for_url(re.compile(r"msg="))
+    page.wait_for_function(
+        f"document.querySelector(\"tr[data-job='{waiting_id}'] .state\").textContent === 'cancelled'")
+    del study_url
+
+    # robots page: the simulator's numbers, and a change followed within 10 s without a reload
     goto("/robots")
     page.wait_for_selector("section.robot[data-robot=epson] meter[data-ink]")
+    robot = json.loads(sim(station, "status"))
+    card = "section.robot[data-robot=epson]"
+    for colour, level in _ink(robot).items():
+        assert int(float(page.get_attribute(f"{card} meter[data-ink='{colour}']", "value"))) == level, colour
     shoot(page, "robots", "laptop")
+    sim(station, "refill", "17")
+    page.evaluate("window.__sameDocument = true")
+    page.wait_for_function(f"document.querySelector(\"{card} dd[data-stacker]\").textContent.startsWith('17 ')",
+                           timeout=10000)
+    assert page.evaluate("window.__sameDocument") is True
     for path, name in (("/diagnostics", "diagnostics"), ("/logs/audit", "audit"), ("/settings/http", "settings-http")):
         goto(path)
         shoot(page, name, "laptop")
@@ -189,6 +239,21 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     phone.close()
     assert not problems, problems
     context.close()
+
+
+def sim(station, *command: str) -> str:
+    """`burnstation-sim ctl` on the station's simulated Epson (as an operator would)."""
+    proc = subprocess.run([str(BIN / "burnstation-sim"), "ctl", "--root", str(station.data / "sim"), "epson",
+                           *command], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def _ink(status: dict) -> dict[str, int]:
+    ink = status.get("ink") or status.get("inks") or {}
+    if isinstance(ink, list):
+        return {i["name"]: int(i["level"]) for i in ink}
+    return {k: int(v) for k, v in ink.items()}
 
 
 def _answers(base: str) -> bool:

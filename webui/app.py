@@ -8,6 +8,8 @@ a WSGI wrapper so that redirects and error pages carry them too.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import threading
 import time
@@ -183,6 +185,7 @@ class WebApp:
         app.route("/studies/<uid>/burn", "POST", self.burn)
         app.route("/jobs", callback=self.jobs_page)
         app.route("/jobs/<job_id>/<action:re:cancel|retry>", "POST", self.job_action)
+        app.route("/associations/<assoc_id:int>/burn", "POST", self.burn_held)
         app.route("/robots", ["GET", "POST"], self.robots_page)
         app.route("/robots/<name>/delete", "POST", self.robot_delete)
         app.route("/settings/<group>", ["GET", "POST"], self.settings_page)
@@ -194,6 +197,7 @@ class WebApp:
         app.route("/diagnostics", callback=self.diagnostics_page)
         app.route("/logs/audit", callback=self.audit_page)
         app.route("/logs/associations", callback=self.assoc_page)
+        app.route("/logs/<name:re:audit|associations>.csv", callback=self.log_csv)
         app.route("/tls/ca.pem", callback=self.ca_pem)
         app.route("/api/jobs", callback=self.api_jobs)
         app.route("/api/robots", callback=self.api_robots)
@@ -330,7 +334,20 @@ class WebApp:
 
     def jobs_page(self) -> str:
         sess = self.need()
-        return self.render("jobs", sess, jobs=[_job_view(j) for j in jobs.list_jobs(self.conn(), limit=200)])
+        conn = self.conn()
+        return self.render("jobs", sess, jobs=[_job_view(j) for j in jobs.list_jobs(conn, limit=200)],
+                           groups=routing.pending_groups(conn), held=routing.held_associations(conn),
+                           now=time.time())
+
+    def burn_held(self, assoc_id: int) -> None:
+        """"Burn anyway" for an association the router held back (e.g. aborted before its end)."""
+        sess = self.need("technician", post=True)
+        try:
+            job_id = routing.burn_association(self.conn(), self.settings, int(assoc_id))
+        except jobs.JobError as exc:
+            self.back("/jobs", f"Not burned: {exc}")
+        self.log(sess, "burn", f"association {assoc_id}", f"job {job_id} (burn anyway)")
+        self.back("/jobs", f"Job {job_id} queued.")
 
     def job_action(self, job_id: str, action: str) -> None:
         sess = self.need("technician", post=True)
@@ -547,6 +564,23 @@ class WebApp:
                                               limit=PAGE_SIZE)
         return self.render("associations", sess, rows=rows, total=total, page=page, pages=_pages(total),
                            search=search, query=lambda p: urlencode({"q": search, "page": p}))
+
+    def log_csv(self, name: str) -> str:
+        """The whole log (matching the search) as CSV; cells that a spreadsheet would run as formulas are quoted."""
+        self.need("admin")
+        search = request.query.getunicode("q", "").strip()
+        reader = audit.page if name == "audit" else index.associations_page
+        rows, _ = reader(self.conn(), search=search, offset=0, limit=100_000)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        if rows:
+            writer.writerow(rows[0].keys())
+        for row in rows:
+            writer.writerow(["'" + str(v) if str(v)[:1] in ("=", "+", "-", "@", "\t", "\r") else v
+                             for v in row.values()])
+        response.content_type = "text/csv; charset=utf-8"
+        response.set_header("Content-Disposition", f'attachment; filename="{name}.csv"')
+        return out.getvalue()
 
     def ca_pem(self) -> Any:
         self.need()

@@ -156,8 +156,22 @@ function setupRobots() {
   window.setTimeout(poll, 3000);
 }
 
+/* delayed groups: seconds left until they burn */
+function setupCountdowns() {
+  const items = document.querySelectorAll(".countdown[data-deadline]");
+  if (!items.length) return;
+  window.setInterval(function () {
+    const now = Date.now() / 1000;
+    items.forEach(function (item) {
+      const left = Math.max(0, Math.round(Number(item.getAttribute("data-deadline")) - now));
+      item.textContent = left + " s";
+    });
+  }, 1000);
+}
+
 document.addEventListener("DOMContentLoaded", function () {
   setupAetDerive();
+  setupCountdowns();
   setupJobs();
   setupRobots();
 });

@@ -1,8 +1,9 @@
+% from urllib.parse import quote
 % import time
 % rebase('base', title='Audit log')
 <nav class="sub"><a href="/logs/audit" class="on">Audit log</a><a href="/logs/associations">Association log</a></nav>
 <h1>Audit log</h1>
-<form method="get" class="search card"><label>Search <input name="q" value="{{search}}"></label> <button type="submit">Search</button></form>
+<form method="get" class="search card"><label>Search <input name="q" value="{{search}}"></label> <button type="submit">Search</button> <a href="/logs/audit.csv?q={{quote(search)}}">Export CSV</a></form>
 <div class="scroll"><table class="list" id="audit">
 <thead><tr><th>When</th><th>Who</th><th>What</th><th>On</th><th>Detail</th><th>From</th></tr></thead>
 <tbody>

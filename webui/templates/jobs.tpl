@@ -31,3 +31,23 @@
 </table>
 </div>
 <p id="no-jobs" class="empty{{' hidden' if jobs else ''}}">No jobs yet. Send a study to {{aet}}_E or {{aet}}_P, or burn one from its study page.</p>
+% if groups:
+<h2>Waiting for more images (delayed groups)</h2>
+<ul class="groups">
+% for g in groups:
+  <li>{{g['role']}} · {{g['group_by']}} {{g['patient_id'] if g['group_by'] == 'patient' else g['study_uid']}} · {{g['instances']}} images · burns in <span class="countdown" data-deadline="{{int(g['deadline_at'])}}">{{max(0, int(g['deadline_at'] - now))}} s</span></li>
+% end
+</ul>
+% end
+% if held:
+<h2>Associations held back</h2>
+<ul class="held">
+% for h in held:
+  <li>Association {{h['assoc_id']}} to {{h['called_aet']}} ({{h['state']}}){{': ' + h['note'] if h['note'] else ''}}
+  % if rank[role] >= rank['technician']:
+    <form method="post" action="/associations/{{h['assoc_id']}}/burn" class="inline-form"><input type="hidden" name="csrf" value="{{csrf}}"><button type="submit" class="small">Burn anyway</button></form>
+  % end
+  </li>
+% end
+</ul>
+% end
