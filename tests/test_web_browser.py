@@ -184,13 +184,13 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     page.wait_for_url(re.compile(r"/jobs\?msg="))
     failed_id = re.search(r"Job (J[0-9-]+) queued", page.inner_text(".flash")).group(1)
     row = f"tr[data-job='{failed_id}']"
-    page.wait_for_function(f"document.querySelector(\"{row} .state\").textContent === 'failed'", timeout=120000)
+    wait_text(page, f"{row} .state", "failed", 120)
     robot_text = page.inner_text(f"{row} .message")
     assert robot_text and robot_text != "failed", robot_text
     shoot(page, "jobs-failed", "laptop")
     page.click(f"{row} form[action$='/retry'] button")
     page.wait_for_url(re.compile(r"msg="))
-    page.wait_for_function(f"document.querySelector(\"{row} .state\").textContent === 'done'", timeout=120000)
+    wait_text(page, f"{row} .state", "done", 120)
 
     # Cancel on a job that waits (no Primera robot here): it ends "cancelled"
     goto("/studies")
@@ -201,8 +201,7 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     waiting_id = re.search(r"Job (J[0-9-]+) queued", page.inner_text(".flash")).group(1)
     page.click(f"tr[data-job='{waiting_id}'] form[action$='/cancel'] button")
     page.wait_for_url(re.compile(r"msg="))
-    page.wait_for_function(
-        f"document.querySelector(\"tr[data-job='{waiting_id}'] .state\").textContent === 'cancelled'")
+    wait_text(page, f"tr[data-job='{waiting_id}'] .state", "cancelled", 30)
     del study_url
 
     # robots page: the simulator's numbers, and a change followed within 10 s without a reload
@@ -215,8 +214,7 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     shoot(page, "robots", "laptop")
     sim(station, "refill", "17")
     page.evaluate("window.__sameDocument = true")
-    page.wait_for_function(f"document.querySelector(\"{card} dd[data-stacker]\").textContent.startsWith('17 ')",
-                           timeout=10000)
+    wait_text(page, f"{card} dd[data-stacker]", "17 discs", 10, exact=False)
     assert page.evaluate("window.__sameDocument") is True
     for path, name in (("/diagnostics", "diagnostics"), ("/logs/audit", "audit"), ("/settings/http", "settings-http")):
         goto(path)
@@ -241,6 +239,14 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     context.close()
 
 
+def wait_text(page, selector: str, text: str, timeout: float, exact: bool = True) -> None:
+    """Poll the page (from Python: the page's CSP forbids the eval behind wait_for_function)."""
+    def shown():
+        got = page.inner_text(selector) if page.query_selector(selector) else None
+        return got is not None and (got == text if exact else got.startswith(text))
+    wait_for(shown, timeout, f"{text!r} in {selector}", every=0.25)
+
+
 def sim(station, *command: str) -> str:
     """`burnstation-sim ctl` on the station's simulated Epson (as an operator would)."""
     proc = subprocess.run([str(BIN / "burnstation-sim"), "ctl", "--root", str(station.data / "sim"), "epson",
@@ -250,10 +256,10 @@ def sim(station, *command: str) -> str:
 
 
 def _ink(status: dict) -> dict[str, int]:
-    ink = status.get("ink") or status.get("inks") or {}
-    if isinstance(ink, list):
-        return {i["name"]: int(i["level"]) for i in ink}
-    return {k: int(v) for k, v in ink.items()}
+    """The simulator's ink levels under the names the Epson driver reports (drivers/epson/status.py)."""
+    from drivers.epson.status import INK_COLOURS
+
+    return {INK_COLOURS["ink_" + k.lower()]: int(v) for k, v in status["ink"].items()}
 
 
 def _answers(base: str) -> bool:
