@@ -228,6 +228,27 @@ def test_setup_code_sessions_csrf_roles_and_escaping(station, tmp_path):
     jobs = json.loads(c.get("/api/jobs")[2])["jobs"]
     assert jobs[0]["patient_name"] == HOSTILE  # JSON carries the text; the page script writes it as text
 
+    # the JSON API: cancel with the token in a header; without it 403 and the job unchanged
+    job_id = jobs[0]["id"]
+    token = c.csrf()
+    status, _, _ = c.post(f"/jobs/{job_id}/cancel", {}, headers={"X-CSRF-Token": "forged"})
+    assert status == 403
+    status, _, _ = c.post(f"/jobs/{job_id}/cancel", {"csrf": token}, headers={"Sec-Fetch-Site": "cross-site"})
+    assert status == 403
+    assert json.loads(c.get("/api/jobs")[2])["jobs"][0]["state"] != "cancelled"
+    status, _, text = c.post(f"/jobs/{job_id}/cancel", {}, headers={"X-CSRF-Token": token,
+                                                                      "Sec-Fetch-Site": "same-origin"})
+    assert status == 200 and json.loads(text)["ok"].endswith("cancelled"), text
+    assert json.loads(c.get("/api/jobs")[2])["jobs"][0]["state"] == "cancelled"
+    status, _, text = c.post(f"/jobs/{job_id}/cancel", {}, headers={"X-CSRF-Token": token})
+    assert status == 409 and "cannot cancel" in json.loads(text)["error"]
+    # the audit log as CSV
+    status, headers, text = c.get("/logs/audit.csv")
+    assert status == 200 and headers["content-type"].startswith("text/csv")
+    lines = text.splitlines()
+    assert lines[0].split(",")[:4] == ["id", "at", "actor", "action"]
+    assert any(",admin,cancel," in line and job_id in line for line in lines)
+
     # logout ends the session on the server
     token = c.csrf()
     old = dict(c.cookies)
@@ -343,3 +364,24 @@ def test_scrypt_default_cost(monkeypatch):
     assert stored.startswith("scrypt$131072$8$1$")
     assert accounts.check_password(stored, "correct horse")
     assert not accounts.check_password(stored, "correct hors")
+
+
+def test_sessions_are_stored_hashed_and_end_when_idle(tmp_path):
+    from appliance import accounts, db
+
+    conn = db.connect(tmp_path)
+    accounts.add_user(conn, "ann", "technician", "s3cret-pass")
+    sid, csrf = accounts.new_session(conn, "ann", "127.0.0.1", 60)
+    assert len(sid) >= 43 and len(csrf) >= 43  # 256 random bits each
+    assert conn.execute("SELECT COUNT(*) FROM sessions WHERE id_hash=?", (sid,)).fetchone()[0] == 0  # not in clear
+    assert accounts.get_session(conn, sid, 60)["role"] == "technician"
+    assert accounts.get_session(conn, sid + "x", 60) is None
+    time.sleep(1.2)
+    assert accounts.get_session(conn, sid, 1) is None  # idle longer than the timeout: gone
+    assert accounts.get_session(conn, sid, 60) is None  # and deleted, not just refused
+    sid2, _ = accounts.new_session(conn, "ann", "127.0.0.1", 60)
+    accounts.set_role(conn, "ann", "viewer")
+    assert accounts.get_session(conn, sid2, 60)["role"] == "viewer"  # a role change applies at once
+    accounts.delete_user(conn, "ann")
+    assert accounts.get_session(conn, sid2, 60) is None
+    conn.close()

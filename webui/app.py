@@ -259,7 +259,7 @@ class WebApp:
             redirect("/setup")
         sess = self.visitor()
         target = request.query.get("next", "/jobs")
-        if not target.startswith("/") or target.startswith("//"):
+        if not target.startswith("/") or target[1:2] in ("/", "\\"):  # a path of this site, never another host
             target = "/jobs"
         error = ""
         name = request.forms.getunicode("username", "").strip() if request.method == "POST" else ""
