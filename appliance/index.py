@@ -370,6 +370,22 @@ def associations_page(conn: sqlite3.Connection, *, search: str = "", offset: int
     return [dict(r) for r in rows], total
 
 
+def delete_study(conn: sqlite3.Connection, study_uid: str) -> list[str]:
+    """Remove a study from the index (its patient too when it has no other study); returns the
+    paths of its files, which the caller deletes after this commit (a crash in between leaves
+    files that `reindex` would bring back, never index rows without files)."""
+    with db.transaction(conn):
+        row = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        paths = [r["path"] for r in conn.execute("SELECT path FROM instances WHERE study_uid=?", (study_uid,))]
+        conn.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,))
+        conn.execute("DELETE FROM series WHERE study_uid=?", (study_uid,))
+        conn.execute("DELETE FROM studies WHERE study_uid=?", (study_uid,))
+        if row is not None:
+            conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS "
+                         "(SELECT 1 FROM studies WHERE patient_id=?)", (row["patient_id"], row["patient_id"]))
+    return paths
+
+
 # --------------------------------------------------------------------------- rebuild
 
 

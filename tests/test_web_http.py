@@ -231,6 +231,10 @@ def test_setup_code_sessions_csrf_roles_and_escaping(station, tmp_path):
     # the JSON API: cancel with the token in a header; without it 403 and the job unchanged
     job_id = jobs[0]["id"]
     token = c.csrf()
+    # (a study that a job still burns is not deleted)
+    status, headers, _ = c.post(f"/studies/{uid}/delete", {"csrf": token})
+    assert status == 303 and "Not+deleted" in headers["location"] and job_id in headers["location"]
+    assert c.get(f"/studies/{uid}")[0] == 200
     status, _, _ = c.post(f"/jobs/{job_id}/cancel", {}, headers={"X-CSRF-Token": "forged"})
     assert status == 403
     status, _, _ = c.post(f"/jobs/{job_id}/cancel", {"csrf": token}, headers={"Sec-Fetch-Site": "cross-site"})
@@ -242,12 +246,35 @@ def test_setup_code_sessions_csrf_roles_and_escaping(station, tmp_path):
     assert json.loads(c.get("/api/jobs")[2])["jobs"][0]["state"] == "cancelled"
     status, _, text = c.post(f"/jobs/{job_id}/cancel", {}, headers={"X-CSRF-Token": token})
     assert status == 409 and "cannot cancel" in json.loads(text)["error"]
+    # now the admin can delete it: files and index rows go, the audit log says so
+    stored = sorted((station.data / "storage").rglob("*.dcm"))
+    status, headers, _ = c.post(f"/studies/{uid}/delete", {"csrf": token})
+    assert status == 303 and "Study+deleted" in headers["location"], headers["location"]
+    assert c.get(f"/studies/{uid}")[0] == 404
+    assert len(sorted((station.data / "storage").rglob("*.dcm"))) == len(stored) - 2
     # the audit log as CSV
     status, headers, text = c.get("/logs/audit.csv")
     assert status == 200 and headers["content-type"].startswith("text/csv")
     lines = text.splitlines()
     assert lines[0].split(",")[:4] == ["id", "at", "actor", "action"]
     assert any(",admin,cancel," in line and job_id in line for line in lines)
+
+    # robots: add (a folder export), a bad field refused with its reason, edit keeps the rest, delete
+    spool = tmp_path / "stick"
+    token = c.csrf("/robots")
+    robot = {"csrf": token, "name": "stick", "driver": "folder", "role": "any", "media": "CD,DVD",
+             "spool": str(spool), "engine_path": "", "mode": "data", "verify": "false"}
+    status, _, text = c.post("/robots", {**robot, "media": "FLOPPY"})
+    assert status == 200 and "robot media: unknown &#039;FLOPPY&#039;" in text
+    assert c.post("/robots", robot)[0] == 303
+    listed = json.loads(burnstation(station.data, "robots", "list", "--json").stdout)
+    stick = next(r for r in (listed["robots"] if isinstance(listed, dict) else listed) if r["name"] == "stick")
+    assert stick["mode"] == "data" and stick["verify"] is False
+    assert 'value="stick"' in c.get("/robots?edit=stick")[2]
+    assert c.post("/robots", {**robot, "media": "DVD"})[0] == 303
+    assert v.post("/robots/stick/delete", {"csrf": v.csrf("/robots")})[0] == 403
+    assert c.post("/robots/stick/delete", {"csrf": token})[0] == 303
+    assert "stick" not in burnstation(station.data, "robots", "list").stdout
 
     # logout ends the session on the server
     token = c.csrf()
@@ -266,6 +293,8 @@ def test_setup_code_sessions_csrf_roles_and_escaping(station, tmp_path):
     assert ("vera", "login", "") in seen
     assert ("admin", "burn", uid) in seen
     assert ("admin", "logout", "") in seen
+    assert ("admin", "delete", uid) in seen
+    assert {("admin", "robot-add", "stick"), ("admin", "robot-edit", "stick"), ("admin", "robot-delete", "stick")} <= seen
     assert any(r["action"] == "setup-failed" for r in rows)
     detail = next(r["detail"] for r in rows if r["target"] == "http.institution")
     assert detail == '"" -> "St. Mary <b>Clinic</b>"'

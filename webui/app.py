@@ -183,6 +183,7 @@ class WebApp:
         app.route("/studies", callback=self.studies)
         app.route("/studies/<uid>", callback=self.study)
         app.route("/studies/<uid>/burn", "POST", self.burn)
+        app.route("/studies/<uid>/delete", "POST", self.delete_study)
         app.route("/jobs", callback=self.jobs_page)
         app.route("/jobs/<job_id>/<action:re:cancel|retry>", "POST", self.job_action)
         app.route("/associations/<assoc_id:int>/burn", "POST", self.burn_held)
@@ -330,6 +331,29 @@ class WebApp:
         self.log(sess, "burn", uid, f"job {job_id}, role {role}, {copies} copies, priority {priority}")
         self.back("/jobs", f"Job {job_id} queued.")
 
+    def delete_study(self, uid: str) -> None:
+        """Delete a study's files and index rows (admin), unless a job or a delayed group still needs it."""
+        sess = self.need("admin", post=True)
+        conn = self.conn()
+        study = index.get_study(conn, uid)
+        if study is None:
+            abort(404, "No such study in the index.")
+        busy = jobs.active_jobs_with_study(conn, uid)
+        groups = routing.pending_groups_with_study(conn, uid)
+        if busy or groups:
+            why = f"job {', '.join(busy)}" if busy else f"delayed group {', '.join(map(str, groups))}"
+            self.back(f"/studies/{uid}", f"Not deleted: {why} still burns it; cancel that first.")
+        paths = index.delete_study(conn, uid)
+        missing = 0
+        for path in paths:
+            try:
+                Path(path).unlink()
+            except FileNotFoundError:
+                missing += 1
+        self.log(sess, "delete", uid, f"study of {study['patient_name']} ({study['id_value']}), {len(paths)} files"
+                 + (f", {missing} already gone" if missing else ""))
+        self.back("/studies", f"Study deleted ({len(paths)} files).")
+
     # -- jobs
 
     def jobs_page(self) -> str:
@@ -372,12 +396,12 @@ class WebApp:
         error = ""
         if request.method == "POST":
             sess = self.need("admin", post=True)
-            doc = {k: request.forms.getunicode(k, "").strip() for k in ("name", "driver", "role", "media", "spool",
-                                                                        "engine_path", "mode")}
-            doc["verify"] = request.forms.get("verify") == "true"
-            doc["source"] = "manual"
+            form = {k: request.forms.getunicode(k, "").strip() for k in ("name", "driver", "role", "media", "spool",
+                                                                         "engine_path", "mode")}
+            old = robots.get_robot(self.settings, form["name"])
+            # an edit keeps what the form does not show (driver options, where the robot came from)
+            doc = {**(old or {"source": "manual"}), **form, "verify": request.forms.get("verify") == "true"}
             try:
-                old = robots.get_robot(self.settings, doc["name"])
                 robot = robots.add_robot(self.settings, doc)
             except SettingError as exc:
                 error = str(exc)
@@ -387,7 +411,13 @@ class WebApp:
                 self.back("/robots", f"Robot {robot['name']} saved.")
         else:
             sess = self.need()
-        return self.render("robots", sess, robots=self._robot_views(), error=error, form=request.forms)
+        fields = ("name", "driver", "role", "media", "spool", "engine_path", "mode", "verify")
+        if request.method == "POST":
+            form = {k: request.forms.getunicode(k, "") for k in fields}
+        else:
+            doc = robots.get_robot(self.settings, request.query.getunicode("edit", "")) or {}
+            form = {k: ",".join(v) if isinstance(v, list) else _as_text(v) for k, v in doc.items() if k in fields}
+        return self.render("robots", sess, robots=self._robot_views(), error=error, form=form)
 
     def _robot_views(self) -> list[dict[str, Any]]:
         status = robots.status_rows(self.conn())

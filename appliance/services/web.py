@@ -62,8 +62,6 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     server = thread = None
     current: tuple[int, bool] | None = None
     failed = False
-    if ready is not None:
-        ready.set()
     try:
         while True:
             wanted = (int(settings.get("http.port")), bool(settings.get("http.ssl")))
@@ -86,6 +84,8 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
                         LOG.info("web UI on %s://0.0.0.0:%d/", "https" if ssl_on else "http", port)
                 else:
                     LOG.info("web UI closed (http.port = 0)")
+            if ready is not None:
+                ready.set()  # after the first attempt: "running" means the port answers (or is closed)
             if stop.wait(RETRY_SECONDS if failed else 1.0):
                 break
     finally:

@@ -33,7 +33,8 @@
   <p class="error" data-key="faults">{{'; '.join(r['faults'])}}</p>
   % end
   % if rank[role] >= rank['admin']:
-  <form method="post" action="/robots/{{r['name']}}/delete" data-confirm="Delete robot {{r['name']}} from the configuration?"><input type="hidden" name="csrf" value="{{csrf}}"><button type="submit" class="small danger">Delete</button></form>
+  <a class="small button" href="/robots?edit={{r['name']}}#robot-form">Edit</a>
+  <form method="post" action="/robots/{{r['name']}}/delete" class="inline-form" data-confirm="Delete robot {{r['name']}} from the configuration?"><input type="hidden" name="csrf" value="{{csrf}}"><button type="submit" class="small danger">Delete</button></form>
   % end
 </section>
 % end
@@ -42,20 +43,32 @@
 % end
 </div>
 % if rank[role] >= rank['admin']:
-<h2>Add or change a robot</h2>
+<h2>{{'Change robot ' + form['name'] if form.get('name') else 'Add a robot'}}</h2>
 % if error:
 <p class="error" role="alert">{{error}}</p>
 % end
-<form method="post" action="/robots" class="card grid">
+<form method="post" action="/robots" class="card grid" id="robot-form">
   <input type="hidden" name="csrf" value="{{csrf}}">
-  <label>Name <input name="name" value="{{form.getunicode('name', '')}}" required></label>
-  <label>Driver <select name="driver"><option>epson</option><option>primera</option><option>folder</option></select></label>
-  <label>Role <select name="role"><option value="">(from the driver)</option><option>epson</option><option>primera</option><option>any</option></select></label>
-  <label>Media loaded <input name="media" value="{{form.getunicode('media', 'CD,DVD')}}"></label>
-  <label>Spool folder <input name="spool" value="{{form.getunicode('spool', '')}}" required></label>
-  <label>Engine path <input name="engine_path" value="{{form.getunicode('engine_path', '')}}"></label>
-  <label>Mode <select name="mode"><option>image</option><option>data</option></select></label>
-  <label>Verify <select name="verify"><option>true</option><option>false</option></select></label>
+  <label>Name <input name="name" value="{{form.get('name', '')}}" required></label>
+  <label>Driver <select name="driver">
+  % for o in ('epson', 'primera', 'folder'):
+    <option {{'selected' if form.get('driver') == o else ''}}>{{o}}</option>
+  % end
+  </select></label>
+  <label>Role <select name="role"><option value="">(from the driver)</option>
+  % for o in ('epson', 'primera', 'any'):
+    <option {{'selected' if form.get('role') == o else ''}}>{{o}}</option>
+  % end
+  </select></label>
+  <label>Media loaded <input name="media" value="{{form.get('media', 'CD,DVD')}}"></label>
+  <label>Spool folder <input name="spool" value="{{form.get('spool', '')}}" required></label>
+  <label>Engine path <input name="engine_path" value="{{form.get('engine_path', '')}}"></label>
+  <label>Mode <select name="mode">
+  % for o in ('image', 'data'):
+    <option {{'selected' if form.get('mode') == o else ''}}>{{o}}</option>
+  % end
+  </select></label>
+  <label>Verify <select name="verify"><option>true</option><option {{'selected' if form.get('verify') == 'false' else ''}}>false</option></select></label>
   <button type="submit">Save robot</button>
 </form>
 % end

@@ -36,3 +36,11 @@
   <button type="submit" id="burn">Burn this study</button>
 </form>
 % end
+% if rank[role] >= rank['admin']:
+<h2>Delete</h2>
+<form method="post" action="/studies/{{study['study_uid']}}/delete" class="card inline" data-confirm="Delete this study and its files from the station? This cannot be undone.">
+  <input type="hidden" name="csrf" value="{{csrf}}">
+  <span class="muted">Removes the study's {{sum(se['instances'] for se in study['series'])}} files and its index entries. Refused while a job or a delayed group still burns it.</span>
+  <button type="submit" class="danger" id="delete">Delete study</button>
+</form>
+% end
