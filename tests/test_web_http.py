@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import socket
 import ssl
 import subprocess
 import time
@@ -39,7 +40,8 @@ class Client:
         self.last_set_cookie: list[str] = []
 
     def request(self, method: str, path: str, form: dict[str, str] | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
+                headers: dict[str, str] | None = None,
+                files: dict[str, bytes] | None = None) -> tuple[int, dict[str, str], str]:
         if self.https:
             ctx = ssl.create_default_context(cafile=str(self.ca))
             ctx.check_hostname = False
@@ -49,8 +51,17 @@ class Client:
         hdrs = dict(headers or {})
         if self.cookies:
             hdrs["Cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
-        body = None
-        if form is not None:
+        body: str | bytes | None = None
+        if files is not None:
+            boundary = "----burnstationtest"
+            parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                     for k, v in (form or {}).items()]
+            parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{k}.pem"\r\n'
+                      f"Content-Type: application/octet-stream\r\n\r\n".encode() + v + b"\r\n"
+                      for k, v in files.items()]
+            body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+            hdrs["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        elif form is not None:
             body = urlencode(form)
             hdrs["Content-Type"] = "application/x-www-form-urlencoded"
         conn.request(method, path, body=body, headers=hdrs)
@@ -84,6 +95,49 @@ class Client:
         token = self.csrf("/login")
         status, _, _ = self.post("/login", {"csrf": token, "username": name, "password": password})
         return status
+
+
+class TestPKI:
+    """A CA and a server certificate for burn.example (what a hospital's PKI would hand out)."""
+
+    __test__ = False  # not a test class
+
+    def __init__(self, folder: Path, name: str = "burn.example") -> None:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        now = datetime.datetime.now(datetime.UTC)
+
+        def pem(cert):
+            return cert.public_bytes(serialization.Encoding.PEM)
+
+        def key_pem(key):
+            return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption())
+
+        ca_key = ec.generate_private_key(ec.SECP256R1())
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Hospital test CA")])
+        ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+              .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+              .not_valid_after(now + datetime.timedelta(days=30))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+              .sign(ca_key, hashes.SHA256()))
+        key = ec.generate_private_key(ec.SECP256R1())
+        leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=10))
+                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        self.ca_path = folder / "test-ca.pem"
+        self.ca_path.write_bytes(pem(ca))
+        self.leaf_only_pem = pem(leaf)
+        self.leaf_pem = pem(leaf) + pem(ca)
+        self.key_pem = key_pem(key)
+        self.other_key_pem = key_pem(ec.generate_private_key(ec.SECP256R1()))
 
 
 def web_ready(station) -> None:
@@ -300,7 +354,7 @@ def test_setup_code_sessions_csrf_roles_and_escaping(station, tmp_path):
     assert detail == '"" -> "St. Mary <b>Clinic</b>"'
 
 
-def test_login_throttling_and_https(station):
+def test_login_throttling_and_https(station, tmp_path):
     web_ready(station)
     c = Client(station.http_port)
     make_admin(station, c)
@@ -332,7 +386,7 @@ def test_login_throttling_and_https(station):
     flags = [f.strip().lower() for f in cookie.split(";")[1:]]
     assert {"secure", "httponly", "samesite=strict", "path=/"} <= set(flags)
     assert s.get("/jobs")[0] == 200
-    # TLS 1.1 refused
+    # TLS 1.2 is enough (TLS 1.1 is refused by the context: minimum_version)
     ctx = ssl.create_default_context(cafile=str(station.data / "tls" / "ca.pem"))
     ctx.check_hostname = False
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
@@ -340,6 +394,35 @@ def test_login_throttling_and_https(station):
     conn = http.client.HTTPSConnection("127.0.0.1", station.http_port, timeout=10, context=ctx)
     conn.request("GET", "/static/style.css")
     assert conn.getresponse().status == 200
+
+    # an uploaded certificate: refused with the reason when it does not fit, then served
+    pki = TestPKI(tmp_path)
+    burnstation(station.data, "config", "set", "http.server_name=burn.example")
+    token = s.csrf("/settings/http")
+    status, headers, _ = s.request("POST", "/tls/upload", form={"csrf": token},
+                                   files={"certificate": pki.leaf_pem, "key": pki.other_key_pem})
+    assert status == 303 and "does+not+belong" in headers["location"], headers
+    status, headers, _ = s.request("POST", "/tls/upload", form={"csrf": token},
+                                   files={"certificate": pki.leaf_only_pem, "key": pki.key_pem})
+    assert "chain+incomplete" in headers["location"], headers
+    assert not (station.data / "tls" / "web.pem").exists()
+    status, headers, _ = s.request("POST", "/tls/upload", form={"csrf": token},
+                                   files={"certificate": pki.leaf_pem, "key": pki.key_pem})
+    assert status == 303 and "Certificate+installed" in headers["location"], headers
+    assert (station.data / "tls" / "web.key").stat().st_mode & 0o777 == 0o600
+
+    def serves_uploaded():
+        ctx = ssl.create_default_context(cafile=str(pki.ca_path))  # checks the name too
+        try:
+            with socket.create_connection(("127.0.0.1", station.http_port), 5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname="burn.example") as tls:
+                return tls.version() is not None
+        except (OSError, ssl.SSLError):
+            return False
+    wait_for(serves_uploaded, 30, "HTTPS with the uploaded certificate")
+    rows = audit_rows(station)
+    assert sum(r["action"] == "certificate-refused" for r in rows) == 2
+    assert any(r["action"] == "certificate" and "burn.example" in r["detail"] for r in rows)
 
 
 def test_users_cli(tmp_path, monkeypatch):
@@ -414,3 +497,28 @@ def test_sessions_are_stored_hashed_and_end_when_idle(tmp_path):
     accounts.delete_user(conn, "ann")
     assert accounts.get_session(conn, sid2, 60) is None
     conn.close()
+
+
+def test_certificate_checks_say_why(tmp_path):
+    import datetime
+
+    from appliance import tlsca
+
+    pki = TestPKI(tmp_path)
+    assert "burn.example" in tlsca.check_web_certificate(pki.leaf_pem, pki.key_pem, "burn.example")
+    cases = [
+        ((b"not a certificate", pki.key_pem, ""), "holds no PEM certificate"),
+        ((pki.leaf_pem, b"junk", ""), "no PEM private key"),
+        ((pki.leaf_pem, pki.other_key_pem, ""), "does not belong"),
+        ((pki.leaf_only_pem, pki.key_pem, ""), "chain incomplete"),
+        ((pki.leaf_pem, pki.key_pem, "other.example"), "not for the web server name 'other.example'"),
+    ]
+    for args, reason in cases:
+        with pytest.raises(tlsca.CertificateError, match=re.escape(reason)):
+            tlsca.check_web_certificate(*args)
+    later = datetime.datetime.now(datetime.UTC) + datetime.timedelta(days=20)
+    with pytest.raises(tlsca.CertificateError, match="expired on"):
+        tlsca.check_web_certificate(pki.leaf_pem, pki.key_pem, now=later)
+    broken = pki.leaf_only_pem + TestPKI(tmp_path / "..").leaf_pem.split(b"-----END CERTIFICATE-----\n", 1)[1]
+    with pytest.raises(tlsca.CertificateError, match="chain broken"):
+        tlsca.check_web_certificate(broken, pki.key_pem)

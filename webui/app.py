@@ -200,6 +200,8 @@ class WebApp:
         app.route("/logs/associations", callback=self.assoc_page)
         app.route("/logs/<name:re:audit|associations>.csv", callback=self.log_csv)
         app.route("/tls/ca.pem", callback=self.ca_pem)
+        app.route("/tls/upload", "POST", self.tls_upload)
+        app.route("/tls/remove", "POST", self.tls_remove)
         app.route("/api/jobs", callback=self.api_jobs)
         app.route("/api/robots", callback=self.api_robots)
         app.route("/api/status", callback=self.api_status)
@@ -478,8 +480,10 @@ class WebApp:
             from appliance.panel.screen import ip_addresses
 
             addresses = ip_addresses()
+        cert = tlsca.web_certificate_summary(self.data_dir) if group == "http" else None
         return self.render("settings", sess, group=group, title=title, fields=fields, error=error,
-                           groups=[(g, t) for g, (t, _) in GROUPS.items()], addresses=addresses)
+                           groups=[(g, t) for g, (t, _) in GROUPS.items()], addresses=addresses, cert=cert,
+                           cert_error=request.query.getunicode("cert_error", ""))
 
     # -- known nodes
 
@@ -611,6 +615,27 @@ class WebApp:
         response.content_type = "text/csv; charset=utf-8"
         response.set_header("Content-Disposition", f'attachment; filename="{name}.csv"')
         return out.getvalue()
+
+    def tls_upload(self) -> None:
+        """Certificate and key for HTTPS, checked before use (the reason is shown when refused)."""
+        sess = self.need("admin", post=True)
+        cert, key = request.files.get("certificate"), request.files.get("key")
+        if cert is None or key is None:
+            redirect("/settings/http?" + urlencode({"cert_error": "choose both a certificate file and a key file"}))
+        try:
+            summary = tlsca.install_web_certificate(self.data_dir, cert.file.read(200_000), key.file.read(200_000),
+                                                    self.settings.get("http.server_name"))
+        except tlsca.CertificateError as exc:
+            self.log(sess, "certificate-refused", "http", str(exc))
+            redirect("/settings/http?" + urlencode({"cert_error": f"Certificate refused: {exc}"}))
+        self.log(sess, "certificate", "http", summary)
+        self.back("/settings/http", f"Certificate installed: {summary}. HTTPS uses it within seconds.")
+
+    def tls_remove(self) -> None:
+        sess = self.need("admin", post=True)
+        if tlsca.remove_web_certificate(self.data_dir):
+            self.log(sess, "certificate-removed", "http")
+        self.back("/settings/http", "HTTPS uses the device certificate.")
 
     def ca_pem(self) -> Any:
         self.need()

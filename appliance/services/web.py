@@ -1,8 +1,8 @@
 """The web process: the technician UI (webui) served by cheroot on `http.port`, HTTPS when `http.ssl`.
 
-Port 0 closes the server. A change of `http.port` or `http.ssl` reopens it within a second (other
-settings are read per request). With SSL on, the device certificate made by `burnstation init`
-is used (TLS 1.2 or newer). The job and robot pages poll a JSON API rather than hold streams, so
+Port 0 closes the server. A change of `http.port`, `http.ssl` or of the certificate reopens it within a second (other
+settings are read per request). With SSL on, the uploaded certificate (tls/web.pem) is used, else
+the device certificate made by `burnstation init` (TLS 1.2 or newer). The job and robot pages poll a JSON API rather than hold streams, so
 a fixed pool of worker threads is enough. While no user exists, each start logs the setup code.
 """
 
@@ -32,12 +32,21 @@ def _make_server(data_dir: Path, port: int, ssl_on: bool) -> Any:
     server = wsgi.Server(("0.0.0.0", port), make_app(data_dir), numthreads=THREADS, server_name="burnstation",
                          timeout=30, shutdown_timeout=2)
     if ssl_on:
-        folder = tlsca.tls_dir(data_dir)
-        adapter = BuiltinSSLAdapter(str(folder / "server.pem"), str(folder / "server.key"))
-        adapter.context = tlsca.server_context(data_dir)  # TLS 1.2+, the device certificate chain
+        cert, key = tlsca.web_cert_paths(data_dir)
+        adapter = BuiltinSSLAdapter(str(cert), str(key))
+        adapter.context = tlsca.web_context(data_dir)  # TLS 1.2+, the uploaded pair or the device's
         server.ssl_adapter = adapter
     server.prepare()  # binds now, so a taken port shows up here rather than in the thread
     return server
+
+
+def _cert_stamp(data_dir: Path) -> tuple[str, int]:
+    """Which certificate HTTPS would use and when it changed (an upload reopens the server)."""
+    cert, _ = tlsca.web_cert_paths(data_dir)
+    try:
+        return cert.name, cert.stat().st_mtime_ns
+    except FileNotFoundError:
+        return cert.name, 0
 
 
 def show_setup_code(data_dir: Path) -> None:
@@ -60,18 +69,18 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     settings = Settings(data_dir)
     show_setup_code(data_dir)
     server = thread = None
-    current: tuple[int, bool] | None = None
+    current: tuple[Any, ...] | None = None
     failed = False
     try:
         while True:
-            wanted = (int(settings.get("http.port")), bool(settings.get("http.ssl")))
+            wanted = (int(settings.get("http.port")), bool(settings.get("http.ssl")), _cert_stamp(data_dir))
             if wanted != current or (failed and server is None):
                 if server is not None:
                     server.stop()
                     thread.join(10)
                     server = thread = None
                 current, failed = wanted, False
-                port, ssl_on = wanted
+                port, ssl_on, _ = wanted
                 if port:
                     try:
                         server = _make_server(data_dir, port, ssl_on)

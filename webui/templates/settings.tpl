@@ -47,3 +47,21 @@
   % end
   </div>
 </form>
+% if group == 'http':
+<h2>HTTPS certificate</h2>
+% if cert_error:
+<p class="error" role="alert" id="cert-error">{{cert_error}}</p>
+% end
+<p class="card" id="cert">{{'Uploaded certificate' if cert and cert['source'] == 'uploaded' else 'Device certificate (made by burnstation init)'}}{{': %s; names %s; valid until %s' % (cert['subject'], cert['names'] or '-', cert['expires']) if cert else ': none'}}</p>
+% if rank[role] >= rank['admin']:
+<form method="post" action="/tls/upload" enctype="multipart/form-data" class="card grid" id="cert-form">
+  <input type="hidden" name="csrf" value="{{csrf}}">
+  <label>Certificate chain (PEM: server certificate first, then its CAs) <input type="file" name="certificate" accept=".pem,.crt,.cer"></label>
+  <label>Private key (PEM, no password) <input type="file" name="key" accept=".pem,.key"></label>
+  <button type="submit">Check and install</button>
+</form>
+% if cert and cert['source'] == 'uploaded':
+<form method="post" action="/tls/remove" class="inline-form" data-confirm="Go back to the device certificate?"><input type="hidden" name="csrf" value="{{csrf}}"><button type="submit" class="small danger">Use the device certificate again</button></form>
+% end
+% end
+% end
