@@ -549,10 +549,11 @@ class Settings:
         with self._lock, self._db() as db:
             table = db.table("settings")
             docs = table.all()
-            current = dict(docs[0]) if docs else {}
-            current.update(converted)
-            table.truncate()
-            table.insert(current)
+            # one write: truncate + insert would be two, and a reader in between saw only defaults
+            if docs:
+                table.update(converted, doc_ids=[docs[0].doc_id])
+            else:
+                table.insert(converted)
             self._stamp = None
         return converted
 
@@ -565,10 +566,11 @@ class Settings:
             table = db.table("settings")
             docs = table.all()
             current = dict(docs[0]) if docs else {}
-            for key, spec in SPECS.items():
-                current.setdefault(key, spec.default)
-            table.truncate()
-            table.insert(current)
+            missing = {key: spec.default for key, spec in SPECS.items() if key not in current}
+            if docs:
+                table.update(missing, doc_ids=[docs[0].doc_id])  # one write (see update)
+            else:
+                table.insert(missing)
             db.table("nodes")
             self._stamp = None
 

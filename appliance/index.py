@@ -370,6 +370,13 @@ def associations_page(conn: sqlite3.Connection, *, search: str = "", offset: int
     return [dict(r) for r in rows], total
 
 
+def series_instances(conn: sqlite3.Connection, series_uid: str) -> list[dict[str, Any]]:
+    """A series' instance rows in instance-number order (previews, contents lists)."""
+    return [dict(r) for r in conn.execute(
+        "SELECT * FROM instances WHERE series_uid=? ORDER BY CAST(instance_number AS INTEGER), sop_uid",
+        (series_uid,))]
+
+
 def delete_study(conn: sqlite3.Connection, study_uid: str) -> list[str]:
     """Remove a study from the index (its patient too when it has no other study); returns the
     paths of its files, which the caller deletes after this commit (a crash in between leaves

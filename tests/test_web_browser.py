@@ -144,6 +144,9 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     page.click("#studies a.patient")
     page.wait_for_url(re.compile(r"/studies/[0-9.]+$"))
     assert page.inner_text("h1.patient") == HOSTILE
+    page.wait_for_load_state("networkidle")
+    assert page.locator("figure.preview img").count() == 2  # one preview per series, rendered by the server
+    assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
     shoot(page, "study", "laptop")
     page.select_option("#burn-role", "epson")
     page.click("#burn")
@@ -172,6 +175,14 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     assert page.evaluate("window.__sameDocument") is True  # no reload
     assert progress == sorted(progress), progress
     assert page.inner_text(f"{row} .patient").startswith(HOSTILE)
+    # the job's own page: its disc with the label preview, and what is on it
+    page.click(f"{row} td.id a")
+    page.wait_for_url(re.compile(r"/jobs/J[0-9-]+$"))
+    page.wait_for_load_state("networkidle")
+    assert page.locator("img.label").count() == 1
+    assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator("table.list tbody tr").count() == 2  # two series
+    shoot(page, "job", "laptop")
 
     study_url = page.url  # (the jobs page; the study page is reached again below)
 

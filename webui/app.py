@@ -9,6 +9,7 @@ a WSGI wrapper so that redirects and error pages carry them too.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import threading
@@ -186,6 +187,9 @@ class WebApp:
         app.route("/studies/<uid>/delete", "POST", self.delete_study)
         app.route("/jobs", callback=self.jobs_page)
         app.route("/jobs/<job_id>/<action:re:cancel|retry>", "POST", self.job_action)
+        app.route("/jobs/<job_id>", callback=self.job_page)
+        app.route("/jobs/<job_id>/label/<n:int>", callback=self.job_label)
+        app.route("/studies/<uid>/series/<series_uid>/preview", callback=self.series_preview)
         app.route("/associations/<assoc_id:int>/burn", "POST", self.burn_held)
         app.route("/robots", ["GET", "POST"], self.robots_page)
         app.route("/robots/<name>/delete", "POST", self.robot_delete)
@@ -374,6 +378,58 @@ class WebApp:
             self.back("/jobs", f"Not burned: {exc}")
         self.log(sess, "burn", f"association {assoc_id}", f"job {job_id} (burn anyway)")
         self.back("/jobs", f"Job {job_id} queued.")
+
+    def job_page(self, job_id: str) -> str:
+        """One job: its discs (label preview, media, size) and what is on them."""
+        sess = self.need()
+        job = jobs.get_job(self.conn(), job_id)
+        if job is None:
+            abort(404, "No such job.")
+        contents: dict[tuple[str, str], dict[str, Any]] = {}
+        for item in jobs.job_instances(self.conn(), job_id):
+            entry = contents.setdefault((item["study_uid"], item["series_uid"]), {
+                "study_uid": item["study_uid"], "series_uid": item["series_uid"], "instances": 0, "size": 0})
+            entry["instances"] += 1
+            entry["size"] += item["size"]
+        studies = {uid: index.get_study(self.conn(), uid) for uid in {k[0] for k in contents}}
+        series = {s["series_uid"]: s for st in studies.values() if st for s in st["series"]}
+        return self.render("job", sess, job=_job_view(job), raw=job, contents=list(contents.values()),
+                           studies=studies, series=series, group=routing.group_of_job(self.conn(), job_id))
+
+    def job_label(self, job_id: str, n: int) -> Any:
+        """The label image the builder rendered for disc n (while the disc images are kept)."""
+        self.need()
+        job = jobs.get_job(self.conn(), job_id)
+        discs = (job or {}).get("discs") or []
+        if not 1 <= n <= len(discs) or not discs[n - 1].get("label_image"):
+            abort(404, "No label image.")
+        path = Path(discs[n - 1]["label_image"]).resolve()
+        if not path.is_relative_to(self.data_dir.resolve()) or not path.is_file():
+            abort(404, "No label image (removed with the disc images).")
+        return bottle.static_file(path.name, root=str(path.parent))
+
+    def series_preview(self, uid: str, series_uid: str) -> Any:
+        """A JPEG of the series' middle image, rendered once and cached in <data>/cache/previews/."""
+        self.need()
+        from appliance.burn import catalog, render
+
+        cache = self.data_dir / "cache" / "previews"
+        out = cache / (hashlib.sha256(series_uid.encode()).hexdigest()[:32] + ".jpg")
+        if not out.exists():
+            rows = [r for r in index.series_instances(self.conn(), series_uid) if r["study_uid"] == uid]
+            if not rows:
+                abort(404, "No such series.")
+            try:
+                infos = catalog.catalog([rows[len(rows) // 2]])
+            except Exception:
+                abort(404, "No preview (the file cannot be read).")
+            picks = render.representative(infos, 1)
+            cache.mkdir(parents=True, exist_ok=True)
+            if not picks or not render.render_one(picks[0][0], picks[0][1], out):
+                abort(404, "No preview for this series (no pixels or an unknown codec).")
+        resp = bottle.static_file(out.name, root=str(cache), mimetype="image/jpeg")
+        resp.set_header("Cache-Control", "private, max-age=3600")
+        return resp
 
     def job_action(self, job_id: str, action: str) -> None:
         sess = self.need("technician", post=True)

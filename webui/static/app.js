@@ -58,8 +58,10 @@ function actionForm(jobId, action, label) {
 function jobRow(job, canAct) {
   const tr = el("tr");
   tr.setAttribute("data-job", job.id);
-  const id = el("td", "id", job.id);
-  id.append(el("br"), el("span", "muted", shortTime(job.created_at)));
+  const id = el("td", "id");
+  const link = el("a", null, job.id);
+  link.href = "/jobs/" + encodeURIComponent(job.id);
+  id.append(link, el("br"), el("span", "muted", shortTime(job.created_at)));
   const patient = el("td", "patient", job.patient_name);
   patient.append(el("br"), el("span", "muted", job.patient_id));
   const state = el("td");

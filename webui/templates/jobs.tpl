@@ -8,7 +8,7 @@
 <tbody>
 % for j in jobs:
 <tr data-job="{{j['id']}}">
-  <td class="id">{{j['id']}}<br><span class="muted">{{time.strftime('%m-%d %H:%M', time.localtime(j['created_at']))}}</span></td>
+  <td class="id"><a href="/jobs/{{j['id']}}">{{j['id']}}</a><br><span class="muted">{{time.strftime('%m-%d %H:%M', time.localtime(j['created_at']))}}</span></td>
   <td class="patient">{{j['patient_name']}}<br><span class="muted">{{j['patient_id']}}</span></td>
   <td data-label="State"><span class="state s-{{j['state']}}">{{j['state']}}</span></td>
   <td data-label="Progress"><progress max="1" value="{{j['progress']}}"></progress> <span class="pct">{{int(j['progress'] * 100)}}%</span></td>

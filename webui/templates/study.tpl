@@ -10,6 +10,11 @@
   <dt>Study UID</dt><dd class="uid">{{study['study_uid']}}</dd>
 </dl>
 <h2>Series</h2>
+<div class="previews">
+% for se in study['series']:
+<figure class="preview"><img src="/studies/{{study['study_uid']}}/series/{{se['series_uid']}}/preview" alt="series {{se['series_number']}}" loading="lazy"><figcaption>{{se['series_number']}} {{se['modality']}} {{se['description']}}</figcaption></figure>
+% end
+</div>
 <div class="scroll">
 <table class="list">
 <thead><tr><th>#</th><th>Modality</th><th>Description</th><th>Body part</th><th class="num">Images</th><th class="num">Size</th></tr></thead>
