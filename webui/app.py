@@ -203,6 +203,7 @@ class WebApp:
         app.route("/logs/audit", callback=self.audit_page)
         app.route("/logs/associations", callback=self.assoc_page)
         app.route("/logs/<name:re:audit|associations>.csv", callback=self.log_csv)
+        app.route("/logs/files/<name>", callback=self.log_file)
         app.route("/tls/ca.pem", callback=self.ca_pem)
         app.route("/tls/upload", "POST", self.tls_upload)
         app.route("/tls/remove", "POST", self.tls_remove)
@@ -604,9 +605,13 @@ class WebApp:
             f = request.forms
             name = f.getunicode("username", "").strip()
             try:
-                if f.getunicode("password", "") != f.getunicode("password2", ""):
+                if f.get("action") != "role" and f.getunicode("password", "") != f.getunicode("password2", ""):
                     raise accounts.AccountError("the two passwords differ")
-                if f.get("action") == "passwd":
+                if f.get("action") == "role":
+                    old = (accounts.get_user(self.conn(), name) or {}).get("role")
+                    accounts.set_role(self.conn(), name, f.get("role", ""))
+                    self.log(sess, "user-role", name, f"{old} -> {f.get('role')}")
+                elif f.get("action") == "passwd":
                     accounts.set_password(self.conn(), name, f.getunicode("password", ""))
                     self.log(sess, "user-passwd", name)
                 else:
@@ -644,7 +649,7 @@ class WebApp:
         page = _int_arg("page", 1, 1)
         rows, total = audit.page(self.conn(), search=search, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
         return self.render("audit", sess, rows=rows, total=total, page=page, pages=_pages(total), search=search,
-                           query=lambda p: urlencode({"q": search, "page": p}))
+                           query=lambda p: urlencode({"q": search, "page": p}), files=self.log_files())
 
     def assoc_page(self) -> str:
         sess = self.need("admin")
@@ -654,6 +659,21 @@ class WebApp:
                                               limit=PAGE_SIZE)
         return self.render("associations", sess, rows=rows, total=total, page=page, pages=_pages(total),
                            search=search, query=lambda p: urlencode({"q": search, "page": p}))
+
+    def log_files(self) -> list[dict[str, Any]]:
+        folder = self.data_dir / "logs"
+        if not folder.is_dir():
+            return []
+        return [{"name": p.name, "size": p.stat().st_size, "mtime": p.stat().st_mtime}
+                for p in sorted(folder.iterdir()) if p.is_file()]
+
+    def log_file(self, name: str) -> Any:
+        """Download a file of <data>/logs (e.g. the DICOM debug log); only names listed there."""
+        self.need("admin")
+        if name not in {f["name"] for f in self.log_files()}:
+            abort(404, "No such log file.")
+        self.log(self.session(), "log-download", name)
+        return bottle.static_file(name, root=str(self.data_dir / "logs"), mimetype="text/plain", download=name)
 
     def log_csv(self, name: str) -> str:
         """The whole log (matching the search) as CSV; cells that a spreadsheet would run as formulas are quoted."""

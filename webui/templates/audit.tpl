@@ -12,3 +12,12 @@
 % end
 </tbody></table></div>
 % include('pager')
+<h2>Log files</h2>
+<ul id="log-files">
+% for f in files:
+  <li><a href="/logs/files/{{f['name']}}">{{f['name']}}</a> <span class="muted">{{fsize(f['size'])}}, {{time.strftime('%Y-%m-%d %H:%M', time.localtime(f['mtime']))}}</span></li>
+% end
+% if not files:
+  <li class="muted">None yet (the DICOM debug log appears here when dicom.debug is on).</li>
+% end
+</ul>

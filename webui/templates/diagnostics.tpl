@@ -21,7 +21,7 @@
 <tbody>
 % for p in report['processes']:
 <tr><td>{{p['name']}}</td><td><span class="state s-{{p['state']}}">{{p['state']}}</span></td><td>{{p.get('pid') or '-'}}</td><td>{{p['starts']}}</td>
-<td>{{when(p.get('since'))}}</td><td>{{p.get('last_exit') or ''}} {{p.get('message') or ''}}</td></tr>
+<td>{{when(p.get('since'))}}</td><td>{{p.get('last_exit') or ''}} {{'' if (p.get('message') or '').startswith('pid ') else p.get('message') or ''}}</td></tr>
 % end
 % if not report['processes']:
 <tr><td colspan="6" class="empty">None: the supervisor is not running.</td></tr>
@@ -45,4 +45,4 @@
 % d = report['disk']
 <p>Disk: {{d['free_mb']}} MB free of {{d['total_mb']}} MB{{' — LOW' if d['low'] else ''}} (C-STORE refused below {{d['min_free_mb']}} MB)</p>
 % t = report['tls_certificate']
-<p>TLS certificate: {{'expires %s (%s days)' % (t['expires'], t['days_left']) if t['expires'] else 'none'}}{{' — EXPIRED' if t['expired'] else ''}}</p>
+<p>TLS certificate: {{'expires %s (%s days)' % (t['expires'][:10], t['days_left']) if t['expires'] else 'none'}}{{' — EXPIRED' if t['expired'] else ''}}</p>

@@ -10,7 +10,7 @@
 % end
 </tbody>
 </table>
-<h2>Add a user or set a password</h2>
+<h2>Add a user, set a password or change a role</h2>
 % if error:
 <p class="error" role="alert">{{error}}</p>
 % end
@@ -22,9 +22,9 @@
     <option>{{r}}</option>
   % end
   </select></label>
-  <label>Password <input type="password" name="password" required minlength="8" autocomplete="new-password"></label>
-  <label>Password again <input type="password" name="password2" required minlength="8" autocomplete="new-password"></label>
-  <label>Action <select name="action"><option value="add">add a new user</option><option value="passwd">set the password of an existing user</option></select></label>
+  <label>Password <input type="password" name="password" minlength="8" autocomplete="new-password"></label>
+  <label>Password again <input type="password" name="password2" minlength="8" autocomplete="new-password"></label>
+  <label>Action <select name="action"><option value="add">add a new user</option><option value="passwd">set the password of an existing user</option><option value="role">change the role of an existing user</option></select></label>
   <button type="submit">Save</button>
 </form>
 <p class="hint">From a shell: <code>burnstation users add NAME --role technician</code> (password on standard input).</p>
