@@ -196,6 +196,39 @@ def cmd_service(args: argparse.Namespace) -> int:
     return run_service(_data(args), args.name, robot=args.robot, device=args.device)
 
 
+def cmd_restart_process(args: argparse.Namespace) -> int:
+    """Ask the running supervisor to start a failed process again; wait until it did (or say why not)."""
+    import time
+
+    from appliance.supervisor.requests import request_reset
+    from appliance.supervisor.supervisor import read_state
+
+    _settings(args)
+    state = read_state(_data(args))
+    if not state or not state.get("alive"):
+        print("burnstation: the station is not running (start it with `burnstation run`)", file=sys.stderr)
+        return 1
+    procs = {p["name"]: p for p in state.get("processes", [])}
+    if args.name not in procs:
+        print(f"burnstation: no process {args.name!r}; there are {', '.join(procs) or 'none'}", file=sys.stderr)
+        return 2
+    if procs[args.name]["state"] != "failed":
+        print(f"{args.name} is {procs[args.name]['state']}, not failed: nothing to do")
+        return 0
+    starts = procs[args.name]["starts"]
+    request_reset(_data(args), args.name, audit.cli_actor())
+    _audit(args, lambda conn, actor: audit.record(conn, actor, "process-reset", args.name))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        now = {p["name"]: p for p in (read_state(_data(args)) or {}).get("processes", [])}.get(args.name)
+        if now and now["starts"] > starts:
+            print(f"{args.name}: started again (now {now['state']})")
+            return 0
+        time.sleep(0.2)
+    print("burnstation: the supervisor did not act on the request within 15 s", file=sys.stderr)
+    return 1
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from appliance import diagnostics
 
@@ -265,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
         up.add_argument("name")
         up.add_argument("--data", default=argparse.SUPPRESS)
     usub.add_parser("list").add_argument("--data", default=argparse.SUPPRESS)
+    p = add("restart-process", cmd_restart_process, "start a process in FAILED state again")
+    p.add_argument("name", help="process name as `burnstation status` lists it (e.g. burner, driver:epson)")
     p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
     p.add_argument("--json", action="store_true")
     # one service in its own process, as the supervisor runs it (no help line: not for people)

@@ -539,3 +539,37 @@ def test_certificate_checks_say_why(tmp_path):
     broken = pki.leaf_only_pem + TestPKI(tmp_path / "..").leaf_pem.split(b"-----END CERTIFICATE-----\n", 1)[1]
     with pytest.raises(tlsca.CertificateError, match="chain broken"):
         tlsca.check_web_certificate(broken, pki.key_pem)
+
+
+@pytest.fixture
+def crashing_burner(monkeypatch):
+    """The burner exits at every start (the supervisor's test hook), so it ends up failed."""
+    monkeypatch.setenv("BURNSTATION_CRASH_SERVICE", "burner")
+
+
+def test_reset_of_a_failed_process_from_the_cli_and_the_web(crashing_burner, station):
+    def burner():
+        status = json.loads(burnstation(station.data, "status", "--json").stdout)
+        return next((p for p in status["processes"] if p["name"] == "burner"), None)
+
+    failed = wait_for(lambda: (lambda p: p if p and p["state"] == "failed" else None)(burner()), 60, "burner failed")
+    proc = burnstation(station.data, "restart-process", "burner", check=False)
+    assert proc.returncode == 0 and "started again" in proc.stdout, proc.stdout + proc.stderr
+    again = wait_for(lambda: (lambda p: p if p["state"] == "failed" and p["starts"] > failed["starts"] else None)(
+        burner()), 60, "burner failed again (the hook is still on)")
+    running = burnstation(station.data, "restart-process", "dicom", check=False)
+    assert running.returncode == 0 and "not failed: nothing to do" in running.stdout
+    unknown = burnstation(station.data, "restart-process", "nosuch", check=False)
+    assert unknown.returncode == 2 and "no process 'nosuch'" in unknown.stderr
+    # the same from the diagnostics page
+    web_ready(station)
+    c = Client(station.http_port)
+    make_admin(station, c)
+    page = c.get("/diagnostics")[2]
+    assert 'data-reset="burner"' in page and 'data-reset="dicom"' not in page
+    status, headers, _ = c.post("/diagnostics/reset/burner", {"csrf": c.csrf("/diagnostics")})
+    assert status == 303 and "start+burner+again" in headers["location"], headers
+    wait_for(lambda: burner()["starts"] > again["starts"], 30, "burner started from the web")
+    rows = audit_rows(station)
+    assert any(r["action"] == "process-reset" and r["actor"].startswith("cli:") for r in rows)
+    assert any(r["action"] == "process-reset" and r["actor"] == "admin" and r["target"] == "burner" for r in rows)

@@ -200,6 +200,7 @@ class WebApp:
         app.route("/users", ["GET", "POST"], self.users_page)
         app.route("/users/<name>/delete", "POST", self.user_delete)
         app.route("/diagnostics", callback=self.diagnostics_page)
+        app.route("/diagnostics/reset/<name>", "POST", self.reset_process)
         app.route("/logs/audit", callback=self.audit_page)
         app.route("/logs/associations", callback=self.assoc_page)
         app.route("/logs/<name:re:audit|associations>.csv", callback=self.log_csv)
@@ -638,6 +639,20 @@ class WebApp:
     def diagnostics_page(self) -> str:
         sess = self.need()
         return self.render("diagnostics", sess, report=diagnostics.collect(self.data_dir))
+
+    def reset_process(self, name: str) -> None:
+        """Ask the supervisor (through its request folder) to start a failed process again."""
+        sess = self.need("admin", post=True)
+        from appliance.supervisor.requests import request_reset
+
+        procs = {p["name"]: p for p in diagnostics.collect(self.data_dir)["processes"]}
+        if name not in procs:
+            abort(404, "No such process.")
+        if procs[name]["state"] != "failed":
+            self.back("/diagnostics", f"{name} is {procs[name]['state']}, not failed: nothing to do.")
+        request_reset(self.data_dir, name, f"web:{sess['username']}")
+        self.log(sess, "process-reset", name)
+        self.back("/diagnostics", f"Asked the supervisor to start {name} again.")
 
     def api_status(self) -> dict[str, Any]:
         self.need()

@@ -21,7 +21,11 @@
 <tbody>
 % for p in report['processes']:
 <tr><td>{{p['name']}}</td><td><span class="state s-{{p['state']}}">{{p['state']}}</span></td><td>{{p.get('pid') or '-'}}</td><td>{{p['starts']}}</td>
-<td>{{when(p.get('since'))}}</td><td>{{p.get('last_exit') or ''}} {{'' if (p.get('message') or '').startswith('pid ') else p.get('message') or ''}}</td></tr>
+<td>{{when(p.get('since'))}}</td><td>{{p.get('last_exit') or ''}} {{'' if (p.get('message') or '').startswith('pid ') else p.get('message') or ''}}
+% if p['state'] == 'failed' and rank[role] >= rank['admin']:
+<form method="post" action="/diagnostics/reset/{{p['name']}}" class="inline-form"><input type="hidden" name="csrf" value="{{csrf}}"><button type="submit" class="small" data-reset="{{p['name']}}">Reset</button></form>
+% end
+</td></tr>
 % end
 % if not report['processes']:
 <tr><td colspan="6" class="empty">None: the supervisor is not running.</td></tr>
