@@ -96,6 +96,14 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     page.click("main button[type=submit]")
     page.wait_for_url(re.compile(r"/jobs"))
 
+    # institution and department: set on the HTTP page, then in the header of every page
+    goto("/settings/http")
+    page.fill("#f-http\\.institution", "St. Olaf Hospital")
+    page.fill("#f-http\\.department", "Radiology")
+    page.click("#save")
+    page.wait_for_url(re.compile(r"msg="))
+    assert page.inner_text("#institution") == "St. Olaf Hospital" and page.inner_text("#department") == "Radiology"
+
     # AE title: the derived titles follow the typing; 14 characters refused with the CLI's message
     goto("/settings/dicom")
     page.fill("#f-dicom\\.aet", "ABCDEFGHIJKLMN")
@@ -227,8 +235,10 @@ def test_first_start_settings_echo_and_live_burn(station, browser, tmp_path):
     page.evaluate("window.__sameDocument = true")
     wait_text(page, f"{card} dd[data-stacker]", "17 discs", 10, exact=False)
     assert page.evaluate("window.__sameDocument") is True
-    for path, name in (("/diagnostics", "diagnostics"), ("/logs/audit", "audit"), ("/settings/http", "settings-http")):
+    for path, name in (("/diagnostics", "diagnostics"), ("/logs/audit", "audit"), ("/settings/http", "settings-http"),
+                       ("/users", "users")):
         goto(path)
+        assert page.inner_text("#institution") == "St. Olaf Hospital", path
         shoot(page, name, "laptop")
     audit_text = page.context.new_page()
     audit_text.goto(base + "/logs/audit")
