@@ -293,6 +293,11 @@ def instances_of_association(conn: sqlite3.Connection, assoc_id: int) -> list[sq
                         "CAST(instance_number AS INTEGER)", (assoc_id,)).fetchall()
 
 
+def _contains(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with the user's % and _ taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def search_studies(conn: sqlite3.Connection, *, name: str = "", patient_id: str = "", date_from: str = "",
                    date_to: str = "", modality: str = "", accession: str = "", offset: int = 0,
                    limit: int = 50) -> tuple[list[dict[str, Any]], int]:
@@ -302,11 +307,11 @@ def search_studies(conn: sqlite3.Connection, *, name: str = "", patient_id: str 
     """
     where, args = [], []
     if name:
-        where.append("p.patient_name LIKE ?")
-        args.append(f"%{name}%")
+        where.append("p.patient_name LIKE ? ESCAPE '\\'")
+        args.append(_contains(name))
     if patient_id:
-        where.append("p.id_value LIKE ?")
-        args.append(f"%{patient_id}%")
+        where.append("p.id_value LIKE ? ESCAPE '\\'")
+        args.append(_contains(patient_id))
     if date_from:
         where.append("st.study_date >= ?")
         args.append(date_from)
@@ -314,19 +319,22 @@ def search_studies(conn: sqlite3.Connection, *, name: str = "", patient_id: str 
         where.append("st.study_date <= ?")
         args.append(date_to)
     if accession:
-        where.append("st.accession LIKE ?")
-        args.append(f"%{accession}%")
+        where.append("st.accession LIKE ? ESCAPE '\\'")
+        args.append(_contains(accession))
     if modality:
         where.append("EXISTS (SELECT 1 FROM series se WHERE se.study_uid=st.study_uid AND se.modality=?)")
         args.append(modality)
     clause = ("WHERE " + " AND ".join(where)) if where else ""
     base = f"FROM studies st LEFT JOIN patients p ON p.patient_id=st.patient_id {clause}"
     total = conn.execute(f"SELECT COUNT(*) {base}", args).fetchone()[0]
+    order = "ORDER BY st.study_date DESC, st.study_time DESC, st.study_uid"
+    # pick the page first, then count series and instances for those rows only (not for every match)
     rows = conn.execute(
         f"SELECT st.*, p.patient_name, p.id_value, p.birth_date, p.sex, "
         f"(SELECT group_concat(DISTINCT se.modality) FROM series se WHERE se.study_uid=st.study_uid) AS modalities, "
         f"(SELECT COUNT(*) FROM instances i WHERE i.study_uid=st.study_uid) AS instances "
-        f"{base} ORDER BY st.study_date DESC, st.study_time DESC, st.study_uid LIMIT ? OFFSET ?",
+        f"FROM studies st LEFT JOIN patients p ON p.patient_id=st.patient_id "
+        f"WHERE st.study_uid IN (SELECT st.study_uid {base} {order} LIMIT ? OFFSET ?) {order}",
         (*args, limit, offset)).fetchall()
     return [dict(r) for r in rows], total
 

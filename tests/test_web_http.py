@@ -573,3 +573,33 @@ def test_reset_of_a_failed_process_from_the_cli_and_the_web(crashing_burner, sta
     rows = audit_rows(station)
     assert any(r["action"] == "process-reset" and r["actor"].startswith("cli:") for r in rows)
     assert any(r["action"] == "process-reset" and r["actor"] == "admin" and r["target"] == "burner" for r in rows)
+
+
+def test_study_search_filters_and_paging(tmp_path):
+    """The studies page's search (appliance.index.search_studies): each filter, paging, literal % and _."""
+    from appliance import db, index
+
+    conn = db.connect(tmp_path)
+    for i in range(30):
+        index.add_instance(conn, index.InstanceRecord(
+            sop_uid=f"9.{i}.1.1", sop_class="1.2.840.10008.5.1.4.1.1.2", series_uid=f"9.{i}.1", study_uid=f"9.{i}",
+            path=f"/x/{i}.dcm", size=10, transfer_syntax="1.2.840.10008.1.2.1",
+            patient={"patient_id": f"P{i:02d}", "patient_name": "DOE_100%" if i == 7 else f"DOE^{i:02d}"},
+            study={"study_date": f"202401{i + 1:02d}", "accession": f"A{i:03d}"},
+            series={"modality": "MR" if i % 3 == 0 else "CT"}))
+
+    def uids(**kw):
+        rows, total = index.search_studies(conn, **kw)
+        return [r["study_uid"] for r in rows], total
+
+    assert uids(limit=5) == (["9.29", "9.28", "9.27", "9.26", "9.25"], 30)  # newest study date first
+    assert uids(offset=25, limit=10) == (["9.4", "9.3", "9.2", "9.1", "9.0"], 30)
+    assert uids(name="doe^1")[1] == 10
+    assert uids(name="_100%") == (["9.7"], 1) and uids(name="DOE_1")[1] == 1  # % and _ are literal
+    assert uids(patient_id="p0")[1] == 10
+    assert uids(date_from="20240110", date_to="20240112") == (["9.11", "9.10", "9.9"], 3)
+    assert uids(modality="MR")[1] == 10
+    assert uids(accession="A02")[1] == 10 and uids(accession="a029") == (["9.29"], 1)
+    rows, _ = index.search_studies(conn, accession="A029")
+    assert rows[0]["instances"] == 1 and rows[0]["modalities"] == "CT" and rows[0]["id_value"] == "P29"
+    conn.close()

@@ -28,7 +28,8 @@ from appliance.config import SPECS, SettingError, Settings, make_node
 from webui.auth import Throttle, same_origin, token_ok
 
 HERE = Path(__file__).resolve().parent
-TEMPLATES = str(HERE / "templates")
+# one list object for every render: bottle caches compiled templates by id() of the lookup list
+TEMPLATE_LOOKUP = [str(HERE / "templates")]
 STATIC = HERE / "static"
 PAGE_SIZE = 50
 IDLE_SECONDS = 30 * 60
@@ -160,7 +161,7 @@ class WebApp:
 
     def render(self, name: str, sess: dict[str, Any] | None = None, **kw: Any) -> str:
         values = self.settings.all()
-        return bottle.template(name, template_lookup=[TEMPLATES], sess=sess, user=(sess or {}).get("username"),
+        return bottle.template(name, template_lookup=TEMPLATE_LOOKUP, sess=sess, user=(sess or {}).get("username"),
                                role=(sess or {}).get("role"), csrf=(sess or {}).get("csrf", ""),
                                institution=values["http.institution"], department=values["http.department"],
                                aet=values["dicom.aet"], path=request.path, rank=accounts.RANK,
