@@ -1,7 +1,7 @@
 """Settings: every option of the source guide, validated, stored atomically in TinyDB.
 
-`settings.json` holds three tables: `settings` (one document of key → value), `nodes` (known DICOM
-nodes) and `users` (web users). Each write goes to a temp file, is fsync'd and renamed over the old
+`settings.json` holds the tables `settings` (one document of key → value), `nodes` (known DICOM
+nodes) and `robots`; web users and sessions live in state.db (appliance/accounts.py). Each write goes to a temp file, is fsync'd and renamed over the old
 one, so a reader in another process never sees half a file; readers reload when the file changes.
 """
 
@@ -587,7 +587,7 @@ class Settings:
             self._stamp = None
             return bool(removed)
 
-    # -- generic tables for other subsystems (robots, users)
+    # -- generic tables for other subsystems (robots)
 
     def table_all(self, name: str) -> list[dict[str, Any]]:
         data = AtomicJSONStorage(str(self.path)).read() or {}
