@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import pytest
 from bottle import html_escape
-from support import BIN, burnstation, dcmtk, wait_for, write_study
+from support import BIN, burnstation, dcmtk, free_port, port_open, wait_for, write_study
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -440,6 +440,14 @@ def test_login_throttling_and_https(station, tmp_path):
     rows = audit_rows(station)
     assert sum(r["action"] == "certificate-refused" for r in rows) == 2
     assert any(r["action"] == "certificate" and "burn.example" in r["detail"] for r in rows)
+
+    # http.port = 0 closes the web server, another port opens it there, both without a restart
+    burnstation(station.data, "config", "set", "http.port=0")
+    wait_for(lambda: not port_open(station.http_port), 30, "the web port closed")
+    new_port = free_port()
+    burnstation(station.data, "config", "set", f"http.port={new_port}")
+    station.http_port = new_port
+    wait_for(serves_uploaded, 30, "HTTPS on the new port")
 
 
 def test_users_cli(tmp_path, monkeypatch):
