@@ -63,13 +63,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_nodes(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.action == "add":
-        node = make_node(args.aet, args.host, args.port, args.tls, args.services, args.description or "")
+        node = make_node(args.aet, args.host, args.port, args.tls, args.services, args.description or "",
+                         args.retrieve)
         settings.add_node(node)
         print(f"added {node.aet} {node.host}:{node.port}{' TLS' if node.tls else ''} [{','.join(node.services)}]")
     elif args.action == "list":
         for node in settings.nodes():
             print(f"{node.aet:16} {node.host}:{node.port}{' TLS' if node.tls else ''}  {','.join(node.services)}"
-                  f"{'  ' + node.description if node.description else ''}")
+                  f"  retrieve={node.retrieve}{'  ' + node.description if node.description else ''}")
     elif args.action == "delete":
         if not settings.delete_node(args.aet):
             print(f"burnstation: no known node {args.aet!r}", file=sys.stderr)
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     na.add_argument("--tls", action="store_true")
     na.add_argument("--services", help="comma list of echo,store,find,move,get (default: all)")
     na.add_argument("--description")
+    na.add_argument("--retrieve", default="move", help="how the station retrieves from it: move (default) or get")
     na.add_argument("--data", default=argparse.SUPPRESS)
     nl = nsub.add_parser("list")
     nl.add_argument("--data", default=argparse.SUPPRESS)
@@ -173,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     from appliance.burn import commands as burn_commands  # robots, jobs
 
     burn_commands.add_parsers(add, _settings)
+    from appliance.transfer import commands as transfer_commands  # query, retrieve, send, transfers, forward
+
+    transfer_commands.add_parsers(add, _settings)
     p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
     p.add_argument("--json", action="store_true")
     # one service in its own process, as the supervisor runs it (no help line: not for people)

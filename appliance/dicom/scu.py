@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pynetdicom import AE, build_context
@@ -47,28 +48,64 @@ def echo(data_dir: str | os.PathLike[str], settings: Settings, node: Node) -> tu
     return False, f"{node.aet} answered C-ECHO with status {getattr(status, 'Status', 'none')}"
 
 
+class AssociationFailed(RuntimeError):
+    """No association with a node (refused, rejected, timed out or aborted); the message says which."""
+
+
+def associate(data_dir: str | os.PathLike[str], settings: Settings, node: Node, contexts: list[Any],
+              evt_handlers: list[Any] | None = None, roles: list[Any] | None = None) -> Any:
+    """An established association with `node` (every wait bounded by `dicom.timeout`), else AssociationFailed."""
+    ae = _client_ae(settings)
+    ext_neg = list(roles or [])
+    assoc = ae.associate(node.host, node.port, ae_title=node.aet, contexts=contexts,
+                         tls_args=_tls_args(data_dir, node, settings), evt_handlers=evt_handlers or [],
+                         ext_neg=ext_neg or None)
+    if assoc.is_established:
+        return assoc
+    timeout = settings.get("dicom.timeout")
+    if assoc.is_rejected:
+        raise AssociationFailed(f"association rejected by {node.aet}@{node.host}:{node.port}")
+    raise AssociationFailed(f"no association with {node.aet}@{node.host}:{node.port} "
+                            f"(refused, aborted or no answer within dicom.timeout={timeout}s)")
+
+
+STORE_OK = (0x0000, 0xB000, 0xB007, 0xB006)
+
+
+def store_rows(assoc: Any, rows: Iterable[dict]) -> Iterator[tuple[dict, int | None, str]]:
+    """C-STORE indexed instances over `assoc`; yields (row, status or None when none came, comment)."""
+    for row in rows:
+        try:
+            ds = prepare(dcmread(Path(row["path"])), assoc.accepted_contexts)
+            status = assoc.send_c_store(ds)
+        except Exception as exc:
+            yield row, None, f"{type(exc).__name__}: {exc}"[:300]
+            if not assoc.is_established:
+                return
+            continue
+        code = getattr(status, "Status", None) if status is not None else None
+        comment = str(getattr(status, "ErrorComment", "") or "") if status is not None else ""
+        if code is None and not comment:
+            comment = "no answer (timed out or aborted)"
+        yield row, code, comment
+        if code is None and not assoc.is_established:
+            return
+
+
 def send_files(data_dir: str | os.PathLike[str], settings: Settings, node: Node,
                rows: Iterable[dict]) -> tuple[int, int]:
     """C-STORE indexed instances (dicts with path, sop_class, transfer_syntax) to a node; (sent, failed)."""
     rows = list(rows)
-    ae = _client_ae(settings)
     contexts = contexts_for(rows) or [build_context("1.2.840.10008.1.1")]
-    sent = failed = 0
+    sent = 0
     with outgoing_slots(int(settings.get("dicom.max_connections"))):
-        assoc = ae.associate(node.host, node.port, ae_title=node.aet, contexts=contexts,
-                             tls_args=_tls_args(data_dir, node, settings))
-        if not assoc.is_established:
+        try:
+            assoc = associate(data_dir, settings, node, contexts)
+        except AssociationFailed:
             return 0, len(rows)
         try:
-            for row in rows:
-                try:
-                    ds = prepare(dcmread(Path(row["path"])), assoc.accepted_contexts)
-                    status = assoc.send_c_store(ds)
-                    ok = status is not None and getattr(status, "Status", 0xC000) in (0x0000, 0xB000, 0xB007, 0xB006)
-                except Exception:
-                    ok = False
-                sent += ok
-                failed += not ok
+            for _row, code, _comment in store_rows(assoc, rows):
+                sent += code in STORE_OK
         finally:
             assoc.release()
-    return sent, failed
+    return sent, len(rows) - sent
