@@ -80,14 +80,14 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from appliance.dicom import scu
+    from appliance.transfer import commands as transfer_commands
 
     settings = _settings(args)
     node = settings.node(args.aet)
     if node is None:
         print(f"burnstation: {args.aet!r} is not a known node (add it with `burnstation nodes add`)", file=sys.stderr)
         return 2
-    ok, message = scu.echo(_data(args), settings, node)
+    ok, message = transfer_commands.echo(settings, node.aet)
     print(message)
     return 0 if ok else 1
 

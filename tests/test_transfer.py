@@ -154,6 +154,8 @@ def test_query_lists_orthanc_studies_like_findscu(site, tmp_path: Path) -> None:
     assert len(series) == 2 and {r["Modality"] for r in series} == {"CT"}
     # the results are not kept in the index
     assert indexed(st.data, study_of(studies["ann"])) == {}
+    # echo goes through the transfer process too (the station runs)
+    assert "answered C-ECHO" in burnstation(st.data, "echo", "ORTHANC").stdout
     bad = burnstation(st.data, "query", "ORTHANC", "-k", "NotAKeyword=1", check=False)
     assert bad.returncode == 2 and "not a DICOM keyword" in bad.stderr
 

@@ -61,37 +61,51 @@ def parse_keys(items: list[str] | None) -> dict[str, str]:
     return keys
 
 
-def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
-    data = settings.data_dir
-    node = _node(settings, args.node)
-    keys = parse_keys(args.key)
+def ask(settings: Settings, kind: str, node: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Hand a short request to the transfer process and wait for its answer (state done or failed)."""
+    conn = db.connect(settings.data_dir)
     try:
-        engine.build_identifier(args.level, keys)  # refuse a bad key here, with the reason
-    except engine.QueryError as exc:
-        raise SettingError(str(exc)) from None
-    conn = db.connect(data)
-    try:
-        request_id = jobs.submit_request(conn, "query", node.aet, {"level": args.level.upper(), "keys": keys})
+        request_id = jobs.submit_request(conn, kind, node, params)
         timeout = float(settings.get("dicom.timeout"))
         started = time.monotonic()
         deadline = started + PICKUP_SECONDS + 3 * timeout + 30
         while True:
             req = jobs.get_request(conn, request_id)
             if req is None:
-                print("burnstation: the query request disappeared", file=sys.stderr)
-                return 1
+                return {"state": "failed", "error": "the request disappeared", "result": None}
             if req["state"] in ("done", "failed"):
-                break
+                jobs.drop_request(conn, request_id)
+                return req
             now = time.monotonic()
             if req["state"] == "queued" and now - started > PICKUP_SECONDS or now > deadline:
                 jobs.drop_request(conn, request_id)
-                print("burnstation: the transfer process did not answer (is `burnstation run` running?)",
-                      file=sys.stderr)
-                return 1
+                return {"state": "failed", "result": None,
+                        "error": "the transfer process did not answer (is `burnstation run` running?)"}
             time.sleep(0.05)
-        jobs.drop_request(conn, request_id)
     finally:
         conn.close()
+
+
+def echo(settings: Settings, node: str) -> tuple[bool, str]:
+    """C-ECHO through the transfer process (within the cap); directly when `burnstation run` is not running."""
+    if not _service_running(settings.data_dir):
+        from appliance.dicom import scu
+
+        return scu.echo(settings.data_dir, settings, _node(settings, node))
+    req = ask(settings, "echo", node, {})
+    if req["state"] == "failed":
+        return False, req["error"]
+    return bool(req["result"]["ok"]), str(req["result"]["message"])
+
+
+def cmd_query(args: argparse.Namespace, settings: Settings) -> int:
+    node = _node(settings, args.node)
+    keys = parse_keys(args.key)
+    try:
+        engine.build_identifier(args.level, keys)  # refuse a bad key here, with the reason
+    except engine.QueryError as exc:
+        raise SettingError(str(exc)) from None
+    req = ask(settings, "query", node.aet, {"level": args.level.upper(), "keys": keys})
     if req["state"] == "failed":
         print(f"burnstation: query on {node.aet} failed: {req['error']}", file=sys.stderr)
         return 1

@@ -510,6 +510,10 @@ class Engine:
                 return
             try:
                 params = request["params"]
+                if request["kind"] == "echo":
+                    ok, message = scu.echo(self.data_dir, self.settings, node)
+                    jobs.answer_request(conn, request["id"], result={"ok": ok, "message": message})
+                    return
                 result = run_query(self.data_dir, self.settings, node, params.get("level", "STUDY"),
                                    params.get("keys", {}))
                 jobs.answer_request(conn, request["id"], result=result)
