@@ -12,6 +12,7 @@ import os
 import threading
 from pathlib import Path
 
+from appliance.dicom import pnd_tuning
 from appliance.services import stop_event
 from appliance.transfer import jobs
 from appliance.transfer.engine import Engine
@@ -24,6 +25,7 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
           ready: threading.Event | None = None) -> None:
     """Run the transfer engine until `stop` is set (or SIGTERM/SIGINT when run in the main thread)."""
     stop = stop_event(stop)
+    pnd_tuning.install()  # the event-driven reactors (no 1 ms sleeps per message) for requestors too
     engine = Engine(Path(data_dir))
     engine.recover()
     if ready is not None:
