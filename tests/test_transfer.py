@@ -160,6 +160,36 @@ def test_query_lists_orthanc_studies_like_findscu(site, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "not a DICOM keyword" in bad.stderr
 
 
+def test_query_falls_back_to_patient_root(site) -> None:
+    """A node that only takes Patient Root C-FIND still answers a study-level query."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.sop_class import PatientRootQueryRetrieveInformationModelFind
+
+    st = site["st"]
+    seen: list[tuple[str, str]] = []
+
+    def on_find(event: Any):  # noqa: ANN202 - a generator of (status, identifier)
+        seen.append((str(event.request.AffectedSOPClassUID), str(event.identifier.QueryRetrieveLevel)))
+        for n in (1, 2):
+            ds = Dataset()
+            ds.QueryRetrieveLevel = "STUDY"
+            ds.PatientID = "PROOT"
+            ds.StudyInstanceUID = f"1.2.826.0.1.3680043.99.{n}"
+            yield 0xFF00, ds
+
+    ae = AE(ae_title="PATROOT")
+    ae.add_supported_context(PatientRootQueryRetrieveInformationModelFind)
+    port = free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)])
+    try:
+        burnstation(st.data, "nodes", "add", "PATROOT", "127.0.0.1", str(port))
+        got = query(st.data, "PATROOT", "-k", "PatientID=PROOT")
+    finally:
+        server.shutdown()
+    assert [r["StudyInstanceUID"] for r in got] == ["1.2.826.0.1.3680043.99.1", "1.2.826.0.1.3680043.99.2"]
+    assert seen == [(PatientRootQueryRetrieveInformationModelFind, "STUDY")]
+
+
 def check_retrieved(data: Path, files: list[Path]) -> None:
     got = indexed(data, study_of(files))
     assert set(got) == {sop_uid(p) for p in files}

@@ -133,3 +133,32 @@ def test_query_identifier() -> None:
                                 ("series", {}, "StudyInstanceUID")):
         with pytest.raises(engine.QueryError, match=reason):
             engine.build_identifier(level, keys)
+
+
+def test_many_fast_stores_over_one_association_never_lose_a_response(data: Path, tmp_path: Path) -> None:
+    """Regression: pynetdicom's reactor could take a fast C-STORE-RSP off the queue before the
+    send waited for it (one in ~1000 on loopback with TCP_NODELAY): the send then timed out and
+    the association was aborted. `scu.associate` keeps the reactor parked."""
+    from pydicom import dcmread
+    from support import storescp, write_study
+
+    from appliance.dicom import scu
+    from appliance.dicom.handlers.retrieve import contexts_for
+
+    files = write_study(tmp_path / "many", 1, 1000, rows=8, cols=8)
+    rows = []
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        rows.append({"path": str(path), "sop_class": str(ds.SOPClassUID), "sop_uid": str(ds.SOPInstanceUID),
+                     "transfer_syntax": str(ds.file_meta.TransferSyntaxUID)})
+    settings = Settings(data)
+    settings.set("dicom.timeout", 5)
+    with storescp(tmp_path / "out", "DEST") as port:
+        assoc = scu.associate(data, settings, make_node("DEST", "127.0.0.1", port), contexts_for(rows))
+        try:
+            codes = [code for _row, code, _comment in scu.store_rows(assoc, rows)]
+        finally:
+            scu.close(assoc)
+        assert not assoc.is_established
+    assert codes == [0] * len(rows)
+    assert sum(1 for p in (tmp_path / "out").rglob("*") if p.is_file()) == len(rows)

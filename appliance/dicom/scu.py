@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,59 @@ def _no_delay(event: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class _HeldCheckpoint(threading.Event):
+    """Keeps a requestor association's reactor thread parked while the station drives it.
+
+    pynetdicom 3.0 pauses its reactor around each send_*() with an Event and a flag it sets just
+    before waiting; a send can read that flag between the reactor's wait returning and the flag
+    being cleared, and the reactor then takes the peer's response off the queue ("Received
+    unexpected C-STORE service message"): the send waits for dicom.timeout and the association is
+    aborted. Seen about once per thousand fast C-STOREs on loopback. Parked for the whole
+    association, the reactor never competes; `set()` is ignored until the association is released
+    or aborted (or `close` lets it go), so its thread always ends.
+    """
+
+    def __init__(self, assoc: Any) -> None:
+        super().__init__()
+        self._assoc = assoc
+        self.held = True
+        self.parked = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.parked.set()
+        try:
+            return super().wait(timeout)
+        finally:
+            self.parked.clear()
+
+    def set(self) -> None:
+        a = self._assoc
+        if not self.held or a._kill or a._sent_abort or not a.is_established:
+            super().set()
+
+    def let_go(self) -> None:
+        self.held = False
+        super().set()
+
+
+def _hold_reactor(assoc: Any) -> None:
+    checkpoint = _HeldCheckpoint(assoc)
+    assoc._reactor_checkpoint = checkpoint
+    if not checkpoint.parked.wait(5.0):  # the reactor reaches its wait within one loop turn
+        raise AssociationFailed("the association's reactor thread did not pause")
+
+
+def close(assoc: Any) -> None:
+    """Release an association opened by `associate` (abort when it is no longer established)."""
+    try:
+        if assoc.is_established:
+            assoc.release()
+    finally:
+        checkpoint = assoc._reactor_checkpoint
+        if isinstance(checkpoint, _HeldCheckpoint):
+            checkpoint.let_go()
+
+
 class AssociationFailed(RuntimeError):
     """No association with a node (refused, rejected, timed out or aborted); the message says which."""
 
@@ -73,6 +127,11 @@ def associate(data_dir: str | os.PathLike[str], settings: Settings, node: Node, 
                          tls_args=_tls_args(data_dir, node, settings), evt_handlers=handlers,
                          ext_neg=ext_neg or None)
     if assoc.is_established:
+        try:
+            _hold_reactor(assoc)
+        except AssociationFailed:
+            assoc.abort()
+            raise
         return assoc
     timeout = settings.get("dicom.timeout")
     if assoc.is_rejected:
@@ -119,5 +178,5 @@ def send_files(data_dir: str | os.PathLike[str], settings: Settings, node: Node,
             for _row, code, _comment in store_rows(assoc, rows):
                 sent += code in STORE_OK
         finally:
-            assoc.release()
+            close(assoc)
     return sent, len(rows) - sent

@@ -179,8 +179,7 @@ def run_query(data_dir: Path, settings: Settings, node: Node, level: str, keys: 
                                    f"{_status_text(code, str(getattr(status, 'ErrorComment', '') or ''))}")
         return results
     finally:
-        if assoc.is_established:
-            assoc.release()
+        scu.close(assoc)
 
 
 # --------------------------------------------------------------------------- transfers
@@ -282,8 +281,7 @@ class Runner:
                 if self.cancelled():
                     break
         finally:
-            if assoc.is_established:
-                assoc.release()
+            scu.close(assoc)
         if lost and not self.cancelled():
             self.fail(f"association with {node.aet} lost during the send: {lost}", last_status, **self._counts())
             return
@@ -356,8 +354,7 @@ class Runner:
                 else:
                     final = status
         finally:
-            if assoc.is_established:
-                assoc.release()
+            scu.close(assoc)
         code = getattr(final, "Status", None)
         comment = str(getattr(final, "ErrorComment", "") or "") if final is not None else ""
         if code is None:
