@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pynetdicom import AE, build_context, evt
+from pynetdicom import AE, _config, build_context, evt
 
 from appliance import tlsca
 from appliance.config import Node, Settings
@@ -145,10 +145,13 @@ STORE_OK = (0x0000, 0xB000, 0xB007, 0xB006)
 
 def store_rows(assoc: Any, rows: Iterable[dict]) -> Iterator[tuple[dict, int | None, str]]:
     """C-STORE indexed instances over `assoc`; yields (row, status or None when none came, comment)."""
+    accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
     for row in rows:
         try:
-            ds = prepare(dcmread(Path(row["path"])), assoc.accepted_contexts)
-            status = assoc.send_c_store(ds)
+            if _config.STORE_SEND_CHUNKED_DATASET and (row["sop_class"], row["transfer_syntax"]) in accepted:
+                status = assoc.send_c_store(Path(row["path"]))  # the file's bytes as they are, not decoded
+            else:
+                status = assoc.send_c_store(prepare(dcmread(Path(row["path"])), assoc.accepted_contexts))
         except Exception as exc:
             yield row, None, f"{type(exc).__name__}: {exc}"[:300]
             if not assoc.is_established:

@@ -12,6 +12,8 @@ import os
 import threading
 from pathlib import Path
 
+from pynetdicom import _config
+
 from appliance.dicom import pnd_tuning
 from appliance.services import stop_event
 from appliance.transfer import jobs
@@ -26,6 +28,8 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     """Run the transfer engine until `stop` is set (or SIGTERM/SIGINT when run in the main thread)."""
     stop = stop_event(stop)
     pnd_tuning.install()  # the event-driven reactors (no 1 ms sleeps per message) for requestors too
+    # C-STORE of a file whose stored syntax the peer accepted: its bytes as they are (scu.store_rows)
+    _config.STORE_SEND_CHUNKED_DATASET = True
     engine = Engine(Path(data_dir))
     engine.recover()
     if ready is not None:
