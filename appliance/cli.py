@@ -146,14 +146,15 @@ def _read_password() -> str:
 def cmd_nodes(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.action == "add":
-        node = make_node(args.aet, args.host, args.port, args.tls, args.services, args.description or "")
+        node = make_node(args.aet, args.host, args.port, args.tls, args.services, args.description or "",
+                         args.retrieve)
         settings.add_node(node)
         _audit(args, lambda conn, actor: audit.record(conn, actor, "node-add", node.aet, json.dumps(node.to_doc())))
         print(f"added {node.aet} {node.host}:{node.port}{' TLS' if node.tls else ''} [{','.join(node.services)}]")
     elif args.action == "list":
         for node in settings.nodes():
             print(f"{node.aet:16} {node.host}:{node.port}{' TLS' if node.tls else ''}  {','.join(node.services)}"
-                  f"{'  ' + node.description if node.description else ''}")
+                  f"  retrieve={node.retrieve}{'  ' + node.description if node.description else ''}")
     elif args.action == "delete":
         if not settings.delete_node(args.aet):
             print(f"burnstation: no known node {args.aet!r}", file=sys.stderr)
@@ -164,14 +165,14 @@ def cmd_nodes(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    from appliance.dicom import scu
+    from appliance.transfer import commands as transfer_commands
 
     settings = _settings(args)
     node = settings.node(args.aet)
     if node is None:
         print(f"burnstation: {args.aet!r} is not a known node (add it with `burnstation nodes add`)", file=sys.stderr)
         return 2
-    ok, message = scu.echo(_data(args), settings, node)
+    ok, message = transfer_commands.echo(settings, node.aet)
     print(message)
     return 0 if ok else 1
 
@@ -278,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     na.add_argument("--tls", action="store_true")
     na.add_argument("--services", help="comma list of echo,store,find,move,get (default: all)")
     na.add_argument("--description")
+    na.add_argument("--retrieve", default="move", help="how the station retrieves from it: move (default) or get")
     na.add_argument("--data", default=argparse.SUPPRESS)
     nl = nsub.add_parser("list")
     nl.add_argument("--data", default=argparse.SUPPRESS)
@@ -309,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     usub.add_parser("list").add_argument("--data", default=argparse.SUPPRESS)
     p = add("restart-process", cmd_restart_process, "start a process in FAILED state again")
     p.add_argument("name", help="process name as `burnstation status` lists it (e.g. burner, driver:epson)")
+    from appliance.transfer import commands as transfer_commands  # query, retrieve, send, transfers, forward
+
+    transfer_commands.add_parsers(add, _settings)
     p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
     p.add_argument("--json", action="store_true")
     # one service in its own process, as the supervisor runs it (no help line: not for people)

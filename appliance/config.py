@@ -359,15 +359,16 @@ class Node:
     tls: bool = False
     services: tuple[str, ...] = SERVICES
     description: str = ""
+    retrieve: str = "move"  # how the station retrieves from it: C-MOVE to its plain AE title, or C-GET
 
     def to_doc(self) -> dict[str, Any]:
         return {"aet": self.aet, "host": self.host, "port": self.port, "tls": self.tls,
-                "services": list(self.services), "description": self.description}
+                "services": list(self.services), "description": self.description, "retrieve": self.retrieve}
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> Node:
         return cls(doc["aet"], doc["host"], int(doc["port"]), bool(doc.get("tls", False)),
-                   tuple(doc.get("services", SERVICES)), doc.get("description", ""))
+                   tuple(doc.get("services", SERVICES)), doc.get("description", ""), doc.get("retrieve", "move"))
 
     def allows(self, service: str) -> bool:
         return service in self.services
@@ -381,7 +382,7 @@ class Node:
 
 
 def make_node(aet: str, host: str, port: Any, tls: Any = False, services: Any = None,
-              description: str = "") -> Node:
+              description: str = "", retrieve: Any = "move") -> Node:
     """Validate and build a Node; raises SettingError with a clear message."""
     aet = validate_aet("node AE title", aet)
     if not str(host).strip():
@@ -398,7 +399,8 @@ def make_node(aet: str, host: str, port: Any, tls: Any = False, services: Any = 
         if bad:
             raise SettingError(f"node services: unknown {', '.join(bad)}; choose from {', '.join(SERVICES)}")
         chosen = tuple(s for s in SERVICES if s in items)
-    return Node(aet, host, number, _bool("node tls", tls), chosen, _text(64)("node description", description))
+    return Node(aet, host, number, _bool("node tls", tls), chosen, _text(64)("node description", description),
+                _choice("move", "get")("node retrieve", retrieve if retrieve is not None else "move"))
 
 
 # --------------------------------------------------------------------------- storage

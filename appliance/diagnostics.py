@@ -20,6 +20,7 @@ from typing import Any
 
 from appliance import permissions
 from appliance.config import Settings
+from appliance.transfer import report as transfer_report
 
 # the station's listening ports: setting key -> what it is
 PORT_KEYS = {
@@ -197,6 +198,7 @@ def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         robots = _robots(data_dir, settings, conn, sup)
         queue = _queue(conn)
         waiting = _waiting(conn)
+        transfers = transfer_report.collect(conn, settings)
     finally:
         if conn is not None:
             conn.close()
@@ -219,6 +221,7 @@ def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "robots": robots,
         "queue": queue,
         "waiting": waiting,
+        "transfers": transfers,
         "disk": {"path": str(data_dir), "free_mb": usage.free // 2**20, "total_mb": usage.total // 2**20,
                  "min_free_mb": min_free_mb, "low": usage.free // 2**20 < max(min_free_mb, 1) * 2},
         "data_permissions": permissions.status(data_dir, settings),
@@ -275,6 +278,7 @@ def render(report: dict[str, Any]) -> str:
         lines += ["", "Queue: " + (", ".join(f"{k} {v}" for k, v in sorted(queue.items())) or "empty")]
         for item in report.get("waiting", []):
             lines.append(f"  {item['jobs']} {item['state']}: {item['message'] or '(no message)'}")
+    lines += transfer_report.render(report["transfers"])
     disk = report["disk"]
     lines.append(f"Disk: {disk['free_mb']} MB free of {disk['total_mb']} MB at {disk['path']}"
                  f"{' — LOW' if disk['low'] else ''} (C-STORE refused below {disk['min_free_mb']} MB)")

@@ -553,7 +553,8 @@ class WebApp:
             f = request.forms
             try:
                 node = make_node(f.getunicode("aet", ""), f.getunicode("host", ""), f.getunicode("port", ""),
-                                 f.get("tls") == "true", f.getall("services") or [], f.getunicode("description", ""))
+                                 f.get("tls") == "true", f.getall("services") or [], f.getunicode("description", ""),
+                                 f.getunicode("retrieve", "") or "move")
                 if not node.services:
                     raise SettingError("node services: choose at least one")
                 original = f.getunicode("original", "").strip()

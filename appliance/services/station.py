@@ -17,7 +17,7 @@ from pathlib import Path
 LOG = logging.getLogger("burnstation")
 
 # the services `run` starts, in start order (stopped in reverse)
-SERVICES = ["dicom", "hl7", "web", "burner"]
+SERVICES = ["dicom", "hl7", "web", "burner", "transfer"]
 
 
 def available_services() -> list[str]:

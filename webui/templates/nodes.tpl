@@ -31,7 +31,7 @@
 % if error:
 <p class="error" role="alert">{{error}}</p>
 % end
-% cur = edit.to_doc() if edit else {'aet': form.getunicode('aet', ''), 'host': form.getunicode('host', ''), 'port': form.getunicode('port', ''), 'tls': form.get('tls') == 'true', 'services': form.getall('services') or list(services), 'description': form.getunicode('description', '')}
+% cur = edit.to_doc() if edit else {'aet': form.getunicode('aet', ''), 'host': form.getunicode('host', ''), 'port': form.getunicode('port', ''), 'tls': form.get('tls') == 'true', 'services': form.getall('services') or list(services), 'description': form.getunicode('description', ''), 'retrieve': form.getunicode('retrieve', '') or 'move'}
 <form method="post" action="/nodes" class="card grid" id="node-form">
   <input type="hidden" name="csrf" value="{{csrf}}">
   <input type="hidden" name="original" value="{{edit.aet if edit else ''}}">
@@ -44,6 +44,7 @@
     <label class="check"><input type="checkbox" name="services" value="{{s}}" {{'checked' if s in cur['services'] else ''}}> {{s}}</label>
   % end
   </fieldset>
+  <label>Retrieve with <select name="retrieve"><option value="move">C-MOVE</option><option value="get" {{'selected' if cur.get('retrieve') == 'get' else ''}}>C-GET</option></select></label>
   <label>Description <input name="description" value="{{cur['description']}}"></label>
   <button type="submit">Save node</button>
 </form>

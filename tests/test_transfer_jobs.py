@@ -1,0 +1,164 @@
+"""Transfers without a peer: the state machine, forwarding rules (validation, pick-up, stability
+delay), the connection cap and query identifiers. No station process is started."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from support import make_dataset
+
+from appliance import db, index
+from appliance.config import SettingError, Settings, make_node
+from appliance.transfer import engine, jobs, rules
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> Path:
+    folder = tmp_path / "data"
+    Settings(folder).initialize()
+    return folder
+
+
+def add_instance(conn, study_uid: str, modality: str = "CT", called: str = "BURNSTATION",
+                 calling: str = "MOD1") -> str:
+    ds = make_dataset(study_uid=study_uid, modality=modality, rows=4, cols=4)
+    rec = index.record_from_dataset(ds, f"/nowhere/{ds.SOPInstanceUID}.dcm", 10, "1.2.840.10008.1.2.1")
+    rec.called_aet, rec.calling_aet, rec.received_at = called, calling, time.time()
+    index.add_instance(conn, rec)
+    return str(ds.SOPInstanceUID)
+
+
+def test_state_machine_cancel_retry_recover(data: Path) -> None:
+    conn = db.connect(data)
+    uids = [add_instance(conn, "1.2.3") for _ in range(3)]
+    first = jobs.create_send(conn, "PACS", uids, study_uid="1.2.3")
+    second = jobs.create_retrieve(conn, "PACS", "get", "1.2.3", burn=True)
+    assert first != second and jobs.get(conn, first)["remaining"] == 3
+    assert jobs.next_queued(conn)["id"] == first  # in queue order
+    assert "cancelled" in jobs.cancel(conn, second)
+    with pytest.raises(jobs.TransferError, match="cannot cancel"):
+        jobs.cancel(conn, second)
+    assert jobs.claim(conn, first) and not jobs.claim(conn, first)
+    jobs.record_item(conn, first, uids[0], "done", "0x0000")
+    jobs.record_item(conn, first, uids[1], "failed", "0xA700 out of resources")
+    assert [r["sop_uid"] for r in jobs.pending_rows(conn, first)] == [uids[2]]
+    assert "cancel requested" in jobs.cancel(conn, first) and jobs.cancel_requested(conn, first)
+    assert jobs.recover(conn) == 1 and jobs.get(conn, first)["state"] == "queued"
+    assert jobs.claim(conn, first)
+    assert jobs.finish(conn, first, jobs.FAILED, error="refused")
+    with pytest.raises(jobs.TransferError, match="only a failed or cancelled"):
+        jobs.retry(conn, jobs.create_send(conn, "PACS", uids))
+    assert "queued again (attempt 2)" in jobs.retry(conn, first)
+    # the acknowledged instance is not sent again; the refused one is
+    assert {r["sop_uid"] for r in jobs.pending_rows(conn, first)} == {uids[1], uids[2]}
+    with pytest.raises(jobs.TransferError, match="no instances"):
+        jobs.create_send(conn, "PACS", [])
+    with pytest.raises(jobs.TransferError, match="move or get"):
+        jobs.create_retrieve(conn, "PACS", "fetch", "1.2.3")
+    conn.close()
+
+
+def test_rule_validation(data: Path) -> None:
+    settings = Settings(data)
+    settings.add_node(make_node("PACS", "127.0.0.1", 104))
+    settings.add_node(make_node("VIEWER", "127.0.0.1", 105, services="echo,find"))
+    for kwargs, reason in (({"node": "NOPE"}, "not a known node"), ({"node": "VIEWER"}, "store service"),
+                           ({"node": "PACS", "name": "a b"}, "forward name"),
+                           ({"node": "PACS", "called": "OTHER"}, "station's AE titles"),
+                           ({"node": "PACS", "calling": "HAS SPACE"}, "forward calling"),
+                           ({"node": "PACS", "modalities": "CT,c t"}, "forward modality"),
+                           ({"node": "PACS", "delay": "soon"}, "forward delay"),
+                           ({"node": "PACS", "delay": 86401}, "forward delay")):
+        with pytest.raises(SettingError, match=reason):
+            rules.make_rule(settings, **kwargs)
+    rule = rules.make_rule(settings, node="PACS", called="BURNSTATION_TE", modalities="ct, MR", delay="5")
+    assert (rule.name, rule.modalities, rule.delay) == ("PACS", ("CT", "MR"), 5)
+    rules.add_rule(settings, rule)
+    with pytest.raises(SettingError, match="exists already"):
+        rules.add_rule(settings, rule)
+    assert rules.list_rules(settings) == [rule]
+    assert rules.delete_rule(settings, "PACS") and rules.list_rules(settings) == []
+
+
+def test_forward_picks_up_matching_instances_once_and_waits_for_the_delay(data: Path) -> None:
+    conn = db.connect(data)
+    add_instance(conn, "9.1")  # before the rule: not forwarded
+    jobs.start_cursor(conn, "r")
+    ct = [add_instance(conn, "9.2", "CT", "BURNSTATION_TE") for _ in range(2)]
+    add_instance(conn, "9.2", "MR", "BURNSTATION_TE")  # other modality
+    add_instance(conn, "9.3", "CT", "BURNSTATION")  # other called AE title
+    add_instance(conn, "9.4", "CT", "BURNSTATION_TE", calling="OTHER")  # other calling AE title
+    assert jobs.collect_new(conn, "r", "BURNSTATION_TE", "MOD1", ["CT"]) == 2
+    assert jobs.collect_new(conn, "r", "BURNSTATION_TE", "MOD1", ["CT"]) == 0  # never twice
+    assert jobs.queue_stable(conn, "r", "PACS", delay=60) == []  # not quiet long enough
+    assert jobs.rule_backlog(conn, "r")["waiting"] == 2
+    created = jobs.queue_stable(conn, "r", "PACS", delay=0)
+    assert len(created) == 1
+    t = jobs.get(conn, created[0])
+    assert (t["kind"], t["node"], t["rule"], t["remaining"]) == ("send", "PACS", "r", 2)
+    assert {r["sop_uid"] for r in jobs.pending_rows(conn, t["id"])} == set(ct)
+    backlog = jobs.rule_backlog(conn, "r")
+    assert (backlog["waiting"], backlog["unsent"], backlog["sent"]) == (0, 2, 0)
+    for uid in ct:
+        jobs.record_item(conn, t["id"], uid, "done", "0x0000")
+    assert jobs.rule_backlog(conn, "r")["backlog"] == 0 and jobs.rule_backlog(conn, "r")["sent"] == 2
+    assert jobs.queue_stable(conn, "r", "PACS", delay=0) == []
+    jobs.forget_rule(conn, "r")
+    assert jobs.collect_new(conn, "r", "", "", []) == 0  # a re-added rule starts from now
+    conn.close()
+
+
+def test_slots_cap_concurrency_and_follow_the_setting(data: Path) -> None:
+    settings = Settings(data)
+    settings.set("dicom.max_connections", 2)
+    slots = engine.Slots(settings)
+    assert slots.try_acquire() and slots.try_acquire() and not slots.try_acquire()
+    started = time.monotonic()
+    assert not slots.acquire(0.3) and time.monotonic() - started >= 0.3
+    threading.Timer(0.2, slots.release).start()
+    assert slots.acquire(5)
+    settings.set("dicom.max_connections", 3)
+    assert slots.try_acquire() and not slots.try_acquire()
+    assert slots.peak == 3
+
+
+def test_query_identifier() -> None:
+    ds = engine.build_identifier("study", {"PatientName": "DOE*", "StudyDate": "20240101-20240131"})
+    assert ds.QueryRetrieveLevel == "STUDY" and ds.PatientName == "DOE*" and "StudyInstanceUID" in ds
+    for level, keys, reason in (("image", {}, "query level"), ("study", {"Nonsense": "1"}, "not a DICOM keyword"),
+                                ("study", {"ReferencedSeriesSequence": ""}, "sequence"),
+                                ("series", {}, "StudyInstanceUID")):
+        with pytest.raises(engine.QueryError, match=reason):
+            engine.build_identifier(level, keys)
+
+
+def test_many_fast_stores_over_one_association_never_lose_a_response(data: Path, tmp_path: Path) -> None:
+    """Regression: pynetdicom's reactor could take a fast C-STORE-RSP off the queue before the
+    send waited for it (one in ~1000 on loopback with TCP_NODELAY): the send then timed out and
+    the association was aborted. `scu.associate` keeps the reactor parked."""
+    from pydicom import dcmread
+    from support import storescp, write_study
+
+    from appliance.dicom import scu
+    from appliance.dicom.handlers.retrieve import contexts_for
+
+    files = write_study(tmp_path / "many", 1, 1000, rows=8, cols=8)
+    rows = []
+    for path in files:
+        ds = dcmread(path, stop_before_pixels=True)
+        rows.append({"path": str(path), "sop_class": str(ds.SOPClassUID), "sop_uid": str(ds.SOPInstanceUID),
+                     "transfer_syntax": str(ds.file_meta.TransferSyntaxUID)})
+    settings = Settings(data)
+    settings.set("dicom.timeout", 5)
+    with storescp(tmp_path / "out", "DEST") as port:
+        assoc = scu.associate(data, settings, make_node("DEST", "127.0.0.1", port), contexts_for(rows))
+        try:
+            codes = [code for _row, code, _comment in scu.store_rows(assoc, rows)]
+        finally:
+            scu.close(assoc)
+        assert not assoc.is_established
+    assert codes == [0] * len(rows)
+    assert sum(1 for p in (tmp_path / "out").rglob("*") if p.is_file()) == len(rows)
