@@ -24,7 +24,7 @@ def _settings(args: argparse.Namespace, must_exist: bool = True) -> Settings:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from appliance import db, index, tlsca  # noqa: F401 - index registers its schema
+    from appliance import db, tlsca
 
     data = _data(args)
     for sub in ("storage", "discs", "spool", "tls", "logs", "worklist"):

@@ -8,6 +8,7 @@ matches on; everything else is read from the files when a query asks for it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import time
@@ -92,7 +93,6 @@ CREATE TABLE IF NOT EXISTS associations (
 CREATE INDEX IF NOT EXISTS associations_started ON associations(started_at);
 """
 
-db.register_schema("index", SCHEMA)
 
 NO_ID_PREFIX = "\x1fnoid:"  # a control character: no real Patient ID (VR LO) can start with it
 
@@ -105,7 +105,7 @@ def _add_id_value(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE patients SET id_value=patient_id")
 
 
-db.register_migration("index.patients.id_value", _add_id_value)
+MIGRATIONS = (("index.patients.id_value", _add_id_value),)  # applied by db.connect, in order
 
 
 def patient_key(patient: dict[str, str]) -> str:
@@ -294,6 +294,62 @@ def instances_of_association(conn: sqlite3.Connection, assoc_id: int) -> list[sq
 
 
 # --------------------------------------------------------------------------- rebuild
+
+
+def forget_association(conn: sqlite3.Connection, assoc_id: int) -> None:
+    """Drop an association from the log (one that only queried the worklist: nothing to keep)."""
+    conn.execute("DELETE FROM associations WHERE id=?", (assoc_id,))
+
+
+# --------------------------------------------------------------------------- reads for other owners
+# (jobs, the worklist, the web UI): they ask here instead of naming the index tables in SQL
+
+
+def instances_of(conn: sqlite3.Connection, sop_uids: Iterable[str]) -> list[dict[str, Any]]:
+    """The index rows of these instances (those still indexed), in disc order: study, series,
+    instance number, SOP Instance UID."""
+    rows = conn.execute(
+        "SELECT i.* FROM instances i WHERE i.sop_uid IN (SELECT value FROM json_each(?)) "
+        "ORDER BY i.study_uid, i.series_uid, CAST(i.instance_number AS INTEGER), i.sop_uid",
+        (json.dumps(list(sop_uids)),)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def summarize(conn: sqlite3.Connection, sop_uids: Iterable[str]) -> dict[str, Any]:
+    """What a set of instances holds, for a job's listing: `n`, `size`, `patient_id` (as received),
+    `patient_name`, `patients` (how many) and `studies` (a JSON array of Study Instance UIDs)."""
+    row = conn.execute(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(i.size), 0) AS size, MIN(p.id_value) AS patient_id, "
+        "MIN(p.patient_name) AS patient_name, COUNT(DISTINCT st.patient_id) AS patients, "
+        "json_group_array(DISTINCT i.study_uid) AS studies "
+        "FROM instances i LEFT JOIN studies st ON st.study_uid=i.study_uid "
+        "LEFT JOIN patients p ON p.patient_id=st.patient_id "
+        "WHERE i.sop_uid IN (SELECT value FROM json_each(?))", (json.dumps(list(sop_uids)),)).fetchone()
+    return dict(row)
+
+
+def study_sop_uids(conn: sqlite3.Connection, study_uid: str) -> list[str]:
+    """Every instance of a study in the index."""
+    return [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE study_uid=?", (study_uid,))]
+
+
+def new_instance_studies(conn: sqlite3.Connection, after: int, limit: int = 20000) -> tuple[set[str], int]:
+    """The studies of instances indexed after the mark `after` (a rowid), and the new mark."""
+    rows = conn.execute("SELECT rowid, study_uid FROM instances WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                        (after, limit)).fetchall()
+    return {r[1] for r in rows}, (rows[-1][0] if rows else after)
+
+
+def study_accession(conn: sqlite3.Connection, study_uid: str) -> str:
+    """The Accession Number of an indexed study ('' when unknown or empty)."""
+    row = conn.execute("SELECT accession FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+    return (row[0] or "") if row else ""
+
+
+def study_stored(conn: sqlite3.Connection, study_uid: str, accession: str) -> bool:
+    """True when the index has the study, by Study Instance UID or (when given) Accession Number."""
+    return conn.execute("SELECT 1 FROM studies WHERE study_uid=? OR (?<>'' AND accession=?) LIMIT 1",
+                        (study_uid, accession, accession)).fetchone() is not None
 
 
 def iter_files(storage_dir: Path) -> Iterator[Path]:

@@ -32,7 +32,7 @@ import sqlite3
 import time
 from typing import Any
 
-from appliance import db, index  # noqa: F401 - index registers the tables routing reads
+from appliance import db
 from appliance.burn import jobs
 from appliance.config import Settings
 
@@ -97,7 +97,7 @@ CREATE TABLE IF NOT EXISTS burn_claims (
     PRIMARY KEY (sop_uid, assoc_id)
 );
 """
-db.register_schema("burn_routing", SCHEMA)
+MIGRATIONS: tuple = ()  # applied by db.connect after SCHEMA (see appliance.db)
 
 # derived_aets() role → (job role, mode)
 _ROUTES = {"epson": ("epson", "assoc"), "primera": ("primera", "assoc"),
