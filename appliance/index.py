@@ -296,6 +296,25 @@ def instances_of_association(conn: sqlite3.Connection, assoc_id: int) -> list[sq
 # --------------------------------------------------------------------------- rebuild
 
 
+def association(conn: sqlite3.Connection, assoc_id: int) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM associations WHERE id=?", (assoc_id,)).fetchone()
+
+
+def associations_after(conn: sqlite3.Connection, after: int, limit: int = 1000) -> list[sqlite3.Row]:
+    """Associations logged after id `after`, oldest first (id, called_aet, ...)."""
+    return conn.execute("SELECT * FROM associations WHERE id > ? ORDER BY id LIMIT ?", (after, limit)).fetchall()
+
+
+def first_association_since(conn: sqlite3.Connection, since: float) -> int | None:
+    """The id of the oldest association still open or ended after `since` (None when there is none)."""
+    return conn.execute("SELECT MIN(id) AS id FROM associations WHERE ended_at IS NULL OR ended_at >= ?",
+                        (since,)).fetchone()["id"]
+
+
+def last_association_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) AS id FROM associations").fetchone()["id"])
+
+
 def forget_association(conn: sqlite3.Connection, assoc_id: int) -> None:
     """Drop an association from the log (one that only queried the worklist: nothing to keep)."""
     conn.execute("DELETE FROM associations WHERE id=?", (assoc_id,))

@@ -32,7 +32,7 @@ import sqlite3
 import time
 from typing import Any
 
-from appliance import db
+from appliance import db, index
 from appliance.burn import jobs
 from appliance.config import Settings
 
@@ -134,16 +134,13 @@ class Router:
         conn = self.conn
         cursor = conn.execute("SELECT value FROM burn_cursor WHERE name='associations'").fetchone()
         if cursor is None:
-            first = conn.execute("SELECT MIN(id) AS id FROM associations WHERE ended_at IS NULL OR ended_at >= ?",
-                                 (now - HISTORY_SECONDS,)).fetchone()["id"]
-            start = (first - 1) if first is not None else (
-                conn.execute("SELECT COALESCE(MAX(id), 0) AS id FROM associations").fetchone()["id"])
+            first = index.first_association_since(conn, now - HISTORY_SECONDS)
+            start = (first - 1) if first is not None else index.last_association_id(conn)
             conn.execute("INSERT OR IGNORE INTO burn_cursor (name, value) VALUES ('associations', ?)", (start,))
             last = start
         else:
             last = cursor["value"]
-        rows = conn.execute("SELECT id, called_aet FROM associations WHERE id > ? ORDER BY id LIMIT 1000",
-                            (last,)).fetchall()
+        rows = index.associations_after(conn, last, limit=1000)
         if not rows:
             return
         table = routes(self.settings)
@@ -161,7 +158,7 @@ class Router:
 
     def _follow(self, item: dict[str, Any], now: float) -> str | None:
         conn = self.conn
-        assoc = conn.execute("SELECT * FROM associations WHERE id=?", (item["assoc_id"],)).fetchone()
+        assoc = index.association(conn, item["assoc_id"])
         if assoc is None:
             self._set_assoc(item["assoc_id"], "done", note="association row vanished")
             return None
