@@ -1,9 +1,10 @@
 """The supervisor loop behind `burnstation run`: one child process per entry of its plan, kept alive.
 
-Every 0.2 s it reaps children, asks its plan (`appliance.supervisor.plan`) what should run when the
-plan or the settings changed, starts and stops processes to match, and writes its state atomically to `<data>/run/supervisor.json` for `burnstation status` and the web
-UI. SIGTERM/SIGINT stop the children in reverse start order (SIGTERM, then SIGKILL after a
-timeout) within 10 s. It knows nothing of robots, panels or simulators: the station's plan does
+Every 0.2 s it reaps children, asks its plan (`appliance.supervisor.plan`) what should run when
+the plan or the settings changed, starts and stops processes to match, and writes its state
+atomically to `<data>/run/supervisor.json` for `burnstation status` and the web UI.
+SIGTERM/SIGINT stop the children in reverse start order (SIGTERM, then SIGKILL after a timeout)
+within 10 s. It knows nothing of robots, panels or simulators: the station's plan does
 (`appliance.services.plan`).
 """
 
