@@ -3,7 +3,8 @@
 Every table has one owner module, the only code that writes it or names it in SQL (others call
 its functions). `SCHEMA_OWNERS` lists those modules: `connect` applies each one's `SCHEMA`
 (`CREATE ... IF NOT EXISTS`) and then its `MIGRATIONS` (changes to tables made by older versions,
-each a no-op once done) once per process and database file, whatever the process imported.
+each a no-op once done) on the first connection of a process to a database file, whatever the
+process imported.
 WAL with synchronous=NORMAL survives any process crash (kill -9) without losing a committed
 transaction; after a power cut the index can be rebuilt from the files (`burnstation reindex`).
 """
@@ -30,7 +31,7 @@ SCHEMA_OWNERS = (
     "appliance.hl7.outbox",     # hl7_outbox
 )
 
-_applied: set[str] = set()
+_applied: set[tuple[str, int, int]] = set()  # (path, device, inode) of files this process set up
 _lock = threading.Lock()
 
 
@@ -63,7 +64,8 @@ def connect(data_dir: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlit
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     with _lock:
-        key = str(path.resolve())
+        st = os.stat(path)
+        key = (str(path.resolve()), st.st_dev, st.st_ino)  # a state.db deleted and made again is set up again
         if key not in _applied:
             apply_schema(conn)
             _applied.add(key)
