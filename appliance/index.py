@@ -347,6 +347,39 @@ def summarize(conn: sqlite3.Connection, sop_uids: Iterable[str]) -> dict[str, An
     return dict(row)
 
 
+_STUDY_LIST = (
+    "SELECT st.*, p.id_value AS patient_id_value, p.patient_name, p.birth_date, p.sex, "
+    "(SELECT COUNT(*) FROM series se WHERE se.study_uid=st.study_uid) AS series_count, "
+    "(SELECT COUNT(*) FROM instances i WHERE i.study_uid=st.study_uid) AS instance_count, "
+    "(SELECT COALESCE(SUM(i.size), 0) FROM instances i WHERE i.study_uid=st.study_uid) AS size, "
+    "(SELECT group_concat(DISTINCT se.modality) FROM series se WHERE se.study_uid=st.study_uid) AS modalities "
+    "FROM studies st LEFT JOIN patients p ON p.patient_id=st.patient_id ")
+
+
+def list_studies(conn: sqlite3.Connection, *, patient_key: str | None = None, limit: int = 100,
+                 offset: int = 0) -> list[dict[str, Any]]:
+    """Studies in the index, the most recently updated first (for listings such as the web UI):
+    the study columns plus `patient_id_value` (the Patient ID as received), `patient_name`,
+    `birth_date`, `sex`, `series_count`, `instance_count`, `size` and `modalities` ("CT,MR")."""
+    where, args = ("WHERE st.patient_id=? ", (patient_key,)) if patient_key is not None else ("", ())
+    rows = conn.execute(_STUDY_LIST + where + "ORDER BY st.updated_at DESC, st.study_uid LIMIT ? OFFSET ?",
+                        (*args, int(limit), int(offset))).fetchall()
+    return [dict(r) for r in rows]
+
+
+def get_study(conn: sqlite3.Connection, study_uid: str) -> dict[str, Any] | None:
+    """One study as in `list_studies`, with `series`: its series rows (with `instance_count`)."""
+    row = conn.execute(_STUDY_LIST + "WHERE st.study_uid=?", (study_uid,)).fetchone()
+    if row is None:
+        return None
+    study = dict(row)
+    study["series"] = [dict(r) for r in conn.execute(
+        "SELECT se.*, (SELECT COUNT(*) FROM instances i WHERE i.series_uid=se.series_uid) AS instance_count "
+        "FROM series se WHERE se.study_uid=? ORDER BY CAST(se.series_number AS INTEGER), se.series_uid",
+        (study_uid,))]
+    return study
+
+
 def study_sop_uids(conn: sqlite3.Connection, study_uid: str) -> list[str]:
     """Every instance of a study in the index."""
     return [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE study_uid=?", (study_uid,))]
