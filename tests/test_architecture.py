@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("appliance", "drivers")
+PACKAGES = ("appliance", "drivers")           # checked for import circles
+SQL_PACKAGES = (*PACKAGES, "webui")           # checked for SQL outside a table's owner
 
 # table -> the one module that owns it (writes it, and is the only code with SQL naming it)
 OWNERS = {
@@ -59,7 +60,7 @@ WRITE_WORD = re.compile(r"\b(INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|REPLACE)\b")
 
 
 def sources(root: Path) -> list[Path]:
-    return sorted(p for pkg in PACKAGES for p in (root / pkg).rglob("*.py"))
+    return sorted(p for pkg in SQL_PACKAGES for p in (root / pkg).rglob("*.py"))
 
 
 def rel(path: Path, root: Path = ROOT) -> str:
