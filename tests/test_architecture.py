@@ -141,6 +141,14 @@ def test_the_ownership_scan_catches_sql_outside_the_owner(tmp_path):
     (tmp_path / "drivers").mkdir()
     found = violations(tmp_path)
     assert len(found) == 2 and "SQL on jobs" in found[0] and "SQL on robot_status" in found[1], found
+    # a read exception allows reads only: the same module writing that table is reported
+    (pkg / "rogue.py").unlink()
+    (pkg / "dicom").mkdir()
+    (pkg / "dicom" / "query.py").write_text(
+        'A = "SELECT * FROM studies st JOIN patients p ON p.patient_id=st.patient_id"\n'
+        'B = "UPDATE studies SET description=? WHERE study_uid=?"\n')
+    found = violations(tmp_path)
+    assert len(found) == 1 and "query.py:2: SQL on studies" in found[0], found
 
 
 def test_an_old_state_db_is_migrated(tmp_path):
