@@ -24,7 +24,7 @@ def _settings(args: argparse.Namespace, must_exist: bool = True) -> Settings:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from appliance import db, tlsca
+    from appliance import db, permissions, tlsca
 
     data = _data(args)
     for sub in ("storage", "discs", "spool", "tls", "logs", "worklist"):
@@ -33,8 +33,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     settings.initialize()
     ca = tlsca.create_device_tls(data, settings.aet())
     db.connect(data).close()
+    report = permissions.secure(data, settings)  # an older folder (0755, 0644) becomes owner-only too
+    if report.failures:
+        print(f"burnstation: {report.message()}", file=sys.stderr)
+        return 2
     values = settings.all()
-    print(f"BurnStation data folder: {data}")
+    print(f"BurnStation data folder: {data} (owner only)")
     print(f"AE titles: {', '.join(settings.derived_aets())}")
     print(f"DICOM port: {values['dicom.port'] or 'closed'}   DICOM TLS port: {values['dicom.tls_port'] or 'closed'}")
     print(f"HL7 port: {values['hl7.port'] or 'closed'}   HTTP port: {values['http.port'] or 'closed'}")
@@ -103,9 +107,14 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from appliance import permissions
     from appliance.services import station
 
-    _settings(args)
+    settings = _settings(args)
+    report = permissions.secure(_data(args), settings)  # logs what it tightened
+    if report.failures:
+        print(f"burnstation: not starting: {report.message()}", file=sys.stderr)
+        return 2
     return station.run(_data(args), simulate=args.simulate, robots=args.robots, sim_speed=args.sim_speed)
 
 
@@ -186,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from appliance.permissions import set_private_umask
+
+    set_private_umask()  # patient data: whatever the CLI and the station's processes create is owner only
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "data", None):

@@ -20,7 +20,6 @@ import json
 import os
 import re
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from typing import Any
 
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
+
+from appliance import atomicfile
 
 SETTINGS_FILE = "settings.json"
 
@@ -422,24 +423,7 @@ class AtomicJSONStorage(Storage):
         return json.loads(text) if text.strip() else None
 
     def write(self, data: dict[str, Any]) -> None:
-        directory = os.path.dirname(self.path) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".settings.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, self.path)
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomicfile.write_text(self.path, json.dumps(data, indent=1, sort_keys=True), mode=0o600)  # owner only, like the whole data folder (appliance/permissions.py)
 
     def close(self) -> None:
         pass

@@ -23,7 +23,7 @@ DB_FILE = "state.db"
 # SCHEMA (str) and MIGRATIONS (a sequence of (name, function(conn))). They are imported on the
 # first `connect` (not here: they import this module for `connect` and `transaction`).
 SCHEMA_OWNERS = (
-    "appliance.index",          # patients, studies, series, instances, associations
+    "appliance.index",          # patients, studies, series, instances, associations, association_instances
     "appliance.burn.jobs",      # jobs, job_items, job_seq
     "appliance.burn.routing",   # burn_cursor, burn_assocs, burn_groups, burn_group_items, burn_claims
     "appliance.burn.robots",    # robot_status

@@ -26,6 +26,7 @@ OWNERS = {
     "series": "appliance/index.py",
     "instances": "appliance/index.py",
     "associations": "appliance/index.py",
+    "association_instances": "appliance/index.py",
     "jobs": "appliance/burn/jobs.py",
     "job_items": "appliance/burn/jobs.py",
     "job_seq": "appliance/burn/jobs.py",
@@ -43,16 +44,13 @@ OWNERS = {
 # Read-only SQL outside the owner, each left for a named reason (a write is never allowed here).
 # Shrink this list; never grow it without a reason the lead agreed to.
 READ_EXCEPTIONS = {
-    # the association -> instances relation is being rebuilt in parallel (issue 10, assoc10);
-    # routing's reads of it move into appliance.index with that work
-    ("appliance/burn/routing.py", "instances"): "assoc10 rebuilds the association relation",
-    ("appliance/burn/routing.py", "studies"): "assoc10 rebuilds the association relation",
-    ("appliance/burn/routing.py", "patients"): "assoc10 rebuilds the association relation",
-    # the C-FIND SQL builder is being merged with the worklist matcher (issue 9 part 4, arch-dedupe)
-    ("appliance/dicom/query.py", "patients"): "arch-dedupe merges the DICOM matching modules",
-    ("appliance/dicom/query.py", "studies"): "arch-dedupe merges the DICOM matching modules",
-    ("appliance/dicom/query.py", "series"): "arch-dedupe merges the DICOM matching modules",
-    ("appliance/dicom/query.py", "instances"): "arch-dedupe merges the DICOM matching modules",
+    # C-FIND/C-MOVE/C-GET's SQL builder (attribute -> column maps, joins, related counts) reads the
+    # index tables; moving it into appliance/index.py is a pure move left out of the parallel work
+    # on the DICOM matching module (issue 9 part 4)
+    ("appliance/dicom/query.py", "patients"): "C-FIND SQL builder, to move into appliance.index",
+    ("appliance/dicom/query.py", "studies"): "C-FIND SQL builder, to move into appliance.index",
+    ("appliance/dicom/query.py", "series"): "C-FIND SQL builder, to move into appliance.index",
+    ("appliance/dicom/query.py", "instances"): "C-FIND SQL builder, to move into appliance.index",
 }
 
 SQL_WORD = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE|ALTER|DROP|PRAGMA|FROM|JOIN)\b")
@@ -257,7 +255,8 @@ def test_the_supervisor_knows_nothing_of_the_station():
     graph = import_graph(ROOT)
     for name, imports in graph.items():
         if name.startswith("appliance.supervisor"):
-            outside = {m for m in imports if not m.startswith("appliance.supervisor")} - {"appliance.config"}
+            outside = {m for m in imports if not m.startswith("appliance.supervisor")}
+            outside -= {"appliance.config", "appliance.atomicfile"}  # settings and a file helper: generic
             assert not outside, f"{name} imports {sorted(outside)}"
 
 

@@ -135,6 +135,8 @@ def _jobs(args: argparse.Namespace, settings: Settings, conn: Any) -> int:
         for disc in job["discs"]:
             print(f"disc {disc.get('disc_number')}/{disc.get('disc_count')}: {disc.get('media')} "
                   f"{disc.get('size', 0)} bytes {disc.get('image')}")
+            for note in disc.get("off_profile") or []:
+                print(f"  not in the profile's syntax: {_clean(note)}")
         return 0
     if action == "cancel":
         print(jobs.cancel_job(conn, args.id))

@@ -16,13 +16,13 @@ import json
 import logging
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from appliance import atomicfile
 from appliance.config import Settings
 from appliance.supervisor.plan import Plan, ProcessSpec
 from appliance.supervisor.process import Process, ProcessConfig
@@ -61,15 +61,7 @@ def read_state(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomicfile.write_text(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 # --------------------------------------------------------------------------- the supervisor

@@ -22,7 +22,6 @@ from drivers.common import (
     find_job_files,
     latest_per_disc,
     remove_quietly,
-    spool_factory,
 )
 from drivers.epson import errors, jdf
 from drivers.epson.status import (
@@ -236,5 +235,3 @@ class EpsonPublisher(SpoolPublisher):
     def _cancel_text(self, stem: str) -> str:
         return jdf.build_cancel(stem)
 
-
-factory = spool_factory(EpsonPublisher)

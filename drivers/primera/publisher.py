@@ -20,7 +20,6 @@ from drivers.common import (
     SpoolPublisher,
     TolerantIni,
     find_job_files,
-    spool_factory,
     stage_file,
 )
 from drivers.primera import errors, jrq
@@ -234,5 +233,3 @@ class PrimeraPublisher(SpoolPublisher):
     def _cancel_text(self, stem: str) -> str:
         return jrq.build_abort(stem, self.client_id)
 
-
-factory = spool_factory(PrimeraPublisher)
