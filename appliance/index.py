@@ -378,9 +378,6 @@ def last_arrival_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM association_instances").fetchone()[0])
 
 
-# --------------------------------------------------------------------------- rebuild
-
-
 def association(conn: sqlite3.Connection, assoc_id: int) -> sqlite3.Row | None:
     return conn.execute("SELECT * FROM associations WHERE id=?", (assoc_id,)).fetchone()
 
@@ -480,6 +477,9 @@ def study_stored(conn: sqlite3.Connection, study_uid: str, accession: str) -> bo
     """True when the index has the study, by Study Instance UID or (when given) Accession Number."""
     return conn.execute("SELECT 1 FROM studies WHERE study_uid=? OR (?<>'' AND accession=?) LIMIT 1",
                         (study_uid, accession, accession)).fetchone() is not None
+
+
+# --------------------------------------------------------------------------- rebuild
 
 
 def iter_files(storage_dir: Path) -> Iterator[Path]:
