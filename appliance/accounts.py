@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 CREATE INDEX IF NOT EXISTS sessions_seen ON sessions(last_seen);
 """
-db.register_schema("accounts", SCHEMA)
+MIGRATIONS: tuple = ()  # (name, function(conn)) for tables an older version made
 
 
 class AccountError(ValueError):

@@ -10,8 +10,6 @@ import sqlite3
 import time
 from typing import Any
 
-from appliance import db
-
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -24,7 +22,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 CREATE INDEX IF NOT EXISTS audit_at ON audit(at);
 """
-db.register_schema("audit", SCHEMA)
+MIGRATIONS: tuple = ()  # (name, function(conn)) for tables an older version made
 
 
 def cli_actor() -> str:

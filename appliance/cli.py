@@ -26,7 +26,7 @@ def _settings(args: argparse.Namespace, must_exist: bool = True) -> Settings:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from appliance import db, index, permissions, tlsca  # noqa: F401 - index registers its schema
+    from appliance import db, permissions, tlsca
 
     data = _data(args)
     for sub in ("storage", "discs", "spool", "tls", "logs", "worklist"):

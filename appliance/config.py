@@ -3,6 +3,12 @@
 `settings.json` holds the tables `settings` (one document of key → value), `nodes` (known DICOM
 nodes) and `robots`; web users and sessions live in state.db (appliance/accounts.py). Each write goes to a temp file, is fsync'd and renamed over the old
 one, so a reader in another process never sees half a file; readers reload when the file changes.
+
+Writers: SPEC names one writer of settings.json, but several processes write it: the CLI
+(`burnstation config`, `robots`, `nodes`), the supervisor's station plan (robots found by
+discovery or simulated, in the `robots` table) and later the web UI. Every write is a
+read-modify-write under an exclusive `flock` on `<data>/.settings.lock` (`Settings._db`), so two
+writers never lose each other's change; keep every write behind that lock.
 """
 
 from __future__ import annotations

@@ -1,37 +1,52 @@
 """state.db: the SQLite (WAL) database that several station processes share.
 
-Each subsystem owns its tables and creates them with `CREATE TABLE IF NOT EXISTS` through
-`register_schema`; `connect` applies every registered schema once per process and database file.
+Every table has one owner module, the only code that writes it or names it in SQL (others call
+its functions). `SCHEMA_OWNERS` lists those modules: `connect` applies each one's `SCHEMA`
+(`CREATE ... IF NOT EXISTS`) and then its `MIGRATIONS` (changes to tables made by older versions,
+each a no-op once done) on the first connection of a process to a database file, whatever the
+process imported.
 WAL with synchronous=NORMAL survives any process crash (kill -9) without losing a committed
 transaction; after a power cut the index can be rebuilt from the files (`burnstation reindex`).
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 DB_FILE = "state.db"
 
-_SCHEMAS: list[tuple[str, str]] = []
-_MIGRATIONS: list[tuple[str, Callable[[sqlite3.Connection], None]]] = []
-_applied: set[tuple[str, str]] = set()
+# The modules that own state.db's tables, in the order their schemas are applied. Each defines
+# SCHEMA (str) and MIGRATIONS (a sequence of (name, function(conn))). They are imported on the
+# first `connect` (not here: they import this module for `connect` and `transaction`).
+SCHEMA_OWNERS = (
+    "appliance.index",          # patients, studies, series, instances, associations, association_instances
+    "appliance.burn.jobs",      # jobs, job_items, job_seq
+    "appliance.burn.routing",   # burn_cursor, burn_assocs, burn_groups, burn_group_items, burn_claims
+    "appliance.burn.robots",    # robot_status
+    "appliance.worklist.items",  # worklist_items, worklist_meta
+    "appliance.hl7.outbox",     # hl7_outbox
+    "appliance.accounts",       # users, sessions
+    "appliance.audit",          # audit
+    "appliance.transfer.jobs",  # transfers, transfer_items, transfer_seq, transfer_requests, forward_items,
+                                # forward_cursor
+)
+
+_applied: set[tuple[str, int, int]] = set()  # (path, device, inode) of files this process set up
 _lock = threading.Lock()
 
 
-def register_schema(name: str, sql: str) -> None:
-    """Declare a subsystem's tables; applied by every later `connect`."""
-    if not any(existing == name for existing, _ in _SCHEMAS):
-        _SCHEMAS.append((name, sql))
-
-
-def register_migration(name: str, migrate: Callable[[sqlite3.Connection], None]) -> None:
-    """Declare a change to existing tables (run once per process and file, after every schema)."""
-    if not any(existing == name for existing, _ in _MIGRATIONS):
-        _MIGRATIONS.append((name, migrate))
+def apply_schema(conn: sqlite3.Connection) -> None:
+    """Create every table that is missing and migrate the ones an older version made."""
+    owners = [importlib.import_module(name) for name in SCHEMA_OWNERS]
+    for owner in owners:
+        conn.executescript(owner.SCHEMA)
+    for owner in owners:
+        for _name, migrate in owner.MIGRATIONS:
+            migrate(conn)
 
 
 def db_path(data_dir: str | os.PathLike[str]) -> Path:
@@ -39,7 +54,7 @@ def db_path(data_dir: str | os.PathLike[str]) -> Path:
 
 
 def connect(data_dir: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlite3.Connection:
-    """Open state.db in WAL mode with every registered schema applied.
+    """Open state.db in WAL mode with every owner's schema and migrations applied.
 
     The connection runs in autocommit mode (isolation_level=None): use `with transaction(conn):`
     or explicit BEGIN/COMMIT for multi-statement changes.
@@ -53,16 +68,11 @@ def connect(data_dir: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlit
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
     with _lock:
-        for name, sql in _SCHEMAS:
-            key = (str(path.resolve()), name)
-            if key not in _applied:
-                conn.executescript(sql)
-                _applied.add(key)
-        for name, migrate in _MIGRATIONS:
-            key = (str(path.resolve()), "migrate:" + name)
-            if key not in _applied:
-                migrate(conn)
-                _applied.add(key)
+        st = os.stat(path)
+        key = (str(path.resolve()), st.st_dev, st.st_ino)  # a state.db deleted and made again is set up again
+        if key not in _applied:
+            apply_schema(conn)
+            _applied.add(key)
     return conn
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import permissions
+from appliance.burn import jobs, robots
 from appliance.config import Settings
 from appliance.transfer import report as transfer_report
 
@@ -135,8 +136,7 @@ def _robots(data_dir: Path, settings: Settings, conn: sqlite3.Connection | None,
     status: dict[str, dict[str, Any]] = {}
     if conn is not None:
         with contextlib.suppress(sqlite3.Error):
-            for row in conn.execute("SELECT * FROM robot_status"):
-                status[row["name"]] = dict(row)
+            status = robots.status_rows(conn)
     drivers = {}
     if sup:
         drivers = {p.get("robot"): p for p in sup.get("processes", []) if p.get("robot")}
@@ -151,7 +151,7 @@ def _robots(data_dir: Path, settings: Settings, conn: sqlite3.Connection | None,
             "name": name, "driver": robot.get("driver"), "role": robot.get("role"),
             "source": robot.get("source", "manual"), "spool": robot.get("spool"),
             "plugged": name in plugged if robot.get("source") in ("udev", "simulated") else None,
-            "online": bool(st.get("online")) and age is not None and age < 15,
+            "online": robots.is_online(st or None),
             "message": st.get("message", ""), "heartbeat_age": round(age, 1) if age is not None else None,
             "process": proc.get("state") if proc else "not running",
         })
@@ -162,10 +162,9 @@ def _queue(conn: sqlite3.Connection | None) -> dict[str, int] | None:
     if conn is None:
         return None
     try:
-        rows = conn.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state").fetchall()
+        return jobs.state_counts(conn)
     except sqlite3.Error:
         return None
-    return {row["state"]: row["n"] for row in rows}
 
 
 def _waiting(conn: sqlite3.Connection | None) -> list[dict[str, Any]]:
@@ -173,12 +172,10 @@ def _waiting(conn: sqlite3.Connection | None) -> list[dict[str, Any]]:
     if conn is None:
         return []
     try:
-        rows = conn.execute(
-            "SELECT state, message, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'built') "
-            "GROUP BY state, message ORDER BY n DESC LIMIT 10").fetchall()
+        rows = jobs.waiting_reasons(conn, limit=10)
     except sqlite3.Error:
         return []
-    return [{"state": r["state"], "message": r["message"], "jobs": r["n"]} for r in rows]
+    return [{"state": state, "message": message, "jobs": n} for state, message, n in rows]
 
 
 def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -12,10 +12,11 @@ files when a query asks for it.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,6 @@ CREATE TABLE IF NOT EXISTS association_instances (
 CREATE INDEX IF NOT EXISTS association_instances_sop ON association_instances(sop_uid);
 """
 
-db.register_schema("index", SCHEMA)
 
 NO_ID_PREFIX = "\x1fnoid:"  # a control character: no real Patient ID (VR LO) can start with it
 
@@ -118,9 +118,6 @@ def _add_id_value(conn: sqlite3.Connection) -> None:
     if "id_value" not in columns:
         conn.execute("ALTER TABLE patients ADD COLUMN id_value TEXT NOT NULL DEFAULT ''")
         conn.execute("UPDATE patients SET id_value=patient_id")
-
-
-db.register_migration("index.patients.id_value", _add_id_value)
 
 
 def _fill_association_instances(conn: sqlite3.Connection) -> None:
@@ -137,7 +134,9 @@ def _fill_association_instances(conn: sqlite3.Connection) -> None:
                      "ORDER BY received_at, rowid")
 
 
-db.register_migration("index.association_instances.fill", _fill_association_instances)
+# applied by db.connect after every owner's SCHEMA, in this order
+MIGRATIONS = (("index.patients.id_value", _add_id_value),
+              ("index.association_instances.fill", _fill_association_instances))
 
 
 def patient_key(patient: dict[str, str]) -> str:
@@ -435,8 +434,80 @@ def recent_studies(conn: sqlite3.Connection, since: float, limit: int = 50) -> l
     return [dict(r) for r in rows]
 
 
+def association(conn: sqlite3.Connection, assoc_id: int) -> sqlite3.Row | None:
+    return conn.execute("SELECT * FROM associations WHERE id=?", (assoc_id,)).fetchone()
+
+
+def associations_after(conn: sqlite3.Connection, after: int, limit: int = 1000) -> list[sqlite3.Row]:
+    """Associations logged after id `after`, oldest first (id, called_aet, ...)."""
+    return conn.execute("SELECT * FROM associations WHERE id > ? ORDER BY id LIMIT ?", (after, limit)).fetchall()
+
+
+def first_association_since(conn: sqlite3.Connection, since: float) -> int | None:
+    """The id of the oldest association still open or ended after `since` (None when there is none)."""
+    return conn.execute("SELECT MIN(id) AS id FROM associations WHERE ended_at IS NULL OR ended_at >= ?",
+                        (since,)).fetchone()["id"]
+
+
+def last_association_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) AS id FROM associations").fetchone()["id"])
+
+
+def forget_association(conn: sqlite3.Connection, assoc_id: int) -> None:
+    """Drop an association from the log (one that only queried the worklist: nothing to keep)."""
+    conn.execute("DELETE FROM associations WHERE id=?", (assoc_id,))
+
+
+# --------------------------------------------------------------------------- reads for other owners
+# (jobs, the worklist, the web UI): they ask here instead of naming the index tables in SQL
+
+
+def instances_of(conn: sqlite3.Connection, sop_uids: Iterable[str]) -> list[dict[str, Any]]:
+    """The index rows of these instances (those still indexed), in disc order: study, series,
+    instance number, SOP Instance UID."""
+    rows = conn.execute(
+        "SELECT i.* FROM instances i WHERE i.sop_uid IN (SELECT value FROM json_each(?)) "
+        "ORDER BY i.study_uid, i.series_uid, CAST(i.instance_number AS INTEGER), i.sop_uid",
+        (json.dumps(list(sop_uids)),)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def summarize(conn: sqlite3.Connection, sop_uids: Iterable[str]) -> dict[str, Any]:
+    """What a set of instances holds, for a job's listing: `n`, `size`, `patient_id` (as received),
+    `patient_name`, `patients` (how many) and `studies` (a JSON array of Study Instance UIDs)."""
+    row = conn.execute(
+        "SELECT COUNT(*) AS n, COALESCE(SUM(i.size), 0) AS size, MIN(p.id_value) AS patient_id, "
+        "MIN(p.patient_name) AS patient_name, COUNT(DISTINCT st.patient_id) AS patients, "
+        "json_group_array(DISTINCT i.study_uid) AS studies "
+        "FROM instances i LEFT JOIN studies st ON st.study_uid=i.study_uid "
+        "LEFT JOIN patients p ON p.patient_id=st.patient_id "
+        "WHERE i.sop_uid IN (SELECT value FROM json_each(?))", (json.dumps(list(sop_uids)),)).fetchone()
+    return dict(row)
+
+
+_STUDY_LIST = (
+    "SELECT st.*, p.id_value AS patient_id_value, p.patient_name, p.birth_date, p.sex, "
+    "(SELECT COUNT(*) FROM series se WHERE se.study_uid=st.study_uid) AS series_count, "
+    "(SELECT COUNT(*) FROM instances i WHERE i.study_uid=st.study_uid) AS instance_count, "
+    "(SELECT COALESCE(SUM(i.size), 0) FROM instances i WHERE i.study_uid=st.study_uid) AS size, "
+    "(SELECT group_concat(DISTINCT se.modality) FROM series se WHERE se.study_uid=st.study_uid) AS modalities "
+    "FROM studies st LEFT JOIN patients p ON p.patient_id=st.patient_id ")
+
+
+def list_studies(conn: sqlite3.Connection, *, patient_key: str | None = None, limit: int = 100,
+                 offset: int = 0) -> list[dict[str, Any]]:
+    """Studies in the index, the most recently updated first (for listings such as the web UI):
+    the study columns plus `patient_id_value` (the Patient ID as received), `patient_name`,
+    `birth_date`, `sex`, `series_count`, `instance_count`, `size` and `modalities` ("CT,MR")."""
+    where, args = ("WHERE st.patient_id=? ", (patient_key,)) if patient_key is not None else ("", ())
+    rows = conn.execute(_STUDY_LIST + where + "ORDER BY st.updated_at DESC, st.study_uid LIMIT ? OFFSET ?",
+                        (*args, int(limit), int(offset))).fetchall()
+    return [dict(r) for r in rows]
+
+
 def get_study(conn: sqlite3.Connection, study_uid: str) -> dict[str, Any] | None:
-    """A study with its patient's attributes and its series (each with its instance count)."""
+    """A study with its patient's attributes (`patient_name`, `id_value`, `birth_date`, `sex`) and its
+    series (each with `instances` / `instance_count` and `size`)."""
     row = conn.execute("SELECT st.*, p.patient_name, p.id_value, p.birth_date, p.sex FROM studies st "
                        "LEFT JOIN patients p ON p.patient_id=st.patient_id WHERE st.study_uid=?",
                        (study_uid,)).fetchone()
@@ -445,6 +516,7 @@ def get_study(conn: sqlite3.Connection, study_uid: str) -> dict[str, Any] | None
     study = dict(row)
     study["series"] = [dict(r) for r in conn.execute(
         "SELECT se.*, (SELECT COUNT(*) FROM instances i WHERE i.series_uid=se.series_uid) AS instances, "
+        "(SELECT COUNT(*) FROM instances i WHERE i.series_uid=se.series_uid) AS instance_count, "
         "(SELECT COALESCE(SUM(i.size), 0) FROM instances i WHERE i.series_uid=se.series_uid) AS size "
         "FROM series se WHERE se.study_uid=? ORDER BY CAST(se.series_number AS INTEGER), se.series_uid",
         (study_uid,))]
@@ -485,6 +557,99 @@ def delete_study(conn: sqlite3.Connection, study_uid: str) -> list[str]:
             conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS "
                          "(SELECT 1 FROM studies WHERE patient_id=?)", (row["patient_id"], row["patient_id"]))
     return paths
+
+
+def study_sop_uids(conn: sqlite3.Connection, study_uid: str) -> list[str]:
+    """Every instance of a study in the index."""
+    return [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE study_uid=?", (study_uid,))]
+
+
+def sop_uids_of(conn: sqlite3.Connection, study_uid: str = "", series_uid: str = "",
+               instance_uid: str = "") -> list[str]:
+    """SOP Instance UIDs in the index for a study, series or instance (the narrowest given)."""
+    if instance_uid:
+        rows = conn.execute("SELECT sop_uid FROM instances WHERE sop_uid=?", (instance_uid,))
+    elif series_uid:
+        rows = conn.execute("SELECT sop_uid FROM instances WHERE series_uid=?", (series_uid,))
+    else:
+        rows = conn.execute("SELECT sop_uid FROM instances WHERE study_uid=?", (study_uid,))
+    return [r["sop_uid"] for r in rows]
+
+
+def _chunks(items: Sequence[str], size: int = 900) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def instances_by_uid(conn: sqlite3.Connection, sop_uids: Iterable[str]) -> list[dict[str, Any]]:
+    """Index rows of those instances still in the index, in sending order (study, series, number)."""
+    rows: list[dict[str, Any]] = []
+    for chunk in _chunks(list(sop_uids)):
+        rows += [dict(r) for r in conn.execute(
+            f"SELECT * FROM instances WHERE sop_uid IN ({','.join('?' * len(chunk))})", tuple(chunk))]
+
+    def number(row: dict[str, Any]) -> int:
+        try:
+            return int(str(row.get("instance_number") or "0").strip() or 0)
+        except ValueError:
+            return 0
+    rows.sort(key=lambda r: (r["study_uid"], r["series_uid"], number(r), r["sop_uid"]))
+    return rows
+
+
+def indexed_sop_uids(conn: sqlite3.Connection, sop_uids: Iterable[str]) -> set[str]:
+    """Which of these SOP Instance UIDs are in the index."""
+    found: set[str] = set()
+    for chunk in _chunks(list(sop_uids)):
+        found.update(r["sop_uid"] for r in conn.execute(
+            f"SELECT sop_uid FROM instances WHERE sop_uid IN ({','.join('?' * len(chunk))})", tuple(chunk)))
+    return found
+
+
+def last_instance_rowid(conn: sqlite3.Connection) -> int:
+    """The newest instance row (a cursor for pollers such as the forwarding rules)."""
+    return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) AS n FROM instances").fetchone()["n"])
+
+
+def instances_between_rowids(conn: sqlite3.Connection, after: int, upto: int, *, called: str = "",
+                             calling: str = "", modalities: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Instances with `after < rowid <= upto`, filtered by called / calling AE title and modality
+    (sop_uid, study_uid, received_at)."""
+    where, args = ["i.rowid > ?", "i.rowid <= ?"], [after, upto]
+    if called:
+        where.append("i.called_aet=?")
+        args.append(called)
+    if calling:
+        where.append("i.calling_aet=?")
+        args.append(calling)
+    if modalities:
+        where.append(f"s.modality IN ({','.join('?' * len(modalities))})")
+        args += list(modalities)
+    return [dict(r) for r in conn.execute(
+        "SELECT i.sop_uid, i.study_uid, i.received_at FROM instances i LEFT JOIN series s "
+        f"ON s.series_uid=i.series_uid WHERE {' AND '.join(where)}", args)]
+
+
+def studies_of(conn: sqlite3.Connection, sop_uids: Iterable[str]) -> dict[str, str]:
+    """SOP Instance UID -> Study Instance UID for those in the index."""
+    out: dict[str, str] = {}
+    for chunk in _chunks(list(sop_uids)):
+        out.update((r["sop_uid"], r["study_uid"]) for r in conn.execute(
+            f"SELECT sop_uid, study_uid FROM instances WHERE sop_uid IN ({','.join('?' * len(chunk))})",
+            tuple(chunk)))
+    return out
+
+
+def study_accession(conn: sqlite3.Connection, study_uid: str) -> str:
+    """The Accession Number of an indexed study ('' when unknown or empty)."""
+    row = conn.execute("SELECT accession FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+    return (row[0] or "") if row else ""
+
+
+def study_stored(conn: sqlite3.Connection, study_uid: str, accession: str) -> bool:
+    """True when the index has the study, by Study Instance UID or (when given) Accession Number."""
+    return conn.execute("SELECT 1 FROM studies WHERE study_uid=? OR (?<>'' AND accession=?) LIMIT 1",
+                        (study_uid, accession, accession)).fetchone() is not None
 
 
 # --------------------------------------------------------------------------- rebuild

@@ -235,13 +235,13 @@ class FakeUdev:
 
 
 def test_udev_robot_is_registered_and_gets_a_driver_while_plugged(tmp_path):
-    from appliance.supervisor.supervisor import Supervisor
+    from appliance.services.plan import StationPlan
 
     data = tmp_path / "data"
     burnstation(data, "init")
     fake = FakeUdev()
-    sup = Supervisor(data, discovery=Discovery(fake, data_dir=data), services=[])
-    assert not [n for n in sup.desired() if n.startswith("driver:")]
+    plan = StationPlan(data, discovery=Discovery(fake, data_dir=data), services=[])
+    assert not [s for s in plan() if s.name.startswith("driver:")]
     # a Primera on USB (udev strings as the kernel reports them), and a serial LCD
     fake.devices = [
         {"vendor_id": "0f25", "product_id": "0041", "vendor": "Primera_Technology", "model": "Bravo_4100",
@@ -251,19 +251,18 @@ def test_udev_robot_is_registered_and_gets_a_driver_while_plugged(tmp_path):
         {"vendor_id": "046d", "product_id": "c52b", "vendor": "Logitech", "model": "Receiver", "subsystem": "usb"},
     ]
     fake.event = True
-    assert sup.discovery.poll() is True
-    sup.register_discovered()
-    robots = {r["name"]: r for r in sup.settings.table_all("robots")}
+    assert plan.changed() is True  # polls discovery and registers what it found
+    robots = {r["name"]: r for r in plan.settings.table_all("robots")}
     assert set(robots) == {"primera-PT000123"}
     robot = robots["primera-PT000123"]
     assert robot["source"] == "udev" and robot["driver"] == "primera" and robot["role"] == "primera"
     assert robot["spool"] == str((data / "spool" / "primera-PT000123").resolve())
-    wanted = sup.desired()
+    wanted = {s.name: s for s in plan()}
     assert wanted["driver:primera-PT000123"].argv[-3:] == ["driver", "--robot", "primera-PT000123"]
     assert wanted["panel"].argv[-2:] == ["--device", "/dev/serial/by-id/usb-Matrix_Orbital_LK204-if00-port0"]
     # unplugged: no driver, no panel; the robot stays configured (its spool and settings are kept)
     fake.devices = []
     fake.event = True
-    assert sup.discovery.poll() is True
-    assert not [n for n in sup.desired() if n.startswith("driver:") or n == "panel"]
-    assert [r["name"] for r in sup.settings.table_all("robots")] == ["primera-PT000123"]
+    assert plan.changed() is True
+    assert not [s for s in plan() if s.name.startswith("driver:") or s.name == "panel"]
+    assert [r["name"] for r in plan.settings.table_all("robots")] == ["primera-PT000123"]

@@ -54,3 +54,27 @@ def test_old_database_is_migrated(tmp_path):
     assert index.NO_ID_PREFIX  # the module registered its migration
     row = conn.execute("SELECT patient_id, id_value, patient_name FROM patients").fetchone()
     assert tuple(row) == ("P1", "P1", "OLD^ROW")
+
+
+def test_study_listing_reads(tmp_path):
+    """index.list_studies / get_study: the door for listings (web UI) instead of SQL on the tables."""
+    from pydicom import dcmread
+    from support import write_study
+
+    conn = db.connect(tmp_path / "data")
+    for folder, pid, n_series in (("a", "PA", 2), ("b", "PB", 1)):
+        for f in write_study(tmp_path / folder, n_series=n_series, per_series=2, patient_id=pid):
+            ds = dcmread(f, stop_before_pixels=True)
+            index.add_instance(conn, index.record_from_dataset(ds, str(f), f.stat().st_size,
+                                                               str(ds.file_meta.TransferSyntaxUID)))
+    studies = {s["patient_id_value"]: s for s in index.list_studies(conn)}
+    assert set(studies) == {"PA", "PB"}
+    assert (studies["PA"]["series_count"], studies["PA"]["instance_count"]) == (2, 4)
+    assert (studies["PB"]["series_count"], studies["PB"]["instance_count"]) == (1, 2)
+    assert studies["PA"]["size"] > 0 and studies["PA"]["modalities"]
+    assert [s["patient_id_value"] for s in index.list_studies(conn, patient_key="PB")] == ["PB"]
+    assert len(index.list_studies(conn, limit=1)) == 1
+    study = index.get_study(conn, studies["PA"]["study_uid"])
+    assert [s["instance_count"] for s in study["series"]] == [2, 2]
+    assert index.get_study(conn, "1.2.3.4.nothing") is None
+    conn.close()

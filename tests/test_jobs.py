@@ -402,3 +402,32 @@ def test_folder_export_copies_atomically_and_resumes(tmp_path: Path) -> None:
     assert slow.cancel("J4")
     wait_state(slow, "J4", publish.CANCELLED)
     assert sorted(p.name for p in spool.iterdir()) == ["J1", "J2", "J3"]
+
+
+def test_the_reads_the_panel_diagnostics_and_worklist_use(env) -> None:
+    """jobs.current / state_counts / waiting_reasons / done_since and robots.mark_offline: the doors
+    other modules (panel, diagnostics, worklist, the web UI) use instead of SQL on the tables."""
+    _settings, conn = env
+    queued = jobs.create_job(conn, role="any", sop_uids=[], source="manual")
+    built = fake_job(conn, message="no robot online")
+    assert jobs.current(conn)["id"] == built  # built goes before queued
+    burning = fake_job(conn, state="burning", robot="r1")
+    assert jobs.current(conn)["id"] == burning
+    assert jobs.state_counts(conn) == {"queued": 1, "built": 1, "burning": 1}
+    assert ("built", "no robot online", 1) in jobs.waiting_reasons(conn)
+    before = time.time() - 1
+    jobs.update(conn, burning, jobs.STATES, state="done", study_uids=["1.2.3"])
+    assert jobs.done_since(conn, before)[0][0] == ["1.2.3"]
+    assert jobs.done_since(conn, jobs.done_since(conn, before)[-1][1]) == []
+    jobs.move(conn, queued, (jobs.QUEUED,), jobs.BUILDING)
+    assert jobs.requeue_interrupted_builds(conn) == 1 and jobs.get_job(conn, queued)["state"] == "queued"
+    # robot_status: a fresh heartbeat is online; marked offline keeps the reason; a stale beat is offline
+    beat(conn, "r1")
+    assert robots.is_online(robots.status_rows(conn)["r1"])
+    robots.mark_offline(conn, "r1", "unplugged: its USB device is not connected")
+    row = robots.status_rows(conn)["r1"]
+    assert not robots.is_online(row) and row["message"].startswith("unplugged") and row["pid"] == 0
+    robots.mark_offline(conn, "r2", "gone")  # never heartbeated: a row is made
+    assert robots.status_rows(conn)["r2"]["message"] == "gone"
+    beat(conn, "r3", age=robots.HEARTBEAT_FRESH_SECONDS + 1)
+    assert not robots.is_online(robots.status_rows(conn)["r3"])

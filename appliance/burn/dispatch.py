@@ -62,14 +62,7 @@ def build_options(settings: Settings, job: dict[str, Any]) -> Any:
 
 def claim_next_build(conn: sqlite3.Connection) -> dict[str, Any] | None:
     """Move the most urgent queued job to `building`; None when nothing is queued."""
-    while True:
-        row = conn.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY priority DESC, created_at, id LIMIT 1"
-                           ).fetchone()
-        if row is None:
-            return None
-        if jobs.move(conn, row["id"], (jobs.QUEUED,), jobs.BUILDING, build_started_at=time.time(),
-                     message="building the disc"):
-            return jobs.get_job(conn, row["id"])
+    return jobs.claim_next_build(conn)
 
 
 def build_job(conn: sqlite3.Connection, settings: Settings, data_dir: Path, job: dict[str, Any]) -> bool:
@@ -137,10 +130,9 @@ def prune_discs(conn: sqlite3.Connection, settings: Settings, data_dir: Path, no
         return 0
     cutoff = (time.time() if now is None else now) - hours * 3600
     removed = 0
-    for row in conn.execute("SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') "
-                            "AND finished_at BETWEEN ? AND ?", (cutoff - 30 * 86400, cutoff)).fetchall():
-        folder = Path(data_dir) / "discs" / row["id"]
-        if jobs.JOB_ID_RE.match(row["id"]) and folder.is_dir():
+    for job_id in jobs.finished_between(conn, cutoff - 30 * 86400, cutoff):
+        folder = Path(data_dir) / "discs" / job_id
+        if jobs.JOB_ID_RE.match(job_id) and folder.is_dir():
             shutil.rmtree(folder, ignore_errors=True)
             removed += 1
     if removed:
@@ -150,8 +142,7 @@ def prune_discs(conn: sqlite3.Connection, settings: Settings, data_dir: Path, no
 
 def recover_builds(conn: sqlite3.Connection) -> int:
     """After a burner restart, a job left `building` is queued again (its half-built folder is redone)."""
-    return conn.execute("UPDATE jobs SET state='queued', message='build interrupted; queued again', updated_at=? "
-                        "WHERE state='building'", (time.time(),)).rowcount
+    return jobs.requeue_interrupted_builds(conn)
 
 
 def _fits(robot: dict[str, Any], status: dict[str, Any] | None, media_needed: set[str]) -> bool:
@@ -167,32 +158,27 @@ def assign_built(conn: sqlite3.Connection, settings: Settings) -> int:
     configured = {r["name"]: r for r in robots.list_robots(settings)}
     statuses = robots.status_rows(conn)
     # a built job waiting on a robot that vanished or went silent goes back to the pool
-    for row in conn.execute("SELECT id, robot FROM jobs WHERE state='built' AND robot != ''").fetchall():
-        if row["robot"] not in configured or not robots.is_online(statuses.get(row["robot"])):
-            conn.execute("UPDATE jobs SET robot='', updated_at=? WHERE id=? AND state='built' AND robot=?",
-                         (time.time(), row["id"], row["robot"]))
+    for job_id, robot in jobs.robots_of(conn, (jobs.BUILT,)):
+        if robot and (robot not in configured or not robots.is_online(statuses.get(robot))):
+            jobs.unassign(conn, job_id, robot)
     # a robot deleted from the configuration while it had a job: nobody will follow that job any more
     # (only after it stayed away a while: a robot re-registered by discovery vanishes for a moment)
     now = time.monotonic()
-    for row in conn.execute("SELECT id, robot FROM jobs WHERE state IN ('submitted', 'burning')").fetchall():
-        if not row["robot"] or row["robot"] in configured:
-            _missing_since.pop(row["id"], None)
+    for job_id, robot in jobs.robots_of(conn, jobs.IN_ROBOT):
+        if not robot or robot in configured:
+            _missing_since.pop(job_id, None)
             continue
-        if now - _missing_since.setdefault(row["id"], now) >= REMOVED_GRACE_SECONDS:
-            _missing_since.pop(row["id"], None)
-            jobs.move(conn, row["id"], jobs.IN_ROBOT, jobs.FAILED, error_code="REMOVED",
-                      error=f"robot {row['robot']} was removed from the configuration while it had this job; "
+        if now - _missing_since.setdefault(job_id, now) >= REMOVED_GRACE_SECONDS:
+            _missing_since.pop(job_id, None)
+            jobs.move(conn, job_id, jobs.IN_ROBOT, jobs.FAILED, error_code="REMOVED",
+                      error=f"robot {robot} was removed from the configuration while it had this job; "
                             "check the robot before retrying")
-    waiting = conn.execute("SELECT * FROM jobs WHERE state='built' AND robot='' ORDER BY priority DESC, created_at, id"
-                           ).fetchall()
+    waiting = jobs.awaiting_robot(conn)
     if not waiting:
         return 0
-    load = {r["robot"]: r["n"] for r in conn.execute(
-        "SELECT robot, COUNT(*) AS n FROM jobs WHERE state IN ('built', 'submitted', 'burning') AND robot != '' "
-        "GROUP BY robot")}
+    load = jobs.robot_load(conn)
     assigned = 0
-    for row in waiting:
-        job = jobs._decode(row)
+    for job in waiting:
         needed = {d.get("media", "") for d in job["discs"]}
         role_robots = [r for r in configured.values() if job["role"] == "any" or r["role"] in (job["role"], "any")]
         label = ROLE_NAMES.get(job["role"], job["role"])
@@ -205,10 +191,7 @@ def assign_built(conn: sqlite3.Connection, settings: Settings) -> int:
                 fitting = [r for r in fitting if r["name"] != job["exclude_robot"]] or fitting
             if fitting:
                 robot = min(fitting, key=lambda r: (load.get(r["name"], 0), r["name"]))
-                done = conn.execute(
-                    "UPDATE jobs SET robot=?, message=?, updated_at=? WHERE id=? AND state='built' AND robot=''",
-                    (robot["name"], f"assigned to {robot['name']}", time.time(), job["id"])).rowcount
-                if done:
+                if jobs.assign(conn, job["id"], robot["name"], f"assigned to {robot['name']}"):
                     load[robot["name"]] = load.get(robot["name"], 0) + 1
                     assigned += 1
                     LOG.info("job %s assigned to robot %s", job["id"], robot["name"])

@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from appliance import db, index  # noqa: F401 - index registers the tables jobs refer to
+from appliance import db, index
 
 QUEUED, BUILDING, BUILT, SUBMITTED, BURNING = "queued", "building", "built", "submitted", "burning"
 DONE, FAILED, CANCELLED = "done", "failed", "cancelled"
@@ -36,6 +36,7 @@ STATES = (QUEUED, BUILDING, BUILT, SUBMITTED, BURNING, DONE, FAILED, CANCELLED)
 ACTIVE = (QUEUED, BUILDING, BUILT, SUBMITTED, BURNING)
 FINAL = (DONE, FAILED, CANCELLED)
 IN_ROBOT = (SUBMITTED, BURNING)
+CURRENT_ORDER = (BURNING, SUBMITTED, BUILDING, BUILT, QUEUED)  # which active job the panel shows
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 SCHEMA = """
@@ -85,7 +86,7 @@ CREATE TABLE IF NOT EXISTS job_seq (
     n   INTEGER NOT NULL
 );
 """
-db.register_schema("jobs", SCHEMA)
+MIGRATIONS: tuple = ()  # applied by db.connect after SCHEMA (see appliance.db)
 
 
 class JobError(ValueError):
@@ -111,13 +112,7 @@ def create_job_in(conn: sqlite3.Connection, *, role: str, sop_uids: Iterable[str
     job_id = _new_id(conn, now)
     uids = list(dict.fromkeys(sop_uids))
     conn.executemany("INSERT OR IGNORE INTO job_items (job_id, sop_uid) VALUES (?, ?)", [(job_id, u) for u in uids])
-    summary = conn.execute(
-        "SELECT COUNT(*) AS n, COALESCE(SUM(i.size), 0) AS size, MIN(p.id_value) AS patient_id, "
-        "MIN(p.patient_name) AS patient_name, COUNT(DISTINCT st.patient_id) AS patients, "
-        "json_group_array(DISTINCT i.study_uid) AS studies "
-        "FROM job_items j JOIN instances i ON i.sop_uid=j.sop_uid "
-        "LEFT JOIN studies st ON st.study_uid=i.study_uid LEFT JOIN patients p ON p.patient_id=st.patient_id "
-        "WHERE j.job_id=?", (job_id,)).fetchone()
+    summary = index.summarize(conn, uids)
     patient_name = summary["patient_name"] or ""
     if summary["patients"] > 1:  # one disc, several patients (e.g. one association to _E): say so
         patient_name += f" (+{summary['patients'] - 1} more)"
@@ -160,10 +155,8 @@ def list_jobs(conn: sqlite3.Connection, states: Sequence[str] | None = None, lim
 
 def job_instances(conn: sqlite3.Connection, job_id: str) -> list[dict[str, Any]]:
     """The index rows of the instances a job burns (those still in the index)."""
-    rows = conn.execute(
-        "SELECT i.* FROM job_items j JOIN instances i ON i.sop_uid=j.sop_uid WHERE j.job_id=? "
-        "ORDER BY i.study_uid, i.series_uid, CAST(i.instance_number AS INTEGER), i.sop_uid", (job_id,)).fetchall()
-    return [dict(r) for r in rows]
+    uids = [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM job_items WHERE job_id=?", (job_id,))]
+    return index.instances_of(conn, uids)
 
 
 def move(conn: sqlite3.Connection, job_id: str, from_states: Sequence[str], to_state: str, **fields: Any) -> bool:
@@ -226,11 +219,134 @@ def retry_job(conn: sqlite3.Connection, job_id: str) -> str:
 
 def study_sop_uids(conn: sqlite3.Connection, study_uid: str) -> list[str]:
     """Every instance of a study in the index (for burning on demand)."""
-    return [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE study_uid=?", (study_uid,))]
+    return index.study_sop_uids(conn, study_uid)
 
 
 def active_jobs_with_study(conn: sqlite3.Connection, study_uid: str) -> list[str]:
     """Ids of unfinished jobs that burn an instance of the study (it must not be deleted under them)."""
+    uids = index.study_sop_uids(conn, study_uid)
+    found: set[str] = set()
+    for start in range(0, len(uids), 500):
+        chunk = uids[start:start + 500]
+        found.update(r["id"] for r in conn.execute(
+            f"SELECT DISTINCT j.id FROM jobs j JOIN job_items ji ON ji.job_id=j.id "
+            f"WHERE ji.sop_uid IN ({','.join('?' * len(chunk))}) AND j.state IN ({','.join('?' * len(ACTIVE))})",
+            (*chunk, *ACTIVE)))
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- transitions and reads for
+# the burner (dispatch), the driver service, the panel, diagnostics and the worklist: the only SQL on jobs
+
+
+def _decode_all(rows: Iterable[sqlite3.Row]) -> list[dict[str, Any]]:
+    return [_decode(r) for r in rows]
+
+
+def claim_next_build(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    """Move the most urgent queued job to `building`; None when nothing is queued."""
+    while True:
+        row = conn.execute("SELECT id FROM jobs WHERE state='queued' ORDER BY priority DESC, created_at, id LIMIT 1"
+                           ).fetchone()
+        if row is None:
+            return None
+        if move(conn, row["id"], (QUEUED,), BUILDING, build_started_at=time.time(), message="building the disc"):
+            return get_job(conn, row["id"])
+
+
+def any_queued(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone() is not None
+
+
+def requeue_interrupted_builds(conn: sqlite3.Connection) -> int:
+    """After a burner restart, every job left `building` goes back to `queued`; returns how many."""
+    return conn.execute("UPDATE jobs SET state='queued', message='build interrupted; queued again', updated_at=? "
+                        "WHERE state='building'", (time.time(),)).rowcount
+
+
+def finished_between(conn: sqlite3.Connection, start: float, end: float) -> list[str]:
+    """Ids of the jobs that ended (done, failed, cancelled) between two times."""
     return [r["id"] for r in conn.execute(
-        f"SELECT DISTINCT j.id FROM jobs j JOIN job_items ji ON ji.job_id=j.id JOIN instances i ON i.sop_uid=ji.sop_uid "
-        f"WHERE i.study_uid=? AND j.state IN ({','.join('?' * len(ACTIVE))})", (study_uid, *ACTIVE))]
+        "SELECT id FROM jobs WHERE state IN ('done', 'failed', 'cancelled') AND finished_at BETWEEN ? AND ?",
+        (start, end))]
+
+
+def robots_of(conn: sqlite3.Connection, states: Sequence[str]) -> list[tuple[str, str]]:
+    """(job id, robot) of every job in `states` (robot '' when none is assigned)."""
+    return [(r["id"], r["robot"]) for r in conn.execute(
+        f"SELECT id, robot FROM jobs WHERE state IN ({','.join('?' * len(states))})", tuple(states))]
+
+
+def awaiting_robot(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Built jobs no robot has been given yet, most urgent first."""
+    return _decode_all(conn.execute(
+        "SELECT * FROM jobs WHERE state='built' AND robot='' ORDER BY priority DESC, created_at, id"))
+
+
+def robot_load(conn: sqlite3.Connection) -> dict[str, int]:
+    """Per robot, how many jobs it holds (built and assigned, submitted or burning)."""
+    return {r["robot"]: r["n"] for r in conn.execute(
+        "SELECT robot, COUNT(*) AS n FROM jobs WHERE state IN ('built', 'submitted', 'burning') AND robot != '' "
+        "GROUP BY robot")}
+
+
+def assign(conn: sqlite3.Connection, job_id: str, robot: str, message: str) -> bool:
+    """Give a built, unassigned job to a robot; False when it was taken or changed meanwhile."""
+    return conn.execute("UPDATE jobs SET robot=?, message=?, updated_at=? WHERE id=? AND state='built' AND robot=''",
+                        (robot, message, time.time(), job_id)).rowcount == 1
+
+
+def unassign(conn: sqlite3.Connection, job_id: str, robot: str) -> bool:
+    """Take a built job back from `robot` (gone or silent) so another robot can have it."""
+    return conn.execute("UPDATE jobs SET robot='', updated_at=? WHERE id=? AND state='built' AND robot=?",
+                        (time.time(), job_id, robot)).rowcount == 1
+
+
+def for_robot(conn: sqlite3.Connection, robot: str) -> list[dict[str, Any]]:
+    """The jobs a robot's driver handles: built and assigned to it, submitted or burning there."""
+    return _decode_all(conn.execute(
+        "SELECT * FROM jobs WHERE robot=? AND state IN ('built', 'submitted', 'burning') "
+        "ORDER BY priority DESC, created_at, id", (robot,)))
+
+
+def claim_submit(conn: sqlite3.Connection, job_id: str, robot: str) -> bool:
+    """built → submitted for the robot it is assigned to, before the publisher is called (a crash in
+    between leaves "submitted", which the driver's re-attach resolves); False when it was not there."""
+    now = time.time()
+    return conn.execute("UPDATE jobs SET state='submitted', submitted_at=?, updated_at=?, message=? "
+                        "WHERE id=? AND state='built' AND robot=?",
+                        (now, now, f"submitting to {robot}", job_id, robot)).rowcount == 1
+
+
+def current(conn: sqlite3.Connection) -> dict[str, Any] | None:
+    """The job the station is busiest with: burning first, then submitted, building, built, queued;
+    the oldest of its state. None when no job is active."""
+    order = " ".join(f"WHEN '{state}' THEN {i}" for i, state in enumerate(CURRENT_ORDER))
+    row = conn.execute(f"SELECT * FROM jobs WHERE state IN ({','.join('?' * len(CURRENT_ORDER))}) "
+                       f"ORDER BY CASE state {order} END, created_at, id LIMIT 1", CURRENT_ORDER).fetchone()
+    return _decode(row) if row else None
+
+
+def state_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """How many jobs are in each state (states with none are missing)."""
+    return {r["state"]: r["n"] for r in conn.execute("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+
+
+def waiting_reasons(conn: sqlite3.Connection, limit: int = 10) -> list[tuple[str, str, int]]:
+    """(state, message, count) of the queued and built jobs, the most common first: why jobs wait."""
+    return [(r["state"], r["message"], r["n"]) for r in conn.execute(
+        "SELECT state, message, COUNT(*) AS n FROM jobs WHERE state IN ('queued', 'built') "
+        "GROUP BY state, message ORDER BY n DESC LIMIT ?", (limit,))]
+
+
+def done_since(conn: sqlite3.Connection, since: float) -> list[tuple[list[str], float]]:
+    """(study uids, updated_at) of the jobs done after `since`, oldest first (the worklist's CM)."""
+    out = []
+    for r in conn.execute("SELECT study_uids, updated_at FROM jobs WHERE state='done' AND updated_at > ? "
+                          "ORDER BY updated_at", (since,)):
+        try:
+            uids = [u for u in json.loads(r["study_uids"] or "[]") if isinstance(u, str) and u]
+        except ValueError:
+            uids = []
+        out.append((uids, float(r["updated_at"])))
+    return out

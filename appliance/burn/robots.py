@@ -17,7 +17,6 @@ from typing import Any
 
 from tinydb import Query
 
-from appliance import db
 from appliance.config import SettingError, Settings
 from appliance.publish import MEDIA_ORDER, RobotStatus
 from drivers.encoding import check_codepage
@@ -40,7 +39,7 @@ CREATE TABLE IF NOT EXISTS robot_status (
     pid          INTEGER NOT NULL DEFAULT 0
 );
 """
-db.register_schema("robots", SCHEMA)
+MIGRATIONS: tuple = ()  # applied by db.connect after SCHEMA (see appliance.db)
 
 
 def _media(value: Any) -> list[str]:
@@ -216,6 +215,15 @@ def record_status(conn: sqlite3.Connection, name: str, status: RobotStatus | Non
         "status=excluded.status, heartbeat_at=excluded.heartbeat_at, pid=excluded.pid",
         (name, online, text[:1000], json.dumps(body, default=str), time.time(), os.getpid()),
     )
+
+
+def mark_offline(conn: sqlite3.Connection, name: str, reason: str) -> None:
+    """Record that a robot is gone (unplugged, its driver stopped) and why; kept until a driver
+    heartbeats it again."""
+    conn.execute(
+        "INSERT INTO robot_status (name, online, message, heartbeat_at, pid) VALUES (?, 0, ?, ?, 0) "
+        "ON CONFLICT(name) DO UPDATE SET online=0, message=excluded.message, pid=0",
+        (name, reason[:1000], time.time()))
 
 
 def mark_stopped(conn: sqlite3.Connection, name: str, message: str) -> None:

@@ -104,7 +104,6 @@ CREATE TABLE IF NOT EXISTS burn_claims (
 );
 CREATE INDEX IF NOT EXISTS burn_claims_assoc ON burn_claims(assoc_id);
 """
-db.register_schema("burn_routing", SCHEMA)
 
 
 def _add_claim_arrival(conn: sqlite3.Connection) -> None:
@@ -117,7 +116,8 @@ def _add_claim_arrival(conn: sqlite3.Connection) -> None:
         conn.execute("UPDATE burn_claims SET arrival_id=?", (index.last_arrival_id(conn),))
 
 
-db.register_migration("burn_routing.burn_claims.arrival_id", _add_claim_arrival)  # after index's migrations
+# applied by db.connect after every owner's SCHEMA, and after index's migrations (SCHEMA_OWNERS order)
+MIGRATIONS = (("burn_routing.burn_claims.arrival_id", _add_claim_arrival),)
 
 # derived_aets() role → (job role, mode)
 _ROUTES = {"epson": ("epson", "assoc"), "primera": ("primera", "assoc"),
@@ -154,16 +154,13 @@ class Router:
         conn = self.conn
         cursor = conn.execute("SELECT value FROM burn_cursor WHERE name='associations'").fetchone()
         if cursor is None:
-            first = conn.execute("SELECT MIN(id) AS id FROM associations WHERE ended_at IS NULL OR ended_at >= ?",
-                                 (now - HISTORY_SECONDS,)).fetchone()["id"]
-            start = (first - 1) if first is not None else (
-                conn.execute("SELECT COALESCE(MAX(id), 0) AS id FROM associations").fetchone()["id"])
+            first = index.first_association_since(conn, now - HISTORY_SECONDS)
+            start = (first - 1) if first is not None else index.last_association_id(conn)
             conn.execute("INSERT OR IGNORE INTO burn_cursor (name, value) VALUES ('associations', ?)", (start,))
             last = start
         else:
             last = cursor["value"]
-        rows = conn.execute("SELECT id, called_aet FROM associations WHERE id > ? ORDER BY id LIMIT 1000",
-                            (last,)).fetchall()
+        rows = index.associations_after(conn, last, limit=1000)
         if not rows:
             return
         table = routes(self.settings)
@@ -181,7 +178,7 @@ class Router:
 
     def _follow(self, item: dict[str, Any], now: float) -> str | None:
         conn = self.conn
-        assoc = conn.execute("SELECT * FROM associations WHERE id=?", (item["assoc_id"],)).fetchone()
+        assoc = index.association(conn, item["assoc_id"])
         if assoc is None:
             self._set_assoc(item["assoc_id"], "done", note="association row vanished")
             return None
@@ -370,9 +367,14 @@ def held_associations(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 
 def pending_groups_with_study(conn: sqlite3.Connection, study_uid: str) -> list[int]:
     """Ids of delayed groups still waiting that hold an instance of the study."""
-    return [r["id"] for r in conn.execute(
-        "SELECT DISTINCT g.id FROM burn_groups g JOIN burn_group_items gi ON gi.group_id=g.id "
-        "JOIN instances i ON i.sop_uid=gi.sop_uid WHERE i.study_uid=? AND g.state='pending'", (study_uid,))]
+    uids = index.study_sop_uids(conn, study_uid)
+    found: set[int] = set()
+    for start in range(0, len(uids), 900):
+        chunk = uids[start:start + 900]
+        found.update(r["id"] for r in conn.execute(
+            "SELECT DISTINCT g.id FROM burn_groups g JOIN burn_group_items gi ON gi.group_id=g.id "
+            f"WHERE gi.sop_uid IN ({','.join('?' * len(chunk))}) AND g.state='pending'", tuple(chunk)))
+    return sorted(found)
 
 
 def group_of_job(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:

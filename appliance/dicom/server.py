@@ -194,9 +194,7 @@ class DicomServer:
 
     def _configure_debug(self) -> None:
         logger = logging.getLogger("pynetdicom")
-        set_protocol_logging = getattr(pnd_tuning, "set_protocol_logging", None)  # absent in older pnd_tuning
-        if set_protocol_logging is not None:
-            set_protocol_logging(bool(self.settings.get("dicom.debug")))
+        pnd_tuning.set_protocol_logging(bool(self.settings.get("dicom.debug")))
         if self.settings.get("dicom.debug"):
             if self._debug_handler is None:
                 logs = self.data_dir / "logs"

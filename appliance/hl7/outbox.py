@@ -13,7 +13,6 @@ import logging
 import sqlite3
 import time
 
-from appliance import db
 from appliance.config import python_codec
 from appliance.hl7 import message as hl7msg
 from appliance.hl7 import mllp
@@ -37,7 +36,7 @@ CREATE TABLE IF NOT EXISTS hl7_outbox (
 CREATE INDEX IF NOT EXISTS hl7_outbox_state ON hl7_outbox(state, next_at);
 """
 
-db.register_schema("hl7_outbox", SCHEMA)
+MIGRATIONS: tuple = ()  # applied by db.connect after SCHEMA (see appliance.db)
 
 MAX_DELAY = 300.0
 MAX_AE_ATTEMPTS = 5

@@ -15,15 +15,14 @@ import shutil
 import socket
 import sqlite3
 import struct
-import time
 from pathlib import Path
 from typing import Any
 
 from appliance.accounts import read_setup_code
+from appliance.burn import jobs, robots
 from appliance.config import Settings
 
 SIOCGIFADDR = 0x8915
-ACTIVE_JOB_STATES = ("burning", "submitted", "building", "built", "queued")
 
 
 def ip_addresses() -> list[str]:
@@ -61,30 +60,18 @@ def _db(data_dir: Path) -> sqlite3.Connection | None:
     return conn
 
 
-def _rows(conn: sqlite3.Connection | None, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
-    if conn is None:
-        return []
-    try:
-        return conn.execute(sql, args).fetchall()
-    except sqlite3.Error:
-        return []
-
-
 def station_state(data_dir: Path, settings: Settings, conn: sqlite3.Connection | None) -> tuple[str, str]:
     """(state, detail) for the panel."""
     free_mb = shutil.disk_usage(data_dir).free // 2**20
     if free_mb < max(int(settings.get("dicom.min_free_mb")), 1) * 2:
         return "DISK LOW", f"{free_mb} MB free"
-    robots = {r.get("name"): r for r in settings.table_all("robots")}
-    now = time.time()
-    for row in _rows(conn, "SELECT name, online, message, status, heartbeat_at FROM robot_status"):
-        if row["name"] not in robots:
+    configured = {r.get("name") for r in settings.table_all("robots")}
+    for name, row in (robots.status_rows(conn) if conn is not None else {}).items():
+        if name not in configured:
             continue
-        faults = []
-        with contextlib.suppress(ValueError, TypeError):
-            faults = json.loads(row["status"] or "{}").get("faults") or []
-        if not row["online"] or faults or now - float(row["heartbeat_at"] or 0) > 15:
-            return "ROBOT FAULT", f"{row['name']}: {', '.join(faults) or row['message'] or 'offline'}"
+        faults = row["status"].get("faults") or []
+        if not robots.is_online(row) or faults:
+            return "ROBOT FAULT", f"{name}: {', '.join(faults) or row['message'] or 'offline'}"
     try:
         sup = json.loads((data_dir / "run" / "supervisor.json").read_text())
     except (OSError, ValueError):
@@ -96,16 +83,11 @@ def station_state(data_dir: Path, settings: Settings, conn: sqlite3.Connection |
 
 
 def current_job(conn: sqlite3.Connection | None) -> dict[str, Any] | None:
-    placeholders = ",".join("?" * len(ACTIVE_JOB_STATES))
-    rows = _rows(conn, f"SELECT * FROM jobs WHERE state IN ({placeholders})", ACTIVE_JOB_STATES)
-    if not rows:
-        return None
-    rows.sort(key=lambda r: ACTIVE_JOB_STATES.index(r["state"]))
-    return dict(rows[0])
+    return jobs.current(conn) if conn is not None else None
 
 
 def queue_counts(conn: sqlite3.Connection | None) -> dict[str, int]:
-    return {r["state"]: r["n"] for r in _rows(conn, "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+    return jobs.state_counts(conn) if conn is not None else {}
 
 
 def pages(data_dir: Path, settings: Settings, addresses: list[str] | None = None) -> list[list[str]]:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from appliance import db
-from appliance.burn import dispatch, routing
+from appliance.burn import dispatch, jobs, routing
 from appliance.config import Settings
 
 LOG = logging.getLogger("burnstation.burner")
@@ -63,7 +63,7 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
             try:
                 if router.run_once():
                     wake.set()
-                if conn.execute("SELECT 1 FROM jobs WHERE state='queued' LIMIT 1").fetchone():
+                if jobs.any_queued(conn):
                     wake.set()
                 dispatch.assign_built(conn, settings)
                 if time.monotonic() - pruned > PRUNE_SECONDS:

@@ -31,19 +31,12 @@ PICKUP_SECONDS = 300.0
 
 
 def register_drivers() -> None:
-    """Fill PUBLISHER_FACTORIES: the folder export, and the robot drivers when they are installed."""
-    from appliance.burn import folder_export  # noqa: F401 - registers "folder"
+    """Fill PUBLISHER_FACTORIES: the folder export and the robot drivers (a driver that fails to
+    import stops the service with its error: a robot without its driver cannot burn)."""
+    import drivers
+    from appliance.burn import folder_export  # noqa: F401 - importing it registers "folder"
 
-    try:
-        import drivers  # type: ignore[import-not-found]
-    except ImportError:
-        return
-    register_all = getattr(drivers, "register_all", None)
-    if register_all is not None:
-        try:
-            register_all()
-        except Exception:
-            LOG.exception("could not register the robot drivers")
+    drivers.register_all()
 
 
 def make_publisher(robot: dict[str, Any], data_dir: Path) -> publish.Publisher:
@@ -118,10 +111,7 @@ class RobotLoop:
     def work(self) -> None:
         if self.publisher is None or self.robot is None:
             return
-        rows = self.conn.execute("SELECT * FROM jobs WHERE robot=? AND state IN ('built', 'submitted', 'burning') "
-                                 "ORDER BY priority DESC, created_at, id", (self.name,)).fetchall()
-        for row in rows:
-            job = jobs._decode(row)
+        for job in jobs.for_robot(self.conn, self.name):
             try:
                 if job["state"] == jobs.BUILT:
                     if self.online:
@@ -136,10 +126,7 @@ class RobotLoop:
         assert self.publisher is not None and self.robot is not None
         rjid = job["robot_job_id"] or job["id"]
         # claim first: a crash after this line leaves "submitted", which re-attach resolves
-        if not self.conn.execute(
-                "UPDATE jobs SET state='submitted', submitted_at=?, updated_at=?, message=? "
-                "WHERE id=? AND state='built' AND robot=?",
-                (time.time(), time.time(), f"submitting to {self.name}", job["id"], self.name)).rowcount:
+        if not jobs.claim_submit(self.conn, job["id"], self.name):
             return
         self.attached.add(rjid)
         try:

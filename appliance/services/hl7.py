@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from appliance import db
-from appliance import index as _index  # noqa: F401 - registers the instances/studies tables
 from appliance.config import Settings
 from appliance.hl7 import outbox
 from appliance.hl7.mllp import MLLPServer

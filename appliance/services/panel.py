@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -59,6 +60,10 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
                 ready.set()
             try:
                 content = screen.pages(data_dir, settings)
+            except sqlite3.Error as exc:  # state.db locked or damaged: say so on the panel and in the log
+                LOG.warning("front panel: cannot read state.db: %s", exc)
+                content = [[str(settings.get("dicom.aet")), "State: DB ERROR", str(exc)[:20], str(exc)[20:40]]]
+            try:
                 now = time.monotonic()
                 if now >= next_page:
                     page += 1

@@ -1,32 +1,31 @@
-"""The supervisor loop behind `burnstation run`: one child process per service, kept alive.
+"""The supervisor loop behind `burnstation run`: one child process per entry of its plan, kept alive.
 
-Every 0.2 s it reaps children, follows discovery (robots and the LCD coming and going) and
-settings changes (the robots table), starts and stops processes to match what should run, and
-writes its state atomically to `<data>/run/supervisor.json` for `burnstation status` and the web
-UI. SIGTERM/SIGINT stop the children in reverse start order (SIGTERM, then SIGKILL after a
-timeout) within 10 s. Children run `burnstation service NAME` (see `appliance.supervisor.child`).
+Every 0.2 s it reaps children, asks its plan (`appliance.supervisor.plan`) what should run when
+the plan or the settings changed, starts and stops processes to match, and writes its state
+atomically to `<data>/run/supervisor.json` for `burnstation status` and the web UI.
+SIGTERM/SIGINT stop the children in reverse start order (SIGTERM, then SIGKILL after a timeout)
+within 10 s. It knows nothing of robots, panels or simulators: the station's plan does
+(`appliance.services.plan`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import json
 import logging
 import os
 import signal
-import sqlite3
-import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from appliance import atomicfile
 from appliance.config import Settings
-from appliance.discovery import Discovery, make_discovery
 from appliance.supervisor import requests
+from appliance.supervisor.plan import Plan, ProcessSpec
 from appliance.supervisor.process import Process, ProcessConfig
 from appliance.supervisor.states import ProcessState
 
@@ -66,126 +65,26 @@ def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     atomicfile.write_text(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
-def module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def parse_sim_robots(text: str) -> list[tuple[str, str]]:
-    """`epson,primera:p2` → [("epson", "epson"), ("primera", "p2")] (kind, name)."""
-    out = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        kind, _, name = item.partition(":")
-        out.append((kind.strip(), (name or kind).strip()))
-    return out
-
-
-# --------------------------------------------------------------------------- robots table helpers
-
-
-def list_robots(settings: Settings) -> list[dict[str, Any]]:
-    """The robots table (B2's API when present, else the table itself)."""
-    try:
-        from appliance.burn.robots import list_robots as api_list
-    except ImportError:
-        return settings.table_all("robots")
-    return api_list(settings)
-
-
-def ensure_robot(settings: Settings, doc: dict[str, Any], replace: bool = False) -> None:
-    """Add a discovered/simulated robot to the robots table unless it is there already."""
-    existing = {r.get("name"): r for r in settings.table_all("robots")}
-    old = existing.get(doc["name"])
-    if old is not None and (not replace or all(old.get(k) == v for k, v in doc.items())):
-        return
-    Path(doc["spool"]).mkdir(parents=True, exist_ok=True)
-    try:
-        from appliance.burn import robots as api
-    except ImportError:
-        api = None
-    if api is not None and hasattr(api, "add_robot"):
-        if old is not None and hasattr(api, "delete_robot"):
-            api.delete_robot(settings, doc["name"])
-        api.add_robot(settings, doc)
-    else:
-        from tinydb import Query
-
-        with settings.table("robots") as table:
-            table.remove(Query().name == doc["name"])
-            table.insert(doc)
-    LOG.info("robot %s registered (driver %s, source %s, spool %s)", doc["name"], doc["driver"],
-             doc["source"], doc["spool"])
-
-
-def mark_robot_offline(data_dir: Path, name: str, reason: str) -> None:
-    """Record in `robot_status` (when that table exists) that a robot is gone, and why."""
-    try:
-        from appliance import db
-
-        conn = db.connect(data_dir)
-    except Exception:
-        return
-    try:
-        cols = {row[1] for row in conn.execute("PRAGMA table_info(robot_status)")}
-        if not cols:
-            return
-        now = time.time()
-        existing = conn.execute("SELECT 1 FROM robot_status WHERE name=?", (name,)).fetchone()
-        sets = {"online": 0, "message": reason}
-        if "pid" in cols:
-            sets["pid"] = 0
-        if existing:
-            conn.execute(f"UPDATE robot_status SET {', '.join(f'{k}=?' for k in sets)} WHERE name=?",
-                         (*sets.values(), name))
-        else:
-            row = {"name": name, **sets}
-            if "heartbeat_at" in cols:
-                row["heartbeat_at"] = now
-            conn.execute(f"INSERT INTO robot_status ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
-                         tuple(row.values()))
-    except sqlite3.Error as exc:
-        LOG.warning("could not mark robot %s offline: %s", name, exc)
-    finally:
-        conn.close()
-
-
 # --------------------------------------------------------------------------- the supervisor
 
 
 class Supervisor:
-    """Runs the station's processes until `stop` is set."""
+    """Runs the processes its plan lists until `stop` is set."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, simulate: bool = False,
-                 sim_robots: str = "epson,primera", sim_speed: float = 1.0, services: list[str] | None = None,
-                 discovery: Discovery | None = None, tick: float = 0.2) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], plan: Plan | Callable[[], list[ProcessSpec]], *,
+                 tick: float = 0.2) -> None:
         self.data_dir = Path(data_dir).resolve()
-        self.settings = Settings(self.data_dir)
-        self.simulate = simulate
-        self.sim_robots = parse_sim_robots(sim_robots) if simulate else []
-        self.sim_speed = sim_speed
-        self.services = services if services is not None else self._default_services()
-        self.sim_root = self.data_dir / "sim"
-        self.discovery = discovery or make_discovery(self.data_dir, simulate, self.sim_root)
+        self.settings = Settings(self.data_dir)  # the supervisor's own timing rules (supervisor.*)
+        self.plan = plan if isinstance(plan, Plan) else Plan(plan)
         self.tick = tick
         self.stop_event = threading.Event()
         self.procs: dict[str, Process] = {}
+        self._specs: dict[str, ProcessSpec] = {}
         self._orders: dict[str, int] = {}
-        self._offline_marked: set[str] = set()
         self._state = "starting"
         self._last_write = 0.0
         self._dirty = True
         self.started_at = time.time()
-
-    @staticmethod
-    def _default_services() -> list[str]:
-        from appliance.services.station import available_services
-
-        return available_services()
 
     # -- what should run
 
@@ -196,47 +95,24 @@ class Supervisor:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
-    def _service_argv(self, name: str, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "appliance.cli", "--data", str(self.data_dir), "service", name, *extra]
-
-    def _config(self, name: str, argv: list[str], **meta: Any) -> ProcessConfig:
+    def _config(self, spec: ProcessSpec) -> ProcessConfig:
         values = self.settings.all()
-        if name not in self._orders:
-            self._orders[name] = len(self._orders)
-        return ProcessConfig(name=name, argv=argv, env=self._child_env(name),
+        if spec.name not in self._orders:
+            self._orders[spec.name] = len(self._orders)
+        return ProcessConfig(name=spec.name, argv=list(spec.argv), env=self._child_env(spec.name),
                              startsecs=float(values.get("supervisor.start_seconds", 3)),
                              startretries=int(values.get("supervisor.start_retries", 3)),
-                             stopwaitsecs=5.0, order=self._orders[name], meta=meta)
-
-    def active_robots(self) -> list[dict[str, Any]]:
-        """Robots that should have a driver process: manual ones always, discovered ones while plugged."""
-        plugged = self.discovery.robots()
-        out = []
-        for robot in list_robots(self.settings):
-            source = robot.get("source", "manual")
-            if source == "manual" or robot.get("name") in plugged:
-                out.append(robot)
-        return out
+                             stopwaitsecs=5.0, order=self._orders[spec.name], notify_ready=spec.notify_ready,
+                             meta=dict(spec.meta))
 
     def desired(self) -> dict[str, ProcessConfig]:
+        """The plan's processes now, with the supervisor's timing rules, by name."""
         wanted: dict[str, ProcessConfig] = {}
-        if self.simulate:
-            robots = ",".join(kind if kind == name else f"{kind}:{name}" for kind, name in self.sim_robots)
-            argv = [sys.executable, "-m", "burnstation_sim", "--spool", str(self.data_dir / "spool"),
-                    "--root", str(self.sim_root), "--robots", robots, "--speed", f"{self.sim_speed:g}", "--lcd"]
-            wanted["simulator"] = self._config("simulator", argv, kind="simulator")
-            wanted["simulator"].notify_ready = False  # not a `burnstation service`: running = ready
-        for name in self.services:
-            wanted[name] = self._config(name, self._service_argv(name), kind="service")
-        if module_exists("appliance.services.driver"):
-            for robot in self.active_robots():
-                rname = robot["name"]
-                wanted[f"driver:{rname}"] = self._config(
-                    f"driver:{rname}", self._service_argv("driver", "--robot", rname), kind="driver", robot=rname)
-        device = self.settings.get("panel.device") or self.discovery.lcd() or ""
-        if device:
-            wanted["panel"] = self._config("panel", self._service_argv("panel", "--device", device),
-                                           kind="panel", device=device)
+        for spec in self.plan():
+            if spec.name in wanted:
+                raise ValueError(f"the plan lists two processes named {spec.name!r}")
+            self._specs[spec.name] = spec
+            wanted[spec.name] = self._config(spec)
         return wanted
 
     def reconcile(self) -> None:
@@ -259,57 +135,13 @@ class Supervisor:
             self.procs[name] = proc
             proc.spawn()
             self._dirty = True
-            if config.meta.get("robot"):
-                self._offline_marked.discard(config.meta["robot"])
-        self._mark_absent_robots(wanted)
-
-    def _mark_absent_robots(self, wanted: dict[str, ProcessConfig]) -> None:
-        running = {c.meta.get("robot") for c in wanted.values() if c.meta.get("robot")}
-        running |= {p.config.meta.get("robot") for p in self.procs.values() if p.alive()}
-        plugged = self.discovery.robots()
-        for robot in list_robots(self.settings):
-            name = robot.get("name")
-            if not name or name in running or name in self._offline_marked:
-                continue
-            source = robot.get("source", "manual")
-            if source in ("udev", "simulated") and name not in plugged:
-                reason = "unplugged: its USB device is not connected" if source == "udev" else \
-                    "unplugged: the simulator does not announce this robot"
-                mark_robot_offline(self.data_dir, name, reason)
-                self._offline_marked.add(name)
-
-    def register_discovered(self) -> None:
-        """Put newly plugged robots into the robots table (source udev/simulated)."""
-        source = "simulated" if self.simulate else "udev"
-        known = {r.get("name") for r in self.settings.table_all("robots")}
-        for name, device in self.discovery.robots().items():
-            if name in known:
-                continue
-            driver = device["driver"]
-            spool = device.get("spool") or str(self.data_dir / "spool" / name)
-            doc = {"name": name, "driver": driver, "role": driver if driver in ("epson", "primera") else "any",
-                   "media": ["CD", "DVD"], "spool": str(spool), "engine_path": "", "mode": "image",
-                   "verify": True, "source": source}
-            try:
-                ensure_robot(self.settings, doc)
-            except Exception as exc:
-                LOG.error("could not register discovered robot %s: %s", name, exc)
-
-    def register_simulated(self) -> None:
-        for kind, name in self.sim_robots:
-            doc = {"name": name, "driver": kind, "role": kind, "media": ["CD", "DVD"],
-                   "spool": str(self.data_dir / "spool" / name), "engine_path": "", "mode": "image",
-                   "verify": True, "source": "simulated"}
-            ensure_robot(self.settings, doc, replace=True)
 
     # -- state for other processes
 
     def snapshot(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(), "state": self._state, "started_at": self.started_at, "updated_at": time.time(),
-            "data_dir": str(self.data_dir), "simulate": self.simulate,
-            "sim_root": str(self.sim_root) if self.simulate else None,
-            "discovery": self.discovery.status(),
+            "data_dir": str(self.data_dir), **self.plan.status(),
             "processes": [p.to_dict() for p in sorted(self.procs.values(), key=lambda p: p.config.order)],
         }
 
@@ -335,8 +167,7 @@ class Supervisor:
             if proc.poll():
                 self._dirty = True
         need = False
-        if self.discovery.poll():
-            self.register_discovered()
+        if self.plan.changed():
             need = True
             self._dirty = True
         if self.settings.changed():
@@ -346,24 +177,15 @@ class Supervisor:
             self._dirty = True
         gone = [n for n, p in self.procs.items() if not p.wanted and p.state is ProcessState.STOPPED]
         for name in gone:
-            robot = self.procs[name].config.meta.get("robot")
             del self.procs[name]
             need = True
-            if robot and robot not in self.discovery.robots() and self._robot_source(robot) != "manual":
-                mark_robot_offline(self.data_dir, robot, "unplugged: driver stopped because the device went away")
-                self._offline_marked.add(robot)
+            self.plan.stopped(self._specs[name])
         if need:
             self.reconcile()
         for proc in list(self.procs.values()):
             if proc.tick():
                 self._dirty = True
         self.write_state()
-
-    def _robot_source(self, name: str) -> str:
-        for robot in self.settings.table_all("robots"):
-            if robot.get("name") == name:
-                return robot.get("source", "manual")
-        return "manual"
 
     def _lock(self) -> bool:
         """One supervisor per data folder: a second `burnstation run` would fight the first."""
@@ -383,9 +205,7 @@ class Supervisor:
         if not self._lock():
             return 1
         self.write_state(force=True)
-        if self.simulate:
-            self.register_simulated()
-        self.register_discovered()
+        self.plan.start()
         self.reconcile()
         self._state = "running"
         self.write_state(force=True)
@@ -431,7 +251,7 @@ class Supervisor:
                 with contextlib.suppress(Exception):
                     proc.popen.wait(2)
                 proc.poll()
-        self.discovery.close()
+        self.plan.close()
         self._state = "stopped"
         self.write_state(force=True)
         LOG.info("all processes stopped")

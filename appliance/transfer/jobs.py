@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from appliance import db, index  # noqa: F401 - index registers the instances table read here
+from appliance import db, index
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -96,7 +96,7 @@ CREATE TABLE IF NOT EXISTS forward_cursor (
     last_id INTEGER NOT NULL
 );
 """
-db.register_schema("transfers", SCHEMA)
+MIGRATIONS: tuple = ()  # (name, function(conn)) for tables an older version made
 
 
 class TransferError(ValueError):
@@ -138,13 +138,7 @@ def create_retrieve(conn: sqlite3.Connection, node: str, method: str, study_uid:
 def select_instances(conn: sqlite3.Connection, study_uid: str = "", series_uid: str = "",
                      instance_uid: str = "") -> list[str]:
     """SOP Instance UIDs in the index for a study, series or instance (the narrowest given)."""
-    if instance_uid:
-        rows = conn.execute("SELECT sop_uid FROM instances WHERE sop_uid=?", (instance_uid,))
-    elif series_uid:
-        rows = conn.execute("SELECT sop_uid FROM instances WHERE series_uid=?", (series_uid,))
-    else:
-        rows = conn.execute("SELECT sop_uid FROM instances WHERE study_uid=?", (study_uid,))
-    return [r["sop_uid"] for r in rows]
+    return index.sop_uids_of(conn, study_uid, series_uid, instance_uid)
 
 
 def create_send(conn: sqlite3.Connection, node: str, sop_uids: Iterable[str], *, study_uid: str = "",
@@ -291,17 +285,19 @@ def count_active(conn: sqlite3.Connection) -> dict[str, int]:
 
 def pending_rows(conn: sqlite3.Connection, transfer_id: str) -> list[dict[str, Any]]:
     """Index rows of the instances a send still has to deliver (pending, still in the index)."""
-    return [dict(r) for r in conn.execute(
-        "SELECT i.* FROM transfer_items t JOIN instances i ON i.sop_uid=t.sop_uid "
-        "WHERE t.transfer_id=? AND t.state='pending' ORDER BY i.study_uid, i.series_uid, "
-        "CAST(i.instance_number AS INTEGER), i.sop_uid", (transfer_id,))]
+    pending = [r["sop_uid"] for r in conn.execute(
+        "SELECT sop_uid FROM transfer_items WHERE transfer_id=? AND state='pending'", (transfer_id,))]
+    return index.instances_by_uid(conn, pending)
 
 
 def mark_missing(conn: sqlite3.Connection, transfer_id: str) -> int:
     """Pending items no longer in the index: failed (there is nothing left to send)."""
-    return conn.execute("UPDATE transfer_items SET state='failed', status='not in the index any more' "
-                        "WHERE transfer_id=? AND state='pending' AND sop_uid NOT IN (SELECT sop_uid FROM instances)",
-                        (transfer_id,)).rowcount
+    pending = [r["sop_uid"] for r in conn.execute(
+        "SELECT sop_uid FROM transfer_items WHERE transfer_id=? AND state='pending'", (transfer_id,))]
+    gone = set(pending) - index.indexed_sop_uids(conn, pending)
+    return conn.executemany(
+        "UPDATE transfer_items SET state='failed', status='not in the index any more' "
+        "WHERE transfer_id=? AND state='pending' AND sop_uid=?", [(transfer_id, uid) for uid in gone]).rowcount
 
 
 def record_item(conn: sqlite3.Connection, transfer_id: str, sop_uid: str, state: str, status: str) -> None:
@@ -385,7 +381,7 @@ def fail_interrupted_requests(conn: sqlite3.Connection) -> int:
 
 def start_cursor(conn: sqlite3.Connection, rule: str) -> None:
     """A new rule forwards what arrives from now on."""
-    last = conn.execute("SELECT COALESCE(MAX(rowid), 0) AS n FROM instances").fetchone()["n"]
+    last = index.last_instance_rowid(conn)
     conn.execute("INSERT OR IGNORE INTO forward_cursor (rule, last_id) VALUES (?, ?)", (rule, last))
 
 
@@ -404,23 +400,16 @@ def collect_new(conn: sqlite3.Connection, rule: str, called: str, calling: str, 
             start_cursor(conn, rule)
             return 0
         last = row["last_id"]
-        top = conn.execute("SELECT COALESCE(MAX(rowid), 0) AS n FROM instances").fetchone()["n"]
+        top = index.last_instance_rowid(conn)
         if top <= last:
             return 0
-        where, args = ["i.rowid > ?", "i.rowid <= ?"], [last, top]
-        if called:
-            where.append("i.called_aet=?")
-            args.append(called)
-        if calling:
-            where.append("i.calling_aet=?")
-            args.append(calling)
-        if modalities:
-            where.append(f"s.modality IN ({','.join('?' * len(modalities))})")
-            args += list(modalities)
-        n = conn.execute(
-            "INSERT OR IGNORE INTO forward_items (rule, sop_uid, study_uid, received_at) "
-            f"SELECT ?, i.sop_uid, i.study_uid, i.received_at FROM instances i LEFT JOIN series s "
-            f"ON s.series_uid=i.series_uid WHERE {' AND '.join(where)}", (rule, *args)).rowcount
+        rows = index.instances_between_rowids(conn, last, top, called=called, calling=calling,
+                                              modalities=modalities)
+        n = 0
+        for row in rows:
+            n += conn.execute("INSERT OR IGNORE INTO forward_items (rule, sop_uid, study_uid, received_at) "
+                              "VALUES (?, ?, ?, ?)",
+                              (rule, row["sop_uid"], row["study_uid"], row["received_at"])).rowcount
         conn.execute("UPDATE forward_cursor SET last_id=? WHERE rule=?", (top, rule))
     return n
 
@@ -434,9 +423,11 @@ def queue_stable(conn: sqlite3.Connection, rule: str, node: str, delay: float) -
         "HAVING MAX(received_at) <= ?", (rule, cutoff))]
     for study_uid in studies:
         with db.transaction(conn):
-            uids = [r["sop_uid"] for r in conn.execute(
-                "SELECT f.sop_uid FROM forward_items f JOIN instances i ON i.sop_uid=f.sop_uid "
-                "WHERE f.rule=? AND f.transfer_id='' AND f.study_uid=?", (rule, study_uid))]
+            waiting = [r["sop_uid"] for r in conn.execute(
+                "SELECT sop_uid FROM forward_items WHERE rule=? AND transfer_id='' AND study_uid=?",
+                (rule, study_uid))]
+            present = index.indexed_sop_uids(conn, waiting)
+            uids = [uid for uid in waiting if uid in present]
             if not uids:
                 conn.execute("DELETE FROM forward_items WHERE rule=? AND transfer_id='' AND study_uid=?",
                              (rule, study_uid))

@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS worklist_meta (
 );
 """
 
-db.register_schema("worklist", SCHEMA)
+MIGRATIONS: tuple = ()  # applied by db.connect after SCHEMA (see appliance.db)
 
 OPEN_STATUSES = ("SCHEDULED", "STARTED")
 DONE_STATUSES = ("COMPLETED", "DISCONTINUED")
@@ -69,9 +69,48 @@ def meta_get(conn: sqlite3.Connection, key: str, default: int = 0) -> int:
     return int(row[0]) if row else default
 
 
-def meta_set(conn: sqlite3.Connection, key: str, value: int) -> None:
+def meta_set(conn: sqlite3.Connection, key: str, value: float) -> None:
     conn.execute("INSERT INTO worklist_meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
                  (key, value))
+
+
+def meta_get_float(conn: sqlite3.Connection, key: str, default: float = 0.0) -> float:
+    """A mark stored as REAL (a time), read back exactly."""
+    row = conn.execute("SELECT value FROM worklist_meta WHERE key=?", (key,)).fetchone()
+    return float(row[0]) if row else default
+
+
+def newest_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM worklist_items").fetchone()[0])
+
+
+def open_items(conn: sqlite3.Connection, *, study_uid: str | None = None, accession: str | None = None,
+               after_id: int | None = None) -> list[sqlite3.Row]:
+    """Items still scheduled or started: of a study, of an accession number, or newer than an id."""
+    if study_uid is not None:
+        where, args = "study_uid=?", (study_uid,)
+    elif accession is not None:
+        where, args = "accession=?", (accession,)
+    elif after_id is not None:
+        where, args = "id > ?", (after_id,)
+    else:
+        raise ValueError("open_items: give study_uid, accession or after_id")
+    return conn.execute(f"SELECT * FROM worklist_items WHERE {where} AND status IN (?, ?) ORDER BY id",
+                        (*args, *OPEN_STATUSES)).fetchall()
+
+
+def mark_images_arrived(conn: sqlite3.Connection, item_id: int, now: float) -> None:
+    conn.execute("UPDATE worklist_items SET images_at=? WHERE id=?", (now, item_id))
+
+
+def awaiting_disc(conn: sqlite3.Connection, study_uid: str) -> list[sqlite3.Row]:
+    """Items of a study whose images arrived and whose disc is not reported done yet."""
+    return conn.execute("SELECT * FROM worklist_items WHERE study_uid=? AND images_at IS NOT NULL "
+                        "AND disc_done_at IS NULL", (study_uid,)).fetchall()
+
+
+def mark_disc_done(conn: sqlite3.Connection, item_id: int, now: float) -> None:
+    conn.execute("UPDATE worklist_items SET disc_done_at=? WHERE id=?", (now, item_id))
 
 
 def find_order(conn: sqlite3.Connection, placer: str, filler: str, accession: str) -> sqlite3.Row | None:

@@ -11,12 +11,12 @@ queued only when an HL7 destination is configured.
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import time
 
 from appliance import db, index
+from appliance.burn import jobs
 from appliance.config import Settings
 from appliance.hl7 import outbox
 from appliance.worklist import items
@@ -28,10 +28,6 @@ HWM_KEY = "arrivals_id"  # index.arrivals_since's cursor
 OLD_HWM_KEY = "instances_rowid"  # before arrivals: the rowid of `instances`, which a re-sent instance keeps
 ITEMS_KEY = "items_checked_id"
 JOBS_KEY = "jobs_done_at"  # updated_at of the last finished job looked at  # orders that arrive after their images are matched once, on arrival
-
-
-def _table_columns(conn: sqlite3.Connection, table: str) -> set[str]:
-    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
 
 
 def _values(row: sqlite3.Row) -> dict[str, str]:
@@ -71,37 +67,27 @@ def link_images(conn: sqlite3.Connection, settings: Settings, now: float | None 
     rows = index.arrivals_since(conn, hwm)
     new_hwm = rows[-1][0] if rows else hwm
     study_uids = {r[1] for r in rows if r[1]}
-    accessions = set()
-    has_studies = bool(_table_columns(conn, "studies"))
-    if has_studies:
-        for uid in study_uids:
-            found = conn.execute("SELECT accession FROM studies WHERE study_uid=?", (uid,)).fetchone()
-            if found and found[0]:
-                accessions.add(found[0])
+    accessions = {acc for acc in (index.study_accession(conn, uid) for uid in study_uids) if acc}
     items_hwm = items.meta_get(conn, ITEMS_KEY)
-    newest_item = conn.execute("SELECT COALESCE(MAX(id), 0) FROM worklist_items").fetchone()[0]
+    newest_item = items.newest_id(conn)
     if not rows and newest_item == items_hwm:
         return 0
     marked = 0
     with db.transaction(conn):
         candidates: dict[int, sqlite3.Row] = {}
         for uid in study_uids:
-            for row in conn.execute("SELECT * FROM worklist_items WHERE study_uid=? AND status IN (?, ?)",
-                                    (uid, *items.OPEN_STATUSES)):
+            for row in items.open_items(conn, study_uid=uid):
                 candidates[row["id"]] = row
         for acc in accessions:
-            for row in conn.execute("SELECT * FROM worklist_items WHERE accession=? AND status IN (?, ?)",
-                                    (acc, *items.OPEN_STATUSES)):
+            for row in items.open_items(conn, accession=acc):
                 candidates[row["id"]] = row
-        if has_studies and newest_item > items_hwm:
-            for row in conn.execute(
-                    "SELECT w.* FROM worklist_items w WHERE w.id > ? AND w.status IN (?, ?) AND EXISTS "
-                    "(SELECT 1 FROM studies s WHERE s.study_uid=w.study_uid OR (w.accession<>'' AND "
-                    "s.accession=w.accession))", (items_hwm, *items.OPEN_STATUSES)):
-                candidates[row["id"]] = row
+        if newest_item > items_hwm:
+            for row in items.open_items(conn, after_id=items_hwm):
+                if index.study_stored(conn, row["study_uid"], row["accession"]):
+                    candidates[row["id"]] = row
         for row in candidates.values():
             items.set_item_status(conn, row, "COMPLETED", now)
-            conn.execute("UPDATE worklist_items SET images_at=? WHERE id=?", (now, row["id"]))
+            items.mark_images_arrived(conn, row["id"], now)
             _notify(conn, settings, row, "IP")
             marked += 1
             LOG.info("worklist item %s (accession %s) done: its images arrived", row["id"], row["accession"])
@@ -112,31 +98,20 @@ def link_images(conn: sqlite3.Connection, settings: Settings, now: float | None 
 
 def link_discs(conn: sqlite3.Connection, settings: Settings, now: float | None = None) -> int:
     """Notify CM for items whose study is on a disc finished since the last call (the burn pipeline's
-    `jobs` table, read only if it exists with the expected columns)."""
+    jobs, read through `appliance.burn.jobs`)."""
     now = now or time.time()
-    if not {"state", "study_uids", "updated_at"} <= _table_columns(conn, "jobs"):
+    since = items.meta_get_float(conn, JOBS_KEY)  # the exact updated_at of the last job seen
+    done = jobs.done_since(conn, since)
+    if not done:
         return 0
-    row = conn.execute("SELECT value FROM worklist_meta WHERE key=?", (JOBS_KEY,)).fetchone()
-    since = float(row[0]) if row else 0.0  # stored as REAL: the exact updated_at of the last job seen
-    jobs = conn.execute("SELECT study_uids, updated_at FROM jobs WHERE state='done' AND updated_at > ? "
-                        "ORDER BY updated_at", (since,)).fetchall()
-    if not jobs:
-        return 0
-    study_uids: set[str] = set()
-    for job in jobs:
-        try:
-            study_uids.update(u for u in json.loads(job[0] or "[]") if isinstance(u, str) and u)
-        except ValueError:
-            continue
+    study_uids = {uid for uids, _ in done for uid in uids}
     notified = 0
     with db.transaction(conn):
         for uid in study_uids:
-            for row in conn.execute("SELECT * FROM worklist_items WHERE study_uid=? AND images_at IS NOT NULL "
-                                    "AND disc_done_at IS NULL", (uid,)).fetchall():
-                conn.execute("UPDATE worklist_items SET disc_done_at=? WHERE id=?", (now, row["id"]))
+            for row in items.awaiting_disc(conn, uid):
+                items.mark_disc_done(conn, row["id"], now)
                 _notify(conn, settings, row, "CM")
                 notified += 1
                 LOG.info("worklist item %s (accession %s): disc done", row["id"], row["accession"])
-        conn.execute("INSERT INTO worklist_meta(key, value) VALUES(?, ?) "
-                     "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (JOBS_KEY, float(jobs[-1][1])))
+        items.meta_set(conn, JOBS_KEY, done[-1][1])
     return notified

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from appliance import index
 from appliance.dicom.handlers import BAD_IDENTIFIER, UNABLE_TO_PROCESS, failure_status
 from appliance.worklist import items
 from appliance.worklist import record as rec
@@ -90,7 +91,7 @@ def _forget_association(ctx: Any, assoc: Any) -> None:
     if state is None or not state.services <= {"worklist"}:
         return
     try:
-        ctx.conn().execute("DELETE FROM associations WHERE id=?", (state.row_id,))
+        index.forget_association(ctx.conn(), state.row_id)
     except sqlite3.Error:
         LOG.debug("could not drop the worklist association from the log", exc_info=True)
 
