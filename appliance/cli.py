@@ -103,9 +103,21 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from appliance.dicom import pnd_tuning
     from appliance.services import station
 
     _settings(args)
+    try:  # before any process starts: the dicom service would refuse the same way
+        pnd_tuning.check_library()
+    except pnd_tuning.LibraryChanged as exc:
+        print(f"burnstation: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    if args.simulate and importlib.util.find_spec("burnstation_sim") is None:
+        print("burnstation: --simulate needs the robot simulator, a development tool the appliance does "
+              "not ship: install it with `pip install ./hardware-sim` (`make venv` does)", file=sys.stderr)
+        return 1
     return station.run(_data(args), simulate=args.simulate, robots=args.robots, sim_speed=args.sim_speed)
 
 

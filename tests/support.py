@@ -28,6 +28,22 @@ NOT_AUTHORISED = "Unknown Status: 0x124"  # how dcmtk prints C-STORE/C-MOVE stat
 
 _handed_out: set[int] = set()
 
+# (node id, marked `station`) of the running pytest test, set by tests/tiers.py; None outside pytest
+running_test: tuple[str, bool] | None = None
+
+
+class UnmarkedStationTest(AssertionError):
+    """A test started a station process without the `station` mark (it would run in `make test-fast`)."""
+
+
+def check_station_allowed() -> None:
+    """Refuse to start a station from a test that is not marked `station` (see tests/tiers.py)."""
+    if running_test is not None and not running_test[1]:
+        raise UnmarkedStationTest(
+            f"{running_test[0]} starts a station process but is not marked `station`: add "
+            "@pytest.mark.station (or a module `pytestmark = pytest.mark.station`), or use a fixture "
+            "that builds the Station, so that `make test-fast` leaves it out")
+
 
 def free_port() -> int:
     """A free TCP port, never one this test process handed out before (the kernel may give the
@@ -205,6 +221,7 @@ class Station:
         self.aet = "BURNSTATION"
 
     def start(self, *extra: str) -> Station:
+        check_station_allowed()
         log = open(self.data / "station.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen([str(BIN / "burnstation"), "--data", str(self.data), "run", *extra],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

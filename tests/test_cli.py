@@ -9,6 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from support import BIN, Station, burnstation, dcmtk
 
@@ -67,6 +68,7 @@ def test_commands_without_init_say_so(tmp_path: Path) -> None:
         assert "burnstation init" in proc.stderr, proc.stderr
 
 
+@pytest.mark.station
 def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     st = Station(tmp_path / "data")
     st.start()
