@@ -116,3 +116,24 @@ def test_systemd_analyze_verify(tmp_path):
     bad.write_text((tmp_path / "burnstation.service").read_text().replace("Restart=on-failure", "Restart=often"))
     result = subprocess.run([tool, "verify", str(bad)], capture_output=True, text=True, timeout=120)
     assert "restart" in (result.stdout + result.stderr).lower()
+
+
+def test_the_image_installs_the_station_without_the_simulator():
+    """The robot simulator is a distribution of its own (hardware-sim/), for development and tests:
+    neither the root project (what the image pip-installs) nor the recipe brings it in."""
+    import fnmatch
+    import tomllib
+
+    root = tomllib.loads((REPO / "pyproject.toml").read_text())
+    sim = tomllib.loads((REPO / "hardware-sim" / "pyproject.toml").read_text())
+    assert "burnstation-sim" not in root["project"]["scripts"]
+    find = root["tool"]["setuptools"]["packages"]["find"]
+    assert find.get("where", ["."]) == ["."]
+    assert not any(fnmatch.fnmatch("burnstation_sim", pattern) for pattern in find["include"])
+    assert sim["project"]["scripts"]["burnstation-sim"] == "burnstation_sim.__main__:main"
+    assert sim["project"]["name"] != root["project"]["name"]
+    script = (IMAGE / "mkosi.postinst.chroot").read_text()
+    installs = [line for line in script.splitlines() if "pip install" in line]
+    assert installs and not any("hardware-sim" in line for line in installs)
+    assert "burnstation-sim" not in script and "burnstation_sim" not in script
+    assert "pynetdicom==3.0.4" in root["project"]["dependencies"]  # pnd_tuning's reviewed release

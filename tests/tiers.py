@@ -33,6 +33,10 @@ def builds_station(func: Callable[..., Any]) -> bool:
     return bool(_BUILDS_STATION.search(source))
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", f"{STATION}: starts a station process; left out by `make test-fast`")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
