@@ -67,6 +67,7 @@ module relies on changes shape, so an upgrade is a deliberate act.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -92,7 +93,7 @@ from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import make_target
 
@@ -651,6 +652,27 @@ def _socket_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
 def set_protocol_logging(enabled: bool) -> None:
     """Bind pynetdicom's standard logging handlers to associations created from now on (or not)."""
     _config.LOG_HANDLER_LEVEL = "standard" if enabled or not fast_path_enabled("logging") else "none"
+
+
+# --------------------------------------------------------------------------- 5. stopping
+
+
+def drop_unrequested(assoc: Association) -> bool:
+    """End at once an acceptor association whose peer never sent an A-ASSOCIATE-RQ; False otherwise.
+
+    pynetdicom's association thread waits up to the ACSE time-out for the request, even after
+    the peer has closed the connection (a port probe), so a server stop would wait for it. Its
+    connection is closed, and its thread woken with the association marked aborted: the
+    library's acceptor path then neither negotiates nor serves, it shuts the socket and returns.
+    """
+    if not assoc.is_acceptor or getattr(assoc.requestor, "primitive", None) is not None or assoc.is_established:
+        return False
+    assoc.is_aborted = True
+    assoc.dul.kill_dul()
+    with contextlib.suppress(Exception):
+        cast(Any, assoc.dul.socket)._shutdown_socket()
+    assoc.dul.to_user_queue.put(A_P_ABORT())
+    return True
 
 
 # --------------------------------------------------------------------------- install / checks
