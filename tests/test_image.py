@@ -137,3 +137,26 @@ def test_the_image_installs_the_station_without_the_simulator():
     assert installs and not any("hardware-sim" in line for line in installs)
     assert "burnstation-sim" not in script and "burnstation_sim" not in script
     assert "pynetdicom==3.0.4" in root["project"]["dependencies"]  # pnd_tuning's reviewed release
+
+
+def test_the_simulator_distribution_stands_alone():
+    """burnstation_sim is installed without the station: it imports nothing of it, and its
+    declared dependencies cover the third-party modules it imports."""
+    import ast
+    import tomllib
+
+    sim_dir = REPO / "hardware-sim"
+    declared = {d.split(">")[0].split("<")[0].split("=")[0].strip().lower()
+                for d in tomllib.loads((sim_dir / "pyproject.toml").read_text())["project"]["dependencies"]}
+    dist_of = {"PIL": "pillow", "pycdlib": "pycdlib"}
+    imported = set()
+    for path in (sim_dir / "burnstation_sim").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    assert not imported & {"appliance", "drivers", "webui"}, imported
+    third_party = imported - set(sys.stdlib_module_names) - {"burnstation_sim"}
+    assert third_party <= set(dist_of), f"undeclared in hardware-sim/pyproject.toml: {third_party - set(dist_of)}"
+    assert {dist_of[name] for name in third_party} <= declared

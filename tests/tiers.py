@@ -12,6 +12,7 @@ no station process. A pytest plugin (loaded by conftest.py) that
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 from collections.abc import Callable
@@ -24,6 +25,7 @@ STATION = "station"
 _BUILDS_STATION = re.compile(r"\bStation\(")
 
 
+@functools.cache
 def builds_station(func: Callable[..., Any]) -> bool:
     """Whether a fixture's own code constructs a Station."""
     try:
