@@ -105,13 +105,13 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from appliance.dicom import pnd_tuning
+    from appliance import pnd_release
     from appliance.services import station
 
     _settings(args)
     try:  # before any process starts: the dicom service would refuse the same way
-        pnd_tuning.check_library()
-    except pnd_tuning.LibraryChanged as exc:
+        pnd_release.check_library()
+    except pnd_release.LibraryChanged as exc:
         print(f"burnstation: refusing to start: {exc}", file=sys.stderr)
         return 1
     if args.simulate and importlib.util.find_spec("burnstation_sim") is None:

@@ -48,10 +48,12 @@ def test_connections_without_a_request_are_closed_at_once(server: DicomServer):
     kept = _probe(server.port)
     _probe(server.port).close()  # connect and go: the library still waits for the request
     wait_for(lambda: _pending(server) >= 2, 10, "both connections taken as associations", every=0.05)
+    threads = [assoc for s in server.servers for assoc in s.active_associations]
     t0 = time.monotonic()
     server.stop()
     elapsed = time.monotonic() - t0
     assert elapsed < 1.0, elapsed  # not the grace period: nothing was running
+    assert not [t for t in threads if t.is_alive()]  # their threads ended too, not left waiting
     kept.settimeout(5)
     assert kept.recv(10) == b""  # closed by the server
     kept.close()

@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -560,3 +563,18 @@ def test_store_rq_decoding_same_as_library(name: str):
     first_pdv = pdatas[0].presentation_data_value_list[0][1]
     taken = first_pdv[0] & 3 == 3 and pnd_tuning._decode_store_rq(first_pdv[1:]) is not None
     assert taken == (name in ("plain", "big", "merged", "move", "odd-uid", "padded-uids-and-aet")), name
+
+
+def test_release_check_reads_the_same_sources_without_importing_the_library():
+    """`burnstation run` checks from the files (cheap, before any process starts); they are the
+    very sources `inspect` gives for the loaded functions."""
+    from appliance import pnd_release
+
+    from_files = pnd_release.library_sources()
+    loaded = pnd_tuning.original_functions()
+    assert set(from_files) == set(loaded)
+    for name, func in loaded.items():
+        assert from_files[name] == inspect.getsource(func), name
+    script = "import sys; from appliance import pnd_release; pnd_release.check_library(); print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert "'pynetdicom'" not in out.stdout and "'pydicom'" not in out.stdout

@@ -1,9 +1,9 @@
 """Every change the station makes to pynetdicom internals, in one place.
 
 pynetdicom is pinned to 3.0.4 in pyproject.toml, and `install()` checks at every start that each
-library function a patch replaces, copies or wraps is the reviewed 3.0.4 source (REPLACED_SOURCES,
-sha256 of its source). A speed-only patch (2 to 3b) over changed code is left out, with a warning
-in the log, and the library's own code runs. The called-AE-title patch (1) carries behaviour: the
+library function a patch replaces, copies or wraps is the reviewed 3.0.4 source (sha256 of its
+source, read from the library's files: `appliance/pnd_release.py`). A speed-only patch (2 to 3b)
+over changed code is left out, with a warning in the log, and the library's own code runs. The called-AE-title patch (1) carries behaviour: the
 library's path would accept other called titles than the station's, so over changed code
 `install()` raises `LibraryChanged` and the station does not start (`burnstation run` checks
 this before it starts any process). `tests/test_pnd_tuning.py` also fails when an internal this
@@ -83,7 +83,6 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import Any, cast
 
-import pynetdicom
 from pydicom.values import convert_AE_string, convert_UI
 from pynetdicom import _config, evt
 from pynetdicom.acse import ACSE
@@ -96,6 +95,16 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import make_target
+
+from appliance.pnd_release import (  # noqa: F401 - the check's names are part of this module's API
+    BEHAVIOURAL,
+    PATCH_SOURCES,
+    REPLACED_SOURCES,
+    LibraryChanged,
+    changed_sources,
+    check_library,
+    installed_version,
+)
 
 _ORIGINAL_NEGOTIATE = ACSE._negotiate_as_acceptor
 _ORIGINAL_ASSOC_INIT = Association.__init__
@@ -118,35 +127,6 @@ _installed = False
 IDLE_WAIT = 0.05  # seconds a reactor blocks when idle before re-checking its timers
 _INLINE_STORE = False  # 2b on (set by install)
 
-# sha256 of the source of every library function the patches replace, copy or wrap: a pynetdicom
-# release that changes one of them must be reviewed (`install()` checks them at every start).
-REPLACED_SOURCES = {
-    "ACSE._negotiate_as_acceptor": "fffd360957c42a8ed89284cf1b1b734527c9be60253950777a0330c0f2be692e",
-    "Association.__init__": "eb07516b8009ad8fa338201dea39578380fbf9f2c59fa5e368e20250eb97c4ea",
-    "Association.kill": "8f9713666a7f4cffd840899f023090e9786668945a7c844f99d7a834077c3972",
-    "Association._run_reactor": "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
-    "DULServiceProvider.run_reactor": "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
-    "DULServiceProvider.kill_dul": "5ceccf8dd01c2072c377d18bb1be284941a345bd40f03bd1e03a864ab0817842",
-    "DULServiceProvider.stop_dul": "28a7e0be126e7b306369cc1b131daec8e907d21d0f5692930133b6599b8c6e5f",
-    "DIMSEServiceProvider.receive_primitive": "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f",
-    "AssociationSocket.recv": "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
-    "DIMSEServiceProvider.send_msg": "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
-}
-# the library functions each patch stands on; BEHAVIOURAL is the one that changes what the station
-# accepts (the others only make it faster and are left out when their library code changed)
-BEHAVIOURAL = "called_aets"
-PATCH_SOURCES = {
-    BEHAVIOURAL: ("ACSE._negotiate_as_acceptor",),
-    "reactors": ("Association.__init__", "Association.kill", "Association._run_reactor",
-                 "DULServiceProvider.run_reactor", "DULServiceProvider.kill_dul", "DULServiceProvider.stop_dul"),
-    "store_rsp": ("DIMSEServiceProvider.send_msg",),
-    "store_rq": ("DIMSEServiceProvider.receive_primitive",),
-    "recv": ("AssociationSocket.recv",),
-}
-
-
-class LibraryChanged(RuntimeError):
-    """The installed pynetdicom differs where the called-AE-title patch stands: the station must not start."""
 
 
 def _negotiate_as_acceptor(self: ACSE) -> None:
@@ -695,38 +675,6 @@ def fast_path_enabled(part: str = "") -> bool:
     return part in parts if part else bool(parts & set(FAST_PATH_PARTS))
 
 
-def changed_sources() -> dict[str, str]:
-    """The library functions whose source is not the reviewed one: name -> its sha256 now."""
-    changed = {}
-    for name, func in original_functions().items():
-        try:
-            digest = source_hash(func)
-        except (OSError, TypeError):  # no source to read (a compiled or stripped install)
-            digest = "unreadable"
-        if digest != REPLACED_SOURCES[name]:
-            changed[name] = digest
-    return changed
-
-
-def check_library() -> dict[str, list[str]]:
-    """The speed-only patches whose library code changed (to be left out) -> the changed functions.
-
-    Raises LibraryChanged when the called-AE-title patch's code changed: the library's own
-    negotiation would answer to other called AE titles than the station's.
-    """
-    changed = changed_sources()
-    affected = {part: [n for n in names if n in changed] for part, names in PATCH_SOURCES.items()}
-    affected = {part: names for part, names in affected.items() if names}
-    if BEHAVIOURAL in affected:
-        raise LibraryChanged(
-            f"pynetdicom {pynetdicom.__version__} is not the release the station was reviewed against "
-            f"(pynetdicom==3.0.4): {', '.join(affected[BEHAVIOURAL])} changed, so the called-AE-title "
-            "negotiation (<AET>, <AET>_E, _P, _TE, _TP) cannot be applied and the library's own would "
-            "accept other titles. "
-            "Install pynetdicom==3.0.4, or review appliance/dicom/pnd_tuning.py and re-pin its hashes.")
-    return affected
-
-
 def install() -> None:
     """Apply the patches (idempotent), each only over the library code it was written for.
 
@@ -738,7 +686,7 @@ def install() -> None:
     skipped = check_library()
     for part, names in sorted(skipped.items()):
         LOG.warning("pynetdicom %s: %s differ from the reviewed 3.0.4 source; the '%s' speed-up is "
-                    "left out and the library's own code runs", pynetdicom.__version__, ", ".join(names), part)
+                    "left out and the library's own code runs", installed_version(), ", ".join(names), part)
     ACSE._negotiate_as_acceptor = _negotiate_as_acceptor  # type: ignore[method-assign]
     _installed = True
     _INLINE_STORE = fast_path_enabled("inline_store") and "reactors" not in skipped  # 2b needs 2's queues
