@@ -1,7 +1,7 @@
 """Settings: every option of the source guide, validated, stored atomically in TinyDB.
 
-`settings.json` holds three tables: `settings` (one document of key → value), `nodes` (known DICOM
-nodes) and `users` (web users). Each write goes to a temp file, is fsync'd and renamed over the old
+`settings.json` holds the tables `settings` (one document of key → value), `nodes` (known DICOM
+nodes) and `robots`; web users and sessions live in state.db (appliance/accounts.py). Each write goes to a temp file, is fsync'd and renamed over the old
 one, so a reader in another process never sees half a file; readers reload when the file changes.
 """
 
@@ -14,7 +14,6 @@ import json
 import os
 import re
 import socket
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from typing import Any
 
 from tinydb import Query, TinyDB
 from tinydb.storages import Storage
+
+from appliance import atomicfile
 
 SETTINGS_FILE = "settings.json"
 
@@ -82,6 +83,7 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
         return text
 
     check.bad_examples = ("", "x" + choices[0], choices[0].upper() + "?")  # type: ignore[attr-defined]
+    check.choices = choices  # type: ignore[attr-defined] - the web UI offers them as a list
     return check
 
 
@@ -96,6 +98,7 @@ def _choice_int(*choices: int) -> Callable[[str, Any], int]:
         return number
 
     check.bad_examples = ("", "fast", max(choices) + 1, min(choices) - 1)  # type: ignore[attr-defined]
+    check.choices = tuple(map(str, choices))  # type: ignore[attr-defined] - the web UI offers them as a list
     return check
 
 
@@ -416,24 +419,7 @@ class AtomicJSONStorage(Storage):
         return json.loads(text) if text.strip() else None
 
     def write(self, data: dict[str, Any]) -> None:
-        directory = os.path.dirname(self.path) or "."
-        fd, tmp = tempfile.mkstemp(prefix=".settings.", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=1, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o640)
-            os.replace(tmp, self.path)
-            dfd = os.open(directory, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        atomicfile.write_text(self.path, json.dumps(data, indent=1, sort_keys=True), mode=0o600)  # owner only, like the whole data folder (appliance/permissions.py)
 
     def close(self) -> None:
         pass
@@ -547,10 +533,11 @@ class Settings:
         with self._lock, self._db() as db:
             table = db.table("settings")
             docs = table.all()
-            current = dict(docs[0]) if docs else {}
-            current.update(converted)
-            table.truncate()
-            table.insert(current)
+            # one write: truncate + insert would be two, and a reader in between saw only defaults
+            if docs:
+                table.update(converted, doc_ids=[docs[0].doc_id])
+            else:
+                table.insert(converted)
             self._stamp = None
         return converted
 
@@ -563,10 +550,11 @@ class Settings:
             table = db.table("settings")
             docs = table.all()
             current = dict(docs[0]) if docs else {}
-            for key, spec in SPECS.items():
-                current.setdefault(key, spec.default)
-            table.truncate()
-            table.insert(current)
+            missing = {key: spec.default for key, spec in SPECS.items() if key not in current}
+            if docs:
+                table.update(missing, doc_ids=[docs[0].doc_id])  # one write (see update)
+            else:
+                table.insert(missing)
             db.table("nodes")
             self._stamp = None
 
@@ -583,7 +571,7 @@ class Settings:
             self._stamp = None
             return bool(removed)
 
-    # -- generic tables for other subsystems (robots, users)
+    # -- generic tables for other subsystems (robots)
 
     def table_all(self, name: str) -> list[dict[str, Any]]:
         data = AtomicJSONStorage(str(self.path)).read() or {}

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance import permissions
 from appliance.config import Settings
 
 # the station's listening ports: setting key -> what it is
@@ -220,6 +221,7 @@ def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "waiting": waiting,
         "disk": {"path": str(data_dir), "free_mb": usage.free // 2**20, "total_mb": usage.total // 2**20,
                  "min_free_mb": min_free_mb, "low": usage.free // 2**20 < max(min_free_mb, 1) * 2},
+        "data_permissions": permissions.status(data_dir, settings),
         "tls_certificate": {
             "expires": expiry.isoformat() if expiry else None,
             "days_left": (expiry - now).days if expiry else None,
@@ -276,6 +278,7 @@ def render(report: dict[str, Any]) -> str:
     disk = report["disk"]
     lines.append(f"Disk: {disk['free_mb']} MB free of {disk['total_mb']} MB at {disk['path']}"
                  f"{' — LOW' if disk['low'] else ''} (C-STORE refused below {disk['min_free_mb']} MB)")
+    lines.append(permissions.render(report.get("data_permissions")))
     tls = report["tls_certificate"]
     if tls["expires"]:
         lines.append(f"TLS certificate: expires {tls['expires']} ({tls['days_left']} days)"

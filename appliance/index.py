@@ -1,8 +1,12 @@
 """The study index in state.db: patients, studies, series, instances and the association log.
 
-One row per instance remembers the file, the association and the called AE title that delivered
-it (the burn pipeline groups by those). Patient/study/series rows carry the attributes C-FIND
-matches on; everything else is read from the files when a query asks for it.
+One row per instance remembers the file stored last for its SOP Instance UID (and the association
+and called AE title that stored that file). What each association received is its own relation,
+`association_instances` (this module is its only owner): a later store of the same SOP Instance UID,
+by another association, replaces the file and the `instances` row but never what an earlier
+association received, so the burn pipeline reads an association's instances from there.
+Patient/study/series rows carry the attributes C-FIND matches on; everything else is read from the
+files when a query asks for it.
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ CREATE TABLE IF NOT EXISTS instances (
     transfer_syntax TEXT NOT NULL DEFAULT '',
     path            TEXT NOT NULL,
     size            INTEGER NOT NULL DEFAULT 0,
-    assoc_id        INTEGER,
+    assoc_id        INTEGER,  -- the association that stored this file (what each received: association_instances)
     called_aet      TEXT NOT NULL DEFAULT '',
     calling_aet     TEXT NOT NULL DEFAULT '',
     received_at     REAL NOT NULL DEFAULT 0
@@ -90,6 +94,17 @@ CREATE TABLE IF NOT EXISTS associations (
     detail       TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS associations_started ON associations(started_at);
+-- what each association received, one row per (association, SOP Instance UID); never rewritten by
+-- a later association storing the same instance. `id` is the order of arrival (a cursor for pollers;
+-- the same association storing an instance again gives its row a new id).
+CREATE TABLE IF NOT EXISTS association_instances (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    assoc_id    INTEGER NOT NULL,
+    sop_uid     TEXT NOT NULL,
+    received_at REAL NOT NULL DEFAULT 0,
+    UNIQUE (assoc_id, sop_uid)
+);
+CREATE INDEX IF NOT EXISTS association_instances_sop ON association_instances(sop_uid);
 """
 
 db.register_schema("index", SCHEMA)
@@ -106,6 +121,23 @@ def _add_id_value(conn: sqlite3.Connection) -> None:
 
 
 db.register_migration("index.patients.id_value", _add_id_value)
+
+
+def _fill_association_instances(conn: sqlite3.Connection) -> None:
+    """Databases made before `association_instances` existed: each association received (at least)
+    the instances whose `instances.assoc_id` still names it. Runs when the relation is empty while
+    instances name associations, which only an older database can be (every store writes both)."""
+    if conn.execute("SELECT 1 FROM association_instances LIMIT 1").fetchone() is not None:
+        return
+    if conn.execute("SELECT 1 FROM instances WHERE assoc_id IS NOT NULL LIMIT 1").fetchone() is None:
+        return
+    with db.transaction(conn):
+        conn.execute("INSERT OR IGNORE INTO association_instances (assoc_id, sop_uid, received_at) "
+                     "SELECT assoc_id, sop_uid, received_at FROM instances WHERE assoc_id IS NOT NULL "
+                     "ORDER BY received_at, rowid")
+
+
+db.register_migration("index.association_instances.fill", _fill_association_instances)
 
 
 def patient_key(patient: dict[str, str]) -> str:
@@ -201,8 +233,10 @@ def _upsert(conn: sqlite3.Connection, table: str, key: str, values: dict[str, An
     )
 
 
-def add_instance(conn: sqlite3.Connection, rec: InstanceRecord) -> str | None:
-    """Index one instance (replacing an older copy of the same SOP Instance UID).
+def add_instance(conn: sqlite3.Connection, rec: InstanceRecord, *, arrival: bool = True) -> str | None:
+    """Index one instance (replacing an older copy of the same SOP Instance UID), and with
+    `arrival` and `rec.assoc_id` record that this association received it (`reindex` passes
+    arrival=False: rebuilding the index receives nothing).
 
     Returns the path of the replaced file when it differs from the new one, so the caller can
     delete it once the new copy is safe.
@@ -228,6 +262,10 @@ def add_instance(conn: sqlite3.Connection, rec: InstanceRecord) -> str | None:
             "assoc_id": rec.assoc_id, "called_aet": rec.called_aet, "calling_aet": rec.calling_aet,
             "received_at": rec.received_at or now,
         })
+        if arrival and rec.assoc_id is not None:
+            # stored again by the same association: one row still, but a new arrival (a new id)
+            conn.execute("INSERT OR REPLACE INTO association_instances (assoc_id, sop_uid, received_at) "
+                         "VALUES (?, ?, ?)", (rec.assoc_id, rec.sop_uid, rec.received_at or now))
         # a re-sent object that moved (other series/study, or the study to another patient) must
         # not leave an empty series, study or patient behind for C-FIND to list
         if row is not None and (row["series_uid"], row["study_uid"]) != (rec.series_uid, rec.study_uid):
@@ -279,7 +317,8 @@ def close_interrupted_associations(conn: sqlite3.Connection) -> int:
     """
     cur = conn.execute(
         "UPDATE associations SET result='interrupted', ended_at=?, detail='the station stopped during it', "
-        "stored=(SELECT COUNT(*) FROM instances i WHERE i.assoc_id=associations.id) WHERE result='open'",
+        "stored=(SELECT COUNT(*) FROM association_instances a WHERE a.assoc_id=associations.id) "
+        "WHERE result='open'",
         (time.time(),))
     return cur.rowcount
 
@@ -289,8 +328,163 @@ def recent_associations(conn: sqlite3.Connection, limit: int = 100) -> list[sqli
 
 
 def instances_of_association(conn: sqlite3.Connection, assoc_id: int) -> list[sqlite3.Row]:
-    return conn.execute("SELECT * FROM instances WHERE assoc_id=? ORDER BY study_uid, series_uid, "
-                        "CAST(instance_number AS INTEGER)", (assoc_id,)).fetchall()
+    """The index rows (the file stored last) of every instance the association received that is
+    still in the index, whichever association stored it since."""
+    return conn.execute("SELECT i.* FROM association_instances a JOIN instances i ON i.sop_uid=a.sop_uid "
+                        "WHERE a.assoc_id=? ORDER BY i.study_uid, i.series_uid, "
+                        "CAST(i.instance_number AS INTEGER), i.sop_uid", (assoc_id,)).fetchall()
+
+
+def association_sop_uids(conn: sqlite3.Connection, assoc_id: int) -> list[str]:
+    """SOP Instance UIDs the association received that are still in the index, in arrival order."""
+    return [r["sop_uid"] for r in conn.execute(
+        "SELECT a.sop_uid FROM association_instances a JOIN instances i ON i.sop_uid=a.sop_uid "
+        "WHERE a.assoc_id=? ORDER BY a.id", (assoc_id,))]
+
+
+def association_arrivals(conn: sqlite3.Connection, assoc_id: int) -> list[sqlite3.Row]:
+    """What delayed grouping needs of each instance the association received (still in the index),
+    in arrival order: arrival_id, sop_uid, series_uid, study_uid, size (of the file stored last),
+    received_at (when this association delivered it) and patient_id (as received, '' if none)."""
+    return conn.execute(
+        "SELECT a.id AS arrival_id, a.sop_uid, i.series_uid, i.study_uid, i.size, a.received_at, p.id_value AS patient_id "
+        "FROM association_instances a JOIN instances i ON i.sop_uid=a.sop_uid "
+        "LEFT JOIN studies st ON st.study_uid=i.study_uid LEFT JOIN patients p ON p.patient_id=st.patient_id "
+        "WHERE a.assoc_id=? ORDER BY a.id", (assoc_id,)).fetchall()
+
+
+def association_last_arrival_id(conn: sqlite3.Connection, assoc_id: int) -> int:
+    """The newest arrival id among the association's instances still in the index (0: none)."""
+    return int(conn.execute("SELECT COALESCE(MAX(a.id), 0) FROM association_instances a "
+                            "JOIN instances i ON i.sop_uid=a.sop_uid WHERE a.assoc_id=?", (assoc_id,)).fetchone()[0])
+
+
+def association_last_arrival(conn: sqlite3.Connection, assoc_id: int) -> float | None:
+    """When the association last delivered an instance (None: nothing yet)."""
+    return conn.execute("SELECT MAX(received_at) FROM association_instances WHERE assoc_id=?",
+                        (assoc_id,)).fetchone()[0]
+
+
+def arrivals_since(conn: sqlite3.Connection, after: int, limit: int = 20000) -> list[tuple[int, str]]:
+    """(arrival id, Study Instance UID) of instances received after arrival `after`, in order; a re-sent
+    instance is a new arrival (its study as the index has it now, '' when no longer indexed). For pollers
+    such as the worklist link."""
+    return [(int(r[0]), str(r[1])) for r in conn.execute(
+        "SELECT a.id, COALESCE(i.study_uid, '') FROM association_instances a "
+        "LEFT JOIN instances i ON i.sop_uid=a.sop_uid WHERE a.id > ? ORDER BY a.id LIMIT ?", (after, limit))]
+
+
+def last_arrival_id(conn: sqlite3.Connection) -> int:
+    """The newest arrival id (0 when nothing arrived)."""
+    return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM association_instances").fetchone()[0])
+
+
+def _contains(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with the user's % and _ taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def search_studies(conn: sqlite3.Connection, *, name: str = "", patient_id: str = "", date_from: str = "",
+                   date_to: str = "", modality: str = "", accession: str = "", offset: int = 0,
+                   limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+    """Studies for the web UI's list, newest study date first, with the total count for paging.
+
+    Name and ID match anywhere (case-insensitive), dates are YYYYMMDD bounds, modality is exact.
+    """
+    where, args = [], []
+    if name:
+        where.append("p.patient_name LIKE ? ESCAPE '\\'")
+        args.append(_contains(name))
+    if patient_id:
+        where.append("p.id_value LIKE ? ESCAPE '\\'")
+        args.append(_contains(patient_id))
+    if date_from:
+        where.append("st.study_date >= ?")
+        args.append(date_from)
+    if date_to:
+        where.append("st.study_date <= ?")
+        args.append(date_to)
+    if accession:
+        where.append("st.accession LIKE ? ESCAPE '\\'")
+        args.append(_contains(accession))
+    if modality:
+        where.append("EXISTS (SELECT 1 FROM series se WHERE se.study_uid=st.study_uid AND se.modality=?)")
+        args.append(modality)
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    base = f"FROM studies st LEFT JOIN patients p ON p.patient_id=st.patient_id {clause}"
+    total = conn.execute(f"SELECT COUNT(*) {base}", args).fetchone()[0]
+    order = "ORDER BY st.study_date DESC, st.study_time DESC, st.study_uid"
+    # pick the page first, then count series and instances for those rows only (not for every match)
+    rows = conn.execute(
+        f"SELECT st.*, p.patient_name, p.id_value, p.birth_date, p.sex, "
+        f"(SELECT group_concat(DISTINCT se.modality) FROM series se WHERE se.study_uid=st.study_uid) AS modalities, "
+        f"(SELECT COUNT(*) FROM instances i WHERE i.study_uid=st.study_uid) AS instances "
+        f"FROM studies st LEFT JOIN patients p ON p.patient_id=st.patient_id "
+        f"WHERE st.study_uid IN (SELECT st.study_uid {base} {order} LIMIT ? OFFSET ?) {order}",
+        (*args, limit, offset)).fetchall()
+    return [dict(r) for r in rows], total
+
+
+def recent_studies(conn: sqlite3.Connection, since: float, limit: int = 50) -> list[dict[str, Any]]:
+    """Studies that received an instance after `since` (epoch seconds), newest arrival first."""
+    rows = conn.execute(
+        "SELECT st.*, p.patient_name, p.id_value, MAX(i.received_at) AS last_received, COUNT(*) AS instances "
+        "FROM instances i JOIN studies st ON st.study_uid=i.study_uid "
+        "LEFT JOIN patients p ON p.patient_id=st.patient_id WHERE i.received_at >= ? "
+        "GROUP BY st.study_uid ORDER BY last_received DESC LIMIT ?", (since, limit)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def get_study(conn: sqlite3.Connection, study_uid: str) -> dict[str, Any] | None:
+    """A study with its patient's attributes and its series (each with its instance count)."""
+    row = conn.execute("SELECT st.*, p.patient_name, p.id_value, p.birth_date, p.sex FROM studies st "
+                       "LEFT JOIN patients p ON p.patient_id=st.patient_id WHERE st.study_uid=?",
+                       (study_uid,)).fetchone()
+    if row is None:
+        return None
+    study = dict(row)
+    study["series"] = [dict(r) for r in conn.execute(
+        "SELECT se.*, (SELECT COUNT(*) FROM instances i WHERE i.series_uid=se.series_uid) AS instances, "
+        "(SELECT COALESCE(SUM(i.size), 0) FROM instances i WHERE i.series_uid=se.series_uid) AS size "
+        "FROM series se WHERE se.study_uid=? ORDER BY CAST(se.series_number AS INTEGER), se.series_uid",
+        (study_uid,))]
+    return study
+
+
+def associations_page(conn: sqlite3.Connection, *, search: str = "", offset: int = 0,
+                      limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+    """The association log, newest first; `search` matches AE titles, host, result or detail."""
+    where, args = "", []
+    if search:
+        where = "WHERE calling_aet LIKE ? OR called_aet LIKE ? OR peer_host LIKE ? OR result LIKE ? OR detail LIKE ?"
+        args = [f"%{search}%"] * 5
+    total = conn.execute(f"SELECT COUNT(*) FROM associations {where}", args).fetchone()[0]
+    rows = conn.execute(f"SELECT * FROM associations {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                        (*args, limit, offset)).fetchall()
+    return [dict(r) for r in rows], total
+
+
+def series_instances(conn: sqlite3.Connection, series_uid: str) -> list[dict[str, Any]]:
+    """A series' instance rows in instance-number order (previews, contents lists)."""
+    return [dict(r) for r in conn.execute(
+        "SELECT * FROM instances WHERE series_uid=? ORDER BY CAST(instance_number AS INTEGER), sop_uid",
+        (series_uid,))]
+
+
+def delete_study(conn: sqlite3.Connection, study_uid: str) -> list[str]:
+    """Remove a study from the index (its patient too when it has no other study); returns the
+    paths of its files, which the caller deletes after this commit (a crash in between leaves
+    files that `reindex` would bring back, never index rows without files)."""
+    with db.transaction(conn):
+        row = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        paths = [r["path"] for r in conn.execute("SELECT path FROM instances WHERE study_uid=?", (study_uid,))]
+        conn.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,))
+        conn.execute("DELETE FROM series WHERE study_uid=?", (study_uid,))
+        conn.execute("DELETE FROM studies WHERE study_uid=?", (study_uid,))
+        if row is not None:
+            conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS "
+                         "(SELECT 1 FROM studies WHERE patient_id=?)", (row["patient_id"], row["patient_id"]))
+    return paths
 
 
 # --------------------------------------------------------------------------- rebuild
@@ -306,7 +500,9 @@ def iter_files(storage_dir: Path) -> Iterator[Path]:
 def reindex(conn: sqlite3.Connection, storage_dir: Path) -> tuple[int, int]:
     """Rebuild patients/studies/series/instances from the files; returns (indexed, unreadable).
 
-    Instances already indexed keep their association and called AE title.
+    Instances already indexed keep their association and called AE title. The association log and
+    what each association received (`association_instances`) are facts of the past, not of the
+    files: left as they are.
     """
     from pydicom import dcmread
 
@@ -333,6 +529,6 @@ def reindex(conn: sqlite3.Connection, storage_dir: Path) -> tuple[int, int]:
             rec.calling_aet, rec.received_at = old["calling_aet"], old["received_at"]
         else:
             rec.received_at = path.stat().st_mtime
-        add_instance(conn, rec)
+        add_instance(conn, rec, arrival=False)
         indexed += 1
     return indexed, bad

@@ -8,7 +8,7 @@ are found through `PUBLISHER_FACTORIES`, filled by `drivers.register_all()`).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ class DiscImage:
     label_fields: dict[str, str] = field(default_factory=dict)  # merge fields, values untrusted
     disc_number: int = 1
     disc_count: int = 1
+    # objects on this disc not in the syntax its media profile asks for, each with the reason
+    off_profile: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -106,9 +108,15 @@ class Publisher(abc.ABC):
         """Ask to cancel; True when the request was delivered."""
 
 
-# kind → factory(name, options dict, data_dir) ; drivers register themselves here
-PUBLISHER_FACTORIES: dict[str, Callable[..., Publisher]] = {}
+# The one factory signature: `factory(robot, data_dir) -> Publisher`. `robot` is the robot's
+# document from the settings' `robots` table (name, driver, spool, media, and the driver's own keys);
+# `data_dir` is the station's data folder (where a driver keeps its own files; None when it needs
+# none). A Publisher class whose __init__ takes these two is its own factory.
+PublisherFactory = Callable[[Mapping[str, Any], "Path | None"], Publisher]
+
+# kind → factory; the folder export and the drivers register themselves here
+PUBLISHER_FACTORIES: dict[str, PublisherFactory] = {}
 
 
-def register(kind: str, factory: Callable[..., Publisher]) -> None:
+def register(kind: str, factory: PublisherFactory) -> None:
     PUBLISHER_FACTORIES[kind] = factory

@@ -86,7 +86,7 @@ class Store:
             directory.mkdir(parents=True, exist_ok=True)
             self._made.add(directory)
         tmp = directory / f".{path.name}.{os.getpid()}.{id(chunks)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # patient data: owner only
         size = 0
         try:
             for chunk in chunks:

@@ -14,7 +14,13 @@ import pytest
 from support import Station, burnstation, dcmtk, wait_for, write_study
 
 from appliance.discovery import Discovery, udev
-from appliance.discovery.matchers import Matcher, best_match, load_matchers
+from appliance.discovery.matchers import (
+    USB_MATCHERS_FILE,
+    Matcher,
+    best_match,
+    driver_matchers,
+    load_matchers,
+)
 from appliance.discovery.simulated import SimulatedBackend
 
 TIMEOUT = 90
@@ -48,6 +54,37 @@ def test_technician_matchers_file_counts(tmp_path):
     (tmp_path / "usb-matchers.json").write_text(json.dumps({"primera": [{"vendor_id": "abcd"}]}))
     assert best_match({"vendor_id": "abcd", "model": "X"}, load_matchers(tmp_path)) == "primera"
     assert best_match({"vendor_id": "abcd", "model": "X"}, load_matchers()) is None
+
+
+def test_driver_matchers_on_udev_properties_and_technician_file(tmp_path, caplog):
+    """The drivers' built-in matchers on udev's own property names, and what README promises for
+    `usb-matchers.json`: ids exact (any spelling), vendor/model substrings, a broken file ignored."""
+
+    def driver(device, data_dir=None):
+        return best_match(device, driver_matchers(data_dir))
+
+    pp100 = {"ID_VENDOR_ID": "04b8", "ID_MODEL_ID": "0b1d", "ID_VENDOR": "EPSON", "ID_MODEL": "PP-100II"}
+    assert driver(pp100) == "epson"
+    assert driver({"ID_VENDOR_ID": "04b8", "ID_MODEL": "Stylus_Photo"}) is None  # an Epson printer
+    assert driver({"ID_VENDOR_ID": "1234", "ID_MODEL": "PP-100"}) is None
+    assert driver({"vendor_id": "0f25", "vendor": "Primera Technology, Inc.", "model": "Bravo 4100"}) == "primera"
+    assert driver({"ID_VENDOR": "Primera_Technology", "ID_MODEL": "Disc_Publisher_XRP"}) == "primera"
+    assert driver({"ID_VENDOR": "EPSON", "ID_MODEL": "PP-50"}) is None  # not Primera; Epson needs its id
+    assert all(m.vid == "04b8" for m in driver_matchers() if m.target == "epson")
+
+    pp150 = {"ID_VENDOR_ID": "04b8", "ID_MODEL": "PP-150"}
+    assert driver(pp150, tmp_path) is None
+    path = tmp_path / USB_MATCHERS_FILE
+    path.write_text(json.dumps({"epson": [{"vendor_id": "04b8", "model": "PP-150"}]}))
+    assert driver(pp150, tmp_path) == "epson"
+    path.write_text(json.dumps({"epson": [{"vid": "04B8", "model": "PP-7"}]}))
+    assert driver({"ID_VENDOR_ID": "04b8", "ID_MODEL": "PP-7"}, tmp_path) == "epson"  # discovery's spelling too
+    path.write_text(json.dumps({"epson": [{}, "PP-9", {"model": "PP-9"}], "epsn": [{"model": "PP-8"}]}))
+    assert driver({"ID_MODEL": "PP-9"}, tmp_path) == "epson"  # the good entry counts, the others are named
+    assert "epsn" in caplog.text and "'PP-9' ignored" in caplog.text
+    path.write_text("{broken")
+    assert driver(pp100, tmp_path) == "epson" and driver(pp150, tmp_path) is None
+    assert "usb-matchers.json: ignored" in caplog.text
 
 
 # --------------------------------------------------------------------------- backends

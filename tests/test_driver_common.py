@@ -3,7 +3,6 @@ robot job ids, USB matchers."""
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -174,29 +173,6 @@ def test_robot_job_ids_round_trip(job_id):
     assert match_robot_job("J10", "J1", 40) is None
 
 
-def test_usb_matchers_and_technician_file(tmp_path):
-    from drivers.epson import usb as epson_usb
-    from drivers.primera import usb as primera_usb
-
-    pp100 = {"ID_VENDOR_ID": "04b8", "ID_MODEL_ID": "0b1d", "ID_VENDOR": "EPSON", "ID_MODEL": "PP-100II"}
-    assert epson_usb.matches(pp100)
-    assert not epson_usb.matches({"ID_VENDOR_ID": "04b8", "ID_MODEL": "Stylus_Photo"})  # an Epson printer
-    assert not epson_usb.matches({"ID_VENDOR_ID": "1234", "ID_MODEL": "PP-100"})
-    assert primera_usb.matches({"vendor_id": "0f25", "vendor": "Primera Technology, Inc.", "model": "Bravo 4100"})
-    assert primera_usb.matches({"ID_VENDOR": "Primera_Technology", "ID_MODEL": "Disc_Publisher_XRP"})
-    assert not primera_usb.matches({"ID_VENDOR": "EPSON", "ID_MODEL": "PP-50"})
-    assert all(m["kind"] == "epson" and m["vendor_id"] == "04b8" for m in epson_usb.matchers())
-
-    pp150 = {"ID_VENDOR_ID": "04b8", "ID_MODEL": "PP-150"}
-    assert not epson_usb.matches(pp150, tmp_path)
-    (tmp_path / common.USB_MATCHERS_FILE).write_text(json.dumps({"epson": [{"vendor_id": "04b8", "model": "PP-150"}]}))
-    assert epson_usb.matches(pp150, tmp_path)
-    (tmp_path / common.USB_MATCHERS_FILE).write_text(json.dumps({"epson": [{"vid": "04B8", "model": "PP-7"}]}))
-    assert epson_usb.matches({"ID_VENDOR_ID": "04b8", "ID_MODEL": "PP-7"}, tmp_path)  # discovery's spelling too
-    (tmp_path / common.USB_MATCHERS_FILE).write_text("{broken")
-    assert epson_usb.matches(pp100, tmp_path) and not epson_usb.matches(pp150, tmp_path)
-
-
 def test_register_all_registers_both_drivers():
     from appliance import publish
 
@@ -210,6 +186,19 @@ def test_register_all_registers_both_drivers():
     pub = publish.PUBLISHER_FACTORIES["primera"](dict(robot, driver="primera"), Path("/nonexistent"))
     st = pub.status()
     assert not st.online and "SystemStatus.txt" in st.message
+
+
+def test_every_publisher_factory_takes_the_robot_document_and_data_dir(tmp_path):
+    """One factory signature for the folder export and both drivers: `factory(robot, data_dir)`."""
+    from appliance import publish
+    from appliance.burn import folder_export  # noqa: F401 - registers "folder"
+
+    register_all()
+    for kind in ("folder", "epson", "primera"):
+        robot = {"name": f"r-{kind}", "driver": kind, "spool": str(tmp_path / kind), "media": ["CD"]}
+        for data_dir in (tmp_path / "data", None):
+            pub = publish.PUBLISHER_FACTORIES[kind](robot, data_dir)
+            assert isinstance(pub, publish.Publisher) and (pub.kind, pub.name) == (kind, f"r-{kind}")
 
 
 def test_reader_racing_an_in_place_writer_never_sees_a_broken_status(tmp_path):

@@ -90,6 +90,10 @@ def test_units_say_what_the_appliance_needs():
     assert first["Unit"]["ConditionPathExists"] == "!/var/lib/burnstation/settings.json"
     assert first["Service"]["ExecStart"].endswith(" init") and first["Service"]["User"] == "burnstation"
     assert "burnstation-firstboot.service" in unit_sec["After"]
+    # patient data: owner only (issue 17); systemd re-applies the mode at every start
+    for name in ("burnstation.service", "burnstation-firstboot.service"):
+        service = unit(name)["Service"]
+        assert service["StateDirectoryMode"] == "0700" and service["UMask"] == "0077", name
 
 
 def test_systemd_analyze_verify(tmp_path):

@@ -26,7 +26,7 @@ from pydicom.uid import generate_uid
 from pynetdicom.dsutils import decode
 from support import Station, dcmtk, make_dataset
 
-from appliance import index
+from appliance import db, index
 from appliance.dicom import rawparse
 
 IMPLICIT = "1.2.840.10008.1.2"
@@ -310,6 +310,14 @@ def test_store_semantics_on_a_running_station(tmp_path: Path):
         assert same[0]["called_aet"] == "BURNSTATION_TE"
         assert Path(same[0]["path"]).exists() and not Path(first["path"]).exists()
         assert len(db_rows(data, "SELECT * FROM instances")) == 5
+        # what the first association received is unchanged: a disc of it still has all five
+        conn = db.connect(data)
+        try:
+            assert sorted(index.association_sop_uids(conn, assocs[0]["id"])) == sorted(r["sop_uid"] for r in rows)
+            dup_assoc = same[0]["assoc_id"]
+            assert dup_assoc != assocs[0]["id"] and index.association_sop_uids(conn, dup_assoc) == [first["sop_uid"]]
+        finally:
+            conn.close()
 
         # 3. undecodable data sets get failure statuses, nothing is stored (raw bytes sent as the
         #    data set: storescu and send_c_store refuse to send what they cannot parse themselves)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from support import Station, dcmtk, free_port, make_dataset, wait_for, wait_port
 from worklist_support import EB, SB, msa, order, send_order, worklist
 
@@ -379,6 +380,25 @@ def test_order_that_arrives_after_its_images(shared, tmp_path):
     assert send_order(shared.hl7_port, order(placer="LATE1", accession="LATEACC", patient_id="LATE1",
                                              control_id="LATE1")) == "AA"
     wait_for(lambda: status_of(shared, tmp_path / "s", "LATE1") == "COMPLETED", timeout=20.0)
+
+
+def test_resent_images_with_a_corrected_accession_mark_the_item(shared, tmp_path):
+    """The modality sent a study with a mistyped accession, then the same instances again with the right
+    one: the re-send is an arrival of its own, so the item is marked done."""
+    assert send_order(shared.hl7_port, order(placer="FIX1", accession="FIXACC", patient_id="FIX1",
+                                             control_id="FIX1")) == "AA"
+    assert send_order(shared.hl7_port, order(placer="FIX2", accession="FIXACC2", patient_id="FIX2",
+                                             control_id="FIX2")) == "AA"
+    study, series, sop = generate_uid(), generate_uid(), generate_uid()
+    store_image(shared, tmp_path / "typo", accession="FIXACX", patient_id="FIX1", study_uid=study,
+                series_uid=series, sop_uid=sop)
+    store_image(shared, tmp_path / "other", accession="FIXACC2", patient_id="FIX2")
+    # the link has looked past the mistyped study (arrivals are taken in order): FIX1 stayed scheduled
+    wait_for(lambda: status_of(shared, tmp_path / "s2", "FIX2") == "COMPLETED", timeout=20.0)
+    assert status_of(shared, tmp_path / "s1", "FIX1") == "SCHEDULED"
+    store_image(shared, tmp_path / "fixed", accession="FIXACC", patient_id="FIX1", study_uid=study,
+                series_uid=series, sop_uid=sop)
+    wait_for(lambda: status_of(shared, tmp_path / "s3", "FIX1") == "COMPLETED", timeout=20.0)
 
 
 def test_malformed_query_answered_with_error_status(shared, tmp_path):

@@ -100,7 +100,10 @@ def build_one(plan: media.DiscPlan, disc_dir: Path, options: BuildOptions, creat
         def hash_later(path: Path) -> None:
             hashing[path.relative_to(tree).as_posix()] = pool.submit(manifest.sha256_file, path)
 
-        pdi.stage_dicom(plan.instances, tree, plan.media, vol[:16], on_file=hash_later)
+        staged = pdi.stage_dicom(plan.instances, tree, plan.media, vol[:16], on_file=hash_later)
+        off_profile = pdi.off_profile_notes(staged, plan.media)
+        for note in off_profile:
+            log.warning("job %s disc %s: %s", options.job_id, plan.number, note)
         laps.lap("DICOM+DICOMDIR")
         (tree / "IHE_PDI").mkdir()
         for patient in patients:
@@ -113,8 +116,9 @@ def build_one(plan: media.DiscPlan, disc_dir: Path, options: BuildOptions, creat
                                     creator=options.creator, disc_number=plan.number, disc_count=plan.count,
                                     media=plan.media, created=created, token_link=options.token_link)
         fields["volume_label"] = vol
-        webpages.write_pages(tree, patients, fields, plan.notes)
-        webpages.write_readme(tree, patients, fields, plan.notes, media.profile(plan.media))
+        notes = [*plan.notes, *off_profile]
+        webpages.write_pages(tree, patients, fields, notes)
+        webpages.write_readme(tree, patients, fields, notes, media.profile(plan.media))
         laps.lap("pages")
         stem = f"{_safe_job(options.job_id)}-{plan.number}"
         label_png = label.render_label(fields, disc_dir / f"{stem}.png")
@@ -138,7 +142,7 @@ def build_one(plan: media.DiscPlan, disc_dir: Path, options: BuildOptions, creat
              len(plan.instances), size, ", ".join(laps.laps))
     return DiscImage(image=image, tree=tree, media=plan.media, filesystem=filesystem, volume_label=vol,
                      size=size, label_image=label_png, label_fields=fields, disc_number=plan.number,
-                     disc_count=plan.count)
+                     disc_count=plan.count, off_profile=off_profile)
 
 
 def build_discs(instances: Sequence[Mapping[str, Any]], work_dir: Path, options: BuildOptions) -> list[DiscImage]:

@@ -104,8 +104,12 @@ def build_job(conn: sqlite3.Connection, settings: Settings, data_dir: Path, job:
         return False
     docs = [disc_to_doc(d) for d in discs]
     media = ", ".join(f"{d.media} {d.disc_number}/{d.disc_count}" for d in discs)
+    off_profile = [note for d in discs for note in d.off_profile]
+    kept = (f"; {len(off_profile)} object(s) kept in their received transfer syntax, not the disc profile's "
+            f"(see `jobs show` and README.TXT): {off_profile[0]}" if off_profile else "")
     if not jobs.move(conn, job_id, (jobs.BUILDING,), jobs.BUILT, discs=docs, built_at=time.time(), progress=0.0,
-                     message=f"built {len(discs)} disc(s) ({media}) in {time.monotonic() - started:.1f} s"):
+                     message=f"built {len(discs)} disc(s) ({media}) in {time.monotonic() - started:.1f} s"
+                             f"{kept}"[:2000]):
         LOG.info("job %s changed while it was built (cancelled?); discarding its discs", job_id)
         shutil.rmtree(work_dir, ignore_errors=True)
         return False

@@ -17,9 +17,11 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance import atomicfile
 from appliance.publish import (
     BURNING,
     CANCELLED,
@@ -135,7 +137,7 @@ class FolderPublisher(Publisher):
 
     kind = "folder"
 
-    def __init__(self, robot: dict[str, Any], data_dir: Path | None = None) -> None:
+    def __init__(self, robot: Mapping[str, Any], data_dir: Path | None = None) -> None:
         self.name = str(robot["name"])
         self.spool = Path(robot["spool"])
         self.mode = robot.get("mode", "image")
@@ -177,10 +179,7 @@ class FolderPublisher(Publisher):
             job_id = request.job_id
             if job_id in self._copies or self.final_dir(job_id).exists():
                 return  # already has it (never copy a job twice)
-            saved = self.request_file(job_id)
-            tmp = saved.with_name(saved.name + ".tmp")
-            tmp.write_text(json.dumps(_request_to_doc(request)), encoding="utf-8")
-            os.replace(tmp, saved)
+            atomicfile.write_text(self.request_file(job_id), json.dumps(_request_to_doc(request)))
             self._start(request)
 
     def poll(self, job_id: str) -> JobProgress:
@@ -213,9 +212,5 @@ class FolderPublisher(Publisher):
             return True
 
 
-def factory(robot: dict[str, Any], data_dir: Path | None = None) -> FolderPublisher:
-    return FolderPublisher(robot, data_dir)
-
-
-register("folder", factory)
+register("folder", FolderPublisher)
 

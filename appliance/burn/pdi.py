@@ -23,20 +23,25 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.fileset import DIRECTORY_RECORDERS
 from pydicom.filewriter import dcmwrite, write_dataset
 from pydicom.pixels import iter_pixels
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import PersonName
 
 from appliance.burn.catalog import ELE, BuildError, InstanceInfo, read_header
-from appliance.burn.media import output_syntax
+from appliance.burn.media import output_syntax, profile
+from appliance.dicom import byteorder
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+class CannotTranscode(BuildError):
+    """This object cannot be transcoded faithfully (no decoder for its compression, a value that
+    cannot change byte order); the message says which file and why."""
 
 
 @dataclass
@@ -46,6 +51,7 @@ class StagedInstance:
     path: Path
     transfer_syntax: str  # on the disc
     transcoded: bool
+    not_transcoded: str = ""  # why it is on the disc in its received syntax although the profile wants another
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -74,7 +80,7 @@ def _stream_decompress(src: Path, dst: Path) -> bool:
     frame_bytes = int(header.Rows) * int(header.Columns) * spp * bits // 8
     total = frame_bytes * frames
     if total >= 2**32 - 2:
-        raise BuildError(f"{src.name}: decompressed pixel data would exceed 4 GB")
+        raise CannotTranscode(f"{src.name}: decompressed pixel data would exceed 4 GB")
     for tag in (0x7FE00001, 0x7FE00002):  # extended offset table (lengths) belongs to the compressed form
         header.pop(tag, None)
     if spp == 3 and str(header.get("PhotometricInterpretation", "")).startswith("YBR"):
@@ -84,21 +90,25 @@ def _stream_decompress(src: Path, dst: Path) -> bool:
     header.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     tmp = dst.with_name(dst.name + ".tmp")
     written = 0
-    with open(tmp, "wb") as f:
-        header.save_as(f, implicit_vr=False, little_endian=True, enforce_file_format=True)
-        vr = b"OB" if bits <= 8 else b"OW"
-        f.write(struct.pack("<HH", 0x7FE0, 0x0010) + vr + b"\0\0" + struct.pack("<I", total + total % 2))
-        for arr in iter_pixels(src):
-            data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
-            if len(data) != frame_bytes:
-                raise BuildError(f"{src.name}: a decoded frame has {len(data)} bytes, expected {frame_bytes}")
-            f.write(data)
-            written += 1
-        if total % 2:
-            f.write(b"\0")
-    if written != frames:
-        tmp.unlink()
-        raise BuildError(f"{src.name}: decoded {written} frames, the header says {frames}")
+    try:
+        with open(tmp, "wb") as f:
+            header.save_as(f, implicit_vr=False, little_endian=True, enforce_file_format=True)
+            vr = b"OB" if bits <= 8 else b"OW"
+            f.write(struct.pack("<HH", 0x7FE0, 0x0010) + vr + b"\0\0" + struct.pack("<I", total + total % 2))
+            for arr in iter_pixels(src):
+                data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+                if len(data) != frame_bytes:
+                    raise CannotTranscode(f"{src.name}: a decoded frame has {len(data)} bytes, expected "
+                                          f"{frame_bytes}")
+                f.write(data)
+                written += 1
+            if total % 2:
+                f.write(b"\0")
+        if written != frames:
+            raise CannotTranscode(f"{src.name}: decoded {written} frames, the header says {frames}")
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, dst)
     return True
 
@@ -106,7 +116,9 @@ def _stream_decompress(src: Path, dst: Path) -> bool:
 def transcode(src: Path, dst: Path, transfer_syntax: str, pixel_bytes: int = 0) -> None:
     """Write src as `transfer_syntax` (only ELE is ever asked for); lossless data stays pixel-identical.
 
-    Big compressed objects (multi-frame cine, large mammograms) are decoded a frame at a time."""
+    Big compressed objects (multi-frame cine, large mammograms) are decoded a frame at a time.
+    CannotTranscode: the object itself cannot be written faithfully in that syntax (the caller puts
+    it on the disc as received); other errors (disk full) fail the build."""
     if transfer_syntax != ELE:
         raise BuildError(f"transcoding to {transfer_syntax} is not supported")
     meta = dcmread(src, stop_before_pixels=True).file_meta
@@ -114,46 +126,28 @@ def transcode(src: Path, dst: Path, transfer_syntax: str, pixel_bytes: int = 0) 
         try:
             if _stream_decompress(src, dst):
                 return
-        except BuildError:
+        except (BuildError, OSError):  # OSError: disk full or unreadable, not the object's fault
             raise
         except Exception as exc:
-            raise BuildError(f"cannot decompress {src.name} ({meta.TransferSyntaxUID.name}): {exc}") from exc
+            raise CannotTranscode(f"cannot decompress {src.name} ({meta.TransferSyntaxUID.name}): {exc}") from exc
     ds = dcmread(src)
     if ds.file_meta.TransferSyntaxUID.is_compressed and "PixelData" in ds:
         try:
             ds.decompress(generate_instance_uid=False)  # same instance, other encoding: keep its UID
+        except OSError:
+            raise
         except Exception as exc:
-            raise BuildError(f"cannot decompress {src.name} ({ds.file_meta.TransferSyntaxUID.name}): {exc}") from exc
-    if ds.original_encoding[1] is False:  # Explicit VR Big Endian: pydicom leaves binary values as read
-        _swap_binary_values(ds, ds.get("BitsAllocated"))
+            raise CannotTranscode(f"cannot decompress {src.name} ({ds.file_meta.TransferSyntaxUID.name}): {exc}"
+                                  ) from exc
+    if byteorder.is_big_endian(ds):  # Explicit VR Big Endian: pydicom leaves binary values as read
+        try:
+            byteorder.swap_to_little_endian(ds)
+        except byteorder.ByteOrderError as exc:
+            raise CannotTranscode(f"cannot change the byte order of {src.name}: {exc}") from exc
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     tmp = dst.with_name(dst.name + ".tmp")
     dcmwrite(tmp, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
     os.replace(tmp, dst)
-
-
-_WORD_SIZE = {"OW": 2, "OL": 4, "OF": 4, "OD": 8, "OV": 8}
-
-
-def _swap_binary_values(ds: Dataset, bits_allocated: object) -> None:
-    """Turn the big-endian OW/OL/OF/OD/OV values of `ds` (and its sequences) into little endian.
-
-    pydicom decodes numbers and text by the file's byte order but keeps these values as raw bytes
-    (its `save_as` refuses to change byte order for that reason). Pixel data is swapped by its
-    Bits Allocated (16 or 32 bit cells), everything else by the word size of its VR."""
-    for element in ds.iterall():
-        size = _WORD_SIZE.get(str(element.VR).split(" or ")[-1] if element.VR else "")
-        if not size or not isinstance(element.value, bytes | bytearray) or not element.value:
-            continue
-        if element.tag == 0x7FE00010:  # pixel cells: 8-bit ones have no byte order
-            if bits_allocated not in (16, 32, 64):
-                continue
-            size = int(bits_allocated) // 8  # type: ignore[call-overload]
-        value = bytes(element.value)
-        if len(value) % size:
-            raise BuildError(f"{element.keyword or element.tag}: {len(value)} bytes is not a whole number of "
-                             f"{size}-byte words")
-        element.value = np.frombuffer(value, dtype=f">u{size}").astype(f"<u{size}").tobytes()
 
 
 def _fill_required(ds: Dataset, info: InstanceInfo, series_index: int, instance_index: int) -> None:
@@ -331,6 +325,9 @@ def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_i
                 on_file: Callable[[Path], None] | None = None) -> list[StagedInstance]:
     """Put every instance under tree/DICOM/ and write tree/DICOMDIR; `infos` are in catalog order.
 
+    An instance that cannot be transcoded to the profile's syntax goes on the disc as received (its
+    DICOMDIR record says so); its StagedInstance says why (`not_transcoded`, see `off_profile_notes`).
+
     `on_file(path)` is called for each DICOM file once it is in place (the builder hashes it).
     """
     staged: list[StagedInstance] = []
@@ -374,10 +371,16 @@ def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_i
         dest = tree.joinpath(*file_id)
         if i_index == 0:  # first instance of its series: the series folder is new
             dest.parent.mkdir(parents=True, exist_ok=True)
+        why_not = ""
         if out_ts == info.transfer_syntax:
             link_or_copy(info.path, dest)
         else:
-            transcode(info.path, dest, out_ts, info.pixel_bytes)
+            try:
+                transcode(info.path, dest, out_ts, info.pixel_bytes)
+            except CannotTranscode as exc:  # not left out: on the disc as received, and said so
+                why_not = str(exc)
+                out_ts = info.transfer_syntax
+                link_or_copy(info.path, dest)
         if on_file:
             on_file(dest)
         number = info.instance_number_text if _IS.fullmatch(info.instance_number_text) else str(i_index + 1)
@@ -395,6 +398,25 @@ def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_i
             leaf.ReferencedTransferSyntaxUIDInFile = out_ts
             leaf_node = _Node(leaf)
         e_node.children.append(leaf_node)
-        staged.append(StagedInstance(info, file_id, dest, out_ts, out_ts != info.transfer_syntax))
+        staged.append(StagedInstance(info, file_id, dest, out_ts, out_ts != info.transfer_syntax, why_not))
     write_dicomdir(tree / "DICOMDIR", patients, fileset_id)
     return staged
+
+
+def off_profile_notes(staged: Sequence[StagedInstance], media: str) -> list[str]:
+    """One line per instance that is not in the syntax the disc's profile asks for: which file, which
+    instance, which syntax it has and why (for the job, README.TXT and INDEX.HTM)."""
+    notes = []
+    for item in staged:
+        if not item.not_transcoded:
+            continue
+        wanted = output_syntax(item.info.transfer_syntax, media)
+        notes.append(f"{'/'.join(item.file_id)} (SOP Instance {item.info.sop_uid}) is on this disc as received, "
+                     f"in {_syntax_name(item.transfer_syntax)}, not in {_syntax_name(wanted)} as the "
+                     f"{profile(media)} profile asks: {item.not_transcoded[:200]}")
+    return notes
+
+
+def _syntax_name(uid: str) -> str:
+    name = UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid

@@ -1,7 +1,10 @@
 """Routing by called AE title: which received instances become which disc job, and when.
 
-The DICOM process only indexes what it receives (each instance row names its association and the
-called AE title); the burner polls state.db here, so receiving never waits for burning.
+The DICOM process only indexes what it receives (the index records what each association received,
+`index.association_sop_uids`, never rewritten when another association stores the same instance);
+the burner polls state.db here, so receiving never waits for burning. The same instances sent to
+`_E` and `_P`, or twice, make a disc each, each with everything its association received (the file
+stored last for each instance).
 
 - `<AET>_E` / `<AET>_P` ("per association"): when the association is *released*, everything it
   delivered becomes one job for the Epson / Primera role (nothing delivered: no job). An association
@@ -16,13 +19,15 @@ called AE title); the burner polls state.db here, so receiving never waits for b
   (a series still in transfer is never cut). The deadline is stored as wall-clock time, so after a
   restart the group resumes with the right remaining time. When it passes, the group becomes one
   job in the same transaction that marks it `job`. An instance arriving after that starts a new
-  group whose `follows_job` names the earlier job. Instances of an aborted delayed association
+  group whose `follows_job` names the earlier job; so does an instance re-sent (by another
+  association) after its group became a job. Instances of an aborted delayed association
   still join their group (each was stored and acknowledged; the delay covers the sender's retry).
 
 Exactly-once: associations are discovered through a persistent cursor over `associations.id`
 (ids are assigned in commit order) into `burn_assocs`; an `_E`/`_P` association is claimed by the
 `open → job` update of its row in the job's transaction; a delayed instance is claimed by its
-`burn_claims (sop_uid, assoc_id)` row, written in the transaction that adds it to a group.
+`burn_claims (sop_uid, assoc_id)` row, written in the transaction that adds it to a group, with the
+arrival it claimed (an instance the same association stores again is a new arrival, claimed again).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import sqlite3
 import time
 from typing import Any
 
-from appliance import db, index  # noqa: F401 - index registers the tables routing reads
+from appliance import db, index
 from appliance.burn import jobs
 from appliance.config import Settings
 
@@ -94,10 +99,25 @@ CREATE TABLE IF NOT EXISTS burn_claims (
     assoc_id   INTEGER NOT NULL,
     group_id   INTEGER NOT NULL,
     claimed_at REAL NOT NULL,
+    arrival_id INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (sop_uid, assoc_id)
 );
+CREATE INDEX IF NOT EXISTS burn_claims_assoc ON burn_claims(assoc_id);
 """
 db.register_schema("burn_routing", SCHEMA)
+
+
+def _add_claim_arrival(conn: sqlite3.Connection) -> None:
+    """Databases made before `burn_claims.arrival_id`: what was claimed then was the newest arrival of
+    its instance (so nothing already grouped is grouped again)."""
+    if "arrival_id" in {r[1] for r in conn.execute("PRAGMA table_info(burn_claims)")}:
+        return
+    with db.transaction(conn):
+        conn.execute("ALTER TABLE burn_claims ADD COLUMN arrival_id INTEGER NOT NULL DEFAULT 0")
+        conn.execute("UPDATE burn_claims SET arrival_id=?", (index.last_arrival_id(conn),))
+
+
+db.register_migration("burn_routing.burn_claims.arrival_id", _add_claim_arrival)  # after index's migrations
 
 # derived_aets() role → (job role, mode)
 _ROUTES = {"epson": ("epson", "assoc"), "primera": ("primera", "assoc"),
@@ -174,7 +194,7 @@ class Router:
         if not ended:
             self._check_stale(item, assoc, now)
             return None
-        uids = [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE assoc_id=?", (assoc["id"],))]
+        uids = index.association_sop_uids(conn, assoc["id"])
         if not uids:
             self._set_assoc(assoc["id"], "empty", note=f"{assoc['result']}: nothing received")
             return None
@@ -213,8 +233,7 @@ class Router:
     def _check_stale(self, item: dict[str, Any], assoc: sqlite3.Row, now: float) -> None:
         if now - assoc["started_at"] < STALE_SECONDS:
             return
-        last = self.conn.execute("SELECT MAX(received_at) AS t FROM instances WHERE assoc_id=?",
-                                 (assoc["id"],)).fetchone()["t"] or assoc["started_at"]
+        last = index.association_last_arrival(self.conn, assoc["id"]) or assoc["started_at"]
         if now - last >= STALE_SECONDS:
             what = "its instances joined their group" if item["mode"] == "delayed" else (
                 f"not burned; burn it with `burnstation jobs burn --assoc {assoc['id']}`")
@@ -227,15 +246,15 @@ class Router:
         conn = self.conn
         group_by = self.settings.get("burn.group_by")
         delay = float(self.settings.get("burn.delay_seconds"))
-        query = ("SELECT i.sop_uid, i.series_uid, i.study_uid, i.size, i.received_at, p.id_value AS patient_id "
-                 "FROM instances i LEFT JOIN studies st ON st.study_uid=i.study_uid "
-                 "LEFT JOIN patients p ON p.patient_id=st.patient_id "
-                 "LEFT JOIN burn_claims c ON c.sop_uid=i.sop_uid AND c.assoc_id=i.assoc_id "
-                 "WHERE i.assoc_id=? AND c.sop_uid IS NULL ORDER BY i.received_at")
-        if not ended and not conn.execute(query + " LIMIT 1", (item["assoc_id"],)).fetchone():
+        assoc_id = item["assoc_id"]
+        if not ended and index.association_last_arrival_id(conn, assoc_id) <= self._last_claimed(assoc_id):
             return 0  # the cheap common case: nothing new on an open association
         with db.transaction(conn):  # read again under the write lock: a second burner cannot claim the same rows
-            rows = conn.execute(query, (item["assoc_id"],)).fetchall()
+            claimed = {r["sop_uid"]: r["arrival_id"] for r in conn.execute(
+                "SELECT sop_uid, arrival_id FROM burn_claims WHERE assoc_id=?", (assoc_id,))}
+            # new instances, and instances this association stored again since they were claimed
+            rows = [r for r in index.association_arrivals(conn, assoc_id)
+                    if r["arrival_id"] > claimed.get(r["sop_uid"], -1)]
             for row in rows:
                 patient_id = row["patient_id"] or ""
                 if group_by == "patient" and patient_id:
@@ -245,8 +264,10 @@ class Router:
                 group = self._pending_group(item["role"], group_by, key, patient_id, row["study_uid"], now)
                 added = conn.execute("INSERT OR IGNORE INTO burn_group_items (group_id, sop_uid, series_uid) "
                                      "VALUES (?, ?, ?)", (group, row["sop_uid"], row["series_uid"])).rowcount
-                conn.execute("INSERT INTO burn_claims (sop_uid, assoc_id, group_id, claimed_at) VALUES (?, ?, ?, ?)",
-                             (row["sop_uid"], item["assoc_id"], group, now))
+                conn.execute("INSERT INTO burn_claims (sop_uid, assoc_id, group_id, claimed_at, arrival_id) "
+                             "VALUES (?, ?, ?, ?, ?) ON CONFLICT(sop_uid, assoc_id) DO UPDATE SET "
+                             "group_id=excluded.group_id, claimed_at=excluded.claimed_at, arrival_id=excluded.arrival_id",
+                             (row["sop_uid"], assoc_id, group, now, row["arrival_id"]))
                 arrival = min(float(row["received_at"] or now), now)
                 conn.execute(
                     "UPDATE burn_groups SET instances=instances+?, size=size+?, "
@@ -257,6 +278,10 @@ class Router:
                 conn.execute("UPDATE burn_assocs SET state='done', updated_at=? WHERE assoc_id=? AND state='open'",
                              (now, item["assoc_id"]))
         return len(rows)
+
+    def _last_claimed(self, assoc_id: int) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(arrival_id), 0) FROM burn_claims WHERE assoc_id=?",
+                                     (assoc_id,)).fetchone()[0])
 
     def _pending_group(self, role: str, group_by: str, key: str, patient_id: str, study_uid: str, now: float) -> int:
         conn = self.conn
@@ -317,8 +342,9 @@ def burn_study(conn: sqlite3.Connection, settings: Settings, study_uid: str, rol
 
 def burn_association(conn: sqlite3.Connection, settings: Settings, assoc_id: int, role: str | None = None,
                      copies: int | None = None, priority: int = 0) -> str:
-    """A job for what one association delivered (e.g. a held, aborted `_E` association)."""
-    uids = [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE assoc_id=?", (assoc_id,))]
+    """A job for what one association delivered (e.g. a held, aborted `_E` association), whatever
+    other associations delivered of the same instances since."""
+    uids = index.association_sop_uids(conn, assoc_id)
     if not uids:
         raise jobs.JobError(f"association {assoc_id} delivered no instances that are still in the index")
     item = conn.execute("SELECT role FROM burn_assocs WHERE assoc_id=?", (assoc_id,)).fetchone()
@@ -340,6 +366,13 @@ def pending_groups(conn: sqlite3.Connection) -> list[dict[str, Any]]:
 def held_associations(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(
         "SELECT * FROM burn_assocs WHERE state IN ('held', 'stale') ORDER BY assoc_id DESC LIMIT 100")]
+
+
+def pending_groups_with_study(conn: sqlite3.Connection, study_uid: str) -> list[int]:
+    """Ids of delayed groups still waiting that hold an instance of the study."""
+    return [r["id"] for r in conn.execute(
+        "SELECT DISTINCT g.id FROM burn_groups g JOIN burn_group_items gi ON gi.group_id=g.id "
+        "JOIN instances i ON i.sop_uid=gi.sop_uid WHERE i.study_uid=? AND g.state='pending'", (study_uid,))]
 
 
 def group_of_job(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:

@@ -2,13 +2,13 @@
 
 A query identifier becomes one SQL statement over patients/studies/series/instances. Matching
 happens in SQL (wildcards through a registered function); return keys come from the index columns
-or, for anything the index does not keep, from the first file of the matched entity.
+or, for anything the index does not keep, from the first file of the matched entity. The matching
+rules (wildcards, ranges, lists, time normalisation, `QueryError`) are the worklist's too:
+`appliance/dicom/matching.py`.
 """
 
 from __future__ import annotations
 
-import functools
-import re
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,6 +18,16 @@ from pydicom import dcmread
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+
+from appliance.dicom.matching import (
+    QueryError,
+    has_wildcard,
+    norm_time,
+    split_range,
+    split_values,
+    uid_list,
+    wildcard,
+)
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 _ALIAS = {"PATIENT": "p", "STUDY": "st", "SERIES": "se", "IMAGE": "i"}
@@ -87,53 +97,24 @@ _REPRESENTATIVE = {
 _SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "InstanceAvailability"}
 
 
-class QueryError(ValueError):
-    """The identifier is not a valid query (answered with 0xA900 / 0xC000)."""
-
-
-@functools.lru_cache(maxsize=512)
-def _wild_regex(pattern: str, fold: bool) -> re.Pattern[str]:
-    parts = []
-    for ch in pattern:
-        if ch == "*":
-            parts.append(".*")
-        elif ch == "?":
-            parts.append(".")
-        else:
-            parts.append(re.escape(ch))
-    return re.compile("".join(parts) + r"\Z", re.DOTALL | (re.IGNORECASE if fold else 0))
-
-
 def _sql_wild(value: str | None, pattern: str, fold: int) -> int:
     if value is None:
         return 0
-    return 1 if _wild_regex(pattern, bool(fold)).match(value) else 0
+    return 1 if wildcard(pattern, bool(fold)).fullmatch(value) else 0
 
 
 def _sql_multi_wild(value: str | None, pattern: str, fold: int) -> int:
     """Wildcard match against any value of a backslash-separated multi-value."""
     if value is None:
         return 0
-    rx = _wild_regex(pattern, bool(fold))
-    return 1 if any(rx.match(v) for v in value.split("\\")) else 0
-
-
-def _norm_time(value: str, upper: bool) -> str:
-    """HHMMSS.FFFFFF with missing parts filled with the lowest (or highest) value."""
-    value = value.replace(":", "").strip()
-    main, dot, frac = value.partition(".")
-    main = main + ("235959"[len(main):] if upper else "000000"[len(main):])
-    if dot:
-        frac = (frac + ("999999" if upper else "000000"))[:6]
-    else:
-        frac = "999999" if upper else "000000"
-    return f"{main[:6]}.{frac}"
+    rx = wildcard(pattern, bool(fold))
+    return 1 if any(rx.fullmatch(v) for v in value.split("\\")) else 0
 
 
 def _sql_time(value: str | None) -> str | None:
     if not value:
         return None
-    return _norm_time(value, upper=False)
+    return norm_time(value, strict=False)  # never raises inside SQLite
 
 
 def install_functions(conn: sqlite3.Connection) -> None:
@@ -167,47 +148,47 @@ def _condition(keyword: str, column: str, vr: str, text: str, args: list[Any]) -
         return None
     fold = 1 if vr == "PN" else 0
     if vr == "UI" and "\\" in text:
-        uids = [u.strip() for u in text.split("\\") if u.strip()]
+        uids = uid_list(text)
         args.extend(uids)
         return f"{column} IN ({', '.join('?' * len(uids))})"
     if vr in ("DA", "DT") and "-" in text:
-        lo, _, hi = text.partition("-")
+        lo, hi = split_range(text)
         clauses = [f"{column}<>''"]
         if lo:
             clauses.append(f"{column}>=?")
-            args.append(lo.strip())
+            args.append(lo)
         if hi:
             clauses.append(f"{column}<=?")
-            args.append(hi.strip() + ("\uffff" if vr == "DT" else ""))
+            args.append(hi + ("\uffff" if vr == "DT" else ""))
         return " AND ".join(clauses)
     if vr == "TM" and "-" in text:
-        lo, _, hi = text.partition("-")
+        lo, hi = split_range(text)
         clauses = [f"{column}<>''"]
         if lo:
             clauses.append(f"dtime({column})>=?")
-            args.append(_norm_time(lo, upper=False))
+            args.append(norm_time(lo, strict=False))
         if hi:
             clauses.append(f"dtime({column})<=?")
-            args.append(_norm_time(hi, upper=True))
+            args.append(norm_time(hi, upper=True, strict=False))
         return " AND ".join(clauses)
     if "\\" in text and vr not in ("PN",) and keyword != "ModalitiesInStudy":
-        values = [v for v in text.split("\\") if v]
+        values = [v for v in split_values(text, vr) if v]
         ors = []
         for v in values:
-            if "*" in v or "?" in v:
+            if has_wildcard(v):
                 ors.append(f"dwild({column}, ?, {fold})")
             else:
                 ors.append(f"{column}=?")
             args.append(v)
         return "(" + " OR ".join(ors) + ")"
-    if "*" in text or "?" in text:
+    if has_wildcard(text):
         args.append(text)
         return f"dwild({column}, ?, {fold})"
     if vr == "PN":  # case-insensitive like the wildcard path (Unicode-aware: "müller" finds "MÜLLER")
         args.append(text)
         return f"dwild({column}, ?, 1)"
     if vr == "TM":
-        args.append(_norm_time(text, upper=False))
+        args.append(norm_time(text, strict=False))
         return f"dtime({column})=?"
     args.append(text)
     return f"{column}=?"
@@ -242,10 +223,10 @@ def build_query(identifier: Dataset, model: str = "STUDY") -> tuple[str, str, li
             if cond:
                 where.append(cond)
         elif keyword == "ModalitiesInStudy" and depth >= 1 and text.strip():
-            mods = [m for m in text.split("\\") if m.strip()]
+            mods = [m for m in split_values(text, "CS") if m]
             ors = []
             for m in mods:
-                if "*" in m or "?" in m:
+                if has_wildcard(m):
                     ors.append("dwild(x.modality, ?, 0)")
                 else:
                     ors.append("x.modality=?")

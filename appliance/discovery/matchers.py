@@ -1,19 +1,21 @@
 """USB matchers as data: each driver (and the front panel) declares which devices are its own.
 
+The one USB matcher of the station (discovery, the udev rules and the tests all use this one).
 A driver package `drivers/<name>/usb.py` holds a list of dicts (Home Assistant's manifest style):
 `{"vid": "04b8", "pid": "0007", "vendor": "*Epson*", "model": "*PP-100*"}` — every key optional,
-ids as 4 hex digits (also spelled vendor_id/product_id), strings case-insensitive, `_` and space
-alike, matched as substrings (or as shell patterns when they contain `*`/`?`). A device matches
-when every key given matches; among matches the most specific one wins (ids count more than
+ids exact as 4 hex digits (also spelled vendor_id/product_id), strings case-insensitive, `_` and
+space alike, matched as substrings (or as shell patterns when they contain `*`/`?`/`[`). A device
+matches when every key given matches; among matches the most specific one wins (ids count more than
 strings, longer strings more than shorter), so a technician's narrow entry beats a broad one.
-When the driver offers `matchers(data_dir)` (built-ins plus `<data>/usb-matchers.json`), that is
-used, so technicians' additions count here too.
+A technician adds matchers without a code change in `<data>/usb-matchers.json`
+(`{"epson": [{"vendor_id": "04b8", "model": "PP-150"}]}`); a broken file is logged and ignored.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import importlib
+import json
 import logging
 import pkgutil
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ from typing import Any
 LOG = logging.getLogger("burnstation.discovery")
 
 LCD_TARGET = "lcd"
+USB_MATCHERS_FILE = "usb-matchers.json"  # in the data folder: a technician's additions
 
 # accepted spellings of each field (drivers' data may use udev or Home Assistant names)
 _ALIASES = {
@@ -113,11 +116,47 @@ def _matcher_list(module: Any) -> list[dict[str, Any]]:
     return []
 
 
+def technician_matchers(data_dir: Path | None, targets: set[str]) -> list[Matcher]:
+    """The matchers of `<data>/usb-matchers.json` for the given targets (driver names).
+
+    A broken file is logged and ignored (discovery keeps the built-in matchers); an entry that is
+    not an object, or sets no field, is skipped with a warning.
+    """
+    if data_dir is None:
+        return []
+    path = Path(data_dir) / USB_MATCHERS_FILE
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        LOG.warning("%s: ignored (%s)", path, exc)
+        return []
+    if not isinstance(doc, dict):
+        LOG.warning("%s: ignored (not a JSON object of driver name → list of matchers)", path)
+        return []
+    out: list[Matcher] = []
+    for target, entries in doc.items():
+        if target not in targets or not isinstance(entries, list):
+            LOG.warning("%s: %r ignored (drivers: %s; each a list of matchers)", path, target,
+                        ", ".join(sorted(targets)))
+            continue
+        for entry in entries:
+            matcher = Matcher.from_doc(target, entry) if isinstance(entry, dict) else None
+            if matcher is None or matcher.specificity()[0] == 0:
+                LOG.warning("%s: %s entry %r ignored (no vid, pid, vendor or model)", path, target, entry)
+                continue
+            out.append(matcher)
+    return out
+
+
 def driver_matchers(data_dir: Path | None = None) -> list[Matcher]:
-    """Matchers from every `drivers/<name>/usb.py` (the driver name is the target)."""
+    """Matchers from every `drivers/<name>/usb.py` (the driver name is the target), plus the
+    technician's from `<data>/usb-matchers.json` when `data_dir` is given."""
     import drivers
 
     out: list[Matcher] = []
+    names: set[str] = set()
     for info in pkgutil.iter_modules(drivers.__path__):
         if not info.ispkg:
             continue
@@ -128,14 +167,9 @@ def driver_matchers(data_dir: Path | None = None) -> list[Matcher]:
         except Exception:
             LOG.exception("drivers.%s.usb could not be loaded; its robots are not discovered", info.name)
             continue
-        docs = _matcher_list(module)
-        if callable(getattr(module, "matchers", None)):
-            try:
-                docs = [dict(m) for m in module.matchers(data_dir)]
-            except Exception:
-                LOG.exception("drivers.%s.usb.matchers() failed; using its built-in list", info.name)
-        out.extend(Matcher.from_doc(info.name, doc) for doc in docs)
-    return out
+        names.add(info.name)
+        out.extend(Matcher.from_doc(info.name, doc) for doc in _matcher_list(module))
+    return out + technician_matchers(data_dir, names)
 
 
 def panel_matchers() -> list[Matcher]:

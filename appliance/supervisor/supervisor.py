@@ -18,14 +18,15 @@ import os
 import signal
 import sqlite3
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from appliance import atomicfile
 from appliance.config import Settings
 from appliance.discovery import Discovery, make_discovery
+from appliance.supervisor import requests
 from appliance.supervisor.process import Process, ProcessConfig
 from appliance.supervisor.states import ProcessState
 
@@ -62,15 +63,7 @@ def read_state(data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(doc, fh, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomicfile.write_text(path, json.dumps(doc, indent=1, sort_keys=True))
 
 
 def module_exists(name: str) -> bool:
@@ -349,6 +342,8 @@ class Supervisor:
         if self.settings.changed():
             self.settings.all()  # reload, so changed() is quiet until the next write
             need = True
+        if requests.handle_requests(self):  # "reset" of a failed process (web UI, restart-process)
+            self._dirty = True
         gone = [n for n, p in self.procs.items() if not p.wanted and p.state is ProcessState.STOPPED]
         for name in gone:
             robot = self.procs[name].config.meta.get("robot")

@@ -1,7 +1,9 @@
 """Link worklist items to what happens to their studies.
 
-The hl7 service polls: new rows of `instances` (past a high-water mark, so the C-STORE path is
-never slowed) are matched to open items by Study Instance UID or Accession Number; a matched
+The hl7 service polls: new arrivals (what associations received, `index.arrivals_since`, past a
+high-water mark, so the C-STORE path is never slowed; a re-sent instance, e.g. with a corrected
+Accession Number, is a new arrival) are matched to open items by Study Instance UID or Accession
+Number; a matched
 item is marked done (SPS status COMPLETED) and the RIS gets ORC-5=IP. When the burn pipeline's
 `jobs` table shows a finished disc holding the item's study, the RIS gets ORC-5=CM. Messages are
 queued only when an HL7 destination is configured.
@@ -14,7 +16,7 @@ import logging
 import sqlite3
 import time
 
-from appliance import db
+from appliance import db, index
 from appliance.config import Settings
 from appliance.hl7 import outbox
 from appliance.worklist import items
@@ -22,7 +24,8 @@ from appliance.worklist import record as rec
 
 LOG = logging.getLogger("burnstation.worklist")
 
-HWM_KEY = "instances_rowid"
+HWM_KEY = "arrivals_id"  # index.arrivals_since's cursor
+OLD_HWM_KEY = "instances_rowid"  # before arrivals: the rowid of `instances`, which a re-sent instance keeps
 ITEMS_KEY = "items_checked_id"
 JOBS_KEY = "jobs_done_at"  # updated_at of the last finished job looked at  # orders that arrive after their images are matched once, on arrival
 
@@ -61,13 +64,13 @@ def link_images(conn: sqlite3.Connection, settings: Settings, now: float | None 
     """Mark open items done whose images arrived (new instances since the last call, or new items whose
     study is already stored); returns how many."""
     now = now or time.time()
-    if not _table_columns(conn, "instances"):
-        return 0
-    hwm = items.meta_get(conn, HWM_KEY)
-    rows = conn.execute("SELECT rowid, study_uid FROM instances WHERE rowid > ? ORDER BY rowid LIMIT 20000",
-                        (hwm,)).fetchall()
+    hwm = items.meta_get(conn, HWM_KEY, -1)
+    if hwm < 0:  # first call: from the start, or after an upgrade from where the old cursor left off
+        hwm = index.last_arrival_id(conn) if items.meta_get(conn, OLD_HWM_KEY) else 0
+        items.meta_set(conn, HWM_KEY, hwm)
+    rows = index.arrivals_since(conn, hwm)
     new_hwm = rows[-1][0] if rows else hwm
-    study_uids = {r[1] for r in rows}
+    study_uids = {r[1] for r in rows if r[1]}
     accessions = set()
     has_studies = bool(_table_columns(conn, "studies"))
     if has_studies:

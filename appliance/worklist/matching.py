@@ -13,28 +13,38 @@ A query identifier is compiled once into a tree of predicates over records (see 
   sequence matches all of them; an empty sequence or item is universal.
 The response holds exactly the requested keys (with the entity's values, or empty), sequences
 restricted to their matching items; an empty requested sequence returns the items whole.
+The matching rules themselves (wildcards, ranges, lists, date/time normalisation, `QueryError`)
+are C-FIND's too: `appliance/dicom/matching.py`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.dataset import Dataset
 
+from appliance.dicom.matching import (
+    HIGHEST_TIME,
+    LOWEST_TIME,
+    QueryError,
+    date_bounds,
+    entity_time,
+    has_wildcard,
+    in_bounds,
+    norm_datetime,
+    split_range,
+    split_values,
+    time_bounds,
+    uid_list,
+    wildcard,
+)
 from appliance.worklist import record as rec
 from appliance.worklist.record import Record
 
 WILDCARD_VRS = {"AE", "CS", "LO", "LT", "PN", "SH", "ST", "UC", "UR", "UT"}
-SINGLE_VALUED_VRS = {"LT", "ST", "UT", "UR"}
 DATE_TIME_PAIRS = {0x00400002: 0x00400003, 0x00400004: 0x00400005}  # SPS start, SPS end
-
-
-class QueryError(ValueError):
-    """The identifier cannot be matched (a malformed range, for instance)."""
-
 
 Predicate = Callable[[Record], bool]
 
@@ -57,12 +67,6 @@ class Query:
 # --------------------------------------------------------------------------- values
 
 
-def _values(text: str, vr: str) -> list[str]:
-    if vr in SINGLE_VALUED_VRS:
-        return [text]
-    return [v.strip() for v in text.split("\\")] if "\\" in text else [text.strip()]
-
-
 def _entity_values(record: Record, tag: int, vr: str) -> list[str] | None:
     item = record.get(tag)
     if item is None:
@@ -70,51 +74,7 @@ def _entity_values(record: Record, tag: int, vr: str) -> list[str] | None:
     value = item[1]
     if isinstance(value, list):
         return [str(v) for v in value]
-    return _values(value, vr)
-
-
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    out = []
-    for ch in pattern:
-        out.append(".*" if ch == "*" else "." if ch == "?" else re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _norm_date(text: str) -> str:
-    value = text.strip().replace(".", "")
-    if value and not (len(value) == 8 and value.isdigit()):
-        raise QueryError(f"not a date: {text!r}")
-    return value
-
-
-def _norm_time(text: str, upper: bool = False) -> str:
-    value = text.strip().replace(":", "")
-    if not value:
-        return value
-    main, _, frac = value.partition(".")
-    if not main.isdigit() or len(main) not in (2, 4, 6) or (frac and not frac.isdigit()):
-        raise QueryError(f"not a time: {text!r}")
-    if upper:
-        main = main + "595959"[len(main) - 2:] if len(main) < 6 else main
-        frac = (frac + "999999")[:6] if len(value.partition(".")[0]) == 6 else "999999"
-    else:
-        main = main.ljust(6, "0")
-        frac = frac.ljust(6, "0")
-    return f"{main}.{frac}"
-
-
-def _entity_time(text: str) -> str:
-    try:
-        return _norm_time(text) if text.strip() else ""
-    except QueryError:
-        return ""
-
-
-def _range(text: str) -> tuple[str, str]:
-    if text.count("-") != 1:
-        raise QueryError(f"not a range: {text!r}")
-    low, high = text.split("-")
-    return low.strip(), high.strip()
+    return split_values(value, vr)
 
 
 # --------------------------------------------------------------------------- predicates
@@ -139,14 +99,14 @@ def _exact_predicate(tag: int, wanted: str) -> Predicate:
 
 def _text_predicate(tag: int, vr: str, query_text: str) -> Predicate:
     matchers: list[Callable[[str], bool]] = []
-    values = _values(query_text, vr)
-    if len(values) == 1 and not (vr in WILDCARD_VRS and ("*" in values[0] or "?" in values[0])):
+    values = split_values(query_text, vr)
+    if len(values) == 1 and not (vr in WILDCARD_VRS and has_wildcard(values[0])):
         return _exact_predicate(tag, values[0])
     for q in values:
-        if vr in WILDCARD_VRS and ("*" in q or "?" in q):
+        if vr in WILDCARD_VRS and has_wildcard(q):
             if q.strip("*") == "":
                 return lambda record: True  # "*" alone is universal matching
-            matchers.append(_wildcard(q).fullmatch)  # type: ignore[arg-type]
+            matchers.append(wildcard(q).fullmatch)  # type: ignore[arg-type]
         else:
             matchers.append(q.__eq__)
 
@@ -158,7 +118,7 @@ def _text_predicate(tag: int, vr: str, query_text: str) -> Predicate:
 
 
 def _uid_predicate(tag: int, query_text: str) -> Predicate:
-    wanted = {v.strip() for v in query_text.split("\\") if v.strip()}
+    wanted = set(uid_list(query_text))
 
     def check(record: Record) -> bool:
         values = _entity_values(record, tag, "UI")
@@ -167,64 +127,33 @@ def _uid_predicate(tag: int, query_text: str) -> Predicate:
     return check
 
 
-def _date_bounds(text: str) -> tuple[str, str]:
-    if "-" in text:
-        low, high = _range(text)
-        return _norm_date(low), _norm_date(high)
-    value = _norm_date(text)
-    return value, value
-
-
-def _time_bounds(text: str) -> tuple[str, str]:
-    if "-" in text:
-        low, high = _range(text)
-        return _norm_time(low), _norm_time(high, upper=True)
-    return _norm_time(text), _norm_time(text, upper=True)
-
-
-def _in_bounds(value: str, low: str, high: str) -> bool:
-    return bool(value) and (not low or value >= low) and (not high or value <= high)
-
-
 def _date_predicate(tag: int, query_text: str) -> Predicate:
-    options = [_date_bounds(q) for q in _values(query_text, "DA")]
+    options = [date_bounds(q) for q in split_values(query_text, "DA")]
     if len(options) == 1 and options[0][0] == options[0][1]:
         return _exact_predicate(tag, options[0][0])
 
     def check(record: Record) -> bool:
         values = _entity_values(record, tag, "DA")
-        return values is not None and any(_in_bounds(v.replace(".", ""), lo, hi) for v in values for lo, hi in options)
+        return values is not None and any(in_bounds(v.replace(".", ""), lo, hi) for v in values for lo, hi in options)
 
     return check
 
 
 def _time_predicate(tag: int, query_text: str) -> Predicate:
-    options = [_time_bounds(q) for q in _values(query_text, "TM")]
+    options = [time_bounds(q) for q in split_values(query_text, "TM")]
 
     def check(record: Record) -> bool:
         values = _entity_values(record, tag, "TM")
-        return values is not None and any(_in_bounds(_entity_time(v), lo, hi) for v in values for lo, hi in options)
+        return values is not None and any(in_bounds(entity_time(v), lo, hi) for v in values for lo, hi in options)
 
     return check
 
 
-def _datetime_norm(text: str, upper: bool = False) -> str:
-    value = text.strip()
-    if not value:
-        return ""
-    value = re.sub(r"[+-]\d{4}$", "", value)  # offsets are ignored (local time on both sides)
-    date, clock = value[:8], value[8:]
-    _norm_date(date)
-    if not clock:
-        return date + ("235959.999999" if upper else "000000.000000")
-    return date + _norm_time(clock, upper)
-
-
 def _dt_predicate(tag: int, query_text: str) -> Predicate:
     options = []
-    for q in _values(query_text, "DT"):
-        low, high = _range(q) if "-" in q else (q, q)
-        options.append((_datetime_norm(low), _datetime_norm(high, True)))
+    for q in split_values(query_text, "DT"):
+        low, high = split_range(q) if "-" in q else (q, q)
+        options.append((norm_datetime(low), norm_datetime(high, True)))
 
     def check(record: Record) -> bool:
         values = _entity_values(record, tag, "DT")
@@ -232,10 +161,10 @@ def _dt_predicate(tag: int, query_text: str) -> Predicate:
             return False
         for v in values:
             try:
-                norm = _datetime_norm(v)
+                norm = norm_datetime(v)
             except QueryError:
                 continue
-            if any(_in_bounds(norm, lo, hi) for lo, hi in options):
+            if any(in_bounds(norm, lo, hi) for lo, hi in options):
                 return True
         return False
 
@@ -244,20 +173,20 @@ def _dt_predicate(tag: int, query_text: str) -> Predicate:
 
 def _combined_predicate(date_tag: int, time_tag: int, date_text: str, time_text: str) -> Predicate:
     """Date and time keys matched together: from time1 on date1 to time2 on date2 (C.2.2.2.5.1)."""
-    dlo, dhi = _date_bounds(date_text)
-    tlo, thi = _time_bounds(time_text)
+    dlo, dhi = date_bounds(date_text)
+    tlo, thi = time_bounds(time_text)
     low = (dlo + tlo) if dlo else ""
-    high = (dhi + (thi or "235959.999999")) if dhi else ""
+    high = (dhi + (thi or HIGHEST_TIME)) if dhi else ""
     if dlo and not tlo:
-        low = dlo + "000000.000000"
+        low = dlo + LOWEST_TIME
 
     def check(record: Record) -> bool:
         dates = _entity_values(record, date_tag, "DA")
         if not dates:
             return False
         times = _entity_values(record, time_tag, "TM") or [""]
-        value = dates[0].replace(".", "") + (_entity_time(times[0]) or "000000.000000")
-        return _in_bounds(value, low, high)
+        value = dates[0].replace(".", "") + (entity_time(times[0]) or LOWEST_TIME)
+        return in_bounds(value, low, high)
 
     return check
 

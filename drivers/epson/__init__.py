@@ -4,9 +4,8 @@ Importing it registers the publisher factory as "epson" (appliance.publish.PUBLI
 """
 
 from appliance import publish
-from drivers.epson.publisher import EpsonPublisher, factory
-from drivers.epson.usb import matchers
+from drivers.epson.publisher import EpsonPublisher
 
-publish.register("epson", factory)
+publish.register("epson", EpsonPublisher)
 
-__all__ = ["EpsonPublisher", "factory", "matchers"]
+__all__ = ["EpsonPublisher"]

@@ -4,9 +4,8 @@ Importing it registers the publisher factory as "primera" (appliance.publish.PUB
 """
 
 from appliance import publish
-from drivers.primera.publisher import PrimeraPublisher, factory
-from drivers.primera.usb import matchers
+from drivers.primera.publisher import PrimeraPublisher
 
-publish.register("primera", factory)
+publish.register("primera", PrimeraPublisher)
 
-__all__ = ["PrimeraPublisher", "factory", "matchers"]
+__all__ = ["PrimeraPublisher"]

@@ -14,7 +14,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 
 from appliance import tlsca
-from appliance.dicom import query
+from appliance.dicom import byteorder, query
 from appliance.dicom.context import StationContext, state_of
 
 LOG = logging.getLogger("burnstation.dicom.retrieve")
@@ -39,11 +39,19 @@ def outgoing_slots(size: int) -> threading.BoundedSemaphore:
 
 
 def prepare(ds: Dataset, accepted: list[Any]) -> Dataset:
-    """Make `ds` sendable over one of the accepted contexts (decompress when only native is taken)."""
+    """Make `ds` sendable over one of the accepted contexts: decompress when only native is taken,
+    and a big endian object meant for a little endian context gets its binary values swapped by VR
+    (pynetdicom re-encodes numbers and text but would send OW/OF/... bytes in the wrong order)."""
     sop_class = str(ds.SOPClassUID)
     ts = UID(str(ds.file_meta.TransferSyntaxUID))
     offered = {str(cx.transfer_syntax[0]) for cx in accepted if str(cx.abstract_syntax) == sop_class}
-    if ts in offered or not ts.is_compressed:
+    if ts in offered:
+        return ds
+    if byteorder.is_big_endian(ds):
+        byteorder.swap_to_little_endian(ds)  # ByteOrderError: the caller counts a failed sub-operation
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        return ds
+    if not ts.is_compressed:
         return ds
     if offered & {str(u) for u in NATIVE}:
         ds.decompress(generate_instance_uid=False)  # a copy of the same instance, not a new one
