@@ -1,4 +1,5 @@
-# BurnStation: `make run` runs the station (simulated robots when none is attached), `make test` tests it.
+# BurnStation: `make run` runs the station (simulated robots when none is attached), `make test` tests it
+# (`make test-fast`: only the tests that start no station process).
 # Both set up everything first: Debian tools (dcmtk, orthanc, xorriso, chromium, dicom3tools) and a venv.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS   := dcmtk orthanc xorriso chromium dicom3tools python3-venv iproute2 fonts-dejavu-core fonts-droid-fallback
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint deps venv bench clean
+.PHONY: run test test-fast lint deps venv bench clean
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -18,10 +19,12 @@ deps:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml
+# the station and, for `make run` and the tests, the robot simulator (its own distribution, which the
+# appliance image does not install)
+$(STAMP): pyproject.toml hardware-sim/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[test]' -e ./hardware-sim
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -33,8 +36,13 @@ run: deps venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
+# every test; `test-fast` only those that start no station process (the tier is decided in
+# tests/conftest.py: see the `station` marker in pyproject.toml)
 test: deps venv lint
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-fast: deps venv lint
+	$(VENV)/bin/python -m pytest -q -m "not station" $(PYTEST_ARGS)
 
 bench: deps venv
 	$(VENV)/bin/python bench/store_bench.py

@@ -189,10 +189,21 @@ def cmd_reindex(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from appliance import permissions
+    import importlib.util
+
+    from appliance import permissions, pnd_release
     from appliance.services import station
 
     settings = _settings(args)
+    try:  # before any process starts: the dicom service would refuse the same way
+        pnd_release.check_library()
+    except pnd_release.LibraryChanged as exc:
+        print(f"burnstation: refusing to start: {exc}", file=sys.stderr)
+        return 1
+    if args.simulate and importlib.util.find_spec("burnstation_sim") is None:
+        print("burnstation: --simulate needs the robot simulator, a development tool the appliance does "
+              "not ship: install it with `pip install ./hardware-sim` (`make venv` does)", file=sys.stderr)
+        return 1
     report = permissions.secure(_data(args), settings)  # logs what it tightened
     if report.failures:
         print(f"burnstation: not starting: {report.message()}", file=sys.stderr)

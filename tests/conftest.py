@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from support import Station  # noqa: E402
 
+pytest_plugins = ["tiers", "pytester"]  # the `station` mark (tests/tiers.py); pytester for test_tiers.py
+
 
 @pytest.fixture
 def station(tmp_path: Path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -27,6 +28,22 @@ NOT_AUTHORISED = "Unknown Status: 0x124"  # how dcmtk prints C-STORE/C-MOVE stat
 
 
 _handed_out: set[int] = set()
+
+# (node id, marked `station`) of the running pytest test, set by tests/tiers.py; None outside pytest
+running_test: tuple[str, bool] | None = None
+
+
+class UnmarkedStationTest(AssertionError):
+    """A test started a station process without the `station` mark (it would run in `make test-fast`)."""
+
+
+def check_station_allowed() -> None:
+    """Refuse to start a station from a test that is not marked `station` (see tests/tiers.py)."""
+    if running_test is not None and not running_test[1]:
+        raise UnmarkedStationTest(
+            f"{running_test[0]} starts a station process but is not marked `station`: add "
+            "@pytest.mark.station (or a module `pytestmark = pytest.mark.station`), or use a fixture "
+            "that builds the Station, so that `make test-fast` leaves it out")
 
 
 def free_port() -> int:
@@ -145,6 +162,36 @@ def wait_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def wait_dicom(port: int, called_aet: str = "BURNSTATION", timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+    """Wait until a DICOM SCP answers on the port: an A-ASSOCIATE (accepted, then a C-ECHO and a
+    release; or rejected), never a bare TCP connect, which pynetdicom would keep as an association
+    waiting for its request until the server stops."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title="READYPROBE")
+    ae.add_requested_context(Verification)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = 5
+    deadline = time.monotonic() + timeout
+    quiet = logging.getLogger("pynetdicom")
+    while time.monotonic() < deadline:
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)  # "connection refused" is the expected answer until it is up
+        try:
+            assoc = ae.associate(host, port, ae_title=called_aet)
+        finally:
+            quiet.setLevel(level)
+        if assoc.is_rejected:
+            return
+        if assoc.is_established:
+            status = assoc.send_c_echo()
+            assoc.release()
+            if status and status.get("Status") == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"no DICOM association with {called_aet} on {host}:{port} after {timeout}s")
+
+
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
     """Whether something accepts a connection on the port right now."""
     try:
@@ -205,10 +252,11 @@ class Station:
         self.aet = "BURNSTATION"
 
     def start(self, *extra: str) -> Station:
+        check_station_allowed()
         log = open(self.data / "station.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen([str(BIN / "burnstation"), "--data", str(self.data), "run", *extra],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_port(self.port)
+        wait_dicom(self.port, self.aet)
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:

@@ -26,6 +26,8 @@ from support import wait_for_named as wait_for
 from appliance import db
 from appliance.burn import jobs, routing
 
+pytestmark = pytest.mark.station  # every test here starts a station process (tests/tiers.py)
+
 TIMEOUT = 60.0
 
 

@@ -9,6 +9,7 @@ import stat
 import subprocess
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from support import BIN, Station, burnstation, dcmtk
 
@@ -67,6 +68,7 @@ def test_commands_without_init_say_so(tmp_path: Path) -> None:
         assert "burnstation init" in proc.stderr, proc.stderr
 
 
+@pytest.mark.station
 def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     st = Station(tmp_path / "data")
     st.start()
@@ -79,3 +81,22 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         st.proc = None
     assert code == 0, st.log()[-2000:]
     assert dcmtk("echoscu", "-to", "3", "-aec", "BURNSTATION", "127.0.0.1", str(st.port)).returncode != 0
+
+
+def test_simulate_without_the_simulator_says_how_to_install_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    """The simulator is its own distribution (hardware-sim/), absent from the appliance image."""
+    import sys
+
+    from appliance import cli
+    from appliance.services import station
+
+    data = tmp_path / "data"
+    assert cli.main(["--data", str(data), "init"]) == 0
+    monkeypatch.setitem(sys.modules, "burnstation_sim", None)  # how Python marks a module not importable
+    started = []
+    monkeypatch.setattr(station, "run", lambda *a, **k: started.append(a) or 0)  # would run the supervisor
+    capsys.readouterr()
+    assert cli.main(["--data", str(data), "run", "--simulate"]) == 1
+    err = capsys.readouterr().err
+    assert "--simulate needs the robot simulator" in err and "hardware-sim" in err
+    assert started == []

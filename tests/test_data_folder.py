@@ -117,6 +117,7 @@ def test_run_refuses_a_data_folder_it_cannot_make_private(tmp_path: Path) -> Non
         immutable(leftover, on=False)
 
 
+@pytest.mark.station
 def test_station_on_an_older_data_folder(tmp_path: Path) -> None:
     data = tmp_path / "data"
     st = Station(data, burn__delay_seconds=1)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from support import Station, burnstation, dcmtk, wait_for, write_study
 
 from appliance.discovery import Discovery, udev
@@ -161,6 +162,7 @@ def send(st: Station, aet: str, files: list[Path]) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.station
 def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
     st = Station(tmp_path / "data", supervisor__start_seconds=1, hl7__port=0, http__port=0)
     sim = st.data / "sim"

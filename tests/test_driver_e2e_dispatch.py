@@ -11,8 +11,11 @@ import json
 import signal
 from pathlib import Path
 
+import pytest
 from support import burnstation, write_study
 from test_robots_e2e import rig, wait_for
+
+pytestmark = pytest.mark.station  # every test here starts a station process (tests/tiers.py)
 
 
 def test_cancel_and_kill_while_burning(tmp_path: Path) -> None:

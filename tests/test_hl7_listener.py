@@ -29,6 +29,8 @@ from worklist_support import (
     worklist,
 )
 
+pytestmark = pytest.mark.station  # every test here starts a station process (tests/tiers.py)
+
 CR = b"\r"
 
 

@@ -120,3 +120,47 @@ def test_systemd_analyze_verify(tmp_path):
     bad.write_text((tmp_path / "burnstation.service").read_text().replace("Restart=on-failure", "Restart=often"))
     result = subprocess.run([tool, "verify", str(bad)], capture_output=True, text=True, timeout=120)
     assert "restart" in (result.stdout + result.stderr).lower()
+
+
+def test_the_image_installs_the_station_without_the_simulator():
+    """The robot simulator is a distribution of its own (hardware-sim/), for development and tests:
+    neither the root project (what the image pip-installs) nor the recipe brings it in."""
+    import fnmatch
+    import tomllib
+
+    root = tomllib.loads((REPO / "pyproject.toml").read_text())
+    sim = tomllib.loads((REPO / "hardware-sim" / "pyproject.toml").read_text())
+    assert "burnstation-sim" not in root["project"]["scripts"]
+    find = root["tool"]["setuptools"]["packages"]["find"]
+    assert find.get("where", ["."]) == ["."]
+    assert not any(fnmatch.fnmatch("burnstation_sim", pattern) for pattern in find["include"])
+    assert sim["project"]["scripts"]["burnstation-sim"] == "burnstation_sim.__main__:main"
+    assert sim["project"]["name"] != root["project"]["name"]
+    script = (IMAGE / "mkosi.postinst.chroot").read_text()
+    installs = [line for line in script.splitlines() if "pip install" in line]
+    assert installs and not any("hardware-sim" in line for line in installs)
+    assert "burnstation-sim" not in script and "burnstation_sim" not in script
+    assert "pynetdicom==3.0.4" in root["project"]["dependencies"]  # pnd_tuning's reviewed release
+
+
+def test_the_simulator_distribution_stands_alone():
+    """burnstation_sim is installed without the station: it imports nothing of it, and its
+    declared dependencies cover the third-party modules it imports."""
+    import ast
+    import tomllib
+
+    sim_dir = REPO / "hardware-sim"
+    declared = {d.split(">")[0].split("<")[0].split("=")[0].strip().lower()
+                for d in tomllib.loads((sim_dir / "pyproject.toml").read_text())["project"]["dependencies"]}
+    dist_of = {"PIL": "pillow", "pycdlib": "pycdlib"}
+    imported = set()
+    for path in (sim_dir / "burnstation_sim").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    assert not imported & {"appliance", "drivers", "webui"}, imported
+    third_party = imported - set(sys.stdlib_module_names) - {"burnstation_sim"}
+    assert third_party <= set(dist_of), f"undeclared in hardware-sim/pyproject.toml: {third_party - set(dist_of)}"
+    assert {dist_of[name] for name in third_party} <= declared

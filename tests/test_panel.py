@@ -72,6 +72,7 @@ def test_virtual_lcd_on_a_pty_through_pyserial(tmp_path):
     assert not (root / "devices" / "lcd.json").exists()
 
 
+@pytest.mark.station
 def test_station_panel_shows_address_aet_and_state(tmp_path):
     st = Station(tmp_path / "data", panel__page_seconds=2, supervisor__start_seconds=1)
     screen = st.data / "sim" / "lcd-screen.txt"
@@ -118,6 +119,7 @@ def test_station_panel_shows_address_aet_and_state(tmp_path):
     assert os.path.exists(st.data / "sim" / "lcd-screen.txt")
 
 
+@pytest.mark.station
 def test_panel_device_set_by_hand_starts_the_panel(tmp_path):
     """No USB discovery here: `panel.device` set while running starts the panel process on that line."""
     root = tmp_path / "lcd"

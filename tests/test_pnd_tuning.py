@@ -10,7 +10,11 @@
 
 from __future__ import annotations
 
+import inspect
+import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,9 +23,13 @@ import pynetdicom
 import pytest
 from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
+from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RSP
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dul import DULServiceProvider
+from pynetdicom.transport import AssociationSocket
 from support import dcmtk, free_port, make_dataset
 
 from appliance.dicom import pnd_tuning
@@ -48,6 +56,64 @@ def test_pinned_version_and_sources():
     changed = [name for name, func in originals.items()
                if pnd_tuning.source_hash(func) != pnd_tuning.REPLACED_SOURCES[name]]
     assert not changed, f"pynetdicom changed {changed}: review appliance/dicom/pnd_tuning.py, then re-pin"
+
+
+def test_reviewed_library_needs_no_fallback():
+    assert pnd_tuning.changed_sources() == {}
+    assert pnd_tuning.check_library() == {}
+    assert set(pnd_tuning.REPLACED_SOURCES) == {n for names in pnd_tuning.PATCH_SOURCES.values() for n in names}
+
+
+def test_install_falls_back_to_the_library_where_its_code_changed(monkeypatch, caplog, tmp_path):
+    """A speed-only patch over library code that is not the reviewed source is left out (logged);
+    the others still apply, and the station still receives on the library's own paths."""
+    monkeypatch.setitem(pnd_tuning.REPLACED_SOURCES, "AssociationSocket.recv", "0" * 64)
+    monkeypatch.setitem(pnd_tuning.REPLACED_SOURCES, "DULServiceProvider.stop_dul", "0" * 64)
+    with caplog.at_level(logging.WARNING, logger="burnstation.dicom"):
+        pnd_tuning.install()
+    originals = pnd_tuning.original_functions()
+    assert AssociationSocket.recv is originals["AssociationSocket.recv"]
+    for name in pnd_tuning.PATCH_SOURCES["reactors"]:  # one changed function: the whole patch goes
+        cls, attr = name.split(".")
+        assert getattr({"Association": Association, "DULServiceProvider": DULServiceProvider}[cls], attr) \
+            is originals[name], name
+    assert not pnd_tuning._INLINE_STORE  # 2b stands on the reactors' queues
+    assert DIMSEServiceProvider.send_msg is pnd_tuning._dimse_send_msg  # unchanged code keeps its speed-up
+    assert ACSE._negotiate_as_acceptor is pnd_tuning._negotiate_as_acceptor
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("AssociationSocket.recv" in w and "'recv' speed-up is left out" in w for w in warnings), warnings
+    assert any("DULServiceProvider.stop_dul" in w and "'reactors'" in w for w in warnings), warnings
+    events, _ = scenario_store_release(tmp_path)
+    assert events[-1] == "served by association"  # the library's reactor served the C-STOREs
+    assert events[0] == "accepted" and events.count("released") == 1
+
+
+def test_install_refuses_when_the_called_aet_negotiation_changed(monkeypatch):
+    """The called-AE-title patch carries behaviour: over changed library code nothing is applied."""
+    monkeypatch.setitem(pnd_tuning.REPLACED_SOURCES, "ACSE._negotiate_as_acceptor", "0" * 64)
+    with pytest.raises(pnd_tuning.LibraryChanged, match=r"ACSE\._negotiate_as_acceptor changed.*_TE.*3\.0\.4"):
+        pnd_tuning.install()
+    originals = pnd_tuning.original_functions()
+    assert ACSE._negotiate_as_acceptor is originals["ACSE._negotiate_as_acceptor"]
+    assert Association.__init__ is originals["Association.__init__"]
+    with pytest.raises(pnd_tuning.LibraryChanged):  # and again: a refusal is not remembered as installed
+        pnd_tuning.install()
+
+
+def test_burnstation_run_refuses_before_starting_anything(monkeypatch, tmp_path, capsys):
+    from appliance import cli
+    from appliance.services import station
+
+    data = tmp_path / "data"
+    assert cli.main(["--data", str(data), "init"]) == 0
+    monkeypatch.setitem(pnd_tuning.REPLACED_SOURCES, "ACSE._negotiate_as_acceptor", "0" * 64)
+    started = []
+    monkeypatch.setattr(station, "run", lambda *a, **k: started.append(a) or 0)  # would run the supervisor
+    capsys.readouterr()
+    assert cli.main(["--data", str(data), "run"]) == 1
+    err = capsys.readouterr().err
+    assert "refusing to start" in err and "pynetdicom==3.0.4" in err and "called-AE-title" in err
+    assert started == [] and not (data / "run").exists()
 
 
 def test_internals_present():
@@ -497,3 +563,18 @@ def test_store_rq_decoding_same_as_library(name: str):
     first_pdv = pdatas[0].presentation_data_value_list[0][1]
     taken = first_pdv[0] & 3 == 3 and pnd_tuning._decode_store_rq(first_pdv[1:]) is not None
     assert taken == (name in ("plain", "big", "merged", "move", "odd-uid", "padded-uids-and-aet")), name
+
+
+def test_release_check_reads_the_same_sources_without_importing_the_library():
+    """`burnstation run` checks from the files (cheap, before any process starts); they are the
+    very sources `inspect` gives for the loaded functions."""
+    from appliance import pnd_release
+
+    from_files = pnd_release.library_sources()
+    loaded = pnd_tuning.original_functions()
+    assert set(from_files) == set(loaded)
+    for name, func in loaded.items():
+        assert from_files[name] == inspect.getsource(func), name
+    script = "import sys; from appliance import pnd_release; pnd_release.check_library(); print(sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    assert "'pynetdicom'" not in out.stdout and "'pydicom'" not in out.stdout

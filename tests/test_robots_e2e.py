@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import BIN, Station, burnstation, dcmtk, write_study
 from support import wait_for_named as wait_for  # (what, check, timeout, every): also imported from here
 
 from drivers.epson.jdf import parse_jdf
 from drivers.primera.jrq import parse_jrq
+
+pytestmark = pytest.mark.station  # every test here starts a station process (tests/tiers.py)
 
 TIMEOUT = 60.0
 JDF_KEYS = ["JOB_ID", "PUBLISHER", "COPIES", "DISC_TYPE", "FORMAT", "COMPARE", "CLOSE_DISC", "IMAGE",

@@ -39,6 +39,8 @@ from worklist_support import EB, SB, order, send_order
 from drivers.epson.jdf import parse_jdf
 from drivers.primera.jrq import parse_jrq
 
+pytestmark = pytest.mark.station  # every test here starts a station process (tests/tiers.py)
+
 XHTML = "{http://www.w3.org/1999/xhtml}"
 ISO_NAME = re.compile(r"[A-Z0-9_]{1,8}(\.[A-Z0-9_]{1,3})?")
 SAFE_FILE = re.compile(r"\.?[A-Za-z0-9][A-Za-z0-9._-]*")

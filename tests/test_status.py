@@ -7,6 +7,7 @@ import json
 import socket
 from pathlib import Path
 
+import pytest
 from support import Station, burnstation, free_port, wait_for
 
 from appliance.diagnostics import listening_sockets, socket_owners
@@ -47,6 +48,7 @@ def test_socket_owner_is_found_for_our_own_listener():
         assert socket_owners({mine[0]["inode"]}) == {mine[0]["inode"]: os.getpid()}
 
 
+@pytest.mark.station
 def test_status_lists_open_ports_and_only_those(tmp_path):
     st = Station(tmp_path / "data", http__port=0, supervisor__start_seconds=1)
     # nothing runs yet: configured ports are reported as not listening, the supervisor as down

@@ -273,6 +273,7 @@ def storescu(port: int, *files: Path, aec: str = "BURNSTATION", aet: str = "TEST
     return dcmtk("storescu", "-aet", aet, "-aec", aec, "127.0.0.1", str(port), *map(str, files))
 
 
+@pytest.mark.station
 def test_store_semantics_on_a_running_station(tmp_path: Path):
     station = Station(tmp_path / "data")
     with station:

@@ -9,7 +9,10 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from support import Station, burnstation, dcmtk, wait_for, write_study
+
+pytestmark = pytest.mark.station  # every test here starts a station process (tests/tiers.py)
 
 STATE = Path("run") / "supervisor.json"
 

@@ -3,8 +3,11 @@ and robots added or deleted while running get or lose their driver process."""
 
 from __future__ import annotations
 
+import pytest
 from support import Station, burnstation, wait_for
 from test_supervisor import all_ready, echo, pid_alive, procs
+
+pytestmark = pytest.mark.station  # every test here starts a station process (tests/tiers.py)
 
 
 def test_supervisor_killed_takes_its_children_along(tmp_path):

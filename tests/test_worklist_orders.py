@@ -22,6 +22,8 @@ from pydicom.uid import generate_uid
 from support import Station, dcmtk, free_port, make_dataset, wait_for, wait_port
 from worklist_support import EB, SB, msa, order, send_order, worklist
 
+pytestmark = pytest.mark.station  # every test here starts a station process (tests/tiers.py)
+
 SPS = "ScheduledProcedureStepSequence[0]"
 KEYS = ["SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate", "PatientSex",
         "AccessionNumber", "ReferringPhysicianName", "StudyInstanceUID", "RequestingPhysician",

@@ -1,7 +1,13 @@
 """Every change the station makes to pynetdicom internals, in one place.
 
-pynetdicom is pinned to 3.0.* in pyproject.toml; `tests/test_pnd_tuning.py` fails when an internal
-this module relies on changes shape, so an upgrade is a deliberate act.
+pynetdicom is pinned to 3.0.4 in pyproject.toml, and `install()` checks at every start that each
+library function a patch replaces, copies or wraps is the reviewed 3.0.4 source (sha256 of its
+source, read from the library's files: `appliance/pnd_release.py`). A speed-only patch (2 to 3b)
+over changed code is left out, with a warning in the log, and the library's own code runs. The called-AE-title patch (1) carries behaviour: the
+library's path would accept other called titles than the station's, so over changed code
+`install()` raises `LibraryChanged` and the station does not start (`burnstation run` checks
+this before it starts any process). `tests/test_pnd_tuning.py` also fails when an internal this
+module relies on changes shape, so an upgrade is a deliberate act.
 
 1. Several called AE titles on one listener: pynetdicom compares the called AE title with one
    title only. The station answers to `<AET>`, `<AET>_E`, `<AET>_P`, `<AET>_TE` and `<AET>_TP`,
@@ -61,6 +67,7 @@ this module relies on changes shape, so an upgrade is a deliberate act.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import logging
@@ -85,9 +92,19 @@ from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import make_target
+
+from appliance.pnd_release import (  # noqa: F401 - the check's names are part of this module's API
+    BEHAVIOURAL,
+    PATCH_SOURCES,
+    REPLACED_SOURCES,
+    LibraryChanged,
+    changed_sources,
+    check_library,
+    installed_version,
+)
 
 _ORIGINAL_NEGOTIATE = ACSE._negotiate_as_acceptor
 _ORIGINAL_ASSOC_INIT = Association.__init__
@@ -101,6 +118,7 @@ _ORIGINAL = {
     "DULServiceProvider.kill_dul": DULServiceProvider.kill_dul,
     "DULServiceProvider.stop_dul": DULServiceProvider.stop_dul,
 }
+LOG = logging.getLogger("burnstation.dicom")
 _LOGGER_DUL = logging.getLogger("pynetdicom.dul")
 _LOGGER_ASSOC = logging.getLogger("pynetdicom.association")
 _LOGGER_DIMSE = logging.getLogger("pynetdicom.dimse")
@@ -109,20 +127,6 @@ _installed = False
 IDLE_WAIT = 0.05  # seconds a reactor blocks when idle before re-checking its timers
 _INLINE_STORE = False  # 2b on (set by install)
 
-# sha256 of the source of every library function the patches replace or copy: a pynetdicom
-# release that changes one of them must be reviewed (tests/test_pnd_tuning.py checks this).
-REPLACED_SOURCES = {
-    "ACSE._negotiate_as_acceptor": "fffd360957c42a8ed89284cf1b1b734527c9be60253950777a0330c0f2be692e",
-    "Association.__init__": "eb07516b8009ad8fa338201dea39578380fbf9f2c59fa5e368e20250eb97c4ea",
-    "Association.kill": "8f9713666a7f4cffd840899f023090e9786668945a7c844f99d7a834077c3972",
-    "Association._run_reactor": "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
-    "DULServiceProvider.run_reactor": "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
-    "DULServiceProvider.kill_dul": "5ceccf8dd01c2072c377d18bb1be284941a345bd40f03bd1e03a864ab0817842",
-    "DULServiceProvider.stop_dul": "28a7e0be126e7b306369cc1b131daec8e907d21d0f5692930133b6599b8c6e5f",
-    "DIMSEServiceProvider.receive_primitive": "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f",
-    "AssociationSocket.recv": "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
-    "DIMSEServiceProvider.send_msg": "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
-}
 
 
 def _negotiate_as_acceptor(self: ACSE) -> None:
@@ -630,6 +634,27 @@ def set_protocol_logging(enabled: bool) -> None:
     _config.LOG_HANDLER_LEVEL = "standard" if enabled or not fast_path_enabled("logging") else "none"
 
 
+# --------------------------------------------------------------------------- 5. stopping
+
+
+def drop_unrequested(assoc: Association) -> bool:
+    """End at once an acceptor association whose peer never sent an A-ASSOCIATE-RQ; False otherwise.
+
+    pynetdicom's association thread waits up to the ACSE time-out for the request, even after
+    the peer has closed the connection (a port probe), so a server stop would wait for it. Its
+    connection is closed, and its thread woken with the association marked aborted: the
+    library's acceptor path then neither negotiates nor serves, it shuts the socket and returns.
+    """
+    if not assoc.is_acceptor or getattr(assoc.requestor, "primitive", None) is not None or assoc.is_established:
+        return False
+    assoc.is_aborted = True
+    assoc.dul.kill_dul()
+    with contextlib.suppress(Exception):
+        cast(Any, assoc.dul.socket)._shutdown_socket()
+    assoc.dul.to_user_queue.put(A_P_ABORT())
+    return True
+
+
 # --------------------------------------------------------------------------- install / checks
 
 
@@ -651,25 +676,32 @@ def fast_path_enabled(part: str = "") -> bool:
 
 
 def install() -> None:
-    """Apply the patches (idempotent)."""
+    """Apply the patches (idempotent), each only over the library code it was written for.
+
+    Raises LibraryChanged (nothing applied) when the called-AE-title patch cannot be applied.
+    """
     global _installed, _INLINE_STORE
     if _installed:
         return
+    skipped = check_library()
+    for part, names in sorted(skipped.items()):
+        LOG.warning("pynetdicom %s: %s differ from the reviewed 3.0.4 source; the '%s' speed-up is "
+                    "left out and the library's own code runs", installed_version(), ", ".join(names), part)
     ACSE._negotiate_as_acceptor = _negotiate_as_acceptor  # type: ignore[method-assign]
     _installed = True
-    _INLINE_STORE = fast_path_enabled("inline_store")
-    if fast_path_enabled("reactors") or _INLINE_STORE:
+    _INLINE_STORE = fast_path_enabled("inline_store") and "reactors" not in skipped  # 2b needs 2's queues
+    if "reactors" not in skipped and (fast_path_enabled("reactors") or _INLINE_STORE):
         Association.__init__ = _association_init  # type: ignore[method-assign]
         Association.kill = _association_kill  # type: ignore[method-assign]
         Association._run_reactor = _association_run_reactor  # type: ignore[method-assign]
         DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
         DULServiceProvider.kill_dul = _dul_kill  # type: ignore[method-assign]
         DULServiceProvider.stop_dul = _dul_stop  # type: ignore[method-assign]
-    if fast_path_enabled("store_rsp"):
+    if "store_rsp" not in skipped and fast_path_enabled("store_rsp"):
         DIMSEServiceProvider.send_msg = _dimse_send_msg  # type: ignore[method-assign]
-    if fast_path_enabled("store_rq"):
+    if "store_rq" not in skipped and fast_path_enabled("store_rq"):
         DIMSEServiceProvider.receive_primitive = _dimse_receive_primitive  # type: ignore[method-assign]
-    if fast_path_enabled("recv"):
+    if "recv" not in skipped and fast_path_enabled("recv"):
         AssociationSocket.recv = _socket_recv  # type: ignore[method-assign]
 
 

@@ -60,6 +60,8 @@ QR_FIND = [PatientRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveI
 QR_MOVE = [PatientRootQueryRetrieveInformationModelMove, StudyRootQueryRetrieveInformationModelMove]
 QR_GET = [PatientRootQueryRetrieveInformationModelGet, StudyRootQueryRetrieveInformationModelGet]
 NATIVE_SYNTAXES = TRANSFER_SYNTAXES[:3]
+STOP_GRACE = 2.0  # seconds running associations get to finish when the service stops
+ABORT_WAIT = 1.0  # then, for the aborted ones to end (the supervisor's SIGKILL comes after 5 s)
 
 # extra (event, handler) bindings other subsystems add (the worklist's MWL C-FIND, for one)
 EXTRA_CONTEXTS: list[str] = [worklist_scp.MWL_FIND]
@@ -259,11 +261,14 @@ class DicomServer:
         if failures:
             raise OSError("cannot open " + "; ".join(failures))
 
-    def stop(self, grace: float = 3.0) -> None:
+    def stop(self, grace: float = STOP_GRACE) -> None:
         """Close the listeners, let running associations finish for `grace` seconds, abort the rest.
 
-        An aborted peer never got a success for the object in flight, so nothing acknowledged
-        is lost; without the abort a busy sender would keep the process alive until SIGKILL.
+        A connection that never sent an A-ASSOCIATE-RQ (a port probe) is closed at once. An
+        aborted peer never got a success for the object in flight, so nothing acknowledged is
+        lost; without the abort a busy sender would keep the process alive until SIGKILL. The
+        whole stop takes at most `grace` + ABORT_WAIT seconds, well inside the supervisor's kill
+        time-out: an association still alive then ends with the process.
         """
         with self._lock:
             active = []
@@ -275,18 +280,21 @@ class DicomServer:
                 server.shutdown()
             self.servers = []
             self._open = {}
+        dropped = [assoc for assoc in active if pnd_tuning.drop_unrequested(assoc)]
+        running = [assoc for assoc in active if assoc not in dropped]
         deadline = time.monotonic() + grace
-        for assoc in active:
+        for assoc in running:
             assoc.join(max(0.0, deadline - time.monotonic()))
-        for assoc in active:
+        for assoc in running:
             if assoc.is_alive():
                 LOG.warning("aborting association from %s at shutdown", assoc.requestor.ae_title)
                 try:
-                    assoc.abort()
+                    assoc.abort(block=False)  # queues the A-ABORT; blocking could wait out the ARTIM timer
                 except Exception:
                     pass
+        deadline = time.monotonic() + ABORT_WAIT
         for assoc in active:
-            assoc.join(1.0)
+            assoc.join(max(0.0, deadline - time.monotonic()))
 
     def reload(self, force: bool = False) -> bool:
         """Apply changed settings without dropping a listener that can stay.

@@ -1,0 +1,120 @@
+"""Whether the installed pynetdicom is the release `pnd_tuning` was reviewed against, without
+importing it: `burnstation run` checks this before it starts any process, and
+`pnd_tuning.install()` again in the dicom process.
+
+Each library function a patch of `pnd_tuning` replaces, copies or wraps is pinned by the sha256
+of its source text (the lines `inspect.getsource` gives: decorators and indentation included),
+read here from the library's files with `ast`, which is much cheaper than importing pynetdicom
+and pydicom in the supervisor.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
+# sha256 of the source of every library function the patches replace, copy or wrap: a pynetdicom
+# release that changes one of them must be reviewed (checked at every start).
+REPLACED_SOURCES = {
+    "ACSE._negotiate_as_acceptor": "fffd360957c42a8ed89284cf1b1b734527c9be60253950777a0330c0f2be692e",
+    "Association.__init__": "eb07516b8009ad8fa338201dea39578380fbf9f2c59fa5e368e20250eb97c4ea",
+    "Association.kill": "8f9713666a7f4cffd840899f023090e9786668945a7c844f99d7a834077c3972",
+    "Association._run_reactor": "f28838c5559e462a563750cfc9f3790027f4bb7e2223baf42c9f5d682c359dee",
+    "DULServiceProvider.run_reactor": "e3a10eb3a0931e4854af33b9496e92d9679522aca26b0e04da8967559b9e2803",
+    "DULServiceProvider.kill_dul": "5ceccf8dd01c2072c377d18bb1be284941a345bd40f03bd1e03a864ab0817842",
+    "DULServiceProvider.stop_dul": "28a7e0be126e7b306369cc1b131daec8e907d21d0f5692930133b6599b8c6e5f",
+    "DIMSEServiceProvider.receive_primitive": "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f",
+    "AssociationSocket.recv": "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
+    "DIMSEServiceProvider.send_msg": "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
+}
+# the library functions each patch stands on; BEHAVIOURAL is the one that changes what the station
+# accepts (the others only make it faster and are left out when their library code changed)
+BEHAVIOURAL = "called_aets"
+PATCH_SOURCES = {
+    BEHAVIOURAL: ("ACSE._negotiate_as_acceptor",),
+    "reactors": ("Association.__init__", "Association.kill", "Association._run_reactor",
+                 "DULServiceProvider.run_reactor", "DULServiceProvider.kill_dul", "DULServiceProvider.stop_dul"),
+    "store_rsp": ("DIMSEServiceProvider.send_msg",),
+    "store_rq": ("DIMSEServiceProvider.receive_primitive",),
+    "recv": ("AssociationSocket.recv",),
+}
+
+
+class LibraryChanged(RuntimeError):
+    """The installed pynetdicom differs where the called-AE-title patch stands: the station must not start."""
+
+
+# the module of pynetdicom that defines each class named above
+_MODULE_OF = {"ACSE": "acse", "Association": "association", "DULServiceProvider": "dul",
+              "DIMSEServiceProvider": "dimse", "AssociationSocket": "transport"}
+
+
+def installed_version() -> str:
+    try:
+        return importlib.metadata.version("pynetdicom")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
+def library_sources() -> dict[str, str | None]:
+    """The source text of every function named in REPLACED_SOURCES, None when it is not found."""
+    spec = importlib.util.find_spec("pynetdicom")
+    folder = Path(next(iter(spec.submodule_search_locations or []), "")) if spec else None
+    parsed: dict[str, tuple[list[str], ast.Module] | None] = {}
+    sources: dict[str, str | None] = {}
+    for name in REPLACED_SOURCES:
+        cls_name, func_name = name.split(".")
+        module = _MODULE_OF[cls_name]
+        if module not in parsed:
+            try:
+                text = (folder / f"{module}.py").read_text(encoding="utf-8") if folder else ""
+                parsed[module] = (text.splitlines(keepends=True), ast.parse(text))
+            except (OSError, SyntaxError, ValueError):
+                parsed[module] = None
+        sources[name] = _function_source(parsed[module], cls_name, func_name)
+    return sources
+
+
+def _function_source(parsed: tuple[list[str], ast.Module] | None, cls_name: str, func_name: str) -> str | None:
+    if parsed is None:
+        return None
+    lines, tree = parsed
+    for cls in tree.body:
+        if isinstance(cls, ast.ClassDef) and cls.name == cls_name:
+            for func in cls.body:
+                if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef) and func.name == func_name:
+                    first = min([func.lineno] + [d.lineno for d in func.decorator_list])
+                    return "".join(lines[first - 1:func.end_lineno])
+    return None
+
+
+def changed_sources() -> dict[str, str]:
+    """The library functions whose source is not the reviewed one: name -> its sha256 now."""
+    changed = {}
+    for name, source in library_sources().items():
+        digest = hashlib.sha256(source.encode()).hexdigest() if source is not None else "missing"
+        if digest != REPLACED_SOURCES[name]:
+            changed[name] = digest
+    return changed
+
+
+def check_library() -> dict[str, list[str]]:
+    """The speed-only patches whose library code changed (to be left out) -> the changed functions.
+
+    Raises LibraryChanged when the called-AE-title patch's code changed: the library's own
+    negotiation would answer to other called AE titles than the station's.
+    """
+    changed = changed_sources()
+    affected = {part: [n for n in names if n in changed] for part, names in PATCH_SOURCES.items()}
+    affected = {part: names for part, names in affected.items() if names}
+    if BEHAVIOURAL in affected:
+        raise LibraryChanged(
+            f"pynetdicom {installed_version()} is not the release the station was reviewed against "
+            f"(pynetdicom==3.0.4): {', '.join(affected[BEHAVIOURAL])} changed, so the called-AE-title "
+            "negotiation (<AET>, <AET>_E, _P, _TE, _TP) cannot be applied and the library's own would "
+            "accept other titles. Install pynetdicom==3.0.4, or review appliance/dicom/pnd_tuning.py "
+            "and re-pin its hashes in appliance/pnd_release.py.")
+    return affected
