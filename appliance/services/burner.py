@@ -17,6 +17,8 @@ from appliance import db
 from appliance.burn import dispatch, jobs, routing
 from appliance.config import Settings
 
+# every service ends well inside the supervisor's 5 s before SIGKILL, even on a loaded machine
+STOP_JOIN_SECONDS = 2.5
 LOG = logging.getLogger("burnstation.burner")
 POLL_SECONDS = 0.5
 PRUNE_SECONDS = 300.0  # how often finished jobs' disc images are checked for removal
@@ -74,5 +76,5 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
             stop.wait(POLL_SECONDS)
     finally:
         wake.set()
-        builder.join(30)
+        builder.join(STOP_JOIN_SECONDS)  # a build cut here is queued again at the next start
         conn.close()

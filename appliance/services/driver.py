@@ -265,5 +265,6 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
         stop.wait(1.0)
     for _thread, robot_stop in threads.values():
         robot_stop.set()
+    deadline = time.monotonic() + 2.5  # all robots together, well inside the supervisor's 5 s before SIGKILL
     for thread, _ in threads.values():
-        thread.join(10)
+        thread.join(max(0.0, deadline - time.monotonic()))

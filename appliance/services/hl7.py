@@ -106,4 +106,4 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
             service.tick()
     finally:
         service.stop_listener()
-        sender.join(5)
+        sender.join(2.5)  # well inside the supervisor's 5 s before SIGKILL (the outbox resumes at start)

@@ -100,4 +100,4 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     finally:
         if server is not None:
             server.stop()
-            thread.join(10)
+            thread.join(2.5)  # well inside the supervisor's 5 s before SIGKILL
