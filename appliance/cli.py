@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     from appliance.burn import commands as burn_commands  # robots, jobs
 
     burn_commands.add_parsers(add, _settings)
+    from appliance.portal import commands as portal_commands  # tokens
+
+    portal_commands.add_parsers(add, _settings)
     p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
     p.add_argument("--json", action="store_true")
     # one service in its own process, as the supervisor runs it (no help line: not for people)
