@@ -21,7 +21,7 @@ import re
 import sqlite3
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +47,24 @@ CHUNK = 1024 * 1024
 
 @dataclass
 class StudyZip:
-    """A zip ready to stream: `size` is its exact length when known in advance."""
+    """A zip ready to stream: `size` is its exact length when known in advance. Iterate it once,
+    or close() it (a WSGI server does either): close() removes its spool file even when unread."""
 
-    chunks: Iterable[bytes]
+    chunks: Iterator[bytes]
     size: int | None
     filename: str
     etag: str = ""  # sized zips: changes when any instance does (If-Range)
+    cleanup: Callable[[], None] | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.chunks
+
+    def close(self) -> None:
+        close = getattr(self.chunks, "close", None)
+        if close:
+            close()
+        if self.cleanup:
+            self.cleanup()
 
 
 def study_instances(conn: sqlite3.Connection, study_uid: str) -> list[InstanceInfo]:
@@ -117,13 +129,16 @@ def _as_stored(infos: Sequence[InstanceInfo], spool: Path) -> StudyZip:
     os.utime(name, (newest, newest))
     zs.add_path(name, "DICOMDIR")
 
+    def remove() -> None:
+        Path(name).unlink(missing_ok=True)
+
     def chunks() -> Iterator[bytes]:
         try:
             yield from zs.finalize()
         finally:
-            Path(name).unlink(missing_ok=True)
+            remove()
 
-    return StudyZip(chunks(), len(zs), zip_name(infos, "dicom"), f'"{digest[:32]}-{len(zs)}"')
+    return StudyZip(chunks(), len(zs), zip_name(infos, "dicom"), f'"{digest[:32]}-{len(zs)}"', remove)
 
 
 def _fileset_id(infos: Sequence[InstanceInfo]) -> str:
