@@ -68,7 +68,7 @@ def label_fields(patients: Sequence[PatientEntry], *, institution: str, departme
         "image_count": str(sum(len(se.instances) for s in studies for se in s.series)),
     }
     if token_link:
-        fields["token_link"] = display_text(token_link, 400)
+        fields["token_link"] = display_text(token_link, 2000)  # one link per study, space-separated
     return fields
 
 
@@ -141,6 +141,34 @@ def _draw_line(draw: ImageDraw.ImageDraw, text: str, y: float, size: int, max_wi
         x += font.getlength(run)
 
 
+QR_SIDE = 280  # pixels (27 mm printed): a 100-character link at level M is 41 modules, about 6 px each
+
+
+def qr_matrix(link: str) -> list[list[bool]]:
+    """The QR code of `link` (error correction M), with its 4-module quiet zone."""
+    import segno
+
+    qr = segno.make_qr(link, error="m", boost_error=False)
+    return [[bool(v) for v in row] for row in qr.matrix_iter(scale=1, border=4)]
+
+
+def _draw_qr(image: Image.Image, link: str, cx: float, cy: float) -> None:
+    matrix = qr_matrix(link)
+    n = len(matrix)
+    module = max(1, QR_SIDE // n)
+    side = module * n
+    qr = Image.new("L", (n, n), 255)
+    qr.putdata([0 if v else 255 for row in matrix for v in row])
+    qr = qr.resize((side, side), Image.Resampling.NEAREST)  # whole pixels per module: sharp edges
+    image.paste(qr.convert("RGBA"), (int(cx - side / 2), int(cy - side / 2)))
+
+
+def _caption(draw: ImageDraw.ImageDraw, cx: float, y: float) -> None:
+    text = "Your images online"
+    font = _font("latin", 20)
+    draw.text((cx - font.getlength(text) / 2, y), text, font=font, fill="#333", anchor="ls")
+
+
 def render_label(fields: dict[str, str], out: Path) -> Path:
     """A round PNG (transparent outside the disc, hub hole cut out) with the main merge fields."""
     scale = 2  # draw the circle edges supersampled, then box-reduce (smooth edges, cheap)
@@ -183,9 +211,12 @@ def render_label(fields: dict[str, str], out: Path) -> Path:
         (f"Disc {fields.get('disc_of', '1 of 1')} · {fields.get('media', '')}", 38, True),
         (fields.get("content", CONTENT), 40, True),
         (f"Created {fields.get('creation_date', '')} · {fields.get('creator', '')}", 26, False),
-        (fields.get("token_link", ""), 22, False),
     ]
     draw_block(bottom, SIZE * 0.64, 1.45)
+    links = fields.get("token_link", "").split()
+    for link, x in zip(links, (0.21, 0.79), strict=False):  # left and right of the hub: room for two
+        _draw_qr(image, link, SIZE * x, c - 12)
+        _caption(draw, SIZE * x, c - 12 + QR_SIDE / 2 + 26)
     image.putalpha(mask)
     tmp = out.with_name(out.name + ".tmp")
     image.save(tmp, "PNG", compress_level=1)  # level 6 costs 0.3 s for a mostly white image
