@@ -109,3 +109,4 @@ def test_cli_create_list_revoke(tmp_path):
     assert bad.returncode == 2 and "no stored study" in bad.stderr
     bad = burnstation(data, "tokens", "revoke", "77", check=False)
     assert bad.returncode == 2 and "no token with id 77" in bad.stderr
+

@@ -18,7 +18,7 @@ from pydicom.fileset import FileSet
 from appliance import db
 from appliance.portal import tokens, zips
 from tests.portal_support import get, serve, stored_study
-from tests.support import REPO, configure
+from tests.support import REPO, configure, wait_for
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
 
@@ -192,7 +192,9 @@ def test_chromium_opens_a_link_sees_previews_and_downloads(portal, tmp_path):
             page = context.new_page()
             page.goto(f"{base}/token?{p['tok_a']}")
             assert page.url == f"{base}/portal/"  # the token left the address bar
-            page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+            # polled from here: wait_for_function evaluates strings, which the page's CSP forbids
+            wait_for(lambda: page.evaluate("() => Array.from(document.images).every(i => i.complete)"),
+                     timeout=60, what="previews loaded")
             widths = page.eval_on_selector_all("img", "imgs => imgs.map(i => i.naturalWidth)")
             assert len(widths) == 6 and all(w > 0 for w in widths), widths
             assert page.evaluate("document.cookie") == ""  # HttpOnly: no script sees the token
@@ -232,3 +234,36 @@ def test_chromium_opens_a_link_sees_previews_and_downloads(portal, tmp_path):
     assert saved["dicom"].stat().st_size == int(headers["content-length"])
     with zipfile.ZipFile(saved["jpeg"]) as zf:
         assert zf.testzip() is None and len(zf.namelist()) == 6
+
+
+def test_printed_slip_shows_the_link_and_a_qr_code_that_decodes(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    from appliance.portal.slip import slip_html
+
+    link = "https://pacs.example.org:8443/token?" + "Ab1" * 21 + "Z"
+    html = slip_html(link, patient_name="O'BRIEN <JR>", study_date="2024-01-15", study_description="CT & MR",
+                     expires_at=time.time() + 86400, institution="St. Example")
+    assert "O&#x27;BRIEN &lt;JR&gt;" in html and "<script" not in html
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page()
+            page.set_content(html)
+            assert link in page.inner_text("body")
+            page.screenshot(path=str(tmp_path / "slip.png"), full_page=True)
+        finally:
+            browser.close()
+    proc = subprocess.run(["/usr/bin/zbarimg", "--quiet", "--raw", str(tmp_path / "slip.png")], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.split() == [link]
+
+
+def test_token_never_reaches_an_access_log_line():
+    from webui.portal import loggable_path
+
+    token = "Q" * 64
+    assert loggable_path({"PATH_INFO": "/token", "QUERY_STRING": token}) == "/token"
+    assert loggable_path({"PATH_INFO": "/token/", "QUERY_STRING": token}) == "/token/"
+    assert loggable_path({"PATH_INFO": "/portal/download/dicom", "QUERY_STRING": "a=1"}) == "/portal/download/dicom?a=1"

@@ -30,7 +30,7 @@ from PIL import Image
 from appliance import db
 from appliance import index as _index  # noqa: F401 - registers the study tables
 from appliance.burn import render
-from appliance.burn.catalog import InstanceInfo
+from appliance.burn.catalog import BuildError, InstanceInfo
 from appliance.burn.text import dicom_date
 from appliance.config import Settings
 from appliance.portal import tokens, zips
@@ -168,9 +168,13 @@ def portal_app(data_dir: str | Path, clock: Callable[[], float] = time.time) -> 
             conn.close()
 
     def study_of(check: tokens.Check) -> list[InstanceInfo]:
+        """The token's study ([] when it is gone, or a file of it went missing under us)."""
         conn = db.connect(data_dir)
         try:
             return zips.study_instances(conn, check.token.study_uid)  # type: ignore[union-attr]
+        except BuildError as exc:
+            log.warning("portal: study of token %s unreadable: %s", check.token.id, exc)  # type: ignore[union-attr]
+            return []
         finally:
             conn.close()
 
