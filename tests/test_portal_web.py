@@ -267,3 +267,29 @@ def test_token_never_reaches_an_access_log_line():
     assert loggable_path({"PATH_INFO": "/token", "QUERY_STRING": token}) == "/token"
     assert loggable_path({"PATH_INFO": "/token/", "QUERY_STRING": token}) == "/token/"
     assert loggable_path({"PATH_INFO": "/portal/download/dicom", "QUERY_STRING": "a=1"}) == "/portal/download/dicom?a=1"
+
+
+def test_mounts_into_another_app_with_one_line(tmp_path):
+    """What the technician app does: `app.merge(portal_app(data_dir))`; the portal keeps its headers."""
+    import bottle
+
+    from webui.portal import portal_app
+
+    data = tmp_path / "data"
+    study = stored_study(data, "a")
+    conn = db.connect(data)
+    token, _ = tokens.create(conn, study, 5)
+    conn.close()
+    tech = bottle.Bottle()
+
+    @tech.get("/")
+    def home():
+        return "technician"
+
+    tech.merge(portal_app(data))
+    with serve(tech) as port:
+        assert get(port, "/")[2] == b"technician"
+        status, headers, _ = get(port, "/token?" + token)
+        assert status == 303 and headers["referrer-policy"] == "no-referrer"
+        status, headers, body = get(port, "/portal/", {"Cookie": headers["set-cookie"].split(";")[0]})
+        assert status == 200 and b"DOE, JOHN" in body and headers["cache-control"] == "no-store"
