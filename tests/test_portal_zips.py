@@ -118,3 +118,45 @@ def test_bad_format_and_empty_study(study):
     with pytest.raises(ValueError, match="unknown zip format"):
         zips.build("tar", zips.study_instances(conn, "1.2.3.4.5"), spool=data / "spool")
     assert zips.study_instances(conn, "9.9") == []
+
+
+def test_jpeg_lossless_of_awkward_inputs_is_pixel_identical(tmp_path):
+    """Signed pixels, all 16 bits used, big endian (dcmtk wrote it), implicit VR, JPEG 2000 lossless."""
+    from pydicom.uid import JPEG2000Lossless
+
+    data = tmp_path / "data"
+    store = data / "storage" / "s"
+    store.mkdir(parents=True)
+    kw = dict(study_uid="1.2.3.9", rows=48, cols=40)
+    signed = make_dataset(series_number=1, instance_number=1, **kw)
+    signed.PixelRepresentation = 1
+    signed.PixelData = np.random.default_rng(1).integers(-2048, 2047, (48, 40), dtype=np.int16).tobytes()
+    signed.save_as(store / "signed.dcm", enforce_file_format=True)
+    full = make_dataset(series_number=2, instance_number=1, **kw)
+    full.BitsStored, full.HighBit = 16, 15
+    full.PixelData = np.random.default_rng(2).integers(0, 65535, (48, 40), dtype=np.uint16).tobytes()
+    full.save_as(store / "full.dcm", enforce_file_format=True)
+    make_dataset(series_number=3, instance_number=1, modality="OT", bits=8, **kw).save_as(
+        tmp_path / "le8.dcm", enforce_file_format=True)
+    subprocess.run(["/usr/bin/dcmconv", "+tb", str(tmp_path / "le8.dcm"), str(store / "big.dcm")], check=True)
+    implicit = make_dataset(series_number=4, instance_number=1, **kw)
+    implicit.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2"
+    implicit.save_as(store / "implicit.dcm", implicit_vr=True, enforce_file_format=True)
+    j2k = make_dataset(series_number=5, instance_number=1, **kw)
+    j2k.compress(JPEG2000Lossless, generate_instance_uid=False)
+    j2k.save_as(store / "j2k.dcm", enforce_file_format=True)
+    conn = db.connect(data)
+    index.reindex(conn, data / "storage")
+    stored = {str(dcmread(p).SOPInstanceUID): p for p in store.iterdir()}
+    assert len(stored) == 5 and str(dcmread(store / "big.dcm").file_meta.TransferSyntaxUID) == "1.2.840.10008.1.2.2"
+    z = zips.build("dicom-jpeg-lossless", zips.study_instances(conn, "1.2.3.9"), spool=data / "spool")
+    out = tmp_path / "out"
+    unzip(b"".join(z.chunks), out)
+    assert dciodvfy_errors(out / "DICOMDIR") == set()
+    fs = FileSet(dcmread(out / "DICOMDIR"))
+    assert {str(i.SOPInstanceUID) for i in fs} == set(stored)
+    for record in fs:
+        got, original = dcmread(record.path), dcmread(stored[str(record.SOPInstanceUID)])
+        assert str(got.file_meta.TransferSyntaxUID) == zips.JPEG_LOSSLESS_SV1, record.path
+        assert got.pixel_array.dtype == original.pixel_array.dtype
+        assert np.array_equal(got.pixel_array, original.pixel_array), stored[str(record.SOPInstanceUID)].name
