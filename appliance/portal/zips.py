@@ -43,6 +43,9 @@ JPEG_LOSSLESS_SV1 = "1.2.840.10008.1.2.4.70"
 KEEP_SYNTAXES = {"1.2.840.10008.1.2.4.57", JPEG_LOSSLESS_SV1, "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",
                  "1.2.840.10008.1.2.4.81", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}
 CHUNK = 1024 * 1024
+# GDCM encodes a whole object in memory (decoded, encoded, checked: about 3 × its pixels); bigger
+# objects (long cine loops) go as stored, or Explicit VR Little Endian decoded a frame at a time
+GDCM_MAX_PIXEL_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -182,7 +185,7 @@ def _lossless_source(info: InstanceInfo, spool: Path) -> tuple[Iterable[bytes], 
     os.close(fd)
     tmp = Path(name)
     try:
-        if info.rows and _gdcm_jpeg_lossless(info.path, tmp):
+        if info.rows and info.pixel_bytes <= GDCM_MAX_PIXEL_BYTES and _gdcm_jpeg_lossless(info.path, tmp):
             return _file_chunks(_open_unlinked(tmp)), JPEG_LOSSLESS_SV1
         if info.transfer_syntax != ELE:
             try:
