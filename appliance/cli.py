@@ -8,7 +8,9 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
+from appliance import audit
 from appliance.config import SPECS, SettingError, Settings, default_data_dir, make_node, parse_assignment
 
 
@@ -43,7 +45,22 @@ def cmd_init(args: argparse.Namespace) -> int:
     print(f"DICOM port: {values['dicom.port'] or 'closed'}   DICOM TLS port: {values['dicom.tls_port'] or 'closed'}")
     print(f"HL7 port: {values['hl7.port'] or 'closed'}   HTTP port: {values['http.port'] or 'closed'}")
     print(f"TLS CA certificate (give it to peers): {ca}")
+    _print_setup_code(data)
     return 0
+
+
+def _print_setup_code(data: Path) -> None:
+    """While no web user exists: the one-time code that creates the first admin at /setup."""
+    from appliance import accounts, db
+
+    conn = db.connect(data)
+    try:
+        code = accounts.ensure_setup_code(data, conn)
+    finally:
+        conn.close()
+    if code:
+        print(f"Web setup code (creates the first admin at /setup, works once): {code}")
+        print(f"  (also in {accounts.setup_code_path(data)}, readable by this user only)")
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -59,9 +76,71 @@ def cmd_config(args: argparse.Namespace) -> int:
     changes = dict(parse_assignment(a) for a in args.assignments)
     if not changes:
         raise SettingError("config set: give at least one key=value")
-    for key, value in settings.update(changes).items():
+    old = settings.all()
+    converted = settings.update(changes)
+    _audit(args, lambda conn, actor: audit.record_settings(conn, actor, old, converted))
+    for key, value in converted.items():
         print(f"{key} = {json.dumps(value)}")
     return 0
+
+
+def _audit(args: argparse.Namespace, write: Any) -> None:
+    """Record a CLI change in the audit log as `cli:<unix user>` (never fails the command)."""
+    from appliance import db
+
+    try:
+        conn = db.connect(_data(args))
+        try:
+            write(conn, audit.cli_actor())
+        finally:
+            conn.close()
+    except Exception as exc:  # the change is made; a full disk must not turn it into an error
+        print(f"burnstation: warning: not written to the audit log: {exc}", file=sys.stderr)
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from appliance import accounts, db
+
+    _settings(args)
+    conn = db.connect(_data(args))
+    try:
+        if args.action == "list":
+            for user in accounts.list_users(conn):
+                print(f"{user['name']:24} {user['role']}")
+            return 0
+        if args.action == "delete":
+            accounts.delete_user(conn, args.name)
+            audit.record(conn, audit.cli_actor(), "user-delete", args.name)
+            print(f"deleted user {args.name}")
+            return 0
+        password = _read_password()
+        if args.action == "add":
+            accounts.add_user(conn, args.name, args.role, password)
+            audit.record(conn, audit.cli_actor(), "user-add", args.name, f"role {args.role}")
+            accounts.setup_code_path(_data(args)).unlink(missing_ok=True)  # a user exists: setup is over
+            print(f"added user {args.name} ({args.role})")
+        else:
+            accounts.set_password(conn, args.name, password)
+            audit.record(conn, audit.cli_actor(), "user-passwd", args.name)
+            print(f"password of {args.name} changed")
+        return 0
+    except accounts.AccountError as exc:
+        print(f"burnstation: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        conn.close()
+
+
+def _read_password() -> str:
+    """The password from standard input (one line), or asked twice on a terminal."""
+    import getpass
+
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Password again: "):
+            raise SettingError("the two passwords differ")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def cmd_nodes(args: argparse.Namespace) -> int:
@@ -69,6 +148,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
     if args.action == "add":
         node = make_node(args.aet, args.host, args.port, args.tls, args.services, args.description or "")
         settings.add_node(node)
+        _audit(args, lambda conn, actor: audit.record(conn, actor, "node-add", node.aet, json.dumps(node.to_doc())))
         print(f"added {node.aet} {node.host}:{node.port}{' TLS' if node.tls else ''} [{','.join(node.services)}]")
     elif args.action == "list":
         for node in settings.nodes():
@@ -78,6 +158,7 @@ def cmd_nodes(args: argparse.Namespace) -> int:
         if not settings.delete_node(args.aet):
             print(f"burnstation: no known node {args.aet!r}", file=sys.stderr)
             return 1
+        _audit(args, lambda conn, actor: audit.record(conn, actor, "node-delete", args.aet))
         print(f"deleted {args.aet}")
     return 0
 
@@ -122,6 +203,39 @@ def cmd_service(args: argparse.Namespace) -> int:
     from appliance.supervisor.child import run_service
 
     return run_service(_data(args), args.name, robot=args.robot, device=args.device)
+
+
+def cmd_restart_process(args: argparse.Namespace) -> int:
+    """Ask the running supervisor to start a failed process again; wait until it did (or say why not)."""
+    import time
+
+    from appliance.supervisor.requests import request_reset
+    from appliance.supervisor.supervisor import read_state
+
+    _settings(args)
+    state = read_state(_data(args))
+    if not state or not state.get("alive"):
+        print("burnstation: the station is not running (start it with `burnstation run`)", file=sys.stderr)
+        return 1
+    procs = {p["name"]: p for p in state.get("processes", [])}
+    if args.name not in procs:
+        print(f"burnstation: no process {args.name!r}; there are {', '.join(procs) or 'none'}", file=sys.stderr)
+        return 2
+    if procs[args.name]["state"] != "failed":
+        print(f"{args.name} is {procs[args.name]['state']}, not failed: nothing to do")
+        return 0
+    starts = procs[args.name]["starts"]
+    request_reset(_data(args), args.name, audit.cli_actor())
+    _audit(args, lambda conn, actor: audit.record(conn, actor, "process-reset", args.name))
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        now = {p["name"]: p for p in (read_state(_data(args)) or {}).get("processes", [])}.get(args.name)
+        if now and now["starts"] > starts:
+            print(f"{args.name}: started again (now {now['state']})")
+            return 0
+        time.sleep(0.2)
+    print("burnstation: the supervisor did not act on the request within 15 s", file=sys.stderr)
+    return 1
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -185,6 +299,19 @@ def build_parser() -> argparse.ArgumentParser:
     from appliance.portal import commands as portal_commands  # tokens
 
     portal_commands.add_parsers(add, _settings)
+    p = add("users", cmd_users, "web users (passwords are read from standard input)")
+    usub = p.add_subparsers(dest="action", required=True)
+    ua = usub.add_parser("add")
+    ua.add_argument("name")
+    ua.add_argument("--role", required=True, choices=("admin", "technician", "viewer"))
+    ua.add_argument("--data", default=argparse.SUPPRESS)
+    for action in ("delete", "passwd"):
+        up = usub.add_parser(action)
+        up.add_argument("name")
+        up.add_argument("--data", default=argparse.SUPPRESS)
+    usub.add_parser("list").add_argument("--data", default=argparse.SUPPRESS)
+    p = add("restart-process", cmd_restart_process, "start a process in FAILED state again")
+    p.add_argument("name", help="process name as `burnstation status` lists it (e.g. burner, driver:epson)")
     p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
     p.add_argument("--json", action="store_true")
     # one service in its own process, as the supervisor runs it (no help line: not for people)

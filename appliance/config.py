@@ -1,7 +1,7 @@
 """Settings: every option of the source guide, validated, stored atomically in TinyDB.
 
-`settings.json` holds three tables: `settings` (one document of key → value), `nodes` (known DICOM
-nodes) and `users` (web users). Each write goes to a temp file, is fsync'd and renamed over the old
+`settings.json` holds the tables `settings` (one document of key → value), `nodes` (known DICOM
+nodes) and `robots`; web users and sessions live in state.db (appliance/accounts.py). Each write goes to a temp file, is fsync'd and renamed over the old
 one, so a reader in another process never sees half a file; readers reload when the file changes.
 """
 
@@ -83,6 +83,7 @@ def _choice(*choices: str) -> Callable[[str, Any], str]:
         return text
 
     check.bad_examples = ("", "x" + choices[0], choices[0].upper() + "?")  # type: ignore[attr-defined]
+    check.choices = choices  # type: ignore[attr-defined] - the web UI offers them as a list
     return check
 
 
@@ -97,6 +98,7 @@ def _choice_int(*choices: int) -> Callable[[str, Any], int]:
         return number
 
     check.bad_examples = ("", "fast", max(choices) + 1, min(choices) - 1)  # type: ignore[attr-defined]
+    check.choices = tuple(map(str, choices))  # type: ignore[attr-defined] - the web UI offers them as a list
     return check
 
 
@@ -532,10 +534,11 @@ class Settings:
         with self._lock, self._db() as db:
             table = db.table("settings")
             docs = table.all()
-            current = dict(docs[0]) if docs else {}
-            current.update(converted)
-            table.truncate()
-            table.insert(current)
+            # one write: truncate + insert would be two, and a reader in between saw only defaults
+            if docs:
+                table.update(converted, doc_ids=[docs[0].doc_id])
+            else:
+                table.insert(converted)
             self._stamp = None
         return converted
 
@@ -548,10 +551,11 @@ class Settings:
             table = db.table("settings")
             docs = table.all()
             current = dict(docs[0]) if docs else {}
-            for key, spec in SPECS.items():
-                current.setdefault(key, spec.default)
-            table.truncate()
-            table.insert(current)
+            missing = {key: spec.default for key, spec in SPECS.items() if key not in current}
+            if docs:
+                table.update(missing, doc_ids=[docs[0].doc_id])  # one write (see update)
+            else:
+                table.insert(missing)
             db.table("nodes")
             self._stamp = None
 
@@ -568,7 +572,7 @@ class Settings:
             self._stamp = None
             return bool(removed)
 
-    # -- generic tables for other subsystems (robots, users)
+    # -- generic tables for other subsystems (robots)
 
     def table_all(self, name: str) -> list[dict[str, Any]]:
         data = AtomicJSONStorage(str(self.path)).read() or {}

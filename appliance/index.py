@@ -379,6 +379,114 @@ def last_arrival_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM association_instances").fetchone()[0])
 
 
+def _contains(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere, with the user's % and _ taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def search_studies(conn: sqlite3.Connection, *, name: str = "", patient_id: str = "", date_from: str = "",
+                   date_to: str = "", modality: str = "", accession: str = "", offset: int = 0,
+                   limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+    """Studies for the web UI's list, newest study date first, with the total count for paging.
+
+    Name and ID match anywhere (case-insensitive), dates are YYYYMMDD bounds, modality is exact.
+    """
+    where, args = [], []
+    if name:
+        where.append("p.patient_name LIKE ? ESCAPE '\\'")
+        args.append(_contains(name))
+    if patient_id:
+        where.append("p.id_value LIKE ? ESCAPE '\\'")
+        args.append(_contains(patient_id))
+    if date_from:
+        where.append("st.study_date >= ?")
+        args.append(date_from)
+    if date_to:
+        where.append("st.study_date <= ?")
+        args.append(date_to)
+    if accession:
+        where.append("st.accession LIKE ? ESCAPE '\\'")
+        args.append(_contains(accession))
+    if modality:
+        where.append("EXISTS (SELECT 1 FROM series se WHERE se.study_uid=st.study_uid AND se.modality=?)")
+        args.append(modality)
+    clause = ("WHERE " + " AND ".join(where)) if where else ""
+    base = f"FROM studies st LEFT JOIN patients p ON p.patient_id=st.patient_id {clause}"
+    total = conn.execute(f"SELECT COUNT(*) {base}", args).fetchone()[0]
+    order = "ORDER BY st.study_date DESC, st.study_time DESC, st.study_uid"
+    # pick the page first, then count series and instances for those rows only (not for every match)
+    rows = conn.execute(
+        f"SELECT st.*, p.patient_name, p.id_value, p.birth_date, p.sex, "
+        f"(SELECT group_concat(DISTINCT se.modality) FROM series se WHERE se.study_uid=st.study_uid) AS modalities, "
+        f"(SELECT COUNT(*) FROM instances i WHERE i.study_uid=st.study_uid) AS instances "
+        f"FROM studies st LEFT JOIN patients p ON p.patient_id=st.patient_id "
+        f"WHERE st.study_uid IN (SELECT st.study_uid {base} {order} LIMIT ? OFFSET ?) {order}",
+        (*args, limit, offset)).fetchall()
+    return [dict(r) for r in rows], total
+
+
+def recent_studies(conn: sqlite3.Connection, since: float, limit: int = 50) -> list[dict[str, Any]]:
+    """Studies that received an instance after `since` (epoch seconds), newest arrival first."""
+    rows = conn.execute(
+        "SELECT st.*, p.patient_name, p.id_value, MAX(i.received_at) AS last_received, COUNT(*) AS instances "
+        "FROM instances i JOIN studies st ON st.study_uid=i.study_uid "
+        "LEFT JOIN patients p ON p.patient_id=st.patient_id WHERE i.received_at >= ? "
+        "GROUP BY st.study_uid ORDER BY last_received DESC LIMIT ?", (since, limit)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def get_study(conn: sqlite3.Connection, study_uid: str) -> dict[str, Any] | None:
+    """A study with its patient's attributes and its series (each with its instance count)."""
+    row = conn.execute("SELECT st.*, p.patient_name, p.id_value, p.birth_date, p.sex FROM studies st "
+                       "LEFT JOIN patients p ON p.patient_id=st.patient_id WHERE st.study_uid=?",
+                       (study_uid,)).fetchone()
+    if row is None:
+        return None
+    study = dict(row)
+    study["series"] = [dict(r) for r in conn.execute(
+        "SELECT se.*, (SELECT COUNT(*) FROM instances i WHERE i.series_uid=se.series_uid) AS instances, "
+        "(SELECT COALESCE(SUM(i.size), 0) FROM instances i WHERE i.series_uid=se.series_uid) AS size "
+        "FROM series se WHERE se.study_uid=? ORDER BY CAST(se.series_number AS INTEGER), se.series_uid",
+        (study_uid,))]
+    return study
+
+
+def associations_page(conn: sqlite3.Connection, *, search: str = "", offset: int = 0,
+                      limit: int = 50) -> tuple[list[dict[str, Any]], int]:
+    """The association log, newest first; `search` matches AE titles, host, result or detail."""
+    where, args = "", []
+    if search:
+        where = "WHERE calling_aet LIKE ? OR called_aet LIKE ? OR peer_host LIKE ? OR result LIKE ? OR detail LIKE ?"
+        args = [f"%{search}%"] * 5
+    total = conn.execute(f"SELECT COUNT(*) FROM associations {where}", args).fetchone()[0]
+    rows = conn.execute(f"SELECT * FROM associations {where} ORDER BY id DESC LIMIT ? OFFSET ?",
+                        (*args, limit, offset)).fetchall()
+    return [dict(r) for r in rows], total
+
+
+def series_instances(conn: sqlite3.Connection, series_uid: str) -> list[dict[str, Any]]:
+    """A series' instance rows in instance-number order (previews, contents lists)."""
+    return [dict(r) for r in conn.execute(
+        "SELECT * FROM instances WHERE series_uid=? ORDER BY CAST(instance_number AS INTEGER), sop_uid",
+        (series_uid,))]
+
+
+def delete_study(conn: sqlite3.Connection, study_uid: str) -> list[str]:
+    """Remove a study from the index (its patient too when it has no other study); returns the
+    paths of its files, which the caller deletes after this commit (a crash in between leaves
+    files that `reindex` would bring back, never index rows without files)."""
+    with db.transaction(conn):
+        row = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+        paths = [r["path"] for r in conn.execute("SELECT path FROM instances WHERE study_uid=?", (study_uid,))]
+        conn.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,))
+        conn.execute("DELETE FROM series WHERE study_uid=?", (study_uid,))
+        conn.execute("DELETE FROM studies WHERE study_uid=?", (study_uid,))
+        if row is not None:
+            conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS "
+                         "(SELECT 1 FROM studies WHERE patient_id=?)", (row["patient_id"], row["patient_id"]))
+    return paths
+
+
 # --------------------------------------------------------------------------- rebuild
 
 

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import socket
 import ssl
+import warnings
 from pathlib import Path
 
 from cryptography import x509
@@ -117,3 +118,153 @@ def certificate_expiry(data_dir: str | os.PathLike[str]) -> datetime.datetime | 
         return None
     cert = x509.load_pem_x509_certificate(path.read_bytes())
     return cert.not_valid_after_utc
+
+
+# --------------------------------------------------------------------------- the web server's certificate
+
+WEB_CERT, WEB_KEY = "web.pem", "web.key"
+
+
+class CertificateError(ValueError):
+    """An uploaded certificate or key was refused; the message says why."""
+
+
+def web_cert_paths(data_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The certificate chain and key HTTPS uses: the uploaded pair, else the device's own."""
+    folder = tls_dir(data_dir)
+    if (folder / WEB_CERT).exists() and (folder / WEB_KEY).exists():
+        return folder / WEB_CERT, folder / WEB_KEY
+    return folder / "server.pem", folder / "server.key"
+
+
+def web_context(data_dir: str | os.PathLike[str]) -> ssl.SSLContext:
+    """TLS 1.2+ server context for HTTPS with `web_cert_paths`."""
+    cert, key = web_cert_paths(data_dir)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _names(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return [*san.get_values_for_type(x509.DNSName), *(str(a) for a in san.get_values_for_type(x509.IPAddress))]
+
+
+def _name_matches(pattern: str, name: str) -> bool:
+    pattern, name = pattern.lower().rstrip("."), name.lower().rstrip(".")
+    if pattern.startswith("*."):
+        head, _, rest = name.partition(".")
+        return bool(head) and rest == pattern[2:]
+    return pattern == name
+
+
+def _system_issuer(cert: x509.Certificate) -> bool:
+    """True when a CA of the system trust store signed `cert` directly."""
+    cafile = ssl.get_default_verify_paths().cafile
+    if not cafile or not os.path.exists(cafile):
+        return False
+    marker = b"-----END CERTIFICATE-----"
+    for block in Path(cafile).read_bytes().split(marker)[:-1]:
+        try:
+            with warnings.catch_warnings():  # old roots with odd serial numbers: not ours to judge
+                warnings.simplefilter("ignore")
+                root = x509.load_pem_x509_certificate(block.strip() + b"\n" + marker + b"\n")
+        except ValueError:
+            continue
+        if root.subject == cert.issuer:
+            try:
+                cert.verify_directly_issued_by(root)
+                return True
+            except Exception:
+                continue
+    return False
+
+
+def check_web_certificate(cert_pem: bytes, key_pem: bytes, server_name: str = "",
+                          now: datetime.datetime | None = None) -> str:
+    """Check an uploaded pair before use; returns a summary, or raises CertificateError with the reason.
+
+    The key must match the first certificate, every certificate must be valid now, each must be
+    signed by the next (the last one by itself or by a CA the system trusts), and the server
+    name (when set) must be among the certificate's names.
+    """
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        chain = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise CertificateError("the certificate file holds no PEM certificate") from None
+    try:
+        key = load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise CertificateError("the key file holds no PEM private key without a password") from None
+    leaf = chain[0]
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+        raise CertificateError("the key does not belong to the certificate")
+    now = now or datetime.datetime.now(datetime.UTC)
+    for cert in chain:
+        subject = cert.subject.rfc4514_string()
+        if cert.not_valid_after_utc < now:
+            raise CertificateError(f"certificate {subject} expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+        if cert.not_valid_before_utc > now:
+            raise CertificateError(f"certificate {subject} is valid only from {cert.not_valid_before_utc:%Y-%m-%d}")
+    for child, parent in zip(chain, chain[1:], strict=False):
+        try:
+            child.verify_directly_issued_by(parent)
+        except Exception:
+            raise CertificateError(f"chain broken: {child.subject.rfc4514_string()} is not signed by the next "
+                                   f"certificate in the file ({parent.subject.rfc4514_string()})") from None
+    last = chain[-1]
+    self_signed = False
+    if last.issuer == last.subject:
+        try:
+            last.verify_directly_issued_by(last)
+            self_signed = True
+        except Exception:
+            pass
+    if not self_signed and not _system_issuer(last):
+        raise CertificateError(f"chain incomplete: add the certificate of {last.issuer.rfc4514_string()} "
+                               "(the intermediate and root CAs) after the server certificate")
+    names = _names(leaf)
+    if server_name and not any(_name_matches(n, server_name) for n in names):
+        raise CertificateError(f"the certificate is for {', '.join(names) or 'no DNS name'}, not for the web "
+                               f"server name {server_name!r} (http.server_name)")
+    return (f"{leaf.subject.rfc4514_string()}, names {', '.join(names) or '-'}, "
+            f"valid until {leaf.not_valid_after_utc:%Y-%m-%d}")
+
+
+def install_web_certificate(data_dir: str | os.PathLike[str], cert_pem: bytes, key_pem: bytes,
+                            server_name: str = "") -> str:
+    """Check and store the pair as tls/web.pem and tls/web.key (0600); returns the summary."""
+    summary = check_web_certificate(cert_pem, key_pem, server_name)
+    folder = tls_dir(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in ((WEB_KEY, key_pem), (WEB_CERT, cert_pem)):
+        tmp = folder / f".{name}.tmp"
+        _write_private(tmp, data)
+        os.replace(tmp, folder / name)
+    return summary
+
+
+def remove_web_certificate(data_dir: str | os.PathLike[str]) -> bool:
+    """Back to the device certificate; False when none was uploaded."""
+    folder = tls_dir(data_dir)
+    found = (folder / WEB_CERT).exists()
+    for name in (WEB_CERT, WEB_KEY):
+        (folder / name).unlink(missing_ok=True)
+    return found
+
+
+def web_certificate_summary(data_dir: str | os.PathLike[str]) -> dict[str, str] | None:
+    """What HTTPS serves: {"source", "subject", "names", "expires"}; None without any certificate."""
+    cert_path, _ = web_cert_paths(data_dir)
+    if not cert_path.exists():
+        return None
+    cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+    return {"source": "uploaded" if cert_path.name == WEB_CERT else "device", "subject": cert.subject.rfc4514_string(),
+            "names": ", ".join(_names(cert)), "expires": f"{cert.not_valid_after_utc:%Y-%m-%d}"}

@@ -221,7 +221,7 @@ def test_status_online_offline_and_half_written(tmp_path):
 
 
 def test_submit_poll_lifecycle(tmp_path):
-    r = robot(tmp_path)
+    r = robot(tmp_path, label_template="C:\\Designs\\burnstation.tdd")
     spool = Path(r["spool"])
     write_status(spool, status_text())
     pub = EpsonPublisher(r, tmp_path)
@@ -230,7 +230,7 @@ def test_submit_poll_lifecycle(tmp_path):
     pairs = jdf.parse_jdf((spool / "J1.JDF").read_bytes().decode())
     d = dict(pairs)
     assert [k for k, _ in pairs] == ["JOB_ID", "PUBLISHER", "COPIES", "DISC_TYPE", "FORMAT", "COMPARE",
-                                     "CLOSE_DISC", "IMAGE", "VOLUME_LABEL", "REPLACE_FIELD"]
+                                     "CLOSE_DISC", "IMAGE", "VOLUME_LABEL", "LABEL", "REPLACE_FIELD"]
     assert d["JOB_ID"] == "J1" and d["PUBLISHER"] == "PP100-01" and d["COPIES"] == "2"
     assert Path(d["IMAGE"]).read_bytes() == b"\0" * 4096 and Path(d["IMAGE"]).is_relative_to(spool)
     assert Path(d["REPLACE_FIELD"]).read_bytes().decode() == "patient_name=DOE^JOHN\r\npatient_id=P1\r\n"
@@ -359,7 +359,7 @@ def test_invalid_combination_writes_nothing(tmp_path):
 
 
 def test_injection_through_the_publisher(tmp_path):
-    r = robot(tmp_path)
+    r = robot(tmp_path, label_template="C:\\Designs\\burnstation.tdd")
     spool = Path(r["spool"])
     write_status(spool, status_text())
     pub = EpsonPublisher(r, tmp_path)
@@ -379,7 +379,7 @@ def test_injection_through_the_publisher(tmp_path):
     ("/mnt/tdb/Order", "/mnt/tdb/Order/jobfiles/J8/DISC.iso"),
 ])
 def test_engine_path_mapping(tmp_path, engine_path, image):
-    r = robot(tmp_path, engine_path=engine_path)
+    r = robot(tmp_path, engine_path=engine_path, label_template="C:\\Designs\\burnstation.tdd")
     spool = Path(r["spool"])
     write_status(spool, status_text())
     EpsonPublisher(r, tmp_path).submit(publish.PublishRequest(job_id="J8", discs=[disc(tmp_path)]))
@@ -399,7 +399,8 @@ def test_data_mode(tmp_path):
                                                                                         fs="UDF")]))
     pairs = jdf.parse_jdf((spool / "J10.JDF").read_bytes().decode())
     d = dict(pairs)
-    assert d["DATA"] == "Z:\\Order\\jobfiles\\J10\\DISC\t" and "IMAGE" not in d  # to the disc root
+    # the disc root: DATA=<source> alone, without the TAB and destination (TD Bridge manual)
+    assert d["DATA"] == "Z:\\Order\\jobfiles\\J10\\DISC" and "IMAGE" not in d
     assert d["DISC_TYPE"] == "DVD" and d["FORMAT"] == "UDF102"
     assert (spool / "jobfiles" / "J10" / "DISC" / "DICOMDIR").exists()
 
@@ -450,3 +451,57 @@ def test_an_old_job_of_the_same_id_is_not_taken_for_ours(tmp_path):
     assert pub.poll("J1").state == publish.WAITING
     assert EpsonPublisher(r, tmp_path / "fresh-data").poll("J1").state == publish.WAITING  # after a restart too
     assert EpsonPublisher(r, None).poll("J1").state == publish.WAITING  # without a ledger: the latest attempt
+
+
+# --------------------------------------------------------------------------- the manual's facts
+
+
+@pytest.mark.parametrize("counts, state, words", [
+    ({"PUBLICATION_NUMBER": 2, "COMPLETION_NUMBER": 2, "ERRORDISC_NUMBER": 0}, publish.DONE, "done"),
+    ({"PUBLICATION_NUMBER": 3, "COMPLETION_NUMBER": 0, "ERRORDISC_NUMBER": 0}, publish.CANCELLED, "no disc made"),
+    ({"PUBLICATION_NUMBER": 3, "COMPLETION_NUMBER": 1, "ERRORDISC_NUMBER": 1}, publish.CANCELLED,
+     "1 of 3 discs made, 1 spoiled"),
+])
+def test_a_don_counts_only_with_its_discs(tmp_path, counts, state, words):
+    """TD Bridge: a job cancelled at the robot also ends as .DON with STATUS 4, even with no disc."""
+    r = robot(tmp_path, label_template="C:\\Designs\\burnstation.tdd")
+    spool = Path(r["spool"])
+    write_status(spool, status_text())
+    pub = EpsonPublisher(r, tmp_path)
+    pub.submit(publish.PublishRequest(job_id="J20", discs=[disc(tmp_path)]))
+    rename(spool, "J20", "JDF", "DON")
+    write_status(spool, status_text({"J20": {"STATUS": 4, "DETAIL_STATUS": 12, **counts}}))
+    p = pub.poll("J20")
+    assert p.state == state and words in p.message and p.discs_done == counts["COMPLETION_NUMBER"]
+    (spool / "J20.DON").unlink()  # moved away: the status section alone says the same
+    assert pub.poll("J20").state == state
+
+
+def test_manual_example_data_line_for_the_disc_root():
+    """The manual: `DATA=<source>` for the disc root, `DATA=<source><TAB><destination>` otherwise."""
+    job = jdf.JdfJob(job_id="J1", disc_type="CD", format="JOLIET",
+                     data=[("C:\\Data\\Study", ""), ("C:\\Data\\Viewer", "VIEWER")])
+    assert [v for k, v in jdf.parse_jdf(jdf.build_jdf(job)) if k == "DATA"] == [
+        "C:\\Data\\Study", "C:\\Data\\Viewer\tVIEWER"]
+
+
+def test_no_label_design_is_said_and_sends_no_merge_file(tmp_path):
+    """TD Bridge prints only from a .tdd design: without one, status and every job say the disc
+    will be unprinted, and no REPLACE_FIELD file is written for nothing."""
+    r = robot(tmp_path)
+    spool = Path(r["spool"])
+    write_status(spool, status_text())
+    pub = EpsonPublisher(r, tmp_path)
+    assert "no label design: disc will be unprinted" in pub.status().message
+    pub.submit(publish.PublishRequest(job_id="J21", discs=[disc(tmp_path)]))
+    keys = [k for k, _ in jdf.parse_jdf((spool / "J21.JDF").read_bytes().decode())]
+    assert "LABEL" not in keys and "REPLACE_FIELD" not in keys and not list(spool.glob("*FIELDS*"))
+    assert "no label design: disc will be unprinted" in pub.poll("J21").message
+    designed = EpsonPublisher({**r, "label_template": "C:\\Designs\\burnstation.tdd"}, tmp_path)
+    assert "no label design" not in designed.status().message
+
+
+def test_jdf_error_codes_of_the_manual():
+    assert "not registered" in errors.describe("JDF0200")
+    assert "no robot registered at all" in errors.describe("JDF0203")
+    assert "DISC_TYPE" in errors.describe("JDF0501")

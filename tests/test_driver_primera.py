@@ -55,7 +55,7 @@ def write_system(spool: Path, sys_error: tuple[int, str] = (0, ""), robot_keys: 
     if tick:
         TICK[0] += 1
     keys = {"RobotType": 7, "NumJobs": 0, "Status": "Idle", "DiscsInLeftBin": 25, "DiscsInRightBin": -1,
-            "CartridgeType0": "Color", "CartridgeFill0": 64, "CartridgeType1": "Black", "CartridgeFill1": 5}
+            "CartridgeType0": 1, "CartridgeFill0": 64, "CartridgeType1": 2, "CartridgeFill1": 5}  # SDK: numbers
     keys.update(robot_keys or {})
     text = ("[RobotList]\r\nRobot0=Bravo Xi\r\n\r\n[System]\r\n"
             f"SysErrorNumber={sys_error[0]}\r\nSysErrorString={sys_error[1]}\r\nServerTickCount={TICK[0]}\r\n"
@@ -94,15 +94,18 @@ def raw(path: Path) -> str:
 
 
 def test_jrq_image_mode_has_exactly_the_expected_keys():
-    job = jrq.JrqJob(job_id="J1", image="/spool/jobfiles/J1/DISC.iso", copies=2, print_label="/spool/L.jpg",
+    job = jrq.JrqJob(job_id="J1", image="/spool/jobfiles/J1/DISC.iso", copies=2, print_label="/spool/L.STD",
                      merge_values=["DOE^JOHN", "P1"], volume_name="VOL", robot_name="Bravo Xi")
     text = jrq.build_jrq(job)
     assert jrq.parse_jrq(text) == [
-        ("JobID", "J1"), ("ClientID", "BurnStation"), ("Importance", "100"),
+        ("JobID", "J1"), ("ClientID", "BurnStation"), ("Importance", "4"),
         ("ImageFile", "/spool/jobfiles/J1/DISC.iso"), ("ImageType", "MODE_1_2048"), ("CloseDisc", "YES"),
-        ("VerifyDisc", "YES"), ("RejectIfNotBlank", "YES"), ("Copies", "2"), ("PrintLabel", "/spool/L.jpg"),
+        ("VerifyDisc", "YES"), ("RejectIfNotBlank", "YES"), ("Copies", "2"), ("PrintLabel", "/spool/L.STD"),
         ("MergeField", "DOE^JOHN"), ("MergeField", "P1"), ("VolumeName", "VOL"), ("RobotName", "Bravo Xi"),
     ]
+    # MergeField fills a SureThing .STD design only: refused with an image label
+    with pytest.raises(ValueError, match="STD"):
+        jrq.build_jrq(jrq.JrqJob(job_id="J1", image="/i.iso", print_label="/spool/L.jpg", merge_values=["X"]))
 
 
 def test_jrq_data_mode_and_limits():
@@ -115,15 +118,16 @@ def test_jrq_data_mode_and_limits():
         with pytest.raises(ValueError):
             jrq.build_jrq(jrq.JrqJob(**{"job_id": "J3", "image": "/i.iso", **bad}))
     assert jrq.data_image_type_for("CD", "") == "JOLIET" and jrq.data_image_type_for("BD", "") == "UDF201"
-    assert jrq.importance_for(0) < jrq.importance_for(1) <= 400
+    # Importance: 0 is the most important, PTBurn's default 4 (the SDK): high priority gets the smaller number
+    assert jrq.importance_for(1) == 0 < jrq.importance_for(0) == 4
 
 
 def test_untrusted_values_cannot_add_a_key():
     job = jrq.JrqJob(job_id="J1", image="/i.iso", volume_name=INJECT, robot_name=INJECT, client_id=INJECT,
-                     merge_values=jrq.ordered_merge_values({"patient_name": INJECT}))
+                     print_label="/d.std", merge_values=jrq.ordered_merge_values({"patient_name": INJECT}))
     pairs = jrq.parse_jrq(jrq.build_jrq(job))
     keys = [k for k, _ in pairs]
-    assert keys.count("Data") == 0 and keys.count("Importance") == 1 and dict(pairs)["Importance"] == "100"
+    assert keys.count("Data") == 0 and keys.count("Importance") == 1 and dict(pairs)["Importance"] == "4"
     assert len(dict(pairs)["VolumeName"]) <= 32 and len(dict(pairs)["ClientID"]) <= 32
     assert dict(pairs)["MergeField"] == "DOE^JOHN Data /etc Importance 400"
 
@@ -139,14 +143,15 @@ def test_merge_fields_follow_the_declared_order():
 
 
 def test_abort_command():
-    assert jrq.parse_jrq(jrq.build_abort("J1")) == [("Message", "ABORT"), ("ClientID", "BurnStation"),
-                                                    ("JobID", "J1")]
-    with pytest.raises(ValueError):
-        jrq.build_abort("J1\nMessage=SHUTDOWN_IMMEDIATE")
+    """The SDK's abort: a .PTM named like the job's JRQ holding Message=ABORT and ClientID only."""
+    assert jrq.parse_jrq(jrq.build_abort()) == [("Message", "ABORT"), ("ClientID", "BurnStation")]
+    assert jrq.parse_jrq(jrq.build_abort("Ward 3")) == [("Message", "ABORT"), ("ClientID", "Ward 3")]
+    # a ClientID cannot add a line
+    assert [k for k, _ in jrq.parse_jrq(jrq.build_abort("X\nMessage=SHUTDOWN_IMMEDIATE"))] == ["Message", "ClientID"]
 
 
 def test_error_numbers_in_clear_text():
-    assert len(errors.ERRORS) == 23 and all(errors.ERRORS[n] for n in range(23))
+    assert len(errors.ERRORS) == 41 and all(errors.ERRORS[n] for n in range(41))  # 0-40, the SDK's table
     assert "record" in errors.describe(18) and "verify" in errors.describe(19)
     assert errors.describe(18, "Recorder failed at 73%") == "Recorder failed at 73% (record (write) error, error 18)"
     assert errors.describe(0) == "" and "99" in errors.describe(99)
@@ -166,17 +171,18 @@ def test_status_bins_cartridges_drives_and_heartbeat(tmp_path):
     st = pub.status()
     assert st.online and st.media == ["CD", "DVD"]
     assert st.stackers == {"left bin": {"discs": 25}, "right bin": {"discs": None}}
-    assert st.ink == {"cartridge 0 (Color)": 64, "cartridge 1 (Black)": 5}
-    assert "ink low: cartridge 1 (Black) 5%" in st.faults
-    assert st.drives == [{"drive": 0, "state": 1, "percent": 40}, {"drive": 1, "state": 0, "percent": 0}]
-    write_system(spool, sys_error=(5, "Input bin empty"))
+    assert st.ink == {"cartridge 0 (colour)": 64, "cartridge 1 (black)": 5}
+    assert "ink low: cartridge 1 (black) 5%" in st.faults
+    assert st.drives == [{"drive": 0, "state": 1, "percent": 40, "state_text": "recording"},
+                         {"drive": 1, "state": 0, "percent": 0, "state_text": "idle"}]
+    write_system(spool, sys_error=(3, ""))  # the SDK's number alone: the driver names it
     st = pub.status()
-    assert st.online and "Input bin empty" in st.message
+    assert st.online and "input bin empty" in st.message and "system error 3" in st.message
     # half-written: the last good values, no crash
     text = (spool / "Status" / "SystemStatus.txt").read_text()
     (spool / "Status" / "SystemStatus.txt").write_text(text[: len(text) // 2])
     st = pub.status()
-    assert st.ink["cartridge 0 (Color)"] == 64 and "half-written" in st.message
+    assert st.ink["cartridge 0 (colour)"] == 64 and "half-written" in st.message
     (spool / "Status" / "Bravo Xi.txt").write_bytes(b"\x00\xff" * 50)
     assert pub.status().drives[0]["percent"] == 40
 
@@ -218,11 +224,12 @@ def test_submit_poll_lifecycle(tmp_path):
     pub.submit(publish.PublishRequest(job_id="J1", discs=[disc(tmp_path)], copies=3, priority=1))
     pairs = jrq.parse_jrq(raw(spool / "J1.JRQ"))
     d = dict(pairs)
+    # an image label already carries the text: no MergeField lines (they fill a .STD design only)
     assert [k for k, _ in pairs] == ["JobID", "ClientID", "Importance", "ImageFile", "ImageType", "CloseDisc",
-                                     "VerifyDisc", "RejectIfNotBlank", "Copies", "PrintLabel", "MergeField",
-                                     "MergeField", "VolumeName", "RobotName"]
-    assert d["JobID"] == "J1" and d["Copies"] == "3" and d["Importance"] == "300" and d["RobotName"] == "Bravo Xi"
-    assert [v for k, v in pairs if k == "MergeField"] == ["DOE^JOHN", "P1"]
+                                     "VerifyDisc", "RejectIfNotBlank", "Copies", "PrintLabel", "VolumeName",
+                                     "RobotName"]
+    # high priority: Importance 0, the most important (the SDK: lower numbers first)
+    assert d["JobID"] == "J1" and d["Copies"] == "3" and d["Importance"] == "0" and d["RobotName"] == "Bravo Xi"
     assert d["PrintLabel"].endswith("LABEL.jpg") and Image.open(d["PrintLabel"]).format == "JPEG"
     assert Path(d["ImageFile"]).read_bytes() == b"\0" * 4096
     assert pub.poll("J1").state == publish.WAITING
@@ -288,8 +295,8 @@ def test_abort(tmp_path):
     pub.submit(publish.PublishRequest(job_id="J3", discs=[disc(tmp_path)]))
     rename(spool, "J3", "JRQ", "INP")
     assert pub.cancel("J3")
-    assert jrq.parse_jrq(raw(spool / "J3.PTM")) == [("Message", "ABORT"), ("ClientID", "BurnStation"),
-                                                    ("JobID", "J3")]
+    # the JRQ's name, Message and ClientID only
+    assert jrq.parse_jrq(raw(spool / "J3.PTM")) == [("Message", "ABORT"), ("ClientID", "BurnStation")]
     rename(spool, "J3", "INP", "ERR")
     assert pub.poll("J3").state == publish.BURNING  # abort sent, the engine's word not in yet
     (spool / "J3.PTM").unlink()  # consumed by the engine
@@ -367,3 +374,67 @@ def test_an_old_job_of_the_same_id_is_not_taken_for_ours(tmp_path):
     pub.submit(publish.PublishRequest(job_id="J1", discs=[disc(tmp_path)]))
     assert dict(jrq.parse_jrq(raw(spool / "J1-R2.JRQ")))["JobID"] == "J1-R2"
     assert PrimeraPublisher(r, tmp_path / "fresh-data").poll("J1").state == publish.WAITING
+
+
+# --------------------------------------------------------------------------- the SDK's facts
+
+
+def test_per_robot_system_error_and_status_file_name(tmp_path):
+    """SysErrorNumber per robot (the SDK's table: 15 cover open), and the robot's own status file
+    found by its StatusFile= entry, not guessed from its name."""
+    r = robot(tmp_path)
+    spool = Path(r["spool"])
+    write_system(spool, robot_keys={"SysErrorNumber": 15, "SysErrorString": "", "StatusFile": "BravoXi-1.txt"})
+    write_robot(spool)
+    (spool / "Status" / "Bravo Xi.txt").rename(spool / "Status" / "BravoXi-1.txt")
+    st = PrimeraPublisher(r, tmp_path).status()
+    assert st.online and "cover open too long" in st.message and "system error 15" in st.message
+    assert st.drives and st.drives[0]["percent"] == 40  # read from BravoXi-1.txt
+
+
+def test_manual_example_system_status(tmp_path):
+    """A SystemStatus.txt shaped as the SDK describes it: ink low (7 both), numeric cartridge types,
+    ServerTickCount in seconds."""
+    from drivers.common import parse_ini
+    from drivers.primera.status import robot_state, system_error
+
+    text = ("[RobotList]\r\nRobot0=Bravo 4100\r\n\r\n[System]\r\nSysErrorNumber=7\r\nSysErrorString=\r\n"
+            "ServerTickCount=86400\r\nServerTime=2024-01-01 12:00:00\r\nDriveSpace=1000\r\n\r\n[Bravo 4100]\r\n"
+            "RobotType=8\r\nNumJobs=0\r\nStatus=Idle\r\nSysErrorNumber=3\r\nSysErrorString=Input bin empty\r\n"
+            "DiscsInLeftBin=0\r\nDiscsInRightBin=-1\r\nCartridgeType0=1\r\nCartridgeFill0=4\r\n"
+            "CartridgeType1=2\r\nCartridgeFill1=6\r\nStatusFile=Bravo 4100.txt\r\n")
+    sections, _, _ = parse_ini(text)
+    assert system_error(sections, "Bravo 4100") == (
+        "both inks low (system error 7); Input bin empty (input bin empty: load blank discs, system error 3)")
+    state = robot_state(sections, {}, "Bravo 4100")
+    assert state.robot_type == "Bravo 4100" and state.ink == {"cartridge 0 (colour)": 4, "cartridge 1 (black)": 6}
+    assert state.stackers == {"left bin": {"discs": 0}, "right bin": {"discs": None}}
+
+
+def test_std_design_gets_merge_fields_an_image_label_does_not(tmp_path):
+    """MergeField fills a SureThing .STD design; with an image label the text is already on it."""
+    r = robot(tmp_path, label_template="C:\\Designs\\burnstation.STD")
+    spool = Path(r["spool"])
+    write_system(spool)
+    write_robot(spool)
+    PrimeraPublisher(r, tmp_path).submit(publish.PublishRequest(job_id="J30", discs=[disc(tmp_path)]))
+    pairs = jrq.parse_jrq(raw(spool / "J30.JRQ"))
+    assert dict(pairs)["PrintLabel"] == "C:\\Designs\\burnstation.STD"
+    assert [v for k, v in pairs if k == "MergeField"] == ["DOE^JOHN", "P1"]
+    r2 = robot(tmp_path / "img")
+    write_system(Path(r2["spool"]))
+    PrimeraPublisher(r2, tmp_path / "img").submit(publish.PublishRequest(job_id="J31", discs=[disc(tmp_path)]))
+    pairs = jrq.parse_jrq(raw(Path(r2["spool"]) / "J31.JRQ"))
+    assert dict(pairs)["PrintLabel"].endswith(".jpg") and "MergeField" not in dict(pairs)
+    wrong = PrimeraPublisher({**r2, "label_template": "C:\\Designs\\epson.tdd"}, tmp_path / "img")
+    with pytest.raises(ValueError, match="SureThing .STD"):
+        wrong.submit(publish.PublishRequest(job_id="J32", discs=[disc(tmp_path)]))
+    assert not (Path(r2["spool"]) / "J32.JRQ").exists()
+
+
+def test_data_image_type_with_options():
+    for good in ("UDF", "ISOLEVEL2+JOLIET, SETNOW", "JOLIET,MODE2,SAO", "UDF260"):
+        assert jrq.check_data_image_type(good) == good
+    for bad in ("NTFS", "UDF, FAST", "JOLIET+UDF"):
+        with pytest.raises(ValueError):
+            jrq.check_data_image_type(bad)

@@ -94,6 +94,9 @@ def test_station_panel_shows_address_aet_and_state(tmp_path):
         ips = [line.split()[1] for line in seen if line.startswith("IP ")]
         assert set(ips) & host_addresses(), (ips, host_addresses())
         wait_for(collect("HL7 ", "Queue"), 30, "the second page (ports, job)", every=0.1)
+        # no web user yet: the panel shows the one-time setup code
+        code = (st.data / "setup-code").read_text().strip()
+        wait_for(collect("Web setup code:", code, "/setup"), 30, "the setup code page", every=0.1)
         # a robot fault shows as the station's state, with the robot's own words
         sim_ctl = [sys.executable, "-m", "burnstation_sim", "ctl", "--root", str(st.data / "sim"), "epson"]
         subprocess.run([*sim_ctl, "fault", "cover_open", "on"], check=True, capture_output=True, timeout=60)

@@ -26,7 +26,7 @@ from drivers.primera.jrq import parse_jrq
 
 TIMEOUT = 60.0
 JDF_KEYS = ["JOB_ID", "PUBLISHER", "COPIES", "DISC_TYPE", "FORMAT", "COMPARE", "CLOSE_DISC", "IMAGE",
-            "VOLUME_LABEL", "REPLACE_FIELD"]
+            "VOLUME_LABEL", "LABEL", "REPLACE_FIELD"]  # with a .tdd design configured
 JRQ_HEAD = ["JobID", "ClientID", "Importance", "ImageFile", "ImageType", "CloseDisc", "VerifyDisc",
             "RejectIfNotBlank", "Copies", "PrintLabel"]
 JRQ_TAIL = ["VolumeName", "RobotName"]
@@ -83,9 +83,9 @@ def start_sim(spool: Path, root: Path, speed: str, robots: str = "epson,primera"
 
 @contextlib.contextmanager
 def rig(tmp_path: Path, speed: str = "0", roles: dict[str, str] | None = None, mode: str = "image",
-        **options: Any) -> Iterator[Rig]:
+        robot_options: dict[str, dict[str, Any]] | None = None, **options: Any) -> Iterator[Rig]:
     """Simulator + station with one robot per entry of `roles` (name = kind); `options` go into each
-    robot's configuration (driver settings such as status_timeout)."""
+    robot's configuration (driver settings such as status_timeout), `robot_options[name]` into one."""
     roles = roles or {"epson": "epson", "primera": "primera"}
     spool, root = tmp_path / "spool", tmp_path / "sim"
     root.mkdir()
@@ -94,13 +94,13 @@ def rig(tmp_path: Path, speed: str = "0", roles: dict[str, str] | None = None, m
     for name, role in roles.items():
         burnstation(station.data, "robots", "add", name, "--driver", name, "--path", str(spool / name),
                     "--role", role, "--media", "CD,DVD", "--mode", mode)
-    if options:
+    if options or robot_options:
         from appliance.burn.robots import add_robot, get_robot
         from appliance.config import Settings
 
         settings = Settings(station.data)
         for name in roles:
-            add_robot(settings, {**get_robot(settings, name), **options})
+            add_robot(settings, {**get_robot(settings, name), **options, **(robot_options or {}).get(name, {})})
     try:
         station.start()
         r = Rig(station, sim, spool, root)
@@ -157,14 +157,19 @@ def jrq_keys(pairs: list[tuple[str, str]]) -> list[str]:
 
 def test_epson_and_primera_burn_with_exactly_the_expected_keys(tmp_path: Path) -> None:
     """_E → one disc from the Epson simulator, _P → one from the Primera one; a patient name with a
-    line break and `DATA=/etc` adds no key to either job file (nor to the merge file)."""
-    with rig(tmp_path) as r:
+    line break and `DATA=/etc` adds no key to either job file (nor to the merge file). Both robots
+    have a label design (.tdd, .STD) the merge fields fill, in the robot's code page (cp1252 keeps
+    MÜLLER; ascii cannot spell 山田, so the Patient ID stands in)."""
+    designs = {"epson": tmp_path / "burnstation.tdd", "primera": tmp_path / "burnstation.std"}
+    for design in designs.values():
+        design.write_bytes(b"design stand-in")
+    with rig(tmp_path, robot_options={k: {"label_template": str(v)} for k, v in designs.items()}) as r:
         seen: set[str] = set()
         made = {}
-        for aet, robot, name in (("BURNSTATION_E", "epson", "DOE^JOHN"), ("BURNSTATION_P", "primera", "DOE^JANE"),
+        for aet, robot, name in (("BURNSTATION_E", "epson", "MÜLLER^HANS"), ("BURNSTATION_P", "primera", "山田^花子"),
                                  ("BURNSTATION_E", "epson", NASTY_NAME), ("BURNSTATION_P", "primera", NASTY_NAME)):
             files = write_study(tmp_path / f"in-{len(made)}", n_series=1, per_series=2, patient_name=name,
-                                patient_id=f"P{len(made)}")
+                                patient_id=f"P{len(made)}", charset="ISO_IR 192")
             r.send(aet, files)
             job = r.new_job(seen)
             seen.add(job["id"])
@@ -178,22 +183,29 @@ def test_epson_and_primera_burn_with_exactly_the_expected_keys(tmp_path: Path) -
         image = job_file(out, "iso")
         check_disc(image, tmp_path, verify_dicomdir=name != NASTY_NAME)  # dciodvfy rightly flags a LF in a PN
         if robot == "epson":
-            text = job_file(out, "JDF").read_bytes().decode()
+            text = job_file(out, "JDF").read_bytes().decode("cp1252")
             pairs = parse_jdf(text)
             assert [k for k, _ in pairs] == JDF_KEYS, text
             values = dict(pairs)
             assert values["JOB_ID"] == job_id and values["DISC_TYPE"] == "CD" and values["FORMAT"] == "JOLIET"
-            merge = next((out / "label").glob("*FIELDS*")).read_bytes().decode()
+            assert values["LABEL"] == str(designs["epson"])
+            merge = next((out / "label").glob("*FIELDS*")).read_bytes().decode("cp1252")
             lines = [ln for ln in merge.split("\r\n") if ln]
             assert all(ln.count("=") == 1 for ln in lines), merge
             assert [ln.split("=")[0] for ln in lines][:2] == ["patient_name", "patient_id"]
+            if name != NASTY_NAME:
+                assert lines[0] == "patient_name=MÜLLER, HANS", merge  # cp1252 holds Ü
         else:
-            text = job_file(out, "JRQ").read_bytes().decode()
+            text = job_file(out, "JRQ").read_bytes().decode("ascii")
             pairs = parse_jrq(text)
             jrq_keys(pairs)
             values = dict(pairs)
-            assert values["JobID"] == job_id and values["PrintLabel"].endswith(".jpg")
-            assert [v for k, v in pairs if k == "MergeField"][1] == f"P{list(made).index(job_id)}"
+            assert values["JobID"] == job_id and values["PrintLabel"] == str(designs["primera"])
+            merged = [v for k, v in pairs if k == "MergeField"]
+            patient_id = f"P{list(made).index(job_id)}"
+            assert merged[1] == patient_id
+            if name != NASTY_NAME:
+                assert merged[0] == patient_id  # 山田 cannot be spelled in ascii
         assert "/etc" not in [v for _, v in pairs], text
         assert len(text.splitlines()) == len(pairs)  # one line per key: nothing split a line
 
@@ -259,6 +271,8 @@ def test_data_mode_and_a_job_of_two_discs(tmp_path: Path) -> None:
         for job_id, robot in made.items():
             done = r.final(job_id)
             assert done["state"] == "done" and done["robot"] == robot, done
+            if robot == "epson":  # no .tdd design configured here: every job says so
+                assert "no label design: disc will be unprinted" in done["message"], done
 
         files = write_study(tmp_path / "big-a", n_series=1, per_series=2, rows=256, cols=256, patient_id="BIG")
         files += write_study(tmp_path / "big-b", n_series=1, per_series=2, rows=256, cols=256, patient_id="BIG")
@@ -279,7 +293,8 @@ def test_data_mode_and_a_job_of_two_discs(tmp_path: Path) -> None:
         if robot == "epson":
             pairs = parse_jdf(job_file(out, "JDF").read_bytes().decode())
             data = [v for k, v in pairs if k == "DATA"]
-            assert len(data) == 1 and data[0].endswith("\t") and "IMAGE" not in dict(pairs)
+            # the disc root: DATA=<source> alone, without the TAB and destination
+            assert len(data) == 1 and "\t" not in data[0] and "IMAGE" not in dict(pairs)
         else:
             pairs = parse_jrq(job_file(out, "JRQ").read_bytes().decode())
             assert [k for k, _ in pairs].count("Data") == 1 and dict(pairs)["DataImageType"] == "JOLIET"
@@ -287,3 +302,19 @@ def test_data_mode_and_a_job_of_two_discs(tmp_path: Path) -> None:
         for name in ("DICOMDIR", "README.TXT", "INDEX.HTM", "IHE_PDI", "DICOM"):
             assert name in burned, (robot, sorted(burned))
 
+
+
+def test_epson_robot_without_label_design_says_so(tmp_path: Path) -> None:
+    """TD Bridge prints only from a .tdd design: `robots add` and `robots list` say when there is none."""
+    data = tmp_path / "data"
+    burnstation(data, "init")
+    out = burnstation(data, "robots", "add", "pp100", "--driver", "epson", "--path", str(tmp_path / "spool"),
+                      "--role", "epson").stdout
+    assert "no label design: disc will be unprinted" in out and "label_template" in out
+    assert "no label design: disc will be unprinted" in burnstation(data, "robots", "list").stdout
+    out = burnstation(data, "robots", "add", "pp100", "--driver", "epson", "--path", str(tmp_path / "spool"),
+                      "--role", "epson", "--option", "label_template=C:\\Designs\\burnstation.tdd").stdout
+    assert "no label design" not in out and "no label design" not in burnstation(data, "robots", "list").stdout
+    bad = burnstation(data, "robots", "add", "pp100", "--driver", "epson", "--path", str(tmp_path / "spool"),
+                      "--option", "encoding=utf-8", check=False)
+    assert bad.returncode != 0 and "never UTF" in bad.stderr

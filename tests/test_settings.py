@@ -212,3 +212,30 @@ def test_real_cli_process_refuses_with_exit_code_2(data: Path) -> None:
     proc = burnstation(data, "nodes", "add", "NODE", "127.0.0.1", "70000", check=False)
     assert proc.returncode == 2
     assert "node port" in proc.stderr
+
+
+def test_a_reader_never_sees_defaults_during_a_write(tmp_path):
+    """An update is one atomic file replacement: a reader in another thread (or process) always
+    sees the stored values, never the defaults a half-done rewrite would show."""
+    import threading
+
+    from appliance.config import Settings
+
+    Settings(tmp_path).initialize()
+    Settings(tmp_path).set("http.port", 18123)
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            seen.add(Settings(tmp_path).get("http.port"))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for n in range(60):
+            Settings(tmp_path).set("http.institution", f"clinic {n}")
+    finally:
+        done.set()
+        reader.join()
+    assert seen == {18123}

@@ -26,7 +26,7 @@ def test_announcements_plug_unplug_and_clean_exit(tmp_path):
         assert sim.device("epson") is None and sim.device("primera") is not None
         assert sim.status("epson")["plugged"] is False
         stale = status_file.read_bytes()
-        submit(sim.spool / "epson", "u.JDF", f"IMAGE={make_iso(tmp_path / 'u.iso')}\n")
+        submit(sim.spool / "epson", "u.JDF", f"DISC_TYPE=CD\nIMAGE={make_iso(tmp_path / 'u.iso')}\n")
         sim.ctl("epson", "status")
         sim.ctl("epson", "status")  # two full rounds through the loop
         assert (sim.spool / "epson" / "u.JDF").exists()  # not picked up
@@ -63,7 +63,7 @@ def test_faults_at_start_and_ctl_status(tmp_path):
         assert state["faults"]["input_empty"] is True and state["kind"] == "epson"
         assert sim.status("right")["write_error_at"] == 1
         order = sim.spool / "right"
-        submit(order, "r.JDF", f"PUBLISHER=right\nIMAGE={make_iso(tmp_path / 'r.iso')}\n")
+        submit(order, "r.JDF", f"DISC_TYPE=CD\nPUBLISHER=right\nIMAGE={make_iso(tmp_path / 'r.iso')}\n")
         sim.wait_ext(order, "r", "ERR")
         jobs = sim.status("right")["jobs"]
         assert jobs["r"]["state"] == "failed" and jobs["r"]["error"] == "CAN006"
@@ -101,7 +101,7 @@ def test_path_map_reads_paths_as_the_engine_host_sees_them(tmp_path):
     (share / "images").mkdir(parents=True)
     make_iso(share / "images" / "disc.iso")
     with Sim(tmp_path, robots="epson,primera", extra=("--path-map", f"Z:\\burn={share}")) as sim:
-        submit(sim.spool / "epson", "m.JDF", "IMAGE=Z:\\burn\\images\\disc.iso\n")
+        submit(sim.spool / "epson", "m.JDF", "DISC_TYPE=CD\nIMAGE=Z:\\burn\\images\\disc.iso\n")
         submit(sim.spool / "primera", "m.JRQ", "ImageFile=z:\\burn\\images\\disc.iso\n")
         sim.wait_ext(sim.spool / "epson", "m", "DON")
         sim.wait_ext(sim.spool / "primera", "m", "DON")
@@ -114,10 +114,10 @@ def test_restart_keeps_history_and_finishes_a_job_once(tmp_path):
     iso = make_iso(tmp_path / "r.iso")
     sim = Sim(tmp_path, robots="epson").start()
     order = sim.spool / "epson"
-    submit(order, "before.JDF", f"IMAGE={iso}\n")
+    submit(order, "before.JDF", f"DISC_TYPE=CD\nIMAGE={iso}\n")
     sim.wait_ext(order, "before", "DON")
     sim.ctl("epson", "refill", "2")
-    submit(order, "cut.JDF", f"COPIES=3\nIMAGE={iso}\n")
+    submit(order, "cut.JDF", f"DISC_TYPE=CD\nCOPIES=3\nIMAGE={iso}\n")
     wait_for(lambda: sim.status("epson")["jobs"]["cut"]["waiting"] == "input_empty", what="stacker ran out")
     sim.proc.kill()  # no clean exit
     sim.proc.wait()

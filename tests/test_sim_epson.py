@@ -60,7 +60,8 @@ def test_data_mode_and_defaults(sim, tmp_path):
     order = sim.spool / "epson"
     tree = make_tree(tmp_path / "tree")
     # no JOB_ID: the file name is the id; DATA copies a folder's contents to the destination
-    submit(order, "datajob.JDF", f"DISC_TYPE=DVD\nFORMAT=UDF102\nDATA={tree}\t\nDATA={tree / 'DICOM'}\tEXTRA\n")
+    # DATA=<source> alone for the disc root (no TAB, no destination), as the manual says
+    submit(order, "datajob.JDF", f"DISC_TYPE=DVD\nFORMAT=UDF102\nDATA={tree}\nDATA={tree / 'DICOM'}\tEXTRA\n")
     sim.wait_ext(order, "datajob", "DON")
     disc = sim.root / "bin" / "epson" / "datajob" / "disc"
     assert (disc / "DICOMDIR").is_file() and (disc / "DICOM" / "IM1").is_file() and (disc / "EXTRA" / "IM1").is_file()
@@ -72,24 +73,28 @@ def test_data_mode_and_defaults(sim, tmp_path):
     ("DISC_TYPE=CD\nFORMAT=UDF150\nIMAGE={iso}\n", "JDF1400"),
     ("DISC_TYPE=DVD\nFORMAT=JOLIET\nIMAGE={iso}\n", "JDF1401"),
     ("DISC_TYPE=BD\nFORMAT=UDF150\nIMAGE={iso}\n", "JDF1402"),
-    ("IMAGE={tmp}/missing.iso\n", "JDF1101"),
-    ("IMAGE={noddir}\n", "JDF1103"),
-    ("DATA={tmp}/nothing\t\n", "JDF0901"),
+    ("DISC_TYPE=CD\nIMAGE={tmp}/missing.iso\n", "JDF1101"),
+    ("DISC_TYPE=CD\nIMAGE={noddir}\n", "JDF1103"),
+    ("DISC_TYPE=CD\nDATA={tmp}/nothing\n", "JDF0901"),
+    ("DISC_TYPE=CD\nDATA={tmp}\t\n", "JDF0901"),  # the disc root is DATA=<source>, without the TAB
     ("DISC_TYPE=CD\n", "JDF0902"),
-    ("DATA={tmp}\t../outside\n", "JDF0901"),
-    ("IMAGE={iso}\nDATA=/etc\t\n", "JDF1102"),
-    ("IMAGE={iso}\nREPLACE_FIELD={tmp}/nofields.txt\n", "JDF1600"),
-    ("IMAGE={iso}\nLABEL={tmp}/nolabel.tdd\n", "JDF1501"),
-    ("IMAGE={iso}\nPUBLISHER=PP-100-OTHER\n", "JDF0203"),
-    ("IMAGE={iso}\nCOPIES=0\n", "JDF0301"),
-    ("IMAGE={iso}\nCOPIES=1001\n", "JDF0301"),
-    ("IMAGE={iso}\nCOLOR=RED\n", "JDF0002"),
-    ("IMAGE={iso}\n COPIES=1\n", "JDF0001"),
-    ("IMAGE={iso}\nCOPIES =1\n", "JDF0001"),
-    ("IMAGE={iso}\ncopies=1\n", "JDF0001"),
-    ("IMAGE={iso}\nJOB_ID=has space\n", "JDF0101"),
-    ("IMAGE={iso}\nJOB_ID=" + "x" * 41 + "\n", "JDF0101"),
-    ("DISC_TYPE=HDDVD\nIMAGE={iso}\n", "JDF0601"),
+    ("DISC_TYPE=CD\nDATA={tmp}\t../outside\n", "JDF0901"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\nDATA=/etc\n", "JDF1102"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\nREPLACE_FIELD={tmp}/nofields.txt\n", "JDF1600"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\nLABEL={tmp}/nolabel.tdd\n", "JDF1501"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\nPUBLISHER=PP-100-OTHER\n", "JDF0200"),  # a robot is registered: not 0203
+    ("IMAGE={iso}\n", "JDF0501"),  # DISC_TYPE is required
+    ("\ufeffDISC_TYPE=CD\nIMAGE={iso}\n", "JDF0001"),  # a BOM is part of the first key
+    ("DISC_TYPE=CD\nIMAGE={iso}\nCOPIES=0\n", "JDF0301"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\nCOPIES=1001\n", "JDF0301"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\nCOLOR=RED\n", "JDF0002"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\n COPIES=1\n", "JDF0001"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\nCOPIES =1\n", "JDF0001"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\ncopies=1\n", "JDF0001"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\nJOB_ID=has space\n", "JDF0101"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\nJOB_ID=" + "x" * 41 + "\n", "JDF0101"),
+    ("DISC_TYPE=HDDVD\nIMAGE={iso}\n", "JDF0502"),
+    ("DISC_TYPE=CD\nIMAGE={iso}\nOUT_STACKER=9\n", "JDF0601"),
 ])
 def test_invalid_jobs_rejected_with_code(sim, tmp_path, body, code):
     order = sim.spool / "epson"
@@ -105,9 +110,9 @@ def test_invalid_jobs_rejected_with_code(sim, tmp_path, body, code):
 def test_duplicate_job_id(sim, tmp_path):
     order = sim.spool / "epson"
     iso = make_iso(tmp_path / "d.iso")
-    submit(order, "first.JDF", f"JOB_ID=same\nIMAGE={iso}\n")
+    submit(order, "first.JDF", f"DISC_TYPE=CD\nJOB_ID=same\nIMAGE={iso}\n")
     sim.wait_ext(order, "first", "DON")
-    submit(order, "second.JDF", f"JOB_ID=same\nIMAGE={iso}\n")
+    submit(order, "second.JDF", f"DISC_TYPE=CD\nJOB_ID=same\nIMAGE={iso}\n")
     sim.wait_ext(order, "second", "ERR")
     st = status(sim)
     assert (st["second"]["STATUS"], st["second"]["ERROR"]) == ("6", "JDF0100")
@@ -117,7 +122,7 @@ def test_duplicate_job_id(sim, tmp_path):
 def test_input_empty_waits_then_refill_completes(sim, tmp_path):
     order = sim.spool / "epson"
     sim.ctl("epson", "fault", "input_empty", "on")
-    submit(order, "wait1.JDF", f"JOB_ID=wait1\nIMAGE={make_iso(tmp_path / 'w.iso')}\n")
+    submit(order, "wait1.JDF", f"DISC_TYPE=CD\nJOB_ID=wait1\nIMAGE={make_iso(tmp_path / 'w.iso')}\n")
     sim.wait_ext(order, "wait1", "INP")
     wait_for(lambda: status(sim)["wait1"]["ERROR"] == "RTN000", what="RTN000")
     st = status(sim)
@@ -132,7 +137,7 @@ def test_input_empty_waits_then_refill_completes(sim, tmp_path):
 def test_stackers_run_out_and_refill_count(sim, tmp_path):
     order = sim.spool / "epson"
     sim.ctl("epson", "refill", "2")
-    submit(order, "three.JDF", f"COPIES=3\nIMAGE={make_iso(tmp_path / 't.iso')}\n")
+    submit(order, "three.JDF", f"DISC_TYPE=CD\nCOPIES=3\nIMAGE={make_iso(tmp_path / 't.iso')}\n")
     wait_for(lambda: status(sim)["three"]["ERROR"] == "RTN000", what="stacker ran out")
     assert status(sim)["three"]["COMPLETION_NUMBER"] == "2"
     sim.ctl("epson", "refill", "5")
@@ -143,7 +148,7 @@ def test_stackers_run_out_and_refill_count(sim, tmp_path):
 def test_write_error_on_disc_n(sim, tmp_path):
     order = sim.spool / "epson"
     sim.ctl("epson", "fault", "write_error", "2", "on")
-    submit(order, "we.JDF", f"JOB_ID=we\nCOPIES=3\nIMAGE={make_iso(tmp_path / 'we.iso')}\n")
+    submit(order, "we.JDF", f"DISC_TYPE=CD\nJOB_ID=we\nCOPIES=3\nIMAGE={make_iso(tmp_path / 'we.iso')}\n")
     sim.wait_ext(order, "we", "ERR")
     job = job_status(sim, "we")
     assert (job["STATUS"], job["ERROR"], job["COMPLETION_NUMBER"], job["ERRORDISC_NUMBER"],
@@ -152,14 +157,14 @@ def test_write_error_on_disc_n(sim, tmp_path):
     assert [d["result"] for d in discs] == ["ok", "write error"]
     # the fault is spent: a retry under a new id succeeds
     assert sim.status("epson")["faults"]["write_error"] is False
-    submit(order, "we2.JDF", f"COPIES=3\nIMAGE={make_iso(tmp_path / 'we2.iso')}\n")
+    submit(order, "we2.JDF", f"DISC_TYPE=CD\nCOPIES=3\nIMAGE={make_iso(tmp_path / 'we2.iso')}\n")
     sim.wait_ext(order, "we2", "DON")
 
 
 def test_cover_open_pauses_then_resumes(sim, tmp_path):
     order = sim.spool / "epson"
     sim.ctl("epson", "fault", "input_empty", "on")  # hold the job in the robot
-    submit(order, "cov.JDF", f"IMAGE={make_iso(tmp_path / 'c.iso')}\n")
+    submit(order, "cov.JDF", f"DISC_TYPE=CD\nIMAGE={make_iso(tmp_path / 'c.iso')}\n")
     sim.wait_ext(order, "cov", "INP")
     sim.ctl("epson", "fault", "cover_open", "on")
     sim.wait_ext(order, "cov", "STP")
@@ -177,7 +182,7 @@ def test_cover_open_pauses_then_resumes(sim, tmp_path):
 def test_cancel_and_cancel_unknown(sim, tmp_path):
     order = sim.spool / "epson"
     sim.ctl("epson", "fault", "input_empty", "on")
-    submit(order, "can.JDF", f"JOB_ID=can\nIMAGE={make_iso(tmp_path / 'c.iso')}\n")
+    submit(order, "can.JDF", f"DISC_TYPE=CD\nJOB_ID=can\nIMAGE={make_iso(tmp_path / 'c.iso')}\n")
     sim.wait_ext(order, "can", "INP")
     submit(order, "stop-can.JCF", "[CANCEL]\r\nJOB_ID=can\r\n")
     sim.wait_ext(order, "stop-can", "CDN")
@@ -190,6 +195,21 @@ def test_cancel_and_cancel_unknown(sim, tmp_path):
     sim.wait_ext(order, "stop-again", "CER")
 
 
+def test_operator_cancel_at_the_robot_ends_as_don_with_status_4(sim, tmp_path):
+    """TD Bridge: a job the operator cancels at the robot also ends as .DON with STATUS 4, even with
+    no disc made; only COMPLETION_NUMBER against PUBLICATION_NUMBER tells."""
+    order = sim.spool / "epson"
+    sim.ctl("epson", "fault", "input_empty", "on")
+    submit(order, "op.JDF", f"DISC_TYPE=CD\nJOB_ID=op\nCOPIES=2\nIMAGE={make_iso(tmp_path / 'o.iso')}\n")
+    sim.wait_ext(order, "op", "INP")
+    assert "cancelled by the operator" in sim.ctl("epson", "cancel", "op").stdout
+    sim.wait_ext(order, "op", "DON")
+    job = wait_for(lambda: (j := job_status(sim, "op")) and j["STATUS"] == "4" and j, what="STATUS 4")
+    assert (job["PUBLICATION_NUMBER"], job["COMPLETION_NUMBER"], job["ERRORDISC_NUMBER"]) == ("2", "0", "0")
+    again = sim.ctl("epson", "cancel", "op", check=False)  # finished: nothing to cancel
+    assert again.returncode != 0 and "no active job" in again.stdout + again.stderr
+
+
 def test_status_rewritten_in_place_and_ink_low(sim, tmp_path):
     path = sim.spool / "epson" / "TDBStatus.txt"
     inode = path.stat().st_ino
@@ -198,7 +218,7 @@ def test_status_rewritten_in_place_and_ink_low(sim, tmp_path):
     wait_for(lambda: status(sim)["PUBLISHER1"]["ERROR"] == "RTN004", what="RTN004")
     assert int(status(sim)["PUBLISHER1"]["INK_C"]) <= 5
     wait_for(lambda: path.stat().st_mtime_ns != first, what="rewrite")
-    submit(sim.spool / "epson", "ink.JDF", f"IMAGE={make_iso(tmp_path / 'i.iso')}\n")  # still burns
+    submit(sim.spool / "epson", "ink.JDF", f"DISC_TYPE=CD\nIMAGE={make_iso(tmp_path / 'i.iso')}\n")  # still burns
     sim.wait_ext(sim.spool / "epson", "ink", "DON")
     sim.ctl("epson", "fault", "ink_low", "off")
     wait_for(lambda: status(sim)["PUBLISHER1"]["ERROR"] == "", what="ink ok")
@@ -208,7 +228,7 @@ def test_status_rewritten_in_place_and_ink_low(sim, tmp_path):
 def test_output_full_waits_until_emptied(sim, tmp_path):
     order = sim.spool / "epson"
     sim.ctl("epson", "fault", "output_full", "on")
-    submit(order, "full.JDF", f"IMAGE={make_iso(tmp_path / 'f.iso')}\n")
+    submit(order, "full.JDF", f"DISC_TYPE=CD\nIMAGE={make_iso(tmp_path / 'f.iso')}\n")
     wait_for(lambda: status(sim)["full"]["ERROR"] == "RTN001", what="RTN001")
     assert (order / "full.INP").exists() and status(sim)["full"]["COMPLETION_NUMBER"] == "0"
     sim.ctl("epson", "fault", "output_full", "off")  # the operator took the discs away
@@ -219,7 +239,7 @@ def test_timed_run_reports_progress_and_estimate(tmp_path):
     """At --speed 0.01 a disc takes about 0.7 s: the job is seen in progress with an estimate."""
     with Sim(tmp_path, robots="epson", speed="0.01") as sim:
         order = sim.spool / "epson"
-        submit(order, "slow.JDF", f"COPIES=3\nIMAGE={make_iso(tmp_path / 's.iso')}\n")
+        submit(order, "slow.JDF", f"DISC_TYPE=CD\nCOPIES=3\nIMAGE={make_iso(tmp_path / 's.iso')}\n")
         sim.wait_ext(order, "slow", "INP")
         running = wait_for(lambda: (j := status(sim)["slow"])["STATUS"] == "2" and j["DETAIL_STATUS"] in ("3", "4", "5", "6")
                            and int(j["ESTIMATION_TIME_REMAIN"]) > 0 and j, what="in progress")
@@ -241,3 +261,17 @@ def test_job_file_written_in_place_is_not_read_half_written(sim, tmp_path):
             time.sleep(0.06)  # slower than the engine's tick (50 ms at --speed 0)
     sim.wait_ext(sim.spool / "epson", "piecewise", "DON")
     assert (sim.root / "bin" / "epson" / "piecewise" / "piecewise.JDF").read_bytes() == text
+
+
+def test_job_files_decoded_strictly_in_the_configured_code_page(tmp_path):
+    """`--encoding epson=ascii`: a byte outside the code page rejects the job; cp1252 (the default)
+    takes the same byte as Ü."""
+    iso = make_iso(tmp_path / "e.iso")
+    body = f"DISC_TYPE=CD\r\nIMAGE={iso}\r\nVOLUME_LABEL=M\xdcLLER\r\n".encode("cp1252")
+    with Sim(tmp_path / "a", robots="epson", extra=("--encoding", "epson=ascii")) as s:
+        submit(s.spool / "epson", "asc.JDF", body)
+        s.wait_ext(s.spool / "epson", "asc", "ERR")
+        assert read_ini(s.spool / "epson" / "TDBStatus.txt", "asc")["asc"]["ERROR"] == "JDF0001"
+    with Sim(tmp_path / "b", robots="epson") as s:
+        submit(s.spool / "epson", "ansi.JDF", body)
+        s.wait_ext(s.spool / "epson", "ansi", "DON")

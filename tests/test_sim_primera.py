@@ -59,8 +59,34 @@ def test_happy_path_image_job(sim, tmp_path):
     assert (out / "P-1.JRQ").read_bytes() == text.encode()
     assert (out / "disc.iso").read_bytes() == iso.read_bytes()
     assert (out / "label" / "label.png").read_bytes() == label.read_bytes()
-    assert (out / "label" / "MergeFields.txt").read_text() == "DOE^JOHN\n20240115\n"
+    # MergeField fills a SureThing .STD design only: with an image label it does nothing
+    assert not (out / "label" / "MergeFields.txt").exists()
     assert len(json.loads((out / "discs.json").read_text())) == 2
+
+
+def test_merge_fields_fill_a_std_design(sim, tmp_path):
+    jobs = sim.spool / "bravo"
+    design = tmp_path / "burnstation.std"
+    design.write_bytes(b"SureThing design (stand-in)")
+    submit(jobs, "S-1.JRQ", f"JobID=S-1\r\nImageFile={make_iso(tmp_path / 's.iso')}\r\nPrintLabel={design}\r\n"
+                            "MergeField=DOE^JOHN\r\nMergeField=20240115\r\n")
+    sim.wait_ext(jobs, "S-1", "DON")
+    out = sim.root / "bin" / "bravo" / "S-1" / "label"
+    assert (out / "MergeFields.txt").read_text() == "DOE^JOHN\n20240115\n"
+    assert (out / "burnstation.std").read_bytes() == design.read_bytes()
+
+
+def test_documented_keys_are_accepted(sim, tmp_path):
+    """Every key the SDK documents is taken, repeated DriveID and the DataImageType options too."""
+    jobs = sim.spool / "bravo"
+    tree = make_tree(tmp_path / "tree")
+    text = (f"JobID=K1\r\nClientID=BurnStation\r\nImportance=4\r\nData={tree}\r\nDeleteFiles=NO\r\n"
+            "PreMasterData=YES\r\nDataImageType=ISOLEVEL2+JOLIET, SETNOW, SAO\r\nTestRecord=NO\r\n"
+            "PrintReject=NO\r\nDriveID=0\r\nDriveID=0\r\nBinID=0\r\nBurnSpeed=0\r\nPrintQuality=2\r\n"
+            "NotifyClient=NO\r\nCDTextDiscTitle=Images\r\nRejectIfNotBlank=YES\r\n")
+    submit(jobs, "K1.JRQ", text)
+    sim.wait_ext(jobs, "K1", "DON")
+    assert (sim.root / "bin" / "bravo" / "K1" / "disc" / "DICOMDIR").is_file()
 
 
 def test_data_mode_picks_media_by_bin(sim, tmp_path):
@@ -82,7 +108,11 @@ def test_data_mode_picks_media_by_bin(sim, tmp_path):
     ("ImageFile={iso}\nCopies=10001\n", "8"),
     ("ImageFile={iso}\nColour=red\n", "8"),
     ("ImageFile={iso}\nJust a line\n", "8"),
-    ("ImageFile={iso}\nClientID=" + "c" * 33 + "\n", "8"),
+    ("ImageFile={iso}\nClientID=" + "c" * 33 + "\n", "39"),
+    ("ImageFile={iso}\nBinID=3\n", "8"),
+    ("ImageFile={iso}\nDataImageType=UDF, FAST\n", "25"),
+    ("\ufeffImageFile={iso}\n", "8"),  # a BOM is part of the first key (and not ASCII)
+    ("ImageFile={iso}\nVolumeName=M\u00dcLLER\n", "8"),  # UTF-8 bytes are not ASCII
     ("ImageFile={iso}\nVerifyDisc=MAYBE\n", "8"),
     ("ImageFile={iso}\nRobotName=other\n", "8"),
 ])
@@ -98,14 +128,38 @@ def test_invalid_jobs_rejected_with_number(sim, tmp_path, body, number):
     assert j["JobErrorString"]
 
 
-def test_duplicate_job_id(sim, tmp_path):
+def test_importance_lower_numbers_first(sim, tmp_path):
+    """Importance 0-400, 0 the most important, default 4: a job with 0 overtakes one with 4."""
+    jobs = sim.spool / "bravo"
+    iso = make_iso(tmp_path / "i.iso")
+    sim.ctl("bravo", "fault", "input_empty", "on")
+    submit(jobs, "BLK.JRQ", f"JobID=BLK\nImageFile={iso}\n")
+    sim.wait_ext(jobs, "BLK", "INP")
+    submit(jobs, "N4.JRQ", f"JobID=N4\nImageFile={iso}\n")  # no Importance: the default 4
+    sim.wait_ext(jobs, "N4", "QRJ")
+    submit(jobs, "H0.JRQ", f"JobID=H0\nImportance=0\nImageFile={iso}\n")
+    sim.wait_ext(jobs, "H0", "QRJ")
+    wait_for(lambda: robot_status(sim)["H0"]["JobsAhead"] == "1", what="H0 next in line")
+    assert robot_status(sim)["N4"]["JobsAhead"] == "2"
+    sim.ctl("bravo", "refill", "2")  # discs for BLK and one more job only
+    sim.wait_ext(jobs, "H0", "DON")
+    sim.wait_ext(jobs, "N4", "INP")
+    assert not (jobs / "N4.DON").exists()
+
+
+def test_duplicate_job_name(sim, tmp_path):
+    """The job is named by its JRQ file name, not by JobID: a second file of the same name is refused."""
     jobs = sim.spool / "bravo"
     iso = make_iso(tmp_path / "d.iso")
-    submit(jobs, "a.JRQ", f"JobID=dup\nImageFile={iso}\n")
-    sim.wait_ext(jobs, "a", "DON")
-    submit(jobs, "b.JRQ", f"JobID=dup\nImageFile={iso}\n")
-    sim.wait_ext(jobs, "b", "ERR")
-    assert robot_status(sim)["dup"]["JobState"] == "2"
+    submit(jobs, "dup.JRQ", f"JobID=dup\nImageFile={iso}\n")
+    sim.wait_ext(jobs, "dup", "DON")
+    (jobs / "dup.DON").rename(jobs / "dup-first.DON")
+    submit(jobs, "dup.JRQ", f"JobID=dup\nImageFile={iso}\n")
+    sim.wait_ext(jobs, "dup", "ERR")
+    assert robot_status(sim)["dup"]["JobState"] == "2"  # the first keeps its section
+    submit(jobs, "other.JRQ", f"JobID=dup\nImageFile={iso}\n")  # JobID is not the name
+    sim.wait_ext(jobs, "other", "DON")
+    assert robot_status(sim)["other"]["JobState"] == "2"
 
 
 def test_input_empty_waits_then_refill(sim, tmp_path):
@@ -115,7 +169,9 @@ def test_input_empty_waits_then_refill(sim, tmp_path):
     sim.wait_ext(jobs, "W", "INP")
     wait_for(lambda: "Input bin empty" in robot_status(sim)["W"]["CurrentStatus"], what="waiting text")
     assert robot_status(sim)["W"]["JobState"] == "1"
-    assert system_status(sim)["System"]["SysErrorString"] == "Input bin empty"
+    system = system_status(sim)
+    assert (system["System"]["SysErrorNumber"], system["System"]["SysErrorString"]) == ("3", "Input bin empty")
+    assert system["bravo"]["SysErrorNumber"] == "3"  # per robot too
     sim.ctl("bravo", "refill")
     sim.wait_ext(jobs, "W", "DON")
 
@@ -140,7 +196,7 @@ def test_cover_open_pauses(sim, tmp_path):
     sim.ctl("bravo", "fault", "cover_open", "on")
     wait_for(lambda: robot_status(sim)["C"]["CurrentStatusState"] == "11", what="paused")
     assert (jobs / "C.INP").exists()  # PTBurn keeps .INP while paused
-    assert system_status(sim)["System"]["SysErrorString"] == "Cover open"
+    assert system_status(sim)["System"]["SysErrorNumber"] == "15"  # cover open (too long)
     sim.ctl("bravo", "refill")
     sim.ctl("bravo", "fault", "cover_open", "off")
     sim.wait_ext(jobs, "C", "DON")
@@ -154,27 +210,38 @@ def test_abort_with_ptm(sim, tmp_path):
     submit(jobs, "B.JRQ", f"JobID=B\nClientID=station\nImageFile={iso}\n")
     sim.wait_ext(jobs, "A", "INP")
     sim.wait_ext(jobs, "B", "QRJ")
-    submit(jobs, "x.PTM", "Message=ABORT\nClientID=intruder\nJobID=A\n")  # not authorized: ignored
-    wait_for(lambda: not (jobs / "x.PTM").exists(), what="PTM consumed")
+    # the command file has the JRQ's name; it holds Message and ClientID only
+    submit(jobs, "A.PTM", "Message=ABORT\nClientID=intruder\n")  # not the job's client: refused
+    wait_for(lambda: not (jobs / "A.PTM").exists(), what="PTM consumed")
     sim.ctl("bravo", "status")
     assert (jobs / "A.INP").exists()
-    submit(jobs, "y.PTM", "Message = ABORT\nClientID = station\nJobID = A\n")
+    submit(jobs, "A.PTM", "Message=ABORT\nClientID=station\nJobID=A\n")  # Message and ClientID only
+    wait_for(lambda: not (jobs / "A.PTM").exists(), what="PTM consumed")
+    submit(jobs, "other.PTM", "Message=ABORT\nClientID=station\n")  # names no job
+    wait_for(lambda: not (jobs / "other.PTM").exists(), what="PTM consumed")
+    sim.ctl("bravo", "status")
+    assert (jobs / "A.INP").exists() and (jobs / "B.QRJ").exists()
+    submit(jobs, "A.PTM", "Message = ABORT\nClientID = station\n")
     sim.wait_ext(jobs, "A", "ERR")
     j = job(sim, "A")
     assert (j["JobState"], j["JobErrorNumber"], j["CurrentStatusState"]) == ("3", "16", "13")
-    submit(jobs, "z.PTM", "Message=ABORT\nClientID=Administrator\nJobID=B\n")
+    submit(jobs, "B.PTM", "Message=ABORT\nClientID=Administrator\n")
     sim.wait_ext(jobs, "B", "ERR")
 
 
 def test_ink_low_system_error(sim, tmp_path):
     sim.ctl("bravo", "fault", "ink_low", "on")
-    wait_for(lambda: system_status(sim)["System"]["SysErrorString"] == "Ink low", what="ink low")
-    assert int(system_status(sim)["bravo"]["CartridgeFill0"]) <= 5
+    wait_for(lambda: system_status(sim)["System"]["SysErrorNumber"] == "7", what="both inks low (7)")
+    robot = system_status(sim)["bravo"]
+    assert int(robot["CartridgeFill0"]) <= 5 and robot["SysErrorNumber"] == "7"
+    assert (robot["CartridgeType0"], robot["CartridgeType1"]) == ("1", "2")  # colour, black: numbers
+    assert robot["StatusFile"] == "bravo.txt"
     submit(sim.spool / "bravo", "I.PTM", "Message=IGNORE_INKLOW\n")
     wait_for(lambda: system_status(sim)["System"]["SysErrorNumber"] == "0", what="ink low ignored")
 
 
 def test_status_files_in_place_and_heartbeat(sim):
+    sim.sync()  # one loop round: the status files are written (the device is announced before)
     status_dir = sim.spool / "bravo" / "Status"
     inodes = {p.name: p.stat().st_ino for p in status_dir.iterdir()}
     assert set(inodes) == {"SystemStatus.txt", "bravo.txt"}

@@ -226,3 +226,13 @@ def test_realistic_timing_scales_with_speed():
     assert 150 < slow.seconds("write", job) < 250  # ~3 min for a full CD at 24x
     assert abs(fast.seconds("write", job) - slow.seconds("write", job) / 10) < 1e-6
     assert epson.make_robot("e", 0).seconds("print", job) == 0
+
+
+def test_encoding_option_parsing():
+    from burnstation_sim.simulator import RobotSpec, parse_encodings
+
+    robots = [RobotSpec("epson", "epson"), RobotSpec("primera", "bravo")]
+    assert parse_encodings(["epson=CP932", "bravo=ascii"], robots) == {"epson": "cp932", "bravo": "ascii"}
+    for bad in ("epson", "nosuch=cp1252", "epson=klingon"):
+        with pytest.raises(ValueError):
+            parse_encodings([bad], robots)

@@ -34,6 +34,16 @@ def _clean(text: str) -> str:
 # --------------------------------------------------------------------------- robots
 
 
+NO_DESIGN = "no label design: disc will be unprinted"
+
+
+def _label_note(robot: dict[str, Any]) -> str:
+    """Epson's TD Bridge prints only from a .tdd design (`--option label_template=...`): say when there is none."""
+    if robot.get("driver") == "epson" and not robot.get("label_template"):
+        return f"  ({NO_DESIGN}; set --option label_template=<design.tdd>, see README)"
+    return ""
+
+
 def cmd_robots(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "add":
         doc = {"name": args.name, "driver": args.driver, "spool": args.path, "role": args.role,
@@ -48,7 +58,8 @@ def cmd_robots(args: argparse.Namespace, settings: Settings) -> int:
             doc[key.strip()] = value
         robot = robots.add_robot(settings, doc)
         print(f"robot {robot['name']}: {robot['driver']} role {robot['role']} media {','.join(robot['media'])} "
-              f"spool {robot['spool']} mode {robot['mode']}{'' if robot['verify'] else ' no-verify'}")
+              f"spool {robot['spool']} mode {robot['mode']}{'' if robot['verify'] else ' no-verify'}"
+              f"{_label_note(robot)}")
         return 0
     if args.action == "delete":
         if not robots.delete_robot(settings, args.name):
@@ -68,7 +79,8 @@ def cmd_robots(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     for item in items:
         print(f"{item['name']:16} {item['driver']:8} {item['role']:8} {','.join(item['media']):18} "
-              f"{'online ' if item['online'] else 'offline'} {item['spool']}  {_clean(item['message'])}")
+              f"{'online ' if item['online'] else 'offline'} {item['spool']}  {_clean(item['message'])}"
+              f"{'' if NO_DESIGN in item['message'] else _label_note(item)}")
     return 0
 
 

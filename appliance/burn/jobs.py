@@ -227,3 +227,10 @@ def retry_job(conn: sqlite3.Connection, job_id: str) -> str:
 def study_sop_uids(conn: sqlite3.Connection, study_uid: str) -> list[str]:
     """Every instance of a study in the index (for burning on demand)."""
     return [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE study_uid=?", (study_uid,))]
+
+
+def active_jobs_with_study(conn: sqlite3.Connection, study_uid: str) -> list[str]:
+    """Ids of unfinished jobs that burn an instance of the study (it must not be deleted under them)."""
+    return [r["id"] for r in conn.execute(
+        f"SELECT DISTINCT j.id FROM jobs j JOIN job_items ji ON ji.job_id=j.id JOIN instances i ON i.sop_uid=ji.sop_uid "
+        f"WHERE i.study_uid=? AND j.state IN ({','.join('?' * len(ACTIVE))})", (study_uid, *ACTIVE))]

@@ -20,6 +20,7 @@ from tinydb import Query
 from appliance import db
 from appliance.config import SettingError, Settings
 from appliance.publish import MEDIA_ORDER, RobotStatus
+from drivers.encoding import check_codepage
 
 DRIVERS = ("epson", "primera", "folder")
 ROLES = ("epson", "primera", "any")
@@ -134,6 +135,11 @@ def _driver_options(doc: dict[str, Any]) -> dict[str, Any]:
         if len(text) > 255 or "=" in text or any(ord(c) < 32 or ord(c) == 127 for c in text):
             raise SettingError(f"robot {key}: at most 255 characters, no control characters and no '=' "
                                f"(it is written into the robot's job files), got {text!r}")
+        if key == "encoding":  # the job files' code page (drivers/encoding.py)
+            try:
+                text = check_codepage(text)
+            except ValueError as exc:
+                raise SettingError(f"robot {exc}") from None
         out[key] = text
     if doc.get("status_timeout") not in (None, ""):
         try:

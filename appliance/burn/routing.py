@@ -368,6 +368,13 @@ def held_associations(conn: sqlite3.Connection) -> list[dict[str, Any]]:
         "SELECT * FROM burn_assocs WHERE state IN ('held', 'stale') ORDER BY assoc_id DESC LIMIT 100")]
 
 
+def pending_groups_with_study(conn: sqlite3.Connection, study_uid: str) -> list[int]:
+    """Ids of delayed groups still waiting that hold an instance of the study."""
+    return [r["id"] for r in conn.execute(
+        "SELECT DISTINCT g.id FROM burn_groups g JOIN burn_group_items gi ON gi.group_id=g.id "
+        "JOIN instances i ON i.sop_uid=gi.sop_uid WHERE i.study_uid=? AND g.state='pending'", (study_uid,))]
+
+
 def group_of_job(conn: sqlite3.Connection, job_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM burn_groups WHERE job_id=?", (job_id,)).fetchone()
     return dict(row) if row else None

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from appliance.accounts import read_setup_code
 from appliance.config import Settings
 
 SIOCGIFADDR = 0x8915
@@ -137,6 +138,9 @@ def pages(data_dir: Path, settings: Settings, addresses: list[str] | None = None
     second = [f"State: {state}", detail or others, *job_lines]
     third = [others, *(f"IP {a}" for a in addresses[1:4])]
     out = [first, second, third]
+    code = read_setup_code(data_dir)
+    if code:  # no web user yet: the one-time code that makes the first admin (SPEC 9)
+        out.insert(1, ["Web setup code:", code, f"http://{addresses[0]}"[:20], f":{port('http.port')}/setup"])
     for start in range(4, len(addresses), 4):
         out.append([f"IP {a}" for a in addresses[start:start + 4]])
     return out

@@ -26,6 +26,7 @@ from typing import Any
 from appliance import atomicfile
 from appliance.config import Settings
 from appliance.discovery import Discovery, make_discovery
+from appliance.supervisor import requests
 from appliance.supervisor.process import Process, ProcessConfig
 from appliance.supervisor.states import ProcessState
 
@@ -341,6 +342,8 @@ class Supervisor:
         if self.settings.changed():
             self.settings.all()  # reload, so changed() is quiet until the next write
             need = True
+        if requests.handle_requests(self):  # "reset" of a failed process (web UI, restart-process)
+            self._dirty = True
         gone = [n for n, p in self.procs.items() if not p.wanted and p.state is ProcessState.STOPPED]
         for name in gone:
             robot = self.procs[name].config.meta.get("robot")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from appliance import atomicfile
+from drivers.encoding import encode_strict
 
 ASIDE_DIR = ".burnstation-aside"  # inside the spool: same file system, so the rename is atomic
 STAGE_DIR = "jobfiles"  # inside the spool: disc images, trees, labels the engine must read
@@ -23,7 +24,8 @@ def write_aside_then_rename(folder: Path, name: str, text: str, encoding: str = 
     folder.mkdir(parents=True, exist_ok=True)
     aside = folder / ASIDE_DIR
     aside.mkdir(exist_ok=True)
-    return atomicfile.write_text(folder / name, text, encoding, errors="replace", exclusive=True, temp_dir=aside)
+    data = encode_strict(text, encoding, name)  # never a silent "?" (drivers/encoding.py)
+    return atomicfile.write_bytes(folder / name, data, exclusive=True, temp_dir=aside)
 
 
 def clean_aside(folder: Path, older_than: float = 60.0) -> None:

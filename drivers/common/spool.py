@@ -29,6 +29,7 @@ from drivers.common.jobids import (
 )
 from drivers.common.paths import EnginePathMap
 from drivers.common.values import checked_id
+from drivers.encoding import job_file_encoding
 
 TERMINAL = (publish.DONE, publish.FAILED, publish.CANCELLED)
 
@@ -65,7 +66,7 @@ class SpoolPublisher(publish.Publisher):
         self.paths = EnginePathMap(self.spool, str(robot.get("engine_path") or ""))
         self.mode = str(robot.get("mode") or "image")
         self.status_timeout = float(robot.get("status_timeout", 30) or 0)
-        self.encoding = str(robot.get("encoding") or "utf-8")
+        self.encoding = job_file_encoding(robot, self.kind)  # checked code page, vendor default
         self.data_dir = data_dir
         self.error_wait = ErrorReportWait()
         self.ledger = ledger_for(data_dir, self.name)

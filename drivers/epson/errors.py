@@ -15,7 +15,9 @@ NAMED: dict[str, str] = {
     "SYS002": "communication error between TD Bridge and the robot",
     "SYS003": "not enough disk space on the TD Bridge host",
     "JDF0100": "duplicate job id (a job with this JOB_ID already exists)",
-    "JDF0203": "no robot registered under the PUBLISHER name",
+    "JDF0200": "the robot named in PUBLISHER is not registered in TD Bridge",
+    "JDF0203": "no robot registered at all in TD Bridge",
+    "JDF0501": "DISC_TYPE missing (it is required)",
     "JDF0903": "the data is too large for the disc",
     "JDF1400": "FORMAT is not valid for this disc type",
     "JDF1401": "FORMAT is not valid for this disc type",
@@ -38,6 +40,7 @@ NAMED: dict[str, str] = {
 JDF_RANGES: dict[int, str] = {
     1: "JOB_ID",
     2: "PUBLISHER",
+    5: "DISC_TYPE",
     9: "DATA",
     14: "FORMAT",
     15: "LABEL",

@@ -106,7 +106,8 @@ def jdf_lines(job: JdfJob) -> list[tuple[str, str]]:
         if source.rstrip("\\/").upper().endswith(RESERVED_ENDINGS):
             raise ValueError(f"DATA source {source!r}: TD Bridge refuses names ending in "
                              f"{', '.join(RESERVED_ENDINGS)}")
-        lines.append(("DATA", f"{source}\t{dest}"))
+        # the disc root: the source alone, without the TAB and the destination (TD Bridge manual)
+        lines.append(("DATA", f"{source}\t{dest}" if dest else source))
     volume = clean_value(job.volume_label, MAX_VOLUME_LABEL)
     if volume:
         lines.append(("VOLUME_LABEL", volume))

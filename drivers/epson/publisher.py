@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from drivers.common import (
     latest_per_disc,
     remove_quietly,
 )
+from drivers.encoding import fit_fields, fit_text
 from drivers.epson import errors, jdf
 from drivers.epson.status import (
     DETAIL_USER_CANCEL,
@@ -32,6 +33,7 @@ from drivers.epson.status import (
     status_reader,
 )
 
+NO_DESIGN = "no label design: disc will be unprinted"
 STATE_EXTS = ("JDF", "RJD", "INP", "STP", "DON", "ERR")
 CANCEL_EXTS = ("JCF", "CDN", "CER")
 MAX_JOB_ID = jdf.MAX_JOB_ID
@@ -41,6 +43,26 @@ def _info_progress(info: JobInfo | None) -> float:
     if info and info.publication and info.publication > 0 and info.completion and info.completion > 0:
         return max(0.0, min(1.0, info.completion / info.publication))
     return 0.0
+
+
+def finished(info: JobInfo | None, prog: Callable[..., publish.JobProgress]) -> publish.JobProgress:
+    """A `.DON` job (STATUS 4): done only when COMPLETION_NUMBER reached PUBLICATION_NUMBER.
+
+    A job cancelled at the robot or in the engine's monitor also ends as `.DON` with STATUS 4, even
+    with no disc made (TD Bridge manual): no disc made = cancelled, some = cancelled part way.
+    """
+    if info is None or info.publication is None or info.publication < 0 or info.completion is None \
+            or info.completion < 0:
+        # the counts are gone or unknown (-1): the `.DON` is all there is to go by (a guess)
+        return prog(publish.DONE, 1.0, "done (TD Bridge gave no disc count to confirm it)")
+    made, wanted, bad = info.completion, info.publication, max(info.error_discs or 0, 0)
+    if made >= wanted:
+        return prog(publish.DONE, 1.0, "done" + (f" ({bad} disc(s) rejected on the way)" if bad else ""))
+    spoiled = f", {bad} spoiled" if bad else ""
+    if made == 0:
+        return prog(publish.CANCELLED, 0.0, f"cancelled at the robot: no disc made{spoiled}")
+    return prog(publish.CANCELLED, made / wanted,
+                f"cancelled at the robot part way: {made} of {wanted} discs made{spoiled}")
 
 
 def disc_state(exts: set[str], info: JobInfo | None) -> publish.JobProgress:
@@ -55,7 +77,7 @@ def disc_state(exts: set[str], info: JobInfo | None) -> publish.JobProgress:
     if "CDN" in exts:
         return prog(publish.CANCELLED, _info_progress(info), "cancelled")
     if "DON" in exts:
-        return prog(publish.DONE, 1.0, "done")
+        return finished(info, prog)
     if "ERR" in exts:
         if info and info.detail == DETAIL_USER_CANCEL:
             return prog(publish.CANCELLED, _info_progress(info), "cancelled at the robot")
@@ -82,7 +104,7 @@ def disc_state(exts: set[str], info: JobInfo | None) -> publish.JobProgress:
         return publish.JobProgress(publish.UNKNOWN)
     # only the status section is left (files already cleaned away)
     if info.status == 4:
-        return prog(publish.DONE, 1.0, "done")
+        return finished(info, prog)
     if info.status in (5, 6):
         if info.detail == DETAIL_USER_CANCEL:
             return prog(publish.CANCELLED, _info_progress(info), "cancelled")
@@ -102,7 +124,10 @@ class EpsonPublisher(SpoolPublisher):
     it), `publisher` (the robot's name registered in TD Bridge; default: the first robot in
     TDBStatus.txt), `label_template` (.tdd design for LABEL), `format` (force FORMAT),
     `status_timeout` (seconds without a TDBStatus.txt rewrite before the robot counts as offline;
-    0 = never), `encoding` (of the job files; default utf-8).
+    0 = never), `encoding` (the job files' code page; default cp1252, see drivers/encoding.py).
+
+    TD Bridge prints only from a `.tdd` design (LABEL=, its merge fields filled from REPLACE_FIELD):
+    without `label_template` the discs come out unprinted, and status and every job say so.
     """
 
     kind = "epson"
@@ -147,6 +172,12 @@ class EpsonPublisher(SpoolPublisher):
                        context: None) -> publish.JobProgress:
         return disc_state(exts, job_info(sections, ref.stem))
 
+    def poll(self, job_id: str) -> publish.JobProgress:
+        progress = super().poll(job_id)
+        if not self.robot.get("label_template") and progress.state != publish.UNKNOWN:
+            progress.message = f"{progress.message} ({NO_DESIGN})" if progress.message else NO_DESIGN
+        return progress
+
     def _status_mtime(self) -> float:
         return self.reader.last_good.mtime if self.reader.last_good else 0.0
 
@@ -169,6 +200,8 @@ class EpsonPublisher(SpoolPublisher):
             return rs
         rs.online = True
         rs.message = "; ".join(state.faults) or "ready"
+        if not self.robot.get("label_template"):
+            rs.message += f" ({NO_DESIGN})"
         if snap.stale:
             rs.message += " (TDBStatus.txt caught half-written: last good values shown)"
         return rs
@@ -215,16 +248,19 @@ class EpsonPublisher(SpoolPublisher):
             job = jdf.JdfJob(
                 job_id=ref.stem, disc_type=disc_type, format=fmt, copies=request.copies,
                 publisher=publisher, compare=request.verify and bool(self.robot.get("verify", True)),
-                volume_label=disc.volume_label, label=self._label(), high_priority=request.priority > 0,
+                volume_label=fit_text(disc.volume_label, self.encoding), label=self._label(),
+                high_priority=request.priority > 0,
             )
             content = self._stage_content(disc, ref.stem, must_copy, "DATA", "IMAGE")
             if self.mode == "data":
-                # destination "" = the disc root (relative to it, as TD Bridge wants; unconfirmed: "\\")
+                # the disc root: DATA=<source> alone (jdf.py omits the TAB and destination)
                 job.data = [(content, "")]
             else:
                 job.image = content
             files: list[tuple[str, str]] = []
-            merge = jdf.build_merge_file(disc.label_fields) if disc.label_fields else ""
+            # merge fields feed the .tdd design only: none written without one
+            merge = (jdf.build_merge_file(fit_fields(disc.label_fields, self.encoding))
+                     if disc.label_fields and job.label else "")
             if merge:
                 job.replace_field = self.paths.to_engine(self._merge_file(ref.stem), "REPLACE_FIELD")
                 files.append((self._merge_file(ref.stem).name, merge))

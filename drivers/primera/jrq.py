@@ -19,7 +19,9 @@ MAX_ROBOT_NAME = 64
 MAX_MERGE_VALUE = 1024
 MAX_COPIES = 10000
 IMAGE_TYPE = "MODE_1_2048"  # a plain ISO/UDF data image (2048-byte sectors)
-DATA_IMAGE_TYPES = ("ISOLEVEL1", "ISOLEVEL2", "ISOLEVEL3", "JOLIET", "UDF", "UDF201")
+DATA_IMAGE_TYPES = ("ISOLEVEL1", "ISOLEVEL2", "ISOLEVEL3", "JOLIET", "ISOLEVEL1+JOLIET", "ISOLEVEL2+JOLIET",
+                    "ISOLEVEL3+JOLIET", "UDF", "UDF201", "UDF250", "UDF260")
+DATA_IMAGE_OPTIONS = ("SETNOW", "MODE2", "SAO")  # after the file system: `UDF, SETNOW`
 LABEL_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".std", ".prn")
 CLIENT_ID = "BurnStation"
 
@@ -31,9 +33,14 @@ DEFAULT_MERGE_ORDER = (
 )
 
 
+IMPORTANCE_DEFAULT = 4  # PTBurn's default
+IMPORTANCE_HIGH = 0  # the most important: PTBurn serves lower numbers first
+
+
 def importance_for(priority: int) -> int:
-    """Importance 0-400 (assumed: larger = sooner); normal jobs 100, high priority 300."""
-    return 300 if priority > 0 else 100
+    """Importance 0-400, 0 the most important (PTBurn SDK): high priority 0, normal jobs PTBurn's
+    default 4 (which a job that waited long is promoted from)."""
+    return IMPORTANCE_HIGH if priority > 0 else IMPORTANCE_DEFAULT
 
 
 def data_image_type_for(media: str, filesystem: str, override: str = "") -> str:
@@ -45,8 +52,18 @@ def data_image_type_for(media: str, filesystem: str, override: str = "") -> str:
         value = "UDF201"
     else:
         value = "UDF"
-    if value not in DATA_IMAGE_TYPES:
-        raise ValueError(f"DataImageType {value!r}: must be one of {', '.join(DATA_IMAGE_TYPES)}")
+    check_data_image_type(value)
+    return value
+
+
+def check_data_image_type(value: str) -> str:
+    """`FileSystem[, Option...]` as the SDK documents it; ValueError otherwise."""
+    fs, *options = [part.strip().upper() for part in value.split(",")]
+    if fs not in DATA_IMAGE_TYPES:
+        raise ValueError(f"DataImageType {value!r}: the file system must be one of {', '.join(DATA_IMAGE_TYPES)}")
+    for option in options:
+        if option not in DATA_IMAGE_OPTIONS:
+            raise ValueError(f"DataImageType {value!r}: options are {', '.join(DATA_IMAGE_OPTIONS)}")
     return value
 
 
@@ -78,7 +95,7 @@ class JrqJob:
 
     job_id: str
     client_id: str = CLIENT_ID
-    importance: int = 100
+    importance: int = IMPORTANCE_DEFAULT
     image: str = ""  # image mode
     data: list[str] = field(default_factory=list)  # data mode: files or folders (folder contents are burned)
     data_image_type: str = ""
@@ -111,9 +128,7 @@ def jrq_lines(job: JrqJob) -> list[tuple[str, str]]:
     else:
         for item in job.data:
             lines.append(("Data", checked_path(item, "Data")))
-        dtype = job.data_image_type or "UDF"
-        if dtype not in DATA_IMAGE_TYPES:
-            raise ValueError(f"DataImageType {dtype!r}: must be one of {', '.join(DATA_IMAGE_TYPES)}")
+        dtype = check_data_image_type(job.data_image_type or "UDF")
         lines.append(("DataImageType", dtype))
     lines += [
         ("CloseDisc", yes_no(job.close_disc)),
@@ -125,6 +140,9 @@ def jrq_lines(job: JrqJob) -> list[tuple[str, str]]:
         if not job.print_label.lower().endswith(LABEL_SUFFIXES):
             raise ValueError(f"PrintLabel {job.print_label!r}: must be {', '.join(LABEL_SUFFIXES)}")
         lines.append(("PrintLabel", checked_path(job.print_label, "PrintLabel")))
+    if job.merge_values and not job.print_label.lower().endswith(".std"):
+        # MergeField fills a SureThing .STD design only; with an image it does nothing (SDK)
+        raise ValueError("MergeField lines need a SureThing .STD design as PrintLabel")
     for value in job.merge_values:
         lines.append(("MergeField", clean_value(value, MAX_MERGE_VALUE)))
     volume = clean_value(job.volume_name, MAX_VOLUME)
@@ -157,8 +175,8 @@ def parse_jrq(text: str) -> list[tuple[str, str]]:
     return pairs
 
 
-def build_abort(job_id: str, client_id: str = CLIENT_ID) -> str:
-    """The .PTM command asking PTBurn to abort a job of ours."""
-    checked_id(job_id, MAX_ID, "JobID")
+def build_abort(client_id: str = CLIENT_ID) -> str:
+    """The .PTM command asking PTBurn to abort a job of ours. The job is named by the command
+    file's name (the JRQ's, `<stem>.PTM`), not by a key: the file holds Message and ClientID only."""
     client = clean_value(client_id, MAX_ID) or CLIENT_ID
-    return f"Message=ABORT\r\nClientID={client}\r\nJobID={job_id}\r\n"
+    return f"Message=ABORT\r\nClientID={client}\r\n"

@@ -22,6 +22,7 @@ from drivers.common import (
     find_job_files,
     stage_file,
 )
+from drivers.encoding import fit_fields, fit_text
 from drivers.primera import errors, jrq
 from drivers.primera.status import (
     STATE_ABORTED,
@@ -33,6 +34,7 @@ from drivers.primera.status import (
     pick_robot,
     robot_reader,
     robot_state,
+    status_file_name,
     system_error,
     system_reader,
 )
@@ -103,7 +105,9 @@ class PrimeraPublisher(SpoolPublisher):
     `robot_name` (PTBurn's RobotName; default: the first robot in SystemStatus.txt), `client_id`
     (default BurnStation), `merge_fields` (the label design's field order), `data_image_type`,
     `status_timeout` (seconds without a new ServerTickCount before the engine counts as offline;
-    0 = never), `encoding` (of the job files; default utf-8).
+    0 = never), `encoding` (the job files' code page; default ascii, see drivers/encoding.py),
+    `label_template` (a SureThing `.STD` design: PrintLabel with the label fields as MergeField
+    lines; without one the station's rendered label image is printed, text already on it).
     """
 
     kind = "primera"
@@ -131,8 +135,9 @@ class PrimeraPublisher(SpoolPublisher):
         stale = snap.stale
         if name:
             try:
-                reader = self.robot_readers.get(name) or robot_reader(self.spool, name)
-                self.robot_readers[name] = reader
+                file_name = status_file_name(snap.sections, name)
+                reader = self.robot_readers.get(file_name) or robot_reader(self.spool, file_name)
+                self.robot_readers[file_name] = reader
                 rsnap = reader.read()
                 if rsnap is not None:
                     robot_sections = rsnap.sections
@@ -144,9 +149,9 @@ class PrimeraPublisher(SpoolPublisher):
 
     def _observe(self, job_id: str) -> tuple[list[FoundJobFile], Sections, str]:
         """Job files in the job folder, the robot file's sections and the engine's system error."""
-        system, _, robot_sections, _, _ = self._read()
+        system, name, robot_sections, _, _ = self._read()
         files = find_job_files([self.spool], job_id, STATE_EXTS + (self.CANCEL_EXT,), MAX_JOB_ID)
-        return files, robot_sections, system_error(system or {})
+        return files, robot_sections, system_error(system or {}, name)
 
     def _disc_progress(self, ref: RobotJobRef, exts: set[str], sections: Sections,
                        context: str) -> publish.JobProgress:
@@ -185,7 +190,24 @@ class PrimeraPublisher(SpoolPublisher):
 
     # ------------------------------------------------------------------ submitting
 
+    def _design(self) -> str:
+        """The configured SureThing .STD design as PTBurn names it ('' = print the label image)."""
+        template = str(self.robot.get("label_template") or "")
+        if not template.lower().endswith(".std"):
+            if template:
+                raise ValueError(f"robot {self.name}: label_template {template!r} must be a SureThing .STD design")
+            return ""
+        local = Path(template)
+        if self.paths.engine_root and local.is_absolute():
+            try:
+                return self.paths.to_engine(local, "PrintLabel")
+            except ValueError:
+                pass  # outside the spool: taken to be a path on the engine's host already
+        return template
+
     def _label(self, disc: publish.DiscImage, stage: Path, must_copy: bool) -> str:
+        if self._design():
+            return self._design()
         if not disc.label_image:
             return ""
         source = Path(disc.label_image)
@@ -215,8 +237,10 @@ class PrimeraPublisher(SpoolPublisher):
             job = jrq.JrqJob(
                 job_id=ref.stem, client_id=self.client_id, importance=jrq.importance_for(request.priority),
                 verify=request.verify and bool(self.robot.get("verify", True)), copies=request.copies,
-                volume_name=disc.volume_label, robot_name=robot_name,
-                merge_values=jrq.ordered_merge_values(disc.label_fields, order) if disc.label_fields else [],
+                volume_name=fit_text(disc.volume_label, self.encoding), robot_name=robot_name,
+                # MergeField fills a .STD design only; an image label already carries the text
+                merge_values=jrq.ordered_merge_values(fit_fields(disc.label_fields, self.encoding), order)
+                if disc.label_fields and self._design() else [],
             )
             if self.mode == "data":  # refused before anything is staged
                 job.data_image_type = jrq.data_image_type_for(disc.media, disc.filesystem,
@@ -231,5 +255,5 @@ class PrimeraPublisher(SpoolPublisher):
         self._hand_over(prepared)
 
     def _cancel_text(self, stem: str) -> str:
-        return jrq.build_abort(stem, self.client_id)
+        return jrq.build_abort(self.client_id)  # the file's name `<stem>.PTM` names the job
 

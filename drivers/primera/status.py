@@ -21,6 +21,7 @@ from drivers.common import (
     half_written,
     listed_values,
 )
+from drivers.primera.errors import describe_system
 
 STATUS_DIR = "Status"
 SYSTEM_FILE = "SystemStatus.txt"
@@ -35,6 +36,9 @@ STATUS_STATE = {
 ROBOT_TYPE = {0: "Disc Publisher", 1: "Disc Publisher II", 2: "Disc Publisher PRO", 4: "Disc Publisher XR",
               5: "Disc Publisher XRP", 6: "Disc Publisher SE", 7: "Bravo Xi", 8: "Bravo 4100",
               9: "Bravo 4100 XRP"}
+DRIVE_STATE = {0: "idle", 1: "recording", 2: "reading", 3: "verifying", 4: "disc loaded", 5: "verify failed",
+               6: "verify complete", 7: "record failed", 8: "record complete"}
+CARTRIDGE_TYPE = {0: "none", 1: "colour", 2: "black", 3: "yellow", 4: "cyan", 5: "magenta"}
 STATE_PAUSED = 11
 STATE_ABORTED = 13
 STATE_FAILED = 15
@@ -133,14 +137,23 @@ def job_info(sections: Sections, robot_job_id: str) -> JobInfo | None:
     )
 
 
-def system_error(system: Sections) -> str:
-    """The engine's system error text ('' when none)."""
-    sec = system.get("system", {})
-    number = as_int(sec.get("syserrornumber"), 0) or 0
-    text = sec.get("syserrorstring", "").strip()
-    if number:
-        return text or f"PTBurn system error {number}"
-    return ""
+def system_error(system: Sections, robot_name: str = "") -> str:
+    """The engine's and the robot's system errors in clear text ('' when none): SysErrorNumber of
+    [System] and of the robot's own section (SDK table, drivers/primera/errors.py)."""
+    texts: list[str] = []
+    for sec in (system.get("system", {}), system.get(robot_name.lower(), {}) if robot_name else {}):
+        number = as_int(sec.get("syserrornumber"), 0) or 0
+        text = describe_system(number, sec.get("syserrorstring", ""))
+        if text and text not in texts:
+            texts.append(text)
+    return "; ".join(texts)
+
+
+def status_file_name(system: Sections, robot_name: str) -> str:
+    """The robot's own status file: its StatusFile= entry, else `<RobotName>.txt`."""
+    named = system.get(robot_name.lower(), {}).get("statusfile", "").strip()
+    name = named.replace("\\", "/").rsplit("/", 1)[-1] if named else ""  # (a full path is a guess: take its name)
+    return safe_robot_file_name(name[:-4]) if name.lower().endswith(".txt") else safe_robot_file_name(robot_name)
 
 
 def pick_robot(system: Sections, wanted: str = "") -> str:
@@ -164,9 +177,9 @@ class RobotState:
 
 def robot_state(system: Sections, robot_file: Sections, robot_name: str) -> RobotState:
     state = RobotState(found=bool(robot_name) and robot_name.lower() in system, robot_name=robot_name)
-    err = system_error(system)
+    err = system_error(system, robot_name)
     if err:
-        state.faults.append(err)
+        state.faults += err.split("; ")
     if not state.found:
         return state
     sec = system[robot_name.lower()]
@@ -181,8 +194,9 @@ def robot_state(system: Sections, robot_file: Sections, robot_name: str) -> Robo
         m = re.fullmatch(r"cartridgefill(\d+)", key)
         if m:
             fill = as_int(value)
-            ctype = sec.get(f"cartridgetype{m.group(1)}", "").strip()
-            name = f"cartridge {m.group(1)}" + (f" ({ctype})" if ctype else "")
+            ctype = as_int(sec.get(f"cartridgetype{m.group(1)}"))
+            kind = CARTRIDGE_TYPE.get(ctype, f"type {ctype}") if ctype is not None else ""
+            name = f"cartridge {m.group(1)}" + (f" ({kind})" if kind else "")
             if fill is not None:
                 state.ink[name] = fill
                 if 0 <= fill < INK_LOW_PERCENT:
@@ -193,6 +207,9 @@ def robot_state(system: Sections, robot_file: Sections, robot_name: str) -> Robo
         m = re.fullmatch(r"drive(state|percent)(\d+)", key)
         if m:
             drives.setdefault(m.group(2), {"drive": int(m.group(2))})[m.group(1)] = as_int(value, value)
+    for drive in drives.values():
+        if isinstance(drive.get("state"), int):
+            drive["state_text"] = DRIVE_STATE.get(drive["state"], f"state {drive['state']}")
     state.drives = [drives[k] for k in sorted(drives, key=int)]
     sysstat = rsys.get("systemstatus", "").strip()
     if sysstat and not state.message:
@@ -204,5 +221,6 @@ def system_reader(spool: Path) -> TolerantIni:
     return TolerantIni(spool / STATUS_DIR / SYSTEM_FILE, check=check_system)
 
 
-def robot_reader(spool: Path, robot_name: str) -> TolerantIni:
-    return TolerantIni(spool / STATUS_DIR / safe_robot_file_name(robot_name), check=check_robot)
+def robot_reader(spool: Path, file_name: str) -> TolerantIni:
+    """The robot's own status file, by the name SystemStatus.txt gives (`status_file_name`)."""
+    return TolerantIni(spool / STATUS_DIR / file_name, check=check_robot)

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 from .control import CommandError, ctl_main, parse_fault_spec
-from .simulator import Simulator, parse_path_maps, parse_robots
+from .simulator import Simulator, parse_encodings, parse_path_maps, parse_robots
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--path-map", action="append", default=[], metavar="PREFIX=LOCAL_DIR",
                         help="paths in job files starting with PREFIX (as the engine's host sees the share) "
                         "are read from LOCAL_DIR; repeatable")
+    parser.add_argument("--encoding", action="append", default=[], metavar="ROBOT=CODEPAGE",
+                        help="the code page ROBOT's engine reads job files in (default: cp1252 for Epson, "
+                        "ascii for Primera); decoded strictly; repeatable")
     parser.add_argument("--lcd", action="store_true",
                         help="also offer a virtual front-panel LCD on a pty (ROOT/devices/lcd.json, ROOT/lcd-screen.txt)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -52,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         robots = parse_robots(args.robots)
         path_maps = parse_path_maps(args.path_map)
+        encodings = parse_encodings(args.encoding, robots)
         faults = parse_fault_spec(args.faults)
         if args.speed < 0:
             raise ValueError("--speed must be 0 or more")
     except (ValueError, CommandError) as exc:
         print(f"burnstation-sim: {exc}", file=sys.stderr)
         return 2
-    sim = Simulator(args.spool, args.root, robots, args.speed, path_maps)
+    sim = Simulator(args.spool, args.root, robots, args.speed, path_maps, encodings)
     try:
         for robot_name, words in faults:
             sim.apply(robot_name, words)

@@ -22,6 +22,7 @@ USAGE = """commands:
   fault write_error N on|off     the Nth disc of the next job that reaches N discs fails (once)
   refill [N]                     fill the input stackers (to N discs each), empty the outputs
   plug | unplug                  announce / withdraw the robot (unplugged: it stops working)
+  cancel [JOB]                   the operator cancels a job at the robot (default: the running one)
   status                         print the robot's state as JSON"""
 
 
@@ -45,6 +46,9 @@ def parse_command(words: list[str]) -> tuple[str, list[str]]:
     elif command == "refill":
         if len(args) > 1 or (args and not args[0].isdigit()):
             raise CommandError("usage: refill [N]")
+    elif command == "cancel":
+        if len(args) > 1:
+            raise CommandError("usage: cancel [JOB]")
     elif command in ("plug", "unplug", "status"):
         if args:
             raise CommandError(f"usage: {command}")

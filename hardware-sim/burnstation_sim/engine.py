@@ -28,6 +28,7 @@ class Engine:
     job_ext = ""  # what a client drops: JDF / JRQ
     queued_ext = ""  # accepted, not started: RJD / QRJ
     in_progress_exts: tuple[str, ...] = ()
+    default_encoding = "ascii"  # the job files' code page unless --encoding names another
 
     def __init__(self, robot: Robot, folder: Path, bin_root: Path,
                  path_maps: list[tuple[str, Path]] | None = None) -> None:
@@ -41,6 +42,12 @@ class Engine:
         self.started = time.monotonic()
         self.state_path: Path | None = None
         self._saved = ""
+        self.encoding = self.default_encoding
+
+    def decode(self, raw: bytes) -> str:
+        """A job or command file's text, strictly in the configured code page: UnicodeDecodeError
+        for a byte it lacks. A byte-order mark is not special: it becomes part of the first key."""
+        return raw.decode(self.encoding)
 
     # -- hooks -----------------------------------------------------------------------------------
     def scan(self) -> None:
@@ -108,9 +115,27 @@ class Engine:
     def current(self) -> Job | None:
         return next((j for j in self.jobs.values() if j.state in ("running", "paused")), None)
 
+    def queue_key(self, job: Job) -> int:
+        """Jobs with the smaller key go first (Epson: PRIORITY=HIGH is 1, so -1)."""
+        return -job.priority
+
     def queued(self) -> list[Job]:
         ready = [j for j in self.jobs.values() if j.state == "queued" and j.accept_left <= 0]
-        return sorted(ready, key=lambda j: -j.priority)  # stable: arrival order among equals
+        return sorted(ready, key=self.queue_key)  # stable: arrival order among equals
+
+    def operator_cancel(self, job_id: str = "") -> str:
+        """The operator cancels a job at the robot (the running one when no id is given); returns
+        its id. How the job ends is the engine's (`cancelled_at_robot`)."""
+        active = [j for j in self.jobs.values() if j.active]
+        job = next((j for j in active if j.job_id == job_id), None) if job_id else (self.current() or (
+            active[0] if active else None))
+        if job is None:
+            raise ValueError(f"no active job {job_id!r}" if job_id else "no active job")
+        self.cancelled_at_robot(job)
+        return job.job_id
+
+    def cancelled_at_robot(self, job: Job) -> None:
+        self.abort(job)
 
     def advance(self, dt: float) -> None:
         for job in self.jobs.values():

@@ -20,10 +20,11 @@ VENDOR_ID = "04b8"  # Seiko Epson (usb.ids)
 PRODUCT_ID = "0b1d"  # made up: the Discproducer product ids are not public
 MODEL = "PP-100II"
 
-# The key ranges of the JDF error codes. Known from robots.md: JOB_ID 01, PUBLISHER 02, DATA 09,
-# FORMAT 14, LABEL 15, REPLACE_FIELD 16; the other numbers are the simulator's own assignment.
+# The key ranges of the JDF error codes. Known from robots.md: JOB_ID 01, PUBLISHER 02, DISC_TYPE 05,
+# DATA 09, FORMAT 14, LABEL 15, REPLACE_FIELD 16; the other numbers are the simulator's own assignment.
+# These are the keys the manual documents: any of them is accepted, any other refused.
 KEY_RANGE = {
-    "JOB_ID": 1, "PUBLISHER": 2, "COPIES": 3, "IN_STACKER": 4, "OUT_STACKER": 5, "DISC_TYPE": 6,
+    "JOB_ID": 1, "PUBLISHER": 2, "COPIES": 3, "IN_STACKER": 4, "DISC_TYPE": 5, "OUT_STACKER": 6,
     "WRITING_SPEED": 7, "COMPARE": 8, "DATA": 9, "CLOSE_DISC": 10, "IMAGE": 11, "VOLUME_LABEL": 12,
     "DATA_LIST": 13, "FORMAT": 14, "LABEL": 15, "REPLACE_FIELD": 16, "PRIORITY": 17, "LABEL_TYPE": 18,
     "PRINT_MODE": 19,
@@ -47,12 +48,14 @@ ERROR_TEXT = {
     "JDF0003": "key given more than once",
     "JDF0100": "JOB_ID already used",
     "JDF0101": "JOB_ID invalid",
+    "JDF0200": "the PUBLISHER named is not registered",
     "JDF0201": "PUBLISHER invalid",
-    "JDF0203": "no publisher registered under this name",
+    "JDF0203": "no publisher registered at all",
     "JDF0301": "COPIES out of range (1-1000)",
     "JDF0401": "IN_STACKER invalid",
-    "JDF0501": "OUT_STACKER invalid",
-    "JDF0601": "DISC_TYPE invalid",
+    "JDF0501": "DISC_TYPE missing (it is required)",
+    "JDF0502": "DISC_TYPE invalid",
+    "JDF0601": "OUT_STACKER invalid",
     "JDF0701": "WRITING_SPEED invalid",
     "JDF0801": "COMPARE invalid",
     "JDF0901": "DATA source not found or line invalid",
@@ -81,7 +84,7 @@ ERROR_TEXT = {
     "RTN004": "ink low",
 }
 
-# DETAIL_STATUS (robots.md gives 1, 9, 12, 13, 14; the steps between are the simulator's)
+# DETAIL_STATUS (unconfirmed even in robots.md: 1, 9, 12, 13, 14; the steps between are the simulator's)
 DETAIL = {"accepting": 1, "standby": 2, "load": 3, "write": 4, "verify": 5, "print": 6, "unload": 7,
           "paused": 8, "done": 9, "cancelled": 12, "error": 13, "rejected": 14}
 STATUS = {"queued": 1, "running": 2, "paused": 3, "done": 4, "failed": 5, "cancelled": 5, "rejected": 6}
@@ -128,6 +131,7 @@ class EpsonEngine(Engine):
     product_id = PRODUCT_ID
     model = MODEL
     paused_ext = "STP"
+    default_encoding = "cp1252"  # "ANSI text" in the engine host's code page (a Western host here)
     job_ext = "JDF"
     queued_ext = "RJD"
     in_progress_exts = ("RJD", "INP", "STP")
@@ -167,10 +171,10 @@ class EpsonEngine(Engine):
         stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)[:40] or "JOB"
         job = Job(job_id=stem, path=path, received_name=path.name)
         try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-        try:
+            try:
+                text = self.decode(raw)
+            except UnicodeDecodeError as exc:  # the code the real engine gives here is not documented
+                raise JdfError("JDF0001", f"byte {raw[exc.start:exc.end]!r} is not {self.encoding} text") from None
             self.validate(text, job)
         except JdfError as exc:
             log.info("%s: %s rejected: %s", self.robot.name, path.name, exc)
@@ -213,8 +217,8 @@ class EpsonEngine(Engine):
         if "PUBLISHER" in keys:
             if len(keys["PUBLISHER"]) > 64:
                 raise bad("PUBLISHER")
-            if keys["PUBLISHER"] != self.robot.name:
-                raise JdfError("JDF0203", keys["PUBLISHER"])
+            if keys["PUBLISHER"] != self.robot.name:  # one robot registered here: never JDF0203
+                raise JdfError("JDF0200", keys["PUBLISHER"])
         if "COPIES" in keys:
             if not re.fullmatch(r"[0-9]{1,4}", keys["COPIES"]) or not 1 <= int(keys["COPIES"]) <= 1000:
                 raise bad("COPIES")
@@ -223,11 +227,13 @@ class EpsonEngine(Engine):
             if keys["IN_STACKER"] not in ("1", "2", "AUTO"):
                 raise bad("IN_STACKER")
             job.in_stacker = None if keys["IN_STACKER"] == "AUTO" else int(keys["IN_STACKER"])
-        if "OUT_STACKER" in keys and keys["OUT_STACKER"] not in ("2", "3", "4"):
+        if "OUT_STACKER" in keys and keys["OUT_STACKER"] not in ("2", "3", "4"):  # sources differ: 2-4 or 2/4
             raise bad("OUT_STACKER")
-        disc_type = keys.get("DISC_TYPE", "CD")
+        if "DISC_TYPE" not in keys:
+            raise JdfError("JDF0501")
+        disc_type = keys["DISC_TYPE"]
         if disc_type not in FORMATS:
-            raise bad("DISC_TYPE")
+            raise JdfError("JDF0502", disc_type[:20])
         job.media = disc_type
         if "WRITING_SPEED" in keys and not re.fullmatch(r"[0-9]{1,3}", keys["WRITING_SPEED"]):
             raise bad("WRITING_SPEED")
@@ -239,7 +245,11 @@ class EpsonEngine(Engine):
             listing = self.resolve(keys["DATA_LIST"])
             if not listing.is_file():
                 raise bad("DATA_LIST")
-            for line in listing.read_text("utf-8", "replace").splitlines():
+            try:
+                listing_text = self.decode(listing.read_bytes())
+            except UnicodeDecodeError:
+                raise bad("DATA_LIST") from None
+            for line in listing_text.splitlines():
                 if line.startswith("DATA="):
                     data_lines.append(line[5:])
                 elif line.strip() and not line.startswith("#"):
@@ -258,7 +268,9 @@ class EpsonEngine(Engine):
             job.image, job.size = image, image.stat().st_size
         elif data_lines:
             for line in data_lines:
-                source_text, _, destination = line.partition("\t")
+                source_text, tab, destination = line.partition("\t")
+                if tab and not destination:  # the disc root is `DATA=<source>`, without the TAB
+                    raise JdfError("JDF0901", f"TAB without a destination: {line[:80]!r}")
                 source = self.resolve(source_text)
                 if not source_text or not source.exists():
                     raise JdfError("JDF0901", line[:80])
@@ -285,7 +297,10 @@ class EpsonEngine(Engine):
             merge = self.resolve(keys["REPLACE_FIELD"])
             if not merge.is_file():
                 raise JdfError("JDF1600", str(merge))
-            lines = merge.read_text("utf-8", "replace").splitlines()
+            try:
+                lines = self.decode(merge.read_bytes()).splitlines()
+            except UnicodeDecodeError:
+                raise JdfError("JDF1601", f"{merge} is not {self.encoding} text") from None
             if len(lines) > 255 or any(len(line) > 1024 for line in lines):
                 raise JdfError("JDF1601", str(merge))
             job.label_files.append(merge)
@@ -300,7 +315,7 @@ class EpsonEngine(Engine):
     # -- cancel ----------------------------------------------------------------------------------
     def cancel(self, path: Path) -> None:
         try:
-            text = path.read_bytes().decode("utf-8", "replace")
+            text = path.read_bytes().decode(self.encoding, "replace")  # only ASCII matters in a .JCF
         except FileNotFoundError:
             return
         lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -314,9 +329,20 @@ class EpsonEngine(Engine):
             log.info("%s: cannot cancel %r", self.robot.name, job_id)
             files.rename_ext(path, "CER")
             return
-        self.abort(job)
+        self.abort(job)  # the job file then ends .ERR, STATUS 5: a guess, the manual names only .CDN for the .JCF
         files.rename_ext(path, "CDN")
         log.info("%s: cancelled %s", self.robot.name, job_id)
+
+    def cancelled_at_robot(self, job: Job) -> None:
+        """Cancelled at the robot or in the engine's monitor: the job ends as `.DON` with STATUS 4
+        even when no disc was made (TD Bridge manual); only the disc counts tell."""
+        if job.state in ("running", "paused"):
+            self.robot.drive_state, self.robot.drive_percent = "idle", 0
+        job.state = "cancelled"
+        job.error, job.error_text = "", ""
+        self.finish(job, "DON")
+        log.info("%s: job %s cancelled at the robot after %d of %d discs", self.robot.name, job.job_id,
+                 job.good, job.copies)
 
     # -- running jobs ----------------------------------------------------------------------------
     def fail_write(self, job: Job) -> None:
@@ -379,9 +405,12 @@ class EpsonEngine(Engine):
             detail = DETAIL[{"done": "done", "failed": "error", "cancelled": "cancelled",
                              "rejected": "rejected", "paused": "paused"}[job.state]]
         unknown = job.state == "rejected"
+        status = STATUS[job.state]
+        if job.state == "cancelled" and job.path.suffix == ".DON":  # cancelled at the robot
+            status = STATUS["done"]
         return [
             ("PUBLISHER", self.robot.name),
-            ("STATUS", STATUS[job.state]),
+            ("STATUS", status),
             ("PUBLICATION_NUMBER", -1 if unknown else job.copies),
             ("COMPLETION_NUMBER", -1 if unknown else job.good),
             ("ERRORDISC_NUMBER", -1 if unknown else job.bad),

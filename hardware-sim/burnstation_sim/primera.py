@@ -24,11 +24,19 @@ PRODUCT_ID = "0041"  # made up
 MODEL = "Bravo 4100"
 ROBOT_TYPE = 8  # 4100
 
+# every key the PTBurn SDK documents: PTBurn must not reject one it knows
 KEYS = {k.lower(): k for k in (
-    "JobID", "ClientID", "Importance", "Data", "ImageFile", "ImageType", "DataImageType", "CloseDisc",
-    "VerifyDisc", "RejectIfNotBlank", "Copies", "PrintLabel", "MergeField", "VolumeName", "BurnSpeed",
-    "RobotName", "BinID", "DriveID", "PrintQuality")}
-REPEATABLE = {"Data", "MergeField"}
+    "JobID", "ClientID", "Importance", "Data", "ImageFile", "ImageType", "DataImageType", "DeleteFiles",
+    "PreMasterData", "CloseDisc", "VerifyDisc", "RejectIfNotBlank", "TestRecord", "Copies", "PrintLabel",
+    "MergeField", "VolumeName", "BurnSpeed", "RobotName", "BinID", "DriveID", "PrintQuality", "PrintReject",
+    "NotifyClient", "PrintInnerDiam", "PrintOuterMargin", "CDTextDiscTitle", "CDTextDiscPerformer")}
+REPEATABLE = {"Data", "MergeField", "DriveID"}
+YES_NO_KEYS = ("CloseDisc", "VerifyDisc", "RejectIfNotBlank", "TestRecord", "DeleteFiles", "PreMasterData",
+               "PrintReject", "NotifyClient")  # (DeleteFiles .. NotifyClient as YES/NO: unconfirmed)
+IMPORTANCE_DEFAULT = 4
+FILE_SYSTEMS = ("ISOLEVEL1", "ISOLEVEL2", "ISOLEVEL3", "JOLIET", "ISOLEVEL1+JOLIET", "ISOLEVEL2+JOLIET",
+                "ISOLEVEL3+JOLIET", "UDF", "UDF201", "UDF250", "UDF260")
+FS_OPTIONS = ("SETNOW", "MODE2", "SAO")
 LABEL_EXTENSIONS = (".jpg", ".jpeg", ".bmp", ".png", ".std", ".prn")
 
 ERRORS = {
@@ -37,11 +45,16 @@ ERRORS = {
     9: "Status file corrupt", 10: "Bad media", 11: "Insufficient space", 12: "Disc not blank",
     13: "Drive open/close failed", 14: "Drive not ready", 15: "Drive not robotic", 16: "Aborted",
     17: "DVD structure invalid", 18: "Record error", 19: "Verify error", 20: "Too many rejects",
-    21: "Bad multisession", 22: "Client not authorized",
+    21: "Bad multisession", 22: "Client not authorized", 25: "Critical key or value invalid",
+    38: "Invalid Job ID", 39: "String too long",
 }
-# System errors: robots.md names them (ink low, ...) without numbers; these numbers are made up.
-SYS_ERRORS = {"ink_low": (101, "Ink low"), "cover_open": (102, "Cover open"),
-              "input_empty": (103, "Input bin empty"), "output_full": (104, "Output bin full")}
+# SysErrorNumber, from the SDK's table. The SDK has no code for a full output bin: it shows only in
+# the job's CurrentStatus here (a guess). 14 (unit offline) is never written: an offline robot's
+# simulated engine writes nothing at all.
+SYS_ERRORS = {"input_empty": (3, "Input bin empty"), "ink_low_color": (5, "Color ink low"),
+              "ink_low_black": (6, "Black ink low"), "ink_low_both": (7, "Both inks low"),
+              "offline": (14, "Unit offline"), "cover_open": (15, "Cover open too long")}
+CARTRIDGE_TYPE = {"Color": 1, "Black": 2}  # 0 none, 3 yellow, 4 cyan, 5 magenta
 # CurrentStatusState
 STATE = {"recording": 0, "verifying": 2, "printing": 3, "loading": 4, "unloading": 5,
          "waiting_recorder": 7, "complete": 10, "paused": 11, "aborted": 13, "initializing": 14,
@@ -49,8 +62,9 @@ STATE = {"recording": 0, "verifying": 2, "printing": 3, "loading": 4, "unloading
 PHASE_STATE = {"load": ("loading", "Loading disc"), "write": ("recording", "Recording"),
                "verify": ("verifying", "Verifying"), "print": ("printing", "Printing"),
                "unload": ("unloading", "Unloading disc")}
-# DriveStateX (numbers made up): 0 empty, 1 disc loaded, 2 recording, 3 verifying
-DRIVE_STATE = {"idle": 0, "loaded": 1, "writing": 2, "verifying": 3}
+# DriveStateX (SDK): 0 idle, 1 recording, 2 reading, 3 verifying, 4 disc loaded, 5 verify failed,
+# 6 verify complete, 7 record failed, 8 record complete
+DRIVE_STATE = {"idle": 0, "writing": 1, "verifying": 3, "loaded": 4}
 JOB_STATE = {"queued": 0, "running": 1, "paused": 1, "done": 2, "failed": 3, "cancelled": 3, "rejected": 3}
 
 
@@ -102,6 +116,7 @@ class PrimeraEngine(Engine):
     product_id = PRODUCT_ID
     model = MODEL
     paused_ext = None
+    default_encoding = "ascii"  # the SDK's "ASCII text file"
     job_ext = "JRQ"
     queued_ext = "QRJ"
     in_progress_exts = ("QRJ", "INP")
@@ -125,10 +140,15 @@ class PrimeraEngine(Engine):
             raw = path.read_bytes()
         except FileNotFoundError:
             return
+        # the job's name everywhere (status sections, commands) is the JRQ file name, not JobID
         stem = re.sub(r"[^A-Za-z0-9_-]", "_", path.stem)[:32] or "JOB"
         job = Job(job_id=stem, path=path, received_name=path.name)
         try:
-            self.validate(raw.decode("utf-8-sig", "replace"), job)
+            try:
+                text = self.decode(raw)
+            except UnicodeDecodeError as exc:
+                raise JrqError(8, f"byte {raw[exc.start:exc.end]!r} is not {self.encoding} text") from None
+            self.validate(text, job)
         except JrqError as exc:
             log.info("%s: %s rejected: %s", self.robot.name, path.name, exc)
             job.state, job.error = "rejected", str(exc.number)
@@ -147,11 +167,14 @@ class PrimeraEngine(Engine):
     def validate(self, text: str, job: Job) -> None:
         keys: dict[str, str] = {}
         data: list[str] = []
+        drives: list[str] = []
         for key, value in parse_keyvalues(text):
             if key == "Data":
                 data.append(value)
             elif key == "MergeField":
                 job.merge_fields.append(value)
+            elif key == "DriveID":
+                drives.append(value)
             elif key in keys:
                 raise JrqError(8, f"{key} given twice")
             else:
@@ -165,31 +188,40 @@ class PrimeraEngine(Engine):
             return int(keys[key])
 
         for key in ("JobID", "ClientID"):
-            if key in keys and not 1 <= len(keys[key]) <= 32:
-                raise JrqError(8, f"{key} must be 1-32 characters")
-        if "JobID" in keys:
-            # stricter than PTBurn: the id names a section of the status file and the output bin folder
-            if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,31}", keys["JobID"]):
-                raise JrqError(8, f"JobID {keys['JobID'][:32]!r}: only A-Z a-z 0-9 _ - . allowed here")
-            job.job_id = keys["JobID"]
+            if key in keys and len(keys[key]) > 32:
+                raise JrqError(39, f"{key} longer than 32 characters")
+            if key in keys and not keys[key]:
+                raise JrqError(38 if key == "JobID" else 8, f"{key} empty")
+        if "JobID" in keys and keys["JobID"] != job.job_id:
+            # the SDK says keep the two equal; PTBurn goes by the file name (the simulator too)
+            log.info("%s: JobID %r differs from the file name %r: the file name counts", self.robot.name,
+                     keys["JobID"][:32], job.job_id)
         if job.job_id in self.jobs:
-            raise JrqError(8, f"JobID {job.job_id} already used")
+            raise JrqError(38, f"job {job.job_id} already known")
         job.client_id = keys.get("ClientID", "")
-        job.priority = number("Importance", 0, 400) or 0
+        importance = number("Importance", 0, 400)
+        job.priority = IMPORTANCE_DEFAULT if importance is None else importance
         job.copies = number("Copies", 1, 10000) or 1
         number("BurnSpeed", 0, 100)
         number("PrintQuality", 0, 4)
-        number("DriveID", 0, self.robot.drives - 1)
-        bin_id = number("BinID", 1, len(self.robot.inputs()))
-        for key in ("CloseDisc", "VerifyDisc", "RejectIfNotBlank"):
+        number("PrintInnerDiam", 0, 9999)  # (units and range: unconfirmed)
+        number("PrintOuterMargin", 0, 9999)
+        for value in drives:
+            if not re.fullmatch(r"[0-9]{1,2}", value) or int(value) >= self.robot.drives:
+                raise JrqError(8, f"DriveID={value[:10]} (drives 0-{self.robot.drives - 1})")
+        # 0 both bins, 1 left, 2 right (kiosk mode); outside kiosk mode the SDK's table of input and
+        # output bins is not in our reference (unconfirmed), so the kiosk meaning is played
+        bin_id = number("BinID", 0, 2)
+        for key in YES_NO_KEYS:
             if key in keys and keys[key].upper() not in ("YES", "NO"):
                 raise JrqError(8, f"{key} must be YES or NO")
         job.compare = keys.get("VerifyDisc", "NO").upper() == "YES"
         if "ImageType" in keys and not re.fullmatch(r"MODE_[12]_(2048|2336|2352)", keys["ImageType"]):
             raise JrqError(8, f"ImageType {keys['ImageType'][:20]!r}")
-        if "DataImageType" in keys and keys["DataImageType"].upper() not in (
-                "ISOLEVEL1", "ISOLEVEL2", "ISOLEVEL3", "JOLIET", "UDF", "UDF201"):
-            raise JrqError(8, f"DataImageType {keys['DataImageType'][:20]!r}")
+        if "DataImageType" in keys:  # FileSystem[, Option...]
+            fs, *options = [part.strip().upper() for part in keys["DataImageType"].split(",")]
+            if fs not in FILE_SYSTEMS or any(o not in FS_OPTIONS for o in options):
+                raise JrqError(25, f"DataImageType {keys['DataImageType'][:40]!r}")
         if "VolumeName" in keys and len(keys["VolumeName"]) > 32:
             raise JrqError(8, "VolumeName longer than 32")
         if "RobotName" in keys and keys["RobotName"] != self.robot.name:
@@ -215,8 +247,8 @@ class PrimeraEngine(Engine):
             raise JrqError(6, "no ImageFile or Data")
         # media: the chosen bin's, else the smallest loaded media that holds the data
         inputs = self.robot.inputs()
-        if bin_id is not None:
-            job.in_stacker, job.media = bin_id, inputs[bin_id - 1].media
+        if bin_id:  # 1 left, 2 right; 0 (both) as absent
+            job.in_stacker, job.media = bin_id, inputs[min(bin_id, len(inputs)) - 1].media
         else:
             fitting = [m for m in MEDIA_CAPACITY if m in {s.media for s in inputs} and job.size <= MEDIA_CAPACITY[m]]
             job.media = fitting[0] if fitting else inputs[-1].media
@@ -233,28 +265,36 @@ class PrimeraEngine(Engine):
                 except Exception as exc:
                     raise JrqError(7, f"PrintLabel unreadable: {exc}") from exc
             job.label_files.append(label)
+        if job.merge_fields and not (job.label_files and job.label_files[0].suffix.lower() == ".std"):
+            # MergeField fills a SureThing .STD design; with an image it does nothing
+            log.info("%s: job %s: MergeField without a .STD design: ignored", self.robot.name, job.job_id)
+            job.merge_fields = []
 
     # -- commands --------------------------------------------------------------------------------
     def command(self, path: Path) -> None:
-        """`.PTM`: Message=ABORT with ClientID (the job's own, or Administrator) and optionally
-        JobID (else every job of that client); Message=IGNORE_INKLOW. Deleted once read."""
+        """`.PTM`: Message=ABORT, named like the job's JRQ (the file name is the job), with the
+        job's ClientID or Administrator (another is refused); Message=IGNORE_INKLOW. Deleted once read."""
         try:
-            items = dict(self._ptm_items(path.read_text("utf-8", "replace")))
+            raw = path.read_bytes()
         except FileNotFoundError:
             return
         path.unlink(missing_ok=True)
+        try:
+            items = dict(self._ptm_items(self.decode(raw)))
+        except UnicodeDecodeError:
+            log.info("%s: %s is not %s text: ignored", self.robot.name, path.name, self.encoding)
+            return
         message = items.get("message", "").upper()
         client = items.get("clientid", "")
         if message == "ABORT":
-            wanted = items.get("jobid")
-            for job in list(self.jobs.values()):
-                if not job.active or (wanted is not None and job.job_id != wanted):
-                    continue
-                if wanted is None and client != job.client_id:
-                    continue
-                if client != "Administrator" and client != job.client_id:
-                    log.info("%s: ABORT of %s refused: client %r not authorized", self.robot.name, job.job_id, client)
-                    continue
+            job = self.jobs.get(path.stem)
+            if set(items) - {"message", "clientid"}:  # the SDK: Message=ABORT and ClientID only
+                log.info("%s: ABORT %s refused: keys %s", self.robot.name, path.name, sorted(set(items)))
+            elif job is None or not job.active:
+                log.info("%s: ABORT %s: no such active job", self.robot.name, path.stem)
+            elif client not in ("Administrator", job.client_id):
+                log.info("%s: ABORT of %s refused: ClientID %r is not the job's", self.robot.name, job.job_id, client)
+            else:
                 job.error, job.error_text = "16", ERRORS[16]
                 self.abort(job)
         elif message == "IGNORE_INKLOW":
@@ -295,15 +335,21 @@ class PrimeraEngine(Engine):
         job.delivered = True
 
     # -- status files ----------------------------------------------------------------------------
+    def queue_key(self, job: Job) -> int:
+        """Importance: 0 is the most important, lower numbers go first."""
+        return job.priority
+
     def system_error(self) -> tuple[int, str]:
         robot = self.robot
         current = self.current()
         if robot.faults["cover_open"]:
             return SYS_ERRORS["cover_open"]
-        if current is not None and current.waiting in ("input_empty", "output_full"):
-            return SYS_ERRORS[current.waiting]
+        if current is not None and current.waiting == "input_empty":
+            return SYS_ERRORS["input_empty"]
         if robot.ink_low() and not self.ink_low_ignored:
-            return SYS_ERRORS["ink_low"]
+            low = {c for c, level in robot.inks.items() if level < 10} or set(robot.inks)
+            key = "ink_low_both" if len(low) > 1 else ("ink_low_black" if "Black" in low else "ink_low_color")
+            return SYS_ERRORS[key]
         return 0, ""
 
     def job_status(self, job: Job) -> tuple[int, str]:
@@ -351,7 +397,8 @@ class PrimeraEngine(Engine):
         robot = self.robot
         name = robot.name
         active = [j for j in self.jobs.values() if j.active]
-        order = [j for j in active if j.state != "queued"] + [j for j in active if j.state == "queued"]
+        order = [j for j in active if j.state != "queued"] + sorted(
+            (j for j in active if j.state == "queued"), key=self.queue_key)  # the order they will run in
         complete = [j for j in self.jobs.values() if not j.active]
         sections: list[files.Section] = [
             ("JobList", [(f"Job{i}", j.job_id) for i, j in enumerate(active)]),
@@ -371,18 +418,22 @@ class PrimeraEngine(Engine):
 
         bins = {s.number: s.count for s in robot.inputs()}
         cartridges = list(robot.inks.items())
+        current = self.current()
+        robot_status = sys_text or ("Output bin full" if current is not None and current.waiting == "output_full"
+                                    else "Busy" if current else "Idle")
         robot_items: list[tuple[str, object]] = [
-            ("RobotType", ROBOT_TYPE), ("NumJobs", len(active)),
-            ("Status", sys_text or ("Busy" if self.current() else "Idle")),
+            ("RobotType", ROBOT_TYPE), ("NumJobs", len(active)), ("Status", robot_status),
+            ("SysErrorNumber", sys_number), ("SysErrorString", sys_text),
             ("DiscsInLeftBin", bins.get(1, -1)), ("DiscsInRightBin", bins.get(2, -1)),
         ]
         for i, (colour, level) in enumerate(cartridges):
-            robot_items += [(f"CartridgeType{i}", colour), (f"CartridgeFill{i}", level)]
+            robot_items += [(f"CartridgeType{i}", CARTRIDGE_TYPE.get(colour, 0)), (f"CartridgeFill{i}", level)]
+        robot_items.append(("StatusFile", f"{name}.txt"))
         free_mb = shutil.disk_usage(self.folder).free // (1024 * 1024)
         system_file = [
             ("RobotList", [("Robot0", name)]),
             ("System", [("SysErrorNumber", sys_number), ("SysErrorString", sys_text),
-                        ("ServerTickCount", int((time.monotonic() - self.started) * 1000)),
+                        ("ServerTickCount", int(time.monotonic() - self.started)),  # 1 tick = 1 s
                         ("ServerTime", _stamp(time.time())), ("DriveSpace", free_mb)]),
             (name, robot_items),
         ]

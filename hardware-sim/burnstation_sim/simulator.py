@@ -4,6 +4,7 @@ engine looks at its folder, moves its job one step, rewrites its status files.""
 
 from __future__ import annotations
 
+import codecs
 import logging
 import re
 import threading
@@ -64,6 +65,21 @@ def parse_path_maps(items: list[str]) -> list[tuple[str, Path]]:
     return sorted(maps, key=lambda m: -len(m[0]))  # the longest prefix wins
 
 
+def parse_encodings(items: list[str], robots: list[RobotSpec]) -> dict[str, str]:
+    """`--encoding ROBOT=CODEPAGE` (repeatable): the code page the robot's engine reads job files in."""
+    out = {}
+    names = {s.name for s in robots}
+    for item in items:
+        name, sep, codepage = item.partition("=")
+        if not sep or name not in names:
+            raise ValueError(f"--encoding {item!r}: expected ROBOT=CODEPAGE with a robot of --robots")
+        try:
+            out[name] = codecs.lookup(codepage).name
+        except LookupError:
+            raise ValueError(f"--encoding {item!r}: unknown code page {codepage!r}") from None
+    return out
+
+
 def tick_seconds(speed: float) -> float:
     """How often the engines run: every second at realistic speed, faster when time is scaled
     down, 50 ms at --speed 0. (The real TD Bridge rewrites its status about every 5 s.)"""
@@ -72,7 +88,7 @@ def tick_seconds(speed: float) -> float:
 
 class Simulator:
     def __init__(self, spool: Path, root: Path, robots: list[RobotSpec], speed: float = 1.0,
-                 path_maps: list[tuple[str, Path]] | None = None) -> None:
+                 path_maps: list[tuple[str, Path]] | None = None, encodings: dict[str, str] | None = None) -> None:
         self.spool = spool.resolve()
         self.root = root.resolve()
         self.speed = speed
@@ -83,6 +99,7 @@ class Simulator:
             make_robot, engine_class = KINDS[spec.kind]
             robot = make_robot(spec.name, speed)
             engine = engine_class(robot, self.spool / spec.name, self.root / "bin" / spec.name, path_maps)
+            engine.encoding = (encodings or {}).get(spec.name, engine.encoding)
             engine.load_state(self.root / "state" / f"{spec.name}.json")  # before --faults are applied
             self.engines[spec.name] = engine
 
@@ -102,6 +119,12 @@ class Simulator:
         elif command == "refill":
             robot.refill(int(args[0]) if args else None)
             message = f"{robot_name}: refilled"
+        elif command == "cancel":
+            try:
+                job_id = engine.operator_cancel(args[0] if args else "")
+            except ValueError as exc:
+                raise control.CommandError(f"{robot_name}: {exc}") from None
+            message = f"{robot_name}: job {job_id} cancelled by the operator"
         elif command == "plug":
             robot.plugged = True
             self.announce(robot_name)
