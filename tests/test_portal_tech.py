@@ -38,7 +38,7 @@ def test_technician_makes_lists_and_revokes_a_link(web):
     status, headers, slip = tech.post(f"/studies/{study}/token", {"csrf": csrf, "days": "7"})
     assert status == 200 and headers["cache-control"] == "no-store"
     link = re.search(r'<p class="link">(http://[^<]+/token\?([A-Za-z0-9]{64}))</p>', slip)
-    assert link and "<svg" in slip and "MR &lt;KNEE&gt;" in slip
+    assert link and "<svg" in slip and "MR &lt;KNEE&gt;" in slip and "DOE, JANE" in slip
     token = link.group(2)
     # the link works on the same server, without a login
     patient = Client(port)
@@ -66,3 +66,41 @@ def test_viewer_cannot_make_or_see_links(web):
     assert 'id="make-token"' not in viewer.get(f"/studies/{study}")[2]
     assert viewer.post(f"/studies/{study}/token", {"csrf": viewer.csrf(f"/studies/{study}")})[0] == 403
     assert viewer.get("/tokens")[0] == 403
+
+
+def test_chromium_prints_a_slip_whose_qr_code_opens_the_study(web, tmp_path):
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    from tests.support import REPO
+
+    port, study, _ = web
+    tech = Client(port)
+    assert tech.login("tech", "tech-password-1") == 303
+    shots = REPO / "docs" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{port}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            context = browser.new_context(viewport={"width": 1000, "height": 800})
+            context.add_cookies([{"name": k, "value": v, "url": base} for k, v in tech.cookies.items()])
+            page = context.new_page()
+            page.goto(f"{base}/studies/{study}")
+            page.click("#make-token")
+            page.wait_for_selector("p.link")
+            link = page.inner_text("p.link").strip()
+            page.screenshot(path=str(shots / "portal-slip.png"), full_page=True)
+            page.goto(f"{base}/tokens")
+            page.screenshot(path=str(shots / "portal-tokens.png"), full_page=True)
+            assert page.locator("#tokens .s-valid").count() == 1
+            patient = browser.new_context().new_page()
+            decoded = subprocess.run(["/usr/bin/zbarimg", "--quiet", "--raw", str(shots / "portal-slip.png")],
+                                     capture_output=True, text=True, timeout=60).stdout.split()
+            assert decoded == [link] and re.fullmatch(r"http://[^/]+:\d+/token\?[A-Za-z0-9]{64}", link)
+            patient.goto(base + "/token?" + link.split("?", 1)[1])  # the link's host is the box, not loopback
+            assert patient.url == f"{base}/portal/" and "DOE, JANE" in patient.content()
+        finally:
+            browser.close()

@@ -24,6 +24,7 @@ from bottle import HTTPResponse, abort, redirect, request, response
 
 from appliance import accounts, audit, db, diagnostics, index, tlsca
 from appliance.burn import jobs, robots, routing
+from appliance.burn.text import person_name
 from appliance.config import SPECS, SettingError, Settings, make_node
 from appliance.portal import slip, tokens
 from webui.auth import Throttle, same_origin, token_ok
@@ -360,7 +361,7 @@ class WebApp:
             self.back(f"/studies/{uid}", f"No link made: {exc}")
         self.log(sess, "token-create", uid, f"link {row.id}, {days} days")
         study = index.get_study(self.conn(), uid) or {}
-        return slip.slip_html(tokens.link(values, token), patient_name=str(study.get("patient_name") or ""),
+        return slip.slip_html(tokens.link(values, token), patient_name=person_name(study.get("patient_name") or ""),
                               study_date=_fdate(study.get("study_date") or ""),
                               study_description=str(study.get("description") or ""), expires_at=row.expires_at,
                               institution=values["http.institution"], department=values["http.department"],
