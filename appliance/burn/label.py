@@ -163,10 +163,20 @@ def _draw_qr(image: Image.Image, link: str, cx: float, cy: float) -> None:
     image.paste(qr.convert("RGBA"), (int(cx - side / 2), int(cy - side / 2)))
 
 
-def _caption(draw: ImageDraw.ImageDraw, cx: float, y: float) -> None:
-    text = "Your images online"
-    font = _font("latin", 20)
-    draw.text((cx - font.getlength(text) / 2, y), text, font=font, fill="#333", anchor="ls")
+def _caption(draw: ImageDraw.ImageDraw, link: str, cx: float, y: float) -> None:
+    """Under a QR code: what it is, then the link itself in three short lines (address, and the
+    64-character token in two halves) so that it can be typed."""
+    base, _, token = link.partition("?")
+    lines = [("Your images online", 20, "#333"), (base + "?", 15, "#111"), (token[:32], 15, "#111"),
+             (token[32:], 15, "#111")]
+    for text, size, fill in lines:
+        if not text:
+            continue
+        while size > 10 and _font("latin", size).getlength(text) > QR_SIDE + 20:
+            size -= 1
+        font = _font("latin", size)
+        draw.text((cx - font.getlength(text) / 2, y), text, font=font, fill=fill, anchor="ls")
+        y += size + 4
 
 
 def render_label(fields: dict[str, str], out: Path) -> Path:
@@ -215,8 +225,8 @@ def render_label(fields: dict[str, str], out: Path) -> Path:
     draw_block(bottom, SIZE * 0.64, 1.45)
     links = fields.get("token_link", "").split()
     for link, x in zip(links, (0.21, 0.79), strict=False):  # left and right of the hub: room for two
-        _draw_qr(image, link, SIZE * x, c - 12)
-        _caption(draw, SIZE * x, c - 12 + QR_SIDE / 2 + 26)
+        _draw_qr(image, link, SIZE * x, c - 50)
+        _caption(draw, link, SIZE * x, c - 50 + QR_SIDE / 2 + 22)
     image.putalpha(mask)
     tmp = out.with_name(out.name + ".tmp")
     image.save(tmp, "PNG", compress_level=1)  # level 6 costs 0.3 s for a mostly white image
