@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 DATA   ?= $(CURDIR)/var
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := dcmtk orthanc xorriso chromium dicom3tools python3-venv iproute2 fonts-dejavu-core fonts-droid-fallback
+DEBS   := dcmtk orthanc xorriso chromium dicom3tools python3-venv iproute2 fonts-dejavu-core fonts-droid-fallback zbar-tools
 STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-fast lint deps venv bench clean

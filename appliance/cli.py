@@ -309,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     from appliance.burn import commands as burn_commands  # robots, jobs
 
     burn_commands.add_parsers(add, _settings)
+    from appliance.portal import commands as portal_commands  # tokens
+
+    portal_commands.add_parsers(add, _settings)
     p = add("users", cmd_users, "web users (passwords are read from standard input)")
     usub = p.add_subparsers(dest="action", required=True)
     ua = usub.add_parser("add")

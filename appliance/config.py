@@ -290,6 +290,7 @@ SPECS: dict[str, Spec] = {
         "dicom-jpeg-lossless", _choice("dicom-jpeg-lossless", "dicom", "jpeg"), "what patient zip files hold"
     ),
     "http.token_days": Spec(60, _int_range(1, 3650), "days a study token works, from the study date"),
+    "http.token_on_disc": Spec(False, _bool, "give every burned study a patient link: label QR, README, INDEX.HTM"),
     # Supervisor and front panel (issue 5)
     "supervisor.start_seconds": Spec(3, _int_range(1, 600), "a process alive this long counts as started"),
     "supervisor.start_retries": Spec(3, _int_range(0, 100), "failed starts in a row before a process is 'failed'"),

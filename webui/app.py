@@ -24,8 +24,11 @@ from bottle import HTTPResponse, abort, redirect, request, response
 
 from appliance import accounts, audit, db, diagnostics, index, tlsca
 from appliance.burn import jobs, robots, routing
+from appliance.burn.text import person_name
 from appliance.config import SPECS, SettingError, Settings, make_node
+from appliance.portal import slip, tokens
 from webui.auth import Throttle, same_origin, token_ok
+from webui.portal import portal_app
 
 HERE = Path(__file__).resolve().parent
 # one list object for every render: bottle caches compiled templates by id() of the lookup list
@@ -80,6 +83,7 @@ class WebApp:
         self.app = bottle.Bottle()
         self.app.config["autojson"] = True
         self._routes()
+        self.app.merge(portal_app(self.data_dir))  # the patient portal: /token, /portal/... (no login)
 
     # -- plumbing
 
@@ -192,6 +196,9 @@ class WebApp:
         app.route("/jobs/<job_id>/label/<n:int>", callback=self.job_label)
         app.route("/studies/<uid>/series/<series_uid>/preview", callback=self.series_preview)
         app.route("/associations/<assoc_id:int>/burn", "POST", self.burn_held)
+        app.route("/studies/<uid>/token", "POST", self.create_token)
+        app.route("/tokens", callback=self.tokens_page)
+        app.route("/tokens/<token_id:int>/revoke", "POST", self.revoke_token)
         app.route("/robots", ["GET", "POST"], self.robots_page)
         app.route("/robots/<name>/delete", "POST", self.robot_delete)
         app.route("/settings/<group>", ["GET", "POST"], self.settings_page)
@@ -324,7 +331,8 @@ class WebApp:
         if study is None:
             abort(404, "No such study in the index.")
         return self.render("study", sess, study=study, robots=robots.list_robots(self.settings),
-                           copies=self.settings.get("burn.default_copies"))
+                           copies=self.settings.get("burn.default_copies"),
+                           token_days=self.settings.get("http.token_days"))
 
     def burn(self, uid: str) -> None:
         sess = self.need("technician", post=True)
@@ -339,6 +347,38 @@ class WebApp:
             self.back(f"/studies/{uid}", f"Not burned: {exc}")
         self.log(sess, "burn", uid, f"job {job_id}, role {role}, {copies} copies, priority {priority}")
         self.back("/jobs", f"Job {job_id} queued.")
+
+    # -- patient links (the portal itself is webui/portal.py)
+
+    def create_token(self, uid: str) -> str:
+        """A new patient link for a study; answers with its printable slip (the only time it is shown)."""
+        sess = self.need("technician", post=True)
+        values = self.settings.all()
+        try:
+            days = int(request.forms.get("days") or values["http.token_days"])
+            token, row = tokens.create(self.conn(), uid, days, origin=f"web {sess['username']}")
+        except (ValueError, tokens.TokenError) as exc:
+            self.back(f"/studies/{uid}", f"No link made: {exc}")
+        self.log(sess, "token-create", uid, f"link {row.id}, {days} days")
+        study = index.get_study(self.conn(), uid) or {}
+        return slip.slip_html(tokens.link(values, token), patient_name=person_name(study.get("patient_name") or ""),
+                              study_date=_fdate(study.get("study_date") or ""),
+                              study_description=str(study.get("description") or ""), expires_at=row.expires_at,
+                              institution=values["http.institution"], department=values["http.department"],
+                              stylesheet="/static/slip.css")
+
+    def tokens_page(self) -> str:
+        sess = self.need("technician")
+        return self.render("tokens", sess, tokens=list(reversed(tokens.list_tokens(self.conn()))))
+
+    def revoke_token(self, token_id: int) -> None:
+        sess = self.need("technician", post=True)
+        try:
+            row = tokens.revoke(self.conn(), token_id)
+        except tokens.TokenError as exc:
+            self.back("/tokens", str(exc))
+        self.log(sess, "token-revoke", row.study_uid, f"link {token_id}")
+        self.back("/tokens", f"Link {token_id} revoked: it opens nothing from now on.")
 
     def delete_study(self, uid: str) -> None:
         """Delete a study's files and index rows (admin), unless a job or a delayed group still needs it."""

@@ -22,7 +22,7 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class BuildOptions:
     department: str = ""
     creator: str = "BurnStation"
     make_image: bool = True  # False: staged tree only (data mode / folder export)
-    token_link: str | None = None  # optional link on the label (no QR encoder is installed: printed as text)
+    token_links: dict[str, str] = field(default_factory=dict)  # study UID → patient portal link (QR on label)
 
 
 def _safe_job(job_id: str) -> str:
@@ -112,9 +112,11 @@ def build_one(plan: media.DiscPlan, disc_dir: Path, options: BuildOptions, creat
                     stem = series.page.removesuffix(".HTM")
                     series.previews = [p.name for p in render.render_series(series.instances, tree / "IHE_PDI", stem)]
         laps.lap("previews")
+        studies = dict.fromkeys(i.study_uid for i in plan.instances)  # the disc's studies, in disc order
+        links = [options.token_links[s] for s in studies if s in options.token_links]
         fields = label.label_fields(patients, institution=options.institution, department=options.department,
                                     creator=options.creator, disc_number=plan.number, disc_count=plan.count,
-                                    media=plan.media, created=created, token_link=options.token_link)
+                                    media=plan.media, created=created, token_link=" ".join(links) or None)
         fields["volume_label"] = vol
         notes = [*plan.notes, *off_profile]
         webpages.write_pages(tree, patients, fields, notes)

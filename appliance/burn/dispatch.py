@@ -44,8 +44,24 @@ def disc_from_doc(doc: dict[str, Any]) -> DiscImage:
     return DiscImage(**values)
 
 
-def build_options(settings: Settings, job: dict[str, Any]) -> Any:
-    """The builder's options for a job: media of the role's robots, the test capacity override."""
+def token_links(conn: sqlite3.Connection, settings: Settings, job_id: str, instances: list[Any]) -> dict[str, str]:
+    """With `http.token_on_disc`: a new patient portal token per study of the job (study UID → link).
+    A rebuild makes new ones; earlier ones stay valid (discs with them may already be out)."""
+    if not settings.get("http.token_on_disc"):
+        return {}
+    from appliance.portal import tokens
+
+    values = settings.all()
+    links = {}
+    for study_uid in dict.fromkeys(str(row["study_uid"]) for row in instances if row["study_uid"]):
+        token, _ = tokens.create(conn, study_uid, int(values["http.token_days"]), origin=f"disc {job_id}")
+        links[study_uid] = tokens.link(values, token)
+    return links
+
+
+def build_options(settings: Settings, job: dict[str, Any], links: dict[str, str] | None = None) -> Any:
+    """The builder's options for a job: media of the role's robots, the test capacity override, and
+    the portal links to print (see `token_links`)."""
     from appliance.burn.builder import BuildOptions
 
     role_robots = robots.robots_for_role(settings, job["role"])
@@ -57,7 +73,7 @@ def build_options(settings: Settings, job: dict[str, Any]) -> Any:
     make_image = not role_robots or any(r.get("mode", "image") == "image" for r in role_robots)
     return BuildOptions(job_id=job["id"], allowed_media=media, capacity=capacity,
                         institution=settings.get("http.institution"), department=settings.get("http.department"),
-                        make_image=make_image)
+                        make_image=make_image, token_links=links or {})
 
 
 def claim_next_build(conn: sqlite3.Connection) -> dict[str, Any] | None:
@@ -81,7 +97,8 @@ def build_job(conn: sqlite3.Connection, settings: Settings, data_dir: Path, job:
         if work_dir.exists():
             shutil.rmtree(work_dir)
         work_dir.mkdir(parents=True)
-        discs = build_discs(instances, work_dir, build_options(settings, job))
+        links = token_links(conn, settings, job_id, instances)
+        discs = build_discs(instances, work_dir, build_options(settings, job, links))
         if not discs:
             raise RuntimeError("the disc builder made no disc")
     except Exception as exc:

@@ -68,7 +68,7 @@ def label_fields(patients: Sequence[PatientEntry], *, institution: str, departme
         "image_count": str(sum(len(se.instances) for s in studies for se in s.series)),
     }
     if token_link:
-        fields["token_link"] = display_text(token_link, 400)
+        fields["token_link"] = display_text(token_link, 2000)  # one link per study, space-separated
     return fields
 
 
@@ -141,6 +141,44 @@ def _draw_line(draw: ImageDraw.ImageDraw, text: str, y: float, size: int, max_wi
         x += font.getlength(run)
 
 
+QR_SIDE = 280  # pixels (27 mm printed): a 100-character link at level M is 41 modules, about 6 px each
+
+
+def qr_matrix(link: str) -> list[list[bool]]:
+    """The QR code of `link` (error correction M), with its 4-module quiet zone."""
+    import segno
+
+    qr = segno.make_qr(link, error="m", boost_error=False)
+    return [[bool(v) for v in row] for row in qr.matrix_iter(scale=1, border=4)]
+
+
+def _draw_qr(image: Image.Image, link: str, cx: float, cy: float) -> None:
+    matrix = qr_matrix(link)
+    n = len(matrix)
+    module = max(1, QR_SIDE // n)
+    side = module * n
+    qr = Image.new("L", (n, n), 255)
+    qr.putdata([0 if v else 255 for row in matrix for v in row])
+    qr = qr.resize((side, side), Image.Resampling.NEAREST)  # whole pixels per module: sharp edges
+    image.paste(qr.convert("RGBA"), (int(cx - side / 2), int(cy - side / 2)))
+
+
+def _caption(draw: ImageDraw.ImageDraw, link: str, cx: float, y: float) -> None:
+    """Under a QR code: what it is, then the link itself in three short lines (address, and the
+    64-character token in two halves) so that it can be typed."""
+    base, _, token = link.partition("?")
+    lines = [("Your images online", 20, "#333"), (base + "?", 15, "#111"), (token[:32], 15, "#111"),
+             (token[32:], 15, "#111")]
+    for text, size, fill in lines:
+        if not text:
+            continue
+        while size > 10 and _font("latin", size).getlength(text) > QR_SIDE + 20:
+            size -= 1
+        font = _font("latin", size)
+        draw.text((cx - font.getlength(text) / 2, y), text, font=font, fill=fill, anchor="ls")
+        y += size + 4
+
+
 def render_label(fields: dict[str, str], out: Path) -> Path:
     """A round PNG (transparent outside the disc, hub hole cut out) with the main merge fields."""
     scale = 2  # draw the circle edges supersampled, then box-reduce (smooth edges, cheap)
@@ -183,9 +221,12 @@ def render_label(fields: dict[str, str], out: Path) -> Path:
         (f"Disc {fields.get('disc_of', '1 of 1')} · {fields.get('media', '')}", 38, True),
         (fields.get("content", CONTENT), 40, True),
         (f"Created {fields.get('creation_date', '')} · {fields.get('creator', '')}", 26, False),
-        (fields.get("token_link", ""), 22, False),
     ]
     draw_block(bottom, SIZE * 0.64, 1.45)
+    links = fields.get("token_link", "").split()
+    for link, x in zip(links, (0.21, 0.79), strict=False):  # left and right of the hub: room for two
+        _draw_qr(image, link, SIZE * x, c - 50)
+        _caption(draw, link, SIZE * x, c - 50 + QR_SIDE / 2 + 22)
     image.putalpha(mask)
     tmp = out.with_name(out.name + ".tmp")
     image.save(tmp, "PNG", compress_level=1)  # level 6 costs 0.3 s for a mostly white image

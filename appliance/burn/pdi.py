@@ -244,12 +244,14 @@ def _encode(record: Dataset) -> bytearray:
     return data
 
 
-def write_dicomdir(path: Path, patients: list[_Node], fileset_id: str) -> None:
-    """Encode the DICOMDIR: records in pre-order, offsets are byte positions in the file."""
+def encode_dicomdir(patients: list[_Node], fileset_id: str, instance_uid: str = "") -> bytes:
+    """The DICOMDIR file's bytes: records in pre-order, offsets are byte positions in the file.
+    `instance_uid`: its SOP Instance UID (default: a new one; the portal derives it from the content
+    so the same study gives the same bytes twice, and a download can resume)."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = MEDIA_STORAGE_DIRECTORY
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = instance_uid or generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.FileSetID = fileset_id[:16]
@@ -283,13 +285,17 @@ def write_dicomdir(path: Path, patients: list[_Node], fileset_id: str) -> None:
         if at < 0:
             raise BuildError("unexpected DICOMDIR header layout")
         struct.pack_into("<I", head, at + 8, value)
+    parts = [bytes(head), _SEQUENCE_TAG + struct.pack("<I", offset - len(head) - len(_SEQUENCE_TAG) - 4)]
+    for node in nodes:
+        parts.append(_ITEM_TAG + struct.pack("<I", len(node.encoded)))
+        parts.append(bytes(node.encoded))
+    return b"".join(parts)
+
+
+def write_dicomdir(path: Path, patients: list[_Node], fileset_id: str) -> None:
+    """Write the DICOMDIR (see `encode_dicomdir`) atomically."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(head)
-        f.write(_SEQUENCE_TAG + struct.pack("<I", offset - len(head) - len(_SEQUENCE_TAG) - 4))
-        for node in nodes:
-            f.write(_ITEM_TAG + struct.pack("<I", len(node.encoded)))
-            f.write(node.encoded)
+    tmp.write_bytes(encode_dicomdir(patients, fileset_id))
     os.replace(tmp, path)
 
 
@@ -321,6 +327,75 @@ def _image_leaf(instance_number: str, file_id: list[str], sop_class: str, sop_ui
 _UID = re.compile(r"[0-9.]{1,64}")
 
 
+class DicomdirTree:
+    """The PDI file naming and DICOMDIR records of a stream of instances in catalog order.
+
+    `place(info)` gives an instance its file ID (DICOM/PTnnnnnn/STnnnnnn/SEnnnnnn/IMnnnnnn, counters
+    only) and makes the patient, study and series records it needs; `add(info, file_id, ts)` adds
+    its leaf once the syntax it is written in is known; `encode()` gives the DICOMDIR. Used for the
+    disc (stage_dicom) and for the portal's zips, which never have the files on disk.
+    """
+
+    def __init__(self) -> None:
+        self.patients: list[_Node] = []
+        self._patient_nodes: dict[str, tuple[_Node, int]] = {}
+        self._study_nodes: dict[tuple[str, str], tuple[_Node, int]] = {}
+        self._series_nodes: dict[str, tuple[_Node, int, int, int]] = {}  # node, patient, study, series index
+        self._instance_counts: dict[str, int] = {}
+        self._pending: dict[str, tuple[Dataset | None, int, int]] = {}  # sop uid: header read, series/instance index
+
+    def place(self, info: InstanceInfo) -> list[str]:
+        e_node, p_index, s_index, e_index = self._series_nodes.get(info.series_uid, (None, 0, 0, 0))
+        i_index = self._instance_counts.get(info.series_uid, 0)
+        self._instance_counts[info.series_uid] = i_index + 1
+        ds = None
+        if e_node is None:  # the header is needed for the patient, study and series records
+            ds = read_header(info.path)
+            charset = ds.get("SpecificCharacterSet")
+            p_node, p_index = self._patient_nodes.get(info.patient_key, (None, len(self.patients)))
+            s_key = (info.patient_key, info.study_uid)
+            s_node, s_index = self._study_nodes.get(s_key, (None, len(p_node.children) if p_node else 0))
+            e_index = len(s_node.children) if s_node else 0
+            _fill_required(ds, info, e_index, i_index)
+            if p_node is None:
+                p_node = _Node(_record("PATIENT", ds, charset))
+                self.patients.append(p_node)
+                self._patient_nodes[info.patient_key] = (p_node, p_index)
+            if s_node is None:
+                s_node = _Node(_record("STUDY", ds, charset))
+                p_node.children.append(s_node)
+                self._study_nodes[s_key] = (s_node, s_index)
+            e_node = _Node(_record("SERIES", ds, charset))
+            s_node.children.append(e_node)
+            self._series_nodes[info.series_uid] = (e_node, p_index, s_index, e_index)
+        self._pending[info.sop_uid] = (ds, e_index, i_index)
+        return ["DICOM", f"PT{p_index:06d}", f"ST{s_index:06d}", f"SE{e_index:06d}", f"IM{i_index:06d}"]
+
+    def add(self, info: InstanceInfo, file_id: list[str], transfer_syntax: str) -> None:
+        """The leaf record of a placed instance, written in `transfer_syntax`."""
+        ds, e_index, i_index = self._pending.pop(info.sop_uid)
+        e_node = self._series_nodes[info.series_uid][0]
+        number = info.instance_number_text if _IS.fullmatch(info.instance_number_text) else str(i_index + 1)
+        if info.record_type == "IMAGE" and all(_UID.fullmatch(u) for u in (info.sop_class, info.sop_uid,
+                                                                              transfer_syntax)):
+            leaf_node = _Node(None)
+            leaf_node.encoded = _image_leaf(number, file_id, info.sop_class, info.sop_uid, transfer_syntax)
+        else:
+            if ds is None:
+                ds = read_header(info.path)
+            _fill_required(ds, info, e_index, i_index)
+            leaf = _record(info.record_type, ds, ds.get("SpecificCharacterSet"))
+            leaf.ReferencedFileID = file_id
+            leaf.ReferencedSOPClassUIDInFile = info.sop_class
+            leaf.ReferencedSOPInstanceUIDInFile = info.sop_uid
+            leaf.ReferencedTransferSyntaxUIDInFile = transfer_syntax
+            leaf_node = _Node(leaf)
+        e_node.children.append(leaf_node)
+
+    def encode(self, fileset_id: str, instance_uid: str = "") -> bytes:
+        return encode_dicomdir(self.patients, fileset_id, instance_uid)
+
+
 def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_id: str,
                 on_file: Callable[[Path], None] | None = None) -> list[StagedInstance]:
     """Put every instance under tree/DICOM/ and write tree/DICOMDIR; `infos` are in catalog order.
@@ -331,45 +406,13 @@ def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_i
     `on_file(path)` is called for each DICOM file once it is in place (the builder hashes it).
     """
     staged: list[StagedInstance] = []
-    patients: list[_Node] = []
-    patient_nodes: dict[str, tuple[_Node, int]] = {}
-    study_nodes: dict[tuple[str, str], tuple[_Node, int]] = {}
-    series_nodes: dict[str, tuple[_Node, int, int, int]] = {}  # node, patient, study, series index
-    instance_counts: dict[str, int] = {}
-
+    names = DicomdirTree()
     (tree / "DICOM").mkdir(parents=True, exist_ok=True)
     for info in infos:
         out_ts = output_syntax(info.transfer_syntax, media)
-        e_node, p_index, s_index, e_index = series_nodes.get(info.series_uid, (None, 0, 0, 0))
-        i_index = instance_counts.get(info.series_uid, 0)
-        instance_counts[info.series_uid] = i_index + 1
-        ds = None
-        if e_node is None:  # the header is needed for the patient, study and series records
-            ds = read_header(info.path)
-        if e_node is None:
-            assert ds is not None
-            charset = ds.get("SpecificCharacterSet")
-            p_node, p_index = patient_nodes.get(info.patient_key, (None, len(patients)))
-            s_key = (info.patient_key, info.study_uid)
-            s_node, s_index = study_nodes.get(s_key, (None, len(p_node.children) if p_node else 0))
-            e_index = len(s_node.children) if s_node else 0
-            _fill_required(ds, info, e_index, i_index)
-            if p_node is None:
-                p_node = _Node(_record("PATIENT", ds, charset))
-                patients.append(p_node)
-                patient_nodes[info.patient_key] = (p_node, p_index)
-            if s_node is None:
-                s_node = _Node(_record("STUDY", ds, charset))
-                p_node.children.append(s_node)
-                study_nodes[s_key] = (s_node, s_index)
-            e_node = _Node(_record("SERIES", ds, charset))
-            s_node.children.append(e_node)
-            series_nodes[info.series_uid] = (e_node, p_index, s_index, e_index)
-        elif ds is not None:
-            _fill_required(ds, info, e_index, i_index)
-        file_id = ["DICOM", f"PT{p_index:06d}", f"ST{s_index:06d}", f"SE{e_index:06d}", f"IM{i_index:06d}"]
+        file_id = names.place(info)
         dest = tree.joinpath(*file_id)
-        if i_index == 0:  # first instance of its series: the series folder is new
+        if file_id[-1] == "IM000000":  # first instance of its series: the series folder is new
             dest.parent.mkdir(parents=True, exist_ok=True)
         why_not = ""
         if out_ts == info.transfer_syntax:
@@ -383,23 +426,9 @@ def stage_dicom(infos: Sequence[InstanceInfo], tree: Path, media: str, fileset_i
                 link_or_copy(info.path, dest)
         if on_file:
             on_file(dest)
-        number = info.instance_number_text if _IS.fullmatch(info.instance_number_text) else str(i_index + 1)
-        if info.record_type == "IMAGE" and all(_UID.fullmatch(u) for u in (info.sop_class, info.sop_uid, out_ts)):
-            leaf_node = _Node(None)
-            leaf_node.encoded = _image_leaf(number, file_id, info.sop_class, info.sop_uid, out_ts)
-        else:
-            if ds is None:
-                ds = read_header(info.path)
-                _fill_required(ds, info, e_index, i_index)
-            leaf = _record(info.record_type, ds, ds.get("SpecificCharacterSet"))
-            leaf.ReferencedFileID = file_id
-            leaf.ReferencedSOPClassUIDInFile = info.sop_class
-            leaf.ReferencedSOPInstanceUIDInFile = info.sop_uid
-            leaf.ReferencedTransferSyntaxUIDInFile = out_ts
-            leaf_node = _Node(leaf)
-        e_node.children.append(leaf_node)
+        names.add(info, file_id, out_ts)
         staged.append(StagedInstance(info, file_id, dest, out_ts, out_ts != info.transfer_syntax, why_not))
-    write_dicomdir(tree / "DICOMDIR", patients, fileset_id)
+    write_dicomdir(tree / "DICOMDIR", names.patients, fileset_id)
     return staged
 
 

@@ -87,14 +87,20 @@ def to_display(arr: np.ndarray, ds: Dataset, modality: str = "") -> Image.Image:
     return Image.fromarray(out.astype(np.uint8), "L")
 
 
+def display_image(info: InstanceInfo, frame: int | None) -> Image.Image:
+    """One frame (None: a single-frame object) windowed for viewing; raises when it cannot be shown.
+    Shared by the disc previews and the portal's JPEG zip, so both look the same."""
+    ds = Dataset()
+    arr = pixel_array(info.path, ds_out=ds, index=frame)
+    if arr.ndim == 3 and frame is None and arr.shape[-1] not in (3, 4):
+        arr = arr[0]
+    return to_display(arr, ds, info.modality)  # pydicom fills ds_out with group 0028 only
+
+
 def render_one(info: InstanceInfo, frame: int | None, out: Path) -> bool:
     """Write one JPEG preview; False when this object cannot be shown."""
     try:
-        ds = Dataset()
-        arr = pixel_array(info.path, ds_out=ds, index=frame)
-        if arr.ndim == 3 and frame is None and arr.shape[-1] not in (3, 4):
-            arr = arr[0]
-        image = to_display(arr, ds, info.modality)  # pydicom fills ds_out with group 0028 only
+        image = display_image(info, frame)
         image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
         tmp = out.with_name(out.name + ".tmp")
         image.save(tmp, "JPEG", quality=85)

@@ -134,6 +134,16 @@ def _study_table(patients: list[PatientEntry], link_prefix: str) -> str:
     return "".join(out)
 
 
+def _online(fields: dict[str, str]) -> str:
+    """The patient portal link(s) of the disc's studies, when the station gave the disc some."""
+    links = fields.get("token_link", "").split()
+    if not links:
+        return ""
+    items = "".join(f'<li><a href="{esc(link)}">{esc(link)}</a></li>\n' for link in links)
+    return (f'<p>These images are also online for a limited time (the QR code on the disc label opens the same '
+            f'link):</p>\n<ul class="online">\n{items}</ul>\n')
+
+
 def write_pages(tree: Path, patients: list[PatientEntry], fields: dict[str, str], notes: Sequence[str]) -> None:
     """INDEX.HTM at the root and IHE_PDI/INDEX.HTM + one page per series (previews already there)."""
     pdi = tree / "IHE_PDI"
@@ -144,7 +154,7 @@ def write_pages(tree: Path, patients: list[PatientEntry], fields: dict[str, str]
                  + '<p>This disc holds medical images in DICOM format (folder DICOM, index file DICOMDIR) '
                  'for a DICOM viewer, and a copy for web browsers.</p>\n'
                  '<p><a href="IHE_PDI/INDEX.HTM">Show the images in this browser</a> · '
-                 '<a href="README.TXT">Read me</a></p>\n' + _study_table(patients, "IHE_PDI/"))
+                 '<a href="README.TXT">Read me</a></p>\n' + _online(fields) + _study_table(patients, "IHE_PDI/"))
     _write(tree / "INDEX.HTM", _page(title, root_body))
     pdi_body = (f'<h1>{esc(title)}</h1>\n' + _disc_line(fields) + note_html
                 + '<p><a href="../INDEX.HTM">Back to the disc</a></p>\n' + _study_table(patients, ""))
@@ -194,6 +204,10 @@ def write_readme(tree: Path, patients: list[PatientEntry], fields: dict[str, str
             for series in study.series:
                 lines.append(f"    Series {series.number} {display_text(series.modality)} "
                              f"{display_text(series.description)}: {_count(series.instances)}")
+    links = fields.get("token_link", "").split()
+    if links:
+        lines += ["", "ONLINE", "These images can also be viewed and downloaded online for a limited time",
+                  "(the QR code on the disc label opens the same link):"] + [f"  {link}" for link in links]
     if notes:
         lines += ["", "NOTES"] + [display_text(n, 400) for n in notes]
     lines += [

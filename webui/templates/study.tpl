@@ -41,6 +41,15 @@
   <button type="submit" id="burn">Burn this study</button>
 </form>
 % end
+% if rank[role] >= rank['technician']:
+<h2>Patient link</h2>
+<form method="post" action="/studies/{{study['study_uid']}}/token" class="card inline" id="token-form">
+  <input type="hidden" name="csrf" value="{{csrf}}">
+  <label>Days <input type="number" name="days" min="1" max="3650" value="{{token_days}}"></label>
+  <span class="muted">from the study date (or from today, when later)</span>
+  <button type="submit" id="make-token">Make a patient link</button>
+</form>
+% end
 % if rank[role] >= rank['admin']:
 <h2>Delete</h2>
 <form method="post" action="/studies/{{study['study_uid']}}/delete" class="card inline" data-confirm="Delete this study and its files from the station? This cannot be undone.">

@@ -1,0 +1,1 @@
+"""The patient portal: study tokens, streamed study zips (the web routes live in webui/portal.py)."""
