@@ -33,6 +33,7 @@ SCHEMA_OWNERS = (
     "appliance.audit",          # audit
     "appliance.transfer.jobs",  # transfers, transfer_items, transfer_seq, transfer_requests, forward_items,
                                 # forward_cursor
+    "appliance.portal.tokens",  # tokens, token_uses
 )
 
 _applied: set[tuple[str, int, int]] = set()  # (path, device, inode) of files this process set up

@@ -48,6 +48,8 @@ OWNERS = {
     "transfer_requests": "appliance/transfer/jobs.py",
     "forward_items": "appliance/transfer/jobs.py",
     "forward_cursor": "appliance/transfer/jobs.py",
+    "tokens": "appliance/portal/tokens.py",
+    "token_uses": "appliance/portal/tokens.py",
 }
 
 # Read-only SQL outside the owner, each left for a named reason (a write is never allowed here).

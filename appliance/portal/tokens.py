@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from appliance import db
+from appliance import index
 
 ALPHABET = string.ascii_uppercase + string.ascii_lowercase + string.digits
 LENGTH = 64
@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS token_uses (
 CREATE INDEX IF NOT EXISTS token_uses_token ON token_uses(token_id);
 """
 
-db.register_schema("tokens", SCHEMA)
+MIGRATIONS: tuple = ()  # (name, function(conn)) for tables an older version made
 
 
 class TokenError(Exception):
@@ -103,7 +103,7 @@ def _row(row: sqlite3.Row) -> Token:
 
 def study_date(conn: sqlite3.Connection, study_uid: str) -> dt.date | None:
     """The study's date from the index (None: not in the index, or no valid date)."""
-    row = conn.execute("SELECT study_date FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+    row = index.get_study(conn, study_uid)
     if row is None:
         return None
     try:
@@ -127,7 +127,7 @@ def create(conn: sqlite3.Connection, study_uid: str, days: int, *, origin: str =
     shown once: only its hash is kept."""
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650:
         raise TokenError(f"days: must be a whole number from 1 to 3650, not {days!r}")
-    if conn.execute("SELECT 1 FROM instances WHERE study_uid=? LIMIT 1", (study_uid,)).fetchone() is None:
+    if not index.study_sop_uids(conn, study_uid):
         raise TokenError(f"no stored study with Study Instance UID {study_uid!r}")
     now = clock()
     token = new_token()
@@ -181,14 +181,19 @@ def list_tokens(conn: sqlite3.Connection, *, clock: Clock = time.time) -> list[d
     """Every token with its state, patient and study (for `tokens list` and the technician page)."""
     now = clock()
     rows = conn.execute(
-        "SELECT t.*, s.study_date, s.description, p.patient_name, p.id_value AS patient_id, "
-        "(SELECT COUNT(*) FROM token_uses u WHERE u.token_id=t.id) AS use_count, "
+        "SELECT t.*, (SELECT COUNT(*) FROM token_uses u WHERE u.token_id=t.id) AS use_count, "
         "(SELECT MAX(used_at) FROM token_uses u WHERE u.token_id=t.id) AS last_used "
-        "FROM tokens t LEFT JOIN studies s ON s.study_uid=t.study_uid "
-        "LEFT JOIN patients p ON p.patient_id=s.patient_id ORDER BY t.id")
+        "FROM tokens t ORDER BY t.id").fetchall()
+    studies: dict[str, dict[str, Any]] = {}
     out = []
-    for r in rows:
-        token = _row(r)
+    for row in rows:
+        token = _row(row)
+        if token.study_uid not in studies:
+            studies[token.study_uid] = index.get_study(conn, token.study_uid) or {}
+        study = studies[token.study_uid]
+        r = {"use_count": row["use_count"], "last_used": row["last_used"], "study_date": study.get("study_date"),
+             "description": study.get("description"), "patient_name": study.get("patient_name"),
+             "patient_id": study.get("id_value")}
         out.append({"id": token.id, "study_uid": token.study_uid, "state": token.state(now),
                     "created_at": token.created_at, "expires_at": token.expires_at, "revoked_at": token.revoked_at,
                     "origin": token.origin, "patient_name": r["patient_name"] or "", "patient_id": r["patient_id"] or "",

@@ -29,6 +29,7 @@ from pydicom import dcmread, dcmwrite
 from pydicom.uid import generate_uid
 from zipstream import ZIP_STORED, ZipStream
 
+from appliance import index
 from appliance.burn import render
 from appliance.burn.catalog import ELE, BuildError, InstanceInfo, catalog
 from appliance.burn.pdi import CannotTranscode, DicomdirTree
@@ -72,7 +73,7 @@ class StudyZip:
 
 def study_instances(conn: sqlite3.Connection, study_uid: str) -> list[InstanceInfo]:
     """The study's instances in disc order (patient, study, series, instance number)."""
-    rows = conn.execute("SELECT * FROM instances WHERE study_uid=?", (study_uid,)).fetchall()
+    rows = index.instances_by_uid(conn, index.study_sop_uids(conn, study_uid))
     return catalog(rows) if rows else []
 
 
