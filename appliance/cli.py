@@ -133,6 +133,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage(args: argparse.Namespace) -> int:
+    from appliance import db, retention
+
+    settings = _settings(args)
+    data = _data(args)
+    conn = db.connect(data)
+    try:
+        if args.action == "status":
+            report = retention.status(conn, settings, data)
+            print(json.dumps(report, indent=1, sort_keys=True) if args.json else retention.render_status(report))
+            return 0
+        days = args.older_than_days
+        if days is not None and not 0 <= days <= 36500:
+            raise SettingError(f"--older-than-days: must be from 0 to 36500, not {days}")
+        plan = retention.plan(conn, settings, data, older_than_days=days)
+        if args.dry_run:
+            listed = [{"study_uid": v.study_uid, "patient_id": v.patient_id, "study_date": v.study_date,
+                       "instances": v.instances, "size": v.size, "reason": v.reason} for v in plan.delete]
+        else:
+            listed = retention.purge(conn, settings, data, plan, older_than_days=days)
+        if args.json:
+            print(json.dumps({"dry_run": bool(args.dry_run), "studies": listed}, indent=1, sort_keys=True))
+        else:
+            verb = "would delete" if args.dry_run else "deleted"
+            for item in listed:
+                print(f"{verb} {item['study_uid']}  {item['patient_id']}  {item['reason']}")
+            print(f"{len(listed)} stud{'y' if len(listed) == 1 else 'ies'} {verb}")
+        return 0
+    finally:
+        conn.close()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="burnstation", description="DICOM burn station")
     parser.add_argument("--data", help="data folder (default: $BURNSTATION_DATA, /var/lib/burnstation or ./var)")
@@ -182,6 +214,17 @@ def build_parser() -> argparse.ArgumentParser:
     from appliance.burn import commands as burn_commands  # robots, jobs
 
     burn_commands.add_parsers(add, _settings)
+    p = add("storage", cmd_storage, "disk usage and retention: what is deleted, when; purge now")
+    ssub = p.add_subparsers(dest="action", required=True)
+    st = ssub.add_parser("status", help="usage, what a purge would delete, what goes next and when")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--data", default=argparse.SUPPRESS)
+    sp = ssub.add_parser("purge", help="delete what the retention rules say may go, now")
+    sp.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--older-than-days", type=int, metavar="N",
+                    help="for this run, burned studies whose last disc is older than N days (0: all burned)")
+    sp.add_argument("--data", default=argparse.SUPPRESS)
     p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
     p.add_argument("--json", action="store_true")
     # one service in its own process, as the supervisor runs it (no help line: not for people)

@@ -288,6 +288,16 @@ SPECS: dict[str, Spec] = {
     "panel.device": Spec("", _path, "front-panel LCD serial device (empty: found by its USB ids)"),
     "panel.baud": Spec(19200, _choice_int(9600, 19200, 38400, 57600, 115200), "front-panel LCD baud rate"),
     "panel.page_seconds": Spec(4, _int_range(1, 60), "seconds each front-panel page is shown"),
+    # Retention (issue 18): what is deleted, and when, so the disk never fills
+    "storage.purge_after_days": Spec(
+        30, _int_range(0, 36500), "days after its last disc a fully burned study is deleted (0 = never)"),
+    "storage.high_water_percent": Spec(
+        90, _int_range(1, 99), "disk fuller than this: oldest burned studies are deleted first"),
+    "storage.low_water_percent": Spec(
+        80, _int_range(1, 98), "... until the disk is under this"),
+    "storage.purge_unburned_after_days": Spec(
+        0, _int_range(0, 36500), "days after its last arrival a study received on the plain AE title "
+        "(archive, never burned) is deleted (0 = never)"),
 }
 
 # keys whose change needs the DICOM listeners rebound
@@ -317,6 +327,11 @@ def _cross_check(values: dict[str, Any]) -> None:
         raise SettingError(f"dicom.tls_trusted_ca: no such file {values['dicom.tls_trusted_ca']!r}")
     if values["dicom.tls_trusted_ca"]:
         _check_ca_file("dicom.tls_trusted_ca", values["dicom.tls_trusted_ca"])
+    if values["storage.low_water_percent"] >= values["storage.high_water_percent"]:
+        raise SettingError(
+            f"storage.low_water_percent: must be below storage.high_water_percent "
+            f"({values['storage.low_water_percent']} is not below {values['storage.high_water_percent']}): "
+            "purging stops at the low mark")
     if values["hl7.destination_host"] and not values["hl7.destination_port"]:
         raise SettingError("hl7.destination_port: set it when hl7.destination_host is set")
 

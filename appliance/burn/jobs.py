@@ -80,6 +80,7 @@ CREATE TABLE IF NOT EXISTS job_items (
     sop_uid TEXT NOT NULL,
     PRIMARY KEY (job_id, sop_uid)
 );
+CREATE INDEX IF NOT EXISTS job_items_sop ON job_items(sop_uid);
 CREATE TABLE IF NOT EXISTS job_seq (
     day TEXT PRIMARY KEY,
     n   INTEGER NOT NULL
@@ -227,3 +228,32 @@ def retry_job(conn: sqlite3.Connection, job_id: str) -> str:
 def study_sop_uids(conn: sqlite3.Connection, study_uid: str) -> list[str]:
     """Every instance of a study in the index (for burning on demand)."""
     return [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE study_uid=?", (study_uid,))]
+
+
+def study_burn_facts(conn: sqlite3.Connection, study_uid: str | None = None) -> dict[str, dict[str, Any]]:
+    """Per study (or just `study_uid`), what retention needs of its disc jobs: `unburned` (instances
+    whose file stored last is on no disc of a done job made after it arrived: a re-sent instance is
+    unburned again), `last_done` (when its last done job finished), `active` and `failed` job counts,
+    and the ids of its done jobs (whose disc images go with it)."""
+    where, args = ("WHERE i.study_uid=?", (study_uid,)) if study_uid is not None else ("", ())
+    facts: dict[str, dict[str, Any]] = {}
+    for row in conn.execute(
+            "SELECT i.study_uid, SUM(CASE WHEN EXISTS (SELECT 1 FROM job_items ji JOIN jobs j ON j.id=ji.job_id "
+            "WHERE ji.sop_uid=i.sop_uid AND j.state='done' AND j.created_at >= i.received_at) THEN 0 ELSE 1 END) "
+            f"AS unburned FROM instances i {where} GROUP BY i.study_uid", args):
+        facts[row["study_uid"]] = {"unburned": int(row["unburned"]), "last_done": None, "active": 0, "failed": 0,
+                                   "done_jobs": []}
+    for row in conn.execute(
+            "SELECT DISTINCT i.study_uid, j.id, j.state, j.finished_at FROM instances i "
+            f"JOIN job_items ji ON ji.sop_uid=i.sop_uid JOIN jobs j ON j.id=ji.job_id {where}", args):
+        item = facts.get(row["study_uid"])
+        if item is None:
+            continue
+        if row["state"] == DONE:
+            item["done_jobs"].append(row["id"])
+            item["last_done"] = max(item["last_done"] or 0.0, row["finished_at"] or 0.0)
+        elif row["state"] in ACTIVE:
+            item["active"] += 1
+        elif row["state"] == FAILED:
+            item["failed"] += 1
+    return facts
