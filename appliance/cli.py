@@ -165,6 +165,48 @@ def cmd_storage(args: argparse.Namespace) -> int:
         conn.close()
 
 
+def cmd_network(args: argparse.Namespace) -> int:
+    from appliance import network
+
+    _settings(args)
+    net = network.Network(_data(args))
+    if args.action == "show":
+        shown = net.show()
+        if args.json:
+            print(json.dumps(shown, indent=1, sort_keys=True))
+            return 0
+        for key in network.DEFAULTS:
+            value = shown["values"][key]
+            print(f"{key} = {' '.join(value) if isinstance(value, list) else value}")
+        where = "applied to the system" if shown["applied"] else "not applied: outside the appliance image"
+        print(f"# files in {shown['files']} ({where})")
+        if shown["pending_seconds"] is not None:
+            print(f"# unconfirmed address change: rolled back in {shown['pending_seconds']} s "
+                  "unless `burnstation network confirm`")
+        return 0
+    if args.action == "confirm":
+        if not net.confirm():
+            print("burnstation: no network change waiting for confirmation", file=sys.stderr)
+            return 1
+        print("network change confirmed")
+        return 0
+    changes = network.parse_assignments(args.assignments)
+    if not changes:
+        raise SettingError("network set: give at least one key=value")
+    result = net.set(changes)
+    for key in changes:
+        value = result["values"].get(key)
+        print(f"{key} = {' '.join(value) if isinstance(value, list) else value}")
+    if result["rollback_at"]:
+        print(f"address change: confirm within {network.ROLLBACK_SECONDS} s with `burnstation network confirm` "
+              "(from the new address), else the previous settings come back")
+    if not result["applied"]:
+        print(f"written to {result['files']} (not applied: outside the appliance image)")
+    for failed in result["failed"]:
+        print(f"burnstation: could not apply: {failed}", file=sys.stderr)
+    return 1 if result["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="burnstation", description="DICOM burn station")
     parser.add_argument("--data", help="data folder (default: $BURNSTATION_DATA, /var/lib/burnstation or ./var)")
@@ -225,6 +267,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--older-than-days", type=int, metavar="N",
                     help="for this run, burned studies whose last disc is older than N days (0: all burned)")
     sp.add_argument("--data", default=argparse.SUPPRESS)
+    p = add("network", cmd_network, "host name, address, DNS, NTP and time zone of the box (admin)")
+    nwsub = p.add_subparsers(dest="action", required=True)
+    nws = nwsub.add_parser("show")
+    nws.add_argument("--json", action="store_true")
+    nws.add_argument("--data", default=argparse.SUPPRESS)
+    nwset = nwsub.add_parser("set", help="hostname= mode=dhcp|static address=IP/PREFIX gateway= dns= search= "
+                                         "ntp= timezone= interface=")
+    nwset.add_argument("assignments", nargs="*", metavar="key=value")
+    nwset.add_argument("--data", default=argparse.SUPPRESS)
+    nwc = nwsub.add_parser("confirm", help="keep an address change (else it is rolled back after 120 s)")
+    nwc.add_argument("--data", default=argparse.SUPPRESS)
     p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
     p.add_argument("--json", action="store_true")
     # one service in its own process, as the supervisor runs it (no help line: not for people)
