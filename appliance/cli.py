@@ -56,6 +56,17 @@ def cmd_config(args: argparse.Namespace) -> int:
             for key in SPECS:
                 print(f"{key} = {json.dumps(values[key])}    # {SPECS[key].help}")
         return 0
+    if args.action in ("export", "import"):
+        from appliance import backup
+
+        if args.action == "export":
+            doc = backup.export_config(settings, args.file)
+            print(f"exported {', '.join(doc['sections'])} to {args.file} (no patient data, device keys or tokens)")
+            return 0
+        counts = backup.import_config(settings, args.file)
+        print("imported " + ", ".join(f"{name} ({n})" if name in ("nodes", "robots") else name
+                                      for name, n in counts.items()) + f" from {args.file}")
+        return 0
     changes = dict(parse_assignment(a) for a in args.assignments)
     if not changes:
         raise SettingError("config set: give at least one key=value")
@@ -228,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     setp = csub.add_parser("set")
     setp.add_argument("assignments", nargs="*", metavar="key=value")
     setp.add_argument("--data", default=argparse.SUPPRESS)
+    exp = csub.add_parser("export", help="write settings, nodes, robots and network settings to FILE")
+    exp.add_argument("file")
+    exp.add_argument("--data", default=argparse.SUPPRESS)
+    imp = csub.add_parser("import", help="replace this station's configuration with FILE (validated whole first)")
+    imp.add_argument("file")
+    imp.add_argument("--data", default=argparse.SUPPRESS)
 
     p = add("nodes", cmd_nodes, "known DICOM nodes")
     nsub = p.add_subparsers(dest="action", required=True)

@@ -582,6 +582,19 @@ class Settings:
             self._stamp = None
             return bool(removed)
 
+    def replace_all(self, values: dict[str, Any], tables: dict[str, list[dict[str, Any]]]) -> None:
+        """Replace every setting and whole tables (nodes, robots, …) in one atomic file write (a
+        configuration import: a reader sees the old or the new configuration, never a mix);
+        `values` must already be validated (`validate`)."""
+        with self._lock, self._db():  # the settings file lock; written directly, once
+            storage = AtomicJSONStorage(str(self.path))
+            data = storage.read() or {}
+            data["settings"] = {"1": {**{key: spec.default for key, spec in SPECS.items()}, **values}}
+            for name, docs in tables.items():
+                data[name] = {str(i + 1): dict(doc) for i, doc in enumerate(docs)}
+            storage.write(data)
+            self._stamp = None
+
     # -- generic tables for other subsystems (robots, users)
 
     def table_all(self, name: str) -> list[dict[str, Any]]:
