@@ -255,13 +255,17 @@ def run_once(conn: sqlite3.Connection, settings: Settings, data_dir: Path,
 
 class Timer:
     """When the burner runs a pass: every `check_seconds` it looks at the disk (one statvfs) and
-    purges at once above the water mark; the age rules are applied every `age_seconds`."""
+    purges at once above the water mark; the age rules are applied every `age_seconds`. Above the
+    mark with nothing that may go (all unburned, say), it looks again only after `idle_seconds`
+    (and says so once), rather than assessing every study every few seconds."""
 
     def __init__(self, settings: Settings, data_dir: Path, check_seconds: float = 2.0, age_seconds: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 idle_seconds: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings, self.data_dir = settings, Path(data_dir)
-        self.check_seconds, self.age_seconds, self.clock = check_seconds, age_seconds, clock
-        self._checked = self._aged = -1e18
+        self.check_seconds, self.age_seconds, self.idle_seconds = check_seconds, age_seconds, idle_seconds
+        self.clock = clock
+        self._checked = self._aged = self._idle_until = -1e18
+        self._warned = False
 
     def due(self) -> bool:
         now = self.clock()
@@ -271,8 +275,22 @@ class Timer:
         if now - self._aged >= self.age_seconds:
             self._aged = now
             return True
+        if now < self._idle_until:
+            return False
         disk = disk_usage(self.data_dir)
         return disk.free < water_marks(self.settings, disk)[0]
+
+    def done(self, deleted: list[dict[str, Any]]) -> None:
+        """After a pass: back off while the disk stays above the mark and nothing could go."""
+        disk = disk_usage(self.data_dir)
+        if deleted or disk.free >= water_marks(self.settings, disk)[0]:
+            self._idle_until, self._warned = -1e18, False
+            return
+        self._idle_until = self.clock() + self.idle_seconds
+        if not self._warned:
+            self._warned = True
+            LOG.warning("data disk %.1f%% used, above the high water mark, and no study may be deleted "
+                        "(unburned, pending or unfinished): see `burnstation storage status`", disk.used_percent)
 
 
 def status(conn: sqlite3.Connection, settings: Settings, data_dir: Path, now: float | None = None) -> dict[str, Any]:

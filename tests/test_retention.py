@@ -261,3 +261,24 @@ def test_small_disk_filled_by_ingest(tmp_path: Path) -> None:
             audit = (data / "logs" / retention.AUDIT_FILE).read_text()
             assert all(s in audit for s in purged)
             conn.close()
+
+
+def test_timer_backs_off_when_nothing_may_go(data: Path) -> None:
+    """Above the mark with nothing deletable, the burner does not re-assess every study every 2 s."""
+    configure(data, "storage.high_water_percent=2", "storage.low_water_percent=1")  # any real disk is above
+    now = [0.0]
+    timer = retention.Timer(Settings(data), data, check_seconds=2, age_seconds=300, idle_seconds=60,
+                            clock=lambda: now[0])
+    assert timer.due()  # the first pass applies the age rules
+    timer.done([])
+    now[0] += 2
+    assert not timer.due()  # above the mark, but nothing could go a moment ago
+    now[0] += 60
+    assert timer.due()  # looks again after idle_seconds
+    timer.done([{"study_uid": "x"}])  # something went: check again at the next tick
+    now[0] += 2
+    assert timer.due()
+    configure(data, "storage.high_water_percent=99", "storage.low_water_percent=98")
+    timer.done([])
+    now[0] += 2
+    assert timer.due() == (retention.disk_usage(data).used_percent > 99)

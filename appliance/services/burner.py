@@ -72,7 +72,7 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
                     pruned = time.monotonic()
                     dispatch.prune_discs(conn, settings, data_dir)
                 if purger.due():
-                    retention.run_once(conn, settings, data_dir)
+                    purger.done(retention.run_once(conn, settings, data_dir))
                 net.check_rollback()  # an unconfirmed address change comes back by itself
             except Exception:
                 LOG.exception("burner pass failed")
