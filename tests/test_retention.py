@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
 from pydicom.uid import generate_uid
 from support import Station, burnstation, configure, dcmtk, findscu, make_dataset, wait_for, write_study
 
@@ -218,7 +219,6 @@ def test_small_disk_filled_by_ingest(tmp_path: Path) -> None:
                 assert proc.returncode == 0 and "Failed" not in proc.stderr and "A700" not in proc.stderr, proc.stderr
 
             def study_of(folder: Path) -> str:
-                from pydicom import dcmread
                 return str(dcmread(next(folder.glob("*.dcm")), stop_before_pixels=True).StudyInstanceUID)
 
             keep_dirs = {"pending": ("BURNSTATION_TE", "PENDING"), "archive": ("BURNSTATION", "ARCHIVE")}
@@ -282,3 +282,50 @@ def test_timer_backs_off_when_nothing_may_go(data: Path) -> None:
     timer.done([])
     now[0] += 2
     assert timer.due() == (retention.disk_usage(data).used_percent > 99)
+
+
+def test_burned_by_the_pipeline_then_purged(tmp_path: Path) -> None:
+    """Through the real pipeline: a study sent to _E is burned by the folder robot; only then may it
+    go (purge --older-than-days 0), with its disc image; sent again, it is unburned until its new
+    disc is done."""
+    data = tmp_path / "data"
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    station = Station(data, burn__keep_discs_hours=0)
+    burnstation(data, "robots", "add", "usb", "--driver", "folder", "--path", str(usb), "--role", "epson")
+    files = write_study(tmp_path / "in", n_series=1, per_series=3, patient_id="P-PIPE")
+    study = str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+
+    def send() -> None:
+        proc = dcmtk("storescu", "-aet", "MODALITY", "-aec", "BURNSTATION_E", "127.0.0.1", str(station.port),
+                     *map(str, files))
+        assert proc.returncode == 0, proc.stderr
+
+    def job_states() -> list[str]:
+        return [j["state"] for j in json.loads(burnstation(data, "jobs", "list", "--json").stdout)["jobs"]]
+
+    def purge_now() -> list[str]:
+        out = json.loads(burnstation(data, "storage", "purge", "--older-than-days", "0", "--json").stdout)
+        return [s["study_uid"] for s in out["studies"]]
+
+    with station:
+        send()
+        wait_for(lambda: job_states() and all(s not in jobs.ACTIVE for s in job_states()), timeout=120,
+                 what="the first disc")
+        assert job_states() == ["done"]
+        first_job = json.loads(burnstation(data, "jobs", "list", "--json").stdout)["jobs"][0]["id"]
+        assert (data / "discs" / first_job).is_dir()
+        send()  # sent again: unburned until its second disc is done
+        conn = db.connect(data)
+        verdict = retention.assess(conn, Settings(data), older_than_days=0)[0]
+        states = job_states()  # read after the verdict: a second disc not done now was not done then
+        assert verdict.study_uid == study
+        if len(states) < 2 or states[0] != "done":
+            assert verdict.kind == "unburned" and verdict.protected, verdict
+        wait_for(lambda: job_states() == ["done", "done"], timeout=120, what="the second disc")
+        assert purge_now() == [study]
+        assert index.study_overview(conn) == []
+        assert not (data / "discs" / first_job).exists()  # its disc image (and previews) went with it
+        assert not (data / "storage" / study).exists()
+        assert job_states() == ["done", "done"]  # the job history stays
+        conn.close()
