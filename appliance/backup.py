@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance import atomicfile, network
+from appliance import atomicfile, network, trail
 from appliance.burn import robots
 from appliance.config import SPECS, SettingError, Settings, make_node
 
@@ -192,4 +192,6 @@ def import_config(settings: Settings, path: str | os.PathLike[str]) -> dict[str,
     settings.replace_all(values, tables)
     if "network" in checked:
         network.Network(settings.data_dir).set(checked["network"])
-    return {name: (len(v) if isinstance(v, list) else 1) for name, v in checked.items()}
+    counts = {name: (len(v) if isinstance(v, list) else 1) for name, v in checked.items()}
+    trail.record("config.imported", str(path), {"sections": counts}, settings.data_dir, actor="admin")
+    return counts

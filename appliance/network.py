@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance import atomicfile
+from appliance import atomicfile, trail
 from appliance.config import SettingError
 
 LOG = logging.getLogger("burnstation.network")
@@ -299,6 +299,9 @@ class Network:
             pending["new"] = after
             atomicfile.write_text(self.pending_path, json.dumps(pending, indent=1, sort_keys=True), mode=0o600)
         failed = self._store(after)
+        trail.record("network.set", after["hostname"], {"changes": changes, "rollback_armed": address_change,
+                                                         "applied": self.target.apply, "failed": failed},
+                     self.data_dir, actor="admin")
         return {"values": after, "rollback_at": self.pending()["deadline"] if self.pending() else None,
                 "applied": self.target.apply, "failed": failed, "files": str(self.target.etc)}
 
@@ -309,6 +312,7 @@ class Network:
             return False
         self.pending_path.unlink()
         LOG.info("network change confirmed")
+        trail.record("network.confirmed", self.current()["hostname"], {}, self.data_dir, actor="admin")
         return True
 
     def check_rollback(self) -> bool:
@@ -319,6 +323,8 @@ class Network:
         LOG.warning("network change not confirmed within %d s: previous settings restored", ROLLBACK_SECONDS)
         self._store(validate(pending["previous"]))
         self.pending_path.unlink()
+        trail.record("network.rolled_back", pending["previous"]["hostname"],
+                     {"restored": pending["previous"], "unconfirmed": pending["new"]}, self.data_dir)
         return True
 
     def seconds_left(self) -> int | None:

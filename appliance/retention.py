@@ -22,7 +22,6 @@ so an instance arriving meanwhile either keeps the study (unburned again) or sta
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import sqlite3
@@ -32,13 +31,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance import db, index, storage
+from appliance import db, index, storage, trail
 from appliance.burn import jobs, routing
 from appliance.config import Settings
 
 LOG = logging.getLogger("burnstation.retention")
 DAY = 86400.0
-AUDIT_FILE = "retention-audit.log"  # in <data>/logs/
 
 
 @dataclass
@@ -69,21 +67,6 @@ def token_protection(conn: sqlite3.Connection, study_uid: str, now: float) -> st
     until it is merged no token exists, so nothing is protected by one. When merging, call its
     owner function here (e.g. `tokens.valid_for_study(conn, study_uid, now)`)."""
     return ""
-
-
-def audit(action: str, target: str, detail: dict[str, Any], data_dir: Path) -> None:
-    """The one call site of the audit trail, shaped like `audit.record(action, target, detail)`.
-    appliance/audit.py (web UI branch) is not merged yet: until then each entry goes to the station
-    log and, as a JSON line, to <data>/logs/retention-audit.log. Redirect here when it is."""
-    entry = {"at": time.time(), "action": action, "target": target, "actor": "retention", **detail}
-    LOG.info("audit %s %s %s", action, target, json.dumps(detail, sort_keys=True, default=str))
-    logs = data_dir / "logs"
-    try:
-        logs.mkdir(parents=True, exist_ok=True)
-        with open(logs / AUDIT_FILE, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
-    except OSError as exc:
-        LOG.error("cannot write the audit file: %s", exc)
 
 
 # --------------------------------------------------------------------------- disk
@@ -241,7 +224,7 @@ def purge(conn: sqlite3.Connection, settings: Settings, data_dir: Path, the_plan
         record = {"study_uid": planned.study_uid, "patient_id": planned.patient_id, "study_date": planned.study_date,
                   "instances": len(paths), "files_removed": removed, "bytes_freed": freed,
                   "reason": planned.reason, "jobs": planned.done_jobs}
-        audit("study.purged", planned.study_uid, record, Path(data_dir))
+        trail.record("study.purged", planned.study_uid, record, data_dir, actor="retention")
         done.append(record)
     return done
 

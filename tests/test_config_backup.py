@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support import burnstation
 
-from appliance import backup, network
+from appliance import backup, network, trail
 from appliance.burn import robots
 from appliance.config import Settings
 
@@ -59,6 +59,8 @@ def test_export_import_into_a_fresh_station(old: Path, tmp_path: Path) -> None:
     before = _state(fresh)
     proc = burnstation(fresh, "config", "import", str(exported))
     assert "nodes (2)" in proc.stdout and "robots (2)" in proc.stdout
+    audit = [json.loads(line) for line in (fresh / "logs" / trail.TRAIL_FILE).read_text().splitlines()]
+    assert [e["action"] for e in audit if e["action"].startswith("config")] == ["config.imported"]
     after, source = _state(fresh), _state(old)
     assert after != before
     # the trusted CA file is carried over and points into the new station's folder
@@ -120,4 +122,6 @@ def test_invalid_section_refused_whole(old: Path, tmp_path: Path, edit, message:
     proc = burnstation(fresh, "config", "import", str(bad), check=False)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert _quick_state(fresh) == before
+    trail_file = fresh / "logs" / trail.TRAIL_FILE
+    assert not trail_file.exists() or "config.imported" not in trail_file.read_text()
     assert not list((fresh / "tls").glob("*imported*")) and not list((fresh / "tls").glob(".*check"))

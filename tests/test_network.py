@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from support import burnstation
 
-from appliance import network
+from appliance import network, trail
 from appliance.config import SettingError, Settings
 from appliance.panel import screen
 
@@ -134,6 +134,9 @@ def test_unconfirmed_change_rolls_back_after_the_timeout(data: Path) -> None:
     assert net.check_rollback() is True
     assert net.current() == confirmed
     assert net.pending() is None
+    entries = [json.loads(line) for line in (data / "logs" / trail.TRAIL_FILE).read_text().splitlines()]
+    assert [e["action"] for e in entries][-2:] == ["network.set", "network.rolled_back"]
+    assert entries[-1]["restored"]["address"] == "10.1.0.5/16" and entries[-1]["unconfirmed"]["address"] == "10.3.0.5/16"
     text = (data / "system" / "etc" / network.NETWORK_FILE).read_text()
     assert ("Address", "10.1.0.5/16") in check_networkd(text)["Network"]
     assert screen.pages(data, Settings(data), addresses=["10.1.0.5"])[0][3].startswith("State:")

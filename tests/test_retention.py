@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 from support import Station, burnstation, configure, dcmtk, findscu, make_dataset, wait_for, write_study
 
-from appliance import db, index, retention
+from appliance import db, index, retention, trail
 from appliance.burn import jobs, routing
 from appliance.config import SettingError, Settings
 from appliance.storage import Store
@@ -128,8 +128,9 @@ def test_rules_dry_run_and_purge(data: Path, tmp_path: Path) -> None:
     assert not (data / "storage" / old).exists()
     assert all(Path(p).exists() for p in files_before[recent])
     assert len(jobs.list_jobs(conn)) == 8  # the job history stays
-    audit = [json.loads(line) for line in (data / "logs" / retention.AUDIT_FILE).read_text().splitlines()]
+    audit = [json.loads(line) for line in (data / "logs" / trail.TRAIL_FILE).read_text().splitlines()]
     assert [(a["action"], a["target"]) for a in audit] == [("study.purged", older), ("study.purged", old)]
+    assert audit[0]["patient_id"] == "OLDER" and audit[0]["files_removed"] == 2 and audit[0]["actor"] == "retention"
 
     # --older-than-days overrides the setting for one run; the archive goes once the setting says so
     again = json.loads(burnstation(data, "storage", "purge", "--older-than-days", "1", "--json").stdout)
@@ -258,7 +259,7 @@ def test_small_disk_filled_by_ingest(tmp_path: Path) -> None:
             proc, found = findscu(station.port, {"QueryRetrieveLevel": "STUDY", "StudyInstanceUID": burned[-1]},
                                   tmp_path / "find")
             assert [str(ds.StudyInstanceUID) for ds in found] == [burned[-1]]
-            audit = (data / "logs" / retention.AUDIT_FILE).read_text()
+            audit = (data / "logs" / trail.TRAIL_FILE).read_text()
             assert all(s in audit for s in purged)
             conn.close()
 

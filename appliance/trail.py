@@ -1,0 +1,29 @@
+"""The audit trail's one call site for retention, network and configuration changes.
+
+`record(action, target, detail)` is shaped like `audit.record(...)` of appliance/audit.py, which
+the web UI branch adds; until it is merged each entry goes to the station log and, as one JSON
+line, to `<data>/logs/audit-trail.log`. When it is merged, redirect this one function to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+LOG = logging.getLogger("burnstation.audit")
+TRAIL_FILE = "audit-trail.log"  # in <data>/logs/
+
+
+def record(action: str, target: str, detail: dict[str, Any], data_dir: str | Path, actor: str = "system") -> None:
+    entry = {"at": time.time(), "action": action, "target": target, "actor": actor, **detail}
+    LOG.info("audit %s %s %s", action, target, json.dumps(detail, sort_keys=True, default=str))
+    logs = Path(data_dir) / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        with open(logs / TRAIL_FILE, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True, default=str) + "\n")
+    except OSError as exc:
+        LOG.error("cannot write the audit trail: %s", exc)
