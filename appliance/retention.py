@@ -10,7 +10,7 @@ A box that is never looked after must not fill its disk (then every C-STORE is r
 - never automatically: a study with an unburned arrival (an instance on no done disc made after
   it arrived: a re-sent instance makes its study unburned again), an instance in a pending
   delayed group, a job not finished, or a valid patient token (`token_protection`); a study
-  received only on the plain AE title (archive, never burned) only after
+  whose unburned instances all arrived on the plain AE title (archive, not for burning) only after
   `storage.purge_unburned_after_days` (0 = never) since its last arrival.
 
 A deletion removes the study's files, its index rows (so C-FIND no longer finds it) and the built
@@ -102,12 +102,13 @@ def water_marks(settings: Settings, disk: Disk) -> tuple[int, int]:
 
 def _verdict(study: dict[str, Any], facts: dict[str, Any] | None, pending: set[str], burn_aets: set[str],
              settings: Settings, conn: sqlite3.Connection, now: float, older_than_days: int | None) -> Verdict:
-    facts = facts or {"unburned": study["instances"], "last_done": None, "active": 0, "failed": 0, "done_jobs": []}
+    facts = facts or {"unburned": study["instances"], "last_done": None, "active": 0, "failed": 0, "done_jobs": [],
+                      "unburned_for_burning": study["instances"] if set(study["called_aets"]) & burn_aets else 0}
     v = Verdict(study["study_uid"], study["patient_id"], study["patient_name"], study["study_date"],
                 int(study["instances"]), int(study["size"]), float(study["last_received"] or 0.0),
                 facts["last_done"], "burned", done_jobs=list(facts["done_jobs"]))
-    if facts["unburned"]:
-        v.kind = "unburned" if set(study["called_aets"]) & burn_aets else "archive"
+    if facts["unburned"]:  # unburned instances all received on the plain AE title: an archive study
+        v.kind = "unburned" if facts["unburned_for_burning"] else "archive"
     if study["study_uid"] in pending:
         v.protected = "an instance waits in a pending delayed group"
     elif facts["active"]:
@@ -138,9 +139,9 @@ def assess(conn: sqlite3.Connection, settings: Settings, now: float | None = Non
     """A verdict for every indexed study (or one), oldest last disc first."""
     now = time.time() if now is None else now
     studies = index.study_overview(conn, study_uid)
-    facts = jobs.study_burn_facts(conn, study_uid)
-    pending = routing.studies_in_pending_groups(conn)
     burn_aets = set(routing.routes(settings))
+    facts = jobs.study_burn_facts(conn, study_uid, sorted(burn_aets))
+    pending = routing.studies_in_pending_groups(conn)
     verdicts = [_verdict(s, facts.get(s["study_uid"]), pending, burn_aets, settings, conn, now, older_than_days)
                 for s in studies]
     verdicts.sort(key=lambda v: (v.last_done or v.last_received, v.last_received, v.study_uid))

@@ -97,6 +97,9 @@ def test_rules_dry_run_and_purge(data: Path, tmp_path: Path) -> None:
     _burn(data, failed, now - 80 * DAY)
     _burn(data, failed, now - 80 * DAY, state=jobs.FAILED)
     archive = _ingest(data, "BURNSTATION", patient="ARCHIVE", at=now - 90 * DAY)
+    rearchived = _ingest(data, "BURNSTATION_E", patient="REARCHIVED", at=now - 50 * DAY)
+    _burn(data, rearchived, now - 40 * DAY)
+    _ingest(data, "BURNSTATION", n=1, study_uid=rearchived, patient="REARCHIVED")  # again, to the archive title
     configure(data, "burn.delay_seconds=86400")
     conn = db.connect(data)
     settings = Settings(data)
@@ -117,17 +120,18 @@ def test_rules_dry_run_and_purge(data: Path, tmp_path: Path) -> None:
     assert "failed" in reasons[failed]
     assert "not (or not all) burned" in reasons[unburned] and "not (or not all) burned" in reasons[resent]
     assert "purge_unburned_after_days = 0" in reasons[archive]
+    assert "purge_unburned_after_days = 0" in reasons[rearchived]
     assert [s["study_uid"] for s in status["next"]] == [recent]  # the next by age, and when
     assert status["next"][0]["due_at"] == pytest.approx(now - 2 * DAY + 30 * DAY, abs=5)
 
     real = json.loads(burnstation(data, "storage", "purge", "--json").stdout)
     assert [s["study_uid"] for s in real["studies"]] == [s["study_uid"] for s in dry["studies"]]
     left = {s["study_uid"] for s in index.study_overview(conn)}
-    assert left == {recent, resent, unburned, active, failed, archive, pending}
+    assert left == {recent, resent, unburned, active, failed, archive, rearchived, pending}
     assert not any(Path(p).exists() for s in (old, older) for p in files_before[s])
     assert not (data / "storage" / old).exists()
     assert all(Path(p).exists() for p in files_before[recent])
-    assert len(jobs.list_jobs(conn)) == 8  # the job history stays
+    assert len(jobs.list_jobs(conn)) == 9  # the job history stays
     audit = [json.loads(line) for line in (data / "logs" / trail.TRAIL_FILE).read_text().splitlines()]
     assert [(a["action"], a["target"]) for a in audit] == [("study.purged", older), ("study.purged", old)]
     assert audit[0]["patient_id"] == "OLDER" and audit[0]["files_removed"] == 2 and audit[0]["actor"] == "retention"

@@ -230,19 +230,26 @@ def study_sop_uids(conn: sqlite3.Connection, study_uid: str) -> list[str]:
     return [r["sop_uid"] for r in conn.execute("SELECT sop_uid FROM instances WHERE study_uid=?", (study_uid,))]
 
 
-def study_burn_facts(conn: sqlite3.Connection, study_uid: str | None = None) -> dict[str, dict[str, Any]]:
+def study_burn_facts(conn: sqlite3.Connection, study_uid: str | None = None,
+                     burn_aets: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
     """Per study (or just `study_uid`), what retention needs of its disc jobs: `unburned` (instances
     whose file stored last is on no disc of a done job made after it arrived: a re-sent instance is
-    unburned again), `last_done` (when its last done job finished), `active` and `failed` job counts,
-    and the ids of its done jobs (whose disc images go with it)."""
+    unburned again) and of those `unburned_for_burning` (received on one of `burn_aets`),
+    `last_done` (when its last done job finished), `active` and `failed` job counts, and the ids of
+    its done jobs (whose disc images go with it)."""
     where, args = ("WHERE i.study_uid=?", (study_uid,)) if study_uid is not None else ("", ())
+    aets = list(burn_aets) or [""]
+    marks = ",".join("?" * len(aets))
     facts: dict[str, dict[str, Any]] = {}
     for row in conn.execute(
-            "SELECT i.study_uid, SUM(CASE WHEN EXISTS (SELECT 1 FROM job_items ji JOIN jobs j ON j.id=ji.job_id "
-            "WHERE ji.sop_uid=i.sop_uid AND j.state='done' AND j.created_at >= i.received_at) THEN 0 ELSE 1 END) "
-            f"AS unburned FROM instances i {where} GROUP BY i.study_uid", args):
-        facts[row["study_uid"]] = {"unburned": int(row["unburned"]), "last_done": None, "active": 0, "failed": 0,
-                                   "done_jobs": []}
+            "SELECT study_uid, SUM(unburned) AS unburned, SUM(unburned AND called_aet IN "
+            f"({marks})) AS unburned_for_burning FROM (SELECT i.study_uid, i.called_aet, NOT EXISTS "
+            "(SELECT 1 FROM job_items ji JOIN jobs j ON j.id=ji.job_id WHERE ji.sop_uid=i.sop_uid "
+            f"AND j.state='done' AND j.created_at >= i.received_at) AS unburned FROM instances i {where}) "
+            "GROUP BY study_uid", (*aets, *args)):
+        facts[row["study_uid"]] = {"unburned": int(row["unburned"]),
+                                   "unburned_for_burning": int(row["unburned_for_burning"] or 0),
+                                   "last_done": None, "active": 0, "failed": 0, "done_jobs": []}
     for row in conn.execute(
             "SELECT DISTINCT i.study_uid, j.id, j.state, j.finished_at FROM instances i "
             f"JOIN job_items ji ON ji.sop_uid=i.sop_uid JOIN jobs j ON j.id=ji.job_id {where}", args):
