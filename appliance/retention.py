@@ -230,10 +230,15 @@ def purge(conn: sqlite3.Connection, settings: Settings, data_dir: Path, the_plan
     return done
 
 
+PASS_LIMIT = 50  # studies one automatic pass deletes at most (the burner's routing waits meanwhile)
+
+
 def run_once(conn: sqlite3.Connection, settings: Settings, data_dir: Path,
              now: float | None = None) -> list[dict[str, Any]]:
-    """One automatic pass (the burner's timer): plan with the settings, delete what is due."""
+    """One automatic pass (the burner's timer): plan with the settings, delete what is due (the
+    first PASS_LIMIT of it; the next pass goes on)."""
     the_plan = plan(conn, settings, data_dir, now)
+    the_plan.delete = the_plan.delete[:PASS_LIMIT]
     return purge(conn, settings, data_dir, the_plan, now) if the_plan.delete else []
 
 
@@ -267,6 +272,8 @@ class Timer:
     def done(self, deleted: list[dict[str, Any]]) -> None:
         """After a pass: back off while the disk stays above the mark and nothing could go."""
         disk = disk_usage(self.data_dir)
+        if len(deleted) >= PASS_LIMIT:
+            self._aged = -1e18  # more may be due: the next tick is a full pass again
         if deleted or disk.free >= water_marks(self.settings, disk)[0]:
             self._idle_until, self._warned = -1e18, False
             return

@@ -334,3 +334,26 @@ def test_burned_by_the_pipeline_then_purged(tmp_path: Path) -> None:
         assert not (data / "storage" / study).exists()
         assert job_states() == ["done", "done"]  # the job history stays
         conn.close()
+
+
+def test_a_pass_deletes_at_most_its_limit_then_goes_on(data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(retention, "PASS_LIMIT", 1)
+    configure(data, "storage.high_water_percent=99", "storage.low_water_percent=98", "dicom.min_free_mb=0")
+    now = time.time()
+    studies = []
+    for i in range(2):
+        study = _ingest(data, "BURNSTATION_P", patient=f"L{i}", at=now - 90 * DAY)
+        _burn(data, study, now - (80 - i) * DAY)
+        studies.append(study)
+    conn = db.connect(data)
+    settings = Settings(data)
+    clock = [0.0]
+    timer = retention.Timer(settings, data, clock=lambda: clock[0])
+    assert timer.due()
+    first = retention.run_once(conn, settings, data)
+    assert [d["study_uid"] for d in first] == studies[:1]
+    timer.done(first)
+    clock[0] += 2
+    assert timer.due()  # the limit was reached: a full pass again at the next tick
+    assert [d["study_uid"] for d in retention.run_once(conn, settings, data)] == studies[1:]
+    conn.close()
