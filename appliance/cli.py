@@ -73,6 +73,17 @@ def cmd_config(args: argparse.Namespace) -> int:
             for key in SPECS:
                 print(f"{key} = {json.dumps(values[key])}    # {SPECS[key].help}")
         return 0
+    if args.action in ("export", "import"):
+        from appliance import backup
+
+        if args.action == "export":
+            doc = backup.export_config(settings, args.file)
+            print(f"exported {', '.join(doc['sections'])} to {args.file} (no patient data, device keys or tokens)")
+            return 0
+        counts = backup.import_config(settings, args.file)
+        print("imported " + ", ".join(f"{name} ({n})" if name in ("nodes", "robots") else name
+                                      for name, n in counts.items()) + f" from {args.file}")
+        return 0
     changes = dict(parse_assignment(a) for a in args.assignments)
     if not changes:
         raise SettingError("config set: give at least one key=value")
@@ -259,6 +270,80 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage(args: argparse.Namespace) -> int:
+    from appliance import db, retention
+
+    settings = _settings(args)
+    data = _data(args)
+    conn = db.connect(data)
+    try:
+        if args.action == "status":
+            report = retention.status(conn, settings, data)
+            print(json.dumps(report, indent=1, sort_keys=True) if args.json else retention.render_status(report))
+            return 0
+        days = args.older_than_days
+        if days is not None and not 0 <= days <= 36500:
+            raise SettingError(f"--older-than-days: must be from 0 to 36500, not {days}")
+        plan = retention.plan(conn, settings, data, older_than_days=days)
+        if args.dry_run:
+            listed = [{"study_uid": v.study_uid, "patient_id": v.patient_id, "study_date": v.study_date,
+                       "instances": v.instances, "size": v.size, "reason": v.reason} for v in plan.delete]
+        else:
+            listed = retention.purge(conn, settings, data, plan, older_than_days=days)
+        if args.json:
+            print(json.dumps({"dry_run": bool(args.dry_run), "studies": listed}, indent=1, sort_keys=True))
+        else:
+            verb = "would delete" if args.dry_run else "deleted"
+            for item in listed:
+                print(f"{verb} {item['study_uid']}  {item['patient_id']}  {item['reason']}")
+            print(f"{len(listed)} stud{'y' if len(listed) == 1 else 'ies'} {verb}")
+        return 0
+    finally:
+        conn.close()
+
+
+def cmd_network(args: argparse.Namespace) -> int:
+    from appliance import network
+
+    _settings(args)
+    net = network.Network(_data(args))
+    if args.action == "show":
+        shown = net.show()
+        if args.json:
+            print(json.dumps(shown, indent=1, sort_keys=True))
+            return 0
+        for key in network.DEFAULTS:
+            value = shown["values"][key]
+            print(f"{key} = {' '.join(value) if isinstance(value, list) else value}")
+        where = "applied to the system" if shown["applied"] else "not applied: outside the appliance image"
+        print(f"# files in {shown['files']} ({where})")
+        if shown["pending_seconds"] is not None:
+            print(f"# unconfirmed address change: rolled back in {shown['pending_seconds']} s "
+                  "unless `burnstation network confirm`")
+        return 0
+    if args.action == "confirm":
+        if not net.confirm():
+            print("burnstation: no network change waiting for confirmation", file=sys.stderr)
+            return 1
+        print("network change confirmed")
+        return 0
+    changes = network.parse_assignments(args.assignments)
+    if not changes:
+        raise SettingError("network set: give at least one key=value")
+    result = net.set(changes)
+    for key in changes:
+        value = result["values"].get(key)
+        print(f"{key} = {' '.join(value) if isinstance(value, list) else value}")
+    if result["rollback_at"]:
+        print(f"address change: confirm within {network.ROLLBACK_SECONDS} s with `burnstation network confirm` "
+              "(from the new address), else the previous settings come back")
+    if not result["applied"]:
+        print(f"written to {result['files']} (not applied: outside the appliance image)")
+    for failed in result["failed"]:
+        print(f"burnstation: could not apply: {failed}", file=sys.stderr)
+    return 1 if result["failed"] else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="burnstation", description="DICOM burn station")
     parser.add_argument("--data", help="data folder (default: $BURNSTATION_DATA, /var/lib/burnstation or ./var)")
@@ -280,6 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     setp = csub.add_parser("set")
     setp.add_argument("assignments", nargs="*", metavar="key=value")
     setp.add_argument("--data", default=argparse.SUPPRESS)
+    exp = csub.add_parser("export", help="write settings, nodes, robots and network settings to FILE")
+    exp.add_argument("file")
+    exp.add_argument("--data", default=argparse.SUPPRESS)
+    imp = csub.add_parser("import", help="replace this station's configuration with FILE (validated whole first)")
+    imp.add_argument("file")
+    imp.add_argument("--data", default=argparse.SUPPRESS)
 
     p = add("nodes", cmd_nodes, "known DICOM nodes")
     nsub = p.add_subparsers(dest="action", required=True)
@@ -328,6 +419,28 @@ def build_parser() -> argparse.ArgumentParser:
     from appliance.transfer import commands as transfer_commands  # query, retrieve, send, transfers, forward
 
     transfer_commands.add_parsers(add, _settings)
+    p = add("storage", cmd_storage, "disk usage and retention: what is deleted, when; purge now")
+    ssub = p.add_subparsers(dest="action", required=True)
+    st = ssub.add_parser("status", help="usage, what a purge would delete, what goes next and when")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--data", default=argparse.SUPPRESS)
+    sp = ssub.add_parser("purge", help="delete what the retention rules say may go, now")
+    sp.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--older-than-days", type=int, metavar="N",
+                    help="for this run, burned studies whose last disc is older than N days (0: all burned)")
+    sp.add_argument("--data", default=argparse.SUPPRESS)
+    p = add("network", cmd_network, "host name, address, DNS, NTP and time zone of the box (admin)")
+    nwsub = p.add_subparsers(dest="action", required=True)
+    nws = nwsub.add_parser("show")
+    nws.add_argument("--json", action="store_true")
+    nws.add_argument("--data", default=argparse.SUPPRESS)
+    nwset = nwsub.add_parser("set", help="hostname= mode=dhcp|static address=IP/PREFIX gateway= dns= search= "
+                                         "ntp= timezone= interface=")
+    nwset.add_argument("assignments", nargs="*", metavar="key=value")
+    nwset.add_argument("--data", default=argparse.SUPPRESS)
+    nwc = nwsub.add_parser("confirm", help="keep an address change (else it is rolled back after 120 s)")
+    nwc.add_argument("--data", default=argparse.SUPPRESS)
     p = add("status", cmd_status, "ports, processes, robots, queue, disk and certificate (troubleshooting)")
     p.add_argument("--json", action="store_true")
     # one service in its own process, as the supervisor runs it (no help line: not for people)

@@ -297,6 +297,16 @@ SPECS: dict[str, Spec] = {
     "panel.device": Spec("", _path, "front-panel LCD serial device (empty: found by its USB ids)"),
     "panel.baud": Spec(19200, _choice_int(9600, 19200, 38400, 57600, 115200), "front-panel LCD baud rate"),
     "panel.page_seconds": Spec(4, _int_range(1, 60), "seconds each front-panel page is shown"),
+    # Retention (issue 18): what is deleted, and when, so the disk never fills
+    "storage.purge_after_days": Spec(
+        30, _int_range(0, 36500), "days after its last disc a fully burned study is deleted (0 = never)"),
+    "storage.high_water_percent": Spec(
+        90, _int_range(1, 99), "disk fuller than this: oldest burned studies are deleted first"),
+    "storage.low_water_percent": Spec(
+        80, _int_range(1, 98), "... until the disk is under this"),
+    "storage.purge_unburned_after_days": Spec(
+        0, _int_range(0, 36500), "days after its last arrival a study received on the plain AE title "
+        "(archive, never burned) is deleted (0 = never)"),
 }
 
 # keys whose change needs the DICOM listeners rebound
@@ -326,6 +336,11 @@ def _cross_check(values: dict[str, Any]) -> None:
         raise SettingError(f"dicom.tls_trusted_ca: no such file {values['dicom.tls_trusted_ca']!r}")
     if values["dicom.tls_trusted_ca"]:
         _check_ca_file("dicom.tls_trusted_ca", values["dicom.tls_trusted_ca"])
+    if values["storage.low_water_percent"] >= values["storage.high_water_percent"]:
+        raise SettingError(
+            f"storage.low_water_percent: must be below storage.high_water_percent "
+            f"({values['storage.low_water_percent']} is not below {values['storage.high_water_percent']}): "
+            "purging stops at the low mark")
     if values["hl7.destination_host"] and not values["hl7.destination_port"]:
         raise SettingError("hl7.destination_port: set it when hl7.destination_host is set")
 
@@ -580,7 +595,20 @@ class Settings:
             self._stamp = None
             return bool(removed)
 
-    # -- generic tables for other subsystems (robots)
+    def replace_all(self, values: dict[str, Any], tables: dict[str, list[dict[str, Any]]]) -> None:
+        """Replace every setting and whole tables (nodes, robots, …) in one atomic file write (a
+        configuration import: a reader sees the old or the new configuration, never a mix);
+        `values` must already be validated (`validate`)."""
+        with self._lock, self._db():  # the settings file lock; written directly, once
+            storage = AtomicJSONStorage(str(self.path))
+            data = storage.read() or {}
+            data["settings"] = {"1": {**{key: spec.default for key, spec in SPECS.items()}, **values}}
+            for name, docs in tables.items():
+                data[name] = {str(i + 1): dict(doc) for i, doc in enumerate(docs)}
+            storage.write(data)
+            self._stamp = None
+
+    # -- generic tables for other subsystems (robots, users)
 
     def table_all(self, name: str) -> list[dict[str, Any]]:
         data = AtomicJSONStorage(str(self.path)).read() or {}

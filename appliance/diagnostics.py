@@ -220,7 +220,10 @@ def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "waiting": waiting,
         "transfers": transfers,
         "disk": {"path": str(data_dir), "free_mb": usage.free // 2**20, "total_mb": usage.total // 2**20,
-                 "min_free_mb": min_free_mb, "low": usage.free // 2**20 < max(min_free_mb, 1) * 2},
+                 "min_free_mb": min_free_mb, "low": usage.free // 2**20 < max(min_free_mb, 1) * 2,
+                 "retention": {k.split(".", 1)[1]: settings.get(k) for k in (
+                     "storage.purge_after_days", "storage.high_water_percent", "storage.low_water_percent",
+                     "storage.purge_unburned_after_days")}},
         "data_permissions": permissions.status(data_dir, settings),
         "tls_certificate": {
             "expires": expiry.isoformat() if expiry else None,
@@ -279,6 +282,13 @@ def render(report: dict[str, Any]) -> str:
     disk = report["disk"]
     lines.append(f"Disk: {disk['free_mb']} MB free of {disk['total_mb']} MB at {disk['path']}"
                  f"{' — LOW' if disk['low'] else ''} (C-STORE refused below {disk['min_free_mb']} MB)")
+    keep = disk.get("retention")
+    if keep:
+        lines.append(f"Retention: burned studies deleted {keep['purge_after_days']} days after their last disc"
+                     f"{' (never)' if not keep['purge_after_days'] else ''}; above {keep['high_water_percent']}% used "
+                     f"the oldest burned go until {keep['low_water_percent']}%; archive studies "
+                     + (f"after {keep['purge_unburned_after_days']} days" if keep["purge_unburned_after_days"]
+                        else "never") + " (`burnstation storage status`)")
     lines.append(permissions.render(report.get("data_permissions")))
     tls = report["tls_certificate"]
     if tls["expires"]:

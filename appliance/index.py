@@ -287,6 +287,49 @@ def _prune(conn: sqlite3.Connection, series_uid: str, study_uid: str) -> None:
                      (owner["patient_id"], owner["patient_id"]))
 
 
+# --------------------------------------------------------------------------- retention (appliance/retention.py)
+
+
+def study_overview(conn: sqlite3.Connection, study_uid: str | None = None) -> list[dict[str, Any]]:
+    """One row per indexed study (or just `study_uid`): patient, date, description, instance count,
+    bytes, the last arrival and the called AE titles it arrived on (what retention decides on)."""
+    where, args = ("WHERE i.study_uid=?", (study_uid,)) if study_uid is not None else ("", ())
+    rows = conn.execute(
+        "SELECT i.study_uid, COUNT(*) AS instances, COALESCE(SUM(i.size), 0) AS size, "
+        "MAX(i.received_at) AS last_received, group_concat(DISTINCT i.called_aet) AS called_aets, "
+        "COALESCE(p.id_value, '') AS patient_id, COALESCE(p.patient_name, '') AS patient_name, "
+        "COALESCE(st.study_date, '') AS study_date, COALESCE(st.description, '') AS description "
+        f"FROM instances i LEFT JOIN studies st ON st.study_uid=i.study_uid "
+        f"LEFT JOIN patients p ON p.patient_id=st.patient_id {where} GROUP BY i.study_uid", args).fetchall()
+    out = []
+    for row in rows:
+        item = dict(row)
+        item["called_aets"] = sorted(set((item["called_aets"] or "").split(",")))
+        out.append(item)
+    return out
+
+
+def instances_of_study(conn: sqlite3.Connection, study_uid: str) -> list[sqlite3.Row]:
+    """The index rows of a study's instances."""
+    return conn.execute("SELECT * FROM instances WHERE study_uid=? ORDER BY series_uid, sop_uid",
+                        (study_uid,)).fetchall()
+
+
+def delete_study_in(conn: sqlite3.Connection, study_uid: str) -> list[str]:
+    """Delete a study's instance, series and study rows (and its patient when no other study is
+    left) inside the caller's transaction; returns the paths of its files for the caller to unlink.
+    What associations received (`association_instances`) and the association log stay: history."""
+    paths = [r["path"] for r in conn.execute("SELECT path FROM instances WHERE study_uid=?", (study_uid,))]
+    owner = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (study_uid,)).fetchone()
+    conn.execute("DELETE FROM instances WHERE study_uid=?", (study_uid,))
+    conn.execute("DELETE FROM series WHERE study_uid=?", (study_uid,))
+    conn.execute("DELETE FROM studies WHERE study_uid=?", (study_uid,))
+    if owner is not None:
+        conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS (SELECT 1 FROM studies WHERE patient_id=?)",
+                     (owner["patient_id"], owner["patient_id"]))
+    return paths
+
+
 # --------------------------------------------------------------------------- association log
 
 
@@ -638,6 +681,13 @@ def studies_of(conn: sqlite3.Connection, sop_uids: Iterable[str]) -> dict[str, s
             f"SELECT sop_uid, study_uid FROM instances WHERE sop_uid IN ({','.join('?' * len(chunk))})",
             tuple(chunk)))
     return out
+
+
+def instance_arrivals(conn: sqlite3.Connection, study_uid: str | None = None) -> list[dict[str, Any]]:
+    """sop_uid, study_uid, called_aet and received_at of every instance (or a study's), for retention."""
+    where, args = ("WHERE study_uid=?", (study_uid,)) if study_uid is not None else ("", ())
+    return [dict(r) for r in conn.execute(
+        f"SELECT sop_uid, study_uid, called_aet, received_at FROM instances {where}", args)]
 
 
 def study_accession(conn: sqlite3.Connection, study_uid: str) -> str:

@@ -6,11 +6,15 @@ and a hash of it otherwise, so a hostile UID can never name a path outside the s
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import re
 import shutil
 import struct
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -26,6 +30,49 @@ def safe_component(uid: str) -> str:
     if uid and len(uid) <= 64 and _UID_RE.match(uid):
         return uid
     return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+PURGE_LOCK_FILE = ".storage.lock"  # in the data folder, beside storage/ (never inside it)
+
+
+class PurgeLock:
+    """Keeps a purge and an arriving instance apart (across processes): C-STORE holds it shared
+    from writing the file until the index row is committed, a purge holds it exclusively while
+    it re-checks a study, deletes its rows and unlinks its files. So a purge never deletes a file
+    whose arrival is not yet in the index, and an arrival after a purge simply starts the study anew.
+
+    Each thread opens its own descriptor: flock locks belong to an open file description, and
+    threads sharing one would release each other's shared lock.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(data_dir) / PURGE_LOCK_FILE
+        self._local = threading.local()
+
+    def _fd(self) -> int:
+        fd = getattr(self._local, "fd", None)
+        if fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._local.fd = fd
+        return fd
+
+    @contextlib.contextmanager
+    def _held(self, how: int) -> Iterator[None]:
+        fd = self._fd()
+        fcntl.flock(fd, how)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def arrival(self) -> contextlib.AbstractContextManager[None]:
+        """Held (shared) by an arriving instance: many arrivals at once, no purge meanwhile."""
+        return self._held(fcntl.LOCK_SH)
+
+    def purge(self) -> contextlib.AbstractContextManager[None]:
+        """Held (exclusive) by a purge of one study: no arrival is between its file and its index row."""
+        return self._held(fcntl.LOCK_EX)
 
 
 def free_bytes(path: str | os.PathLike[str]) -> int:
@@ -68,6 +115,7 @@ class Store:
         self.root.mkdir(parents=True, exist_ok=True)
         self.min_free = min_free_mb * 1024 * 1024
         self._made: set[Path] = set()
+        self.lock = PurgeLock(self.root.parent)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return self.root / safe_component(study_uid) / safe_component(series_uid) / (safe_component(sop_uid) + ".dcm")
@@ -86,7 +134,11 @@ class Store:
             directory.mkdir(parents=True, exist_ok=True)
             self._made.add(directory)
         tmp = directory / f".{path.name}.{os.getpid()}.{id(chunks)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # patient data: owner only
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # patient data: owner only
+        except FileNotFoundError:  # a purge removed the study's folder since we made it
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         size = 0
         try:
             for chunk in chunks:
@@ -119,3 +171,33 @@ class Store:
                     except FileNotFoundError:
                         pass
         return removed
+
+
+def remove_study_files(storage_root: str | os.PathLike[str], paths: list[str]) -> tuple[int, int]:
+    """Unlink the given files of a purged study (only files inside the store), then the folders
+    they leave empty; returns (files removed, bytes freed). Call under `PurgeLock.purge()`."""
+    root = Path(storage_root).resolve()
+    removed = freed = 0
+    folders: set[Path] = set()
+    for text in paths:
+        path = Path(text)
+        try:
+            resolved = path.resolve()
+        except OSError:
+            continue
+        if root not in resolved.parents:
+            continue  # never outside the store, whatever the index says
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
+        freed += size
+        folders.add(path.parent)
+        folders.add(path.parent.parent)
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        if folder.resolve() != root and root in folder.resolve().parents:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: anything else arrived there stays
+    return removed, freed

@@ -81,6 +81,7 @@ CREATE TABLE IF NOT EXISTS job_items (
     sop_uid TEXT NOT NULL,
     PRIMARY KEY (job_id, sop_uid)
 );
+CREATE INDEX IF NOT EXISTS job_items_sop ON job_items(sop_uid);
 CREATE TABLE IF NOT EXISTS job_seq (
     day TEXT PRIMARY KEY,
     n   INTEGER NOT NULL
@@ -350,3 +351,46 @@ def done_since(conn: sqlite3.Connection, since: float) -> list[tuple[list[str], 
             uids = []
         out.append((uids, float(r["updated_at"])))
     return out
+
+
+
+
+def study_burn_facts(conn: sqlite3.Connection, study_uid: str | None = None,
+                     burn_aets: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Per study (or just `study_uid`), what retention needs of its disc jobs: `unburned` (instances
+    whose file stored last is on no disc of a done job made after it arrived: a re-sent instance is
+    unburned again) and of those `unburned_for_burning` (received on one of `burn_aets`),
+    `last_done` (when its last done job finished), `active` and `failed` job counts, and the ids of
+    its done jobs (whose disc images go with it)."""
+    arrivals = index.instance_arrivals(conn, study_uid)  # sop_uid, study_uid, called_aet, received_at
+    wanted = {row["sop_uid"] for row in arrivals}
+    by_sop: dict[str, list[sqlite3.Row]] = {}
+    for row in conn.execute("SELECT ji.sop_uid, j.id, j.state, j.created_at, j.finished_at FROM job_items ji "
+                            "JOIN jobs j ON j.id=ji.job_id"):
+        if row["sop_uid"] in wanted:
+            by_sop.setdefault(row["sop_uid"], []).append(row)
+    aets = set(burn_aets)
+    facts: dict[str, dict[str, Any]] = {}
+    seen_jobs: dict[str, set[str]] = {}
+    for arrival in arrivals:
+        item = facts.setdefault(arrival["study_uid"], {"unburned": 0, "unburned_for_burning": 0, "last_done": None,
+                                                       "active": 0, "failed": 0, "done_jobs": []})
+        job_rows = by_sop.get(arrival["sop_uid"], [])
+        burned = any(j["state"] == DONE and j["created_at"] >= arrival["received_at"] for j in job_rows)
+        if not burned:
+            item["unburned"] += 1
+            if arrival["called_aet"] in aets:
+                item["unburned_for_burning"] += 1
+        seen = seen_jobs.setdefault(arrival["study_uid"], set())
+        for j in job_rows:
+            if j["id"] in seen:
+                continue
+            seen.add(j["id"])
+            if j["state"] == DONE:
+                item["done_jobs"].append(j["id"])
+                item["last_done"] = max(item["last_done"] or 0.0, j["finished_at"] or 0.0)
+            elif j["state"] in ACTIVE:
+                item["active"] += 1
+            elif j["state"] == FAILED:
+                item["failed"] += 1
+    return facts

@@ -360,6 +360,14 @@ def pending_groups(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute("SELECT * FROM burn_groups WHERE state='pending' ORDER BY deadline_at")]
 
 
+def studies_in_pending_groups(conn: sqlite3.Connection) -> set[str]:
+    """Study Instance UIDs with an instance waiting in a pending delayed group (retention keeps them)."""
+    waiting = [r[0] for r in conn.execute(
+        "SELECT DISTINCT gi.sop_uid FROM burn_groups g JOIN burn_group_items gi ON gi.group_id=g.id "
+        "WHERE g.state='pending'")]
+    return set(index.studies_of(conn, waiting).values())
+
+
 def held_associations(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(
         "SELECT * FROM burn_assocs WHERE state IN ('held', 'stale') ORDER BY assoc_id DESC LIMIT 100")]

@@ -18,6 +18,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from appliance import network
 from appliance.accounts import read_setup_code
 from appliance.burn import jobs, robots
 from appliance.config import Settings
@@ -109,6 +110,9 @@ def pages(data_dir: Path, settings: Settings, addresses: list[str] | None = None
     if len(dicom) > 20:
         dicom = f"DCM {port('dicom.port')} TLS {port('dicom.tls_port')}"
     first = [values["dicom.aet"], f"IP {addresses[0]}", dicom, f"State: {state}"]
+    left = network.Network(data_dir).seconds_left()
+    if left is not None:  # an unconfirmed address change: how long until it is rolled back
+        first[3] = f"IP confirm {left}s"
     others = f"HL7 {port('hl7.port')} HTTP {port('http.port')}"
     if job:
         progress = job.get("progress") or 0

@@ -167,6 +167,14 @@ def revoke(conn: sqlite3.Connection, token_id: int, *, clock: Clock = time.time)
     return get(conn, token_id)  # type: ignore[return-value]
 
 
+def valid_until_for_study(conn: sqlite3.Connection, study_uid: str, now: float) -> float | None:
+    """The latest expiry of the study's valid (unrevoked, unexpired) tokens; None when it has none
+    (retention keeps a study while a patient link to it works)."""
+    row = conn.execute("SELECT MAX(expires_at) FROM tokens WHERE study_uid=? AND revoked_at IS NULL AND expires_at > ?",
+                       (study_uid, now)).fetchone()
+    return float(row[0]) if row and row[0] is not None else None
+
+
 def record_use(conn: sqlite3.Connection, token_id: int, address: str, what: str, *, clock: Clock = time.time) -> None:
     conn.execute("INSERT INTO token_uses (token_id, used_at, address, what) VALUES (?,?,?,?)",
                  (token_id, clock(), address[:64], what[:200]))

@@ -13,7 +13,7 @@ import threading
 import time
 from pathlib import Path
 
-from appliance import db
+from appliance import db, network, retention
 from appliance.burn import dispatch, jobs, routing
 from appliance.config import Settings
 
@@ -60,6 +60,8 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     if ready is not None:
         ready.set()
     pruned = 0.0
+    purger = retention.Timer(settings, data_dir)
+    net = network.Network(data_dir)
     try:
         while not stop.is_set():
             try:
@@ -71,6 +73,9 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
                 if time.monotonic() - pruned > PRUNE_SECONDS:
                     pruned = time.monotonic()
                     dispatch.prune_discs(conn, settings, data_dir)
+                if purger.due():
+                    purger.done(retention.run_once(conn, settings, data_dir))
+                net.check_rollback()  # an unconfirmed address change comes back by itself
             except Exception:
                 LOG.exception("burner pass failed")
             stop.wait(POLL_SECONDS)

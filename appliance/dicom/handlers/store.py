@@ -91,22 +91,24 @@ class StoreHandler:
         if not rec.study_uid or not rec.series_uid:
             return _failure(DATASET_MISMATCH, "Study or Series Instance UID missing")
         path = ctx.store.path_for(rec.study_uid, rec.series_uid, sop_uid)
-        try:
-            size = ctx.store.write(path, [file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling), raw])
-        except OSError as exc:
-            LOG.error("cannot write %s: %s", path, exc)
-            return _failure(OUT_OF_RESOURCES, f"cannot write file: {exc.strerror or exc}")
-        rec.path = str(path)
-        rec.size = size
-        state = state_of(assoc)
-        rec.sop_class = sop_class or rec.sop_class
-        rec.assoc_id = state.row_id if state else None
-        rec.called_aet = assoc.acceptor.ae_title.strip()
-        rec.calling_aet = calling
-        rec.received_at = time.time()
-        conn = ctx.conn()
-        with _INDEX_WRITE_LOCK:
-            old = index.add_instance(conn, rec)
+        # file and index row under the purge lock (shared): a purge of this study waits, or has finished
+        with ctx.store.lock.arrival():
+            try:
+                size = ctx.store.write(path, [file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling), raw])
+            except OSError as exc:
+                LOG.error("cannot write %s: %s", path, exc)
+                return _failure(OUT_OF_RESOURCES, f"cannot write file: {exc.strerror or exc}")
+            rec.path = str(path)
+            rec.size = size
+            state = state_of(assoc)
+            rec.sop_class = sop_class or rec.sop_class
+            rec.assoc_id = state.row_id if state else None
+            rec.called_aet = assoc.acceptor.ae_title.strip()
+            rec.calling_aet = calling
+            rec.received_at = time.time()
+            conn = ctx.conn()
+            with _INDEX_WRITE_LOCK:
+                old = index.add_instance(conn, rec)
         if old:
             try:
                 os.unlink(old)
