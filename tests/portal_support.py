@@ -8,8 +8,9 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from support import write_study
+
 from appliance import db, index
-from tests.support import write_study
 
 
 def stored_study(data: Path, name: str, **kw: object) -> str:

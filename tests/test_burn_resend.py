@@ -19,6 +19,8 @@ from support import DCMTK, write_study
 from support import wait_for_named as wait_for
 from test_robots_e2e import Rig, rig
 
+pytestmark = pytest.mark.station  # rig() starts a station and the simulator
+
 ROBOT = {"E": "epson", "P": "primera"}
 INSTANCES = 20  # 2 series of 10: enough for two concurrent associations to interleave their stores
 

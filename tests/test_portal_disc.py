@@ -8,13 +8,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support import write_study
 
 from appliance import db, index
 from appliance.burn import dispatch, jobs
 from appliance.config import SettingError, Settings
 from appliance.portal import tokens
 from drivers.epson import jdf
-from tests.support import write_study
 
 
 @pytest.fixture

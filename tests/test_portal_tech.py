@@ -6,10 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from portal_support import serve, stored_study
 from test_web_http import Client
 
 from appliance import accounts, audit, db
-from tests.portal_support import serve, stored_study
 
 
 @pytest.fixture
@@ -72,8 +72,7 @@ def test_chromium_prints_a_slip_whose_qr_code_opens_the_study(web, tmp_path):
     import subprocess
 
     from playwright.sync_api import sync_playwright
-
-    from tests.support import REPO
+    from support import REPO
 
     port, study, _ = web
     tech = Client(port)

@@ -8,11 +8,11 @@ import json
 import re
 
 import pytest
+from portal_support import stored_study
+from support import burnstation
 
 from appliance import db
 from appliance.portal import tokens
-from tests.portal_support import stored_study
-from tests.support import burnstation
 
 
 class Clock:

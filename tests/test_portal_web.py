@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from portal_support import get, serve, stored_study
 from pydicom import dcmread
 from pydicom.fileset import FileSet
+from support import REPO, configure, wait_for
 
 from appliance import db
 from appliance.portal import tokens, zips
-from tests.portal_support import get, serve, stored_study
-from tests.support import REPO, configure, wait_for
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
 

@@ -13,10 +13,10 @@ from PIL import Image
 from pydicom import dcmread
 from pydicom.fileset import FileSet
 from pydicom.uid import RLELossless
+from support import make_dataset, write_study
 
 from appliance import db, index
 from appliance.portal import zips
-from tests.support import make_dataset, write_study
 
 
 def dciodvfy_errors(path: Path) -> set[str]:
