@@ -200,6 +200,65 @@ def authenticate(conn: sqlite3.Connection, name: str, password: str) -> dict[str
     return {"name": row["name"], "role": row["role"]}
 
 
+# --------------------------------------------------------------------------- configuration backup
+
+HASH_RE = re.compile(r"^scrypt\$(\d{1,8})\$(\d{1,3})\$(\d{1,3})\$([0-9a-f]{16,128})\$([0-9a-f]{32,128})$")
+
+
+def validate_hash(stored: Any) -> str:
+    """A password hash as hash_password writes it (scrypt, sane cost, hex salt and digest), else AccountError."""
+    match = HASH_RE.match(stored) if isinstance(stored, str) else None
+    if match is None:
+        raise AccountError("password hash: not a scrypt hash as this station writes them "
+                           "(scrypt$N$r$p$salt$digest, in hex)")
+    n, r, p = (int(match.group(i)) for i in (1, 2, 3))
+    if n < 2 or n & (n - 1) or n > 2**20 or not 1 <= r <= 32 or not 1 <= p <= 16:
+        raise AccountError(f"password hash: cost out of range (N={n} must be a power of two up to 2^20, "
+                           f"r={r} from 1 to 32, p={p} from 1 to 16)")
+    if len(match.group(4)) % 2 or len(match.group(5)) % 2:
+        raise AccountError("password hash: salt and digest must be whole bytes of hex")
+    return stored
+
+
+def export_users(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Users with their password hashes (never a password; sessions are not exported)."""
+    return [dict(r) for r in conn.execute("SELECT name, role, password AS password_hash FROM users ORDER BY name")]
+
+
+def check_user_rows(rows: Any) -> list[dict[str, str]]:
+    """Validate exported users whole (name, role, hash; no name twice); AccountError names the entry."""
+    if not isinstance(rows, list) or not rows:
+        raise AccountError("expected a non-empty list of users (leave the section out to keep this station's users)")
+    out, seen = [], set()
+    for i, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise AccountError(f"entry {i} is not a user")
+        unknown = sorted(set(row) - {"name", "role", "password_hash"})
+        if unknown:
+            raise AccountError(f"entry {i}: unknown field(s) {', '.join(unknown)} (plain passwords are never imported)")
+        try:
+            name = validate_name(row.get("name", ""))
+            role = validate_role(row.get("role", ""))
+            hashed = validate_hash(row.get("password_hash"))
+        except AccountError as exc:
+            raise AccountError(f"entry {i} ({row.get('name')!r}): {exc}") from None
+        if name in seen:
+            raise AccountError(f"{name} appears twice")
+        seen.add(name)
+        out.append({"name": name, "role": role, "password_hash": hashed})
+    return out
+
+
+def replace_users(conn: sqlite3.Connection, rows: list[dict[str, str]]) -> None:
+    """Replace every user with `rows` (checked by check_user_rows) in one transaction; all sessions end."""
+    now = time.time()
+    with db.transaction(conn):
+        conn.execute("DELETE FROM sessions")
+        conn.execute("DELETE FROM users")
+        conn.executemany("INSERT INTO users (name, role, password, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+                         [(r["name"], r["role"], r["password_hash"], now, now) for r in rows])
+
+
 # --------------------------------------------------------------------------- sessions
 
 

@@ -81,7 +81,7 @@ def cmd_config(args: argparse.Namespace) -> int:
             print(f"exported {', '.join(doc['sections'])} to {args.file} (no patient data, device keys or tokens)")
             return 0
         counts = backup.import_config(settings, args.file)
-        print("imported " + ", ".join(f"{name} ({n})" if name in ("nodes", "robots") else name
+        print("imported " + ", ".join(f"{name} ({n})" if name in ("nodes", "robots", "forward_rules", "users") else name
                                       for name, n in counts.items()) + f" from {args.file}")
         return 0
     changes = dict(parse_assignment(a) for a in args.assignments)

@@ -206,7 +206,8 @@ def write_files(values: dict[str, Any], tgt: Target) -> list[Path]:
     for rel, text in render(values).items():
         path = tgt.etc / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomicfile.write_text(path, text, mode=0o644)
+        # /etc in the image: read by systemd and everyone; the data folder's copy: owner only like the rest
+        atomicfile.write_text(path, text, mode=0o644 if tgt.apply else 0o600)
         written.append(path)
     localtime = tgt.etc / "localtime"
     tmp = tgt.etc / ".localtime.burnstation"

@@ -75,6 +75,33 @@ def make_rule(settings: Settings, *, node: str, name: str | None = None, called:
     return Rule(name, known.aet, called, calling, mods, seconds)
 
 
+def check_rules(docs: Any, settings: Any) -> list[Rule]:
+    """Validate exported rules whole (each as by `forward add`; no name twice) against `settings`: the
+    station's, or a configuration import's staged view of them (anything with node() and derived_aets())."""
+    if not isinstance(docs, list):
+        raise SettingError("expected a list of rules")
+    out: list[Rule] = []
+    for i, doc in enumerate(docs, 1):
+        if not isinstance(doc, dict):
+            raise SettingError(f"entry {i} is not a rule")
+        unknown = sorted(set(doc) - {"name", "node", "called", "calling", "modalities", "delay"})
+        if unknown:
+            raise SettingError(f"entry {i} ({doc.get('name')!r}): unknown field(s) {', '.join(unknown)}")
+        modalities = doc.get("modalities") or []
+        try:
+            if not isinstance(modalities, list) or not all(isinstance(m, str) for m in modalities):
+                raise SettingError("forward modality: expected a list of modality codes")
+            rule = make_rule(settings, node=str(doc.get("node", "")), name=str(doc.get("name", "")),
+                             called=str(doc.get("called") or ""), calling=str(doc.get("calling") or ""),
+                             modalities=modalities, delay=doc.get("delay", DEFAULT_DELAY))
+        except SettingError as exc:
+            raise SettingError(f"entry {i} ({doc.get('name')!r}): {exc}") from None
+        if rule.name in {r.name for r in out}:
+            raise SettingError(f"{rule.name} appears twice")
+        out.append(rule)
+    return out
+
+
 def list_rules(settings: Settings) -> list[Rule]:
     out = []
     for doc in settings.table_all(TABLE):
