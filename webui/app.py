@@ -27,6 +27,8 @@ from appliance.burn import jobs, robots, routing
 from appliance.burn.text import person_name
 from appliance.config import SPECS, SettingError, Settings, make_node
 from appliance.portal import slip, tokens
+from appliance.transfer import commands, engine, rules
+from appliance.transfer import jobs as ttjobs
 from webui.auth import Throttle, same_origin, token_ok
 from webui.portal import portal_app
 
@@ -219,6 +221,14 @@ class WebApp:
         app.route("/api/jobs", callback=self.api_jobs)
         app.route("/api/robots", callback=self.api_robots)
         app.route("/api/status", callback=self.api_status)
+        app.route("/query", callback=self.query_page)
+        app.route("/query/retrieve", "POST", self.retrieve)
+        app.route("/studies/<uid>/send", "POST", self.send_study)
+        app.route("/transfers", callback=self.transfers_page)
+        app.route("/transfers/<transfer_id>/<action:re:cancel|retry>", "POST", self.transfer_action)
+        app.route("/api/transfers", callback=self.api_transfers)
+        app.route("/forwarding", ["GET", "POST"], self.forwarding_page)
+        app.route("/forwarding/<name>/delete", "POST", self.forward_delete)
         for code in (400, 401, 403, 404, 405, 429, 500):
             app.error(code)(self.error_page)
 
@@ -332,6 +342,7 @@ class WebApp:
             abort(404, "No such study in the index.")
         return self.render("study", sess, study=study, robots=robots.list_robots(self.settings),
                            copies=self.settings.get("burn.default_copies"),
+                           store_nodes=[n for n in self.settings.nodes() if n.allows("store")],
                            token_days=self.settings.get("http.token_days"))
 
     def burn(self, uid: str) -> None:
@@ -547,6 +558,126 @@ class WebApp:
     def api_robots(self) -> dict[str, Any]:
         self.need()
         return {"robots": self._robot_views()}
+
+    # -- query / retrieve / send / transfers / forwarding (the transfer process does the DICOM work)
+
+    def query_page(self) -> str:
+        """C-FIND on a known node, handed to the transfer process exactly as `burnstation query` does."""
+        sess = self.need("technician")
+        q = {k: request.query.getunicode(k, "").strip()
+             for k in ("node", "level", "name", "pid", "from", "to", "modality", "accession", "study")}
+        q["level"] = q["level"] if q["level"] in QUERY_LEVELS else "study"
+        results: list[dict[str, Any]] | None = None
+        error = ""
+        if q["node"]:
+            try:
+                node = self.settings.node(q["node"])
+                if node is None:
+                    raise SettingError(f"{q['node']!r} is not a known node (add it on the Known nodes page)")
+                keys = _query_keys(q)
+                engine.build_identifier(q["level"], keys)  # a bad key refused here, with the reason
+                answer = commands.ask(self.settings, "query", node.aet, {"level": q["level"].upper(), "keys": keys})
+            except (SettingError, engine.QueryError) as exc:
+                error = str(exc)
+            else:
+                if answer["state"] == "failed":
+                    error = f"Query on {node.aet} failed: {answer['error']}"
+                else:
+                    results = answer["result"] or []
+                self.log(sess, "query", node.aet, f"{q['level']} {json.dumps(keys)}: "
+                         + (error or f"{len(results or [])} result(s)"))
+        return self.render("query", sess, q=q, results=results, error=error, levels=QUERY_LEVELS,
+                           nodes=[n for n in self.settings.nodes() if n.allows("find")])
+
+    def retrieve(self) -> None:
+        sess = self.need("technician", post=True)
+        f = request.forms
+        burn = f.get("burn") == "1"
+        try:
+            node = self.settings.node(f.getunicode("node", ""))
+            if node is None:
+                raise SettingError(f"{f.getunicode('node', '')!r} is not a known node")
+            study = f.getunicode("study", "").strip()
+            if not study:
+                raise SettingError("retrieve: no Study Instance UID in the result")
+            tid = ttjobs.create_retrieve(self.conn(), node.aet, node.retrieve, study, f.getunicode("series", "").strip(),
+                                         burn=burn)
+        except (SettingError, ttjobs.TransferError) as exc:
+            self.back("/transfers", f"Not retrieved: {exc}")
+        self.log(sess, "retrieve", study, f"transfer {tid} from {node.aet} by C-{node.retrieve.upper()}"
+                 + (", then burn" if burn else ""))
+        self.back("/transfers", f"Transfer {tid} queued: retrieve from {node.aet}"
+                  + (", then a burn job" if burn else "") + ".")
+
+    def send_study(self, uid: str) -> None:
+        sess = self.need("technician", post=True)
+        aet = request.forms.getunicode("node", "")
+        try:
+            node = self.settings.node(aet)
+            if node is None:
+                raise SettingError(f"{aet!r} is not a known node")
+            if not node.allows("store"):
+                raise SettingError(f"{node.aet} is not allowed the store service")
+            uids = ttjobs.select_instances(self.conn(), uid)
+            tid = ttjobs.create_send(self.conn(), node.aet, uids, study_uid=uid)
+        except (SettingError, ttjobs.TransferError) as exc:
+            self.back(f"/studies/{uid}", f"Not sent: {exc}")
+        self.log(sess, "send", uid, f"transfer {tid} to {node.aet}, {len(uids)} instances")
+        self.back("/transfers", f"Transfer {tid} queued: {len(uids)} instances to {node.aet}.")
+
+    def _transfer_views(self) -> list[dict[str, Any]]:
+        return [_transfer_view(t) for t in ttjobs.list_transfers(self.conn(), limit=200)]
+
+    def transfers_page(self) -> str:
+        sess = self.need("technician")
+        return self.render("transfers", sess, transfers=self._transfer_views(),
+                           counts=ttjobs.count_active(self.conn()))
+
+    def api_transfers(self) -> dict[str, Any]:
+        self.need("technician")
+        return {"transfers": self._transfer_views(), "counts": ttjobs.count_active(self.conn())}
+
+    def transfer_action(self, transfer_id: str, action: str) -> None:
+        sess = self.need("technician", post=True)
+        try:
+            text = (ttjobs.cancel if action == "cancel" else ttjobs.retry)(self.conn(), transfer_id)
+        except ttjobs.TransferError as exc:
+            self.back("/transfers", str(exc))
+        self.log(sess, f"transfer-{action}", transfer_id, text)
+        self.back("/transfers", text)
+
+    def forwarding_page(self) -> str:
+        """Forwarding rules with their backlog; adding and deleting is for admins."""
+        error = ""
+        if request.method == "POST":
+            sess = self.need("admin", post=True)
+            f = request.forms
+            try:
+                rule = rules.make_rule(self.settings, node=f.getunicode("node", ""), name=f.getunicode("name", "") or None,
+                                       called=f.getunicode("called", ""), calling=f.getunicode("calling", ""),
+                                       modalities=f.getunicode("modalities", ""),
+                                       delay=f.getunicode("delay", "") or rules.DEFAULT_DELAY)
+                ttjobs.start_cursor(self.conn(), rule.name)  # from now on, as `burnstation forward add`
+                rules.add_rule(self.settings, rule)
+            except SettingError as exc:
+                error = str(exc)
+            else:
+                self.log(sess, "forward-add", rule.name, rule.describe())
+                self.back("/forwarding", f"Rule {rule.name} added: {rule.describe()}.")
+        else:
+            sess = self.need("technician")
+        shown = [{"rule": r, **ttjobs.rule_backlog(self.conn(), r.name)} for r in rules.list_rules(self.settings)]
+        return self.render("forwarding", sess, rules=shown, error=error, form=request.forms,
+                           nodes=[n for n in self.settings.nodes() if n.allows("store")],
+                           default_delay=rules.DEFAULT_DELAY)
+
+    def forward_delete(self, name: str) -> None:
+        sess = self.need("admin", post=True)
+        if not rules.delete_rule(self.settings, name):
+            abort(404, "No such forwarding rule.")
+        ttjobs.forget_rule(self.conn(), name)
+        self.log(sess, "forward-delete", name)
+        self.back("/forwarding", f"Rule {name} deleted.")
 
     # -- settings
 
@@ -801,6 +932,43 @@ def _stacker_text(value: Any) -> str:
         text = f"{level} discs" if level is not None else ", ".join(f"{k} {v}" for k, v in value.items())
         return f"{text} ({holds})" if holds else text
     return str(value)
+
+
+QUERY_LEVELS = ("study", "series", "patient")
+QUERY_RETURN = {"patient": ("PatientName", "PatientID", "PatientBirthDate", "NumberOfPatientRelatedStudies"),
+                "study": ("PatientName", "PatientID", "StudyDate", "StudyDescription", "AccessionNumber",
+                          "ModalitiesInStudy", "StudyInstanceUID", "NumberOfStudyRelatedInstances"),
+                "series": ("PatientName", "PatientID", "StudyDate", "Modality", "SeriesNumber", "SeriesDescription",
+                           "StudyInstanceUID", "SeriesInstanceUID", "NumberOfSeriesRelatedInstances")}
+
+
+def _query_keys(q: dict[str, str]) -> dict[str, str]:
+    """The form as C-FIND keys: matching keys from the fields, the level's columns as return keys."""
+    keys = {k: "" for k in QUERY_RETURN[q["level"]]}
+    dates = [q["from"].replace("-", ""), q["to"].replace("-", "")]
+    for text in dates:
+        if text and not (len(text) == 8 and text.isdigit()):
+            raise SettingError(f"query date: YYYY-MM-DD, not {text!r}")
+    matching = {"PatientName": q["name"], "PatientID": q["pid"], "AccessionNumber": q["accession"],
+                "StudyInstanceUID": q["study"],
+                "StudyDate": dates[0] if dates[0] == dates[1] else "-".join(dates) if any(dates) else "",
+                ("Modality" if q["level"] == "series" else "ModalitiesInStudy"): q["modality"].upper()}
+    if q["level"] == "patient":
+        matching = {k: matching[k] for k in ("PatientName", "PatientID")}
+    keys.update({k: v for k, v in matching.items() if v})
+    return keys
+
+
+def _transfer_view(t: dict[str, Any]) -> dict[str, Any]:
+    """What a transfer row shows (also the /api/transfers item)."""
+    kind = f"{t['kind']} (C-{t['method'].upper()})" if t["kind"] == ttjobs.RETRIEVE and t["method"] else t["kind"]
+    return {"id": t["id"], "state": t["state"], "kind": kind, "node": t["node"], "rule": t["rule"] or "",
+            "what": t["instance_uid"] or t["series_uid"] or t["study_uid"] or "",
+            "completed": t["completed"], "warning": t["warning"], "failed": t["failed"], "remaining": t["remaining"],
+            "message": t["error"] or t["message"] or "", "burn_job": t["burn_job"] or "",
+            "created_at": t["created_at"], "updated_at": t["updated_at"],
+            "can_cancel": t["state"] in ("queued", "running") and not t["cancel_requested"],
+            "can_retry": t["state"] in ("failed", "cancelled")}
 
 
 def _pages(total: int) -> int:

@@ -1,0 +1,192 @@
+"""The web pages for query/retrieve/send, the transfer queue and forwarding rules, storage retention,
+network settings and configuration backup: each page for its role, refused below it, bad values
+shown with their reason, and what the pages do checked against the CLI and real dcmtk peers.
+
+One station serves the whole module (plain HTTP, a logged-in session per role, CSRF tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+from bottle import html_escape
+from pydicom import dcmread
+from support import BIN, Station, burnstation, dcmtk, storescp, wait_for, write_study
+from test_web_http import Client, make_admin, web_ready
+
+pytestmark = pytest.mark.station
+PASSWORD = "correct horse"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A running station with an admin, a technician and a viewer logged in, and one stored study."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BURNSTATION_TEST_SCRYPT_N", "1024")
+    base = tmp_path_factory.mktemp("webpages")
+    st = Station(base / "data")
+    st.start()
+    try:
+        web_ready(st)
+        admin = Client(st.http_port)
+        make_admin(st, admin, "admin", PASSWORD)
+        clients = {"admin": admin}
+        for name in ("technician", "viewer"):
+            subprocess.run([str(BIN / "burnstation"), "--data", str(st.data), "users", "add", name, "--role", name],
+                           input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=True)
+            c = Client(st.http_port)
+            assert c.login(name, PASSWORD) == 303
+            clients[name] = c
+        files = write_study(base / "study", 1, 3, patient_id="PWEB1", patient_name="WEB^ANN", rows=16, cols=16)
+        r = dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port), *map(str, files))
+        assert r.returncode == 0, r.stderr
+        burnstation(st.data, "nodes", "add", "BURNSTATION", "127.0.0.1", str(st.port), "--description", "this station")
+        yield {"st": st, "files": files, "study": str(dcmread(files[0], stop_before_pixels=True).StudyInstanceUID),
+               "base": base, **clients}
+    finally:
+        st.stop()
+        mp.undo()
+
+
+def token(c: Client, path: str = "/jobs") -> str:
+    return c.csrf(path)
+
+
+def flash(headers: dict[str, str]) -> str:
+    from urllib.parse import parse_qs, urlsplit
+
+    return parse_qs(urlsplit(headers["location"]).query).get("msg", [""])[0]
+
+
+def transfers_api(c: Client) -> dict:
+    status, _, text = c.get("/api/transfers")
+    assert status == 200, text[:300]
+    return json.loads(text)
+
+
+@pytest.mark.parametrize(("path", "role"), [("/query", "technician"), ("/transfers", "technician"),
+                                            ("/forwarding", "technician"), ("/api/transfers", "technician")])
+def test_pages_render_for_their_role_and_are_refused_below(site, path, role):
+    lower = {"technician": "viewer", "admin": "technician"}[role]
+    assert site[role].get(path)[0] == 200
+    assert site["admin"].get(path)[0] == 200
+    status, _, text = site[lower].get(path)
+    assert status == 403 and f"needs the {role} role" in text
+    nav = site[role].get("/jobs")[2]
+    if not path.startswith("/api/"):
+        assert f'href="{path}"' in nav
+        assert f'href="{path}"' not in site[lower].get("/jobs")[2]
+
+
+def test_query_lists_the_nodes_studies_and_refuses_bad_values(site):
+    tech = site["technician"]
+    status, _, text = tech.get("/query?node=BURNSTATION&level=study&name=WEB*")
+    assert status == 200, text[:500]
+    assert "1 result(s) from BURNSTATION" in text and "WEB^ANN" in text and "PWEB1" in text
+    assert text.count(f'name="study" value="{site["study"]}"') == 2  # Retrieve, and Retrieve and burn
+    assert "0 result(s)" in tech.get("/query?node=BURNSTATION&level=study&name=NOBODY*")[2]
+    bad = tech.get("/query?node=BURNSTATION&level=study&from=2024-13")[2]
+    assert "query date: YYYY-MM-DD" in bad
+    series = tech.get("/query?node=BURNSTATION&level=series")[2]
+    assert "give -k StudyInstanceUID" in series
+    assert html_escape("'NOPE' is not a known node") in tech.get("/query?node=NOPE")[2]
+    # the query is in the audit log
+    assert "query" in site["admin"].get("/logs/audit?q=query")[2]
+
+
+def test_retrieve_from_a_query_result_is_queued(site):
+    tech = site["technician"]
+    status, headers, _ = tech.post("/query/retrieve", {"csrf": token(tech, "/query"), "node": "BURNSTATION",
+                                                       "study": site["study"], "burn": "0"})
+    assert status == 303 and "/transfers?" in headers["location"]
+    tid = re.search(r"Transfer (\S+) queued", flash(headers)).group(1)
+    listed = {t["id"]: t for t in transfers_api(tech)["transfers"]}
+    assert listed[tid]["kind"].startswith("retrieve") and listed[tid]["node"] == "BURNSTATION"
+    assert tid in tech.get("/transfers")[2]
+    refused = tech.post("/query/retrieve", {"csrf": token(tech, "/query"), "node": "NOPE", "study": site["study"]})
+    assert "Not retrieved" in flash(refused[1]) and "not a known node" in flash(refused[1])
+    assert site["viewer"].post("/query/retrieve", {"csrf": token(site["viewer"]), "node": "BURNSTATION",
+                                                   "study": site["study"]})[0] == 403
+
+
+def test_sends_from_the_cli_and_the_study_page_in_the_transfer_queue(site, tmp_path):
+    tech, st = site["technician"], site["st"]
+    dest = tmp_path / "dest"
+    with storescp(dest, "DEST") as port:
+        burnstation(st.data, "nodes", "add", "DEST", "127.0.0.1", str(port))
+        out = burnstation(st.data, "send", "DEST", "--study", site["study"], "--no-wait")
+        cli_id = out.stdout.split()[0]
+        page = tech.get("/transfers")[2]
+        assert f'data-transfer="{cli_id}"' in page
+
+        def done(tid):
+            t = {t["id"]: t for t in transfers_api(tech)["transfers"]}.get(tid)
+            return t if t and t["state"] in ("done", "failed", "cancelled") else None
+
+        t = wait_for(lambda: done(cli_id), 60, "the CLI send")
+        assert t["state"] == "done" and t["completed"] == 3 and t["remaining"] == 0, t
+        for p in [p for p in dest.rglob("*") if p.is_file()]:
+            p.unlink()  # what arrives next came from the web send
+        # the study page's "Send to node"
+        study_page = tech.get(f"/studies/{site['study']}")[2]
+        assert 'id="send-form"' in study_page and '<option value="DEST">' in study_page
+        status, headers, _ = tech.post(f"/studies/{site['study']}/send",
+                                       {"csrf": token(tech), "node": "DEST"})
+        assert status == 303, headers
+        web_id = re.search(r"Transfer (\S+) queued: 3 instances to DEST", flash(headers)).group(1)
+        assert wait_for(lambda: done(web_id), 60, "the web send")["state"] == "done"
+        got = sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in dest.rglob("*") if p.is_file())
+    sent = sorted(str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in site["files"])
+    assert got == sent
+    # a finished transfer cannot be cancelled: the reason is shown
+    _, headers, _ = tech.post(f"/transfers/{web_id}/cancel", {"csrf": token(tech)})
+    assert "cannot cancel a transfer that is done" in flash(headers)
+    nothing = tech.post("/studies/1.2.3.4/send", {"csrf": token(tech), "node": "DEST"})
+    assert "Not sent" in flash(nothing[1])
+    assert any(r for r in json.loads(burnstation(st.data, "transfers", "list", "--json").stdout) if r["id"] == web_id)
+
+
+def test_forwarding_rules_add_show_backlog_and_delete(site):
+    admin, tech, st = site["admin"], site["technician"], site["st"]
+    burnstation(st.data, "nodes", "add", "FWD", "127.0.0.1", "9")  # nothing listens: the backlog stays
+    status, _, text = admin.post("/forwarding", {"csrf": token(admin, "/forwarding"), "node": "FWD",
+                                                 "modalities": "C T", "delay": "5"})
+    assert status == 200 and "is not a modality code such as CT or MR" in text
+    status, _, text = admin.post("/forwarding", {"csrf": token(admin, "/forwarding"), "node": "FWD",
+                                                 "delay": "90000"})
+    assert "from 0 to 86400 seconds" in text
+    assert tech.post("/forwarding", {"csrf": token(tech), "node": "FWD"})[0] == 403
+    status, headers, _ = admin.post("/forwarding", {"csrf": token(admin, "/forwarding"), "node": "FWD",
+                                                    "name": "to-fwd", "modalities": "ot,CT", "delay": "600"})
+    assert status == 303 and "Rule to-fwd added" in flash(headers)
+    listed = json.loads(burnstation(st.data, "forward", "list", "--json").stdout)
+    assert [(r["name"], r["node"], r["modalities"], r["delay"]) for r in listed] == [("to-fwd", "FWD", ["OT", "CT"], 600)]
+    # something received now waits for the rule's delay: the backlog shows it
+    files = write_study(site["base"] / "fwd", 1, 2, patient_id="PFWD", rows=16, cols=16)
+    assert dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port), *map(str, files)).returncode == 0
+
+    def backlog():
+        row = re.search(r'data-rule="to-fwd">.*?<td class="num">(\d+) ', tech.get("/forwarding")[2], re.S)
+        return row and int(row.group(1)) == 2
+
+    wait_for(backlog, 60, "the backlog of 2")
+    assert "Delete" not in tech.get("/forwarding")[2].split('data-rule="to-fwd"')[1].split("</tr>")[0]
+    assert tech.post("/forwarding/to-fwd/delete", {"csrf": token(tech)})[0] == 403
+    status, headers, _ = admin.post("/forwarding/to-fwd/delete", {"csrf": token(admin)})
+    assert status == 303 and "Rule to-fwd deleted" in flash(headers)
+    assert json.loads(burnstation(st.data, "forward", "list", "--json").stdout) == []
+    assert any(r["action"] == "forward-add" and r["target"] == "to-fwd" for r in audit(st))
+
+
+def audit(st) -> list[dict]:
+    from appliance import audit as audit_mod
+    from appliance import db
+
+    conn = db.connect(st.data)
+    try:
+        return audit_mod.page(conn, limit=500)[0]
+    finally:
+        conn.close()
