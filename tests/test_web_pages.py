@@ -68,7 +68,8 @@ def transfers_api(c: Client) -> dict:
 
 
 @pytest.mark.parametrize(("path", "role"), [("/query", "technician"), ("/transfers", "technician"),
-                                            ("/forwarding", "technician"), ("/api/transfers", "technician")])
+                                            ("/forwarding", "technician"), ("/api/transfers", "technician"),
+                                            ("/storage", "technician"), ("/network", "admin"), ("/backup", "admin")])
 def test_pages_render_for_their_role_and_are_refused_below(site, path, role):
     lower = {"technician": "viewer", "admin": "technician"}[role]
     assert site[role].get(path)[0] == 200
@@ -179,6 +180,86 @@ def test_forwarding_rules_add_show_backlog_and_delete(site):
     assert status == 303 and "Rule to-fwd deleted" in flash(headers)
     assert json.loads(burnstation(st.data, "forward", "list", "--json").stdout) == []
     assert any(r["action"] == "forward-add" and r["target"] == "to-fwd" for r in audit(st))
+
+
+def test_storage_page_shows_usage_settings_and_purge_preview(site):
+    import shutil
+
+    admin, tech, st = site["admin"], site["technician"], site["st"]
+    text = tech.get("/storage")[2]
+    disk = shutil.disk_usage(st.data)
+    used = float(re.search(r'id="used">([\d.]+)% used', text).group(1))
+    assert abs(used - 100 * (disk.total - disk.free) / disk.total) < 1.0
+    assert 'id="retention-form"' not in text and 'id="preview-form"' not in text  # technician: read only
+    assert tech.post("/storage", {"csrf": token(tech), "storage.purge_after_days": "5"})[0] == 403
+    assert tech.post("/storage/purge", {"csrf": token(tech)})[0] == 403
+    # a bad value: the settings' own message, nothing changed
+    status, _, text = admin.post("/storage", {"csrf": token(admin, "/storage"), "storage.low_water_percent": "95",
+                                              "storage.high_water_percent": "90"})
+    assert status == 200 and "must be below storage.high_water_percent" in text
+    status, _, text = admin.post("/storage", {"csrf": token(admin, "/storage"), "storage.purge_after_days": "-3"})
+    assert status == 200 and "storage.purge_after_days" in text and 'id="storage-error"' in text
+    shown = json.loads(burnstation(st.data, "config", "show", "--json").stdout)
+    assert shown["storage.low_water_percent"] == 80 and shown["storage.purge_after_days"] == 30
+    status, headers, _ = admin.post("/storage", {"csrf": token(admin, "/storage"), "storage.purge_after_days": "7"})
+    assert status == 303 and "Saved (1 changed)" in flash(headers)
+    assert json.loads(burnstation(st.data, "config", "show", "--json").stdout)["storage.purge_after_days"] == 7
+    # the dry run lists what the CLI's dry run lists; then the purge deletes those, audited
+    assert "older than days: a whole number" in admin.get("/storage?preview=1&older_than_days=abc")[2]
+    cli = json.loads(burnstation(st.data, "storage", "purge", "--dry-run", "--older-than-days", "0", "--json").stdout)
+    n = len(cli["studies"])
+    text = admin.get("/storage?preview=1&older_than_days=0")[2]
+    assert f"Preview: {n} stud" in text
+    status, headers, _ = admin.post("/storage/purge", {"csrf": token(admin, "/storage"), "older_than_days": "0"})
+    assert status == 303 and f"Purged: {n} stud" in flash(headers)
+    assert any(r["action"] == "storage-purge" for r in audit(st))
+
+
+def test_network_page_sets_refuses_and_confirms(site):
+    admin, st = site["admin"], site["st"]
+    form = {k: v for k, v in [("hostname", "burnstation"), ("mode", "static"), ("address", "999.1.1.1/24")]}
+    status, _, text = admin.post("/network", {"csrf": token(admin, "/network"), **form})
+    assert status == 200 and html_escape("address: '999.1.1.1/24' is not an address with a prefix") in text
+    status, _, text = admin.post("/network", {"csrf": token(admin, "/network"), "hostname": "-bad-"})
+    assert "hostname: " in text and "must be 1 to 63 letters" in text
+    assert json.loads(burnstation(st.data, "network", "show", "--json").stdout)["values"]["mode"] == "dhcp"
+    status, headers, _ = admin.post("/network", {"csrf": token(admin, "/network"), "hostname": "ward3"})
+    assert status == 303 and "Saved" in flash(headers)
+    assert 'id="pending"' not in admin.get("/network")[2]
+    status, headers, _ = admin.post("/network", {"csrf": token(admin, "/network"), "mode": "static",
+                                                 "address": "192.168.50.20/24", "gateway": "192.168.50.1"})
+    assert status == 303 and "confirm within 120 s" in flash(headers)
+    shown = json.loads(burnstation(st.data, "network", "show", "--json").stdout)
+    assert shown["values"]["hostname"] == "ward3" and shown["values"]["address"] == "192.168.50.20/24"
+    assert shown["pending_seconds"] is not None
+    page = admin.get("/network")[2]
+    assert 'id="pending"' in page and 'id="confirm"' in page
+    status, headers, _ = admin.post("/network/confirm", {"csrf": token(admin, "/network")})
+    assert "confirmed" in flash(headers)
+    assert json.loads(burnstation(st.data, "network", "show", "--json").stdout)["pending_seconds"] is None
+    assert "No network change waiting" in flash(admin.post("/network/confirm", {"csrf": token(admin)})[1])
+    assert site["technician"].post("/network", {"csrf": token(site["technician"]), "hostname": "x"})[0] == 403
+
+
+def test_backup_export_and_import_with_the_refusal_reason(site):
+    admin, st = site["admin"], site["st"]
+    status, headers, body = admin.post("/backup/export", {"csrf": token(admin, "/backup")})
+    assert status == 200 and "attachment" in headers["content-disposition"]
+    doc = json.loads(body)
+    assert doc["format"] == "burnstation-config" and "BURNSTATION" in {n["aet"] for n in doc["sections"]["nodes"]}
+    tampered = json.loads(body)
+    tampered["sections"]["settings"]["http.department"] = "X"
+    status, headers, _ = admin.request("POST", "/backup/import", form={"csrf": token(admin, "/backup")},
+                                       files={"file": json.dumps(tampered).encode()})
+    assert status == 303
+    page = admin.get(headers["location"].split("127.0.0.1:" + str(st.http_port))[-1])[2]
+    assert "Import refused, nothing changed" in page and "checksum mismatch" in page
+    burnstation(st.data, "config", "set", "http.department=Changed")
+    status, headers, _ = admin.request("POST", "/backup/import", form={"csrf": token(admin, "/backup")},
+                                       files={"file": body.encode()})
+    assert status == 303 and "Imported" in flash(headers)
+    assert json.loads(burnstation(st.data, "config", "show", "--json").stdout)["http.department"] == ""
+    assert site["technician"].post("/backup/export", {"csrf": token(site["technician"])})[0] == 403
 
 
 def audit(st) -> list[dict]:

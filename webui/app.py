@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,7 +23,7 @@ from urllib.parse import urlencode
 import bottle
 from bottle import HTTPResponse, abort, redirect, request, response
 
-from appliance import accounts, audit, db, diagnostics, index, tlsca
+from appliance import accounts, audit, backup, db, diagnostics, index, network, retention, tlsca
 from appliance.burn import jobs, robots, routing
 from appliance.burn.text import person_name
 from appliance.config import SPECS, SettingError, Settings, make_node
@@ -229,6 +230,13 @@ class WebApp:
         app.route("/api/transfers", callback=self.api_transfers)
         app.route("/forwarding", ["GET", "POST"], self.forwarding_page)
         app.route("/forwarding/<name>/delete", "POST", self.forward_delete)
+        app.route("/storage", ["GET", "POST"], self.storage_page)
+        app.route("/storage/purge", "POST", self.storage_purge)
+        app.route("/network", ["GET", "POST"], self.network_page)
+        app.route("/network/confirm", "POST", self.network_confirm)
+        app.route("/backup", callback=self.backup_page)
+        app.route("/backup/export", "POST", self.backup_export)
+        app.route("/backup/import", "POST", self.backup_import)
         for code in (400, 401, 403, 404, 405, 429, 500):
             app.error(code)(self.error_page)
 
@@ -679,6 +687,131 @@ class WebApp:
         self.log(sess, "forward-delete", name)
         self.back("/forwarding", f"Rule {name} deleted.")
 
+    # -- storage retention, network and time, configuration backup (the ops modules do the work)
+
+    def storage_page(self) -> str:
+        """Disk usage, the retention settings (checked as `config set`), what goes next and when."""
+        values = self.settings.all()
+        shown = {k: _as_text(values[k]) for k in STORAGE_KEYS}
+        error = ""
+        if request.method == "POST":
+            sess = self.need("admin", post=True)
+            given = {k: request.forms.getunicode(k) for k in STORAGE_KEYS if request.forms.getunicode(k) is not None}
+            changes = {k: v for k, v in given.items() if v != _as_text(values[k])}
+            try:
+                converted = self.settings.update(changes) if changes else {}
+            except SettingError as exc:
+                error = str(exc)
+                shown.update(given)
+            else:
+                audit.record_settings(self.conn(), sess["username"], values, converted, self.address())
+                self.back("/storage", f"Saved ({len(converted)} changed)." if converted else "Nothing changed.")
+        else:
+            sess = self.need("technician")
+        report = retention.status(self.conn(), self.settings, self.data_dir)
+        preview = None
+        days_text = request.query.getunicode("older_than_days", "").strip()
+        if request.query.get("preview"):
+            try:
+                days = _days(days_text)
+                preview = retention.plan(self.conn(), self.settings, self.data_dir, older_than_days=days).delete
+            except SettingError as exc:
+                error = str(exc)
+        fields = [{"key": k, "value": shown[k], "help": SPECS[k].help[:1].upper() + SPECS[k].help[1:]}
+                  for k in STORAGE_KEYS]
+        return self.render("storage", sess, report=report, fields=fields, error=error, preview=preview,
+                           days=days_text, ftime=_ftime)
+
+    def storage_purge(self) -> None:
+        sess = self.need("admin", post=True)
+        text = request.forms.getunicode("older_than_days", "").strip()
+        try:
+            days = _days(text)
+        except SettingError as exc:
+            self.back("/storage", f"Not purged: {exc}")
+        the_plan = retention.plan(self.conn(), self.settings, self.data_dir, older_than_days=days)
+        done = retention.purge(self.conn(), self.settings, self.data_dir, the_plan, older_than_days=days)
+        freed = sum(int(d.get("bytes_freed") or 0) for d in done)
+        self.log(sess, "storage-purge", f"older than {days} days" if days is not None else "retention rules",
+                 f"{len(done)} studies deleted, {freed} bytes: "
+                 + ", ".join(f"{d['study_uid']} ({d['reason']})" for d in done)[:2000])
+        self.back("/storage", f"Purged: {len(done)} stud{'y' if len(done) == 1 else 'ies'} deleted "
+                  f"({_fsize(freed)}).")
+
+    def network_page(self) -> str:
+        """Host name, address, DNS, NTP and time zone, checked and applied as `burnstation network set`."""
+        sess = self.need("admin", post=request.method == "POST")
+        net = network.Network(self.data_dir)
+        error = ""
+        shown = {k: (" ".join(v) if isinstance(v, list) else str(v)) for k, v in net.show()["values"].items()}
+        if request.method == "POST":
+            given = {k: request.forms.getunicode(k) for k in network.DEFAULTS
+                     if request.forms.getunicode(k) is not None}
+            changes = {k: v for k, v in given.items() if v.strip() != shown[k]}
+            try:
+                result = net.set(changes) if changes else None
+            except SettingError as exc:
+                error = str(exc)
+                shown.update(given)
+                self.log(sess, "network-refused", "", f"{json.dumps(changes)}: {exc}")
+            else:
+                if result is None:
+                    self.back("/network", "Nothing changed.")
+                self.log(sess, "network-set", result["values"]["hostname"], json.dumps(changes))
+                message = "Saved." if result["applied"] else f"Saved to {result['files']} (not applied: outside the appliance image)."
+                if result["rollback_at"]:
+                    message += (f" Address change: confirm within {network.ROLLBACK_SECONDS} s from the new address, "
+                                "else the previous settings come back.")
+                if result["failed"]:
+                    message += " Could not apply: " + "; ".join(result["failed"])
+                self.back("/network", message)
+        state = net.show()
+        return self.render("network", sess, shown=shown, error=error, pending=state["pending_seconds"],
+                           deadline=int(time.time() + state["pending_seconds"]) if state["pending_seconds"] is not None else 0,
+                           applied=state["applied"], files=state["files"], keys=list(network.DEFAULTS))
+
+    def network_confirm(self) -> None:
+        sess = self.need("admin", post=True)
+        if not network.Network(self.data_dir).confirm():
+            self.back("/network", "No network change waiting for confirmation (or it was already rolled back).")
+        self.log(sess, "network-confirm")
+        self.back("/network", "Network change confirmed: it stays.")
+
+    def backup_page(self) -> str:
+        sess = self.need("admin")
+        return self.render("backup", sess, error=request.query.getunicode("error", ""))
+
+    def backup_export(self) -> Any:
+        """The configuration file (no patient data, device keys or tokens) as a download."""
+        sess = self.need("admin", post=True)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "config.json"
+            doc = backup.export_config(self.settings, path)
+            body = path.read_bytes()
+        self.log(sess, "config-export", "", ", ".join(doc["sections"]))
+        name = f"burnstation-{self.settings.aet()}-{time.strftime('%Y%m%d-%H%M')}.json"
+        return HTTPResponse(body, status=200, headers={"Content-Type": "application/json",
+                                                       "Content-Disposition": f'attachment; filename="{name}"'})
+
+    def backup_import(self) -> None:
+        """Replace the configuration with an uploaded file, validated whole first (the reason shown when refused)."""
+        sess = self.need("admin", post=True)
+        upload = request.files.get("file")
+        if upload is None:
+            redirect("/backup?" + urlencode({"error": "choose a configuration file first"}))
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "uploaded.json"
+            path.write_bytes(upload.file.read(5_000_000))
+            try:
+                counts = backup.import_config(self.settings, path)
+            except SettingError as exc:
+                reason = str(exc).replace(str(path), upload.raw_filename or "the file")
+                self.log(sess, "config-import-refused", upload.raw_filename or "", reason)
+                redirect("/backup?" + urlencode({"error": f"Import refused, nothing changed: {reason}"}))
+        self.log(sess, "config-import", upload.raw_filename or "", json.dumps(counts))
+        self.back("/backup", "Imported " + ", ".join(f"{k} ({n})" if k in ("nodes", "robots") else k
+                                                     for k, n in counts.items()) + ".")
+
     # -- settings
 
     def settings_page(self, group: str) -> str:
@@ -969,6 +1102,27 @@ def _transfer_view(t: dict[str, Any]) -> dict[str, Any]:
             "created_at": t["created_at"], "updated_at": t["updated_at"],
             "can_cancel": t["state"] in ("queued", "running") and not t["cancel_requested"],
             "can_retry": t["state"] in ("failed", "cancelled")}
+
+
+STORAGE_KEYS = ("storage.purge_after_days", "storage.purge_unburned_after_days", "storage.high_water_percent",
+                "storage.low_water_percent", "dicom.min_free_mb")
+
+
+def _days(text: str) -> int | None:
+    """The "older than N days" field of a purge (empty: the retention rules as set)."""
+    if not text:
+        return None
+    try:
+        days = int(text)
+    except ValueError:
+        raise SettingError(f"older than days: a whole number of days, not {text!r}") from None
+    if not 0 <= days <= 36500:
+        raise SettingError(f"older than days: must be from 0 to 36500, not {days}")
+    return days
+
+
+def _ftime(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
 
 
 def _pages(total: int) -> int:
