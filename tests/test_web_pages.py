@@ -69,7 +69,8 @@ def transfers_api(c: Client) -> dict:
 
 @pytest.mark.parametrize(("path", "role"), [("/query", "technician"), ("/transfers", "technician"),
                                             ("/forwarding", "technician"), ("/api/transfers", "technician"),
-                                            ("/storage", "technician"), ("/network", "admin"), ("/backup", "admin")])
+                                            ("/storage", "technician"), ("/network", "admin"), ("/backup", "admin"),
+                                            ("/logs/hl7", "admin")])
 def test_pages_render_for_their_role_and_are_refused_below(site, path, role):
     lower = {"technician": "viewer", "admin": "technician"}[role]
     assert site[role].get(path)[0] == 200
@@ -77,7 +78,7 @@ def test_pages_render_for_their_role_and_are_refused_below(site, path, role):
     status, _, text = site[lower].get(path)
     assert status == 403 and f"needs the {role} role" in text
     nav = site[role].get("/jobs")[2]
-    if not path.startswith("/api/"):
+    if path.startswith(("/query", "/transfers", "/forwarding", "/storage", "/network", "/backup")):
         assert f'href="{path}"' in nav
         assert f'href="{path}"' not in site[lower].get("/jobs")[2]
 
@@ -260,6 +261,25 @@ def test_backup_export_and_import_with_the_refusal_reason(site):
     assert status == 303 and "Imported" in flash(headers)
     assert json.loads(burnstation(st.data, "config", "show", "--json").stdout)["http.department"] == ""
     assert site["technician"].post("/backup/export", {"csrf": token(site["technician"])})[0] == 403
+
+
+def test_hl7_log_page_shows_the_messages_searchable_and_escaped(site):
+    from worklist_support import order, send_order, wait_hl7
+
+    admin, st = site["admin"], site["st"]
+    wait_hl7(st.hl7_port)
+    burnstation(st.data, "config", "set", "hl7.log_messages=true")
+    hostile = "<b>EVIL^X"
+    assert send_order(st.hl7_port, order(control_id="WEBLOG1", name=hostile, patient_id="PHL7")) == "AA"
+    wait_for(lambda: "WEBLOG1" in admin.get("/logs/hl7?q=PHL7")[2], 30, "the logged order")
+    send_order(st.hl7_port, order(control_id="WEBLOG2", patient_id="POTHER", accession="ACC9"))
+    wait_for(lambda: "WEBLOG2" in admin.get("/logs/hl7")[2], 30, "the second order")
+    page = admin.get("/logs/hl7?q=PHL7")[2]
+    assert "WEBLOG1" in page and "WEBLOG2" not in page
+    assert html_escape(hostile) in page and hostile not in page
+    assert "Messages are logged in full" in page
+    assert "Nothing matches." in admin.get("/logs/hl7?q=NO-SUCH-THING")[2]
+    assert (st.data / "logs" / "hl7.log").stat().st_mode & 0o077 == 0  # patient data: owner only
 
 
 def audit(st) -> list[dict]:

@@ -27,6 +27,7 @@ from appliance import accounts, audit, backup, db, diagnostics, index, network, 
 from appliance.burn import jobs, robots, routing
 from appliance.burn.text import person_name
 from appliance.config import SPECS, SettingError, Settings, make_node
+from appliance.hl7 import logfile as hl7_logfile
 from appliance.portal import slip, tokens
 from appliance.transfer import commands, engine, rules
 from appliance.transfer import jobs as ttjobs
@@ -214,6 +215,7 @@ class WebApp:
         app.route("/diagnostics/reset/<name>", "POST", self.reset_process)
         app.route("/logs/audit", callback=self.audit_page)
         app.route("/logs/associations", callback=self.assoc_page)
+        app.route("/logs/hl7", callback=self.hl7_log_page)
         app.route("/logs/<name:re:audit|associations>.csv", callback=self.log_csv)
         app.route("/logs/files/<name>", callback=self.log_file)
         app.route("/tls/ca.pem", callback=self.ca_pem)
@@ -980,6 +982,16 @@ class WebApp:
                                               limit=PAGE_SIZE)
         return self.render("associations", sess, rows=rows, total=total, page=page, pages=_pages(total),
                            search=search, query=lambda p: urlencode({"q": search, "page": p}))
+
+    def hl7_log_page(self) -> str:
+        """The hl7 process's log (messages too when hl7.log_messages is on), newest first, read-only."""
+        sess = self.need("admin")
+        search = request.query.getunicode("q", "").strip()
+        page = _int_arg("page", 1, 1)
+        rows, total = hl7_logfile.records(self.data_dir, search, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+        return self.render("hl7log", sess, rows=[hl7_logfile.describe(r) for r in rows], total=total, page=page,
+                           pages=_pages(total), search=search, query=lambda p: urlencode({"q": search, "page": p}),
+                           logging_on=bool(self.settings.get("hl7.log_messages")))
 
     def log_files(self) -> list[dict[str, Any]]:
         folder = self.data_dir / "logs"
