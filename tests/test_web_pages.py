@@ -282,6 +282,39 @@ def test_hl7_log_page_shows_the_messages_searchable_and_escaped(site):
     assert (st.data / "logs" / "hl7.log").stat().st_mode & 0o077 == 0  # patient data: owner only
 
 
+def test_query_and_transfers_pages_in_chromium(site):
+    """The live parts run under the CSP in a real browser; laptop screenshots for docs/screenshots/."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from support import REPO
+
+    st, tech = site["st"], site["technician"]
+    base = f"http://127.0.0.1:{st.http_port}"
+    shots = REPO / "docs" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                      args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            context = chromium.new_context(viewport={"width": 1366, "height": 800})
+            context.add_cookies([{"name": k, "value": v, "url": base} for k, v in tech.cookies.items()])
+            page = context.new_page()
+            page.on("console", lambda m: errors.append(f"{m.text} {m.location.get('url')}")
+                    if m.type == "error" and not m.location.get("url", "").endswith("/favicon.ico") else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{base}/query?node=BURNSTATION&level=study&name=WEB*")
+            assert "1 result(s)" in page.inner_text("#result-count")
+            page.screenshot(path=str(shots / "query-laptop.png"), full_page=True)
+            page.goto(f"{base}/transfers")
+            sync_api.expect(page.locator("#live-state")).to_contain_text("Last update", timeout=15000)
+            rows = page.locator("#transfers tbody tr").count()
+            assert rows == len(transfers_api(tech)["transfers"]) and rows > 0
+            page.screenshot(path=str(shots / "transfers-laptop.png"), full_page=True)
+        finally:
+            chromium.close()
+    assert errors == []
+
+
 def audit(st) -> list[dict]:
     from appliance import audit as audit_mod
     from appliance import db
