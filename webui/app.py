@@ -12,6 +12,7 @@ import csv
 import hashlib
 import io
 import json
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -22,11 +23,14 @@ from urllib.parse import urlencode
 import bottle
 from bottle import HTTPResponse, abort, redirect, request, response
 
-from appliance import accounts, audit, db, diagnostics, index, tlsca
+from appliance import accounts, audit, backup, db, diagnostics, index, network, retention, tlsca
 from appliance.burn import jobs, robots, routing
 from appliance.burn.text import person_name
 from appliance.config import SPECS, SettingError, Settings, make_node
+from appliance.hl7 import logfile as hl7_logfile
 from appliance.portal import slip, tokens
+from appliance.transfer import commands, engine, rules
+from appliance.transfer import jobs as ttjobs
 from webui.auth import Throttle, same_origin, token_ok
 from webui.portal import portal_app
 
@@ -211,6 +215,7 @@ class WebApp:
         app.route("/diagnostics/reset/<name>", "POST", self.reset_process)
         app.route("/logs/audit", callback=self.audit_page)
         app.route("/logs/associations", callback=self.assoc_page)
+        app.route("/logs/hl7", callback=self.hl7_log_page)
         app.route("/logs/<name:re:audit|associations>.csv", callback=self.log_csv)
         app.route("/logs/files/<name>", callback=self.log_file)
         app.route("/tls/ca.pem", callback=self.ca_pem)
@@ -219,6 +224,21 @@ class WebApp:
         app.route("/api/jobs", callback=self.api_jobs)
         app.route("/api/robots", callback=self.api_robots)
         app.route("/api/status", callback=self.api_status)
+        app.route("/query", callback=self.query_page)
+        app.route("/query/retrieve", "POST", self.retrieve)
+        app.route("/studies/<uid>/send", "POST", self.send_study)
+        app.route("/transfers", callback=self.transfers_page)
+        app.route("/transfers/<transfer_id>/<action:re:cancel|retry>", "POST", self.transfer_action)
+        app.route("/api/transfers", callback=self.api_transfers)
+        app.route("/forwarding", ["GET", "POST"], self.forwarding_page)
+        app.route("/forwarding/<name>/delete", "POST", self.forward_delete)
+        app.route("/storage", ["GET", "POST"], self.storage_page)
+        app.route("/storage/purge", "POST", self.storage_purge)
+        app.route("/network", ["GET", "POST"], self.network_page)
+        app.route("/network/confirm", "POST", self.network_confirm)
+        app.route("/backup", callback=self.backup_page)
+        app.route("/backup/export", "POST", self.backup_export)
+        app.route("/backup/import", "POST", self.backup_import)
         for code in (400, 401, 403, 404, 405, 429, 500):
             app.error(code)(self.error_page)
 
@@ -332,6 +352,7 @@ class WebApp:
             abort(404, "No such study in the index.")
         return self.render("study", sess, study=study, robots=robots.list_robots(self.settings),
                            copies=self.settings.get("burn.default_copies"),
+                           store_nodes=[n for n in self.settings.nodes() if n.allows("store")],
                            token_days=self.settings.get("http.token_days"))
 
     def burn(self, uid: str) -> None:
@@ -548,6 +569,251 @@ class WebApp:
         self.need()
         return {"robots": self._robot_views()}
 
+    # -- query / retrieve / send / transfers / forwarding (the transfer process does the DICOM work)
+
+    def query_page(self) -> str:
+        """C-FIND on a known node, handed to the transfer process exactly as `burnstation query` does."""
+        sess = self.need("technician")
+        q = {k: request.query.getunicode(k, "").strip()
+             for k in ("node", "level", "name", "pid", "from", "to", "modality", "accession", "study")}
+        q["level"] = q["level"] if q["level"] in QUERY_LEVELS else "study"
+        results: list[dict[str, Any]] | None = None
+        error = ""
+        if q["node"]:
+            try:
+                node = self.settings.node(q["node"])
+                if node is None:
+                    raise SettingError(f"{q['node']!r} is not a known node (add it on the Known nodes page)")
+                keys = _query_keys(q)
+                engine.build_identifier(q["level"], keys)  # a bad key refused here, with the reason
+                answer = commands.ask(self.settings, "query", node.aet, {"level": q["level"].upper(), "keys": keys})
+            except (SettingError, engine.QueryError) as exc:
+                error = str(exc)
+            else:
+                if answer["state"] == "failed":
+                    error = f"Query on {node.aet} failed: {answer['error']}"
+                else:
+                    results = answer["result"] or []
+                self.log(sess, "query", node.aet, f"{q['level']} {json.dumps(keys)}: "
+                         + (error or f"{len(results or [])} result(s)"))
+        return self.render("query", sess, q=q, results=results, error=error, levels=QUERY_LEVELS,
+                           nodes=[n for n in self.settings.nodes() if n.allows("find")])
+
+    def retrieve(self) -> None:
+        sess = self.need("technician", post=True)
+        f = request.forms
+        burn = f.get("burn") == "1"
+        try:
+            node = self.settings.node(f.getunicode("node", ""))
+            if node is None:
+                raise SettingError(f"{f.getunicode('node', '')!r} is not a known node")
+            study = f.getunicode("study", "").strip()
+            if not study:
+                raise SettingError("retrieve: no Study Instance UID in the result")
+            tid = ttjobs.create_retrieve(self.conn(), node.aet, node.retrieve, study, f.getunicode("series", "").strip(),
+                                         burn=burn)
+        except (SettingError, ttjobs.TransferError) as exc:
+            self.back("/transfers", f"Not retrieved: {exc}")
+        self.log(sess, "retrieve", study, f"transfer {tid} from {node.aet} by C-{node.retrieve.upper()}"
+                 + (", then burn" if burn else ""))
+        self.back("/transfers", f"Transfer {tid} queued: retrieve from {node.aet}"
+                  + (", then a burn job" if burn else "") + ".")
+
+    def send_study(self, uid: str) -> None:
+        sess = self.need("technician", post=True)
+        aet = request.forms.getunicode("node", "")
+        try:
+            node = self.settings.node(aet)
+            if node is None:
+                raise SettingError(f"{aet!r} is not a known node")
+            if not node.allows("store"):
+                raise SettingError(f"{node.aet} is not allowed the store service")
+            uids = ttjobs.select_instances(self.conn(), uid)
+            tid = ttjobs.create_send(self.conn(), node.aet, uids, study_uid=uid)
+        except (SettingError, ttjobs.TransferError) as exc:
+            self.back(f"/studies/{uid}", f"Not sent: {exc}")
+        self.log(sess, "send", uid, f"transfer {tid} to {node.aet}, {len(uids)} instances")
+        self.back("/transfers", f"Transfer {tid} queued: {len(uids)} instances to {node.aet}.")
+
+    def _transfer_views(self) -> list[dict[str, Any]]:
+        return [_transfer_view(t) for t in ttjobs.list_transfers(self.conn(), limit=200)]
+
+    def transfers_page(self) -> str:
+        sess = self.need("technician")
+        return self.render("transfers", sess, transfers=self._transfer_views(),
+                           counts=ttjobs.count_active(self.conn()))
+
+    def api_transfers(self) -> dict[str, Any]:
+        self.need("technician")
+        return {"transfers": self._transfer_views(), "counts": ttjobs.count_active(self.conn())}
+
+    def transfer_action(self, transfer_id: str, action: str) -> None:
+        sess = self.need("technician", post=True)
+        try:
+            text = (ttjobs.cancel if action == "cancel" else ttjobs.retry)(self.conn(), transfer_id)
+        except ttjobs.TransferError as exc:
+            self.back("/transfers", str(exc))
+        self.log(sess, f"transfer-{action}", transfer_id, text)
+        self.back("/transfers", text)
+
+    def forwarding_page(self) -> str:
+        """Forwarding rules with their backlog; adding and deleting is for admins."""
+        error = ""
+        if request.method == "POST":
+            sess = self.need("admin", post=True)
+            f = request.forms
+            try:
+                rule = rules.make_rule(self.settings, node=f.getunicode("node", ""), name=f.getunicode("name", "") or None,
+                                       called=f.getunicode("called", ""), calling=f.getunicode("calling", ""),
+                                       modalities=f.getunicode("modalities", ""),
+                                       delay=f.getunicode("delay", "") or rules.DEFAULT_DELAY)
+                ttjobs.start_cursor(self.conn(), rule.name)  # from now on, as `burnstation forward add`
+                rules.add_rule(self.settings, rule)
+            except SettingError as exc:
+                error = str(exc)
+            else:
+                self.log(sess, "forward-add", rule.name, rule.describe())
+                self.back("/forwarding", f"Rule {rule.name} added: {rule.describe()}.")
+        else:
+            sess = self.need("technician")
+        shown = [{"rule": r, **ttjobs.rule_backlog(self.conn(), r.name)} for r in rules.list_rules(self.settings)]
+        return self.render("forwarding", sess, rules=shown, error=error, form=request.forms,
+                           nodes=[n for n in self.settings.nodes() if n.allows("store")],
+                           default_delay=rules.DEFAULT_DELAY)
+
+    def forward_delete(self, name: str) -> None:
+        sess = self.need("admin", post=True)
+        if not rules.delete_rule(self.settings, name):
+            abort(404, "No such forwarding rule.")
+        ttjobs.forget_rule(self.conn(), name)
+        self.log(sess, "forward-delete", name)
+        self.back("/forwarding", f"Rule {name} deleted.")
+
+    # -- storage retention, network and time, configuration backup (the ops modules do the work)
+
+    def storage_page(self) -> str:
+        """Disk usage, the retention settings (checked as `config set`), what goes next and when."""
+        values = self.settings.all()
+        shown = {k: _as_text(values[k]) for k in STORAGE_KEYS}
+        error = ""
+        if request.method == "POST":
+            sess = self.need("admin", post=True)
+            given = {k: request.forms.getunicode(k) for k in STORAGE_KEYS if request.forms.getunicode(k) is not None}
+            changes = {k: v for k, v in given.items() if v != _as_text(values[k])}
+            try:
+                converted = self.settings.update(changes) if changes else {}
+            except SettingError as exc:
+                error = str(exc)
+                shown.update(given)
+            else:
+                audit.record_settings(self.conn(), sess["username"], values, converted, self.address())
+                self.back("/storage", f"Saved ({len(converted)} changed)." if converted else "Nothing changed.")
+        else:
+            sess = self.need("technician")
+        report = retention.status(self.conn(), self.settings, self.data_dir)
+        preview = None
+        days_text = request.query.getunicode("older_than_days", "").strip()
+        if request.query.get("preview"):
+            try:
+                days = _days(days_text)
+                preview = retention.plan(self.conn(), self.settings, self.data_dir, older_than_days=days).delete
+            except SettingError as exc:
+                error = str(exc)
+        fields = [{"key": k, "value": shown[k], "help": SPECS[k].help[:1].upper() + SPECS[k].help[1:]}
+                  for k in STORAGE_KEYS]
+        return self.render("storage", sess, report=report, fields=fields, error=error, preview=preview,
+                           days=days_text, ftime=_ftime)
+
+    def storage_purge(self) -> None:
+        sess = self.need("admin", post=True)
+        text = request.forms.getunicode("older_than_days", "").strip()
+        try:
+            days = _days(text)
+        except SettingError as exc:
+            self.back("/storage", f"Not purged: {exc}")
+        the_plan = retention.plan(self.conn(), self.settings, self.data_dir, older_than_days=days)
+        done = retention.purge(self.conn(), self.settings, self.data_dir, the_plan, older_than_days=days)
+        freed = sum(int(d.get("bytes_freed") or 0) for d in done)
+        self.log(sess, "storage-purge", f"older than {days} days" if days is not None else "retention rules",
+                 f"{len(done)} studies deleted, {freed} bytes: "
+                 + ", ".join(f"{d['study_uid']} ({d['reason']})" for d in done)[:2000])
+        self.back("/storage", f"Purged: {len(done)} stud{'y' if len(done) == 1 else 'ies'} deleted "
+                  f"({_fsize(freed)}).")
+
+    def network_page(self) -> str:
+        """Host name, address, DNS, NTP and time zone, checked and applied as `burnstation network set`."""
+        sess = self.need("admin", post=request.method == "POST")
+        net = network.Network(self.data_dir)
+        error = ""
+        shown = {k: (" ".join(v) if isinstance(v, list) else str(v)) for k, v in net.show()["values"].items()}
+        if request.method == "POST":
+            given = {k: request.forms.getunicode(k) for k in network.DEFAULTS
+                     if request.forms.getunicode(k) is not None}
+            changes = {k: v for k, v in given.items() if v.strip() != shown[k]}
+            try:
+                result = net.set(changes) if changes else None
+            except SettingError as exc:
+                error = str(exc)
+                shown.update(given)
+                self.log(sess, "network-refused", "", f"{json.dumps(changes)}: {exc}")
+            else:
+                if result is None:
+                    self.back("/network", "Nothing changed.")
+                self.log(sess, "network-set", result["values"]["hostname"], json.dumps(changes))
+                message = "Saved." if result["applied"] else f"Saved to {result['files']} (not applied: outside the appliance image)."
+                if result["rollback_at"]:
+                    message += (f" Address change: confirm within {network.ROLLBACK_SECONDS} s from the new address, "
+                                "else the previous settings come back.")
+                if result["failed"]:
+                    message += " Could not apply: " + "; ".join(result["failed"])
+                self.back("/network", message)
+        state = net.show()
+        return self.render("network", sess, shown=shown, error=error, pending=state["pending_seconds"],
+                           deadline=int(time.time() + state["pending_seconds"]) if state["pending_seconds"] is not None else 0,
+                           applied=state["applied"], files=state["files"], keys=list(network.DEFAULTS))
+
+    def network_confirm(self) -> None:
+        sess = self.need("admin", post=True)
+        if not network.Network(self.data_dir).confirm():
+            self.back("/network", "No network change waiting for confirmation (or it was already rolled back).")
+        self.log(sess, "network-confirm")
+        self.back("/network", "Network change confirmed: it stays.")
+
+    def backup_page(self) -> str:
+        sess = self.need("admin")
+        return self.render("backup", sess, error=request.query.getunicode("error", ""))
+
+    def backup_export(self) -> Any:
+        """The configuration file (no patient data, device keys or tokens) as a download."""
+        sess = self.need("admin", post=True)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "config.json"
+            doc = backup.export_config(self.settings, path)
+            body = path.read_bytes()
+        self.log(sess, "config-export", "", ", ".join(doc["sections"]))
+        name = f"burnstation-{self.settings.aet()}-{time.strftime('%Y%m%d-%H%M')}.json"
+        return HTTPResponse(body, status=200, headers={"Content-Type": "application/json",
+                                                       "Content-Disposition": f'attachment; filename="{name}"'})
+
+    def backup_import(self) -> None:
+        """Replace the configuration with an uploaded file, validated whole first (the reason shown when refused)."""
+        sess = self.need("admin", post=True)
+        upload = request.files.get("file")
+        if upload is None:
+            redirect("/backup?" + urlencode({"error": "choose a configuration file first"}))
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "uploaded.json"
+            path.write_bytes(upload.file.read(5_000_000))
+            try:
+                counts = backup.import_config(self.settings, path)
+            except SettingError as exc:
+                reason = str(exc).replace(str(path), upload.raw_filename or "the file")
+                self.log(sess, "config-import-refused", upload.raw_filename or "", reason)
+                redirect("/backup?" + urlencode({"error": f"Import refused, nothing changed: {reason}"}))
+        self.log(sess, "config-import", upload.raw_filename or "", json.dumps(counts))
+        self.back("/backup", "Imported " + ", ".join(f"{k} ({n})" if k in ("nodes", "robots") else k
+                                                     for k, n in counts.items()) + ".")
+
     # -- settings
 
     def settings_page(self, group: str) -> str:
@@ -717,6 +983,16 @@ class WebApp:
         return self.render("associations", sess, rows=rows, total=total, page=page, pages=_pages(total),
                            search=search, query=lambda p: urlencode({"q": search, "page": p}))
 
+    def hl7_log_page(self) -> str:
+        """The hl7 process's log (messages too when hl7.log_messages is on), newest first, read-only."""
+        sess = self.need("admin")
+        search = request.query.getunicode("q", "").strip()
+        page = _int_arg("page", 1, 1)
+        rows, total = hl7_logfile.records(self.data_dir, search, offset=(page - 1) * PAGE_SIZE, limit=PAGE_SIZE)
+        return self.render("hl7log", sess, rows=[hl7_logfile.describe(r) for r in rows], total=total, page=page,
+                           pages=_pages(total), search=search, query=lambda p: urlencode({"q": search, "page": p}),
+                           logging_on=bool(self.settings.get("hl7.log_messages")))
+
     def log_files(self) -> list[dict[str, Any]]:
         folder = self.data_dir / "logs"
         if not folder.is_dir():
@@ -801,6 +1077,64 @@ def _stacker_text(value: Any) -> str:
         text = f"{level} discs" if level is not None else ", ".join(f"{k} {v}" for k, v in value.items())
         return f"{text} ({holds})" if holds else text
     return str(value)
+
+
+QUERY_LEVELS = ("study", "series", "patient")
+QUERY_RETURN = {"patient": ("PatientName", "PatientID", "PatientBirthDate", "NumberOfPatientRelatedStudies"),
+                "study": ("PatientName", "PatientID", "StudyDate", "StudyDescription", "AccessionNumber",
+                          "ModalitiesInStudy", "StudyInstanceUID", "NumberOfStudyRelatedInstances"),
+                "series": ("PatientName", "PatientID", "StudyDate", "Modality", "SeriesNumber", "SeriesDescription",
+                           "StudyInstanceUID", "SeriesInstanceUID", "NumberOfSeriesRelatedInstances")}
+
+
+def _query_keys(q: dict[str, str]) -> dict[str, str]:
+    """The form as C-FIND keys: matching keys from the fields, the level's columns as return keys."""
+    keys = {k: "" for k in QUERY_RETURN[q["level"]]}
+    dates = [q["from"].replace("-", ""), q["to"].replace("-", "")]
+    for text in dates:
+        if text and not (len(text) == 8 and text.isdigit()):
+            raise SettingError(f"query date: YYYY-MM-DD, not {text!r}")
+    matching = {"PatientName": q["name"], "PatientID": q["pid"], "AccessionNumber": q["accession"],
+                "StudyInstanceUID": q["study"],
+                "StudyDate": dates[0] if dates[0] == dates[1] else "-".join(dates) if any(dates) else "",
+                ("Modality" if q["level"] == "series" else "ModalitiesInStudy"): q["modality"].upper()}
+    if q["level"] == "patient":
+        matching = {k: matching[k] for k in ("PatientName", "PatientID")}
+    keys.update({k: v for k, v in matching.items() if v})
+    return keys
+
+
+def _transfer_view(t: dict[str, Any]) -> dict[str, Any]:
+    """What a transfer row shows (also the /api/transfers item)."""
+    kind = f"{t['kind']} (C-{t['method'].upper()})" if t["kind"] == ttjobs.RETRIEVE and t["method"] else t["kind"]
+    return {"id": t["id"], "state": t["state"], "kind": kind, "node": t["node"], "rule": t["rule"] or "",
+            "what": t["instance_uid"] or t["series_uid"] or t["study_uid"] or "",
+            "completed": t["completed"], "warning": t["warning"], "failed": t["failed"], "remaining": t["remaining"],
+            "message": t["error"] or t["message"] or "", "burn_job": t["burn_job"] or "",
+            "created_at": t["created_at"], "updated_at": t["updated_at"],
+            "can_cancel": t["state"] in ("queued", "running") and not t["cancel_requested"],
+            "can_retry": t["state"] in ("failed", "cancelled")}
+
+
+STORAGE_KEYS = ("storage.purge_after_days", "storage.purge_unburned_after_days", "storage.high_water_percent",
+                "storage.low_water_percent", "dicom.min_free_mb")
+
+
+def _days(text: str) -> int | None:
+    """The "older than N days" field of a purge (empty: the retention rules as set)."""
+    if not text:
+        return None
+    try:
+        days = int(text)
+    except ValueError:
+        raise SettingError(f"older than days: a whole number of days, not {text!r}") from None
+    if not 0 <= days <= 36500:
+        raise SettingError(f"older than days: must be from 0 to 36500, not {days}")
+    return days
+
+
+def _ftime(ts: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(ts)) if ts else "-"
 
 
 def _pages(total: int) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from appliance import db
 from appliance.config import Settings
-from appliance.hl7 import outbox
+from appliance.hl7 import logfile, outbox
 from appliance.hl7.mllp import MLLPServer
 from appliance.services import stop_event
 from appliance.worklist import items, link
@@ -86,6 +86,7 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
           ready: threading.Event | None = None) -> None:
     """Run the hl7 service until `stop` is set (or SIGTERM/SIGINT when run in the main thread)."""
     stop = stop_event(stop)
+    log_handler = logfile.attach(data_dir)  # <data>/logs/hl7.log, read by the web UI's HL7 log page
     service = HL7Service(Path(data_dir))
     service.start_listener()
     sender = threading.Thread(target=service.deliver_loop, args=(stop,), name="hl7-outbox", daemon=True)
@@ -107,3 +108,4 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     finally:
         service.stop_listener()
         sender.join(2.5)  # well inside the supervisor's 5 s before SIGKILL (the outbox resumes at start)
+        logfile.detach(log_handler)

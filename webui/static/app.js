@@ -158,6 +158,68 @@ function setupRobots() {
   window.setTimeout(poll, 3000);
 }
 
+function postForm(action, label, confirmText) {
+  const form = el("form");
+  form.method = "post";
+  form.action = action;
+  if (confirmText) form.setAttribute("data-confirm", confirmText);
+  const token = el("input");
+  token.type = "hidden"; token.name = "csrf"; token.value = csrfToken();
+  const button = el("button", "small", label);
+  button.type = "submit";
+  form.append(token, button);
+  return form;
+}
+
+function transferRow(t) {
+  const tr = el("tr");
+  tr.setAttribute("data-transfer", t.id);
+  const id = el("td", "id", t.id);
+  id.append(el("br"), el("span", "muted", shortTime(t.created_at)));
+  const kind = el("td", null, t.kind + (t.rule ? " [" + t.rule + "]" : ""));
+  kind.append(el("br"), el("span", "muted uid", t.what));
+  const node = el("td", null, t.node);
+  const state = el("td");
+  state.append(el("span", "state s-" + t.state, t.state));
+  const counts = el("td", "num", [t.completed, t.warning, t.failed, t.remaining].join(" / "));
+  const message = el("td", "message", t.message + (t.burn_job ? " (burn job " + t.burn_job + ")" : ""));
+  const actions = el("td", "actions");
+  const base = "/transfers/" + encodeURIComponent(t.id) + "/";
+  if (t.can_cancel) actions.append(postForm(base + "cancel", "Cancel", "Cancel transfer " + t.id + "?"));
+  if (t.can_retry) actions.append(postForm(base + "retry", "Retry"));
+  [[kind, "Kind"], [node, "Node"], [state, "State"], [counts, "Counts"], [message, "Message"]]
+    .forEach(function (pair) { pair[0].setAttribute("data-label", pair[1]); });
+  tr.append(id, kind, node, state, counts, message, actions);
+  return tr;
+}
+
+/* the transfer queue: rows and live counts from /api/transfers */
+function setupTransfers() {
+  const table = document.getElementById("transfers");
+  if (!table) return;
+  const status = document.getElementById("live-state");
+  const empty = document.getElementById("no-transfers");
+  const counts = document.getElementById("transfer-counts");
+  async function poll() {
+    try {
+      const resp = await fetch("/api/transfers", {credentials: "same-origin", headers: {"Accept": "application/json"}});
+      if (resp.status === 401) { status.textContent = "Session ended: log in again."; return; }
+      if (!resp.ok) throw new Error("HTTP " + resp.status);
+      const data = await resp.json();
+      const body = table.tBodies[0];
+      body.replaceChildren.apply(body, data.transfers.map(transferRow));
+      empty.classList.toggle("hidden", data.transfers.length > 0);
+      counts.replaceChildren(el("span", "badge", (data.counts.running || 0) + " running"), " ",
+                             el("span", "badge", (data.counts.queued || 0) + " queued"));
+      status.textContent = "Last update " + new Date().toLocaleTimeString();
+    } catch (err) {
+      status.textContent = "Update failed (" + err.message + "); retrying.";
+    }
+    window.setTimeout(poll, 2000);
+  }
+  window.setTimeout(poll, 2000);
+}
+
 /* delayed groups: seconds left until they burn */
 function setupCountdowns() {
   const items = document.querySelectorAll(".countdown[data-deadline]");
@@ -176,4 +238,5 @@ document.addEventListener("DOMContentLoaded", function () {
   setupCountdowns();
   setupJobs();
   setupRobots();
+  setupTransfers();
 });

@@ -1,7 +1,7 @@
 % from urllib.parse import quote
 % import time
 % rebase('base', title='Association log')
-<nav class="sub"><a href="/logs/audit">Audit log</a><a href="/logs/associations" class="on">Association log</a></nav>
+<nav class="sub"><a href="/logs/audit">Audit log</a><a href="/logs/associations" class="on">Association log</a><a href="/logs/hl7">HL7 log</a></nav>
 <h1>Association log</h1>
 <form method="get" class="search card"><label>Search <input name="q" value="{{search}}"></label> <button type="submit">Search</button> <a href="/logs/associations.csv?q={{quote(search)}}">Export CSV</a></form>
 <div class="scroll"><table class="list" id="associations">

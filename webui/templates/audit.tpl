@@ -1,7 +1,7 @@
 % from urllib.parse import quote
 % import time
 % rebase('base', title='Audit log')
-<nav class="sub"><a href="/logs/audit" class="on">Audit log</a><a href="/logs/associations">Association log</a></nav>
+<nav class="sub"><a href="/logs/audit" class="on">Audit log</a><a href="/logs/associations">Association log</a><a href="/logs/hl7">HL7 log</a></nav>
 <h1>Audit log</h1>
 <form method="get" class="search card"><label>Search <input name="q" value="{{search}}"></label> <button type="submit">Search</button> <a href="/logs/audit.csv?q={{quote(search)}}">Export CSV</a></form>
 <div class="scroll"><table class="list" id="audit">

@@ -25,7 +25,7 @@
 </header>
 % if user:
 <nav class="main">
-  % for href, label, need in [("/jobs", "Jobs", "viewer"), ("/studies", "Studies", "viewer"), ("/tokens", "Patient links", "technician"), ("/robots", "Robots", "viewer"), ("/nodes", "Known nodes", "viewer"), ("/settings/dicom", "Settings", "viewer"), ("/diagnostics", "Diagnostics", "viewer"), ("/users", "Users", "admin"), ("/logs/audit", "Logs", "admin")]:
+  % for href, label, need in [("/jobs", "Jobs", "viewer"), ("/studies", "Studies", "viewer"), ("/query", "Query", "technician"), ("/transfers", "Transfers", "technician"), ("/forwarding", "Forwarding", "technician"), ("/tokens", "Patient links", "technician"), ("/robots", "Robots", "viewer"), ("/nodes", "Known nodes", "viewer"), ("/settings/dicom", "Settings", "viewer"), ("/diagnostics", "Diagnostics", "viewer"), ("/storage", "Storage", "technician"), ("/network", "Network", "admin"), ("/backup", "Backup", "admin"), ("/users", "Users", "admin"), ("/logs/audit", "Logs", "admin")]:
   %   if rank[role] >= rank[need]:
   <a href="{{href}}" class="{{'on' if path.startswith(href.rsplit('/', 1)[0] or href) else ''}}">{{label}}</a>
   %   end

@@ -42,6 +42,22 @@
 </form>
 % end
 % if rank[role] >= rank['technician']:
+<h2>Send</h2>
+<form method="post" action="/studies/{{study['study_uid']}}/send" class="card inline" id="send-form">
+  <input type="hidden" name="csrf" value="{{csrf}}">
+  <label>Node
+    <select name="node">
+    % for n in store_nodes:
+      <option value="{{n.aet}}">{{n.aet}}{{' – ' + n.description if n.description else ''}}</option>
+    % end
+    </select></label>
+  <button type="submit" id="send" {{'' if store_nodes else 'disabled'}}>Send to node</button>
+  % if not store_nodes:
+  <span class="muted">No known node takes C-STORE.</span>
+  % end
+</form>
+% end
+% if rank[role] >= rank['technician']:
 <h2>Patient link</h2>
 <form method="post" action="/studies/{{study['study_uid']}}/token" class="card inline" id="token-form">
   <input type="hidden" name="csrf" value="{{csrf}}">
