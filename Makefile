@@ -26,6 +26,10 @@ MKOSI         := PYTHONPATH=$(MKOSI_CACHE)/root/usr/lib/python3/dist-packages py
 MKOSI_ARGS    := -C image --output-dir $(CURDIR)/build/image --cache-dir $(MKOSI_CACHE)/incremental \
                  --package-cache-dir $(MKOSI_CACHE)/packages --incremental
 HOST_CA       ?= /etc/ssl/certs/ca-certificates.crt
+# disk images need systemd-repart >= 254 (bookworm has 252): 254 from bookworm-backports, unpacked
+# beside mkosi and found first through mkosi's ExtraSearchPaths (a wrapper sets its library path)
+REPART_DIR    := $(MKOSI_CACHE)/repart254
+REPART_STAMP  := $(REPART_DIR)/.stamp
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -75,6 +79,19 @@ $(MKOSI_STAMP):
 
 mkosi: image-deps $(MKOSI_STAMP)
 
+$(REPART_STAMP): $(MKOSI_STAMP)
+	rm -rf $(REPART_DIR) && mkdir -p $(REPART_DIR)/debs
+	cd $(REPART_DIR)/debs && apt-get $(MKOSI_APT) download -qq systemd/bookworm-backports \
+	  libsystemd-shared/bookworm-backports
+	for d in $(REPART_DIR)/debs/*.deb; do dpkg -x $$d $(REPART_DIR)/root; done
+	printf '%s\n' '#!/bin/sh' '# systemd-repart 254 from bookworm-backports, with its own libsystemd-shared' \
+	  'd=$$(dirname "$$(readlink -f "$$0")")/root' \
+	  'LD_LIBRARY_PATH=$$d/usr/lib/x86_64-linux-gnu/systemd exec "$$d/bin/systemd-repart" "$$@"' \
+	  > $(REPART_DIR)/systemd-repart
+	chmod 755 $(REPART_DIR)/systemd-repart
+	$(REPART_DIR)/systemd-repart --version | head -1
+	touch $@
+
 # the host's CA bundle, for pip inside the build (the checkout is mounted there, never copied in)
 build/image/host-ca.pem: $(HOST_CA)
 	install -D -m 0644 $< $@
@@ -84,9 +101,8 @@ image-lock: venv
 	$(PYTHON) image/lock.py --venv $(VENV)
 
 # the bootable disk image for a real box: build/image/burnstation_0.1.0.raw
-# (disk images need systemd-repart >= 254: on bookworm add a tools tree, see README.md)
-image: mkosi build/image/host-ca.pem
-	$(MKOSI) $(MKOSI_ARGS) $(MKOSI_EXTRA) --force build
+image: mkosi $(REPART_STAMP) build/image/host-ca.pem
+	$(MKOSI) $(MKOSI_ARGS) --extra-search-path=$(REPART_DIR) $(MKOSI_EXTRA) --force build
 
 # build the directory tree, boot it in systemd-nspawn, talk DICOM to it from outside (image/check.sh)
 image-check: mkosi build/image/host-ca.pem
