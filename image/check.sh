@@ -11,7 +11,7 @@
 # The container has its own network namespace (--private-network: loopback only, no DHCP needed,
 # no clash with the host's ports); the dcmtk clients are the host's, run in that namespace with
 # nsenter --net. Every run removes its container, copy and mounts, whatever happens (trap).
-# Usage: MKOSI_TREE=build/image/burnstation_0.1.0 image/check.sh
+# Usage: MKOSI_TREE=build/image/tree/burnstation_0.1.0 image/check.sh (make image-check)
 set -euo pipefail
 
 TREE=${MKOSI_TREE:?set MKOSI_TREE to the directory image}
