@@ -116,6 +116,13 @@ log "C-ECHO on 11112: ok"
 in_net /usr/bin/echoscu -to 10 -aec "$AET" --anonymous-tls +cf "$WORK/ca.pem" 127.0.0.1 2762 \
     || fail "C-ECHO on the TLS port (verified against the device CA)"
 log "C-ECHO on 2762 (TLS, verified against the device CA from the tree): ok"
+# and the verification is real: against a CA that did not sign the station's certificate it fails
+openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other -keyout "$WORK/other.key" \
+    -out "$WORK/other.pem" 2>/dev/null
+if in_net /usr/bin/echoscu -to 10 -aec "$AET" --anonymous-tls +cf "$WORK/other.pem" 127.0.0.1 2762 2>/dev/null; then
+    fail "TLS C-ECHO succeeded against a CA that did not sign the station's certificate"
+fi
+log "C-ECHO on 2762 against another CA: refused, as it must be"
 
 uid="2.25.$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')"
 cat >"$WORK/study.dump" <<EOF
