@@ -9,7 +9,28 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS   := dcmtk orthanc xorriso chromium dicom3tools python3-venv iproute2 fonts-dejavu-core fonts-droid-fallback zbar-tools
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint deps venv bench clean
+.PHONY: run test test-fast lint deps venv bench clean image image-check image-lock image-deps image-clean mkosi
+
+# The appliance image (image/): mkosi 24.3 from bookworm-backports, fetched through a private apt
+# sources list into .cache/mkosi (the machine's own apt sources and state stay untouched), unpacked
+# and run as `python3 -m mkosi`. Build caches and outputs stay in .cache/mkosi and build/image.
+IMAGE_DEBS    := systemd-container kmod bubblewrap debian-archive-keyring dosfstools mtools cpio fdisk \
+                 dcmtk util-linux openssl procps
+MKOSI_VERSION := 24.3-1~bpo12+1
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+MKOSI_CACHE   := $(CURDIR)/.cache/mkosi
+MKOSI_STAMP   := $(MKOSI_CACHE)/mkosi-$(MKOSI_VERSION).stamp
+MKOSI_APT     := -o Dir::Etc::sourcelist=$(MKOSI_CACHE)/apt/sources.list -o Dir::Etc::sourceparts=- \
+                 -o Dir::State::Lists=$(MKOSI_CACHE)/apt/lists -o Dir::Cache=$(MKOSI_CACHE)/apt/cache \
+                 -o Dir::State::status=/dev/null -o APT::Sandbox::User=root
+MKOSI         := PYTHONPATH=$(MKOSI_CACHE)/root/usr/lib/python3/dist-packages python3 -m mkosi
+MKOSI_ARGS    := -C image --cache-dir $(MKOSI_CACHE)/incremental \
+                 --package-cache-dir $(MKOSI_CACHE)/packages --incremental
+HOST_CA       ?= /etc/ssl/certs/ca-certificates.crt
+# disk images need systemd-repart >= 254 (bookworm has 252) and bootctl: 254 from bookworm-backports,
+# unpacked beside mkosi and found first through mkosi's ExtraSearchPaths (wrappers set the library path)
+REPART_DIR    := $(MKOSI_CACHE)/repart254
+REPART_STAMP  := $(REPART_DIR)/.stamp
 
 deps:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -49,3 +70,53 @@ bench: deps venv
 
 clean:
 	rm -rf $(VENV) var
+
+image-deps:
+	@$(MAKE) --no-print-directory deps DEBS="$(IMAGE_DEBS)"
+
+$(MKOSI_STAMP):
+	mkdir -p $(MKOSI_CACHE)/apt/lists/partial $(MKOSI_CACHE)/apt/cache/archives/partial $(MKOSI_CACHE)/debs
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $(DEBIAN_MIRROR) bookworm-backports main" \
+	  > $(MKOSI_CACHE)/apt/sources.list
+	apt-get $(MKOSI_APT) update -qq
+	rm -rf $(MKOSI_CACHE)/root $(MKOSI_CACHE)/debs/mkosi_*.deb
+	cd $(MKOSI_CACHE)/debs && apt-get $(MKOSI_APT) download -qq 'mkosi=$(MKOSI_VERSION)'
+	dpkg -x $(MKOSI_CACHE)/debs/mkosi_*.deb $(MKOSI_CACHE)/root
+	$(MKOSI) --version
+	touch $@
+
+mkosi: image-deps $(MKOSI_STAMP)
+
+$(REPART_STAMP): $(MKOSI_STAMP)
+	rm -rf $(REPART_DIR) && mkdir -p $(REPART_DIR)/debs
+	cd $(REPART_DIR)/debs && apt-get $(MKOSI_APT) download -qq systemd/bookworm-backports \
+	  libsystemd-shared/bookworm-backports systemd-boot/bookworm-backports
+	for d in $(REPART_DIR)/debs/*.deb; do dpkg -x $$d $(REPART_DIR)/root; done
+	for bin in bin/systemd-repart usr/bin/bootctl; do tool=$$(basename $$bin); \
+	  printf '%s\n' '#!/bin/sh' "# $$tool 254 from bookworm-backports, with its own libsystemd-shared" \
+	    'd=$$(dirname "$$(readlink -f "$$0")")/root' \
+	    "LD_LIBRARY_PATH=\$$d/usr/lib/x86_64-linux-gnu/systemd exec \"\$$d/$$bin\" \"\$$@\"" \
+	    > $(REPART_DIR)/$$tool && chmod 755 $(REPART_DIR)/$$tool && $(REPART_DIR)/$$tool --version || exit 1; \
+	done
+	touch $@
+
+# the host's CA bundle, for pip inside the build (the checkout is mounted there, never copied in)
+build/image/host-ca.pem: $(HOST_CA)
+	install -D -m 0644 $< $@
+
+# image/requirements.lock from the dev venv's versions (run after changing pyproject.toml's deps)
+image-lock: venv
+	$(PYTHON) image/lock.py --venv $(VENV)
+
+# the bootable disk image for a real box: build/image/disk/burnstation_0.1.0.raw
+image: mkosi $(REPART_STAMP) build/image/host-ca.pem
+	$(MKOSI) $(MKOSI_ARGS) --output-dir $(CURDIR)/build/image/disk --extra-search-path=$(REPART_DIR) \
+	  $(MKOSI_EXTRA) --force build
+
+# build the directory tree, boot it in systemd-nspawn, talk DICOM to it from outside (image/check.sh)
+image-check: mkosi build/image/host-ca.pem
+	$(MKOSI) $(MKOSI_ARGS) --output-dir $(CURDIR)/build/image/tree --format=directory --force build
+	MKOSI_TREE=$(CURDIR)/build/image/tree/burnstation_0.1.0 image/check.sh
+
+image-clean:
+	rm -rf build/image .cache/mkosi

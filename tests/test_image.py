@@ -1,10 +1,13 @@
 """The appliance image recipe: the udev rules follow the drivers' matchers, every path the recipe
-names exists, the units say what the appliance needs and pass `systemd-analyze verify`."""
+names exists and mkosi 24 reads it, the image's packages are locked by hash, the units say what the
+appliance needs and pass `systemd-analyze verify`, and the CPU check knows numpy's baseline.
+(Building and booting the image is `make image-check`, image/check.sh: too slow for the suite.)"""
 
 from __future__ import annotations
 
 import configparser
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -57,12 +60,32 @@ def test_recipe_is_declarative_and_its_paths_exist():
     packages = conf["Content"]["Packages"].split()
     for needed in ("systemd", "udev", "python3", "python3-venv", "dcmtk", "xorriso"):
         assert needed in packages
-    source = conf["Build"]["BuildSources"].split(":")[0]
+    # mkosi 24 has no [Build] section (it ignores one silently) and no MachineId= setting
+    assert "Build" not in conf and "MachineId" not in conf["Content"]
+    assert "mkosi 24" in (IMAGE / "mkosi.conf").read_text().splitlines()[0]
+    source = conf["Content"]["BuildSources"].split(":")[0]
     assert (IMAGE / source / "pyproject.toml").is_file()
+    assert conf["Content"]["WithNetwork"] == "yes" and conf["Content"]["BuildSourcesEphemeral"] == "yes"
+    # the bootable disk carries a kernel and systemd-boot (bootctl)
+    disk = configparser.ConfigParser(strict=False, interpolation=None)
+    disk.optionxform = str
+    disk.read(IMAGE / "mkosi.conf.d" / "10-disk.conf")
+    assert disk["Match"]["Format"] == "disk" and disk["Content"]["Bootloader"] == "systemd-boot"
+    assert {"linux-image-amd64", "systemd-boot"} <= set(disk["Content"]["Packages"].split())
+    # the build's apt sources: bookworm, -updates and -security only (no debian-debug)
+    sources = (IMAGE / "mkosi.pkgmngr/etc/apt/sources.list.d/mkosi.sources").read_text()
+    suites = [s for line in sources.splitlines() if line.startswith("Suites:") for s in line.split()[1:]]
+    assert sorted(suites) == ["bookworm", "bookworm-security", "bookworm-updates"]
+    assert "debug" not in sources.replace("# ", "").split("Types:", 1)[1]
     postinst = IMAGE / "mkosi.postinst.chroot"
     assert postinst.is_file() and os.access(postinst, os.X_OK)
     script = postinst.read_text()
     assert "python3 -m venv /opt/burnstation" in script and "useradd" in script
+    # locked wheels by hash, then the root project alone (never the simulator), offline
+    assert "--require-hashes" in script and "image/requirements.lock" in script
+    assert '--no-index --no-deps \\\n    --no-build-isolation "$SRC"\n' in script
+    assert "hardware-sim" not in script and "burnstation-sim" not in script
+    assert "PIP_CERT" in script  # the build host's CAs, from the mounted checkout only
     for path in (UNITS / "burnstation.service", UNITS / "burnstation-firstboot.service", RULES,
                  EXTRA / "usr/lib/sysusers.d/burnstation.conf",
                  EXTRA / "usr/lib/systemd/system-preset/80-burnstation.preset"):
@@ -77,6 +100,54 @@ def test_recipe_is_declarative_and_its_paths_exist():
             assert (UNITS / name).is_file()
 
 
+def _requirement_names(requirements: list[str]) -> set[str]:
+    return {re.split(r"[<>=!~;\[ ]", r, maxsplit=1)[0].strip().lower().replace("_", "-").replace(".", "-")
+            for r in requirements}
+
+
+def test_lock_pins_every_runtime_dependency_by_hash():
+    import tomllib
+
+    text = (IMAGE / "requirements.lock").read_text()
+    entries = re.findall(r"^([A-Za-z0-9._-]+)==(\S+) \\\n    --hash=sha256:([0-9a-f]{64})$", text, re.M)
+    lines = [line for line in text.splitlines() if line and not line.startswith(("#", "    "))]
+    assert len(entries) == len(lines), "every requirement is name==version with one sha256"
+    locked = _requirement_names([name for name, _, _ in entries])
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    needed = _requirement_names(project["project"]["dependencies"]) | {"setuptools", "wheel"}
+    assert needed <= locked, f"not in image/requirements.lock (run make image-lock): {needed - locked}"
+    assert "burnstation" not in locked
+
+
+def _cpu_check(tmp_path: Path, flags: str) -> subprocess.CompletedProcess:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    script = EXTRA / "usr/lib/burnstation/cpu-check"
+    return subprocess.run([str(script)], env={"CPUINFO": str(cpuinfo), "PATH": os.environ["PATH"]},
+                          capture_output=True, text=True, timeout=30)
+
+
+V2 = "fpu sse sse2 pni ssse3 cx16 sse4_1 sse4_2 popcnt lahf_lm"
+
+
+def test_cpu_check_names_what_the_cpu_lacks(tmp_path):
+    ok = _cpu_check(tmp_path, V2)
+    assert ok.returncode == 0, ok.stderr
+    # qemu's default model (qemu64) lacks SSSE3, SSE4.1, SSE4.2 and POPCNT
+    old = _cpu_check(tmp_path, "fpu sse sse2 pni cx16 lahf_lm")
+    assert old.returncode == 1
+    assert "x86-64-v2" in old.stderr and "ssse3 sse4_1 sse4_2 popcnt" in old.stderr
+    assert _cpu_check(tmp_path, V2.replace(" popcnt", "")).returncode == 1
+
+
+def test_cpu_check_covers_numpys_baseline():
+    """A numpy whose wheels need more than x86-64-v2 (say X86_V3) must change the check and the README."""
+    from numpy._core._multiarray_umath import __cpu_baseline__
+
+    assert set(__cpu_baseline__) <= {"SSE", "SSE2", "SSE3", "SSSE3", "SSE41", "POPCNT", "SSE42", "X86_V2"}, \
+        __cpu_baseline__
+
+
 def test_units_say_what_the_appliance_needs():
     main = unit("burnstation.service")
     svc, unit_sec = main["Service"], main["Unit"]
@@ -84,7 +155,15 @@ def test_units_say_what_the_appliance_needs():
     assert svc["ProtectSystem"] == "strict" and svc["ReadWritePaths"] == "/var/lib/burnstation"
     assert svc["PrivateTmp"] == "yes" and svc["NoNewPrivileges"] == "yes"
     assert svc["StateDirectory"] == "burnstation" and svc["KillMode"] == "mixed"
-    assert "network-online.target" in unit_sec["After"] and "network-online.target" in unit_sec["Wants"]
+    # the station listens on every address: it must not wait (two minutes) for a network to be online
+    assert "network.target" in unit_sec["After"].split() and "network-online.target" not in unit_sec["After"]
+    assert "Wants" not in unit_sec
+    # no station on a CPU below numpy's baseline: the CPU check runs first, every boot
+    assert "burnstation-cpu.service" in unit_sec["Requires"].split()
+    assert "burnstation-cpu.service" in unit_sec["After"].split()
+    cpu = unit("burnstation-cpu.service")
+    assert cpu["Service"]["ExecStart"] == "/usr/lib/burnstation/cpu-check" and cpu["Service"]["Type"] == "oneshot"
+    assert os.access(EXTRA / "usr/lib/burnstation/cpu-check", os.X_OK)
     assert svc["ExecStart"].split()[0] == "/opt/burnstation/bin/burnstation" and svc["ExecStart"].endswith(" run")
     first = unit("burnstation-firstboot.service")
     assert first["Unit"]["ConditionPathExists"] == "!/var/lib/burnstation/settings.json"
@@ -101,12 +180,13 @@ def test_systemd_analyze_verify(tmp_path):
     if tool is None:
         pytest.skip("systemd-analyze is not installed here")
     exe = Path(sys.executable).parent / "burnstation"
-    for name in ("burnstation.service", "burnstation-firstboot.service"):
-        # the venv path of the image does not exist here: point ExecStart at this checkout's venv
+    names = ("burnstation-cpu.service", "burnstation-firstboot.service", "burnstation.service")
+    for name in names:
+        # the image's paths do not exist here: point ExecStart at this checkout's venv and script
         text = (UNITS / name).read_text().replace("/opt/burnstation/bin/burnstation", str(exe))
+        text = text.replace("/usr/lib/burnstation/cpu-check", str(EXTRA / "usr/lib/burnstation/cpu-check"))
         (tmp_path / name).write_text(text)
-    result = subprocess.run([tool, "verify", *(str(tmp_path / n) for n in
-                                                ("burnstation-firstboot.service", "burnstation.service"))],
+    result = subprocess.run([tool, "verify", *(str(tmp_path / n) for n in names)],
                             capture_output=True, text=True, timeout=120)
     output = result.stdout + result.stderr
     if result.returncode != 0 and ("Failed to connect" in output or "System has not been booted" in output

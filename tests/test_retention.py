@@ -208,6 +208,7 @@ def _tmpfs(folder: Path, size_mb: int) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
+@pytest.mark.station
 def test_small_disk_filled_by_ingest(tmp_path: Path) -> None:
     """A 40 MB data disk takes 16 studies of ~3 MB over C-STORE without one refusal: the burner
     purges burned studies oldest disc first; the pending and archive studies stay; C-FIND no
@@ -289,6 +290,7 @@ def test_timer_backs_off_when_nothing_may_go(data: Path) -> None:
     assert timer.due() == (retention.disk_usage(data).used_percent > 99)
 
 
+@pytest.mark.station
 def test_burned_by_the_pipeline_then_purged(tmp_path: Path) -> None:
     """Through the real pipeline: a study sent to _E is burned by the folder robot; only then may it
     go (purge --older-than-days 0), with its disc image; sent again, it is unburned until its new
