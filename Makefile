@@ -45,7 +45,9 @@ deps:
 $(STAMP): pyproject.toml hardware-sim/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]' -e ./hardware-sim
+	$(VENV)/bin/pip install -q -e '.[test]'
+	# after the station: upgrading a venv where the station still owned the burnstation-sim script removes it
+	$(VENV)/bin/pip install -q -e ./hardware-sim
 	touch $(STAMP)
 
 venv: $(STAMP)
