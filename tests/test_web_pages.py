@@ -260,6 +260,12 @@ def test_backup_export_and_import_with_the_refusal_reason(site):
                                        files={"file": body.encode()})
     assert status == 303 and "Imported" in flash(headers)
     assert json.loads(burnstation(st.data, "config", "show", "--json").stdout)["http.department"] == ""
+    # a file that carries users replaces them and ends every session (README): all log in again,
+    # with the passwords they had (the hashes travelled in the file)
+    assert admin.get("/backup")[0] == 303
+    for name in ("admin", "technician", "viewer"):
+        site[name].cookies.clear()
+        assert site[name].login(name, PASSWORD) == 303
     assert site["technician"].post("/backup/export", {"csrf": token(site["technician"])})[0] == 403
 
 
