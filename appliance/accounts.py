@@ -305,6 +305,17 @@ def setup_code_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / SETUP_FILE
 
 
+def current_setup_code(data_dir: str | os.PathLike[str]) -> str | None:
+    """`ensure_setup_code` on its own connection (for `init` and the web service's start)."""
+    from appliance import db
+
+    conn = db.connect(data_dir)
+    try:
+        return ensure_setup_code(data_dir, conn)
+    finally:
+        conn.close()
+
+
 def ensure_setup_code(data_dir: str | os.PathLike[str], conn: sqlite3.Connection) -> str | None:
     """The setup code while no user exists (made once, then the same until used); None once a user exists."""
     if user_count(conn):

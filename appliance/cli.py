@@ -51,13 +51,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def _print_setup_code(data: Path) -> None:
     """While no web user exists: the one-time code that creates the first admin at /setup."""
-    from appliance import accounts, db
+    from appliance import accounts
 
-    conn = db.connect(data)
-    try:
-        code = accounts.ensure_setup_code(data, conn)
-    finally:
-        conn.close()
+    code = accounts.current_setup_code(data)
     if code:
         print(f"Web setup code (creates the first admin at /setup, works once): {code}")
         print(f"  (also in {accounts.setup_code_path(data)}, readable by this user only)")

@@ -15,7 +15,7 @@ import json
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -693,23 +693,7 @@ class WebApp:
 
     def storage_page(self) -> str:
         """Disk usage, the retention settings (checked as `config set`), what goes next and when."""
-        values = self.settings.all()
-        shown = {k: _as_text(values[k]) for k in STORAGE_KEYS}
-        error = ""
-        if request.method == "POST":
-            sess = self.need("admin", post=True)
-            given = {k: request.forms.getunicode(k) for k in STORAGE_KEYS if request.forms.getunicode(k) is not None}
-            changes = {k: v for k, v in given.items() if v != _as_text(values[k])}
-            try:
-                converted = self.settings.update(changes) if changes else {}
-            except SettingError as exc:
-                error = str(exc)
-                shown.update(given)
-            else:
-                audit.record_settings(self.conn(), sess["username"], values, converted, self.address())
-                self.back("/storage", f"Saved ({len(converted)} changed)." if converted else "Nothing changed.")
-        else:
-            sess = self.need("technician")
+        sess, shown, error = self.settings_form(STORAGE_KEYS, "/storage", reader="technician")
         report = retention.status(self.conn(), self.settings, self.data_dir)
         preview = None
         days_text = request.query.getunicode("older_than_days", "").strip()
@@ -816,28 +800,32 @@ class WebApp:
 
     # -- settings
 
+    def settings_form(self, keys: Sequence[str], back: str,
+                      reader: str = "viewer") -> tuple[dict[str, Any], dict[str, str], str]:
+        """Show or save settings `keys` (admin; same checks and messages as `config set`, audited).
+        Returns (session, the values to show, the refusal message); a good save redirects to `back`."""
+        values = self.settings.all()
+        shown = {k: _as_text(values[k]) for k in keys}
+        if request.method != "POST":
+            return self.need(reader), shown, ""
+        sess = self.need("admin", post=True)
+        given = {k: request.forms.getunicode(k) for k in keys if request.forms.getunicode(k) is not None}
+        changes = {k: v for k, v in given.items() if v != _as_text(values[k])}
+        try:
+            converted = self.settings.update(changes) if changes else {}
+        except SettingError as exc:
+            shown.update(given)
+            return sess, shown, str(exc)
+        audit.record_settings(self.conn(), sess["username"], values, converted, self.address())
+        self.back(back, f"Saved ({len(converted)} changed)." if converted else "Nothing changed.")  # raises
+        return sess, shown, ""
+
     def settings_page(self, group: str) -> str:
         if group not in GROUPS:
             abort(404, "No such settings page.")
         title, member = GROUPS[group]
         keys = [k for k in SPECS if member(k)]
-        values = self.settings.all()
-        error = ""
-        shown = {k: _as_text(values[k]) for k in keys}
-        if request.method == "POST":
-            sess = self.need("admin", post=True)
-            given = {k: request.forms.getunicode(k) for k in keys if request.forms.getunicode(k) is not None}
-            changes = {k: v for k, v in given.items() if v != _as_text(values[k])}
-            try:
-                converted = self.settings.update(changes) if changes else {}
-            except SettingError as exc:
-                error = str(exc)
-                shown.update(given)
-            else:
-                audit.record_settings(self.conn(), sess["username"], values, converted, self.address())
-                self.back(f"/settings/{group}", f"Saved ({len(converted)} changed)." if converted else "Nothing changed.")
-        else:
-            sess = self.need()
+        sess, shown, error = self.settings_form(keys, f"/settings/{group}")
         fields = [{"key": k, "value": shown[k], "help": SPECS[k].help[:1].upper() + SPECS[k].help[1:],
                    "bool": _bool_key(k), "choices": getattr(SPECS[k].check, "choices", None)} for k in keys]
         addresses = []

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from appliance import accounts, db, tlsca
+from appliance import accounts, tlsca
 from appliance.config import Settings
 from appliance.services import stop_event
 
@@ -51,11 +51,7 @@ def _cert_stamp(data_dir: Path) -> tuple[str, int]:
 
 def show_setup_code(data_dir: Path) -> None:
     """While no user exists, say the setup code again (it changes only when used)."""
-    conn = db.connect(data_dir)
-    try:
-        code = accounts.ensure_setup_code(data_dir, conn)
-    finally:
-        conn.close()
+    code = accounts.current_setup_code(data_dir)
     if code:
         LOG.warning("no web user yet: open the web UI and use the setup code %s (also in %s)", code,
                     accounts.setup_code_path(data_dir))
