@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -298,6 +299,18 @@ def cmd_storage(args: argparse.Namespace) -> int:
         conn.close()
 
 
+def _apply_summary(status: dict | None) -> str:
+    """One line on what the image's apply unit did last."""
+    if not status:
+        return "the apply unit has not run since boot (the image's defaults: DHCP)"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(status.get("time") or 0)))
+    what = "rolled back to the previous settings" if status.get("rolled_back") else "applied"
+    if status.get("errors"):
+        return f"last apply {when}: " + "; ".join(str(e) for e in status["errors"])
+    changed = ", ".join(status.get("changed") or []) or "nothing changed"
+    return f"last apply {when}: {what} ({changed})"
+
+
 def cmd_network(args: argparse.Namespace) -> int:
     from appliance import network
 
@@ -311,8 +324,12 @@ def cmd_network(args: argparse.Namespace) -> int:
         for key in network.DEFAULTS:
             value = shown["values"][key]
             print(f"{key} = {' '.join(value) if isinstance(value, list) else value}")
-        where = "applied to the system" if shown["applied"] else "not applied: outside the appliance image"
+        where = ("applied by burnstation-network-apply" if shown["applied"]
+                 else "not applied: outside the appliance image")
         print(f"# files in {shown['files']} ({where})")
+        status = shown.get("apply_status")
+        if shown["applied"]:
+            print(f"# {_apply_summary(status)}")
         if shown["pending_seconds"] is not None:
             print(f"# unconfirmed address change: rolled back in {shown['pending_seconds']} s "
                   "unless `burnstation network confirm`")
@@ -335,6 +352,8 @@ def cmd_network(args: argparse.Namespace) -> int:
               "(from the new address), else the previous settings come back")
     if not result["applied"]:
         print(f"written to {result['files']} (not applied: outside the appliance image)")
+    elif not result["failed"]:
+        print("applied by burnstation-network-apply")
     for failed in result["failed"]:
         print(f"burnstation: could not apply: {failed}", file=sys.stderr)
     return 1 if result["failed"] else 0

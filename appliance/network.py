@@ -1,16 +1,19 @@
 """Network and time settings of the box: host name, DHCP or a static address, DNS, NTP, time zone.
 
 Kept in `<data>/system/network.json` (validated whole, with clear messages) and written as the
-files the system reads: a systemd-networkd `.network` file, a systemd-timesyncd drop-in, the host
-name and the time zone. In the appliance image (`BURNSTATION_IMAGE=1` in the unit's environment,
-or the marker file IMAGE_MARKER) they are written under /etc and applied; anywhere else (`make
-run`, tests) they are written under `<data>/system/etc/` and not applied.
+files the system reads, under `<data>/system/etc/`: a systemd-networkd `.network` file, a
+systemd-timesyncd drop-in, the host name and the time zone. The station never writes /etc: in the
+appliance image (`BURNSTATION_IMAGE=1`, or the marker file IMAGE_MARKER) it drops a request
+(`<data>/system/apply-request`) that a root unit watches; that unit (`appliance.netapply`) reads
+network.json itself, validates it again, renders and installs the files under /etc and applies
+them, and writes its outcome to APPLY_STATUS. Anywhere else (`make run`, tests) nothing is applied.
 
 A change of address (mode, address, gateway, DNS, interface) is applied with a safety net, as
 routers do: the previous settings come back by themselves ROLLBACK_SECONDS later unless the
 change is confirmed (`burnstation network confirm`, from the new address). The pending change is
 `<data>/system/pending.json` with a wall-clock deadline; the burner checks it every pass, and
-every `network` command checks it first, so a rollback happens even after a restart.
+every `network` command checks it first, so a rollback happens even after a restart. In the image
+the root side keeps its own timer for the deadline too (a rollback happens with the station down).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ import json
 import logging
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ IMAGE_MARKER = Path("/usr/lib/burnstation/image")
 ZONEINFO = Path("/usr/share/zoneinfo")
 NETWORK_FILE = "systemd/network/10-burnstation.network"
 TIMESYNC_FILE = "systemd/timesyncd.conf.d/burnstation.conf"
+REQUEST_FILE = "apply-request"  # in <data>/system/: the root unit's path watch starts it
+APPLY_STATUS = Path("/run/burnstation-network/status.json")  # written by the root unit only
+APPLY_WAIT_SECONDS = 20.0
 
 DEFAULTS: dict[str, Any] = {
     "hostname": "burnstation",
@@ -191,14 +196,14 @@ def in_image() -> bool:
 
 @dataclass
 class Target:
-    """Where the files go, and whether they are applied to the running system."""
+    """Where the station writes the files, and whether the image's root unit applies them."""
 
     etc: Path
     apply: bool
 
 
 def target(data_dir: Path) -> Target:
-    return Target(Path("/etc"), True) if in_image() else Target(Path(data_dir) / "system" / "etc", False)
+    return Target(Path(data_dir) / "system" / "etc", in_image())
 
 
 def write_files(values: dict[str, Any], tgt: Target) -> list[Path]:
@@ -206,8 +211,8 @@ def write_files(values: dict[str, Any], tgt: Target) -> list[Path]:
     for rel, text in render(values).items():
         path = tgt.etc / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        # /etc in the image: read by systemd and everyone; the data folder's copy: owner only like the rest
-        atomicfile.write_text(path, text, mode=0o644 if tgt.apply else 0o600)
+        # the data folder's copy: owner only like the rest (the root unit renders its own for /etc)
+        atomicfile.write_text(path, text, mode=0o600)
         written.append(path)
     localtime = tgt.etc / "localtime"
     tmp = tgt.etc / ".localtime.burnstation"
@@ -219,28 +224,13 @@ def write_files(values: dict[str, Any], tgt: Target) -> list[Path]:
     return written
 
 
-def apply_system(values: dict[str, Any], run: Callable[[list[str]], Any] | None = None) -> list[str]:
-    """In the image: make the running system take the written files; returns what failed."""
-    run = run or (lambda cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=True))
-    failed = []
-    commands = [["hostname", values["hostname"]], ["networkctl", "reload"]]
-    if _ifnames():
-        commands.append(["networkctl", "reconfigure", *_ifnames()])
-    commands.append(["systemctl", "try-restart", "systemd-timesyncd.service"])
-    for cmd in commands:
-        try:
-            run(cmd)
-        except Exception as exc:  # report, keep going: the files are right for the next boot
-            LOG.error("%s failed: %s", " ".join(cmd), exc)
-            failed.append(" ".join(cmd))
-    return failed
-
-
-def _ifnames() -> list[str]:
+def read_status(path: Path | None = None) -> dict[str, Any] | None:
+    """The root unit's last outcome (None when it has not run since boot, or outside the image)."""
     try:
-        return sorted(n for n in os.listdir("/sys/class/net") if n != "lo")
-    except OSError:
-        return []
+        status = json.loads((path or APPLY_STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
 
 
 # --------------------------------------------------------------------------- state, rollback
@@ -250,11 +240,14 @@ class Network:
     """The network settings of one data folder, their files, and a pending change's rollback."""
 
     def __init__(self, data_dir: str | os.PathLike[str], clock: Callable[[], float] = time.time,
-                 tgt: Target | None = None) -> None:
+                 tgt: Target | None = None, status_path: Path | None = None,
+                 apply_wait: float = APPLY_WAIT_SECONDS) -> None:
         self.data_dir = Path(data_dir)
         self.dir = self.data_dir / "system"
         self.clock = clock
         self.target = tgt or target(self.data_dir)
+        self.status_path = status_path or APPLY_STATUS
+        self.apply_wait = apply_wait
 
     @property
     def settings_path(self) -> Path:
@@ -277,11 +270,35 @@ class Network:
         except FileNotFoundError:
             return None
 
-    def _store(self, values: dict[str, Any]) -> list[str]:
+    @property
+    def request_path(self) -> Path:
+        return self.dir / REQUEST_FILE
+
+    def _store(self, values: dict[str, Any]) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomicfile.write_text(self.settings_path, json.dumps(values, indent=1, sort_keys=True), mode=0o600)
         write_files(values, self.target)
-        return apply_system(values) if self.target.apply else []
+
+    def _request(self) -> str | None:
+        """In the image: ask the root unit to apply network.json (and pending.json); returns the token."""
+        if not self.target.apply:
+            return None
+        token = os.urandom(8).hex()
+        atomicfile.write_text(self.request_path, token + "\n", mode=0o600)
+        return token
+
+    def _wait_applied(self, token: str | None) -> list[str]:
+        """What the root unit could not do for request `token` (it answers in APPLY_STATUS)."""
+        if token is None:
+            return []
+        deadline = time.monotonic() + self.apply_wait
+        while time.monotonic() < deadline:
+            status = read_status(self.status_path)
+            if status and status.get("token") == token:
+                return [str(e) for e in status.get("errors") or []]
+            time.sleep(0.1)
+        return [f"the apply unit (burnstation-network-apply) did not answer within {self.apply_wait:.0f} s; "
+                f"see `journalctl -u burnstation-network-apply`"]
 
     def set(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Validate the whole result, write and apply it; a change of address arms the rollback."""
@@ -299,7 +316,8 @@ class Network:
         elif pending:
             pending["new"] = after
             atomicfile.write_text(self.pending_path, json.dumps(pending, indent=1, sort_keys=True), mode=0o600)
-        failed = self._store(after)
+        self._store(after)
+        failed = self._wait_applied(self._request())
         trail.record("network.set", after["hostname"], {"changes": changes, "rollback_armed": address_change,
                                                          "applied": self.target.apply, "failed": failed},
                      self.data_dir, actor="admin")
@@ -312,6 +330,7 @@ class Network:
         if self.pending() is None:
             return False
         self.pending_path.unlink()
+        self._request()  # the root unit drops its rollback timer
         LOG.info("network change confirmed")
         trail.record("network.confirmed", self.current()["hostname"], {}, self.data_dir, actor="admin")
         return True
@@ -324,6 +343,7 @@ class Network:
         LOG.warning("network change not confirmed within %d s: previous settings restored", ROLLBACK_SECONDS)
         self._store(validate(pending["previous"]))
         self.pending_path.unlink()
+        self._request()  # not waited for: the burner calls this every pass
         trail.record("network.rolled_back", pending["previous"]["hostname"],
                      {"restored": pending["previous"], "unconfirmed": pending["new"]}, self.data_dir)
         return True
@@ -335,4 +355,4 @@ class Network:
     def show(self) -> dict[str, Any]:
         self.check_rollback()
         return {"values": self.current(), "pending_seconds": self.seconds_left(), "applied": self.target.apply,
-                "files": str(self.target.etc)}
+                "files": str(self.target.etc), "apply_status": read_status(self.status_path) if self.target.apply else None}

@@ -5,12 +5,20 @@
 #     burnstation-firstboot and burnstation.service; C-ECHO on the plain port and on the TLS port
 #     (verified against the CA that first boot made, read from the container's tree); a small study
 #     to <AET>_E with storescu; the job shows in `burnstation status` (no robot: it waits);
+#     then the network settings through the station's own command (`burnstation network set`, run
+#     as its unprivileged user; the root unit burnstation-network-apply applies them): a static
+#     address comes up on the container's eth0 and answers ping and C-ECHO from a peer namespace;
+#     the change is confirmed; a second change is left unconfirmed, the station is stopped, and
+#     the first address comes back by itself after the real 120 s (the root unit's own timer);
 #  2. a persistent copy of the tree, booted twice: the first boot makes a device CA and machine id
 #     that differ from boot 1's (a fresh tree makes new ones), the second keeps both.
 #
-# The container has its own network namespace (--private-network: loopback only, no DHCP needed,
-# no clash with the host's ports); the dcmtk clients are the host's, run in that namespace with
-# nsenter --net. Every run removes its container, copy and mounts, whatever happens (trap).
+# The containers have their own network namespaces, no clash with the host's ports and no traffic
+# to the host's network: boot 1 joins a namespace made here whose only link (eth0, a veth) ends in
+# a second namespace made here (the "peer", 192.0.2.1/24, TEST-NET-1); boots 2 and 3 use
+# --private-network (loopback only). The dcmtk clients are the host's, run in those namespaces
+# (nsenter --net, ip netns exec). Every run removes its container, copy, namespaces and mounts,
+# whatever happens (trap).
 # Usage: MKOSI_TREE=build/image/tree/burnstation_0.1.0 image/check.sh (make image-check)
 set -euo pipefail
 
@@ -23,6 +31,8 @@ for tool in systemd-nspawn nsenter /usr/bin/echoscu /usr/bin/storescu /usr/bin/d
 done
 
 WORK=$(mktemp -d /var/tmp/burnstation-check.XXXXXX)
+NS_CT=bs-check-ct-$$     # boot 1's network namespace (eth0)
+NS_PEER=bs-check-peer-$$ # the other end of eth0 (192.0.2.1/24)
 NSPAWN=""   # pid of the running systemd-nspawn
 INIT=""     # host pid of the container's systemd
 
@@ -50,6 +60,7 @@ cleanup() {
     # nothing of this run may stay mounted (nspawn unmounts its own; this catches an interrupted run)
     findmnt -rn -o TARGET | { grep -F "$WORK" || true; } | sort -r | while read -r m; do umount -l "$m"; done
     rm -rf "$WORK"
+    for ns in "$NS_CT" "$NS_PEER"; do ip netns del "$ns" 2>/dev/null; done
     exit $rc
 }
 trap cleanup EXIT
@@ -60,12 +71,13 @@ in_net() { nsenter --target "$INIT" --net -- "$@"; }
 unit_state() { in_ct systemctl show -p ActiveState --value "$1" 2>/dev/null || echo unknown; }
 
 # boot ROOT NAME FIRSTBOOT [nspawn options...]: start the container and wait for the station.
-# FIRSTBOOT: "ran" (a fresh tree: burnstation-firstboot must run) or "skipped" (it ran on a boot before)
+# FIRSTBOOT: "ran" (a fresh tree: burnstation-firstboot must run) or "skipped" (it ran on a boot before);
+# the options say which network the container has (--private-network or --network-namespace-path=)
 boot() {
     local root=$1 name=$2 firstboot=$3; shift 3
     local start=$SECONDS deadline=$((SECONDS + BOOT_TIMEOUT))
     log "booting $name"
-    systemd-nspawn --quiet -D "$root" --register=no --keep-unit --private-network --boot \
+    systemd-nspawn --quiet -D "$root" --register=no --keep-unit --boot \
         --machine="bs-check-$$" "$@" >"$WORK/$name.console" 2>&1 </dev/null &
     NSPAWN=$!
     while [ -z "$INIT" ]; do
@@ -108,7 +120,13 @@ identity() {
 }
 
 # --- 1: the tree, volatile -----------------------------------------------------------------------
-boot "$TREE" volatile ran --volatile=overlay
+ip netns add "$NS_CT"
+ip netns add "$NS_PEER"
+ip -n "$NS_CT" link add eth0 type veth peer name peer0 netns "$NS_PEER"
+ip -n "$NS_PEER" addr add 192.0.2.1/24 dev peer0
+ip -n "$NS_PEER" link set lo up
+ip -n "$NS_PEER" link set peer0 up
+boot "$TREE" volatile ran --volatile=overlay --network-namespace-path="/run/netns/$NS_CT"
 ROOTVIEW=/proc/$INIT/root
 cp "$ROOTVIEW/var/lib/burnstation/tls/ca.pem" "$WORK/ca.pem"
 in_net /usr/bin/echoscu -to 10 -aec "$AET" 127.0.0.1 11112 || fail "C-ECHO on the plain port"
@@ -165,6 +183,68 @@ sys.exit(0 if waiting else 1)' 2>/dev/null; do
 done
 status | sed -n '/^Queue/,/^Disk/p' | sed '$d; s/^/  /'
 log "the job is in burnstation status, waiting for an Epson robot (there is none)"
+
+# --- 1b: network settings, applied inside the container ------------------------------------------
+bs() { in_ct runuser -u burnstation -- /opt/burnstation/bin/burnstation --data /var/lib/burnstation "$@"; }
+v4() { in_ct ip -4 -o addr show dev eth0 | awk '{print $4}' | paste -sd' '; }
+# wait_addr WANT GONE SECONDS: until eth0 has WANT and not GONE
+wait_addr() {
+    local until=$((SECONDS + $3))
+    while :; do
+        local now; now=" $(v4) "
+        [[ "$now" == *" $1 "* && ( -z "$2" || "$now" != *" $2 "* ) ]] && return 0
+        [ $SECONDS -lt $until ] || { in_ct journalctl --no-pager -u burnstation-network-apply >&2 || true
+                                     fail "eth0 has [$now], expected $1${2:+ without $2}"; }
+        sleep 0.5
+    done
+}
+lcd() {
+    in_ct runuser -u burnstation -- /opt/burnstation/bin/python3 -c '
+from pathlib import Path
+from appliance.config import Settings
+from appliance.panel import screen
+d = Path("/var/lib/burnstation")
+print("\n".join("  LCD |" + line.ljust(20)[:20] + "|" for line in screen.pages(d, Settings(d))[0]))'
+}
+log "network: eth0 before: [$(v4)] (DHCP, no server in the peer namespace)"
+bs network set mode=static address=192.0.2.20/24 gateway=192.0.2.1 dns=192.0.2.1 hostname=bs-check \
+    | sed 's/^/  /'
+wait_addr 192.0.2.20/24 "" 20
+log "network: eth0 after \`burnstation network set mode=static address=192.0.2.20/24 ...\`: [$(v4)]"
+in_ct ip -4 addr show dev eth0 | sed 's/^/  /'
+[ "$(in_ct hostname)" = bs-check ] || fail "host name not applied: $(in_ct hostname)"
+in_ct cat /etc/systemd/network/10-burnstation.network | sed 's/^/  \/etc\/systemd\/network\/10-burnstation.network: /'
+ip netns exec "$NS_PEER" ping -c 1 -W 2 192.0.2.20 >/dev/null || fail "no ping answer from 192.0.2.20"
+ip netns exec "$NS_PEER" /usr/bin/echoscu -to 10 -aec "$AET" 192.0.2.20 11112 || fail "C-ECHO on 192.0.2.20"
+log "network: from the peer namespace, 192.0.2.20 answers ping and C-ECHO; host name bs-check"
+bs network show | sed 's/^/  /'
+bs network show | grep -q "rolled back in" || fail "network show does not show the pending change"
+lcd
+lcd | grep -q "IP confirm" || fail "the LCD does not show the countdown"
+bs network confirm | sed 's/^/  /'
+bs network show --json | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(s["pending_seconds"] is not None)' \
+    || fail "still pending after confirm"
+log "network: confirmed; now a second change, left unconfirmed"
+bs network set address=192.0.2.30/24 | sed 's/^/  /'
+t=$SECONDS
+wait_addr 192.0.2.30/24 192.0.2.20/24 20
+log "network: eth0 [$(v4)]; stopping burnstation.service: the rollback must not need the station"
+in_ct systemctl stop burnstation.service
+in_ct systemctl list-timers --all --no-pager burnstation-network-rollback.timer | sed 's/^/  /'
+wait_addr 192.0.2.20/24 192.0.2.30/24 150
+elapsed=$((SECONDS - t))
+[ $elapsed -ge 115 ] || fail "rolled back after $elapsed s, before the 120 s"
+log "network: unconfirmed change rolled back by itself $elapsed s after it was set: eth0 [$(v4)]"
+in_ct journalctl --no-pager -o cat -u burnstation-network-apply | grep -iE "rolled|not confirmed|installed" | tail -3 \
+    | sed 's/^/  journal: /'
+ip netns exec "$NS_PEER" ping -c 1 -W 2 192.0.2.20 >/dev/null || fail "no ping answer from 192.0.2.20 after the rollback"
+in_ct systemctl start burnstation.service
+bs network show --json | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+assert s["pending_seconds"] is None and s["values"]["address"] == "192.0.2.20/24", s' || fail "station not back on 192.0.2.20/24"
+log "network: the station, started again, shows the confirmed settings (192.0.2.20/24), nothing pending"
+
 read -r CA1 ID1 < <(identity "$ROOTVIEW")
 t=$SECONDS
 stop_container
@@ -174,10 +254,10 @@ log "stopped cleanly in $((SECONDS - t)) s"
 t=$SECONDS
 cp -a --reflink=auto "$TREE" "$WORK/persist"
 log "persistent copy of the tree made in $((SECONDS - t)) s"
-boot "$WORK/persist" persistent-1 ran
+boot "$WORK/persist" persistent-1 ran --private-network
 read -r CA2 ID2 < <(identity "$WORK/persist")
 stop_container
-boot "$WORK/persist" persistent-2 skipped
+boot "$WORK/persist" persistent-2 skipped --private-network
 read -r CA3 ID3 < <(identity "$WORK/persist")
 stop_container
 log "device CA:  volatile $CA1"
