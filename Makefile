@@ -15,7 +15,7 @@ STAMP  := $(VENV)/.installed
 # sources list into .cache/mkosi (the machine's own apt sources and state stay untouched), unpacked
 # and run as `python3 -m mkosi`. Build caches and outputs stay in .cache/mkosi and build/image.
 IMAGE_DEBS    := systemd-container kmod bubblewrap debian-archive-keyring dosfstools mtools cpio fdisk \
-                 dcmtk util-linux openssl procps
+                 dcmtk util-linux openssl procps iproute2
 MKOSI_VERSION := 24.3-1~bpo12+1
 DEBIAN_MIRROR ?= http://deb.debian.org/debian
 MKOSI_CACHE   := $(CURDIR)/.cache/mkosi

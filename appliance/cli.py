@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -299,18 +298,6 @@ def cmd_storage(args: argparse.Namespace) -> int:
         conn.close()
 
 
-def _apply_summary(status: dict | None) -> str:
-    """One line on what the image's apply unit did last."""
-    if not status:
-        return "the apply unit has not run since boot (the image's defaults: DHCP)"
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(status.get("time") or 0)))
-    what = "rolled back to the previous settings" if status.get("rolled_back") else "applied"
-    if status.get("errors"):
-        return f"last apply {when}: " + "; ".join(str(e) for e in status["errors"])
-    changed = ", ".join(status.get("changed") or []) or "nothing changed"
-    return f"last apply {when}: {what} ({changed})"
-
-
 def cmd_network(args: argparse.Namespace) -> int:
     from appliance import network
 
@@ -329,7 +316,7 @@ def cmd_network(args: argparse.Namespace) -> int:
         print(f"# files in {shown['files']} ({where})")
         status = shown.get("apply_status")
         if shown["applied"]:
-            print(f"# {_apply_summary(status)}")
+            print(f"# {network.apply_summary(status)}")
         if shown["pending_seconds"] is not None:
             print(f"# unconfirmed address change: rolled back in {shown['pending_seconds']} s "
                   "unless `burnstation network confirm`")

@@ -233,6 +233,17 @@ def read_status(path: Path | None = None) -> dict[str, Any] | None:
     return status if isinstance(status, dict) else None
 
 
+def apply_summary(status: dict[str, Any] | None) -> str:
+    """One line on what the image's apply unit did last (for `network show` and the web page)."""
+    if not status:
+        return "the apply unit has not run since boot (the image's defaults: DHCP)"
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(status.get("time") or 0)))
+    if status.get("errors"):
+        return f"last apply {when}: " + "; ".join(str(e) for e in status["errors"])
+    what = "rolled back to the previous settings" if status.get("rolled_back") else "applied"
+    return f"last apply {when}: {what} ({', '.join(status.get('changed') or []) or 'nothing changed'})"
+
+
 # --------------------------------------------------------------------------- state, rollback
 
 
@@ -297,7 +308,7 @@ class Network:
             if status and status.get("token") == token:
                 return [str(e) for e in status.get("errors") or []]
             time.sleep(0.1)
-        return [f"the apply unit (burnstation-network-apply) did not answer within {self.apply_wait:.0f} s; "
+        return [f"the apply unit (burnstation-network-apply) did not answer within {self.apply_wait:g} s; "
                 f"see `journalctl -u burnstation-network-apply`"]
 
     def set(self, changes: dict[str, Any]) -> dict[str, Any]:

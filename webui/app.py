@@ -744,7 +744,8 @@ class WebApp:
                 if result is None:
                     self.back("/network", "Nothing changed.")
                 self.log(sess, "network-set", result["values"]["hostname"], json.dumps(changes))
-                message = "Saved." if result["applied"] else f"Saved to {result['files']} (not applied: outside the appliance image)."
+                message = ("Saved and applied." if result["applied"]
+                           else f"Saved to {result['files']} (not applied: outside the appliance image).")
                 if result["rollback_at"]:
                     message += (f" Address change: confirm within {network.ROLLBACK_SECONDS} s from the new address, "
                                 "else the previous settings come back.")
@@ -754,7 +755,8 @@ class WebApp:
         state = net.show()
         return self.render("network", sess, shown=shown, error=error, pending=state["pending_seconds"],
                            deadline=int(time.time() + state["pending_seconds"]) if state["pending_seconds"] is not None else 0,
-                           applied=state["applied"], files=state["files"], keys=list(network.DEFAULTS))
+                           applied=state["applied"], files=state["files"], keys=list(network.DEFAULTS),
+                           apply_status=network.apply_summary(state["apply_status"]) if state["applied"] else "")
 
     def network_confirm(self) -> None:
         sess = self.need("admin", post=True)

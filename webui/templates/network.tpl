@@ -7,7 +7,7 @@
   <button type="submit" id="confirm">Confirm</button>
 </form>
 % end
-<p class="hint">{{'Applied to the system.' if applied else 'Outside the appliance image: written to ' + files + ', not applied.'}} A change of interface, mode, address, gateway or DNS must be confirmed within two minutes, else it is undone.</p>
+<p class="hint">{{'Applied to the system by the root unit burnstation-network-apply (' + apply_status + ').' if applied else 'Outside the appliance image: written to ' + files + ', not applied.'}} A change of interface, mode, address, gateway or DNS must be confirmed within two minutes, else it is undone.</p>
 % if error:
 <p class="error" role="alert" id="network-error">{{error}}</p>
 % end
