@@ -244,6 +244,28 @@ def apply_summary(status: dict[str, Any] | None) -> str:
     return f"last apply {when}: {what} ({', '.join(status.get('changed') or []) or 'nothing changed'})"
 
 
+def confirm_refusal(host: str | None, pending: dict[str, Any] | None) -> str | None:
+    """Why a web confirmation reached at `host` (the address the browser used) does not count, or None.
+
+    A confirmation proves the new settings work, so it must come in on the new static address; a
+    host name (which address it stands for is not known here), the box itself (loopback) and a
+    change to DHCP (the new address is not known in advance) are taken.
+    """
+    if not pending or not host:
+        return None
+    try:
+        used = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    new = pending.get("new") or {}
+    if used.is_loopback or new.get("mode") != "static" or not new.get("address"):
+        return None
+    wanted = ipaddress.ip_interface(new["address"]).ip
+    if used != wanted:
+        return f"reached at {used}, not at the new address {wanted}: open this page at {wanted} to confirm"
+    return None
+
+
 # --------------------------------------------------------------------------- state, rollback
 
 

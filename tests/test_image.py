@@ -175,15 +175,39 @@ def test_units_say_what_the_appliance_needs():
         assert service["StateDirectoryMode"] == "0700" and service["UMask"] == "0077", name
 
 
+def test_network_apply_units_root_side_only():
+    """The station stays unprivileged; the root apply unit is started by a path watch on the request
+    file the station writes, runs the re-validating module isolated, and shares nothing with it."""
+    from appliance import netapply, network
+
+    path = unit("burnstation-network-apply.path")
+    assert path["Path"]["PathExists"] == f"{netapply.DATA}/system/{network.REQUEST_FILE}"
+    assert path["Path"]["Unit"] == netapply.APPLY_UNIT
+    svc = unit(netapply.APPLY_UNIT)["Service"]
+    assert "User" not in svc and svc["Type"] == "oneshot"
+    assert svc["ExecStart"].split()[:4] == ["/opt/burnstation/bin/python3", "-I", "-m", "appliance.netapply"]
+    assert f"/run/{svc['RuntimeDirectory']}/" + network.APPLY_STATUS.name == str(network.APPLY_STATUS)
+    assert svc["RuntimeDirectoryPreserve"] == "yes" and svc["NoNewPrivileges"] == "yes"
+    main = unit("burnstation.service")["Service"]
+    assert main["User"] == "burnstation" and main["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
+    assert (EXTRA / str(network.IMAGE_MARKER).lstrip("/")).is_file()  # the station knows it is in the image
+    preset = (EXTRA / "usr/lib/systemd/system-preset/80-burnstation.preset").read_text()
+    assert "enable burnstation-network-apply.path" in preset and f"enable {netapply.APPLY_UNIT}" in preset
+    conf = (IMAGE / "mkosi.conf").read_text()
+    assert "        tzdata\n" in conf and "        systemd-timesyncd\n" in conf  # time zones, NTP
+
+
 def test_systemd_analyze_verify(tmp_path):
     tool = shutil.which("systemd-analyze")
     if tool is None:
         pytest.skip("systemd-analyze is not installed here")
     exe = Path(sys.executable).parent / "burnstation"
-    names = ("burnstation-cpu.service", "burnstation-firstboot.service", "burnstation.service")
+    names = ("burnstation-cpu.service", "burnstation-firstboot.service", "burnstation.service",
+             "burnstation-network-apply.service", "burnstation-network-apply.path")
     for name in names:
         # the image's paths do not exist here: point ExecStart at this checkout's venv and script
         text = (UNITS / name).read_text().replace("/opt/burnstation/bin/burnstation", str(exe))
+        text = text.replace("/opt/burnstation/bin/python3", sys.executable)
         text = text.replace("/usr/lib/burnstation/cpu-check", str(EXTRA / "usr/lib/burnstation/cpu-check"))
         (tmp_path / name).write_text(text)
     result = subprocess.run([tool, "verify", *(str(tmp_path / n) for n in names)],

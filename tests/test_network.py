@@ -150,3 +150,20 @@ def test_validation_rejects_whole_configuration() -> None:
     assert good["address"] == "fd00::5/64"
     with pytest.raises(SettingError, match="gateway: 192.168.1.1 is not inside the subnet fd00::/64"):
         network.validate({"mode": "static", "address": "fd00::5/64", "gateway": "192.168.1.1"})
+
+
+def test_web_confirmation_counts_only_from_the_new_address() -> None:
+    """The web Confirm proves the new settings work only when it came in on the new static address."""
+    pending = {"previous": network.validate({"mode": "static", "address": "192.0.2.20/24"}),
+               "new": network.validate({"mode": "static", "address": "192.0.2.30/24"}), "deadline": 0}
+    refusal = network.confirm_refusal("192.0.2.20", pending)
+    assert refusal == ("reached at 192.0.2.20, not at the new address 192.0.2.30: "
+                       "open this page at 192.0.2.30 to confirm")
+    assert network.confirm_refusal("192.0.2.30", pending) is None
+    assert network.confirm_refusal("127.0.0.1", pending) is None  # on the box itself
+    assert network.confirm_refusal("burnstation.hospital.example", pending) is None  # a name: not known here
+    v6 = {**pending, "new": network.validate({"mode": "static", "address": "fd00::30/64"})}
+    assert network.confirm_refusal("[fd00::30]", v6) is None and network.confirm_refusal("[fd00::20]", v6)
+    dhcp = {**pending, "new": network.validate({"mode": "dhcp"})}
+    assert network.confirm_refusal("198.51.100.7", dhcp) is None  # the DHCP address is not known in advance
+    assert network.confirm_refusal("192.0.2.20", None) is None  # nothing pending

@@ -235,6 +235,13 @@ def test_network_page_sets_refuses_and_confirms(site):
     assert shown["pending_seconds"] is not None
     page = admin.get("/network")[2]
     assert 'id="pending"' in page and 'id="confirm"' in page
+    assert f'href="http://192.168.50.20:{st.http_port}/network"' in page  # where to confirm from
+    # reached at an address that is not the new one: it proves nothing, refused
+    status, headers, _ = admin.request("POST", "/network/confirm", {"csrf": token(admin, "/network")},
+                                       headers={"Host": f"192.168.9.9:{st.http_port}"})
+    assert status == 303 and "Not confirmed: reached at 192.168.9.9, not at the new address 192.168.50.20" \
+        in flash(headers)
+    assert json.loads(burnstation(st.data, "network", "show", "--json").stdout)["pending_seconds"] is not None
     status, headers, _ = admin.post("/network/confirm", {"csrf": token(admin, "/network")})
     assert "confirmed" in flash(headers)
     assert json.loads(burnstation(st.data, "network", "show", "--json").stdout)["pending_seconds"] is None

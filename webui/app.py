@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import ipaddress
 import json
 import tempfile
 import threading
@@ -753,14 +754,23 @@ class WebApp:
                     message += " Could not apply: " + "; ".join(result["failed"])
                 self.back("/network", message)
         state = net.show()
-        return self.render("network", sess, shown=shown, error=error, pending=state["pending_seconds"],
+        new = (net.pending() or {}).get("new") or {}
+        parts = request.urlparts
+        confirm_at = (f"{parts.scheme}://{ipaddress.ip_interface(new['address']).ip}"
+                      f"{':' + str(parts.port) if parts.port else ''}/network"
+                      if new.get("mode") == "static" and new.get("address") else "")
+        return self.render("network", sess, confirm_at=confirm_at, shown=shown, error=error, pending=state["pending_seconds"],
                            deadline=int(time.time() + state["pending_seconds"]) if state["pending_seconds"] is not None else 0,
                            applied=state["applied"], files=state["files"], keys=list(network.DEFAULTS),
                            apply_status=network.apply_summary(state["apply_status"]) if state["applied"] else "")
 
     def network_confirm(self) -> None:
         sess = self.need("admin", post=True)
-        if not network.Network(self.data_dir).confirm():
+        net = network.Network(self.data_dir)
+        refusal = network.confirm_refusal(request.urlparts.hostname, net.pending())
+        if refusal:
+            self.back("/network", f"Not confirmed: {refusal}.")
+        if not net.confirm():
             self.back("/network", "No network change waiting for confirmation (or it was already rolled back).")
         self.log(sess, "network-confirm")
         self.back("/network", "Network change confirmed: it stays.")

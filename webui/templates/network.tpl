@@ -4,6 +4,9 @@
 <form method="post" action="/network/confirm" class="card inline" id="pending">
   <input type="hidden" name="csrf" value="{{csrf}}">
   <span>An address change waits for confirmation: the previous settings come back in <span class="countdown" data-deadline="{{deadline}}">{{pending}} s</span>.</span>
+  % if confirm_at:
+  <span>Confirm from the new address: <a href="{{confirm_at}}" id="confirm-at">{{confirm_at}}</a> (log in there).</span>
+  % end
   <button type="submit" id="confirm">Confirm</button>
 </form>
 % end
