@@ -147,8 +147,9 @@ def _run(cmd: list[str]) -> Any:
 
 
 def _ifnames() -> list[str]:
+    """The links of this network namespace (not /sys/class/net, which a container may show from another)."""
     try:
-        return sorted(n for n in os.listdir("/sys/class/net") if n != "lo")
+        return sorted(name for _, name in socket.if_nameindex() if name != "lo")
     except OSError:
         return []
 
