@@ -240,6 +240,8 @@ def apply_summary(status: dict[str, Any] | None) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(status.get("time") or 0)))
     if status.get("errors"):
         return f"last apply {when}: " + "; ".join(str(e) for e in status["errors"])
+    if status.get("values") is None:
+        return f"last apply {when}: no settings made yet, the image's defaults (DHCP on every wired interface)"
     what = "rolled back to the previous settings" if status.get("rolled_back") else "applied"
     return f"last apply {when}: {what} ({', '.join(status.get('changed') or []) or 'nothing changed'})"
 

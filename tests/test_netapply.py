@@ -86,6 +86,9 @@ def test_station_request_applied_under_etc_with_rollback_timer(box: Box) -> None
     status = network.read_status(box.status)
     assert status["values"]["address"] == "192.0.2.20/24" and status["pending_deadline"] == T0 + 120
     assert box.net.show()["apply_status"]["token"] == status["token"]
+    assert network.apply_summary(status).endswith("applied (systemd/network/10-burnstation.network, "
+                                                  "systemd/timesyncd.conf.d/burnstation.conf, hostname, "
+                                                  "timezone, localtime)")
     # confirmed: the next run drops the timer and changes nothing
     assert box.net.confirm()
     assert box.apply()["changed"] == [] and box.timer_seconds() is None
@@ -207,6 +210,7 @@ def test_never_set_leaves_the_image_default(box: Box) -> None:
     status = box.apply()
     assert status["values"] is None and status["errors"] == [] and box.etc_files() == {}
     assert box.timer_seconds() is None
+    assert "no settings made yet, the image's defaults" in network.apply_summary(network.read_status(box.status))
 
 
 def test_station_reports_an_apply_unit_that_does_not_answer(box: Box) -> None:
