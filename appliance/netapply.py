@@ -61,6 +61,8 @@ def read_trusted(path: Path, owners: set[int], limit: int = MAX_BYTES) -> bytes 
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise Refused(f"{path}: not a regular file")
+        if st.st_nlink != 1:  # a hard link to some other file (of root's, say) is not the station's file
+            raise Refused(f"{path}: has {st.st_nlink} names (a hard link)")
         if st.st_uid not in owners:
             raise Refused(f"{path}: owned by uid {st.st_uid}, not by the station's user or root")
         if st.st_size > limit:
@@ -200,6 +202,9 @@ def take_request(system: Path, owners: set[int]) -> str | None:
         os.rename(request, taken)  # renames the entry itself, never what a link points to
     except FileNotFoundError:
         return None
+    except OSError as exc:  # e.g. a directory in the way: the unit's start limit stops a loop
+        LOG.error("request %s not taken: %s", request, exc)
+        return None
     try:
         data = read_trusted(taken, owners, limit=256) or b""
     except Refused as exc:
@@ -230,8 +235,12 @@ def apply(data_dir: Path = DATA, etc: Path = Path("/etc"), status_path: Path = n
     else:
         status.update(values=values, pending_deadline=deadline, rolled_back=rolled_back)
         if values is not None:
-            status["changed"] = install(values, etc)
-            status["errors"] = activate(values, status["changed"], run, sethostname)
+            try:
+                status["changed"] = install(values, etc)
+            except OSError as exc:
+                status["errors"] = [f"installing under {etc}: {exc}"]
+            else:
+                status["errors"] = activate(values, status["changed"], run, sethostname)
             if rolled_back:
                 LOG.warning("address change not confirmed in time: previous settings installed")
             LOG.info("network settings installed (changed: %s)", ", ".join(status["changed"]) or "nothing")

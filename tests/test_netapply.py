@@ -132,7 +132,7 @@ def _refused(box: Box, before: dict[str, str], message: str, owners: set[int] | 
     assert not [c for c in box.commands if c[0] != "systemctl" or c[1] != "stop"]
 
 
-@pytest.mark.parametrize("case", ["symlink", "fifo", "foreign-owner", "too-big", "not-json", "list",
+@pytest.mark.parametrize("case", ["symlink", "hardlink", "fifo", "foreign-owner", "too-big", "not-json", "list",
                                   "unknown-key", "injected-line", "bad-gateway", "zone-escape",
                                   "pending-bad-deadline", "pending-bad-previous"])
 def test_foreign_or_unsafe_files_refused_nothing_changed(box: Box, tmp_path: Path, case: str) -> None:
@@ -155,6 +155,12 @@ def test_foreign_or_unsafe_files_refused_nothing_changed(box: Box, tmp_path: Pat
         settings.unlink()
         settings.symlink_to(secret)
         message = "a link is never followed"
+    elif case == "hardlink":  # another name of a file elsewhere (root's, on a box)
+        secret = tmp_path / "other.json"
+        secret.write_text(json.dumps({**good, "address": "198.51.100.5/24"}))
+        settings.unlink()
+        os.link(secret, settings)
+        message = "has 2 names (a hard link)"
     elif case == "fifo":
         settings.unlink()
         os.mkfifo(settings)
@@ -204,6 +210,13 @@ def test_request_token_only_a_signal(box: Box) -> None:
     assert status["token"] is None and not box.net.request_path.exists() and target.read_text() == "secret\n"
     box.net.request_path.write_text("x" * 100 + "\n")
     assert box.apply()["token"] is None
+
+
+def test_a_request_that_cannot_be_taken_is_reported_not_fatal(box: Box) -> None:
+    box.net.request_path.mkdir(parents=True)
+    (box.data / "system" / ".apply-request.taken").mkdir()
+    (box.data / "system" / ".apply-request.taken" / "x").write_text("")
+    assert box.apply()["token"] is None and network.read_status(box.status) is not None
 
 
 def test_never_set_leaves_the_image_default(box: Box) -> None:
