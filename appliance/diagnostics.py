@@ -179,7 +179,7 @@ def _waiting(conn: sqlite3.Connection | None) -> list[dict[str, Any]]:
 
 
 def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    from appliance import tlsca
+    from appliance import dbguard, tlsca
     from appliance.supervisor.supervisor import read_state
 
     data_dir = Path(data_dir)
@@ -225,6 +225,7 @@ def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
                      "storage.purge_after_days", "storage.high_water_percent", "storage.low_water_percent",
                      "storage.purge_unburned_after_days")}},
         "data_permissions": permissions.status(data_dir, settings),
+        "state_db": dbguard.status(data_dir),
         "tls_certificate": {
             "expires": expiry.isoformat() if expiry else None,
             "days_left": (expiry - now).days if expiry else None,
@@ -290,6 +291,14 @@ def render(report: dict[str, Any]) -> str:
                      + (f"after {keep['purge_unburned_after_days']} days" if keep["purge_unburned_after_days"]
                         else "never") + " (`burnstation storage status`)")
     lines.append(permissions.render(report.get("data_permissions")))
+    guard = report.get("state_db")
+    if guard:
+        lines.append(f"state.db backup: {guard['backups']} kept, newest {_when(guard['latest_backup_at'])}"
+                     + (f" ({guard['latest_backup']})" if guard["latest_backup"] else " — NONE YET"))
+        if guard["damage_noted"]:
+            lines.append(f"state.db DAMAGED ({guard['damage_noted']}): the station restores it now")
+        for text in guard["last_recovery_text"]:
+            lines.append(f"  last restore: {text}")
     tls = report["tls_certificate"]
     if tls["expires"]:
         lines.append(f"TLS certificate: expires {tls['expires']} ({tls['days_left']} days)"
