@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from support import Station, burnstation, dcmtk, findscu, make_dataset, wait_for
+from support import Station, burnstation, dcmtk, findscu, make_dataset, wait_dicom, wait_for
 
 from appliance import db, dbguard, index
 from appliance.config import SettingError, Settings
@@ -261,3 +261,32 @@ def test_station_restores_a_damaged_db_and_finds_every_instance(tmp_path: Path) 
         wait_for(lambda: len(db.backups(data)) >= 2, 30, "a backup of the restored database")
     broken = list(db.backup_dir(data).glob("state.db.broken-*Z"))  # kept for inspection (with its -wal)
     assert len(broken) == 1 and os.path.getsize(broken[0]) > 0
+
+
+@pytest.mark.station
+def test_damage_met_at_runtime_stops_restores_and_restarts_the_station(tmp_path: Path) -> None:
+    """A C-FIND that meets a damaged index leaves the note; the station stops its processes, restores
+    state.db and starts them again, with every stored instance findable."""
+    data = tmp_path / "data"
+    st = Station(data)
+    burnstation(data, "nodes", "add", "FINDSCU", "127.0.0.1", "104")
+    files = tmp_path / "in"
+    files.mkdir()
+    ds0 = make_dataset(patient_id="RUNTIME")
+    for i in range(5):
+        make_dataset(patient_id="RUNTIME", study_uid=ds0.StudyInstanceUID, instance_number=i + 1).save_as(
+            files / f"{i}.dcm", enforce_file_format=True)
+    paths = sorted(map(str, files.iterdir()))
+    with st:
+        assert dcmtk("storescu", "-aec", st.aet, "127.0.0.1", str(st.port), *paths[:3]).returncode == 0
+        burnstation(data, "db-backup")
+        assert dcmtk("storescu", "-aec", st.aet, "127.0.0.1", str(st.port), *paths[3:]).returncode == 0
+        wait_for(lambda: study_counts(st, tmp_path / "q0") == {"RUNTIME": 5}, 30, "the study indexed")
+        damage(data)
+        findscu(st.port, {"QueryRetrieveLevel": "STUDY", "PatientID": "", "StudyInstanceUID": ""}, tmp_path / "q1")
+        wait_for(lambda: "every process stopped for the state.db restore" in st.log(), 60, "the restore")
+        wait_dicom(st.port, timeout=60)
+        assert study_counts(st, tmp_path / "q2") == {"RUNTIME": 5}
+        status = burnstation(data, "status").stdout
+        assert "2 stored files indexed that the backup did not list" in status, status
+        assert st.proc is not None and st.proc.poll() is None
