@@ -119,6 +119,38 @@ def not_recovered(broken: Path, backup: Path | None) -> dict[str, Any]:
     return lost
 
 
+def carry_ids(broken: Path, conn: sqlite3.Connection) -> list[str]:
+    """Keep the restored database from handing out again an id the damaged file had used (a lost
+    job's disc folder and robot files, a lost token's link): job and transfer numbers of the day
+    and SQLite's AUTOINCREMENT counters are raised to the damaged file's. Returns what could not be
+    read (those ids may be handed out again)."""
+    from appliance.burn import jobs
+    from appliance.transfer import jobs as transfer_jobs
+
+    missed = []
+    try:
+        old = sqlite3.connect(f"file:{broken}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return ["every id counter"]
+    try:
+        for name, owner in (("job numbers", jobs), ("transfer numbers", transfer_jobs)):
+            try:
+                owner.keep_ids_above(conn, owner.id_sequence(old))
+            except sqlite3.Error:
+                missed.append(name)
+        try:
+            counters = old.execute("SELECT name, seq FROM sqlite_sequence").fetchall()
+        except sqlite3.Error:
+            missed.append("row counters")
+            counters = []
+        for name, seq in counters:
+            if conn.execute("UPDATE sqlite_sequence SET seq=max(seq, ?) WHERE name=?", (seq, name)).rowcount == 0:
+                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, seq))
+    finally:
+        old.close()
+    return missed
+
+
 def _move_aside(data_dir: Path, stamp: str) -> Path:
     """state.db (and its -wal/-shm, which belong to it) to db-backup/state.db.broken-<stamp>."""
     folder = db.backup_dir(data_dir)
@@ -170,6 +202,9 @@ def describe(report: dict[str, Any]) -> list[str]:
     else:
         lines.append("nothing newer than the backup was found in the damaged file")
     lines.append("changes the backup does not hold (e.g. job states) are as they were at the backup")
+    if report.get("ids_not_carried"):
+        lines.append("unreadable in the damaged file, so ids may be handed out again: "
+                     + ", ".join(report["ids_not_carried"]))
     return lines
 
 
@@ -195,13 +230,14 @@ def recover_if_damaged(data_dir: str | os.PathLike[str]) -> dict[str, Any] | Non
         _restore(data_dir, source)
     conn = db.connect(data_dir)
     try:
+        missed_ids = carry_ids(aside, conn)
         added, forgotten, bad = index.sync_with_files(conn, data_dir / "storage")
     finally:
         conn.close()
     report = {"at": now, "problem": problem, "noted": noted, "broken": str(aside),
               "backup": str(source) if source else None, "backup_at": _backup_time(source),
               "indexed": added, "forgotten": forgotten, "unreadable": bad,
-              "not_recovered": not_recovered(aside, source)}
+              "not_recovered": not_recovered(aside, source), "ids_not_carried": missed_ids}
     write_text(db.backup_dir(data_dir) / REPORT_FILE, json.dumps(report, indent=1, sort_keys=True))
     for line in describe(report):
         LOG.warning("%s", line)

@@ -17,6 +17,7 @@ import pytest
 from support import Station, burnstation, dcmtk, findscu, make_dataset, wait_dicom, wait_for
 
 from appliance import db, dbguard, index
+from appliance.burn import jobs
 from appliance.config import SettingError, Settings
 from appliance.panel import screen
 from appliance.portal import tokens
@@ -86,7 +87,8 @@ def test_damaged_db_restored_reindexed_and_losses_named(tmp_path: Path) -> None:
     index_all(data)
     conn = db.connect(data)
     study = index.studies_of(conn, after)[after[0]]
-    tokens.create(conn, study, 30)  # newer than the backup: cannot come back
+    _, lost_token = tokens.create(conn, study, 30)  # newer than the backup: cannot come back
+    lost_job = jobs.create_job(conn, role="any", sop_uids=after, source="test")
     conn.close()
     damage(data)
     assert dbguard.damaged(data) is not None
@@ -95,18 +97,22 @@ def test_damaged_db_restored_reindexed_and_losses_named(tmp_path: Path) -> None:
     assert report is not None
     assert report["backup"] == str(backup)
     assert report["indexed"] == 2 and report["forgotten"] == 0
-    assert report["not_recovered"] == {"download tokens": 1}
+    assert report["not_recovered"] == {"download tokens": 1, "burn jobs": 1}
+    assert report["ids_not_carried"] == []
     assert Path(report["broken"]).exists() and Path(report["broken"]).name.startswith("state.db.broken-")
     assert dbguard.damaged(data) is None
     conn = db.connect(data)
     try:
         assert index.indexed_sop_uids(conn, before + after) == set(before + after)
+        # the lost job's and token's ids are never handed out again (their files, their link)
+        assert jobs.create_job(conn, role="any", sop_uids=after, source="test") > lost_job
+        assert tokens.create(conn, study, 30)[1].id > lost_token.id
     finally:
         conn.close()
     text = "\n".join(dbguard.status(data)["last_recovery_text"])
-    assert "download tokens 1" in text and "2 stored files indexed" in text
+    assert "burn jobs 1, download tokens 1" in text and "2 stored files indexed" in text
     assert json.loads((db.backup_dir(data) / dbguard.REPORT_FILE).read_text())["indexed"] == 2
-    assert screen.station_state(data, Settings(data), None) == ("DB RESTORED", "lost: 1 download tokens")
+    assert screen.station_state(data, Settings(data), None) == ("DB RESTORED", "lost: 1 burn jobs,1 download tokens")
     assert dbguard.recover_if_damaged(data) is None  # sound now: nothing more to do
 
 
