@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import Station, burnstation, dcmtk, findscu, make_dataset, wait_dicom, wait_for
 
-from appliance import db, dbguard, index
+from appliance import db, dbguard, diagnostics, index
 from appliance.burn import jobs
 from appliance.config import SettingError, Settings
 from appliance.panel import screen
@@ -164,6 +164,20 @@ def test_a_query_that_meets_damage_leaves_the_note(tmp_path: Path) -> None:
         conn.close()
     assert (data / db.DAMAGE_NOTE).exists()
     assert dbguard.status(data)["damage_noted"]
+
+
+def test_status_reports_a_damaged_db_instead_of_failing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    Settings(data).update({"dicom.aet": "STATUSTEST"})
+    conn = db.connect(data)
+    jobs.create_job(conn, role="any", sop_uids=[], source="test")  # the queue is read from the jobs table
+    conn.close()
+    damage(data, ("jobs",))
+    report = diagnostics.collect(data)
+    assert "malformed" in report["state_db"]["error"]
+    assert report["queue"] is None
+    assert "state.db cannot be read: database disk image is malformed" in diagnostics.render(report)
+    assert (data / db.DAMAGE_NOTE).exists()
 
 
 def test_sound_db_with_a_stale_note_is_left_alone(tmp_path: Path) -> None:
