@@ -195,6 +195,14 @@ def cmd_reindex(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_backup(args: argparse.Namespace) -> int:
+    from appliance import dbguard
+
+    _settings(args)
+    print(f"state.db backed up to {dbguard.backup_now(_data(args))}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     import importlib.util
 
@@ -394,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("echo", cmd_echo, "C-ECHO a known node")
     p.add_argument("aet")
     add("reindex", cmd_reindex, "rebuild the index from the stored files")
+    add("db-backup", cmd_db_backup, "online backup of state.db into db-backup/ now (also every db.backup_hours)")
     p = add("run", cmd_run, "run the station in the foreground")
     p.add_argument("--simulate", action="store_true", help="start the robot simulator beside the station")
     p.add_argument("--robots", default="epson,primera", help="simulated robots (with --simulate)")

@@ -307,6 +307,8 @@ SPECS: dict[str, Spec] = {
     "storage.purge_unburned_after_days": Spec(
         0, _int_range(0, 36500), "days after its last arrival a study received on the plain AE title "
         "(archive, never burned) is deleted (0 = never)"),
+    # state.db protection (issue 16): online backups in db-backup/, restored when the file is damaged
+    "db.backup_hours": Spec(1, _int_range(1, 168), "hours between online backups of state.db (db-backup/)"),
 }
 
 # keys whose change needs the DICOM listeners rebound

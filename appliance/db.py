@@ -7,17 +7,32 @@ each a no-op once done) on the first connection of a process to a database file,
 process imported.
 WAL with synchronous=NORMAL survives any process crash (kill -9) without losing a committed
 transaction; after a power cut the index can be rebuilt from the files (`burnstation reindex`).
+A damaged file is another matter: `backup` keeps online copies (SQLite's backup API; on the
+schedule of `appliance.dbguard` and here, before a schema change), and a query that finds the
+file damaged leaves a note (`DAMAGE_NOTE`) so the station stops and restores (`appliance.dbguard`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
 import os
 import sqlite3
 import threading
+import time
+import uuid
+import zlib
 from pathlib import Path
 
+from appliance.atomicfile import fsync_dir, write_text
+
 DB_FILE = "state.db"
+BACKUP_DIR = "db-backup"                  # in the data folder: state-<UTC time>.db, newest kept
+BACKUP_KEEP = 3
+DAMAGE_NOTE = Path("run") / "statedb-damaged"  # written by a process whose query found the file damaged
+DAMAGE_WORDS = ("malformed", "not a database", "disk image")
+LOG = logging.getLogger("burnstation.db")
 
 # The modules that own state.db's tables, in the order their schemas are applied. Each defines
 # SCHEMA (str) and MIGRATIONS (a sequence of (name, function(conn))). They are imported on the
@@ -50,8 +65,105 @@ def apply_schema(conn: sqlite3.Connection) -> None:
             migrate(conn)
 
 
+def schema_signature(owners: list | None = None) -> int:
+    """A number that changes with any owner's SCHEMA or list of migrations (kept in PRAGMA user_version)."""
+    owners = owners or [importlib.import_module(name) for name in SCHEMA_OWNERS]
+    text = "\n".join(o.SCHEMA + "|" + ",".join(name for name, _ in o.MIGRATIONS) for o in owners)
+    return zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
 def db_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / DB_FILE
+
+
+def backup_dir(data_dir: str | os.PathLike[str]) -> Path:
+    return Path(data_dir) / BACKUP_DIR
+
+
+def backups(data_dir: str | os.PathLike[str]) -> list[Path]:
+    """The backups of state.db, newest first."""
+    folder = backup_dir(data_dir)
+    return sorted(folder.glob("state-*.db"), reverse=True) if folder.is_dir() else []
+
+
+def backup(conn: sqlite3.Connection, data_dir: str | os.PathLike[str], reason: str = "scheduled") -> Path:
+    """Copy the live database with SQLite's online backup API into db-backup/, atomically (a temp
+    file checked with quick_check, then renamed); keeps the newest BACKUP_KEEP. Returns the copy."""
+    folder = backup_dir(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"{time.time() % 1:.6f}"[1:].replace(".", "")
+    final = folder / f"state-{stamp}Z.db"
+    tmp = folder / f".state-{uuid.uuid4().hex}.tmp"
+    try:
+        copy = sqlite3.connect(str(tmp))
+        try:
+            conn.backup(copy)
+            verdict = copy.execute("PRAGMA quick_check").fetchone()[0]
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"the backup copy fails its check: {verdict}")
+        finally:
+            copy.close()
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+        fsync_dir(folder)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    for old in backups(data_dir)[BACKUP_KEEP:]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+    LOG.info("state.db backed up to %s (%s)", final, reason)
+    return final
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an sqlite3 error says the database file itself is damaged (not locked, not a bad query)."""
+    return isinstance(exc, sqlite3.DatabaseError) and any(w in str(exc).lower() for w in DAMAGE_WORDS)
+
+
+def note_damage(data_dir: str | os.PathLike[str], exc: BaseException) -> None:
+    """Leave the note that makes the station stop and restore state.db (appliance.dbguard)."""
+    path = Path(data_dir) / DAMAGE_NOTE
+    if path.exists():
+        return
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, f"{time.time():.0f} pid {os.getpid()}: {exc}\n")
+        LOG.error("state.db is damaged (%s): the station will stop its processes and restore it", exc)
+
+
+class Connection(sqlite3.Connection):
+    """A connection that notices a damaged database file (see `note_damage`)."""
+
+    data_dir: str = ""
+
+    def execute(self, *args, **kwargs):  # type: ignore[no-untyped-def]  # noqa: ANN002, ANN003, ANN201
+        try:
+            return super().execute(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                note_damage(self.data_dir, exc)
+            raise
+
+    def executemany(self, *args, **kwargs):  # type: ignore[no-untyped-def]  # noqa: ANN002, ANN003, ANN201
+        try:
+            return super().executemany(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                note_damage(self.data_dir, exc)
+            raise
+
+    def executescript(self, *args, **kwargs):  # type: ignore[no-untyped-def]  # noqa: ANN002, ANN003, ANN201
+        try:
+            return super().executescript(*args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if is_damage(exc):
+                note_damage(self.data_dir, exc)
+            raise
 
 
 def connect(data_dir: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlite3.Connection:
@@ -62,7 +174,9 @@ def connect(data_dir: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlit
     """
     path = db_path(data_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(str(path), timeout=timeout, isolation_level=None, check_same_thread=False,
+                           factory=Connection)
+    conn.data_dir = str(data_dir)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -72,7 +186,14 @@ def connect(data_dir: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlit
         st = os.stat(path)
         key = (str(path.resolve()), st.st_dev, st.st_ino)  # a state.db deleted and made again is set up again
         if key not in _applied:
-            apply_schema(conn)
+            signature = schema_signature()
+            if conn.execute("PRAGMA user_version").fetchone()[0] != signature:
+                if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
+                    backup(conn, data_dir, "before a schema change")
+                apply_schema(conn)
+                conn.execute(f"PRAGMA user_version={signature}")
+            else:
+                apply_schema(conn)
             _applied.add(key)
     return conn
 

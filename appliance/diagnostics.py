@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance import permissions
+from appliance import db, permissions
 from appliance.burn import jobs, robots
 from appliance.config import Settings
 from appliance.transfer import report as transfer_report
@@ -158,12 +158,15 @@ def _robots(data_dir: Path, settings: Settings, conn: sqlite3.Connection | None,
     return out
 
 
-def _queue(conn: sqlite3.Connection | None) -> dict[str, int] | None:
+def _queue(conn: sqlite3.Connection | None, errors: list[str] | None = None) -> dict[str, int] | None:
+    """Jobs per state; None without a readable jobs table (the error appended to `errors`)."""
     if conn is None:
         return None
     try:
         return jobs.state_counts(conn)
-    except sqlite3.Error:
+    except sqlite3.Error as exc:
+        if errors is not None:
+            errors.append(str(exc))
         return None
 
 
@@ -179,7 +182,7 @@ def _waiting(conn: sqlite3.Connection | None) -> list[dict[str, Any]]:
 
 
 def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    from appliance import tlsca
+    from appliance import dbguard, tlsca
     from appliance.supervisor.supervisor import read_state
 
     data_dir = Path(data_dir)
@@ -190,15 +193,19 @@ def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
         with contextlib.suppress(sqlite3.Error):
             conn = sqlite3.connect(f"file:{data_dir / 'state.db'}?mode=ro", uri=True, timeout=5)
             conn.row_factory = sqlite3.Row
+    errors: list[str] = []
     try:
         ports, other_ports = _ports(settings, sup)
         robots = _robots(data_dir, settings, conn, sup)
-        queue = _queue(conn)
+        queue = _queue(conn, errors)
         waiting = _waiting(conn)
         transfers = transfer_report.collect(conn, settings)
     finally:
         if conn is not None:
             conn.close()
+    db_error = next((e for e in errors if db.is_damage(sqlite3.DatabaseError(e))), None)
+    if db_error:  # a damaged state.db: the station restores it (appliance.dbguard)
+        db.note_damage(data_dir, sqlite3.DatabaseError(db_error))
     usage = shutil.disk_usage(data_dir)
     min_free_mb = int(settings.get("dicom.min_free_mb"))
     expiry = tlsca.certificate_expiry(data_dir)
@@ -225,6 +232,7 @@ def collect(data_dir: str | os.PathLike[str]) -> dict[str, Any]:
                      "storage.purge_after_days", "storage.high_water_percent", "storage.low_water_percent",
                      "storage.purge_unburned_after_days")}},
         "data_permissions": permissions.status(data_dir, settings),
+        "state_db": {**dbguard.status(data_dir), "error": db_error},
         "tls_certificate": {
             "expires": expiry.isoformat() if expiry else None,
             "days_left": (expiry - now).days if expiry else None,
@@ -290,6 +298,16 @@ def render(report: dict[str, Any]) -> str:
                      + (f"after {keep['purge_unburned_after_days']} days" if keep["purge_unburned_after_days"]
                         else "never") + " (`burnstation storage status`)")
     lines.append(permissions.render(report.get("data_permissions")))
+    guard = report.get("state_db")
+    if guard:
+        lines.append(f"state.db backup: {guard['backups']} kept, newest {_when(guard['latest_backup_at'])}"
+                     + (f" ({guard['latest_backup']})" if guard["latest_backup"] else " — NONE YET"))
+        if guard.get("error"):
+            lines.append(f"state.db cannot be read: {guard['error']}")
+        if guard["damage_noted"]:
+            lines.append(f"state.db DAMAGED ({guard['damage_noted']}): the station restores it now")
+        for text in guard["last_recovery_text"]:
+            lines.append(f"  last restore: {text}")
     tls = report["tls_certificate"]
     if tls["expires"]:
         lines.append(f"TLS certificate: expires {tls['expires']} ({tls['days_left']} days)"

@@ -747,3 +747,46 @@ def reindex(conn: sqlite3.Connection, storage_dir: Path) -> tuple[int, int]:
         add_instance(conn, rec, arrival=False)
         indexed += 1
     return indexed, bad
+
+
+def index_file(conn: sqlite3.Connection, path: Path) -> bool:
+    """Index one stored file as it is on disk (no arrival: nothing was received); False when the
+    file is not a DICOM instance this index can hold."""
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(path, stop_before_pixels=True)
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        st = path.stat()
+    except Exception:
+        return False
+    rec = record_from_dataset(ds, str(path), st.st_size, ts)
+    if not rec.sop_uid:
+        return False
+    rec.received_at = st.st_mtime
+    add_instance(conn, rec, arrival=False)
+    return True
+
+
+def sync_with_files(conn: sqlite3.Connection, storage_dir: Path) -> tuple[int, int, int]:
+    """Make an index restored from an older copy match the files: index every stored file it does
+    not list, forget rows whose file is gone (deleted since). Returns (added, forgotten, unreadable).
+    Rows it already has keep their association and called AE title."""
+    known: dict[str, tuple[str, str, str]] = {}
+    for row in conn.execute("SELECT sop_uid, path, series_uid, study_uid FROM instances"):
+        known[os.path.realpath(row["path"])] = (row["sop_uid"], row["series_uid"], row["study_uid"])
+    added = bad = 0
+    for path in iter_files(storage_dir):
+        real = os.path.realpath(path)
+        if known.pop(real, None) is not None:
+            continue
+        if index_file(conn, Path(real)):
+            added += 1
+        else:
+            bad += 1
+    gone = [(sop, series, study) for path, (sop, series, study) in known.items() if not os.path.exists(path)]
+    for sop, series, study in gone:
+        with db.transaction(conn):
+            conn.execute("DELETE FROM instances WHERE sop_uid=?", (sop,))
+            _prune(conn, series, study)
+    return added, len(gone), bad

@@ -86,12 +86,24 @@ def create_device_tls(data_dir: str | os.PathLike[str], common_name: str, *, day
     return ca_pem
 
 
-def server_context(data_dir: str | os.PathLike[str], *, require_client_cert: bool = False,
-                   trusted_ca: str = "") -> ssl.SSLContext:
-    """TLS 1.2+ server context with the device certificate (BCP 195)."""
-    folder = tls_dir(data_dir)
+# TLS 1.2 cipher suites a server offers (TLS 1.3's are all AEAD already): forward-secret ECDHE
+# with an AEAD cipher only, as BCP 195 (RFC 9325) recommends. Python's default list also accepts
+# the CBC suites (ECDHE-*-AES*-SHA256/384) and finite-field DHE: refused here.
+SERVER_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+
+
+def _server_base() -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(SERVER_CIPHERS)
+    return ctx
+
+
+def server_context(data_dir: str | os.PathLike[str], *, require_client_cert: bool = False,
+                   trusted_ca: str = "") -> ssl.SSLContext:
+    """TLS 1.2+ server context with the device certificate, AEAD ciphers only (BCP 195)."""
+    folder = tls_dir(data_dir)
+    ctx = _server_base()
     ctx.load_cert_chain(folder / "server.pem", folder / "server.key")
     if require_client_cert:
         ctx.verify_mode = ssl.CERT_REQUIRED
@@ -138,10 +150,9 @@ def web_cert_paths(data_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def web_context(data_dir: str | os.PathLike[str]) -> ssl.SSLContext:
-    """TLS 1.2+ server context for HTTPS with `web_cert_paths`."""
+    """TLS 1.2+ server context for HTTPS with `web_cert_paths`, AEAD ciphers only (BCP 195)."""
     cert, key = web_cert_paths(data_dir)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx = _server_base()
     ctx.load_cert_chain(cert, key)
     return ctx
 

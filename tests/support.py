@@ -256,7 +256,11 @@ class Station:
         log = open(self.data / "station.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.proc = subprocess.Popen([str(BIN / "burnstation"), "--data", str(self.data), "run", *extra],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_dicom(self.port, self.aet)
+        try:
+            wait_dicom(self.port, self.aet)
+        except BaseException:  # not up in time: stop it, else it outlives the test (nobody else will)
+            self.stop()
+            raise
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:

@@ -94,6 +94,19 @@ class JobError(ValueError):
     """A job request was refused (unknown job, wrong state); the message says why."""
 
 
+def id_sequence(conn: sqlite3.Connection) -> dict[str, int]:
+    """Day → the last job number handed out (read from a damaged state.db by appliance.dbguard)."""
+    return {row[0]: int(row[1]) for row in conn.execute("SELECT day, n FROM job_seq")}
+
+
+def keep_ids_above(conn: sqlite3.Connection, sequence: dict[str, int]) -> None:
+    """Never hand out again a job id that `sequence` (a damaged copy's `id_sequence`) says was
+    used: a job lost with the damaged file keeps its id (and its files) to itself."""
+    for day, n in sequence.items():
+        conn.execute("INSERT INTO job_seq (day, n) VALUES (?, ?) ON CONFLICT(day) DO UPDATE SET n=max(n, excluded.n)",
+                     (day, int(n)))
+
+
 def _new_id(conn: sqlite3.Connection, now: float) -> str:
     day = time.strftime("%Y%m%d", time.gmtime(now))
     conn.execute("INSERT INTO job_seq (day, n) VALUES (?, 1) ON CONFLICT(day) DO UPDATE SET n=n+1", (day,))

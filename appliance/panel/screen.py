@@ -2,7 +2,8 @@
 
 Page 1: AE title, IP address, DICOM ports, station state. Page 2: state, what is wrong (or the
 HL7/HTTP ports), current job or queue. Page 3: HL7/HTTP ports and further IP addresses. The state is one of OK / ROBOT FAULT / DISK LOW /
-PROCESS FAILED, judged from the robots' live status, free disk space and the supervisor's table.
+PROCESS FAILED / DB DAMAGED / DB RESTORED (for a week after state.db was restored from its backup),
+judged from the robots' live status, free disk space, the supervisor's table and appliance.dbguard.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import shutil
 import socket
 import sqlite3
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
-from appliance import network
+from appliance import db, dbguard, network
 from appliance.accounts import read_setup_code
 from appliance.burn import jobs, robots
 from appliance.config import Settings
@@ -80,6 +82,13 @@ def station_state(data_dir: Path, settings: Settings, conn: sqlite3.Connection |
     failed = [p["name"] for p in sup.get("processes", []) if p.get("state") == "failed"]
     if failed:
         return "PROCESS FAILED", ", ".join(failed)
+    if (data_dir / db.DAMAGE_NOTE).exists():
+        return "DB DAMAGED", "restoring state.db"
+    report = dbguard.last_recovery(data_dir)
+    if report and time.time() - report.get("at", 0) < dbguard.REPORT_SHOWN_SECONDS:
+        lost = report.get("not_recovered") or {}
+        return "DB RESTORED", ("lost: " + ",".join(f"{n} {k}" for k, n in sorted(lost.items()) if k != "-")
+                               if lost and "-" not in lost else f"+{report.get('indexed', 0)} files reindexed")
     return "OK", ""
 
 

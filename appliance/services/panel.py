@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from appliance import db
 from appliance.config import Settings
 from appliance.panel import protocol, screen
 
@@ -62,6 +63,8 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
                 content = screen.pages(data_dir, settings)
             except sqlite3.Error as exc:  # state.db locked or damaged: say so on the panel and in the log
                 LOG.warning("front panel: cannot read state.db: %s", exc)
+                if db.is_damage(exc):
+                    db.note_damage(data_dir, exc)  # the station restores it (appliance.dbguard)
                 content = [[str(settings.get("dicom.aet")), "State: DB ERROR", str(exc)[:20], str(exc)[20:40]]]
             try:
                 now = time.monotonic()

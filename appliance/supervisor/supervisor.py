@@ -218,6 +218,7 @@ class Supervisor:
                 self.stop_event.wait(self.tick)
         finally:
             self.shutdown()
+            self._lock_fh.close()  # released: `burnstation run` may start a new supervisor (state.db restored)
         return 0
 
     def shutdown(self) -> None:
