@@ -222,13 +222,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """user+system CPU time of the given processes (from /proc; 0 for those gone)."""
+def cpu_seconds(pids: list[int], part: str = "both") -> float:
+    """user+system (or only "user" / "system") CPU time of the given processes (from /proc; 0 for
+    those gone). System time is the kernel's share (socket I/O, writes, fsync), outside the GIL."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            total += (int(fields[11]) if part != "system" else 0) + (int(fields[12]) if part != "user" else 0)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -239,10 +240,14 @@ class StationServer(Server):
     aet = "BURNSTATION"
     pids: list[int] = []
     last_cpu = 0.0
+    last_system = 0.0
     env: dict[str, str] = {}
 
     def cpu(self) -> float:
         return cpu_seconds(self.pids)
+
+    def system_cpu(self) -> float:
+        return cpu_seconds(self.pids, "system")
 
     def __init__(self, root: Path, extra: dict[str, str] | None = None) -> None:
         self.data = root / "station-data"
@@ -459,9 +464,11 @@ def release_to_spool(root: Path, study: list[Path], load_files: list[Path], reps
 def measure(server: Server, work: Path, files: list[Path], concurrency: int) -> float:
     with server.running(work, concurrency):
         cpu0 = server.cpu() if isinstance(server, StationServer) else 0.0
+        sys0 = server.system_cpu() if isinstance(server, StationServer) else 0.0
         elapsed = run_storescu(server.aet, server.port, split(files, concurrency))
         if isinstance(server, StationServer):
             server.last_cpu = server.cpu() - cpu0
+            server.last_system = server.system_cpu() - sys0
         if isinstance(server, OrthancServer):
             count = server.stored()
     if not isinstance(server, OrthancServer):
@@ -530,7 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                     for conc in concs:
                         elapsed = measure(server, work, files[set_name], conc)
                         times.setdefault((server.name, set_name, conc), []).append(elapsed)
-                        cpu = f"  (station CPU {server.last_cpu:.2f}s)" if isinstance(server, StationServer) else ""
+                        cpu = (f"  (station CPU {server.last_cpu:.2f}s, of it system {server.last_system:.2f}s)"
+                               if isinstance(server, StationServer) else "")
                         if isinstance(server, StationServer):
                             cpus.setdefault((server.name, set_name, conc), []).append(server.last_cpu)
                         print(f"  rep {rep + 1}: {server.name:8s} {set_name:5s} x{conc}: {elapsed:6.2f}s{cpu}",
