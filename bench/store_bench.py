@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir()
         times: dict[tuple[str, str, int], list[float]] = {}
         cpus: dict[tuple[str, str, int], list[float]] = {}
-        for rep in range(args.reps):
+        for rep in range(args.reps if servers else 0):
             order = servers[rep % len(servers):] + servers[:rep % len(servers)]
             for server in order:
                 for set_name in set_names:
