@@ -3,8 +3,8 @@
 Why (bench/INGEST.md has the measurements): with several associations, each C-STORE paid a
 transaction of its own (BEGIN IMMEDIATE, 5 upserts, COMMIT: the same few B-tree pages written
 to the WAL again for every object), and with several dicom worker processes the transactions of
-different workers met in SQLite's busy handler, which sleeps 1, 2, 5, 10 ... ms before trying
-again: two workers were no faster than one.
+different workers would meet in SQLite's busy handler, which sleeps 1, 2, 5, 10 ... ms before
+trying again.
 
 - Group commit (`fast_path_enabled("group_commit")`): an arrival joins the pending list; the
   first thread to find no commit running takes the whole list and writes it in one transaction
