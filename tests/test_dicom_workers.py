@@ -283,3 +283,40 @@ def make_sop_uid(path: Path) -> str:
     from pydicom import dcmread
 
     return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+class _NoDevices:
+    """Discovery that finds nothing (the plan's processes are then the services alone)."""
+
+    def robots(self) -> dict:
+        return {}
+
+    def lcd(self) -> None:
+        return None
+
+    def poll(self) -> bool:
+        return False
+
+    def status(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_plan_runs_one_dicom_process_per_worker(tmp_path: Path) -> None:
+    from appliance.config import Settings
+    from appliance.services.plan import StationPlan
+
+    data = tmp_path / "data"
+    burnstation(data, "init")
+    plan = StationPlan(data, discovery=_NoDevices(), services=["dicom", "hl7"])  # type: ignore[arg-type]
+    assert [s.name for s in plan()] == ["dicom", "hl7"]  # default: one worker, as before
+    burnstation(data, "config", "set", "dicom.workers=3")
+    specs = plan()
+    assert [s.name for s in specs] == ["dicom", "dicom:2", "dicom:3", "hl7"]
+    assert specs[2].argv[-3:] == ["dicom", "--worker", "3"] and specs[0].argv[-1] == "dicom"
+    bad = burnstation(data, "config", "set", "dicom.workers=17", check=False)
+    assert bad.returncode != 0 and "dicom.workers" in bad.stdout + bad.stderr
+    burnstation(data, "config", "set", "dicom.workers=0")
+    assert Settings(data).dicom_workers() == max(1, min(os.cpu_count() or 1, 4))
