@@ -229,7 +229,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_service(args: argparse.Namespace) -> int:
     from appliance.supervisor.child import run_service
 
-    return run_service(_data(args), args.name, robot=args.robot, device=args.device)
+    return run_service(_data(args), args.name, robot=args.robot, device=args.device, worker=args.worker)
 
 
 def cmd_restart_process(args: argparse.Namespace) -> int:
@@ -460,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--robot", help="driver: the robot's name")
     p.add_argument("--device", help="panel: the LCD's serial device")
+    p.add_argument("--worker", type=int, default=1, help="dicom: which worker process this is (1..N)")
     p.set_defaults(func=cmd_service)
     return parser
 

@@ -260,6 +260,8 @@ SPECS: dict[str, Spec] = {
     "dicom.store_from_any": Spec(True, _bool, "accept C-STORE from any node (false: known nodes only)"),
     "dicom.tls_require_client_cert": Spec(False, _bool, "TLS port: require a client certificate"),
     "dicom.tls_trusted_ca": Spec("", _path, "PEM file of CAs trusted for client certificates and TLS nodes"),
+    "dicom.workers": Spec(1, _int_range(0, 16), "dicom worker processes sharing the DICOM ports "
+                          "(SO_REUSEPORT): 0 = one per CPU core, at most 4"),
     "dicom.min_free_mb": Spec(500, _int_range(0, 10_000_000), "below this free space C-STORE answers A700"),
     # Burning (seed: "Automatic / Delayed automatic CD/DVD burning")
     "burn.delay_seconds": Spec(120, _int_range(1, 86400), "delay for _TE/_TP grouping, seconds"),
@@ -311,6 +313,7 @@ SPECS: dict[str, Spec] = {
     "db.backup_hours": Spec(1, _int_range(1, 168), "hours between online backups of state.db (db-backup/)"),
 }
 
+AUTO_DICOM_WORKERS = 4  # dicom.workers = 0: one worker per CPU core, at most this many
 # keys whose change needs the DICOM listeners rebound
 DICOM_LISTENER_KEYS = ("dicom.aet", "dicom.port", "dicom.tls_port", "dicom.bind",
                        "dicom.tls_require_client_cert", "dicom.tls_trusted_ca")
@@ -517,6 +520,12 @@ class Settings:
 
     def aet(self) -> str:
         return self.get("dicom.aet")
+
+    def dicom_workers(self) -> int:
+        """How many dicom worker processes share the DICOM ports (`dicom.workers`; 0 = one per
+        CPU core, at most AUTO_DICOM_WORKERS)."""
+        wanted = int(self.get("dicom.workers"))
+        return wanted or max(1, min(os.cpu_count() or 1, AUTO_DICOM_WORKERS))
 
     def derived_aets(self) -> dict[str, str]:
         """All called AE titles the station answers to, mapped to their role."""

@@ -92,7 +92,8 @@ CREATE TABLE IF NOT EXISTS associations (
     failed       INTEGER NOT NULL DEFAULT 0,
     services     TEXT NOT NULL DEFAULT '',
     result       TEXT NOT NULL DEFAULT 'open',
-    detail       TEXT NOT NULL DEFAULT ''
+    detail       TEXT NOT NULL DEFAULT '',
+    worker       INTEGER NOT NULL DEFAULT 1  -- the dicom worker process that served it (1..dicom.workers)
 );
 CREATE INDEX IF NOT EXISTS associations_started ON associations(started_at);
 -- what each association received, one row per (association, SOP Instance UID); never rewritten by
@@ -134,9 +135,17 @@ def _fill_association_instances(conn: sqlite3.Connection) -> None:
                      "ORDER BY received_at, rowid")
 
 
+def _add_association_worker(conn: sqlite3.Connection) -> None:
+    """Databases made before several dicom workers: every association was served by the one process."""
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(associations)")}
+    if "worker" not in columns:
+        conn.execute("ALTER TABLE associations ADD COLUMN worker INTEGER NOT NULL DEFAULT 1")
+
+
 # applied by db.connect after every owner's SCHEMA, in this order
 MIGRATIONS = (("index.patients.id_value", _add_id_value),
-              ("index.association_instances.fill", _fill_association_instances))
+              ("index.association_instances.fill", _fill_association_instances),
+              ("index.associations.worker", _add_association_worker))
 
 
 def patient_key(patient: dict[str, str]) -> str:
@@ -240,38 +249,61 @@ def add_instance(conn: sqlite3.Connection, rec: InstanceRecord, *, arrival: bool
     Returns the path of the replaced file when it differs from the new one, so the caller can
     delete it once the new copy is safe.
     """
-    now = time.time()
-    old_path = None
     with db.transaction(conn):
-        row = conn.execute("SELECT path, series_uid, study_uid FROM instances WHERE sop_uid=?",
-                           (rec.sop_uid,)).fetchone()
-        if row is not None and row["path"] != rec.path:
-            old_path = row["path"]
-        study = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
-        key = patient_key(rec.patient)
-        _upsert(conn, "patients", "patient_id", {**rec.patient, "patient_id": key,
-                                                 "id_value": rec.patient.get("patient_id", "")})
-        _upsert(conn, "studies", "study_uid",
-                {"study_uid": rec.study_uid, "patient_id": key, **rec.study, "updated_at": now})
-        _upsert(conn, "series", "series_uid", {"series_uid": rec.series_uid, "study_uid": rec.study_uid, **rec.series})
-        _upsert(conn, "instances", "sop_uid", {
-            "sop_uid": rec.sop_uid, "series_uid": rec.series_uid, "study_uid": rec.study_uid,
-            "sop_class": rec.sop_class, "instance_number": rec.instance_number,
-            "transfer_syntax": rec.transfer_syntax, "path": rec.path, "size": rec.size,
-            "assoc_id": rec.assoc_id, "called_aet": rec.called_aet, "calling_aet": rec.calling_aet,
-            "received_at": rec.received_at or now,
-        })
-        if arrival and rec.assoc_id is not None:
-            # stored again by the same association: one row still, but a new arrival (a new id)
-            conn.execute("INSERT OR REPLACE INTO association_instances (assoc_id, sop_uid, received_at) "
-                         "VALUES (?, ?, ?)", (rec.assoc_id, rec.sop_uid, rec.received_at or now))
-        # a re-sent object that moved (other series/study, or the study to another patient) must
-        # not leave an empty series, study or patient behind for C-FIND to list
-        if row is not None and (row["series_uid"], row["study_uid"]) != (rec.series_uid, rec.study_uid):
-            _prune(conn, row["series_uid"], row["study_uid"])
-        if study is not None and study["patient_id"] != key:
-            conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS "
-                         "(SELECT 1 FROM studies WHERE patient_id=?)", (study["patient_id"], study["patient_id"]))
+        return _add_instance_in(conn, rec, arrival, time.time())
+
+
+def add_instances(conn: sqlite3.Connection, recs: Sequence[InstanceRecord]) -> list[str | None | Exception]:
+    """Index several arrivals in ONE transaction (the dicom workers' group commit): per record, the
+    replaced path (as `add_instance`) or the exception that record raised. A failing record is
+    rolled back to its own savepoint and does not take the others with it; an error of the
+    transaction itself (BEGIN or COMMIT) raises, and then nothing of the batch is committed."""
+    now = time.time()
+    out: list[str | None | Exception] = []
+    with db.transaction(conn):
+        for rec in recs:
+            conn.execute("SAVEPOINT arrival")
+            try:
+                out.append(_add_instance_in(conn, rec, True, now))
+            except sqlite3.Error as exc:
+                conn.execute("ROLLBACK TO arrival")
+                out.append(exc)
+            conn.execute("RELEASE arrival")
+    return out
+
+
+def _add_instance_in(conn: sqlite3.Connection, rec: InstanceRecord, arrival: bool, now: float) -> str | None:
+    """`add_instance` inside the caller's transaction."""
+    old_path = None
+    row = conn.execute("SELECT path, series_uid, study_uid FROM instances WHERE sop_uid=?",
+                       (rec.sop_uid,)).fetchone()
+    if row is not None and row["path"] != rec.path:
+        old_path = row["path"]
+    study = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
+    key = patient_key(rec.patient)
+    _upsert(conn, "patients", "patient_id", {**rec.patient, "patient_id": key,
+                                             "id_value": rec.patient.get("patient_id", "")})
+    _upsert(conn, "studies", "study_uid",
+            {"study_uid": rec.study_uid, "patient_id": key, **rec.study, "updated_at": now})
+    _upsert(conn, "series", "series_uid", {"series_uid": rec.series_uid, "study_uid": rec.study_uid, **rec.series})
+    _upsert(conn, "instances", "sop_uid", {
+        "sop_uid": rec.sop_uid, "series_uid": rec.series_uid, "study_uid": rec.study_uid,
+        "sop_class": rec.sop_class, "instance_number": rec.instance_number,
+        "transfer_syntax": rec.transfer_syntax, "path": rec.path, "size": rec.size,
+        "assoc_id": rec.assoc_id, "called_aet": rec.called_aet, "calling_aet": rec.calling_aet,
+        "received_at": rec.received_at or now,
+    })
+    if arrival and rec.assoc_id is not None:
+        # stored again by the same association: one row still, but a new arrival (a new id)
+        conn.execute("INSERT OR REPLACE INTO association_instances (assoc_id, sop_uid, received_at) "
+                     "VALUES (?, ?, ?)", (rec.assoc_id, rec.sop_uid, rec.received_at or now))
+    # a re-sent object that moved (other series/study, or the study to another patient) must
+    # not leave an empty series, study or patient behind for C-FIND to list
+    if row is not None and (row["series_uid"], row["study_uid"]) != (rec.series_uid, rec.study_uid):
+        _prune(conn, row["series_uid"], row["study_uid"])
+    if study is not None and study["patient_id"] != key:
+        conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS "
+                     "(SELECT 1 FROM studies WHERE patient_id=?)", (study["patient_id"], study["patient_id"]))
     return old_path
 
 
@@ -334,11 +366,11 @@ def delete_study_in(conn: sqlite3.Connection, study_uid: str) -> list[str]:
 
 
 def open_association(conn: sqlite3.Connection, calling: str, called: str, host: str, port: int,
-                     tls: bool) -> int:
+                     tls: bool, worker: int = 1) -> int:
     cur = conn.execute(
-        "INSERT INTO associations (calling_aet, called_aet, peer_host, peer_port, tls, started_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (calling, called, host, port, int(tls), time.time()),
+        "INSERT INTO associations (calling_aet, called_aet, peer_host, peer_port, tls, started_at, worker) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (calling, called, host, port, int(tls), time.time(), worker),
     )
     return int(cur.lastrowid or 0)
 
@@ -351,17 +383,18 @@ def close_association(conn: sqlite3.Connection, assoc_id: int, *, stored: int, f
     )
 
 
-def close_interrupted_associations(conn: sqlite3.Connection) -> int:
+def close_interrupted_associations(conn: sqlite3.Connection, worker: int = 1, workers: int = 1) -> int:
     """Mark associations still 'open' from before a crash as 'interrupted', with what they stored.
 
-    Call once when the (single) DICOM process starts, before it accepts anything: every 'open'
-    row then belongs to a process that is gone.
+    Call once when dicom worker `worker` (of `workers`) starts, before it accepts anything: its
+    'open' rows belong to its own process that is gone. Worker 1 also closes those of workers
+    numbered above `workers` (the setting was lowered: nobody else will).
     """
     cur = conn.execute(
         "UPDATE associations SET result='interrupted', ended_at=?, detail='the station stopped during it', "
         "stored=(SELECT COUNT(*) FROM association_instances a WHERE a.assoc_id=associations.id) "
-        "WHERE result='open'",
-        (time.time(),))
+        "WHERE result='open' AND (worker=? OR (?=1 AND (worker>? OR worker<1)))",
+        (time.time(), worker, worker, workers))
     return cur.rowcount
 
 

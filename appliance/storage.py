@@ -160,17 +160,35 @@ class Store:
         return size
 
     def remove_stale_temp_files(self) -> int:
-        """Delete temp files left by a crash mid-write (they were never acknowledged)."""
+        """Delete temp files left by a crash mid-write (they were never acknowledged); those of a
+        live process (another dicom worker writing now: the pid is in the name) stay."""
         removed = 0
         for root, _dirs, files in os.walk(self.root):
             for name in files:
-                if name.startswith(".") and name.endswith(".tmp"):
+                if name.startswith(".") and name.endswith(".tmp") and not _writer_alive(name):
                     try:
                         os.unlink(os.path.join(root, name))
                         removed += 1
                     except FileNotFoundError:
                         pass
         return removed
+
+
+def _writer_alive(temp_name: str) -> bool:
+    """Whether the process named in a temp file's name (`.<sop>.dcm.<pid>.<n>.tmp`) is a dicom
+    worker still running (another worker of this station writing it now)."""
+    parts = temp_name.split(".")
+    try:
+        pid = int(parts[-3])
+    except (IndexError, ValueError):
+        return False
+    if pid == os.getpid() or pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"\x00service\x00dicom" in cmdline
 
 
 def remove_study_files(storage_root: str | os.PathLike[str], paths: list[str]) -> tuple[int, int]:

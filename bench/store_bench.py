@@ -10,7 +10,8 @@ noisy) and reported as median and best; server order rotates between repetitions
 After each run the stored count is checked (station: index rows; storescp: files; Orthanc: REST).
 
     .venv/bin/python bench/store_bench.py [--reps 3] [--servers station,storescp,orthanc]
-                                          [--sets small,large] [--conc 1,4]
+                                          [--sets small,large] [--conc 1,4] [--e2e | --e2e-only]
+                                          [--station-config dicom.workers=2] [--servers station@KEY=V+env:E=V]
 
 The station's CPU seconds (all its processes) are printed per run: on a shared, noisy machine
 they say more about a change than the wall clock. BENCH_PROFILE_DIR=dir records each station run
@@ -221,13 +222,14 @@ def _children(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """user+system CPU time of the given processes (from /proc; 0 for those gone)."""
+def cpu_seconds(pids: list[int], part: str = "both") -> float:
+    """user+system (or only "user" / "system") CPU time of the given processes (from /proc; 0 for
+    those gone). System time is the kernel's share (socket I/O, writes, fsync), outside the GIL."""
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            total += (int(fields[11]) if part != "system" else 0) + (int(fields[12]) if part != "user" else 0)
     return total / os.sysconf("SC_CLK_TCK")
 
 
@@ -238,17 +240,22 @@ class StationServer(Server):
     aet = "BURNSTATION"
     pids: list[int] = []
     last_cpu = 0.0
+    last_system = 0.0
+    env: dict[str, str] = {}
 
     def cpu(self) -> float:
         return cpu_seconds(self.pids)
 
-    def __init__(self, root: Path) -> None:
+    def system_cpu(self) -> float:
+        return cpu_seconds(self.pids, "system")
+
+    def __init__(self, root: Path, extra: dict[str, str] | None = None) -> None:
         self.data = root / "station-data"
         self.port = free_port()
         bs = str(VENV_BIN / "burnstation")
         subprocess.run([bs, "--data", str(self.data), "init"], check=True, capture_output=True)
         settings = {"dicom.port": self.port, "dicom.tls_port": 0, "hl7.port": free_port(),
-                    "http.port": free_port(), "dicom.min_free_mb": 500}
+                    "http.port": free_port(), "dicom.min_free_mb": 500, **(extra or {})}
         subprocess.run([bs, "--data", str(self.data), "config", "set",
                         *(f"{k}={v}" for k, v in settings.items())], check=True, capture_output=True)
 
@@ -260,7 +267,8 @@ class StationServer(Server):
                 (self.data / name).unlink()
         log = open(work / "station.log", "ab")  # noqa: SIM115
         cmd = [str(VENV_BIN / "burnstation"), "--data", str(self.data), "run"]
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                env=dict(os.environ, **self.env))
         profiler = None
         try:
             wait_until(lambda: port_open(self.port) or proc.poll() is not None, 60, "station")
@@ -371,15 +379,96 @@ class OrthancServer(Server):
         return int(self._get("/statistics")["CountInstances"])
 
 
+# --------------------------------------------------------------------------- release to spool
+
+JOB_EXTS = {".JDF", ".RJD", ".INP", ".DON", ".ERR", ".STP"}  # an Epson job file in any of its states
+
+
+def job_files(spool: Path) -> dict[str, float]:
+    """Job files anywhere under the spool (the simulator moves finished ones): stem -> mtime, which
+    is when the driver wrote it (written aside, renamed in; the engine only renames it on)."""
+    out = {}
+    for path in spool.rglob("*"):
+        if path.suffix.upper() in JOB_EXTS and ".burnstation-aside" not in path.parts:
+            with contextlib.suppress(OSError):
+                out.setdefault(path.stem, path.stat().st_mtime)
+    return out
+
+
+def release_to_spool(root: Path, study: list[Path], load_files: list[Path], reps: int,
+                     extra: dict[str, str]) -> dict[str, list[float]]:
+    """Seconds from the release of an `_E` association carrying `study` (storescu exits right after
+    its A-RELEASE-RP) to the job file in the simulated Epson's spool (`run --simulate`, speed 0),
+    with the station idle and while 4 other associations ingest `load_files` (again and again)."""
+    data = root / "e2e-data"
+    bs = str(VENV_BIN / "burnstation")
+    port = free_port()
+    subprocess.run([bs, "--data", str(data), "init"], check=True, capture_output=True)
+    settings = {"dicom.port": port, "dicom.tls_port": 0, "hl7.port": free_port(), "http.port": free_port(),
+                "dicom.min_free_mb": 500, **extra}
+    subprocess.run([bs, "--data", str(data), "config", "set", *(f"{k}={v}" for k, v in settings.items())],
+                   check=True, capture_output=True)
+    log = open(root / "e2e-station.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen([bs, "--data", str(data), "run", "--simulate", "--robots", "epson", "--sim-speed", "0"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    results: dict[str, list[float]] = {"idle": [], "4 assoc ingesting": []}
+    try:
+        wait_until(lambda: port_open(port) or proc.poll() is not None, 60, "station")
+        wait_until(lambda: echo_ok("BURNSTATION_E", port), 30, "station C-ECHO")
+        spool = data / "spool" / "epson"
+        wait_until(lambda: spool.is_dir(), 30, "the simulated robot's spool")
+        for rep in range(reps):
+            for case in results:
+                loaders: list[subprocess.Popen] = []
+                stop_load = False
+                if case != "idle":
+                    def load(files: list[Path]) -> subprocess.Popen:
+                        return subprocess.Popen([STORESCU, "-aet", "LOAD", "-aec", "BURNSTATION", "127.0.0.1",
+                                                 str(port), *map(str, files)], stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL, env=dcmtk_env())
+                    parts = split(load_files, 4)
+                    loaders = [load(part) for part in parts]
+                    time.sleep(0.5)  # the 4 associations are up and storing
+                seen = set(job_files(spool))
+                subprocess.run([STORESCU, "-aet", "CT", "-aec", "BURNSTATION_E", "127.0.0.1", str(port),
+                                *map(str, study)], check=True, capture_output=True, env=dcmtk_env(), timeout=600)
+                released = time.time()
+                deadline = time.monotonic() + 300
+                new: dict[str, float] = {}
+                while not new:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("no job file in the spool 300 s after the release")
+                    if case != "idle":  # keep 4 associations ingesting until the job file is there
+                        for n, loader in enumerate(loaders):
+                            if loader.poll() is not None and not stop_load:
+                                loaders[n] = load(parts[n])
+                    new = {k: v for k, v in job_files(spool).items() if k not in seen}
+                    time.sleep(0.02)
+                stop_load = True
+                for loader in loaders:
+                    loader.wait(600)
+                elapsed = min(new.values()) - released
+                results[case].append(elapsed)
+                print(f"  rep {rep + 1}: release to spool, {case}: {elapsed:6.2f}s", flush=True)
+                wait_until(lambda: not any(p.suffix.upper() in (".JDF", ".RJD", ".INP") for p in spool.glob("*")),
+                           300, "the simulated robot idle")
+    finally:
+        stop_process(proc)
+        log.close()
+    return results
+
+
 # --------------------------------------------------------------------------- main
 
 
 def measure(server: Server, work: Path, files: list[Path], concurrency: int) -> float:
     with server.running(work, concurrency):
         cpu0 = server.cpu() if isinstance(server, StationServer) else 0.0
+        sys0 = server.system_cpu() if isinstance(server, StationServer) else 0.0
         elapsed = run_storescu(server.aet, server.port, split(files, concurrency))
         if isinstance(server, StationServer):
             server.last_cpu = server.cpu() - cpu0
+            server.last_system = server.system_cpu() - sys0
         if isinstance(server, OrthancServer):
             count = server.stored()
     if not isinstance(server, OrthancServer):
@@ -387,6 +476,18 @@ def measure(server: Server, work: Path, files: list[Path], concurrency: int) -> 
     if count != len(files):
         raise RuntimeError(f"{server.name}: {count} of {len(files)} objects stored")
     return elapsed
+
+
+def station_variant(root: Path, name: str, extra: dict[str, str]) -> StationServer:
+    """`station@dicom.workers=1+env:BURNSTATION_FASTPATH=recv:parser`: the station with other
+    settings (and environment; ':' in an env value stands for ','), measured in the same run as
+    the others, in its own data folder."""
+    server = StationServer(root / name.replace("/", "_"), {**extra, **{
+        k: v for k, _, v in (p.partition("=") for p in name.split("@", 1)[1].split("+")) if not k.startswith("env:")}})
+    server.name = name
+    server.env = {k[4:]: v.replace(":", ",") for k, _, v in (p.partition("=") for p in name.split("@", 1)[1].split("+"))
+                  if k.startswith("env:")}
+    return server
 
 
 def fmt_ratio(a: float, b: float) -> str:
@@ -401,6 +502,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conc", default="1,4", help="concurrent associations to measure (default 1,4)")
     parser.add_argument("--json", help="also write the raw timings here")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs) for inspection")
+    parser.add_argument("--e2e", action="store_true",
+                        help="also time release-to-spool of a 500-image CT study sent to _E (idle and under load)")
+    parser.add_argument("--e2e-only", action="store_true", help="only the release-to-spool figure")
+    parser.add_argument("--station-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="a station setting for the runs (e.g. dicom.workers=1); repeatable")
     args = parser.parse_args(argv)
     server_names = args.servers.split(",")
     set_names = args.sets.split(",")
@@ -409,30 +515,39 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="store-bench-"))
     try:
         t0 = time.perf_counter()
+        if args.e2e_only:
+            set_names, server_names = [], []
         files = {name: make_set(root / "sets" / name, name, *SETS[name]) for name in set_names}
         sizes = {name: sum(p.stat().st_size for p in paths) / len(paths) for name, paths in files.items()}
         print(f"generated {', '.join(f'{n}: {len(files[n])} x {sizes[n] / 1024:.0f} KB' for n in set_names)}"
               f" in {time.perf_counter() - t0:.1f}s (fresh UIDs)", flush=True)
-        factories = {"station": StationServer, "storescp": StorescpServer, "orthanc": OrthancServer}
-        servers = [factories[name](root) for name in server_names]
+        extra = dict(item.split("=", 1) for item in args.station_config)
+        factories = {"station": lambda r: StationServer(r, extra), "storescp": StorescpServer,
+                     "orthanc": OrthancServer}
+        servers = [station_variant(root, name, extra) if name.startswith("station@") else factories[name](root)
+                   for name in server_names]
         work = root / "logs"
         work.mkdir()
         times: dict[tuple[str, str, int], list[float]] = {}
-        for rep in range(args.reps):
+        cpus: dict[tuple[str, str, int], list[float]] = {}
+        for rep in range(args.reps if servers else 0):
             order = servers[rep % len(servers):] + servers[:rep % len(servers)]
             for server in order:
                 for set_name in set_names:
                     for conc in concs:
                         elapsed = measure(server, work, files[set_name], conc)
                         times.setdefault((server.name, set_name, conc), []).append(elapsed)
-                        cpu = f"  (station CPU {server.last_cpu:.2f}s)" if isinstance(server, StationServer) else ""
+                        cpu = (f"  (station CPU {server.last_cpu:.2f}s, of it system {server.last_system:.2f}s)"
+                               if isinstance(server, StationServer) else "")
+                        if isinstance(server, StationServer):
+                            cpus.setdefault((server.name, set_name, conc), []).append(server.last_cpu)
                         print(f"  rep {rep + 1}: {server.name:8s} {set_name:5s} x{conc}: {elapsed:6.2f}s{cpu}",
                               flush=True)
         print()
         print(f"load average now: {os.getloadavg()[0]:.2f}; cores: {os.cpu_count()}; reps: {args.reps}")
         header = f"{'set':6s} {'assoc':>5s} " + " ".join(f"{n + ' med/best':>17s}" for n in server_names)
-        ratio_cols = [n for n in ("storescp", "orthanc") if n in server_names and "station" in server_names]
-        header += "".join(f"  {'st/' + n[:4] + ' med/best':>17s}" for n in ratio_cols)
+        ratio_cols = [n for n in server_names if n != "station" and "station" in server_names]
+        header += "".join(f"  {'st/' + n[:12] + ' med/best':>17s}" for n in ratio_cols)
         print(header)
         print("-" * len(header))
         for set_name in set_names:
@@ -444,9 +559,20 @@ def main(argv: list[str] | None = None) -> int:
                     stats[name] = (statistics.median(values), min(values))
                     line += f" {stats[name][0]:7.2f}s/{stats[name][1]:6.2f}s "
                 for name in ratio_cols:
-                    line += (f"  {fmt_ratio(stats['station'][0], stats[name][0])}/"
+                    line += (f"  {fmt_ratio(stats['station'][0], stats[name][0])}/"  # station / other
                              f"{fmt_ratio(stats['station'][1], stats[name][1])}    ")
                 print(line)
+        if args.e2e or args.e2e_only:
+            study = make_set(root / "sets" / "ct500", "ct", 500, 512, 512)
+            load_set = files.get("small") or make_set(root / "sets" / "small", "small", *SETS["small"])
+            e2e = release_to_spool(root, study, load_set, args.reps, extra)
+            for case, values in e2e.items():
+                print(f"release to spool (500 x 512 KB CT to _E), {case}: median {statistics.median(values):.2f}s"
+                      f" best {min(values):.2f}s  ({', '.join(f'{v:.2f}' for v in values)})")
+            print(f"load average now: {os.getloadavg()[0]:.2f}")
+        for key, values in sorted(cpus.items()):
+            print(f"CPU seconds (all station processes), median: {key[0]} {key[1]} x{key[2]}: "
+                  f"{statistics.median(values):.2f}s")
         if args.json:
             Path(args.json).write_text(json.dumps(
                 [{"server": s, "set": n, "conc": c, "seconds": v} for (s, n, c), v in times.items()], indent=1))

@@ -13,6 +13,7 @@ from typing import Any
 from appliance import db, index
 from appliance.config import Node, Settings
 from appliance.dicom import query
+from appliance.dicom.ingest import IndexWriter
 from appliance.storage import Store
 
 LOG = logging.getLogger("burnstation.dicom")
@@ -21,10 +22,12 @@ LOG = logging.getLogger("burnstation.dicom")
 class StationContext:
     """Settings, store and a per-thread state.db connection for the handlers."""
 
-    def __init__(self, data_dir: Path, settings: Settings) -> None:
+    def __init__(self, data_dir: Path, settings: Settings, worker: int = 1) -> None:
         self.data_dir = data_dir
         self.settings = settings
+        self.worker = worker  # which dicom worker process this is (1..dicom.workers)
         self.store = Store(data_dir, int(settings.get("dicom.min_free_mb")))
+        self.writer = IndexWriter(data_dir)  # index writes of every association of this process
         self._local = threading.local()
         self._node_cache: dict[str, tuple[float, set[str]]] = {}
 
@@ -85,14 +88,14 @@ class AssociationLog:
         calling = assoc.requestor.ae_title.strip()
         tls = _is_tls(assoc)
         row = index.open_association(self.ctx.conn(), calling, called, assoc.requestor.address,
-                                     assoc.requestor.port, tls)
+                                     assoc.requestor.port, tls, self.ctx.worker)
         assoc.bs_state = AssocState(row, called, calling)
 
     def on_rejected(self, event: Any) -> None:
         assoc = event.assoc
         conn = self.ctx.conn()
         row = index.open_association(conn, str(assoc.requestor.ae_title).strip(), str(assoc.acceptor.ae_title).strip(),
-                                     assoc.requestor.address, assoc.requestor.port, _is_tls(assoc))
+                                     assoc.requestor.address, assoc.requestor.port, _is_tls(assoc), self.ctx.worker)
         index.close_association(conn, row, stored=0, failed=0, services=[], result="rejected",
                                 detail="called AE title not recognised")
 

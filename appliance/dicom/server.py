@@ -137,10 +137,22 @@ class _Listener(ThreadedAssociationServer):
         self.server_close()
 
 
+class _SharedListener(_Listener):
+    """A listener whose port several dicom worker processes bind at once (SO_REUSEPORT): the
+    kernel spreads new connections over them, and each association is served whole by the
+    worker that accepted it. Only set with dicom.workers > 1, so a lone station still gets
+    'address in use' from a port another program holds."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 def _start_listener(ae: AE, address: tuple[str, int], handlers: list[Any],
-                    tls_context: ssl.SSLContext | None, timeout: float) -> _Listener:
-    """Bind and serve one listener in a daemon thread (ae.start_server(block=False), our class)."""
-    server = ae.make_server(address, evt_handlers=handlers, server_class=_Listener)
+                    tls_context: ssl.SSLContext | None, timeout: float, shared: bool = False) -> _Listener:
+    """Bind and serve one listener in a daemon thread (ae.start_server(block=False), our class);
+    `shared`: the port is bound by every dicom worker (SO_REUSEPORT)."""
+    server = ae.make_server(address, evt_handlers=handlers, server_class=_SharedListener if shared else _Listener)
     assert isinstance(server, _Listener)
     server.tls_context = tls_context
     server.io_timeout = timeout
@@ -168,10 +180,11 @@ _WARNINGS_TO_MAIN_LOG = _WarningsToMainLog()
 class DicomServer:
     """Plain and TLS listeners sharing one AE configuration and one set of handlers."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], settings: Settings | None = None) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], settings: Settings | None = None, worker: int = 1) -> None:
         self.data_dir = Path(data_dir)
         self.settings = settings or Settings(data_dir)
-        self.ctx = StationContext(self.data_dir, self.settings)
+        self.worker = worker
+        self.ctx = StationContext(self.data_dir, self.settings, worker)
         self.servers: list[Any] = []
         self._open: dict[str, Any] = {}  # "plain" / "tls" → its listener
         self._snapshot: dict[str, Any] = {}
@@ -229,7 +242,9 @@ class DicomServer:
         with `only_missing`, leaving the listeners that are open alone).
         """
         settings = self.settings.all()
-        self._snapshot = {k: settings[k] for k in DICOM_LISTENER_KEYS + ("dicom.timeout",)}
+        self._snapshot = self._listener_settings(settings)
+        shared = self._snapshot["shared"]
+        label = f" [worker {self.worker} of {self.settings.dicom_workers()}]" if shared else ""
         self._configure_debug()
         bind = settings["dicom.bind"] or ""
         self.ctx.store.min_free = int(settings["dicom.min_free_mb"]) * 1024 * 1024
@@ -238,11 +253,11 @@ class DicomServer:
             try:
                 ae = build_ae(self.ctx)
                 server = _start_listener(ae, (bind, settings["dicom.port"]), self.handlers(), None,
-                                         float(settings["dicom.timeout"]))
+                                         float(settings["dicom.timeout"]), shared)
                 self.servers.append(server)
                 self._open["plain"] = server
-                LOG.info("DICOM listening on %s:%s (plain) as %s", bind or "*", settings["dicom.port"],
-                         ", ".join(sorted(self.settings.derived_aets())))
+                LOG.info("DICOM listening on %s:%s (plain) as %s%s", bind or "*", settings["dicom.port"],
+                         ", ".join(sorted(self.settings.derived_aets())), label)
             except OSError as exc:
                 failures.append(f"plain port {bind or '*'}:{settings['dicom.port']}: {exc}")
         if settings["dicom.tls_port"] and not (only_missing and "tls" in self._open):
@@ -252,10 +267,10 @@ class DicomServer:
                                                trusted_ca=settings["dicom.tls_trusted_ca"])
                 ae = build_ae(self.ctx)
                 server = _start_listener(ae, (bind, settings["dicom.tls_port"]), self.handlers(), ssl_ctx,
-                                         float(settings["dicom.timeout"]))
+                                         float(settings["dicom.timeout"]), shared)
                 self.servers.append(server)
                 self._open["tls"] = server
-                LOG.info("DICOM listening on %s:%s (TLS)", bind or "*", settings["dicom.tls_port"])
+                LOG.info("DICOM listening on %s:%s (TLS)%s", bind or "*", settings["dicom.tls_port"], label)
             except (OSError, ssl.SSLError) as exc:
                 failures.append(f"TLS port {bind or '*'}:{settings['dicom.tls_port']}: {exc}")
         if failures:
@@ -307,12 +322,14 @@ class DicomServer:
         settings = self.settings.all()
         self._configure_debug()
         self.ctx.store.min_free = int(settings["dicom.min_free_mb"]) * 1024 * 1024
-        current = {k: settings[k] for k in DICOM_LISTENER_KEYS + ("dicom.timeout",)}
+        current = self._listener_settings(settings)
         old = self._snapshot
         if current == old and not force:
             return False
         with self._lock:
             moved = set()
+            if current["shared"] != old.get("shared"):  # SO_REUSEPORT is set before bind: rebind both
+                moved |= set(self._open)
             if (current["dicom.port"], current["dicom.bind"]) != (old.get("dicom.port"), old.get("dicom.bind")):
                 moved.add("plain")
             if (current["dicom.tls_port"], current["dicom.bind"]) != (old.get("dicom.tls_port"), old.get("dicom.bind")):
@@ -341,6 +358,11 @@ class DicomServer:
             if errors:
                 raise OSError("; ".join(errors))
         return True
+
+    def _listener_settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """What the listeners are built from (a change of any of it is applied by `reload`)."""
+        return {**{k: settings[k] for k in DICOM_LISTENER_KEYS + ("dicom.timeout",)},
+                "shared": self.settings.dicom_workers() > 1}
 
     def ports(self) -> list[int]:
         return [server.server_address[1] for server in self.servers]

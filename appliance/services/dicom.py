@@ -16,13 +16,17 @@ LOG = logging.getLogger("burnstation.dicom")
 
 
 def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
-          ready: threading.Event | None = None) -> None:
-    """Run the DICOM service until `stop` is set (or SIGTERM/SIGINT when run in the main thread)."""
+          ready: threading.Event | None = None, worker: int = 1) -> None:
+    """Run the DICOM service until `stop` is set (or SIGTERM/SIGINT when run in the main thread).
+
+    `worker`: which of the `dicom.workers` processes this is (the supervisor runs `dicom` as
+    worker 1 and `dicom:K` as worker K; they share the ports, each association is one worker's).
+    """
     stop = stop_event(stop)
     settings = Settings(data_dir)
-    server = DicomServer(Path(data_dir), settings)
+    server = DicomServer(Path(data_dir), settings, worker)
     server.ctx.store.remove_stale_temp_files()
-    interrupted = index.close_interrupted_associations(server.ctx.conn())
+    interrupted = index.close_interrupted_associations(server.ctx.conn(), worker, settings.dicom_workers())
     if interrupted:
         LOG.warning("%d association(s) were interrupted by the last stop", interrupted)
     retry = False  # a listener could not be opened (port taken, bad certificate): try again

@@ -111,7 +111,11 @@ class StationPlan(Plan):
             argv = [sys.executable, "-m", "burnstation_sim", "--spool", str(self.data_dir / "spool"),
                     "--root", str(self.sim_root), "--robots", names, "--speed", f"{self.sim_speed:g}", "--lcd"]
             specs.append(ProcessSpec("simulator", argv, {"kind": "simulator"}, notify_ready=False))
-        specs.extend(self._service(name, kind="service") for name in self.services)
+        for name in self.services:
+            specs.append(self._service(name, kind="service"))
+            if name == "dicom":  # workers 2..N: `dicom:2` ... (worker 1 is `dicom` itself)
+                specs.extend(self._service(name, "--worker", str(k), process=f"dicom:{k}", kind="service",
+                                           worker=k) for k in range(2, self.settings.dicom_workers() + 1))
         for robot in self.active_robots():
             name = robot["name"]
             specs.append(self._service("driver", "--robot", name, process=f"driver:{name}", kind="driver",

@@ -63,7 +63,8 @@ def _announce_ready(ready: threading.Event, stop: threading.Event) -> None:
     threading.Thread(target=wait, name="ready-notify", daemon=True).start()
 
 
-def run_service(data_dir: Path, name: str, robot: str | None = None, device: str | None = None) -> int:
+def run_service(data_dir: Path, name: str, robot: str | None = None, device: str | None = None,
+                worker: int = 1) -> int:
     _die_with_parent()
     if crash_requested(name, robot):
         print(f"burnstation service {name}{':' + robot if robot else ''}: crashing at start on purpose "
@@ -75,7 +76,7 @@ def run_service(data_dir: Path, name: str, robot: str | None = None, device: str
         signal.signal(sig, lambda *_: stop.set())
     _announce_ready(ready, stop)
     try:
-        return _serve(data_dir, name, stop, ready, robot, device)
+        return _serve(data_dir, name, stop, ready, robot, device, worker)
     finally:
         # a second SIGTERM during interpreter shutdown must not turn a clean exit into a kill
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -83,7 +84,7 @@ def run_service(data_dir: Path, name: str, robot: str | None = None, device: str
 
 
 def _serve(data_dir: Path, name: str, stop: threading.Event, ready: threading.Event, robot: str | None,
-           device: str | None) -> int:
+           device: str | None, worker: int = 1) -> int:
     if name == "driver":
         if not robot:
             print("burnstation service driver: --robot NAME is required", file=sys.stderr)
@@ -100,6 +101,8 @@ def _serve(data_dir: Path, name: str, stop: threading.Event, ready: threading.Ev
         raise
     if name == "panel" and device:
         module.serve(data_dir, stop, ready, device=device)
+    elif name == "dicom" and worker != 1:
+        module.serve(data_dir, stop, ready, worker=worker)
     else:
         module.serve(data_dir, stop, ready)
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from typing import Any
 
@@ -17,12 +16,6 @@ from appliance.dicom.handlers import failure_status as _failure
 from appliance.storage import OutOfSpace, file_meta_bytes
 
 LOG = logging.getLogger("burnstation.dicom.store")
-
-# Concurrent associations of this process take turns here rather than in SQLite's busy handler,
-# which sleeps 1, 2, 5, 10... ms between attempts while another connection holds the write lock
-# (measured: 15% of the C-STORE thread time with 4 associations). Other processes still meet
-# SQLite's lock as before.
-_INDEX_WRITE_LOCK = threading.Lock()
 
 SUCCESS = 0x0000
 NOT_AUTHORISED = 0x0124
@@ -106,9 +99,10 @@ class StoreHandler:
             rec.called_aet = assoc.acceptor.ae_title.strip()
             rec.calling_aet = calling
             rec.received_at = time.time()
-            conn = ctx.conn()
-            with _INDEX_WRITE_LOCK:
-                old = index.add_instance(conn, rec)
+            # concurrent associations take turns (or are committed together) in ctx.writer, not in
+            # SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between attempts; it returns
+            # only once the transaction holding this record is committed (appliance/dicom/ingest.py)
+            old = ctx.writer.add(ctx.conn(), rec)
         if old:
             try:
                 os.unlink(old)

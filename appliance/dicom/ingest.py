@@ -1,0 +1,135 @@
+"""Index writes of arriving instances: group commit within a dicom worker, one queue across workers.
+
+Why (bench/INGEST.md has the measurements): with several associations, each C-STORE paid a
+transaction of its own (BEGIN IMMEDIATE, 5 upserts, COMMIT: the same few B-tree pages written
+to the WAL again for every object), and with several dicom worker processes the transactions of
+different workers would meet in SQLite's busy handler, which sleeps 1, 2, 5, 10 ... ms before
+trying again.
+
+- Group commit (`fast_path_enabled("group_commit")`): an arrival joins the pending list; the
+  first thread to find no commit running takes the whole list and writes it in one transaction
+  (`index.add_instances`), the others wait for the commit that covers their record. Nothing is
+  added to the latency of a lone association (its commit starts at once); records pile up only
+  while a commit is running, and are then committed together. A record's C-STORE success is
+  returned only after the COMMIT that holds it returned.
+- Writer lock (`fast_path_enabled("write_lock")`): the workers of a data folder take an flock on
+  `run/index-write.lock` around that transaction, so they queue in the kernel (woken as soon as
+  the holder is done) instead of sleeping in SQLite's busy handler. Other processes (burner,
+  web) still meet SQLite's own lock, as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from appliance import index
+from appliance.dicom import pnd_tuning
+
+WRITE_LOCK_FILE = "run/index-write.lock"
+# Test hook: seconds each commit waits, files written and fsync'd, before its transaction, so a
+# test can kill a worker between write and commit and check that nothing acknowledged is missing.
+COMMIT_PAUSE_ENV = "BURNSTATION_TEST_COMMIT_PAUSE"
+
+
+class WriterLock:
+    """An flock shared by the dicom workers of one data folder (one descriptor per thread)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / WRITE_LOCK_FILE
+        self._local = threading.local()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        fd = getattr(self._local, "fd", None)
+        if fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._local.fd = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+class _Pending:
+    __slots__ = ("rec", "done", "old", "error")
+
+    def __init__(self, rec: index.InstanceRecord) -> None:
+        self.rec = rec
+        self.done = False
+        self.old: str | None = None
+        self.error: BaseException | None = None
+
+
+class IndexWriter:
+    """`add(conn, rec)`: index one arrival, return the replaced path; returns only once committed."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.lock = WriterLock(data_dir)
+        self.group = pnd_tuning.fast_path_enabled("group_commit")
+        self.cross_process = pnd_tuning.fast_path_enabled("write_lock")
+        self._mutex = threading.Lock()  # one transaction of this process at a time
+        self._cond = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._committing = False
+        self.batches = 0  # commits made, and records they held (for tests and the bench)
+        self.records = 0
+        self.before_commit: Callable[[list[index.InstanceRecord]], None] | None = None  # test hook
+        pause = float(os.environ.get(COMMIT_PAUSE_ENV) or 0)
+        if pause > 0:
+            self.before_commit = lambda _recs: time.sleep(pause)
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return self.lock.held() if self.cross_process else contextlib.nullcontext()
+
+    def add(self, conn: sqlite3.Connection, rec: index.InstanceRecord) -> str | None:
+        if not self.group:
+            with self._mutex, self._locked():
+                self.batches += 1
+                self.records += 1
+                return index.add_instance(conn, rec)
+        item = _Pending(rec)
+        with self._cond:
+            self._pending.append(item)
+            while self._committing and not item.done:
+                self._cond.wait()
+            if not item.done:  # no commit running and ours is still pending: we commit the lot
+                self._committing = True
+                batch, self._pending = self._pending, []
+        if not item.done:
+            self._commit(conn, batch)
+        if item.error is not None:
+            raise item.error
+        return item.old
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Pending]) -> None:
+        results: list[str | None | Exception] | None = None
+        error: BaseException | None = None
+        try:
+            with self._locked():
+                if self.before_commit is not None:
+                    self.before_commit([p.rec for p in batch])
+                results = index.add_instances(conn, [p.rec for p in batch])
+        except BaseException as exc:  # the whole batch failed: nobody's record is committed
+            error = exc
+        with self._cond:
+            self.batches += 1
+            self.records += len(batch)
+            for n, pending in enumerate(batch):
+                if results is None:
+                    pending.error = error
+                elif isinstance(results[n], Exception):
+                    pending.error = results[n]  # type: ignore[assignment]
+                else:
+                    pending.old = results[n]  # type: ignore[assignment]
+                pending.done = True
+            self._committing = False
+            self._cond.notify_all()
