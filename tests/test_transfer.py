@@ -288,6 +288,156 @@ def test_ten_transfers_never_more_than_max_connections(site, tmp_path: Path) -> 
         peer.close()
 
 
+def test_move_scp_sub_associations_share_the_cap_with_transfers(site, tmp_path: Path) -> None:
+    """The dicom process's C-MOVE SCP and the transfer process draw on one station-wide cap."""
+    st = site["st"]
+    local = write_study(tmp_path / "cap", 1, 3, patient_id="PCAP", rows=16, cols=16)
+    assert dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port), *map(str, local)).returncode == 0
+    peer = CountingPeer("CAPPEER", delay=0.15)
+    try:
+        burnstation(st.data, "nodes", "add", "CAPPEER", "127.0.0.1", str(peer.port))
+        burnstation(st.data, "nodes", "add", "MOVER", "127.0.0.1", str(free_port()))
+        burnstation(st.data, "config", "set", "dicom.max_connections=2")
+        with contextlib.closing(db.connect(st.data)) as conn:
+            uids = jobs.select_instances(conn, study_of(local))
+            ids = [jobs.create_send(conn, "CAPPEER", uids, study_uid=study_of(local)) for _ in range(4)]
+        wait_for(lambda: peer.open >= 1, 30, "the first send")
+        results: list[list] = [[], []]
+        moves = [threading.Thread(target=lambda out=out: out.append(dcmtk(
+            "movescu", "-S", "-aet", "MOVER", "-aec", "BURNSTATION", "-aem", "CAPPEER",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_of(local)}",
+            "127.0.0.1", str(st.port)))) for out in results]
+        for m in moves:
+            m.start()
+        finals = [wait_final(st.data, tid) for tid in ids]
+        for m in moves:
+            m.join(TIMEOUT)
+        assert [t["state"] for t in finals] == ["done"] * 4
+        for (move,) in results:
+            assert move.returncode == 0 and "Failed" not in move.stderr, move.stderr
+        assert peer.connections == 6
+        assert peer.peak == 2, f"{peer.peak} associations open at once"
+        assert Counter(peer.received) == {sop_uid(p): 6 for p in local}
+    finally:
+        burnstation(st.data, "config", "set", "dicom.max_connections=4")
+        burnstation(st.data, "nodes", "delete", "MOVER")
+        peer.close()
+
+
+def test_move_that_finds_no_free_slot_fails_after_the_timeout(site, tmp_path: Path) -> None:
+    """A C-MOVE waits at most dicom.timeout for a slot, then answers a failure without connecting."""
+    from appliance.dicom import slots
+
+    st = site["st"]
+    local = write_study(tmp_path / "busy", 1, 2, patient_id="PBUSY", rows=16, cols=16)
+    assert dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port), *map(str, local)).returncode == 0
+    peer = CountingPeer("BUSYPEER")
+    burnstation(st.data, "nodes", "add", "BUSYPEER", "127.0.0.1", str(peer.port))
+    burnstation(st.data, "nodes", "add", "MOVER", "127.0.0.1", str(free_port()))
+    burnstation(st.data, "config", "set", "dicom.max_connections=1", "dicom.timeout=3")
+    held = slots.OutgoingSlots(st.data, lambda: 1).try_acquire()  # as a running transfer would
+    try:
+        assert held is not None
+        started = time.monotonic()
+        move = dcmtk("movescu", "-S", "-aet", "MOVER", "-aec", "BURNSTATION", "-aem", "BUSYPEER",
+                     "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_of(local)}",
+                     "127.0.0.1", str(st.port))
+        took = time.monotonic() - started
+    finally:
+        if held is not None:
+            held.release()
+        burnstation(st.data, "config", "set", "dicom.max_connections=4", "dicom.timeout=10")
+        burnstation(st.data, "nodes", "delete", "MOVER")
+        peer.close()
+    assert 3 <= took < 9, took
+    assert "0xc514" in (move.stdout + move.stderr).lower(), move.stdout + move.stderr
+    assert peer.connections == 0
+
+
+class PatientRootOnly:
+    """A TCP proxy in front of Orthanc that makes it a node without Study Root: in the
+    A-ASSOCIATE-RQ, the Study Root Q/R abstract syntaxes become an unknown UID of the same length,
+    which Orthanc rejects; everything else passes unchanged."""
+
+    STUDY_ROOT = [b"1.2.840.10008.5.1.4.1.2.2." + n for n in (b"1", b"2", b"3")]
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.rewritten = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
+            header = self._read(client, 6)
+            body = self._read(client, int.from_bytes(header[2:6], "big"))
+            for uid in self.STUDY_ROOT:
+                self.rewritten += body.count(uid)
+                body = body.replace(uid, b"1.2.840.10008.5.1.4.1.2.9." + uid[-1:])
+            upstream.sendall(header + body)
+            back = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
+            back.start()
+            self._pipe(client, upstream)
+            back.join(30)
+
+    @staticmethod
+    def _read(sock: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_retrieve_by_patient_root_from_a_node_without_study_root(site, tmp_path: Path) -> None:
+    st, pacs = site["st"], site["pacs"]
+    files = write_study(tmp_path / "proot", 1, 3, patient_id="PROOT1", rows=16, cols=16)
+    pacs.upload(files)
+    proxy = PatientRootOnly(pacs.dicom_port)
+    try:
+        for name, method in (("PROOTMOVE", "move"), ("PROOTGET", "get")):
+            burnstation(st.data, "nodes", "add", name, "127.0.0.1", str(proxy.port), "--retrieve", method)
+        out = burnstation(st.data, "retrieve", "PROOTMOVE", "--study", study_of(files), timeout=TIMEOUT)
+        t = transfer(st.data, queued_id(out.stdout))
+        assert t["state"] == "done" and t["completed"] == 3 and "Patient Root" in t["message"], t
+        check_retrieved(st.data, files)
+        series = str(dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        out = burnstation(st.data, "retrieve", "PROOTGET", "--study", study_of(files), "--series", series,
+                          timeout=TIMEOUT)
+        t = transfer(st.data, queued_id(out.stdout))
+        assert t["state"] == "done" and t["completed"] == 3 and t["method"] == "get", t
+        assert "Patient Root" in t["message"], t
+        assert proxy.rewritten >= 4  # Study Root was offered (move, find; get, find) and taken away
+    finally:
+        proxy.close()
+        for name in ("PROOTMOVE", "PROOTGET"):
+            burnstation(st.data, "nodes", "delete", name, check=False)
+
+
 def test_peer_that_never_answers_fails_after_the_timeout(site) -> None:
     st = site["st"]
     with socket.socket() as silent:

@@ -1,4 +1,4 @@
-"""The station as a client: echo and send to known nodes, within `dicom.max_connections`."""
+"""The station as a client: echo and send to known nodes, within `dicom.max_connections` (slots.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from pynetdicom import AE, _config, build_context, evt
 
 from appliance import tlsca
 from appliance.config import Node, Settings
-from appliance.dicom.handlers.retrieve import contexts_for, outgoing_slots, prepare
+from appliance.dicom import slots
+from appliance.dicom.handlers.retrieve import contexts_for, prepare
 
 
 def _client_ae(settings: Settings) -> AE:
@@ -36,7 +37,11 @@ def echo(data_dir: str | os.PathLike[str], settings: Settings, node: Node) -> tu
     """C-ECHO a known node; (success, human-readable result)."""
     ae = _client_ae(settings)
     ae.add_requested_context("1.2.840.10008.1.1")
-    with outgoing_slots(int(settings.get("dicom.max_connections"))):
+    try:
+        slot = slots.take(data_dir, int(settings.get("dicom.max_connections")), float(settings.get("dicom.timeout")))
+    except slots.Busy as exc:
+        return False, str(exc)
+    with slot:
         assoc = ae.associate(node.host, node.port, ae_title=node.aet, tls_args=_tls_args(data_dir, node, settings))
         if not assoc.is_established:
             if assoc.is_rejected:
@@ -172,7 +177,11 @@ def send_files(data_dir: str | os.PathLike[str], settings: Settings, node: Node,
     rows = list(rows)
     contexts = contexts_for(rows) or [build_context("1.2.840.10008.1.1")]
     sent = 0
-    with outgoing_slots(int(settings.get("dicom.max_connections"))):
+    try:
+        slot = slots.take(data_dir, int(settings.get("dicom.max_connections")), float(settings.get("dicom.timeout")))
+    except slots.Busy:
+        return 0, len(rows)
+    with slot:
         try:
             assoc = associate(data_dir, settings, node, contexts)
         except AssociationFailed:
