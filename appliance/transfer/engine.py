@@ -298,6 +298,7 @@ class Runner:
         counts = {"remaining": 0, "completed": 0, "failed": 0, "warning": 0}
         final: Any = None
         how = ""
+        last_write = 0.0
         try:
             accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
             model = next((m for m in models if m in accepted), None)
@@ -322,7 +323,11 @@ class Runner:
                     if value is not None:
                         counts[key] = int(value)
                 if code in (0xFF00, 0xFF01):
-                    jobs.update(self.conn, self.id, peer_status=f"0x{code:04X}", **counts)
+                    # the counts at most every PROGRESS_SECONDS: a write per pending response would
+                    # compete with the dicom process indexing the very instances that arrive
+                    if time.monotonic() - last_write >= PROGRESS_SECONDS:
+                        last_write = time.monotonic()
+                        jobs.update(self.conn, self.id, peer_status=f"0x{code:04X}", **counts)
                     if self.cancelled():
                         assoc.abort()
                         jobs.finish(self.conn, self.id, jobs.CANCELLED, message="cancelled by the user", **counts)
