@@ -74,10 +74,8 @@ def test_pdus_fit_the_peers_maximum_and_carry_the_bytes(size: int) -> None:
     dataset = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
     wire = b"".join(bytes(p) for p in pnd_tuning.store_rq_pdus(7, command, memoryview(dataset), 4096))
     pdus = split_pdus(wire)
-    pos = 0
     for pvs in pdus:
         assert sum(6 + len(data) for _, _, data in pvs) <= 4096
-        pos += 6 + sum(6 + len(d) for _, _, d in pvs)
     pvs = [pv for pdu in pdus for pv in pdu]
     assert pvs[0] == (7, 0x03, command)  # the whole command set first, marked last command fragment
     assert all(cx == 7 and flags in (0x00, 0x02) for cx, flags, _ in pvs[1:])

@@ -114,6 +114,29 @@ def test_forward_picks_up_matching_instances_once_and_waits_for_the_delay(data: 
     conn.close()
 
 
+def test_ack_journal_keeps_answers_a_killed_send_had_not_written(data: Path) -> None:
+    conn = db.connect(data)
+    uids = [add_instance(conn, "1.2.9") for _ in range(4)]
+    tid = jobs.create_send(conn, "PACS", uids, study_uid="1.2.9")
+    journal = jobs.AckJournal(data, tid)
+    journal.record(uids[0], "done", "0x0000")
+    journal.flush(conn)  # in state.db, the journal emptied
+    assert journal.path.stat().st_size == 0
+    journal.record(uids[1], "warning", "0xB000 coerced\tvalues\n")
+    journal.record(uids[2], "failed", "0xA700 out of resources")
+    assert {r["sop_uid"] for r in jobs.pending_rows(conn, tid)} == set(uids[1:])  # not flushed yet
+    # the process dies here: the journal holds the answers (a torn last line is left out)
+    with open(journal.path, "a") as fp:
+        fp.write(f"done\t0x0000\t{uids[3][:10]}")
+    assert jobs.apply_journals(conn, data) == 2 and not journal.path.exists()
+    assert [r["sop_uid"] for r in jobs.pending_rows(conn, tid)] == [uids[3]]
+    states = {i["sop_uid"]: (i["state"], i["status"]) for i in jobs.items(conn, tid)}
+    assert states[uids[1]] == ("warning", "0xB000 coerced values")
+    assert states[uids[2]] == ("failed", "0xA700 out of resources")
+    assert jobs.apply_journals(conn, data) == 0
+    conn.close()
+
+
 def test_slots_cap_concurrency_across_processes_and_follow_the_setting(data: Path) -> None:
     settings = Settings(data)
     settings.set("dicom.max_connections", 2)

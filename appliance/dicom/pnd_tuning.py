@@ -2,7 +2,7 @@
 
 pynetdicom is pinned to 3.0.4 in pyproject.toml, and `install()` checks at every start that each
 library function a patch replaces, copies or wraps is the reviewed 3.0.4 source (sha256 of its
-source, read from the library's files: `appliance/pnd_release.py`). A speed-only patch (2 to 3b)
+source, read from the library's files: `appliance/pnd_release.py`). A speed-only patch (2 to 3c)
 over changed code is left out, with a warning in the log, and the library's own code runs. The called-AE-title patch (1) carries behaviour: the
 library's path would accept other called titles than the station's, so over changed code
 `install()` raises `LibraryChanged` and the station does not start (`burnstation run` checks
@@ -669,14 +669,20 @@ _pdu_header = struct.Struct(">BBI").pack
 _pdv_header = struct.Struct(">IBB").pack
 
 
+DIRECT_MAX_BYTES = 64 << 20  # larger files go through the library, which reads them in chunks
+
+
 class DirectStoreError(RuntimeError):
     """The direct path met something it does not handle; the association is no longer usable."""
 
 
 def read_stored(path: str) -> tuple[dict[int, str], memoryview] | None:
     """(file meta UIDs by element number, the data set bytes) of a DICOM file, or None if it has no
-    standard file meta (Explicit VR Little Endian group 0002 after the 128-byte preamble)."""
+    standard file meta (Explicit VR Little Endian group 0002 after the 128-byte preamble) or is
+    larger than DIRECT_MAX_BYTES."""
     with open(path, "rb") as fp:
+        if os.fstat(fp.fileno()).st_size > DIRECT_MAX_BYTES:
+            return None
         data = fp.read()
     if data[128:132] != b"DICM":
         return None
@@ -769,9 +775,11 @@ class LentSocket:
         dul._bs_parked.clear()  # type: ignore[attr-defined]
         dul._bs_lent.set()  # type: ignore[attr-defined]
         _notify_dul(dul)
-        if not dul._bs_parked.wait(self.timeout or 30):  # type: ignore[attr-defined]
-            self.give_back()
-            raise DirectStoreError("the DUL thread did not let go of the socket")
+        deadline = time.monotonic() + (self.timeout or 30)
+        while not dul._bs_parked.wait(0.05):  # type: ignore[attr-defined]
+            if not dul.is_alive() or time.monotonic() > deadline:
+                self.give_back()
+                raise DirectStoreError("the association's DUL thread did not let go of the socket")
         self.sock = cast(Any, dul.socket).socket
         return self
 

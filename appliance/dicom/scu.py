@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -174,7 +175,7 @@ def store_rows(assoc: Any, rows: Iterable[dict]) -> Iterator[tuple[dict, int | N
                     if lent is None:
                         lent = pnd_tuning.LentSocket(assoc).__enter__()
                     code, comment = lent.store(meta[0x0002], meta[0x0003], meta[0x0010], dataset)
-                except (pnd_tuning.DirectStoreError, OSError) as exc:
+                except (pnd_tuning.DirectStoreError, OSError, struct.error, ValueError) as exc:
                     if lent is not None:
                         lent.give_back()
                         lent = None

@@ -4,8 +4,9 @@ One dispatcher (the `transfer` service loop) starts the oldest queued transfer w
 the station-wide cap is free (`appliance/dicom/slots.py`, shared with the dicom process's C-MOVE
 SCP), each on a thread of its own holding one slot for its one association; queries take a slot
 too (waiting at most `dicom.timeout` for one). Every wait on a peer is bounded by `dicom.timeout`
-(pynetdicom's ACSE, DIMSE, network and connection time-outs). Progress goes to state.db at once:
-a send records each acknowledged instance, so after a crash it resumes with what is left.
+(pynetdicom's ACSE, DIMSE, network and connection time-outs). A send journals each answer of the
+peer before the next instance goes out (jobs.AckJournal; state.db in batches), so after a crash
+it resumes with what the peer did not acknowledge.
 """
 
 from __future__ import annotations
@@ -224,6 +225,7 @@ class Runner:
         last_status, last_comment = "", ""
         lost = ""
         last_write = 0.0
+        journal = jobs.AckJournal(self.data_dir, self.id)
         try:
             jobs.update(self.conn, self.id, message=f"sending to {node.aet}")
             for row, code, comment in scu.store_rows(assoc, rows):
@@ -237,16 +239,20 @@ class Runner:
                 else:
                     state = "failed"
                     last_status, last_comment = f"0x{code:04X}", comment
-                jobs.record_item(self.conn, self.id, row["sop_uid"], state, _status_text(code, comment))
+                journal.record(row["sop_uid"], state, _status_text(code, comment))  # before the next goes out
                 counts["remaining"] -= 1
                 counts[{"done": "completed"}.get(state, state)] += 1
                 if time.monotonic() - last_write >= PROGRESS_SECONDS:
                     last_write = time.monotonic()
+                    journal.flush(self.conn)
                     jobs.update(self.conn, self.id, **counts)
                 if self.cancelled():
                     break
         finally:
-            scu.close(assoc)
+            try:
+                journal.close(self.conn)
+            finally:
+                scu.close(assoc)
         if lost and not self.cancelled():
             self.fail(f"association with {node.aet} lost during the send: {lost}", last_status, **self._counts())
             return
@@ -447,6 +453,9 @@ class Engine:
         self._pruned = 0.0
 
     def recover(self) -> None:
+        journaled = jobs.apply_journals(self.conn, self.data_dir)
+        if journaled:
+            LOG.info("%d answer(s) of interrupted sends taken from their journals", journaled)
         resumed = jobs.recover(self.conn)
         if resumed:
             LOG.info("%d transfer(s) interrupted by the last stop queued again", resumed)
