@@ -29,6 +29,8 @@ REPLACED_SOURCES = {
     "DIMSEServiceProvider.receive_primitive": "5f99c86b14a15cefa87d914cda3591ec4d636d4c53a982e945ec9c1828c6e43f",
     "AssociationSocket.recv": "6bc20a33b1b7cfe76d4ad4407ca242563bc6206fde4b4e1cf7a2fbb1f11d621d",
     "DIMSEServiceProvider.send_msg": "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
+    # not replaced: what the direct C-STORE path (pnd_tuning 3c) does instead of it, for the requestor
+    "Association.send_c_store": "fa5a8127f349f8e75698f4cdf2b4dbe3f38e3e9e320a8cf45c15bf8333f9c283",
 }
 # the library functions each patch stands on; BEHAVIOURAL is the one that changes what the station
 # accepts (the others only make it faster and are left out when their library code changed)
@@ -40,6 +42,7 @@ PATCH_SOURCES = {
     "store_rsp": ("DIMSEServiceProvider.send_msg",),
     "store_rq": ("DIMSEServiceProvider.receive_primitive",),
     "recv": ("AssociationSocket.recv",),
+    "store_send": ("Association.send_c_store", "DULServiceProvider.run_reactor"),
 }
 
 

@@ -7,7 +7,9 @@ checked; it is not a test.
   transfer process records it, and the CLI's wall time) against dcmtk `storescu` of the same
   files (wall time, one association), both to a fresh dcmtk `storescp` and to Orthanc;
 - retrieve: `burnstation retrieve ORTHANC --study UID` (C-MOVE to the station) against dcmtk
-  `movescu` with its own storage SCP (`--port`), from the same Orthanc.
+  `movescu` with its own storage SCP (`--port`), from the same Orthanc;
+- for reference, `receive`: dcmtk `storescu` to the station (its dicom process, the path a
+  retrieve's instances take in) against `storescu` to `storescp`.
 
     .venv/bin/python bench/transfer_bench.py [--small 1000] [--large 200]
 
@@ -99,8 +101,13 @@ def main() -> int:
                 capture_output=True).stdout, 60, "the transfer process")
             for name, files in sets.items():
                 study = str(__import__("pydicom").dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
-                subprocess.run(["/usr/bin/storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port),
-                                *map(str, files)], check=True, capture_output=True, env=ENV)
+                # for reference: what the station's dicom process takes to receive the set (the
+                # floor of a C-MOVE retrieve, whose instances arrive the same way) next to storescp
+                received = timed(["/usr/bin/storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port),
+                                  *map(str, files)])
+                with storescp(root / f"scp-{name}-receive") as port:
+                    theirs = timed(["/usr/bin/storescu", "-aec", "DEST", "127.0.0.1", str(port), *map(str, files)])
+                results.append(("receive (storescu)", name, len(files), received, received, theirs))
                 # send to storescp
                 with storescp(root / f"scp-{name}-station") as port:
                     burnstation(st.data, "nodes", "add", "DEST", "127.0.0.1", str(port))

@@ -288,6 +288,176 @@ def test_ten_transfers_never_more_than_max_connections(site, tmp_path: Path) -> 
         peer.close()
 
 
+def test_move_scp_sub_associations_share_the_cap_with_transfers(site, tmp_path: Path) -> None:
+    """The dicom process's C-MOVE SCP and the transfer process draw on one station-wide cap."""
+    st = site["st"]
+    local = write_study(tmp_path / "cap", 1, 3, patient_id="PCAP", rows=16, cols=16)
+    assert dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port), *map(str, local)).returncode == 0
+    peer = CountingPeer("CAPPEER", delay=0.15)
+    try:
+        burnstation(st.data, "nodes", "add", "CAPPEER", "127.0.0.1", str(peer.port))
+        burnstation(st.data, "nodes", "add", "MOVER", "127.0.0.1", str(free_port()))
+        burnstation(st.data, "config", "set", "dicom.max_connections=2")
+        with contextlib.closing(db.connect(st.data)) as conn:
+            uids = jobs.select_instances(conn, study_of(local))
+            ids = [jobs.create_send(conn, "CAPPEER", uids, study_uid=study_of(local)) for _ in range(4)]
+        wait_for(lambda: peer.open >= 1, 30, "the first send")
+        results: list[list] = [[], []]
+        moves = [threading.Thread(target=lambda out=out: out.append(dcmtk(
+            "movescu", "-S", "-aet", "MOVER", "-aec", "BURNSTATION", "-aem", "CAPPEER",
+            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_of(local)}",
+            "127.0.0.1", str(st.port)))) for out in results]
+        for m in moves:
+            m.start()
+        finals = [wait_final(st.data, tid) for tid in ids]
+        for m in moves:
+            m.join(TIMEOUT)
+        assert [t["state"] for t in finals] == ["done"] * 4
+        for (move,) in results:
+            assert move.returncode == 0 and "Failed" not in move.stderr, move.stderr
+        assert peer.connections == 6
+        assert peer.peak == 2, f"{peer.peak} associations open at once"
+        assert Counter(peer.received) == {sop_uid(p): 6 for p in local}
+    finally:
+        burnstation(st.data, "config", "set", "dicom.max_connections=4")
+        burnstation(st.data, "nodes", "delete", "MOVER")
+        peer.close()
+
+
+def test_move_that_finds_no_free_slot_fails_after_the_timeout(site, tmp_path: Path) -> None:
+    """A C-MOVE waits at most dicom.timeout for a slot, then answers a failure without connecting."""
+    from appliance.dicom import slots
+
+    st = site["st"]
+    local = write_study(tmp_path / "busy", 1, 2, patient_id="PBUSY", rows=16, cols=16)
+    assert dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port), *map(str, local)).returncode == 0
+    peer = CountingPeer("BUSYPEER")
+    burnstation(st.data, "nodes", "add", "BUSYPEER", "127.0.0.1", str(peer.port))
+    burnstation(st.data, "nodes", "add", "MOVER", "127.0.0.1", str(free_port()))
+    burnstation(st.data, "config", "set", "dicom.max_connections=1", "dicom.timeout=3")
+    held = slots.OutgoingSlots(st.data, lambda: 1).try_acquire()  # as a running transfer would
+    try:
+        assert held is not None
+        started = time.monotonic()
+        move = dcmtk("movescu", "-S", "-aet", "MOVER", "-aec", "BURNSTATION", "-aem", "BUSYPEER",
+                     "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_of(local)}",
+                     "127.0.0.1", str(st.port))
+        took = time.monotonic() - started
+    finally:
+        if held is not None:
+            held.release()
+        burnstation(st.data, "config", "set", "dicom.max_connections=4", "dicom.timeout=10")
+        burnstation(st.data, "nodes", "delete", "MOVER")
+        peer.close()
+    assert 3 <= took < 9, took
+    # 0xC514: Failure, unable to process (the Cxxx class of PS3.4 C.4.2.1.5)
+    assert move.returncode != 0 and "Failed: UnableToProcess" in move.stderr, move.stderr
+    assert peer.connections == 0
+
+
+class PatientRootOnly:
+    """A TCP proxy in front of Orthanc that makes it a node without Study Root: in its
+    A-ASSOCIATE-AC, the presentation contexts the station proposed for Study Root Q/R are answered
+    "abstract syntax not supported" (result 3); everything else passes unchanged."""
+
+    STUDY_ROOT = {"1.2.840.10008.5.1.4.1.2.2." + n for n in "123"}
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.refused = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    @staticmethod
+    def _items(body: bytes):  # noqa: ANN205 - yields (offset, type, item bytes) after the 68-byte fixed part
+        pos = 68
+        while pos + 4 <= len(body):
+            kind, length = body[pos], int.from_bytes(body[pos + 2:pos + 4], "big")
+            yield pos, kind, body[pos + 4:pos + 4 + length]
+            pos += 4 + length
+
+    def _serve(self, client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
+            header = self._read(client, 6)
+            body = self._read(client, int.from_bytes(header[2:6], "big"))
+            study_root = set()
+            for _pos, kind, item in self._items(body):
+                if kind == 0x20 and item[4] == 0x30:  # presentation context, its abstract syntax first
+                    length = int.from_bytes(item[6:8], "big")
+                    if item[8:8 + length].rstrip(b"\0").decode() in self.STUDY_ROOT:
+                        study_root.add(item[0])
+            upstream.sendall(header + body)
+            header = self._read(upstream, 6)
+            answer = bytearray(self._read(upstream, int.from_bytes(header[2:6], "big")))
+            if header[0] == 0x02:
+                for pos, kind, item in list(self._items(bytes(answer))):
+                    if kind == 0x21 and item[0] in study_root:
+                        answer[pos + 4 + 2] = 0x03
+                        self.refused += 1
+            client.sendall(header + bytes(answer))
+            back = threading.Thread(target=self._pipe, args=(upstream, client), daemon=True)
+            back.start()
+            self._pipe(client, upstream)
+            back.join(30)
+
+    @staticmethod
+    def _read(sock: socket.socket, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while chunk := src.recv(65536):
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_retrieve_by_patient_root_from_a_node_without_study_root(site, tmp_path: Path) -> None:
+    st, pacs = site["st"], site["pacs"]
+    files = write_study(tmp_path / "proot", 1, 3, patient_id="PROOT1", rows=16, cols=16)
+    pacs.upload(files)
+    proxy = PatientRootOnly(pacs.dicom_port)
+    try:
+        for name, method in (("PROOTMOVE", "move"), ("PROOTGET", "get")):
+            burnstation(st.data, "nodes", "add", name, "127.0.0.1", str(proxy.port), "--retrieve", method)
+        out = burnstation(st.data, "retrieve", "PROOTMOVE", "--study", study_of(files), timeout=TIMEOUT)
+        t = transfer(st.data, queued_id(out.stdout))
+        assert t["state"] == "done" and t["completed"] == 3 and "Patient Root" in t["message"], t
+        check_retrieved(st.data, files)
+        series = str(dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+        out = burnstation(st.data, "retrieve", "PROOTGET", "--study", study_of(files), "--series", series,
+                          timeout=TIMEOUT)
+        t = transfer(st.data, queued_id(out.stdout))
+        assert t["state"] == "done" and t["completed"] == 3 and t["method"] == "get", t
+        assert "Patient Root" in t["message"], t
+        assert proxy.refused == 2  # Study Root was offered (move; get) and refused
+    finally:
+        proxy.close()
+        for name in ("PROOTMOVE", "PROOTGET"):
+            burnstation(st.data, "nodes", "delete", name, check=False)
+
+
 def test_peer_that_never_answers_fails_after_the_timeout(site) -> None:
     st = site["st"]
     with socket.socket() as silent:
@@ -347,20 +517,20 @@ def test_forward_rule_to_a_stopped_orthanc_then_started(site, tmp_path: Path) ->
 
 def test_cancel_a_running_send_then_retry_sends_the_rest(site, tmp_path: Path) -> None:
     st = site["st"]
-    local = write_study(tmp_path / "cancel", 1, 12, patient_id="PCANCEL", rows=16, cols=16)
+    local = write_study(tmp_path / "cancel", 1, 40, patient_id="PCANCEL", rows=16, cols=16)
     assert dcmtk("storescu", "-aec", "BURNSTATION", "127.0.0.1", str(st.port), *map(str, local)).returncode == 0
-    peer = CountingPeer("CANCELME", delay=0.25)
+    peer = CountingPeer("CANCELME", delay=0.25)  # 10 s of sending: room for the CLI on a loaded machine
     try:
         burnstation(st.data, "nodes", "add", "CANCELME", "127.0.0.1", str(peer.port))
         tid = queued_id(burnstation(st.data, "send", "CANCELME", "--study", study_of(local), "--no-wait").stdout)
         wait_for(lambda: len(peer.received) >= 2, TIMEOUT, "the send to be under way")
         assert "cancel requested" in burnstation(st.data, "transfers", "cancel", tid).stdout
         t = wait_final(st.data, tid)
-        assert t["state"] == "cancelled" and 0 < t["completed"] < 12 and t["remaining"] == 12 - t["completed"], t
+        assert t["state"] == "cancelled" and 0 < t["completed"] < 40 and t["remaining"] == 40 - t["completed"], t
         assert len(peer.received) == t["completed"]
         assert "queued again" in burnstation(st.data, "transfers", "retry", tid).stdout
         t = wait_final(st.data, tid)
-        assert t["state"] == "done" and t["completed"] == 12, t
+        assert t["state"] == "done" and t["completed"] == 40, t
         assert Counter(peer.received) == {sop_uid(p): 1 for p in local}  # nothing sent twice
     finally:
         peer.close()

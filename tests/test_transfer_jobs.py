@@ -3,6 +3,8 @@ delay), the connection cap and query identifiers. No station process is started.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ from support import make_dataset
 
 from appliance import db, index
 from appliance.config import SettingError, Settings, make_node
+from appliance.dicom import slots
 from appliance.transfer import engine, jobs, rules
 
 
@@ -111,18 +114,65 @@ def test_forward_picks_up_matching_instances_once_and_waits_for_the_delay(data: 
     conn.close()
 
 
-def test_slots_cap_concurrency_and_follow_the_setting(data: Path) -> None:
+def test_ack_journal_keeps_answers_a_killed_send_had_not_written(data: Path) -> None:
+    conn = db.connect(data)
+    uids = [add_instance(conn, "1.2.9") for _ in range(4)]
+    tid = jobs.create_send(conn, "PACS", uids, study_uid="1.2.9")
+    journal = jobs.AckJournal(data, tid)
+    journal.record(uids[0], "done", "0x0000")
+    journal.flush(conn)  # in state.db, the journal emptied
+    assert journal.path.stat().st_size == 0
+    journal.record(uids[1], "warning", "0xB000 coerced\tvalues\n")
+    journal.record(uids[2], "failed", "0xA700 out of resources")
+    assert {r["sop_uid"] for r in jobs.pending_rows(conn, tid)} == set(uids[1:])  # not flushed yet
+    # the process dies here: the journal holds the answers (a torn last line is left out)
+    with open(journal.path, "a") as fp:
+        fp.write(f"done\t0x0000\t{uids[3][:10]}")
+    assert jobs.apply_journals(conn, data) == 2 and not journal.path.exists()
+    assert [r["sop_uid"] for r in jobs.pending_rows(conn, tid)] == [uids[3]]
+    states = {i["sop_uid"]: (i["state"], i["status"]) for i in jobs.items(conn, tid)}
+    assert states[uids[1]] == ("warning", "0xB000 coerced values")
+    assert states[uids[2]] == ("failed", "0xA700 out of resources")
+    assert jobs.apply_journals(conn, data) == 0
+    conn.close()
+
+
+def test_slots_cap_concurrency_across_processes_and_follow_the_setting(data: Path) -> None:
     settings = Settings(data)
     settings.set("dicom.max_connections", 2)
-    slots = engine.Slots(settings)
-    assert slots.try_acquire() and slots.try_acquire() and not slots.try_acquire()
-    started = time.monotonic()
-    assert not slots.acquire(0.3) and time.monotonic() - started >= 0.3
-    threading.Timer(0.2, slots.release).start()
-    assert slots.acquire(5)
-    settings.set("dicom.max_connections", 3)
-    assert slots.try_acquire() and not slots.try_acquire()
-    assert slots.peak == 3
+    cap = slots.OutgoingSlots(data, lambda: int(settings.get("dicom.max_connections")))
+    # another process (the dicom process's C-MOVE SCP) holds one slot: only one is left here
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_ONE_SLOT, str(data)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        first = cap.try_acquire()
+        assert first is not None and cap.try_acquire() is None
+        started = time.monotonic()
+        assert cap.acquire(0.3) is None and time.monotonic() - started >= 0.3
+        with pytest.raises(slots.Busy, match="dicom.timeout=0.1s"):
+            slots.take(data, 2, 0.1)
+        holder.kill()  # a process that dies lets go of its slot
+        holder.wait()
+        second = cap.acquire(5)
+        assert second is not None
+        threading.Timer(0.2, first.release).start()
+        third = cap.acquire(5)
+        assert third is not None
+        settings.set("dicom.max_connections", 3)
+        assert cap.try_acquire() is not None and cap.try_acquire() is None
+        assert cap.peak == 3
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD_ONE_SLOT = """
+import sys, time
+from appliance.dicom import slots
+slot = slots.OutgoingSlots(sys.argv[1], lambda: 2).try_acquire()
+print("held" if slot is not None else "none", flush=True)
+time.sleep(60)
+"""
 
 
 def test_query_identifier() -> None:

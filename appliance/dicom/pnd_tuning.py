@@ -2,7 +2,7 @@
 
 pynetdicom is pinned to 3.0.4 in pyproject.toml, and `install()` checks at every start that each
 library function a patch replaces, copies or wraps is the reviewed 3.0.4 source (sha256 of its
-source, read from the library's files: `appliance/pnd_release.py`). A speed-only patch (2 to 3b)
+source, read from the library's files: `appliance/pnd_release.py`). A speed-only patch (2 to 3c)
 over changed code is left out, with a warning in the log, and the library's own code runs. The called-AE-title patch (1) carries behaviour: the
 library's path would accept other called titles than the station's, so over changed code
 `install()` raises `LibraryChanged` and the station does not start (`burnstation run` checks
@@ -59,6 +59,18 @@ module relies on changes shape, so an upgrade is a deliberate act.
    reads into a preallocated bytearray with `recv_into` instead; same result, same behaviour at
    end of stream (returns what was read), same exceptions (time-outs, resets).
 
+3c. C-STORE requests sent directly by the requestor (`direct_store`, the transfer process). The
+   library's send_c_store encodes the command set with pydicom (twice), hands each P-DATA to the
+   DUL thread through a queue, and the response comes back through the DUL thread and another
+   queue: two thread hand-offs and two pydicom codecs per object, plus one per 16 KiB PDU of a
+   large one. While `lend_socket` holds an established requestor association, the DUL thread
+   leaves the socket alone (it waits on its wake-up socket only) and the calling thread writes
+   each request (command set packed with struct, first data fragment in the same PDU, the stored
+   file's data set bytes as they are) and reads the C-STORE-RSP itself. Anything it does not
+   expect (another PDU type, an A-ABORT, a time-out) ends the direct path: the socket goes back
+   to the DUL and the association is aborted. Only for stored syntaxes the peer accepted as they
+   are, with no PDU/DIMSE event handlers bound; everything else takes the library's path.
+
 4. Protocol logging handlers only in debug mode. pynetdicom binds its "standard" logging
    handlers (a formatted log of every PDU and DIMSE message) to every association; they do
    their work even when the log level discards it. `set_protocol_logging(False)` binds none;
@@ -112,6 +124,7 @@ _ORIGINAL_ASSOC_KILL = Association.kill
 _ORIGINAL_SEND_MSG = DIMSEServiceProvider.send_msg
 _ORIGINAL_RECV = AssociationSocket.recv
 _ORIGINAL_RECEIVE_PRIMITIVE = DIMSEServiceProvider.receive_primitive
+_ORIGINAL_SEND_C_STORE = Association.send_c_store  # not replaced; pinned for 3c, which stands in for it
 _ORIGINAL = {
     "Association._run_reactor": Association._run_reactor,
     "DULServiceProvider.run_reactor": DULServiceProvider.run_reactor,
@@ -126,6 +139,7 @@ _installed = False
 
 IDLE_WAIT = 0.05  # seconds a reactor blocks when idle before re-checking its timers
 _INLINE_STORE = False  # 2b on (set by install)
+_DIRECT_STORE = False  # 3c on (set by install)
 
 
 
@@ -216,6 +230,8 @@ def _association_init(self: Association, ae: Any, mode: str) -> None:
     dul = self.dul
     dul._bs_waker = None  # type: ignore[attr-defined]
     dul._bs_ident = None  # type: ignore[attr-defined]
+    dul._bs_lent = threading.Event()  # type: ignore[attr-defined]
+    dul._bs_parked = threading.Event()  # type: ignore[attr-defined]
     dul.event_queue = _WakeQueue(lambda: _notify_dul(dul))
     dul.to_provider_queue = _WakeQueue(lambda: _notify_dul(dul))
     dul.to_user_queue = _WakeQueue(self._bs_wake.set)
@@ -260,7 +276,8 @@ def _dul_wait(dul: DULServiceProvider, waker_r: socket.socket) -> None:
     rlist: list[Any] = [waker_r]
     assoc_sock = dul.socket
     raw = getattr(assoc_sock, "socket", None)
-    if raw is not None and getattr(assoc_sock, "_is_connected", False):
+    lent = getattr(dul, "_bs_lent", None)
+    if raw is not None and getattr(assoc_sock, "_is_connected", False) and not (lent is not None and lent.is_set()):
         if isinstance(raw, ssl.SSLSocket) and raw.pending():
             return
         rlist.append(raw)
@@ -275,6 +292,17 @@ def _dul_wait(dul: DULServiceProvider, waker_r: socket.socket) -> None:
                 pass
         except OSError:
             pass
+
+
+def _wait_waker(waker_r: socket.socket) -> None:
+    """3c: while the socket is lent, wait for a wake-up only (never read the peer's data)."""
+    try:
+        readable, _, _ = select.select([waker_r], [], [], IDLE_WAIT)
+        if readable:
+            while waker_r.recv(4096):
+                pass
+    except OSError:
+        pass
 
 
 def _dul_run_reactor(self: DULServiceProvider) -> None:
@@ -312,6 +340,13 @@ def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
 
         if self._kill_thread:
             break
+
+        lent = getattr(self, "_bs_lent", None)  # 3c: the socket is lent to a requestor thread
+        if lent is not None and lent.is_set():
+            self._bs_parked.set()  # type: ignore[attr-defined]
+            _wait_waker(waker_r)
+            sleep = False
+            continue
 
         # Check the ARTIM timer first so its event is placed on the queue
         #   ahead of any other events this loop
@@ -626,6 +661,207 @@ def _socket_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
     return buf
 
 
+# --------------------------------------------------------------------------- 3c. direct C-STORE requests
+
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_pack_ul = struct.Struct("<HHII").pack
+_pdu_header = struct.Struct(">BBI").pack
+_pdv_header = struct.Struct(">IBB").pack
+
+
+DIRECT_MAX_BYTES = 64 << 20  # larger files go through the library, which reads them in chunks
+
+
+class DirectStoreError(RuntimeError):
+    """The direct path met something it does not handle; the association is no longer usable."""
+
+
+def read_stored(path: str) -> tuple[dict[int, str], memoryview] | None:
+    """(file meta UIDs by element number, the data set bytes) of a DICOM file, or None if it has no
+    standard file meta (Explicit VR Little Endian group 0002 after the 128-byte preamble) or is
+    larger than DIRECT_MAX_BYTES."""
+    with open(path, "rb") as fp:
+        if os.fstat(fp.fileno()).st_size > DIRECT_MAX_BYTES:
+            return None
+        data = fp.read()
+    if data[128:132] != b"DICM":
+        return None
+    pos, meta = 132, {}
+    while pos + 8 <= len(data):
+        group, elem = struct.unpack_from("<HH", data, pos)
+        if group != 2:
+            break
+        if data[pos + 4:pos + 6] in _LONG_VRS:
+            (length,) = struct.unpack_from("<I", data, pos + 8)
+            start = pos + 12
+        else:
+            (length,) = struct.unpack_from("<H", data, pos + 6)
+            start = pos + 8
+        if elem in (0x0002, 0x0003, 0x0010):
+            meta[elem] = data[start:start + length].rstrip(b"\0 ").decode("ascii", "replace")
+        pos = start + length
+    if pos > len(data) or not all(e in meta for e in (0x0002, 0x0003, 0x0010)):
+        return None
+    return meta, memoryview(data)[pos:]
+
+
+def store_rq_command(msg_id: int, sop_class: str, sop_uid: str, priority: int = 2) -> bytes:
+    """The Implicit VR Little Endian command set of a C-STORE-RQ with a data set (as the library's)."""
+    body = b"".join((
+        _text_element(0x0002, sop_class, b"\0"),
+        _pack_us(0x0000, 0x0100, 2, 0x0001),  # Command Field: C-STORE-RQ
+        _pack_us(0x0000, 0x0110, 2, msg_id),
+        _pack_us(0x0000, 0x0700, 2, priority),
+        _pack_us(0x0000, 0x0800, 2, 0x0001),  # Command Data Set Type: present
+        _text_element(0x1000, sop_uid, b"\0"),
+    ))
+    return _pack_ul(0x0000, 0x0000, 4, len(body)) + body
+
+
+def store_rq_pdus(context_id: int, command: bytes, dataset: memoryview, max_pdu: int) -> list[Any]:
+    """The P-DATA-TF PDUs of one C-STORE-RQ: the command set and the first data fragment in one PDU
+    when they fit, then fragments of at most the peer's maximum PDU length."""
+    room = (max_pdu or 1 << 20) - 6  # PDV data per PDU (PDV item header: 4 + 1 + 1 bytes)
+    if len(command) > room:
+        raise DirectStoreError("command set larger than the peer's PDU")
+    cmd_pdv = _pdv_header(len(command) + 2, context_id, 0x03) + command
+    parts: list[Any] = []
+    first = max(0, min(len(dataset), room - len(command) - 6))
+    if first:
+        last = first == len(dataset)
+        parts += [_pdu_header(0x04, 0, len(cmd_pdv) + 6 + first), cmd_pdv,
+                  _pdv_header(first + 2, context_id, 0x02 if last else 0x00), dataset[:first]]
+    else:
+        parts += [_pdu_header(0x04, 0, len(cmd_pdv)), cmd_pdv]
+    pos = first
+    while pos < len(dataset) or not len(dataset):
+        chunk = dataset[pos:pos + room]
+        pos += len(chunk)
+        last = pos >= len(dataset)
+        parts += [_pdu_header(0x04, 0, len(chunk) + 6), _pdv_header(len(chunk) + 2, context_id, 0x02 if last else 0x00),
+                  chunk]
+        if last:
+            break
+    return parts
+
+
+def parse_command(command: bytes) -> dict[int, bytes]:
+    """Element number -> value of an Implicit VR Little Endian command set (group 0000)."""
+    values, pos = {}, 0
+    while pos + 8 <= len(command):
+        group, elem, length = _unpack_element(command, pos)
+        if group != 0 or pos + 8 + length > len(command):
+            raise DirectStoreError("malformed command set")
+        values[elem] = command[pos + 8:pos + 8 + length]
+        pos += 8 + length
+    return values
+
+
+class LentSocket:
+    """An established requestor association's socket, lent to the calling thread (3c)."""
+
+    def __init__(self, assoc: Association) -> None:
+        self.assoc = assoc
+        self.dul = assoc.dul
+        self.sock: Any = None
+        self.timeout = float(assoc.dimse_timeout or 0) or None
+        self.msg_id = 0
+        self.max_pdu = int(assoc.acceptor.maximum_length or 0)
+        self.contexts = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])): int(cx.context_id)
+                         for cx in assoc.accepted_contexts}
+
+    def __enter__(self) -> LentSocket:
+        dul = self.dul
+        dul._bs_parked.clear()  # type: ignore[attr-defined]
+        dul._bs_lent.set()  # type: ignore[attr-defined]
+        _notify_dul(dul)
+        deadline = time.monotonic() + (self.timeout or 30)
+        while not dul._bs_parked.wait(0.05):  # type: ignore[attr-defined]
+            if not dul.is_alive() or time.monotonic() > deadline:
+                self.give_back()
+                raise DirectStoreError("the association's DUL thread did not let go of the socket")
+        self.sock = cast(Any, dul.socket).socket
+        return self
+
+    def give_back(self) -> None:
+        self.dul._bs_lent.clear()  # type: ignore[attr-defined]
+        self.dul._idle_timer.restart()
+        _notify_dul(self.dul)
+
+    def __exit__(self, *exc: object) -> None:
+        self.give_back()
+
+    def _recv(self, n: int, deadline: float | None) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            if not (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise DirectStoreError(f"no answer within dicom.timeout={self.timeout:g}s")
+                readable, _, _ = select.select([self.sock], [], [], left)
+                if not readable:
+                    continue
+            k = self.sock.recv_into(view[got:], n - got)
+            if not k:
+                raise DirectStoreError("connection closed by the peer")
+            got += k
+        view.release()
+        return bytes(buf)
+
+    def store(self, sop_class: str, sop_uid: str, ts: str, dataset: memoryview) -> tuple[int, str]:
+        """Send one C-STORE-RQ and read its response: (status, error comment). KeyError: the peer did
+        not accept (sop_class, ts) as is; DirectStoreError/OSError: the association is lost."""
+        context_id = self.contexts[(sop_class, ts)]
+        self.msg_id = self.msg_id % 65535 + 1
+        parts = store_rq_pdus(context_id, store_rq_command(self.msg_id, sop_class, sop_uid), dataset,
+                              self.max_pdu)
+        self.sock.sendall(b"".join(parts))
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        command = b""
+        while True:
+            kind, _, length = struct.unpack(">BBI", self._recv(6, deadline))
+            body = self._recv(length, deadline)
+            if kind != 0x04:
+                raise DirectStoreError({0x07: "association aborted by the peer",
+                                        0x05: "the peer asked to release the association"}.get(
+                                           kind, f"unexpected PDU type 0x{kind:02X}"))
+            pos, done = 0, False
+            while pos + 6 <= length:
+                (item_len,) = struct.unpack_from(">I", body, pos)
+                ctrl = body[pos + 5]
+                if not ctrl & 0x01:
+                    raise DirectStoreError("a data set in a C-STORE response")
+                command += body[pos + 6:pos + 4 + item_len]
+                done = bool(ctrl & 0x02)
+                pos += 4 + item_len
+            if done:
+                break
+        values = parse_command(command)
+        if (values.get(0x0100) != b"\x01\x80" or values.get(0x0120) != struct.pack("<H", self.msg_id)
+                or len(values.get(0x0900, b"")) != 2):
+            raise DirectStoreError("not the C-STORE response to this request")
+        comment = values.get(0x0902, b"").rstrip(b"\0 ").decode("ascii", "replace")
+        return _unpack_us(values[0x0900])[0], comment
+
+
+def return_socket(assoc: Association) -> None:
+    """Give a lent socket back to the DUL thread (nothing when it is not lent)."""
+    lent = getattr(assoc.dul, "_bs_lent", None)
+    if lent is not None and lent.is_set():
+        lent.clear()
+        _notify_dul(assoc.dul)
+
+
+def direct_store_possible(assoc: Association) -> bool:
+    """Whether `lend_socket`/LentSocket can drive this association (3c)."""
+    return (_DIRECT_STORE and assoc.is_requestor and assoc.is_established
+            and getattr(assoc.dul, "_bs_lent", None) is not None
+            and not any(assoc.get_handlers(e) for e in (evt.EVT_PDU_SENT, evt.EVT_PDU_RECV, evt.EVT_DIMSE_SENT,
+                                                       evt.EVT_DIMSE_RECV, evt.EVT_DATA_SENT, evt.EVT_DATA_RECV)))
+
+
 # --------------------------------------------------------------------------- 4. protocol logging
 
 
@@ -658,12 +894,12 @@ def drop_unrequested(assoc: Association) -> bool:
 # --------------------------------------------------------------------------- install / checks
 
 
-FAST_PATH_PARTS = ("reactors", "inline_store", "store_rq", "store_rsp", "recv", "logging", "parser")
+FAST_PATH_PARTS = ("reactors", "inline_store", "store_rq", "store_rsp", "recv", "logging", "parser", "store_send")
 
 
 def fast_path_enabled(part: str = "") -> bool:
     """Whether a speed-up is on. BURNSTATION_FASTPATH: unset or "1" = all, "0" = none, or a comma
-    list of FAST_PATH_PARTS (reactors = 2, inline_store = 2b, store_rq = 3a, store_rsp = 3, recv = 3b, logging = 4, parser = the store
+    list of FAST_PATH_PARTS (reactors = 2, inline_store = 2b, store_rq = 3a, store_rsp = 3, recv = 3b, store_send = 3c, logging = 4, parser = the store
     handler's raw attribute parser). An escape hatch for the field and for A/B measurements;
     the functional patch (1) always applies."""
     value = os.environ.get("BURNSTATION_FASTPATH", "1").strip()
@@ -680,7 +916,7 @@ def install() -> None:
 
     Raises LibraryChanged (nothing applied) when the called-AE-title patch cannot be applied.
     """
-    global _installed, _INLINE_STORE
+    global _installed, _INLINE_STORE, _DIRECT_STORE
     if _installed:
         return
     skipped = check_library()
@@ -697,6 +933,7 @@ def install() -> None:
         DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
         DULServiceProvider.kill_dul = _dul_kill  # type: ignore[method-assign]
         DULServiceProvider.stop_dul = _dul_stop  # type: ignore[method-assign]
+        _DIRECT_STORE = "store_send" not in skipped and fast_path_enabled("store_send")  # 3c needs 2's loop
     if "store_rsp" not in skipped and fast_path_enabled("store_rsp"):
         DIMSEServiceProvider.send_msg = _dimse_send_msg  # type: ignore[method-assign]
     if "store_rq" not in skipped and fast_path_enabled("store_rq"):
@@ -707,7 +944,7 @@ def install() -> None:
 
 def uninstall() -> None:
     """Restore the library's own functions (tests compare patched and unpatched behaviour)."""
-    global _installed, _INLINE_STORE
+    global _installed, _INLINE_STORE, _DIRECT_STORE
     originals = original_functions()
     for name, func in originals.items():
         cls_name, attr = name.split(".")
@@ -716,6 +953,7 @@ def uninstall() -> None:
         setattr(cls, attr, func)
     _installed = False
     _INLINE_STORE = False
+    _DIRECT_STORE = False
 
 
 def source_hash(func: Any) -> str:
@@ -736,6 +974,7 @@ def original_functions() -> dict[str, Any]:
         "DIMSEServiceProvider.send_msg": _ORIGINAL_SEND_MSG,
         "AssociationSocket.recv": _ORIGINAL_RECV,
         "DIMSEServiceProvider.receive_primitive": _ORIGINAL_RECEIVE_PRIMITIVE,
+        "Association.send_c_store": _ORIGINAL_SEND_C_STORE,
     }
 
 

@@ -1,10 +1,11 @@
-"""The station as a client: echo and send to known nodes, within `dicom.max_connections`."""
+"""The station as a client: echo and send to known nodes, within `dicom.max_connections` (slots.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
+import struct
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -15,7 +16,8 @@ from pynetdicom import AE, _config, build_context, evt
 
 from appliance import tlsca
 from appliance.config import Node, Settings
-from appliance.dicom.handlers.retrieve import contexts_for, outgoing_slots, prepare
+from appliance.dicom import pnd_tuning, slots
+from appliance.dicom.handlers.retrieve import contexts_for, prepare
 
 
 def _client_ae(settings: Settings) -> AE:
@@ -36,7 +38,11 @@ def echo(data_dir: str | os.PathLike[str], settings: Settings, node: Node) -> tu
     """C-ECHO a known node; (success, human-readable result)."""
     ae = _client_ae(settings)
     ae.add_requested_context("1.2.840.10008.1.1")
-    with outgoing_slots(int(settings.get("dicom.max_connections"))):
+    try:
+        slot = slots.take(data_dir, int(settings.get("dicom.max_connections")), float(settings.get("dicom.timeout")))
+    except slots.Busy as exc:
+        return False, str(exc)
+    with slot:
         assoc = ae.associate(node.host, node.port, ae_title=node.aet, tls_args=_tls_args(data_dir, node, settings))
         if not assoc.is_established:
             if assoc.is_rejected:
@@ -104,6 +110,7 @@ def _hold_reactor(assoc: Any) -> None:
 
 def close(assoc: Any) -> None:
     """Release an association opened by `associate` (abort when it is no longer established)."""
+    pnd_tuning.return_socket(assoc)
     try:
         if assoc.is_established:
             assoc.release()
@@ -144,26 +151,64 @@ STORE_OK = (0x0000, 0xB000, 0xB007, 0xB006)
 
 
 def store_rows(assoc: Any, rows: Iterable[dict]) -> Iterator[tuple[dict, int | None, str]]:
-    """C-STORE indexed instances over `assoc`; yields (row, status or None when none came, comment)."""
+    """C-STORE indexed instances over `assoc`; yields (row, status or None when none came, comment).
+
+    A stored file whose syntax the peer accepted as is goes out as its bytes, by the calling
+    thread itself (pnd_tuning 3c) when that path is on, else through the library's send_c_store;
+    anything else is read, converted if needed (`prepare`) and sent by the library.
+    """
     accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
-    for row in rows:
-        try:
-            if _config.STORE_SEND_CHUNKED_DATASET and (row["sop_class"], row["transfer_syntax"]) in accepted:
-                status = assoc.send_c_store(Path(row["path"]))  # the file's bytes as they are, not decoded
-            else:
-                status = assoc.send_c_store(prepare(dcmread(Path(row["path"])), assoc.accepted_contexts))
-        except Exception as exc:
-            yield row, None, f"{type(exc).__name__}: {exc}"[:300]
+    direct = pnd_tuning.direct_store_possible(assoc)
+    lent: pnd_tuning.LentSocket | None = None
+    try:
+        for row in rows:
+            stored = None
+            if direct and (row["sop_class"], row["transfer_syntax"]) in accepted:
+                try:
+                    stored = pnd_tuning.read_stored(row["path"])
+                except OSError as exc:
+                    yield row, None, f"{type(exc).__name__}: {exc}"[:300]
+                    continue
+            if stored is not None and (stored[0][0x0002], stored[0][0x0010]) in accepted:
+                meta, dataset = stored
+                try:
+                    if lent is None:
+                        lent = pnd_tuning.LentSocket(assoc).__enter__()
+                    code, comment = lent.store(meta[0x0002], meta[0x0003], meta[0x0010], dataset)
+                except (pnd_tuning.DirectStoreError, OSError, struct.error, ValueError) as exc:
+                    if lent is not None:
+                        lent.give_back()
+                        lent = None
+                    assoc.abort()
+                    yield row, None, f"{type(exc).__name__}: {exc}"[:300]
+                    return
+                yield row, code, comment
+                continue
+            if lent is not None:  # the library's path needs the DUL thread on the socket again
+                lent.give_back()
+                lent = None
+            yield from _store_with_library(assoc, row, accepted)
             if not assoc.is_established:
                 return
-            continue
-        code = getattr(status, "Status", None) if status is not None else None
-        comment = str(getattr(status, "ErrorComment", "") or "") if status is not None else ""
-        if code is None and not comment:
-            comment = "no answer (timed out or aborted)"
-        yield row, code, comment
-        if code is None and not assoc.is_established:
-            return
+    finally:
+        if lent is not None:
+            lent.give_back()
+
+
+def _store_with_library(assoc: Any, row: dict, accepted: set[tuple[str, str]]) -> Iterator[tuple[dict, int | None, str]]:
+    try:
+        if _config.STORE_SEND_CHUNKED_DATASET and (row["sop_class"], row["transfer_syntax"]) in accepted:
+            status = assoc.send_c_store(Path(row["path"]))  # the file's bytes as they are, not decoded
+        else:
+            status = assoc.send_c_store(prepare(dcmread(Path(row["path"])), assoc.accepted_contexts))
+    except Exception as exc:
+        yield row, None, f"{type(exc).__name__}: {exc}"[:300]
+        return
+    code = getattr(status, "Status", None) if status is not None else None
+    comment = str(getattr(status, "ErrorComment", "") or "") if status is not None else ""
+    if code is None and not comment:
+        comment = "no answer (timed out or aborted)"
+    yield row, code, comment
 
 
 def send_files(data_dir: str | os.PathLike[str], settings: Settings, node: Node,
@@ -172,7 +217,11 @@ def send_files(data_dir: str | os.PathLike[str], settings: Settings, node: Node,
     rows = list(rows)
     contexts = contexts_for(rows) or [build_context("1.2.840.10008.1.1")]
     sent = 0
-    with outgoing_slots(int(settings.get("dicom.max_connections"))):
+    try:
+        slot = slots.take(data_dir, int(settings.get("dicom.max_connections")), float(settings.get("dicom.timeout")))
+    except slots.Busy:
+        return 0, len(rows)
+    with slot:
         try:
             assoc = associate(data_dir, settings, node, contexts)
         except AssociationFailed:

@@ -31,6 +31,8 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     # C-STORE of a file whose stored syntax the peer accepted: its bytes as they are (scu.store_rows)
     _config.STORE_SEND_CHUNKED_DATASET = True
     engine = Engine(Path(data_dir))
+    # pynetdicom's per-PDU logging handlers only with dicom.debug (they also keep 3c off)
+    pnd_tuning.set_protocol_logging(bool(engine.settings.get("dicom.debug")))
     engine.recover()
     if ready is not None:
         ready.set()

@@ -1,10 +1,12 @@
 """The transfer engine: runs queued transfers and queries within `dicom.max_connections`.
 
-One dispatcher (the `transfer` service loop) starts the oldest queued transfer whenever a slot is
-free, each on a thread of its own holding one slot for its one association; queries take a slot
+One dispatcher (the `transfer` service loop) starts the oldest queued transfer whenever a slot of
+the station-wide cap is free (`appliance/dicom/slots.py`, shared with the dicom process's C-MOVE
+SCP), each on a thread of its own holding one slot for its one association; queries take a slot
 too (waiting at most `dicom.timeout` for one). Every wait on a peer is bounded by `dicom.timeout`
-(pynetdicom's ACSE, DIMSE, network and connection time-outs). Progress goes to state.db at once:
-a send records each acknowledged instance, so after a crash it resumes with what is left.
+(pynetdicom's ACSE, DIMSE, network and connection time-outs). A send journals each answer of the
+peer before the next instance goes out (jobs.AckJournal; state.db in batches), so after a crash
+it resumes with what the peer did not acknowledge.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import StoragePresentationContexts, build_context, build_role, evt
 from pynetdicom.sop_class import (
     PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
@@ -31,6 +35,7 @@ from appliance import db, index
 from appliance.config import Node, Settings
 from appliance.dicom import scu
 from appliance.dicom.handlers.retrieve import contexts_for
+from appliance.dicom.slots import OutgoingSlots, Slot
 from appliance.storage import OutOfSpace, Store, file_meta_bytes
 from appliance.transfer import jobs
 from appliance.transfer.rules import list_rules
@@ -52,45 +57,6 @@ DEFAULT_KEYS = {
 
 class QueryError(ValueError):
     """A query the station cannot send (bad level or key); the message says why."""
-
-
-class Slots:
-    """The cap on outgoing associations: all of them are opened by this process, so this is station-wide.
-    The limit is read from the settings at every acquire, so a change applies to the next association."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.cond = threading.Condition()
-        self.used = 0
-        self.peak = 0
-
-    def limit(self) -> int:
-        return int(self.settings.get("dicom.max_connections"))
-
-    def try_acquire(self) -> bool:
-        with self.cond:
-            if self.used >= self.limit():
-                return False
-            self.used += 1
-            self.peak = max(self.peak, self.used)
-            return True
-
-    def acquire(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self.cond:
-            while self.used >= self.limit():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self.cond.wait(min(left, 1.0))
-            self.used += 1
-            self.peak = max(self.peak, self.used)
-            return True
-
-    def release(self) -> None:
-        with self.cond:
-            self.used -= 1
-            self.cond.notify_all()
 
 
 def _status_text(code: int | None, comment: str = "") -> str:
@@ -259,6 +225,7 @@ class Runner:
         last_status, last_comment = "", ""
         lost = ""
         last_write = 0.0
+        journal = jobs.AckJournal(self.data_dir, self.id)
         try:
             jobs.update(self.conn, self.id, message=f"sending to {node.aet}")
             for row, code, comment in scu.store_rows(assoc, rows):
@@ -272,16 +239,20 @@ class Runner:
                 else:
                     state = "failed"
                     last_status, last_comment = f"0x{code:04X}", comment
-                jobs.record_item(self.conn, self.id, row["sop_uid"], state, _status_text(code, comment))
+                journal.record(row["sop_uid"], state, _status_text(code, comment))  # before the next goes out
                 counts["remaining"] -= 1
                 counts[{"done": "completed"}.get(state, state)] += 1
                 if time.monotonic() - last_write >= PROGRESS_SECONDS:
                     last_write = time.monotonic()
+                    journal.flush(self.conn)
                     jobs.update(self.conn, self.id, **counts)
                 if self.cancelled():
                     break
         finally:
-            scu.close(assoc)
+            try:
+                journal.close(self.conn)
+            finally:
+                scu.close(assoc)
         if lost and not self.cancelled():
             self.fail(f"association with {node.aet} lost during the send: {lost}", last_status, **self._counts())
             return
@@ -311,11 +282,14 @@ class Runner:
         if self.t["series_uid"]:
             ds.SeriesInstanceUID = self.t["series_uid"]
         get = self.t["method"] == "get"
-        model = StudyRootQueryRetrieveInformationModelGet if get else StudyRootQueryRetrieveInformationModelMove
-        contexts = [build_context(model)]
+        # Study Root, or Patient Root when the node only takes that (then with the study's Patient ID,
+        # asked by a Patient Root C-FIND on the same association)
+        models = ((StudyRootQueryRetrieveInformationModelGet, PatientRootQueryRetrieveInformationModelGet) if get
+                  else (StudyRootQueryRetrieveInformationModelMove, PatientRootQueryRetrieveInformationModelMove))
+        contexts = [build_context(m) for m in (*models, PatientRootQueryRetrieveInformationModelFind)]
         handlers, roles = [], []
         if get:
-            storage = [cx.abstract_syntax for cx in StoragePresentationContexts][:127]
+            storage = [cx.abstract_syntax for cx in StoragePresentationContexts][:128 - len(contexts)]
             contexts += [build_context(uid) for uid in storage]
             roles = [build_role(uid, scp_role=True) for uid in storage]
             store = GetStore(self.data_dir, self.settings, node.aet)
@@ -329,11 +303,20 @@ class Runner:
             return
         counts = {"remaining": 0, "completed": 0, "failed": 0, "warning": 0}
         final: Any = None
+        how = ""
+        last_write = 0.0
         try:
-            if not any(str(cx.abstract_syntax) == model for cx in assoc.accepted_contexts):
-                self.fail(f"{node.aet} does not accept C-{'GET' if get else 'MOVE'} (Study Root)")
+            accepted = {str(cx.abstract_syntax) for cx in assoc.accepted_contexts}
+            model = next((m for m in models if m in accepted), None)
+            if model is None:
+                self.fail(f"{node.aet} does not accept C-{'GET' if get else 'MOVE'} (Study Root or Patient Root)")
                 return
-            jobs.update(self.conn, self.id, message=f"retrieving from {node.aet} by C-{'GET' if get else 'MOVE'}")
+            root = "Study Root" if model == models[0] else "Patient Root"
+            how = "" if model == models[0] else " (Patient Root)"
+            if model == models[1]:
+                ds.PatientID = self._patient_id(assoc, accepted)
+            jobs.update(self.conn, self.id,
+                        message=f"retrieving from {node.aet} by C-{'GET' if get else 'MOVE'} ({root})")
             responses = (assoc.send_c_get(ds, model) if get
                          else assoc.send_c_move(ds, self.settings.aet(), model))
             for status, _identifier in responses:
@@ -346,7 +329,11 @@ class Runner:
                     if value is not None:
                         counts[key] = int(value)
                 if code in (0xFF00, 0xFF01):
-                    jobs.update(self.conn, self.id, peer_status=f"0x{code:04X}", **counts)
+                    # the counts at most every PROGRESS_SECONDS: a write per pending response would
+                    # compete with the dicom process indexing the very instances that arrive
+                    if time.monotonic() - last_write >= PROGRESS_SECONDS:
+                        last_write = time.monotonic()
+                        jobs.update(self.conn, self.id, peer_status=f"0x{code:04X}", **counts)
                     if self.cancelled():
                         assoc.abort()
                         jobs.finish(self.conn, self.id, jobs.CANCELLED, message="cancelled by the user", **counts)
@@ -362,7 +349,7 @@ class Runner:
         elif code == 0x0000 and not counts["failed"]:
             counts["remaining"] = 0
             jobs.finish(self.conn, self.id, jobs.DONE, peer_status="0x0000",
-                        message=f"{counts['completed'] + counts['warning']} instance(s) retrieved", **counts)
+                        message=f"{counts['completed'] + counts['warning']} instance(s) retrieved{how}", **counts)
             if self.t["burn"]:
                 self.burn()
         elif code == 0xFE00:
@@ -371,6 +358,21 @@ class Runner:
         else:
             what = f"{counts['failed']} sub-operation(s) failed" if code == 0xB000 else "retrieve failed"
             self.fail(f"{node.aet}: {what} (status {_status_text(code, comment)})", f"0x{code:04X}", **counts)
+
+    def _patient_id(self, assoc: Any, accepted: set[str]) -> str:
+        """The Patient ID of the study (a Patient Root identifier needs it): Patient Root C-FIND at study
+        level; empty (universal) when the node takes no C-FIND or does not say."""
+        if PatientRootQueryRetrieveInformationModelFind not in accepted:
+            return ""
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.PatientID = ""
+        q.StudyInstanceUID = self.t["study_uid"]
+        found = ""
+        for status, identifier in assoc.send_c_find(q, PatientRootQueryRetrieveInformationModelFind):
+            if getattr(status, "Status", None) in (0xFF00, 0xFF01) and identifier is not None and not found:
+                found = str(identifier.get("PatientID", "") or "")
+        return found
 
     def burn(self) -> None:
         """Retrieve and burn: a disc job of exactly what was retrieved (the study, or the series)."""
@@ -444,13 +446,16 @@ class Engine:
         self.data_dir = Path(data_dir)
         self.settings = settings or Settings(self.data_dir)
         self.conn = db.connect(self.data_dir)
-        self.slots = Slots(self.settings)
+        self.slots = OutgoingSlots(self.data_dir, lambda: int(self.settings.get("dicom.max_connections")))
         self.running: dict[str, threading.Thread] = {}
         self.lock = threading.Lock()
         self._forwarded = 0.0
         self._pruned = 0.0
 
     def recover(self) -> None:
+        journaled = jobs.apply_journals(self.conn, self.data_dir)
+        if journaled:
+            LOG.info("%d answer(s) of interrupted sends taken from their journals", journaled)
         resumed = jobs.recover(self.conn)
         if resumed:
             LOG.info("%d transfer(s) interrupted by the last stop queued again", resumed)
@@ -474,24 +479,24 @@ class Engine:
         with self.lock:
             for tid in [t for t, th in self.running.items() if not th.is_alive()]:
                 del self.running[tid]
-        while self.slots.try_acquire():
+        while (slot := self.slots.try_acquire()) is not None:
             transfer = jobs.next_queued(self.conn, skip=list(self.running))
             if transfer is None or not jobs.claim(self.conn, transfer["id"]):
-                self.slots.release()
+                slot.release()
                 if transfer is None:
                     return
                 continue
-            thread = threading.Thread(target=self._run, args=(transfer,), name=f"transfer-{transfer['id']}",
+            thread = threading.Thread(target=self._run, args=(transfer, slot), name=f"transfer-{transfer['id']}",
                                       daemon=True)
             with self.lock:
                 self.running[transfer["id"]] = thread
             thread.start()
 
-    def _run(self, transfer: dict[str, Any]) -> None:
+    def _run(self, transfer: dict[str, Any], slot: Slot) -> None:
         try:
             Runner(self, transfer).run()
         finally:
-            self.slots.release()
+            slot.release()
 
     def _answer(self, request: dict[str, Any]) -> None:
         conn = db.connect(self.data_dir)
@@ -501,7 +506,8 @@ class Engine:
                 jobs.answer_request(conn, request["id"], error=f"{request['node']!r} is not a known node")
                 return
             timeout = float(self.settings.get("dicom.timeout"))
-            if not self.slots.acquire(timeout):
+            slot = self.slots.acquire(timeout)
+            if slot is None:
                 jobs.answer_request(conn, request["id"], error=f"all {self.slots.limit()} outgoing connections "
                                     f"stayed busy for dicom.timeout={timeout:g}s")
                 return
@@ -515,7 +521,7 @@ class Engine:
                                    params.get("keys", {}))
                 jobs.answer_request(conn, request["id"], result=result)
             finally:
-                self.slots.release()
+                slot.release()
         except Exception as exc:
             jobs.answer_request(conn, request["id"], error=str(exc) or type(exc).__name__)
         finally:

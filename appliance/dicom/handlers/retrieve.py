@@ -4,7 +4,6 @@ their transfer syntax, decompressed to Explicit VR Little Endian when it only ta
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,29 +13,13 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 
 from appliance import tlsca
-from appliance.dicom import byteorder, query
+from appliance.dicom import byteorder, query, slots
 from appliance.dicom.context import StationContext, state_of
 
 LOG = logging.getLogger("burnstation.dicom.retrieve")
 
 PATIENT_ROOT = {"1.2.840.10008.5.1.4.1.2.1.2", "1.2.840.10008.5.1.4.1.2.1.3"}
 NATIVE = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-
-# one process-wide cap on outgoing associations ("Maximum connections", seed)
-_outgoing_lock = threading.Lock()
-_outgoing: threading.BoundedSemaphore | None = None
-_outgoing_size = 0
-
-
-def outgoing_slots(size: int) -> threading.BoundedSemaphore:
-    """The semaphore that caps concurrent outgoing associations at `dicom.max_connections`."""
-    global _outgoing, _outgoing_size
-    with _outgoing_lock:
-        if _outgoing is None or _outgoing_size != size:
-            _outgoing = threading.BoundedSemaphore(size)
-            _outgoing_size = size
-        return _outgoing
-
 
 def prepare(ds: Dataset, accepted: list[Any]) -> Dataset:
     """Make `ds` sendable over one of the accepted contexts: decompress when only native is taken,
@@ -110,8 +93,16 @@ class MoveHandler:
         if dest.tls:
             kwargs["tls_args"] = (tlsca.client_context(self.ctx.data_dir,
                                                        trusted_ca=self.ctx.settings.get("dicom.tls_trusted_ca")), None)
-        slots = outgoing_slots(int(self.ctx.settings.get("dicom.max_connections")))
-        slots.acquire()
+        # the sub-association counts in the station-wide cap, shared with the transfer process;
+        # no slot within dicom.timeout: raised at the first yield, pynetdicom answers 0xC514
+        # (Failure: unable to process) without connecting to the destination
+        limit = int(self.ctx.settings.get("dicom.max_connections"))
+        timeout = float(self.ctx.settings.get("dicom.timeout"))
+        try:
+            slot = slots.take(self.ctx.data_dir, limit, timeout)
+        except slots.Busy as exc:
+            LOG.warning("C-MOVE to %s refused: %s", dest.aet, exc)
+            raise
         try:
             yield dest.host, dest.port, kwargs
             if caller is None:
@@ -125,7 +116,7 @@ class MoveHandler:
             yield len(rows)
             yield from _send(rows, event, lambda: holder["assoc"].accepted_contexts)
         finally:
-            slots.release()
+            slot.release()
 
 
 class GetHandler:
