@@ -231,7 +231,7 @@ def burnstation(data: Path, *args: str, check: bool = True, timeout: float = 60,
     (`appliance.cli.main`, about a second of imports less per call) unless `process`: a real
     process, for the tests of the entry point itself (exit status of the script, environment)."""
     argv = ["--data", str(data), *args]
-    if process:
+    if process or os.environ.get("BURNSTATION_TEST_CLI_PROCESS") == "1":  # (every call a process: to compare)
         proc = subprocess.run([str(BIN / "burnstation"), *argv], capture_output=True, text=True, timeout=timeout,
                               input=input)
     else:
