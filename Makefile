@@ -64,8 +64,11 @@ lint: venv
 test: deps venv lint
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
+# in FAST_WORKERS processes (pytest-xdist; a module's tests stay together, so its module fixtures
+# are built once); FAST_WORKERS=0 runs them in this one process
+FAST_WORKERS ?= 2
 test-fast: deps venv lint
-	$(VENV)/bin/python -m pytest -q -m "not station" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -m "not station" -n $(FAST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 bench: deps venv
 	$(VENV)/bin/python bench/store_bench.py

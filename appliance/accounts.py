@@ -17,6 +17,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -266,31 +267,35 @@ def _hash_id(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
 
 
-def new_session(conn: sqlite3.Connection, username: str, address: str, idle_seconds: float) -> tuple[str, str]:
-    """A fresh session (id, csrf token); expired sessions are dropped on the way."""
-    now = time.time()
-    conn.execute("DELETE FROM sessions WHERE last_seen < ?", (now - idle_seconds,))
+def new_session(conn: sqlite3.Connection, username: str, address: str, idle_seconds: float,
+                now: Callable[[], float] = time.time) -> tuple[str, str]:
+    """A fresh session (id, csrf token); expired sessions are dropped on the way. `now`: the clock
+    (tests drive one instead of waiting out an idle timeout)."""
+    at = now()
+    conn.execute("DELETE FROM sessions WHERE last_seen < ?", (at - idle_seconds,))
     session_id, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
     conn.execute("INSERT INTO sessions (id_hash, username, csrf, address, created_at, last_seen) "
-                 "VALUES (?, ?, ?, ?, ?, ?)", (_hash_id(session_id), username, csrf, address[:64], now, now))
+                 "VALUES (?, ?, ?, ?, ?, ?)", (_hash_id(session_id), username, csrf, address[:64], at, at))
     return session_id, csrf
 
 
-def get_session(conn: sqlite3.Connection, session_id: str, idle_seconds: float) -> dict[str, Any] | None:
-    """The live session for a cookie value (touching it), with the user's current role; None if idle too long."""
+def get_session(conn: sqlite3.Connection, session_id: str, idle_seconds: float,
+                now: Callable[[], float] = time.time) -> dict[str, Any] | None:
+    """The live session for a cookie value (touching it), with the user's current role; None if idle
+    too long by the clock `now`."""
     if not session_id or len(session_id) > 128:
         return None
     key = _hash_id(session_id)
     row = conn.execute("SELECT s.*, u.role FROM sessions s LEFT JOIN users u ON u.name=s.username "
                        "WHERE s.id_hash=?", (key,)).fetchone()
-    now = time.time()
+    at = now()
     if row is None:
         return None
-    if row["last_seen"] < now - idle_seconds or (row["username"] and row["role"] is None):
+    if row["last_seen"] < at - idle_seconds or (row["username"] and row["role"] is None):
         conn.execute("DELETE FROM sessions WHERE id_hash=?", (key,))
         return None
-    if now - row["last_seen"] > 5:
-        conn.execute("UPDATE sessions SET last_seen=? WHERE id_hash=?", (now, key))
+    if at - row["last_seen"] > 5:
+        conn.execute("UPDATE sessions SET last_seen=? WHERE id_hash=?", (at, key))
     return dict(row)
 
 

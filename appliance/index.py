@@ -823,3 +823,114 @@ def sync_with_files(conn: sqlite3.Connection, storage_dir: Path) -> tuple[int, i
             conn.execute("DELETE FROM instances WHERE sop_uid=?", (sop,))
             _prune(conn, series, study)
     return added, len(gone), bad
+
+
+# --- the query model's reads (C-FIND, C-MOVE, C-GET) ---------------------------------------------
+# appliance/dicom/query.py turns an identifier into conditions on these columns (aliases p, st, se,
+# i for patients, studies, series, instances); the statements on the tables are built here.
+
+QUERY_LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
+_QUERY_KEY = {"PATIENT": "p.patient_id", "STUDY": "st.study_uid", "SERIES": "se.series_uid", "IMAGE": "i.sop_uid"}
+
+# keyword → (level, column): what C-FIND matches on and returns from the index
+QUERY_COLUMNS: dict[str, tuple[str, str]] = {
+    "PatientID": ("PATIENT", "p.id_value"),
+    "PatientName": ("PATIENT", "p.patient_name"),
+    "PatientBirthDate": ("PATIENT", "p.birth_date"),
+    "PatientSex": ("PATIENT", "p.sex"),
+    "IssuerOfPatientID": ("PATIENT", "p.issuer"),
+    "StudyInstanceUID": ("STUDY", "st.study_uid"),
+    "StudyDate": ("STUDY", "st.study_date"),
+    "StudyTime": ("STUDY", "st.study_time"),
+    "AccessionNumber": ("STUDY", "st.accession"),
+    "StudyID": ("STUDY", "st.study_id"),
+    "StudyDescription": ("STUDY", "st.description"),
+    "ReferringPhysicianName": ("STUDY", "st.referring"),
+    "InstitutionName": ("STUDY", "st.institution"),
+    "SeriesInstanceUID": ("SERIES", "se.series_uid"),
+    "Modality": ("SERIES", "se.modality"),
+    "SeriesNumber": ("SERIES", "se.series_number"),
+    "SeriesDescription": ("SERIES", "se.description"),
+    "BodyPartExamined": ("SERIES", "se.body_part"),
+    "SeriesDate": ("SERIES", "se.series_date"),
+    "SeriesTime": ("SERIES", "se.series_time"),
+    "SOPInstanceUID": ("IMAGE", "i.sop_uid"),
+    "SOPClassUID": ("IMAGE", "i.sop_class"),
+    "InstanceNumber": ("IMAGE", "i.instance_number"),
+}
+
+# computed attributes: keyword → (minimum level, SQL expression)
+QUERY_COMPUTED: dict[str, tuple[str, str]] = {
+    "NumberOfPatientRelatedStudies": ("PATIENT", "(SELECT COUNT(*) FROM studies x WHERE x.patient_id=p.patient_id)"),
+    "NumberOfPatientRelatedSeries": ("PATIENT", "(SELECT COUNT(*) FROM series x JOIN studies y ON "
+                                                "x.study_uid=y.study_uid WHERE y.patient_id=p.patient_id)"),
+    "NumberOfPatientRelatedInstances": ("PATIENT", "(SELECT COUNT(*) FROM instances x JOIN studies y ON "
+                                                   "x.study_uid=y.study_uid WHERE y.patient_id=p.patient_id)"),
+    "NumberOfStudyRelatedSeries": ("STUDY", "(SELECT COUNT(*) FROM series x WHERE x.study_uid=st.study_uid)"),
+    "NumberOfStudyRelatedInstances": ("STUDY", "(SELECT COUNT(*) FROM instances x WHERE x.study_uid=st.study_uid)"),
+    "ModalitiesInStudy": ("STUDY", "(SELECT group_concat(DISTINCT x.modality) FROM series x "
+                                   "WHERE x.study_uid=st.study_uid AND x.modality<>'')"),
+    "SOPClassesInStudy": ("STUDY", "(SELECT group_concat(DISTINCT x.sop_class) FROM instances x "
+                                   "WHERE x.study_uid=st.study_uid)"),
+    "NumberOfSeriesRelatedInstances": ("SERIES", "(SELECT COUNT(*) FROM instances x "
+                                                 "WHERE x.series_uid=se.series_uid)"),
+}
+
+_QUERY_FROM = {
+    "PATIENT": "patients p",
+    "STUDY": "studies st JOIN patients p ON p.patient_id=st.patient_id",
+    "SERIES": "series se JOIN studies st ON st.study_uid=se.study_uid JOIN patients p ON p.patient_id=st.patient_id",
+    "IMAGE": "instances i JOIN series se ON se.series_uid=i.series_uid JOIN studies st ON st.study_uid=i.study_uid "
+             "JOIN patients p ON p.patient_id=st.patient_id",
+}
+
+_QUERY_REPRESENTATIVE = {
+    "PATIENT": "(SELECT x.path FROM instances x JOIN studies y ON x.study_uid=y.study_uid "
+               "WHERE y.patient_id=p.patient_id LIMIT 1)",
+    "STUDY": "(SELECT x.path FROM instances x WHERE x.study_uid=st.study_uid LIMIT 1)",
+    "SERIES": "(SELECT x.path FROM instances x WHERE x.series_uid=se.series_uid LIMIT 1)",
+    "IMAGE": "i.path",
+}
+
+
+def query_series_condition(matches: str) -> str:
+    """A condition true for a study with a series for which `matches` (on alias x) holds
+    (ModalitiesInStudy)."""
+    return f"EXISTS (SELECT 1 FROM series x WHERE x.study_uid=st.study_uid AND ({matches}))"
+
+
+def query_matches(conn: sqlite3.Connection, level: str, where: Sequence[str], args: Sequence[Any],
+                  requested: Iterable[str]) -> Iterator[sqlite3.Row]:
+    """The entities of `level` meeting every condition of `where`, ordered by key: the columns of
+    their level and above by keyword, the computed attributes asked for (`requested`), and `_pkey`
+    (the patient key), `_path` (a file of the entity), `_charset` (and `_ts` for an instance).
+    The connection needs the matching functions of `appliance.dicom.query.install_functions`."""
+    depth = QUERY_LEVELS.index(level)
+    wanted = set(requested)
+    select = [f"{col} AS {kw}" for kw, (lvl, col) in QUERY_COLUMNS.items() if QUERY_LEVELS.index(lvl) <= depth]
+    select += [f"{expr} AS {kw}" for kw, (lvl, expr) in QUERY_COMPUTED.items()
+               if QUERY_LEVELS.index(lvl) <= depth and kw in wanted]
+    select.append("p.patient_id AS _pkey")  # the index key (PatientID may be empty)
+    select.append(f"{_QUERY_REPRESENTATIVE[level]} AS _path")
+    select.append("st.charset AS _charset" if depth >= 1 else "p.charset AS _charset")
+    if depth == 3:
+        select.append("i.transfer_syntax AS _ts")
+    sql = f"SELECT {', '.join(select)} FROM {_QUERY_FROM[level]}"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += f" ORDER BY {_QUERY_KEY[level]}"
+    yield from conn.execute(sql, list(args))
+
+
+def query_instances(conn: sqlite3.Connection, level: str, keys: Sequence[str]) -> list[sqlite3.Row]:
+    """The instances under the entities of `level` with these keys (`_pkey` for patients), in
+    study, series and instance-number order (C-MOVE / C-GET)."""
+    column = {"PATIENT": "st.patient_id", "STUDY": "i.study_uid", "SERIES": "i.series_uid", "IMAGE": "i.sop_uid"}[level]
+    rows: list[sqlite3.Row] = []
+    for start in range(0, len(keys), 500):
+        chunk = list(keys[start:start + 500])
+        rows.extend(conn.execute(
+            f"SELECT i.* FROM instances i JOIN studies st ON st.study_uid=i.study_uid WHERE {column} IN "
+            f"({', '.join('?' * len(chunk))}) ORDER BY i.study_uid, i.series_uid, CAST(i.instance_number AS INTEGER)",
+            chunk).fetchall())
+    return rows

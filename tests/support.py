@@ -225,12 +225,62 @@ def dcmtk(tool: str, *args: str, timeout: float = 120, check: bool = False) -> s
                           env=env, check=check)
 
 
-def burnstation(data: Path, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-    proc = subprocess.run([str(BIN / "burnstation"), "--data", str(data), *args], capture_output=True,
-                          text=True, timeout=timeout)
+def burnstation(data: Path, *args: str, check: bool = True, timeout: float = 60, input: str | None = None,
+                process: bool = False) -> subprocess.CompletedProcess:
+    """`burnstation --data <data> ARGS`, its password (if any) on standard input. In this process
+    (`appliance.cli.main`, about a second of imports less per call) unless `process`: a real
+    process, for the tests of the entry point itself (exit status of the script, environment)."""
+    argv = ["--data", str(data), *args]
+    if process or os.environ.get("BURNSTATION_TEST_CLI_PROCESS") == "1":  # (every call a process: to compare)
+        proc = subprocess.run([str(BIN / "burnstation"), *argv], capture_output=True, text=True, timeout=timeout,
+                              input=input)
+    else:
+        proc = run_cli(argv, input)
     if check and proc.returncode != 0:
         raise AssertionError(f"burnstation {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def run_cli(argv: list[str], input: str | None = None) -> subprocess.CompletedProcess:
+    """`burnstation ARGV` run in this process as the script would run it: standard input, output and
+    error of its own, its log lines on its standard error (as `logging.basicConfig` in a process
+    would), the exit status of `SystemExit` or an uncaught exception (1, with the traceback); the
+    umask it sets is put back. Not for `run` or `service` (they are the station's processes)."""
+    import io
+    import traceback
+
+    from appliance import cli
+
+    words = [a for i, a in enumerate(argv) if not a.startswith("-") and (i == 0 or argv[i - 1] != "--data")]
+    if words[:1] in (["run"], ["service"]):
+        raise ValueError("`burnstation run` and `service` run as real processes (Station, subprocess)")
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    level, umask, stdin = root.level, os.umask(0o022), sys.stdin
+    os.umask(umask)
+    root.addHandler(handler)  # before main: its basicConfig then adds no handler of its own
+    root.setLevel(logging.DEBUG if "-v" in argv or "--verbose" in argv else logging.INFO)
+    sys.stdin = io.StringIO(input or "")
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code: Any = cli.main(argv)
+            except SystemExit as exc:
+                code = exc.code
+                if isinstance(code, str):
+                    print(code, file=sys.stderr)
+                    code = 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        sys.stdin = stdin
+        root.removeHandler(handler)
+        root.setLevel(level)
+        os.umask(umask)
+    return subprocess.CompletedProcess(["burnstation", *argv], int(code or 0), out.getvalue(), err.getvalue())
 
 
 class Station:

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import BIN, burnstation
+from support import burnstation
 
 from appliance import accounts, backup, db, network, permissions, trail
 from appliance.burn import robots
@@ -23,8 +22,7 @@ PASSWORD = "correct horse battery"
 
 def _users_add(data: Path, name: str, role: str, password: str) -> None:
     """`burnstation users add`, the password on standard input as an operator types it."""
-    proc = subprocess.run([str(BIN / "burnstation"), "--data", str(data), "users", "add", name, "--role", role],
-                          input=password + "\n", capture_output=True, text=True, timeout=60)
+    proc = burnstation(data, "users", "add", name, "--role", role, input=password + "\n", check=False)
     assert proc.returncode == 0, proc.stderr
 
 

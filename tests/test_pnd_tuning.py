@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pynetdicom
 import pytest
-from pydicom.uid import generate_uid
 from pynetdicom import AE, evt
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
@@ -184,7 +183,9 @@ RSP_CASES = [
     dict(msg_id=10, status=0xB000, comment=""),
     dict(msg_id=11, status=0x0000, cls=None),
     dict(msg_id=12, status=0x0000, inst=None),
-    dict(msg_id=13, status=0x0124, cls="1.2.840.10008.5.1.4.1.1.4", inst=generate_uid()),
+    # a generated UID written out: every xdist worker must collect the same test ids
+    dict(msg_id=13, status=0x0124, cls="1.2.840.10008.5.1.4.1.1.4",
+         inst="1.2.826.0.1.3680043.8.498.89880309114946825114234130497144013816"),
     dict(msg_id=14, status=0x0000, inst="1.2.826.0.1.3680043.8.498." + "1" * 38),
 ]
 

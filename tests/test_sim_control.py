@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from test_sim_support import REPO, Sim, make_iso, parse_ini, read_ini, submit, wait_for
 
@@ -46,15 +47,18 @@ def test_offline_robot_stops_heartbeat_and_pickup(tmp_path):
         sim.ctl("primera", "fault", "offline", "on")
         tick = read_ini(status, "primera")["System"]["ServerTickCount"]
         submit(sim.spool / "primera", "O.JRQ", f"JobID=O\nImageFile={make_iso(tmp_path / 'o.iso')}\n")
+        started = time.monotonic()
         sim.ctl("primera", "status")
-        sim.ctl("primera", "status")
+        while time.monotonic() - started < 2.5:  # rounds through the loop for 2.5 s: online, the
+            sim.ctl("primera", "status")         # heartbeat (1 tick = 1 s) would have moved by 2
         assert parse_ini(status, "primera")["System"]["ServerTickCount"] == tick
         assert (sim.spool / "primera" / "O.JRQ").exists()
         assert sim.status("primera")["online"] is False
         assert sim.device("primera") is not None  # still plugged in, just not answering
         sim.ctl("primera", "fault", "offline", "off")
         sim.wait_ext(sim.spool / "primera", "O", "DON")
-        assert int(read_ini(status, "primera")["System"]["ServerTickCount"]) > int(tick)
+        wait_for(lambda: int(read_ini(status, "primera")["System"]["ServerTickCount"]) > int(tick),
+                 what="the heartbeat again")
 
 
 def test_faults_at_start_and_ctl_status(tmp_path):
@@ -73,7 +77,7 @@ def test_faults_at_start_and_ctl_status(tmp_path):
 
 def test_ctl_errors(tmp_path):
     with Sim(tmp_path, robots="epson") as sim:
-        bad = sim.ctl("epson", "fault", "melted", "on", check=False)
+        bad = sim.ctl("epson", "fault", "melted", "on", check=False, process=True)  # the real command's status
         assert bad.returncode == 1 and "fault" in bad.stderr
         nobody = sim.ctl("nosuch", "status", check=False)
         assert nobody.returncode == 1 and "no robot named" in nobody.stderr

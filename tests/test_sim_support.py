@@ -4,6 +4,7 @@ unit tests of its small parsers."""
 from __future__ import annotations
 
 import configparser
+import contextlib
 import io
 import json
 import os
@@ -145,9 +146,23 @@ class Sim:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def ctl(self, robot: str, *words: str, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run([sys.executable, "-m", "burnstation_sim", "ctl", "--root", str(self.root), robot,
-                                 *words], capture_output=True, text=True, timeout=30, cwd=REPO)
+    def ctl(self, robot: str, *words: str, check: bool = True, process: bool = False) -> subprocess.CompletedProcess:
+        """`burnstation-sim ctl`: its main in this process (the client only drops a command file and
+        waits for the reply; a process start each was most of these tests' time), or a real process."""
+        argv = ["ctl", "--root", str(self.root), robot, *words]
+        if process:
+            result = subprocess.run([sys.executable, "-m", "burnstation_sim", *argv], capture_output=True, text=True,
+                                    timeout=30, cwd=REPO)
+        else:
+            from burnstation_sim.control import ctl_main
+
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    code = ctl_main(argv[1:])
+                except SystemExit as exc:  # argparse
+                    code = exc.code if isinstance(exc.code, int) else 2
+            result = subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
         if check:
             assert result.returncode == 0, result.stderr
         return result

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,14 @@ import tiers
 TESTS = Path(__file__).resolve().parent
 
 
+@functools.cache
+def _parsed() -> tuple[tuple[str, ast.Module], ...]:
+    return tuple((path.name, ast.parse(path.read_text(), str(path))) for path in sorted(TESTS.glob("*.py")))
+
+
 def _trees() -> dict[str, ast.Module]:
-    return {path.name: ast.parse(path.read_text(), str(path)) for path in sorted(TESTS.glob("*.py"))}
+    """The test files parsed (once per session; a fresh dict, as a test may add a file to it)."""
+    return dict(_parsed())
 
 
 def _called_names(node: ast.AST) -> set[str]:

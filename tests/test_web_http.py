@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 
 import pytest
 from bottle import html_escape
-from support import BIN, burnstation, dcmtk, free_port, port_open, wait_for, write_study
+from support import BIN, Station, burnstation, dcmtk, free_port, port_open, wait_for, write_study
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 
@@ -383,8 +383,9 @@ def test_login_throttling_and_https(station, tmp_path):
     assert Client(station.http_port).login("admin", "correct horse") == 429  # per user, whatever the address
     rows = audit_rows(station)
     assert sum(r["action"] == "login-failed" and r["actor"] == "admin" for r in rows) == 10
-    time.sleep(3.5)  # BURNSTATION_TEST_LOGIN_BACKOFF: the backoff itself is what is tested
-    assert t.login("admin", "correct horse") == 303
+    # BURNSTATION_TEST_LOGIN_BACKOFF (3 s): the right password works again once it ends (a throttled
+    # attempt does not extend it; its length, doubling and cap: test_throttle_backoff_by_the_clock)
+    wait_for(lambda: t.login("admin", "correct horse") == 303, 30, "the login backoff to end", every=0.5)
 
     # HTTPS: switched on live, served with the device certificate; cookie Secure and __Host-
     token = c.csrf("/settings/http")
@@ -460,8 +461,7 @@ def test_users_cli(tmp_path, monkeypatch):
     assert code in burnstation(data, "init").stdout
 
     def users(*args: str, password: str = "") -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "burnstation"), "--data", str(data), "users", *args], input=password,
-                              capture_output=True, text=True, timeout=60)
+        return burnstation(data, "users", *args, input=password, check=False)
 
     assert users("add", "ann", "--role", "admin", password="s3cret-pass\n").returncode == 0
     assert not (data / "setup-code").exists()  # a user exists: the code is void
@@ -506,22 +506,63 @@ def test_scrypt_default_cost(monkeypatch):
 def test_sessions_are_stored_hashed_and_end_when_idle(tmp_path):
     from appliance import accounts, db
 
+    clock = [time.time()]  # driven by the test: the idle timeout passes without waiting for it
+
+    def now() -> float:
+        return clock[0]
     conn = db.connect(tmp_path)
     accounts.add_user(conn, "ann", "technician", "s3cret-pass")
-    sid, csrf = accounts.new_session(conn, "ann", "127.0.0.1", 60)
+    sid, csrf = accounts.new_session(conn, "ann", "127.0.0.1", 60, now=now)
     assert len(sid) >= 43 and len(csrf) >= 43  # 256 random bits each
     assert conn.execute("SELECT COUNT(*) FROM sessions WHERE id_hash=?", (sid,)).fetchone()[0] == 0  # not in clear
-    assert accounts.get_session(conn, sid, 60)["role"] == "technician"
-    assert accounts.get_session(conn, sid + "x", 60) is None
-    time.sleep(1.2)
-    assert accounts.get_session(conn, sid, 1) is None  # idle longer than the timeout: gone
-    assert accounts.get_session(conn, sid, 60) is None  # and deleted, not just refused
+    assert accounts.get_session(conn, sid, 60, now=now)["role"] == "technician"
+    assert accounts.get_session(conn, sid + "x", 60, now=now) is None
+    clock[0] += 0.8
+    assert accounts.get_session(conn, sid, 1, now=now)["role"] == "technician"  # idle, not yet too long
+    clock[0] += 1.2
+    assert accounts.get_session(conn, sid, 1, now=now) is None  # idle longer than the timeout: gone
+    assert accounts.get_session(conn, sid, 60, now=now) is None  # and deleted, not just refused
     sid2, _ = accounts.new_session(conn, "ann", "127.0.0.1", 60)
     accounts.set_role(conn, "ann", "viewer")
     assert accounts.get_session(conn, sid2, 60)["role"] == "viewer"  # a role change applies at once
     accounts.delete_user(conn, "ann")
     assert accounts.get_session(conn, sid2, 60) is None
     conn.close()
+
+
+def test_throttle_backoff_by_the_clock(monkeypatch):
+    """The login lock: from the tenth failure, for the backoff (doubling with each further failure, capped),
+    per key; a success or an hour without failures forgets the count. Driven by a clock, not waited out."""
+    from webui import auth
+
+    monkeypatch.delenv("BURNSTATION_TEST_LOGIN_BACKOFF")  # the station's own 60 s
+    clock = [1_000_000.0]
+    t = auth.Throttle(now=lambda: clock[0])
+    for _ in range(auth.THRESHOLD - 1):
+        t.failed("user:ann", "addr:a")
+    assert t.wait_seconds("user:ann") <= 0
+    t.failed("user:ann", "addr:a")
+    assert t.wait_seconds("user:ann") == auth.BACKOFF_SECONDS
+    assert t.wait_seconds("addr:a", "user:bob") == auth.BACKOFF_SECONDS  # the longest lock among the keys
+    assert t.wait_seconds("user:bob") <= 0
+    clock[0] += auth.BACKOFF_SECONDS - 1
+    assert t.wait_seconds("user:ann") == 1
+    clock[0] += 1
+    assert t.wait_seconds("user:ann") <= 0  # the backoff is over
+    t.failed("user:ann")
+    assert t.wait_seconds("user:ann") == 2 * auth.BACKOFF_SECONDS  # another failure: twice as long
+    for _ in range(10):
+        t.failed("user:ann")
+    assert t.wait_seconds("user:ann") == auth.BACKOFF_MAX
+    t.succeeded("user:ann")
+    assert t.wait_seconds("user:ann") <= 0
+    t.failed("user:ann")
+    assert t.wait_seconds("user:ann") <= 0  # counting starts again
+    for _ in range(auth.THRESHOLD - 2):
+        t.failed("user:cy")
+    clock[0] += auth.FORGET_SECONDS + 1
+    t.failed("user:cy")
+    assert t.wait_seconds("user:cy") <= 0  # old failures without a lock are forgotten
 
 
 def test_certificate_checks_say_why(tmp_path):
@@ -550,12 +591,20 @@ def test_certificate_checks_say_why(tmp_path):
 
 
 @pytest.fixture
-def crashing_burner(monkeypatch):
-    """The burner exits at every start (the supervisor's test hook), so it ends up failed."""
+def crashing_station(monkeypatch, tmp_path):
+    """A station whose burner exits at every start (the supervisor's test hook), so it ends up failed.
+    A start counts after 20 s, not 3: on a loaded machine the burner's imports alone can take 3 s, and
+    its exit would then be a crash after a good start (restarted with backoff), never a failed one."""
     monkeypatch.setenv("BURNSTATION_CRASH_SERVICE", "burner")
+    st = Station(tmp_path / "data", supervisor__start_seconds=20)
+    st.start()
+    yield st
+    st.stop()
 
 
-def test_reset_of_a_failed_process_from_the_cli_and_the_web(crashing_burner, station):
+def test_reset_of_a_failed_process_from_the_cli_and_the_web(crashing_station):
+    station = crashing_station
+
     def burner():
         status = json.loads(burnstation(station.data, "status", "--json").stdout)
         return next((p for p in status["processes"] if p["name"] == "burner"), None)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import pytest
 from bottle import html_escape
 from pydicom import dcmread
-from support import BIN, Station, burnstation, dcmtk, storescp, wait_for, write_study
+from support import Station, burnstation, dcmtk, storescp, wait_for, write_study
 from test_web_http import Client, make_admin, web_ready
 
 pytestmark = pytest.mark.station
@@ -35,8 +34,7 @@ def site(tmp_path_factory):
         make_admin(st, admin, "admin", PASSWORD)
         clients = {"admin": admin}
         for name in ("technician", "viewer"):
-            subprocess.run([str(BIN / "burnstation"), "--data", str(st.data), "users", "add", name, "--role", name],
-                           input=PASSWORD + "\n", capture_output=True, text=True, timeout=60, check=True)
+            burnstation(st.data, "users", "add", name, "--role", name, input=PASSWORD + "\n")
             c = Client(st.http_port)
             assert c.login(name, PASSWORD) == 303
             clients[name] = c

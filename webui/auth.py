@@ -11,6 +11,7 @@ import hmac
 import os
 import threading
 import time
+from collections.abc import Callable
 
 THRESHOLD = 10
 BACKOFF_SECONDS = 60.0
@@ -29,18 +30,20 @@ def _backoff() -> float:
 class Throttle:
     """Failures per key ("user:NAME", "addr:IP") and the time until which a key is locked."""
 
-    def __init__(self) -> None:
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        """`now`: the clock (tests drive one through a backoff instead of waiting it out)."""
+        self._now = now
         self._lock = threading.Lock()
         self._fails: dict[str, tuple[int, float, float]] = {}  # key -> (count, last failure, locked until)
 
     def wait_seconds(self, *keys: str) -> float:
         """Seconds left until the longest lock among `keys` ends (0: not locked)."""
-        now = time.time()
+        now = self._now()
         with self._lock:
             return max((self._fails.get(k, (0, 0.0, 0.0))[2] - now for k in keys), default=0.0) if keys else 0.0
 
     def failed(self, *keys: str) -> None:
-        now = time.time()
+        now = self._now()
         with self._lock:
             for key in keys:
                 count, last, until = self._fails.get(key, (0, 0.0, 0.0))

@@ -1,8 +1,9 @@
 """C-FIND matching over the study index (PS3.4 C.2.2.2): single value, wildcard, range, UID list.
 
-A query identifier becomes one SQL statement over patients/studies/series/instances. Matching
-happens in SQL (wildcards through a registered function); return keys come from the index columns
-or, for anything the index does not keep, from the first file of the matched entity. The matching
+A query identifier becomes conditions on the index columns, which `appliance.index` (the owner of
+patients/studies/series/instances) runs as one statement. Matching happens in SQL (wildcards through
+a registered function); return keys come from the index columns or, for anything the index does not
+keep, from the first file of the matched entity. The matching
 rules (wildcards, ranges, lists, time normalisation, `QueryError`) are the worklist's too:
 `appliance/dicom/matching.py`.
 """
@@ -19,6 +20,7 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
+from appliance import index
 from appliance.dicom.matching import (
     QueryError,
     has_wildcard,
@@ -29,69 +31,9 @@ from appliance.dicom.matching import (
     wildcard,
 )
 
-LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
-_ALIAS = {"PATIENT": "p", "STUDY": "st", "SERIES": "se", "IMAGE": "i"}
-_KEY_COLUMN = {"PATIENT": "p.patient_id", "STUDY": "st.study_uid", "SERIES": "se.series_uid", "IMAGE": "i.sop_uid"}
-
-# keyword → (level, SQL column)
-COLUMNS: dict[str, tuple[str, str]] = {
-    "PatientID": ("PATIENT", "p.id_value"),
-    "PatientName": ("PATIENT", "p.patient_name"),
-    "PatientBirthDate": ("PATIENT", "p.birth_date"),
-    "PatientSex": ("PATIENT", "p.sex"),
-    "IssuerOfPatientID": ("PATIENT", "p.issuer"),
-    "StudyInstanceUID": ("STUDY", "st.study_uid"),
-    "StudyDate": ("STUDY", "st.study_date"),
-    "StudyTime": ("STUDY", "st.study_time"),
-    "AccessionNumber": ("STUDY", "st.accession"),
-    "StudyID": ("STUDY", "st.study_id"),
-    "StudyDescription": ("STUDY", "st.description"),
-    "ReferringPhysicianName": ("STUDY", "st.referring"),
-    "InstitutionName": ("STUDY", "st.institution"),
-    "SeriesInstanceUID": ("SERIES", "se.series_uid"),
-    "Modality": ("SERIES", "se.modality"),
-    "SeriesNumber": ("SERIES", "se.series_number"),
-    "SeriesDescription": ("SERIES", "se.description"),
-    "BodyPartExamined": ("SERIES", "se.body_part"),
-    "SeriesDate": ("SERIES", "se.series_date"),
-    "SeriesTime": ("SERIES", "se.series_time"),
-    "SOPInstanceUID": ("IMAGE", "i.sop_uid"),
-    "SOPClassUID": ("IMAGE", "i.sop_class"),
-    "InstanceNumber": ("IMAGE", "i.instance_number"),
-}
-
-# computed attributes: keyword → (minimum level, SQL expression)
-COMPUTED: dict[str, tuple[str, str]] = {
-    "NumberOfPatientRelatedStudies": ("PATIENT", "(SELECT COUNT(*) FROM studies x WHERE x.patient_id=p.patient_id)"),
-    "NumberOfPatientRelatedSeries": ("PATIENT", "(SELECT COUNT(*) FROM series x JOIN studies y ON "
-                                                "x.study_uid=y.study_uid WHERE y.patient_id=p.patient_id)"),
-    "NumberOfPatientRelatedInstances": ("PATIENT", "(SELECT COUNT(*) FROM instances x JOIN studies y ON "
-                                                   "x.study_uid=y.study_uid WHERE y.patient_id=p.patient_id)"),
-    "NumberOfStudyRelatedSeries": ("STUDY", "(SELECT COUNT(*) FROM series x WHERE x.study_uid=st.study_uid)"),
-    "NumberOfStudyRelatedInstances": ("STUDY", "(SELECT COUNT(*) FROM instances x WHERE x.study_uid=st.study_uid)"),
-    "ModalitiesInStudy": ("STUDY", "(SELECT group_concat(DISTINCT x.modality) FROM series x "
-                                   "WHERE x.study_uid=st.study_uid AND x.modality<>'')"),
-    "SOPClassesInStudy": ("STUDY", "(SELECT group_concat(DISTINCT x.sop_class) FROM instances x "
-                                   "WHERE x.study_uid=st.study_uid)"),
-    "NumberOfSeriesRelatedInstances": ("SERIES", "(SELECT COUNT(*) FROM instances x "
-                                                 "WHERE x.series_uid=se.series_uid)"),
-}
-
-_FROM = {
-    "PATIENT": "patients p",
-    "STUDY": "studies st JOIN patients p ON p.patient_id=st.patient_id",
-    "SERIES": "series se JOIN studies st ON st.study_uid=se.study_uid JOIN patients p ON p.patient_id=st.patient_id",
-    "IMAGE": "instances i JOIN series se ON se.series_uid=i.series_uid JOIN studies st ON st.study_uid=i.study_uid "
-             "JOIN patients p ON p.patient_id=st.patient_id",
-}
-
-_REPRESENTATIVE = {
-    "PATIENT": "(SELECT x.path FROM instances x JOIN studies y ON x.study_uid=y.study_uid "
-               "WHERE y.patient_id=p.patient_id LIMIT 1)",
-    "STUDY": "(SELECT x.path FROM instances x WHERE x.study_uid=st.study_uid LIMIT 1)",
-    "SERIES": "(SELECT x.path FROM instances x WHERE x.series_uid=se.series_uid LIMIT 1)",
-    "IMAGE": "i.path",
-}
+LEVELS = index.QUERY_LEVELS
+COLUMNS = index.QUERY_COLUMNS  # keyword → (level, index column)
+COMPUTED = index.QUERY_COMPUTED  # keyword → (minimum level, computed by the index)
 
 # return keys that never come from the file
 _SKIP = {"QueryRetrieveLevel", "SpecificCharacterSet", "RetrieveAETitle", "InstanceAvailability"}
@@ -194,8 +136,9 @@ def _condition(keyword: str, column: str, vr: str, text: str, args: list[Any]) -
     return f"{column}=?"
 
 
-def build_query(identifier: Dataset, model: str = "STUDY") -> tuple[str, str, list[Any], list[str]]:
-    """Turn an identifier into (level, sql, args, requested keywords)."""
+def build_query(identifier: Dataset, model: str = "STUDY") -> tuple[str, list[str], list[Any], list[str]]:
+    """Turn an identifier into (level, conditions on the index columns with their `?` args, args,
+    requested keywords): `index.query_matches` runs them."""
     level = str(identifier.get("QueryRetrieveLevel", "")).strip().upper()
     if level not in LEVELS:
         raise QueryError(f"Query/Retrieve Level {level!r} is not one of {', '.join(LEVELS)}")
@@ -231,25 +174,13 @@ def build_query(identifier: Dataset, model: str = "STUDY") -> tuple[str, str, li
                 else:
                     ors.append("x.modality=?")
                 args.append(m.strip())
-            where.append(f"EXISTS (SELECT 1 FROM series x WHERE x.study_uid=st.study_uid AND ({' OR '.join(ors)}))")
-    select = [f"{col} AS {kw}" for kw, (lvl, col) in COLUMNS.items() if LEVELS.index(lvl) <= depth]
-    select += [f"{expr} AS {kw}" for kw, (lvl, expr) in COMPUTED.items()
-               if LEVELS.index(lvl) <= depth and kw in requested]
-    select.append("p.patient_id AS _pkey")  # the index key (PatientID may be empty)
-    select.append(f"{_REPRESENTATIVE[level]} AS _path")
-    select.append("st.charset AS _charset" if depth >= 1 else "p.charset AS _charset")
-    if depth == 3:
-        select.append("i.transfer_syntax AS _ts")
-    sql = f"SELECT {', '.join(select)} FROM {_FROM[level]}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += f" ORDER BY {_KEY_COLUMN[level]}"
-    return level, sql, args, requested
+            where.append(index.query_series_condition(" OR ".join(ors)))
+    return level, where, args, requested
 
 
 def find(conn: sqlite3.Connection, identifier: Dataset, model: str = "STUDY") -> Iterator[Match]:
-    level, sql, args, _requested = build_query(identifier, model)
-    for row in conn.execute(sql, args):
+    level, where, args, requested = build_query(identifier, model)
+    for row in index.query_matches(conn, level, where, args, requested):
         yield Match(level, row)
 
 
@@ -321,18 +252,8 @@ def _read_header(path: str | None) -> Dataset | None:
 
 def instance_rows(conn: sqlite3.Connection, identifier: Dataset, model: str = "STUDY") -> list[sqlite3.Row]:
     """All instances under the matches of a retrieve identifier (C-MOVE / C-GET)."""
-    level, sql, args, _ = build_query(identifier, model)
+    level, where, args, requested = build_query(identifier, model)
     key_kw = {"PATIENT": "_pkey", "STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID",
               "IMAGE": "SOPInstanceUID"}[level]
-    keys = [row[key_kw] for row in conn.execute(sql, args)]
-    if not keys:
-        return []
-    column = {"PATIENT": "st.patient_id", "STUDY": "i.study_uid", "SERIES": "i.series_uid", "IMAGE": "i.sop_uid"}[level]
-    rows: list[sqlite3.Row] = []
-    for start in range(0, len(keys), 500):
-        chunk = keys[start:start + 500]
-        rows.extend(conn.execute(
-            f"SELECT i.* FROM instances i JOIN studies st ON st.study_uid=i.study_uid WHERE {column} IN "
-            f"({', '.join('?' * len(chunk))}) ORDER BY i.study_uid, i.series_uid, CAST(i.instance_number AS INTEGER)",
-            chunk).fetchall())
-    return rows
+    keys = [row[key_kw] for row in index.query_matches(conn, level, where, args, requested)]
+    return index.query_instances(conn, level, keys)
