@@ -70,7 +70,10 @@ class _Connection(socketserver.BaseRequestHandler):
                     self._reply(sock, bytes(buf), True, peer)
                 return
             if not data:
-                if in_frame and buf:
+                if in_frame and buf.endswith(EB):  # the end block came, the closing CR did not: complete
+                    with contextlib.suppress(OSError):
+                        self._reply(sock, bytes(buf[:-1]), False, peer)
+                elif in_frame and buf:
                     LOG.warning("MLLP %s: connection closed in the middle of a frame", peer)
                     with contextlib.suppress(OSError):
                         self._reply(sock, bytes(buf), True, peer)
