@@ -56,8 +56,9 @@ module relies on changes shape, so an upgrade is a deliberate act.
 
 3b. Socket reads in one piece. `AssociationSocket.recv` reads a PDU in 4 KiB `recv` calls,
    appending each to a bytearray (a 128 KiB P-DATA PDU: 32 calls and copies). `_socket_recv`
-   reads into a preallocated bytearray with `recv_into` instead; same result, same behaviour at
-   end of stream (returns what was read), same exceptions (time-outs, resets).
+   reads into a bytearray with `recv_into` instead (allocated as the bytes arrive, never the length
+   a header merely claims); same result, same behaviour at end of stream (returns what was read),
+   same exceptions (time-outs, resets).
 
 4. Protocol logging handlers only in debug mode. pynetdicom binds its "standard" logging
    handlers (a formatted log of every PDU and DIMSE message) to every association; they do
@@ -295,6 +296,28 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
             wake.set()
 
 
+# an A-ASSOCIATE-AC, -RJ or -RQ, an A-RELEASE-RQ or -RP PDU received (P-DATA: the DIMSE layer checks its
+# values; A-ABORT: the association ends either way)
+_ASSOCIATE_EVENTS = ("Evt3", "Evt4", "Evt6", "Evt12", "Evt13")
+
+
+def _unconvertible(dul: DULServiceProvider) -> bool:
+    """Whether the PDU waiting for the state machine cannot become its primitive (it is then dropped). The library's action converts it unguarded: a PDU that decodes but carries e.g. a
+    presentation context ID of 0 made the action fail, which ends the DUL without a word to the peer,
+    who waited the whole time-out for an answer (found by the fuzzer: tests/fuzz/crashes/)."""
+    try:
+        pending = dul._recv_pdu.queue[0]
+    except IndexError:
+        return False
+    try:
+        pending.to_primitive()
+    except Exception as exc:
+        _LOGGER_DUL.error("Invalid %s PDU, aborting: %s", type(pending).__name__, exc)
+        dul._recv_pdu.get(False)
+        return True
+    return False
+
+
 def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
     # --- from here on the library's loop (pynetdicom 3.0.4 dul.py), `time.sleep` -> `_dul_wait`
     self._idle_timer.start()
@@ -348,6 +371,8 @@ def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
             sleep = True
             continue
 
+        if event in _ASSOCIATE_EVENTS and _unconvertible(self):
+            event = "Evt19"  # as the library treats a PDU it cannot decode: A-ABORT, then close
         self.state_machine.do_action(event)
         sleep = False
 
@@ -607,21 +632,27 @@ def _dimse_receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None
         self.message = None
 
 
+_RECV_FIRST = 1 << 20  # the buffer starts at most this big and doubles as the bytes arrive
+
+
 def _socket_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
-    """AssociationSocket.recv: `nr_bytes` from the socket, fewer only if the peer closed it."""
+    """AssociationSocket.recv: `nr_bytes` from the socket, fewer only if the peer closed it.
+
+    The buffer grows with what arrives (never more than twice it): `nr_bytes` is the length a PDU
+    header claims, up to 4 GiB, and allocating it up front let a peer that sent only a header make
+    the station take that much memory (found by the fuzzer: tests/fuzz/crashes/dicom-oversized/)."""
     sock = cast(Any, self.socket)
-    buf = bytearray(nr_bytes)
-    view = memoryview(buf)
+    buf = bytearray(min(nr_bytes, _RECV_FIRST))
     nr_read = 0
-    try:
-        while nr_read < nr_bytes:
-            got = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
-            if not got:
-                break
-            nr_read += got
-    finally:
-        view.release()
-    if nr_read < nr_bytes:
+    while nr_read < nr_bytes:
+        if nr_read == len(buf):
+            buf += bytes(min(nr_bytes - nr_read, len(buf)))
+        with memoryview(buf) as view, view[nr_read:] as free:
+            got = sock.recv_into(free, len(buf) - nr_read)
+        if not got:
+            break
+        nr_read += got
+    if nr_read < len(buf):
         del buf[nr_read:]
     return buf
 

@@ -64,7 +64,9 @@ def pdu(data: bytes) -> None:
     reader (pnd_tuning._decode_store_rq), which must never raise and must give the library's answer
     or decline."""
     from pynetdicom.dul import _PDU_TYPES
-    from pynetdicom.pdu import P_DATA_TF
+    from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
+
+    from appliance.dicom import pnd_tuning
 
     if len(data) < 6 or data[0:1] not in _PDU_TYPES:
         return
@@ -76,12 +78,28 @@ def pdu(data: bytes) -> None:
         return  # the DUL's READ_PDU_EXC_F: Evt19, an A-ABORT; handled
     try:
         primitive = item.to_primitive()
-    except (ValueError, TypeError, AttributeError, KeyError, IndexError):
-        return  # raised in the state machine's action: it kills the DUL (the association ends); handled
+    except Exception as exc:
+        if not isinstance(item, (P_DATA_TF, A_ABORT_RQ)):
+            # the station's DUL checks these before the state machine (pnd_tuning._unconvertible): A-ABORT
+            assert pnd_tuning._unconvertible(_Pending(item)), "an unconvertible PDU passed the DUL's check"
+            return
+        if isinstance(item, A_ABORT_RQ):
+            return  # the peer aborted: the state machine's failure ends the association, as the abort would
+        raise AssertionError(f"{cls.__name__} decodes but its primitive fails: {exc!r}") from exc
     if isinstance(item, P_DATA_TF):
         for _context_id, value in primitive.presentation_data_value_list:
             if value and value[0] & 3 == 3:
                 _store_rq_matches_library(value[1:])
+
+
+class _Pending:
+    """What pnd_tuning._unconvertible reads of a DUL: the received PDU waiting in its queue."""
+
+    def __init__(self, item: Any) -> None:
+        import queue
+
+        self._recv_pdu: queue.Queue[Any] = queue.Queue()
+        self._recv_pdu.put(item)
 
 
 def _store_rq_matches_library(command: bytes) -> None:
