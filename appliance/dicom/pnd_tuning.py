@@ -13,7 +13,9 @@ module relies on changes shape, so an upgrade is a deliberate act.
    title only. The station answers to `<AET>`, `<AET>_E`, `<AET>_P`, `<AET>_TE` and `<AET>_TP`,
    so the acceptor's negotiation is wrapped: an AE that carries `accepted_called_aets` rejects
    any other called title (A-ASSOCIATE-RJ, reason 7 "called AE title not recognised") and takes
-   the called title as its own for the rest of the association.
+   the called title as its own for the rest of the association. A request the library's own
+   negotiation fails on (it raised, e.g. on a presentation context without a transfer syntax,
+   and the peer heard nothing until the time-out) is rejected, "no reason given".
 
 2. Event-driven reactors. Each association runs two polling loops: the DUL thread sleeps 1 ms
    whenever it finds nothing to do, and the association thread sleeps 1 ms on every turn. A
@@ -24,6 +26,9 @@ module relies on changes shape, so an upgrade is a deliberate act.
      feed it (`event_queue`, `to_provider_queue`), `kill_dul` and `stop_dul` poke the socketpair;
    - the association thread waits on a `threading.Event` set whenever the DUL feeds it
      (`dimse.msg_queue`, `dul.to_user_queue`), when the DUL thread ends, and on `kill`.
+   The DUL acts on the events already queued before it reads the socket again (the library's loop
+   read first, and a read blocks until a whole PDU header is there: a broken PDU followed by part
+   of another was answered only at the time-out).
    Both waits time out after `IDLE_WAIT` seconds, so the timers (ARTIM, network idle) are still
    checked as before, only with that resolution instead of 1 ms.
    The association thread fires EVT_RELEASED just before (not after) queueing the A-RELEASE-RP,
@@ -143,7 +148,18 @@ def _negotiate_as_acceptor(self: ACSE) -> None:
             self.assoc.kill()
             return
         self.assoc.acceptor.ae_title = called
-    _ORIGINAL_NEGOTIATE(self)
+    try:
+        _ORIGINAL_NEGOTIATE(self)
+    except Exception:
+        # the library's negotiation fails on some requests it decoded (a presentation context without
+        # a transfer syntax: IndexError) and its thread ended without a word to the peer, who waited
+        # the time-out (found by the fuzzer): such a request is rejected, "no reason given"
+        if self.assoc.is_established:
+            raise
+        LOG.exception("A-ASSOCIATE-RQ from %s could not be negotiated: rejected", self.requestor.ae_title)
+        self.send_reject(0x01, 0x01, 0x01)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
 
 
 # --------------------------------------------------------------------------- 2. event-driven reactors
@@ -347,7 +363,10 @@ def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
             #   receive and decode a PDU per loop of the reactor
             if self._process_recv_primitive():  # encode (sent by state machine)
                 pass
-            elif self._is_transport_event():  # receive and decode PDU
+            # (station) events already queued are acted on before the next read: reading blocks until a
+            # whole PDU header is there, so a broken PDU followed by a partial one was answered (A-ABORT)
+            # only at the time-out (found by the fuzzer)
+            elif self.event_queue.empty() and self._is_transport_event():  # receive and decode PDU
                 self._idle_timer.restart()
         except Exception as exc:
             _LOGGER_DUL.error("Exception in DUL.run(), aborting association")

@@ -138,7 +138,8 @@ def dataset_bytes(sop_uid: str) -> bytes:
     sys.path.insert(0, str(HERE.parent))
     from support import make_dataset
 
-    ds = make_dataset(rows=4, cols=4, sop_uid=sop_uid, patient_id="FUZZ", patient_name="FUZZ^BLACKBOX")
+    ds = make_dataset(rows=4, cols=4, sop_uid=sop_uid, patient_id="FUZZ", patient_name="FUZZ^BLACKBOX",
+                      study_uid="1.2.826.0.1.3680043.9.7.1", series_uid="1.2.826.0.1.3680043.9.7.2")  # same length each time
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, False
     write_dataset(fp, ds)
@@ -452,11 +453,11 @@ class Live:
                     sock.shutdown(socket.SHUT_WR)
                 while (answer := reader.next()) is not None:
                     replies.append(answer)
-            except (ConnectionResetError, BrokenPipeError):
-                return replies  # the station closed first
             except TimeoutError:
                 raise PropertyFailed(f"no answer and no close within {ANSWER_TIMEOUT}s (a hang); got {len(replies)} "
                                      "answers") from None
+            except OSError:
+                return replies  # the station closed first (reset, broken pipe, not connected)
         return replies
 
     def check_answers(self, ex: Exchange, replies: list[bytes]) -> None:
@@ -472,7 +473,7 @@ class Live:
                 fields = msa.split("|")
                 if len(fields) < 2 or fields[1] not in ("AA", "AE", "AR"):
                     raise PropertyFailed(f"no AA/AE/AR ACK: {text[:200]!r}")
-                if "internal error" in text:
+                if len(fields) > 3 and fields[3].startswith("internal error"):
                     raise PropertyFailed(f"an exception answered as an internal error: {text[:300]!r}")
                 self._count(f"ACK {fields[1]}")
             else:
