@@ -9,8 +9,10 @@ structured targets cut their input with `Cursor`, so a file replays the same wit
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
+import shutil
 import struct
 import sys
 import tempfile
@@ -251,7 +253,9 @@ class _Web:
                 from appliance import cli
                 from webui.app import WebApp
 
-                cls.data = Path(tempfile.mkdtemp(prefix="bs-fuzz-web-")) / "data"
+                folder = tempfile.mkdtemp(prefix="bs-fuzz-web-")
+                atexit.register(shutil.rmtree, folder, ignore_errors=True)
+                cls.data = Path(folder) / "data"
                 with open(os.devnull, "w") as null:
                     old = sys.stdout
                     sys.stdout = null
