@@ -107,9 +107,31 @@ def test_blank_segment_is_no_internal_error():
     assert err.value.code == "AR"
 
 
+def test_end_block_without_cr_is_answered_at_once():
+    """A sender that ends its frame with the end block alone and waits for the ACK gets it at once (the
+    listener waited 30 s for the CR, then answered AR "truncated"); a CR sent later is skipped."""
+    got: list[tuple[bytes, bool]] = []
+
+    def on_frame(payload: bytes, truncated: bool, _peer: str) -> bytes:
+        got.append((payload, truncated))
+        return b"MSA|AA"
+
+    server = MLLPServer(("127.0.0.1", 0), on_frame)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"\x0bMSH|^~\\&|A\x1c")
+            assert read_frame(sock, 2) == b"MSA|AA"
+            sock.sendall(b"\r\x0bMSH|^~\\&|B\x1c\r")
+            assert read_frame(sock, 2) == b"MSA|AA"
+    finally:
+        server.stop()
+    assert got == [(b"MSH|^~\\&|A", False), (b"MSH|^~\\&|B", False)]
+
+
 def test_end_block_then_close_is_a_frame():
-    """A frame whose end block is the last byte before the peer closes (no CR) is complete, as an end
-    block without CR is inside a stream; it was answered as a truncated frame."""
+    """A frame whose end block is the last byte before the peer closes (no CR) is complete; it was
+    answered as a truncated frame."""
     got: list[tuple[bytes, bool]] = []
 
     def on_frame(payload: bytes, truncated: bool, _peer: str) -> bytes:

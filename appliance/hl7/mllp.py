@@ -70,10 +70,7 @@ class _Connection(socketserver.BaseRequestHandler):
                     self._reply(sock, bytes(buf), True, peer)
                 return
             if not data:
-                if in_frame and buf.endswith(EB):  # the end block came, the closing CR did not: complete
-                    with contextlib.suppress(OSError):
-                        self._reply(sock, bytes(buf[:-1]), False, peer)
-                elif in_frame and buf:
+                if in_frame and buf:
                     LOG.warning("MLLP %s: connection closed in the middle of a frame", peer)
                     with contextlib.suppress(OSError):
                         self._reply(sock, bytes(buf), True, peer)
@@ -106,8 +103,8 @@ class _Connection(socketserver.BaseRequestHandler):
                         self._reply(sock, bytes(buf[:4096]), True, peer)
                         return
                     break
-                if end + 1 >= len(buf):
-                    break  # wait for the CR after the end block
+                # complete at its end block: a CR after it that comes in a later read is skipped as a
+                # line break between frames (waiting for it kept a sender that omits it 30 s for its ACK)
                 payload = bytes(buf[:end])
                 tail = end + 2 if buf[end + 1:end + 2] == CR else end + 1
                 del buf[:tail]
