@@ -100,7 +100,7 @@ FINDINGS = [
      "sender waiting for its ACK got it 30 s later (AR, \"truncated\"), or AR when it closed",
      "a frame is complete at its end block; a CR that follows later is skipped as a line break between frames",
      "test_fuzz_findings.py::test_end_block_without_cr_is_answered_at_once, ::test_end_block_then_close_is_a_frame"),
-    ("web", "one Cookie pair Python's parser refuses (e.g. `=x`, set by another service on the same "
+    ("web", "one Cookie pair Python's parser refuses (e.g. `a(b=1` or `=k=v`, set by another service on the same "
      "host) made every page a 500 (bottle lets CookieError through)",
      "`webui.app.readable_cookies` drops such pairs before bottle reads the header",
      "test_fuzz_findings.py::test_unparseable_cookie_is_ignored"),
@@ -214,7 +214,12 @@ def write_report(path: Path, seconds: int, inproc: list[dict[str, Any]], black: 
         f"Written by `tests/fuzz/run.py` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(started))}, "
         f"**FUZZ_SECONDS={seconds}** per target"
         + (" (shorter than the default 300: the run shared a 2-core machine with other work)." if seconds < 300 else "."),
-        f"Total wall time {round((time.time() - started) / 60, 1)} min. Python {sys.version.split()[0]}.",
+        f"Command: `make fuzz FUZZ_SECONDS={seconds}` (it runs `python tests/fuzz/run.py --seconds {seconds}`). "
+        f"Python {sys.version.split()[0]}. Time (s) per target includes atheris' start (instrumenting the "
+        "imported libraries) and, for the black-box targets, Hypothesis' shrinking of a failure.",
+        *(["", "Rows marked \"rerun after a fix\" were run again (`run.py --only ...`, same FUZZ_SECONDS) after "
+           "the first run's finding in them was fixed; that finding is in the last table."]
+          if any(r.get("rerun") for r in inproc + black) else []),
         "",
         "Failing inputs are kept in `tests/fuzz/crashes/<target>/`; the normal suite replays every one "
         "of them (`tests/test_fuzz_smoke.py`) and each finding has its own regression test "
@@ -268,8 +273,13 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=int(os.environ.get("FUZZ_SECONDS", 300)))
     parser.add_argument("--only", default="", help="comma-separated targets (default: all)")
     parser.add_argument("--report", type=Path, default=REPO / "docs" / "reliability" / "fuzz.md")
+    parser.add_argument("--render", action="store_true", help="only write the report from the last figures")
     args = parser.parse_args()
     only = {t for t in args.only.split(",") if t}
+    if args.render:
+        doc = json.loads(args.report.with_suffix(".json").read_text())
+        write_report(args.report, doc["seconds"], doc["in_process"], doc["black_box"], doc["started"])
+        return 0
     started = time.time()
     inproc = []
     for target in IN_PROCESS:
@@ -278,7 +288,8 @@ def main() -> int:
             print(json.dumps(inproc[-1]), flush=True)
     black = run_black_box([t for t in BLACK_BOX if not only or t in only], args.seconds)
     figures = args.report.with_suffix(".json")
-    if only:
+    if only and figures.exists():
+        started = json.loads(figures.read_text())["started"]  # the report dates from the full run
         inproc, black = merge(figures, inproc, black)
     figures.parent.mkdir(parents=True, exist_ok=True)
     figures.write_text(json.dumps({"seconds": args.seconds, "started": started, "in_process": inproc,
