@@ -9,7 +9,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBS   := dcmtk orthanc xorriso chromium dicom3tools python3-venv iproute2 fonts-dejavu-core fonts-droid-fallback zbar-tools
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint deps venv bench clean image image-check image-lock image-deps image-clean mkosi
+.PHONY: run test test-fast lint deps venv bench clean image image-check image-lock image-deps image-clean mkosi fuzz
 
 # The appliance image (image/): mkosi 24.3 from bookworm-backports, fetched through a private apt
 # sources list into .cache/mkosi (the machine's own apt sources and state stay untouched), unpacked
@@ -69,6 +69,19 @@ test: deps venv lint
 FAST_WORKERS ?= 2
 test-fast: deps venv lint
 	$(VENV)/bin/python -m pytest -q -m "not station" -n $(FAST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+
+# the fuzzers (tests/fuzz/): atheris on the in-process parsers, Hypothesis clients against a live
+# station, FUZZ_SECONDS per target; writes docs/reliability/fuzz.md (failing inputs: tests/fuzz/crashes/)
+FUZZ_SECONDS ?= 300
+FUZZ_STAMP   := $(VENV)/.fuzz-installed
+
+$(FUZZ_STAMP): $(STAMP)
+	$(VENV)/bin/pip install -q -e '.[test,fuzz]'
+	$(VENV)/bin/pip install -q -e ./hardware-sim
+	touch $(FUZZ_STAMP)
+
+fuzz: deps venv $(FUZZ_STAMP)
+	$(VENV)/bin/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 bench: deps venv
 	$(VENV)/bin/python bench/store_bench.py

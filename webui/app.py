@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -104,6 +105,8 @@ class WebApp:
             headers = headers + [h for h in SECURITY_HEADERS if h[0].lower() not in names]
             return start_response(status, headers, exc_info) if exc_info else start_response(status, headers)
 
+        if "HTTP_COOKIE" in environ:
+            environ["HTTP_COOKIE"] = readable_cookies(environ["HTTP_COOKIE"])
         return self.app(environ, start)
 
     def https(self) -> bool:
@@ -1053,6 +1056,23 @@ class WebApp:
             abort(404, "No device CA (run burnstation init).")
         return bottle.static_file("ca.pem", root=str(path.parent), mimetype="application/x-pem-file",
                                   download="burnstation-ca.pem")
+
+
+def readable_cookies(header: str) -> str:
+    """The Cookie header without the pairs Python's cookie parser refuses (bottle lets its CookieError
+    through: one odd cookie, e.g. set by another service on the same host, made every page a 500)."""
+    kept = []
+    for pair in header.split(";"):
+        try:
+            SimpleCookie().load(pair)
+        except CookieError:
+            continue
+        kept.append(pair)
+    try:
+        SimpleCookie().load(";".join(kept))
+    except CookieError:  # pairs that pass alone but not together (a quoted ';'): drop them all
+        return ""
+    return ";".join(kept)
 
 
 def _fdate(value: str) -> str:

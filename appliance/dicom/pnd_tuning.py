@@ -13,7 +13,9 @@ module relies on changes shape, so an upgrade is a deliberate act.
    title only. The station answers to `<AET>`, `<AET>_E`, `<AET>_P`, `<AET>_TE` and `<AET>_TP`,
    so the acceptor's negotiation is wrapped: an AE that carries `accepted_called_aets` rejects
    any other called title (A-ASSOCIATE-RJ, reason 7 "called AE title not recognised") and takes
-   the called title as its own for the rest of the association.
+   the called title as its own for the rest of the association. A request the library's own
+   negotiation fails on (it raised, e.g. on a presentation context without a transfer syntax,
+   and the peer heard nothing until the time-out) is rejected, "no reason given".
 
 2. Event-driven reactors. Each association runs two polling loops: the DUL thread sleeps 1 ms
    whenever it finds nothing to do, and the association thread sleeps 1 ms on every turn. A
@@ -24,6 +26,9 @@ module relies on changes shape, so an upgrade is a deliberate act.
      feed it (`event_queue`, `to_provider_queue`), `kill_dul` and `stop_dul` poke the socketpair;
    - the association thread waits on a `threading.Event` set whenever the DUL feeds it
      (`dimse.msg_queue`, `dul.to_user_queue`), when the DUL thread ends, and on `kill`.
+   The DUL acts on the events already queued before it reads the socket again (the library's loop
+   read first, and a read blocks until a whole PDU header is there: a broken PDU followed by part
+   of another was answered only at the time-out).
    Both waits time out after `IDLE_WAIT` seconds, so the timers (ARTIM, network idle) are still
    checked as before, only with that resolution instead of 1 ms.
    The association thread fires EVT_RELEASED just before (not after) queueing the A-RELEASE-RP,
@@ -56,8 +61,9 @@ module relies on changes shape, so an upgrade is a deliberate act.
 
 3b. Socket reads in one piece. `AssociationSocket.recv` reads a PDU in 4 KiB `recv` calls,
    appending each to a bytearray (a 128 KiB P-DATA PDU: 32 calls and copies). `_socket_recv`
-   reads into a preallocated bytearray with `recv_into` instead; same result, same behaviour at
-   end of stream (returns what was read), same exceptions (time-outs, resets).
+   reads into a bytearray with `recv_into` instead (allocated as the bytes arrive, never the length
+   a header merely claims); same result, same behaviour at end of stream (returns what was read),
+   same exceptions (time-outs, resets).
 
 3c. C-STORE requests sent directly by the requestor (`direct_store`, the transfer process). The
    library's send_c_store encodes the command set with pydicom (twice), hands each P-DATA to the
@@ -156,7 +162,18 @@ def _negotiate_as_acceptor(self: ACSE) -> None:
             self.assoc.kill()
             return
         self.assoc.acceptor.ae_title = called
-    _ORIGINAL_NEGOTIATE(self)
+    try:
+        _ORIGINAL_NEGOTIATE(self)
+    except Exception:
+        # the library's negotiation fails on some requests it decoded (a presentation context without
+        # a transfer syntax: IndexError) and its thread ended without a word to the peer, who waited
+        # the time-out (found by the fuzzer): such a request is rejected, "no reason given"
+        if self.assoc.is_established:
+            raise
+        LOG.exception("A-ASSOCIATE-RQ from %s could not be negotiated: rejected", self.requestor.ae_title)
+        self.send_reject(0x01, 0x01, 0x01)
+        evt.trigger(self.assoc, evt.EVT_REJECTED, {})
+        self.assoc.kill()
 
 
 # --------------------------------------------------------------------------- 2. event-driven reactors
@@ -323,6 +340,28 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
             wake.set()
 
 
+# an A-ASSOCIATE-AC, -RJ or -RQ, an A-RELEASE-RQ or -RP PDU received (P-DATA: the DIMSE layer checks its
+# values; A-ABORT: the association ends either way)
+_ASSOCIATE_EVENTS = ("Evt3", "Evt4", "Evt6", "Evt12", "Evt13")
+
+
+def _unconvertible(dul: DULServiceProvider) -> bool:
+    """Whether the PDU waiting for the state machine cannot become its primitive (it is then dropped). The library's action converts it unguarded: a PDU that decodes but carries e.g. a
+    presentation context ID of 0 made the action fail, which ends the DUL without a word to the peer,
+    who waited the whole time-out for an answer (found by the fuzzer: tests/fuzz/crashes/)."""
+    try:
+        pending = dul._recv_pdu.queue[0]
+    except IndexError:
+        return False
+    try:
+        pending.to_primitive()
+    except Exception as exc:
+        _LOGGER_DUL.error("Invalid %s PDU, aborting: %s", type(pending).__name__, exc)
+        dul._recv_pdu.get(False)
+        return True
+    return False
+
+
 def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
     # --- from here on the library's loop (pynetdicom 3.0.4 dul.py), `time.sleep` -> `_dul_wait`
     self._idle_timer.start()
@@ -359,7 +398,10 @@ def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
             #   receive and decode a PDU per loop of the reactor
             if self._process_recv_primitive():  # encode (sent by state machine)
                 pass
-            elif self._is_transport_event():  # receive and decode PDU
+            # (station) events already queued are acted on before the next read: reading blocks until a
+            # whole PDU header is there, so a broken PDU followed by a partial one was answered (A-ABORT)
+            # only at the time-out (found by the fuzzer)
+            elif self.event_queue.empty() and self._is_transport_event():  # receive and decode PDU
                 self._idle_timer.restart()
         except Exception as exc:
             _LOGGER_DUL.error("Exception in DUL.run(), aborting association")
@@ -383,6 +425,8 @@ def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
             sleep = True
             continue
 
+        if event in _ASSOCIATE_EVENTS and _unconvertible(self):
+            event = "Evt19"  # as the library treats a PDU it cannot decode: A-ABORT, then close
         self.state_machine.do_action(event)
         sleep = False
 
@@ -642,21 +686,27 @@ def _dimse_receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None
         self.message = None
 
 
+_RECV_FIRST = 1 << 20  # the buffer starts at most this big and doubles as the bytes arrive
+
+
 def _socket_recv(self: AssociationSocket, nr_bytes: int) -> bytearray:
-    """AssociationSocket.recv: `nr_bytes` from the socket, fewer only if the peer closed it."""
+    """AssociationSocket.recv: `nr_bytes` from the socket, fewer only if the peer closed it.
+
+    The buffer grows with what arrives (never more than twice it): `nr_bytes` is the length a PDU
+    header claims, up to 4 GiB, and allocating it up front let a peer that sent only a header make
+    the station take that much memory (found by the fuzzer: tests/fuzz/crashes/dicom-oversized/)."""
     sock = cast(Any, self.socket)
-    buf = bytearray(nr_bytes)
-    view = memoryview(buf)
+    buf = bytearray(min(nr_bytes, _RECV_FIRST))
     nr_read = 0
-    try:
-        while nr_read < nr_bytes:
-            got = sock.recv_into(view[nr_read:], nr_bytes - nr_read)
-            if not got:
-                break
-            nr_read += got
-    finally:
-        view.release()
-    if nr_read < nr_bytes:
+    while nr_read < nr_bytes:
+        if nr_read == len(buf):
+            buf += bytes(min(nr_bytes - nr_read, len(buf)))
+        with memoryview(buf) as view, view[nr_read:] as free:
+            got = sock.recv_into(free, len(buf) - nr_read)
+        if not got:
+            break
+        nr_read += got
+    if nr_read < len(buf):
         del buf[nr_read:]
     return buf
 

@@ -104,12 +104,13 @@ def decode(data: bytes, default_charset: str) -> Decoded:
         raise HL7Error("AE", f"bytes {exc.start}-{exc.end} are not valid {charset} ({codec})", control_id) from None
     text = text.replace("\r\n", "\r").replace("\n", "\r").strip("\r \t")
     start = text.find("MSH")
-    text = text[start:]
+    # blank lines between segments are no segments (the hl7 library fails on an empty one)
+    text = "\r".join(segment for segment in text[start:].split("\r") if segment.strip())
     try:
         message = hl7.parse(text)
+        msh = message.segment("MSH")
     except Exception as exc:  # hl7 raises ParseException and assorted errors on broken input
         raise HL7Error("AR", f"cannot parse the message: {exc}", control_id) from None
-    msh = message.segment("MSH")
     msg_type_field = _field(msh, 9)
     parts = msg_type_field.split(message.separators[3]) if msg_type_field else []
     msg_type = parts[0].strip() if parts else ""

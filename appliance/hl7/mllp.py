@@ -103,8 +103,8 @@ class _Connection(socketserver.BaseRequestHandler):
                         self._reply(sock, bytes(buf[:4096]), True, peer)
                         return
                     break
-                if end + 1 >= len(buf):
-                    break  # wait for the CR after the end block
+                # complete at its end block: a CR after it that comes in a later read is skipped as a
+                # line break between frames (waiting for it kept a sender that omits it 30 s for its ACK)
                 payload = bytes(buf[:end])
                 tail = end + 2 if buf[end + 1:end + 2] == CR else end + 1
                 del buf[:tail]
