@@ -94,10 +94,11 @@ class MoveHandler:
             kwargs["tls_args"] = (tlsca.client_context(self.ctx.data_dir,
                                                        trusted_ca=self.ctx.settings.get("dicom.tls_trusted_ca")), None)
         # the sub-association counts in the station-wide cap, shared with the transfer process;
-        # no slot within dicom.timeout: raised at the first yield, pynetdicom answers 0xC514
-        # (Failure: unable to process) without connecting to the destination
+        # no slot within twice dicom.timeout (a slot held by a silent peer comes free after one
+        # dicom.timeout, so a move queued behind it still goes): raised at the first yield,
+        # pynetdicom answers 0xC514 (Failure: unable to process) without connecting to the destination
         limit = int(self.ctx.settings.get("dicom.max_connections"))
-        timeout = float(self.ctx.settings.get("dicom.timeout"))
+        timeout = 2 * float(self.ctx.settings.get("dicom.timeout"))
         try:
             slot = slots.take(self.ctx.data_dir, limit, timeout)
         except slots.Busy as exc:
