@@ -296,9 +296,19 @@ class Router:
         return int(cur.lastrowid or 0)
 
     def finalize_due(self, now: float) -> list[str]:
-        """Every pending group whose deadline passed becomes one job (one transaction each)."""
+        """Every pending group whose deadline passed becomes one job (one transaction each).
+
+        A deadline more than `burn.delay_seconds` ahead can only come from a wall clock that went
+        back since it was set (NTP correcting a clock that ran an hour ahead): it is brought back to
+        now + delay, so the group does not wait out the jump."""
         conn = self.conn
         created = []
+        delay = float(self.settings.get("burn.delay_seconds"))
+        moved = conn.execute("UPDATE burn_groups SET deadline_at=?, updated_at=? WHERE state='pending' AND deadline_at > ?",
+                             (now + delay, now, now + delay + 1)).rowcount
+        if moved:
+            LOG.warning("%d delayed group(s) had a deadline beyond now + burn.delay_seconds (the clock went "
+                        "back): they burn %g s from now", moved, delay)
         due = conn.execute("SELECT id FROM burn_groups WHERE state='pending' AND deadline_at <= ? ORDER BY deadline_at",
                            (now,)).fetchall()
         for row in due:
