@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workload as w  # noqa: E402
 
 KILLS = [f"kill:{name}" for name in (*w.SERVICES, "supervisor")]
-KINDS = [*KILLS, "disk-ingest", "disk-build", "spool-gone", "robot-offline", "clock"]
+KINDS = ["clock", "disk-build", "spool-gone", "robot-offline", "disk-ingest", *KILLS]
 
 
 def can_mount() -> bool:
@@ -149,9 +149,9 @@ def run_kind(kind: str | list[str], root: Path, *, seed: int, repeat: int, secon
         (root / "sends.json").write_text(json.dumps([{**vars(x), "acked": sorted(x.acked)} for x in load.sends]))
         result = w.check(rig, load.sends, settle_timeout)
         if result["problems"] and mounts:  # keep what a tmpfs would lose, to look into it
-            for name in ("state.db", "state.db-wal", "station.log", "logs"):
+            for item in ("state.db", "state.db-wal", "station.log", "logs"):
                 with contextlib.suppress(OSError):
-                    (shutil.copytree if (data / name).is_dir() else shutil.copy2)(data / name, root / name)
+                    (shutil.copytree if (data / item).is_dir() else shutil.copy2)(data / item, root / item)
     finally:
         with contextlib.suppress(Exception):
             rig.stop()
