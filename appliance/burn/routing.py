@@ -141,7 +141,10 @@ class Router:
         now = time.time() if now is None else now
         created: list[str] = []
         self.discover(now)
-        for row in self.conn.execute("SELECT * FROM burn_assocs WHERE state='open' ORDER BY assoc_id").fetchall():
+        # a `stale` association is still followed: it may be alive after all (the wall clock jumped
+        # ahead), and when it ends or delivers more it is routed as any other
+        for row in self.conn.execute("SELECT * FROM burn_assocs WHERE state IN ('open', 'stale') "
+                                     "ORDER BY assoc_id").fetchall():
             job_id = self._follow(dict(row), now)
             if job_id:
                 created.append(job_id)
@@ -211,7 +214,8 @@ class Router:
                         assoc["called_aet"], assoc["failed"], len(uids))
             return None
         with db.transaction(conn):
-            claimed = conn.execute("UPDATE burn_assocs SET state='job', updated_at=? WHERE assoc_id=? AND state='open'",
+            claimed = conn.execute("UPDATE burn_assocs SET state='job', updated_at=? WHERE assoc_id=? "
+                                   "AND state IN ('open', 'stale')",
                                    (now, assoc["id"])).rowcount
             if not claimed:
                 return None
@@ -224,15 +228,16 @@ class Router:
         return job_id
 
     def _set_assoc(self, assoc_id: int, state: str, note: str = "") -> None:
-        self.conn.execute("UPDATE burn_assocs SET state=?, note=?, updated_at=? WHERE assoc_id=? AND state='open'",
+        self.conn.execute("UPDATE burn_assocs SET state=?, note=?, updated_at=? WHERE assoc_id=? "
+                          "AND state IN ('open', 'stale')",
                           (state, note[:1000], time.time(), assoc_id))
 
     def _check_stale(self, item: dict[str, Any], assoc: sqlite3.Row, now: float) -> None:
-        if now - assoc["started_at"] < STALE_SECONDS:
+        if item["state"] == "stale" or now - assoc["started_at"] < STALE_SECONDS:
             return
         last = index.association_last_arrival(self.conn, assoc["id"]) or assoc["started_at"]
         if now - last >= STALE_SECONDS:
-            what = "its instances joined their group" if item["mode"] == "delayed" else (
+            what = "its instances so far joined their group" if item["mode"] == "delayed" else (
                 f"not burned; burn it with `burnstation jobs burn --assoc {assoc['id']}`")
             self._set_assoc(assoc["id"], "stale", note=f"never closed (station stopped during it?): {what}")
 
@@ -272,7 +277,8 @@ class Router:
                     "last_arrival_at=MAX(last_arrival_at, ?), deadline_at=MAX(deadline_at, ?), updated_at=? "
                     "WHERE id=?", (added, row["size"] if added else 0, group, arrival, arrival + delay, now, group))
             if ended:
-                conn.execute("UPDATE burn_assocs SET state='done', updated_at=? WHERE assoc_id=? AND state='open'",
+                conn.execute("UPDATE burn_assocs SET state='done', updated_at=? WHERE assoc_id=? "
+                             "AND state IN ('open', 'stale')",
                              (now, item["assoc_id"]))
         return len(rows)
 
