@@ -263,13 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=os.environ.get("FAULT_KINDS", ",".join(KINDS)))
     parser.add_argument("--out", type=Path, default=w.REPO / "docs" / "reliability" / "faults.md")
     parser.add_argument("--work", type=Path, default=None, help="folder for the runs (default: a temporary one)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other kinds' rows of the last report (its .json beside it)")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     unknown = [k for k in kinds if k not in KINDS]
     if unknown:
         parser.error(f"unknown kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
     work = args.work or Path(tempfile.mkdtemp(prefix="faults-"))
-    results = []
+    results: list[dict[str, Any]] = []
+    previous: list[dict[str, Any]] = []
+    sidecar = args.out.with_suffix(".json")
+    if args.merge and sidecar.exists():  # rerun some kinds (e.g. after a fix): the other rows stay
+        previous = [r for r in json.loads(sidecar.read_text()) if r["kind"] not in kinds]
     for n, kind in enumerate(kinds):
         print(f"[faults] {kind} …", flush=True)
         result = run_kind(kind, work / f"{n:02d}-{kind.replace(':', '-')}", seed=args.seed, repeat=args.repeat,
@@ -277,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[faults] {kind}: {json.dumps({k: v for k, v in result.items() if k != 'counts'})[:600]}", flush=True)
         results.append(result)
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(report(results, args))
+        merged = previous + results
+        merged.sort(key=lambda r: KINDS.index(r["kind"]) if r["kind"] in KINDS else len(KINDS))
+        args.out.write_text(report(merged, args))
+        sidecar.write_text(json.dumps(merged, indent=1, default=str) + "\n")
     failed = [r for r in results if r.get("problems")]
     print(f"[faults] report: {args.out}; {len(failed)} of {len(results)} kinds with problems; work in {work}")
     return 1 if failed else 0

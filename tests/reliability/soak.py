@@ -58,8 +58,10 @@ def trends(samples: dict[str, list[tuple[float, int, int]]], seconds: float) -> 
 
 
 def run(root: Path, *, seconds: float, seed: int, senders: int = 8, scanners: int = 5, web_users: int = 3,
-        settle_timeout: float = 300) -> dict[str, Any]:
-    rig = w.Rig(root)
+        speed: str = "0.005") -> dict[str, Any]:
+    """The soak in `root`; the simulated robots run at `speed` (0.005: about a second a disc, so two
+    robots keep up with eight senders' discs) and the queue is given as long to drain as the run took."""
+    rig = w.Rig(root, speed=speed)
     samples: dict[str, list[tuple[float, int, int]]] = {}
     stop = threading.Event()
     try:
@@ -72,7 +74,7 @@ def run(root: Path, *, seconds: float, seed: int, senders: int = 8, scanners: in
         load.stop()
         stop.set()
         watch.join(30)
-        result = w.check(rig, load.sends, settle_timeout)
+        result = w.check(rig, load.sends, max(300.0, seconds))
     finally:
         stop.set()
         rig.stop()
@@ -87,6 +89,9 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     held = "yes" if not r["problems"] else f"**no** ({len(r['problems'])} problems)"
     lines = [
         "# Soak",
+        "",
+        "The simulated robots run at `--speed 0.005` (about a second per disc) so that two of them keep up "
+        "with the discs eight senders make; each association to `_E`/`_P` and each delayed group is a disc.",
         "",
         f"`make soak SOAK_SECONDS={args.seconds:g}` (`python tests/reliability/soak.py --seconds {args.seconds:g} "
         f"--seed {args.seed}`), run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on the shared 2-core "
