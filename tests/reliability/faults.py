@@ -125,7 +125,7 @@ def run_kind(kind: str | list[str], root: Path, *, seed: int, repeat: int, secon
         mounts.append(data)
     rig = w.Rig(root, data=data, clock="clock" in kinds)
     if "disk-build" in kinds:
-        mount_tmpfs(data / "discs", 4)
+        mount_tmpfs(data / "discs", 32)  # room for the built discs of the backlog once the ballast goes
         mounts.append(data / "discs")
     recover: list[float] = []
     injected = 0

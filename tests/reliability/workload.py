@@ -200,15 +200,17 @@ class Send:
     study: str = ""
 
 
-def run_storescu(port: int, aec: str, files: list[Path], timeout: float = 120) -> tuple[set[Path], bool, str]:
-    """storescu -v: the files that got a Success/Warning response, whether the whole run succeeded."""
+def run_storescu(port: int, aec: str, files: list[Path], timeout: float = 120) -> tuple[set[Path], bool, str, int]:
+    """storescu -v: the files that got a Success/Warning response, whether the whole run succeeded,
+    the last line when not, and how many were refused "Out of Resources" (A7xx: disk full)."""
     try:
         proc = subprocess.run([str(DCMTK / "storescu"), "-v", "-aec", aec, "-to", "20", "-ta", "20", "-td", "20",
                                "127.0.0.1", str(port), *map(str, files)], capture_output=True, text=True,
                               timeout=timeout, env=dict(os.environ, TCP_NODELAY="1"))
     except subprocess.TimeoutExpired:
-        return set(), False, "storescu timed out"
+        return set(), False, "storescu timed out", 0
     acked: set[Path] = set()
+    refused = 0
     current: Path | None = None
     failed = False
     for line in (proc.stdout + proc.stderr).splitlines():
@@ -219,10 +221,11 @@ def run_storescu(port: int, aec: str, files: list[Path], timeout: float = 120) -
                 acked.add(current)
             else:
                 failed = True
+                refused += "Out of Resources" in line
             current = None
     complete = proc.returncode == 0 and not failed and len(acked) == len(files)
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] if not complete else []
-    return acked, complete, " ".join(tail)[:200]
+    return acked, complete, " ".join(tail)[:200], refused
 
 
 class Counters:
@@ -345,7 +348,9 @@ class Workload:
             heads = {f: dcmread(f, stop_before_pixels=True) for f in files}
             uid_of = {f: str(ds.SOPInstanceUID) for f, ds in heads.items()}
             sops = [uid_of[f] for f in files]
-            acked, complete, detail = run_storescu(self.rig.station.port, AET + suffix, files)
+            acked, complete, detail, refused = run_storescu(self.rig.station.port, AET + suffix, files)
+            if refused:
+                self.counts.add("instances refused: out of resources", refused)
             send = Send(n, suffix, patient, sops, {uid_of[f] for f in acked}, complete, detail,
                         str(heads[files[0]].StudyInstanceUID))
             with self.sends_lock:
