@@ -25,6 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workload as w  # noqa: E402
 
 SAMPLE_EVERY = 5.0
+# half the associations to the plain AE title (an archive send), the rest one to each burning title:
+# a disc per association or group is already more than two robots burn in a real clinic's day
+SUFFIXES = ("", "_E", "", "_P", "", "_TE", "", "_TP")
 # flat: what the fitted slope adds over the last half stays below these
 RSS_GROWTH_KB = 8 * 1024   # and below 10 % of the process's mean RSS
 FD_GROWTH = 4
@@ -69,7 +72,8 @@ def run(root: Path, *, seconds: float, seed: int, senders: int = 8, scanners: in
         t0 = time.monotonic()
         watch = threading.Thread(target=sampler, args=(rig, stop, samples, t0), daemon=True)
         watch.start()
-        load = w.Workload(rig, seed=seed, senders=senders, scanners=scanners, web_users=web_users).start()
+        load = w.Workload(rig, seed=seed, senders=senders, scanners=scanners, web_users=web_users,
+                          suffixes=SUFFIXES).start()
         time.sleep(seconds)
         load.stop()
         stop.set()
@@ -90,8 +94,9 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# Soak",
         "",
-        "The simulated robots run at `--speed 0.005` (about a second per disc) so that two of them keep up "
-        "with the discs eight senders make; each association to `_E`/`_P` and each delayed group is a disc.",
+        "The simulated robots run at `--speed 0.005` (about a second per disc); half the associations go to "
+        "the plain AE title, the others in turn to `_E`, `_P`, `_TE`, `_TP` (each association to `_E`/`_P` "
+        "and each delayed group is a disc). The checks wait while the disc queue still drains.",
         "",
         f"`make soak SOAK_SECONDS={args.seconds:g}` (`python tests/reliability/soak.py --seconds {args.seconds:g} "
         f"--seed {args.seed}`), run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on the shared 2-core "

@@ -289,10 +289,11 @@ class Workload:
 
     def __init__(self, rig: Rig, *, seed: int, senders: int = 4, scanners: int = 2, web_users: int = 2,
                  orders: bool = True, robot_faults: bool = True, work: Path | None = None,
-                 fault_gap: tuple[float, float] = (4, 10)) -> None:
+                 fault_gap: tuple[float, float] = (4, 10), suffixes: tuple[str, ...] = SUFFIXES) -> None:
         self.rig = rig
         self.rng = random.Random(seed)
         self.seed = seed
+        self.suffixes = suffixes
         self.work = work or rig.root / "work"
         self.stopping = threading.Event()
         self.sends: list[Send] = []
@@ -310,7 +311,6 @@ class Workload:
             self._spawn(self._ris, 0)
         if robot_faults:
             self._spawn(self._robot_faults, 0, fault_gap)
-        self.paused = threading.Event()  # set: senders hold (quiesce before the checks)
 
     def _spawn(self, target: Any, *args: Any) -> None:
         self.threads.append(threading.Thread(target=target, args=args, daemon=True, name=f"{target.__name__}{args[0]}"))
@@ -339,7 +339,7 @@ class Workload:
                 suffix, patient, files = retry.suffix, retry.patient_id, retry_files
             else:
                 k += 1
-                suffix = SUFFIXES[(n + k) % len(SUFFIXES)]
+                suffix = self.suffixes[(n + k) % len(self.suffixes)]
                 patient = f"S{n}{suffix or '_A'}-{rng.randrange(3) if suffix in ('_TE', '_TP') else k}"
                 folder = self.work / f"sender{n}" / f"{k}"
                 files = write_study(folder, n_series=rng.randint(1, 2), per_series=rng.randint(1, 3),
@@ -440,12 +440,18 @@ def job_state(data: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def settle(rig: Rig, timeout: float = 240) -> dict[str, Any]:
     """Wait until no group is pending and no job active; failed jobs are retried once (what an
-    operator does after a disk-full build or a write error). Returns what happened."""
+    operator does after a disk-full build or a write error). A job is stuck when nothing moved for
+    `timeout` s (at most 120 s of no progress once the queue drains). Returns what happened."""
     retried: list[str] = []
     deadline = time.monotonic() + timeout
+    best, moved_at = None, time.monotonic()
     while True:
         jobs, groups = job_state(rig.data)
         active = [j for j in jobs if j["state"] in ACTIVE]
+        left = len(active) + len(groups)
+        if best is None or left < best:  # a queue still draining is not stuck: more time while it moves
+            best, moved_at = left, time.monotonic()
+            deadline = max(deadline, moved_at + min(120.0, timeout))
         failed = [j for j in jobs if j["state"] == "failed" and j["id"] not in retried]
         for job in failed:
             burnstation(rig.data, "jobs", "retry", job["id"], check=False)
