@@ -130,6 +130,7 @@ def run_kind(kind: str | list[str], root: Path, *, seed: int, repeat: int, secon
     recover: list[float] = []
     injected = 0
     started = time.monotonic()
+    load: w.Workload | None = None
     try:
         rig.start()
         load = w.Workload(rig, seed=seed, senders=senders).start()
@@ -153,10 +154,13 @@ def run_kind(kind: str | list[str], root: Path, *, seed: int, repeat: int, secon
                 with contextlib.suppress(OSError):
                     (shutil.copytree if (data / item).is_dir() else shutil.copy2)(data / item, root / item)
     finally:
+        if load is not None and not load.stopping.is_set():  # a fault that raised: end the traffic first
+            load.stop()
         with contextlib.suppress(Exception):
             rig.stop()
         for m in reversed(mounts):
             umount(m)
+    assert load is not None
     return {"kind": name, "injected": injected, "recover_max": max(recover, default=0.0),
             "counts": dict(load.counts.c), "notes": notes, "seconds": round(time.monotonic() - started), **result}
 
@@ -172,7 +176,7 @@ def inject(kind: str, rig: w.Rig, rng: random.Random, notes: list[str]) -> float
             time.sleep(rng.uniform(4, 8))
             ballast.unlink()
         else:  # no mount here: the threshold says the disk is full
-            w.burnstation(rig.data, "config", "set", "dicom.min_free_mb=100000000")
+            w.burnstation(rig.data, "config", "set", "dicom.min_free_mb=10000000")
             time.sleep(rng.uniform(4, 8))
             w.burnstation(rig.data, "config", "set", "dicom.min_free_mb=0")
         return time.monotonic() - t0
