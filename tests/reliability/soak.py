@@ -106,7 +106,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         "|---|---|---|",
         f"| DICOM senders ({args.senders}, storescu, every AE title in turn) | {c.get('associations ok', 0)} "
         f"associations completed, {c.get('associations failed', 0)} failed; {r['acked']} instances acknowledged | "
-        f"{'every one stored and indexed' if not any('indexed' in p or 'file' in p for p in r['problems']) else 'no'} |",
+        f"{'every one stored and indexed' if not any(p.startswith(('acknowledged', 'indexed')) for p in r['problems']) else 'no'} |",
         f"| worklist scanners (5, findscu -W every second) | {c.get('worklist queries ok', 0)} queries answered, "
         f"{c.get('worklist queries failed', 0)} failed | {'yes' if not c.get('worklist queries failed') else 'no'} |",
         f"| HL7 orders (MLLP, one every 2 s) | {c.get('HL7 orders AA', 0)} AA, "
