@@ -221,7 +221,7 @@ def run_storescu(port: int, aec: str, files: list[Path], timeout: float = 120) -
                 acked.add(current)
             else:
                 failed = True
-                refused += "Out of Resources" in line
+                refused += any(word in line.lower() for word in ("out of resources", "outofresources"))
             current = None
     complete = proc.returncode == 0 and not failed and len(acked) == len(files)
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-1:] if not complete else []
