@@ -191,6 +191,11 @@ def inject(kind: str, rig: w.Rig, rng: random.Random, notes: list[str]) -> float
         away = spool.with_name(robot + ".unmounted")
         spool.rename(away)
         time.sleep(rng.uniform(3, 8))
+        if spool.exists():  # made again meanwhile: the share mounted back over it hides what is there
+            hidden = spool.with_name(f"{robot}.hidden-{len(notes)}")
+            spool.rename(hidden)
+            notes.append(f"{robot} spool made again during the outage; hidden by the share: "
+                         f"{sorted(p.name for p in hidden.iterdir())[:6]}")
         away.rename(spool)
         notes.append(f"{robot} spool away")
         return time.monotonic() - t0

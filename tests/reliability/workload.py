@@ -521,6 +521,8 @@ def check(rig: Rig, sends: list[Send], settle_timeout: float = 240) -> dict[str,
         if s.study in purged and s.acked and not purged[s.study].get("jobs"):
             problems.append(f"study {s.study} ({s.suffix or 'plain'}) was purged though never burned")
     acked = {sop for s in sends for sop in s.acked}
+    if not acked:
+        problems.append(f"no instance acknowledged in {len(sends)} association(s)")
     kept = {sop for s in sends if s.study not in purged for sop in s.acked}
     conn = read_db(rig.data)
     try:
