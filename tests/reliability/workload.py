@@ -422,6 +422,8 @@ class Workload:
             finally:
                 with contextlib.suppress(subprocess.SubprocessError):
                     self.rig.ctl(robot, "fault", fault, "off")
+                    for name in ("epson", "primera"):  # the operator keeps blanks in and the output bin empty
+                        self.rig.ctl(name, "refill")
 
 
 # --------------------------------------------------------------------------- the checks
@@ -443,6 +445,9 @@ def settle(rig: Rig, timeout: float = 240) -> dict[str, Any]:
     operator does after a disk-full build or a write error). A job is stuck when nothing moved for
     `timeout` s (at most 120 s of no progress once the queue drains). Returns what happened."""
     retried: list[str] = []
+    for name in ("epson", "primera"):  # what an operator does before leaving: blanks in, output bin empty
+        with contextlib.suppress(subprocess.SubprocessError):
+            rig.ctl(name, "refill")
     deadline = time.monotonic() + timeout
     best, moved_at = None, time.monotonic()
     while True:
@@ -468,9 +473,13 @@ def settle(rig: Rig, timeout: float = 240) -> dict[str, Any]:
 def disc_sops(rig: Rig, job: dict[str, Any]) -> set[str] | None:
     """The SOP Instance UIDs on the disc the simulator burned for a job (DICOMDIR of its image)."""
     import pycdlib
-    folder = rig.sim_root / "bin" / job["robot"] / job["robot_job_id"]
+    # the job's folder, and those of the same job under a name the driver gave it later
+    # (`<id>-R2` when the engine still knew the id, `<id>-2` after a retry)
+    base = rig.sim_root / "bin" / job["robot"]
+    rid = job["robot_job_id"]
+    folders = [p for p in base.glob(f"{rid}*") if p.name == rid or p.name.startswith(rid + "-")]
     found: set[str] = set()
-    images = sorted(folder.glob("*.iso"))
+    images = sorted(i for f in folders for i in f.glob("*.iso"))
     if not images:
         return None
     for image in images:
