@@ -445,12 +445,12 @@ def settle(rig: Rig, timeout: float = 240) -> dict[str, Any]:
     operator does after a disk-full build or a write error). A job is stuck when nothing moved for
     `timeout` s (at most 120 s of no progress once the queue drains). Returns what happened."""
     retried: list[str] = []
-    for name in ("epson", "primera"):  # what an operator does before leaving: blanks in, output bin empty
-        with contextlib.suppress(subprocess.SubprocessError):
-            rig.ctl(name, "refill")
     deadline = time.monotonic() + timeout
     best, moved_at = None, time.monotonic()
     while True:
+        for name in ("epson", "primera"):  # the operator keeps blanks in and the output bins empty
+            with contextlib.suppress(subprocess.SubprocessError):
+                rig.ctl(name, "refill")
         jobs, groups = job_state(rig.data)
         active = [j for j in jobs if j["state"] in ACTIVE]
         left = len(active) + len(groups)
