@@ -6,10 +6,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 DATA   ?= $(CURDIR)/var
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBS   := dcmtk orthanc xorriso chromium dicom3tools python3-venv iproute2 fonts-dejavu-core fonts-droid-fallback zbar-tools
+DEBS   := dcmtk orthanc xorriso chromium dicom3tools python3-venv iproute2 fonts-dejavu-core fonts-droid-fallback zbar-tools \
+          faketime gcc
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint deps venv bench clean image image-check image-lock image-deps image-clean mkosi fuzz
+.PHONY: run test test-fast lint deps venv bench faults soak clean image image-check image-lock image-deps image-clean mkosi fuzz
 
 # The appliance image (image/): mkosi 24.3 from bookworm-backports, fetched through a private apt
 # sources list into .cache/mkosi (the machine's own apt sources and state stay untouched), unpacked
@@ -85,6 +86,21 @@ fuzz: deps venv $(FUZZ_STAMP)
 
 bench: deps venv
 	$(VENV)/bin/python bench/store_bench.py
+
+# reliability (tests/reliability/, reports in docs/reliability/): each kind of fault at seeded random
+# moments under a mixed workload (`make faults FAULT_SEED=7 FAULT_REPEAT=3 FAULT_SECONDS=60
+# FAULT_KINDS=kill:dicom,clock`), and the soak (SOAK_SECONDS, default 10 minutes). The disk faults
+# mount small tmpfs folders when run as root.
+FAULT_SEED    ?= 16
+FAULT_REPEAT  ?= 2
+FAULT_SECONDS ?= 40
+SOAK_SECONDS  ?= 600
+faults: deps venv
+	$(VENV)/bin/python tests/reliability/faults.py --seed $(FAULT_SEED) --repeat $(FAULT_REPEAT) \
+	  --seconds $(FAULT_SECONDS) $(if $(FAULT_KINDS),--kinds $(FAULT_KINDS))
+
+soak: deps venv
+	$(VENV)/bin/python tests/reliability/soak.py --seconds $(SOAK_SECONDS)
 
 clean:
 	rm -rf $(VENV) var

@@ -14,6 +14,7 @@ import re
 import shutil
 import struct
 import threading
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def safe_component(uid: str) -> str:
 PURGE_LOCK_FILE = ".storage.lock"  # in the data folder, beside storage/ (never inside it)
 
 
+class _ThreadFd:
+    """A descriptor kept in a thread-local: closed when the thread's locals go (the thread ended)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        weakref.finalize(self, os.close, fd)
+
+
 class PurgeLock:
     """Keeps a purge and an arriving instance apart (across processes): C-STORE holds it shared
     from writing the file until the index row is committed, a purge holds it exclusively while
@@ -42,7 +51,9 @@ class PurgeLock:
     whose arrival is not yet in the index, and an arrival after a purge simply starts the study anew.
 
     Each thread opens its own descriptor: flock locks belong to an open file description, and
-    threads sharing one would release each other's shared lock.
+    threads sharing one would release each other's shared lock. The descriptor is closed when its
+    thread ends (the DICOM process runs each association in a thread of its own: the soak saw one
+    descriptor left open per association).
     """
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
@@ -50,12 +61,12 @@ class PurgeLock:
         self._local = threading.local()
 
     def _fd(self) -> int:
-        fd = getattr(self._local, "fd", None)
-        if fd is None:
+        held = getattr(self._local, "held", None)
+        if held is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._local.fd = fd
-        return fd
+            held = _ThreadFd(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            self._local.held = held
+        return held.fd
 
     @contextlib.contextmanager
     def _held(self, how: int) -> Iterator[None]:

@@ -306,6 +306,48 @@ def test_instance_stored_again_by_the_same_association_after_its_group_burned(en
     assert router.run_once(T0 + 60) == [] and routing.pending_groups(conn) == []
 
 
+def test_delayed_group_after_the_wall_clock_went_back_an_hour(env) -> None:
+    """Found by the clock fault run: arrivals while the clock ran an hour ahead set a deadline an
+    hour away once NTP set it right; the group waited that hour. A deadline beyond now + delay is
+    brought back to now + delay."""
+    settings, conn = env
+    a = open_assoc(conn, "BURNSTATION_TE")
+    uids = receive(conn, a, "BURNSTATION_TE", at=T0 + 3600)
+    close(conn, a)
+    router = routing.Router(conn, settings)
+    assert router.run_once(T0 + 3600.5) == []  # the clock an hour ahead: deadline T0 + 3610
+    assert router.run_once(T0 + 1) == []  # set back: not yet, the quiet period starts again
+    [group] = routing.pending_groups(conn)
+    assert group["deadline_at"] == T0 + 11
+    made = router.run_once(T0 + 11.5)
+    assert len(made) == 1 and {i["sop_uid"] for i in jobs.job_instances(conn, made[0])} == set(uids)
+
+
+def test_an_association_marked_stale_by_a_clock_jump_is_still_routed(env) -> None:
+    """Found by the clock fault run: an association opened while the clock ran an hour behind
+    looked an hour old once the clock was set right, was marked `stale`, and what it delivered
+    afterwards joined no group (an acknowledged instance on no disc); an `_E` one that then
+    released made no job. A stale association is still followed and routed when it ends."""
+    settings, conn = env
+    late = T0 + routing.STALE_SECONDS + 5
+    d = open_assoc(conn, "BURNSTATION_TE")
+    e = open_assoc(conn, "BURNSTATION_E")
+    first = receive(conn, e, "BURNSTATION_E", n=1)
+    conn.execute("UPDATE associations SET started_at=? WHERE id IN (?, ?)", (T0, d, e))  # the clock an hour behind
+    router = routing.Router(conn, settings)
+    assert router.run_once(late) == []
+    assert {h["assoc_id"] for h in routing.held_associations(conn)} == {d, e}  # stale: shown, as before
+    uids = receive(conn, d, "BURNSTATION_TE", n=2, at=late)
+    rest = receive(conn, e, "BURNSTATION_E", n=1, at=late)
+    close(conn, d)
+    close(conn, e)
+    made = router.run_once(late + 1)
+    assert len(made) == 1 and {i["sop_uid"] for i in jobs.job_instances(conn, made[0])} == set(first + rest)
+    made = router.run_once(late + 11)
+    assert len(made) == 1 and {i["sop_uid"] for i in jobs.job_instances(conn, made[0])} == set(uids)
+    assert routing.held_associations(conn) == []
+
+
 def test_delayed_and_per_association_titles_share_instances(env) -> None:
     """The same instances to _TE and to _E before the burner looked: the group and the disc each
     have all of them."""

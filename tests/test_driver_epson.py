@@ -477,6 +477,22 @@ def test_a_don_counts_only_with_its_discs(tmp_path, counts, state, words):
     assert pub.poll("J20").state == state
 
 
+def test_a_don_before_its_status_is_rewritten_is_not_a_cancel(tmp_path):
+    """Found by the soak: TD Bridge renames J.JDF → J.DON before it rewrites TDBStatus.txt; a
+    poll in between saw STATUS 2 with no disc counted and reported "cancelled at the robot: no
+    disc made" for a disc that was burned. It waits for the status to agree instead."""
+    r = robot(tmp_path, label_template="C:\\Designs\\burnstation.tdd")
+    spool = Path(r["spool"])
+    write_status(spool, status_text())
+    pub = EpsonPublisher(r, tmp_path)
+    pub.submit(publish.PublishRequest(job_id="J22", discs=[disc(tmp_path)]))
+    rename(spool, "J22", "JDF", "DON")
+    write_status(spool, status_text({"J22": {"STATUS": 2, "PUBLICATION_NUMBER": 1, "COMPLETION_NUMBER": 0}}))
+    assert pub.poll("J22").state == publish.BURNING
+    write_status(spool, status_text({"J22": {"STATUS": 4, "PUBLICATION_NUMBER": 1, "COMPLETION_NUMBER": 1}}))
+    assert pub.poll("J22").state == publish.DONE
+
+
 def test_manual_example_data_line_for_the_disc_root():
     """The manual: `DATA=<source>` for the disc root, `DATA=<source><TAB><destination>` otherwise."""
     job = jdf.JdfJob(job_id="J1", disc_type="CD", format="JOLIET",

@@ -431,3 +431,34 @@ def test_the_reads_the_panel_diagnostics_and_worklist_use(env) -> None:
     assert robots.status_rows(conn)["r2"]["message"] == "gone"
     beat(conn, "r3", age=robots.HEARTBEAT_FRESH_SECONDS + 1)
     assert not robots.is_online(robots.status_rows(conn)["r3"])
+
+
+def test_a_build_step_that_cannot_record_its_failure_is_queued_again(env, monkeypatch) -> None:
+    """Found by the disk-full fault run: the disc folder filled, the build failed, and the write
+    marking the job failed hit the same full disk (state.db beside it), so the job stayed
+    `building` until the next burner restart. The build loop queues such a job again and builds it."""
+    import sqlite3
+    import threading
+
+    from appliance.services import burner
+
+    settings, conn = env
+    job_id = jobs.create_job(conn, role="any", sop_uids=["1.2.3"], source="manual")
+    calls: list[str] = []
+    stop, wake = threading.Event(), threading.Event()
+
+    def build(conn, settings, data_dir, job):
+        calls.append(jobs.get_job(conn, job["id"])["state"])
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        stop.set()
+        return jobs.move(conn, job["id"], (jobs.BUILDING,), jobs.FAILED, error="test: built no disc")
+
+    monkeypatch.setattr(dispatch, "build_job", build)
+    monkeypatch.setattr(burner, "POLL_SECONDS", 0.05)
+    loop = threading.Thread(target=burner._build_loop, args=(settings.data_dir, stop, wake), daemon=True)
+    loop.start()
+    loop.join(10)
+    stop.set()
+    assert calls == ["building", "building"]  # claimed again after the failed step
+    assert jobs.get_job(conn, job_id)["state"] == jobs.FAILED

@@ -363,3 +363,36 @@ def test_store_semantics_on_a_running_station(tmp_path: Path):
         assert [p for p in (station2.data / "storage").rglob("*") if p.is_file()] == []
         echo = dcmtk("echoscu", "-aec", "BURNSTATION", "127.0.0.1", str(station2.port))
         assert echo.returncode == 0
+
+
+def test_purge_lock_closes_each_threads_descriptor_when_the_thread_ends(tmp_path: Path):
+    """Found by the soak: the DICOM process runs each association in a thread of its own, and the
+    purge lock's per-thread descriptor stayed open after the thread ended (one more open file per
+    association, without end). Twenty threads that each took the lock leave none open."""
+    import gc
+    import os
+    import threading
+
+    from appliance.storage import PURGE_LOCK_FILE, PurgeLock
+
+    lock = PurgeLock(tmp_path)
+
+    def arrive() -> None:
+        with lock.arrival():
+            pass
+
+    def open_on_lock() -> int:
+        fds = Path("/proc/self/fd")
+        return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(tmp_path / PURGE_LOCK_FILE))
+
+    threads = [threading.Thread(target=arrive) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gc.collect()
+    assert open_on_lock() == 0
+    with lock.purge():  # this thread's own descriptor still works, and is reused
+        assert open_on_lock() == 1
+    with lock.arrival():
+        assert open_on_lock() == 1

@@ -141,7 +141,10 @@ class Router:
         now = time.time() if now is None else now
         created: list[str] = []
         self.discover(now)
-        for row in self.conn.execute("SELECT * FROM burn_assocs WHERE state='open' ORDER BY assoc_id").fetchall():
+        # a `stale` association is still followed: it may be alive after all (the wall clock jumped
+        # ahead), and when it ends or delivers more it is routed as any other
+        for row in self.conn.execute("SELECT * FROM burn_assocs WHERE state IN ('open', 'stale') "
+                                     "ORDER BY assoc_id").fetchall():
             job_id = self._follow(dict(row), now)
             if job_id:
                 created.append(job_id)
@@ -211,7 +214,8 @@ class Router:
                         assoc["called_aet"], assoc["failed"], len(uids))
             return None
         with db.transaction(conn):
-            claimed = conn.execute("UPDATE burn_assocs SET state='job', updated_at=? WHERE assoc_id=? AND state='open'",
+            claimed = conn.execute("UPDATE burn_assocs SET state='job', updated_at=? WHERE assoc_id=? "
+                                   "AND state IN ('open', 'stale')",
                                    (now, assoc["id"])).rowcount
             if not claimed:
                 return None
@@ -224,15 +228,16 @@ class Router:
         return job_id
 
     def _set_assoc(self, assoc_id: int, state: str, note: str = "") -> None:
-        self.conn.execute("UPDATE burn_assocs SET state=?, note=?, updated_at=? WHERE assoc_id=? AND state='open'",
+        self.conn.execute("UPDATE burn_assocs SET state=?, note=?, updated_at=? WHERE assoc_id=? "
+                          "AND state IN ('open', 'stale')",
                           (state, note[:1000], time.time(), assoc_id))
 
     def _check_stale(self, item: dict[str, Any], assoc: sqlite3.Row, now: float) -> None:
-        if now - assoc["started_at"] < STALE_SECONDS:
+        if item["state"] == "stale" or now - assoc["started_at"] < STALE_SECONDS:
             return
         last = index.association_last_arrival(self.conn, assoc["id"]) or assoc["started_at"]
         if now - last >= STALE_SECONDS:
-            what = "its instances joined their group" if item["mode"] == "delayed" else (
+            what = "its instances so far joined their group" if item["mode"] == "delayed" else (
                 f"not burned; burn it with `burnstation jobs burn --assoc {assoc['id']}`")
             self._set_assoc(assoc["id"], "stale", note=f"never closed (station stopped during it?): {what}")
 
@@ -272,7 +277,8 @@ class Router:
                     "last_arrival_at=MAX(last_arrival_at, ?), deadline_at=MAX(deadline_at, ?), updated_at=? "
                     "WHERE id=?", (added, row["size"] if added else 0, group, arrival, arrival + delay, now, group))
             if ended:
-                conn.execute("UPDATE burn_assocs SET state='done', updated_at=? WHERE assoc_id=? AND state='open'",
+                conn.execute("UPDATE burn_assocs SET state='done', updated_at=? WHERE assoc_id=? "
+                             "AND state IN ('open', 'stale')",
                              (now, item["assoc_id"]))
         return len(rows)
 
@@ -296,9 +302,19 @@ class Router:
         return int(cur.lastrowid or 0)
 
     def finalize_due(self, now: float) -> list[str]:
-        """Every pending group whose deadline passed becomes one job (one transaction each)."""
+        """Every pending group whose deadline passed becomes one job (one transaction each).
+
+        A deadline more than `burn.delay_seconds` ahead can only come from a wall clock that went
+        back since it was set (NTP correcting a clock that ran an hour ahead): it is brought back to
+        now + delay, so the group does not wait out the jump."""
         conn = self.conn
         created = []
+        delay = float(self.settings.get("burn.delay_seconds"))
+        moved = conn.execute("UPDATE burn_groups SET deadline_at=?, updated_at=? WHERE state='pending' AND deadline_at > ?",
+                             (now + delay, now, now + delay + 1)).rowcount
+        if moved:
+            LOG.warning("%d delayed group(s) had a deadline beyond now + burn.delay_seconds (the clock went "
+                        "back): they burn %g s from now", moved, delay)
         due = conn.execute("SELECT id FROM burn_groups WHERE state='pending' AND deadline_at <= ? ORDER BY deadline_at",
                            (now,)).fetchall()
         for row in due:

@@ -27,15 +27,25 @@ PRUNE_SECONDS = 300.0  # how often finished jobs' disc images are checked for re
 def _build_loop(data_dir: Path, stop: threading.Event, wake: threading.Event) -> None:
     settings = Settings(data_dir)
     conn = db.connect(data_dir)
+    # jobs this loop claimed whose build step raised before it could record the outcome (a full
+    # disk fails the build, then the very write that would mark it failed): queued again once
+    # state.db takes writes, else they would stay `building` until the next restart
+    stranded: set[str] = set()
     try:
         while not stop.is_set():
+            job = None
             try:
+                for job_id in sorted(stranded):
+                    jobs.move(conn, job_id, (jobs.BUILDING,), jobs.QUEUED, message="build interrupted; queued again")
+                    stranded.discard(job_id)
                 job = dispatch.claim_next_build(conn)
                 if job is not None:
                     LOG.info("building job %s (%d instances)", job["id"], job["instances"])
                     dispatch.build_job(conn, settings, data_dir, job)
                     continue
             except Exception:
+                if job is not None:
+                    stranded.add(job["id"])
                 LOG.exception("build step failed")
             wake.wait(POLL_SECONDS * 2)
             wake.clear()

@@ -77,6 +77,10 @@ def disc_state(exts: set[str], info: JobInfo | None) -> publish.JobProgress:
     if "CDN" in exts:
         return prog(publish.CANCELLED, _info_progress(info), "cancelled")
     if "DON" in exts:
+        if info is not None and info.status in (1, 2, 3):
+            # TD Bridge renames the file first and rewrites TDBStatus.txt later (seconds on a busy
+            # host): a section still "processing" is the status before the end, not a cancel
+            return prog(publish.BURNING, _info_progress(info), "finishing (TDBStatus.txt not updated yet)")
         return finished(info, prog)
     if "ERR" in exts:
         if info and info.detail == DETAIL_USER_CANCEL:
