@@ -36,7 +36,7 @@ def safe_component(uid: str) -> str:
 PURGE_LOCK_FILE = ".storage.lock"  # in the data folder, beside storage/ (never inside it)
 
 
-class _ThreadFd:
+class ThreadFd:
     """A descriptor kept in a thread-local: closed when the thread's locals go (the thread ended)."""
 
     def __init__(self, fd: int) -> None:
@@ -64,7 +64,7 @@ class PurgeLock:
         held = getattr(self._local, "held", None)
         if held is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            held = _ThreadFd(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            held = ThreadFd(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             self._local.held = held
         return held.fd
 

@@ -137,6 +137,31 @@ def test_the_switch_turns_group_commit_off(tmp_path: Path, monkeypatch: pytest.M
     assert not errors and (writer.batches, writer.records) == (4, 4)
 
 
+def test_writer_lock_closes_each_threads_descriptor_when_the_thread_ends(tmp_path: Path) -> None:
+    """The same leak the soak found in the purge lock: the dicom process runs an association per
+    thread, and the writer lock's per-thread descriptor must go with its thread."""
+    import gc
+
+    lock = ingest.WriterLock(tmp_path)
+
+    def commit() -> None:
+        with lock.held():
+            pass
+
+    def open_on_lock() -> int:
+        return sum(1 for fd in Path("/proc/self/fd").iterdir() if os.path.realpath(fd) == str(lock.path))
+
+    threads = [threading.Thread(target=commit) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    gc.collect()
+    assert open_on_lock() == 0
+    with lock.held():
+        assert open_on_lock() == 1
+
+
 def test_close_interrupted_associations_closes_only_its_own_workers(tmp_path: Path) -> None:
     conn = db.connect(tmp_path)
     rows = {w: index.open_association(conn, "CT", "BURNSTATION", "127.0.0.1", 1, False, w) for w in (1, 2, 3)}

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from appliance import index
 from appliance.dicom import pnd_tuning
+from appliance.storage import ThreadFd
 
 WRITE_LOCK_FILE = "run/index-write.lock"
 # Test hook: seconds each commit waits, files written and fsync'd, before its transaction, so a
@@ -47,11 +48,12 @@ class WriterLock:
 
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        fd = getattr(self._local, "fd", None)
-        if fd is None:
+        held = getattr(self._local, "held", None)
+        if held is None:  # closed when the thread ends (a thread per association: no descriptor left behind)
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            self._local.fd = fd
+            held = ThreadFd(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            self._local.held = held
+        fd = held.fd
         fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
