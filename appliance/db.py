@@ -185,9 +185,12 @@ def connect(data_dir: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlit
     with _lock:
         st = os.stat(path)
         key = (str(path.resolve()), st.st_dev, st.st_ino)  # a state.db deleted and made again is set up again
-        if key not in _applied:
-            signature = schema_signature()
-            if conn.execute("PRAGMA user_version").fetchone()[0] != signature:
+        signature = schema_signature()
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        # the version is read every time too: a file system may give a new state.db the inode number
+        # of the one just deleted (seen on ext4: `reindex` after removing state.db, in one process)
+        if key not in _applied or version != signature:
+            if version != signature:
                 if conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone() is not None:
                     backup(conn, data_dir, "before a schema change")
                 apply_schema(conn)

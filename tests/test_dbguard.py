@@ -310,3 +310,17 @@ def test_damage_met_at_runtime_stops_restores_and_restarts_the_station(tmp_path:
         status = burnstation(data, "status").stdout
         assert "2 stored files indexed that the backup did not list" in status, status
         assert st.proc is not None and st.proc.poll() is None
+
+
+def test_a_new_state_db_with_a_reused_inode_number_gets_its_tables(tmp_path: Path) -> None:
+    """Found by the full suite: `reindex` after removing state.db, in the same process, met an empty
+    new file that the file system had given the old file's inode number, so db.connect took it for the
+    file it had already set up and gave it no tables."""
+    db.connect(tmp_path).close()
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    (tmp_path / "state.db").touch()
+    st = (tmp_path / "state.db").stat()
+    db._applied.add((str((tmp_path / "state.db").resolve()), st.st_dev, st.st_ino))  # as an inode reuse leaves it
+    conn = db.connect(tmp_path)
+    assert conn.execute("SELECT COUNT(*) FROM instances").fetchone()[0] == 0
