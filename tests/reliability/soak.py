@@ -94,7 +94,7 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         "# Soak",
         "",
-        "The simulated robots run at `--speed 0.005` (about a second per disc); half the associations go to "
+        f"The simulated robots run at `--speed {args.speed}` (0.005: about a second per disc); half the associations go to "
         "the plain AE title, the others in turn to `_E`, `_P`, `_TE`, `_TP` (each association to `_E`/`_P` "
         "and each delayed group is a disc). The checks wait while the disc queue still drains.",
         "",
@@ -141,13 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("SOAK_SECONDS", "600")))
     parser.add_argument("--seed", type=int, default=int(os.environ.get("SOAK_SEED", "16")))
     parser.add_argument("--senders", type=int, default=8)
+    parser.add_argument("--speed", default=os.environ.get("SOAK_SPEED", "0.005"),
+                        help="the simulated robots' --speed (0: as fast as they go, so a long run's queue drains)")
     parser.add_argument("--out", type=Path, default=w.REPO / "docs" / "reliability" / "soak.md")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.seconds <= 0:
         parser.error("--seconds (SOAK_SECONDS) must be above 0")
     work = args.work or Path(tempfile.mkdtemp(prefix="soak-"))
-    result = run(work, seconds=args.seconds, seed=args.seed, senders=args.senders)
+    result = run(work, seconds=args.seconds, seed=args.seed, senders=args.senders, speed=args.speed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(result, args))
     print(json.dumps({k: v for k, v in result.items() if k != "trends"}, indent=1)[:4000])
