@@ -24,6 +24,17 @@ def fsync_dir(folder: str | os.PathLike[str]) -> None:
             os.close(fd)
 
 
+def install(tmp: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
+    """Put a finished temp file in place durably: fsync it, rename it over `final`, fsync the folder."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, final)
+    fsync_dir(Path(final).parent)
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None,
                 exclusive: bool = False, temp_dir: str | os.PathLike[str] | None = None) -> Path:
     """Write `data` to `path` atomically and durably; returns the path.

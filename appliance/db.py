@@ -25,7 +25,8 @@ import uuid
 import zlib
 from pathlib import Path
 
-from appliance.atomicfile import fsync_dir, write_text
+from appliance import atomicfile
+from appliance.atomicfile import write_text
 
 DB_FILE = "state.db"
 BACKUP_DIR = "db-backup"                  # in the data folder: state-<UTC time>.db, newest kept
@@ -103,13 +104,7 @@ def backup(conn: sqlite3.Connection, data_dir: str | os.PathLike[str], reason: s
                 raise sqlite3.DatabaseError(f"the backup copy fails its check: {verdict}")
         finally:
             copy.close()
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, final)
-        fsync_dir(folder)
+        atomicfile.install(tmp, final)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

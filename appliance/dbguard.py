@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from appliance import db, index
+from appliance import atomicfile, db, index
 from appliance.atomicfile import fsync_dir, write_text
 from appliance.config import Settings
 
@@ -171,13 +171,7 @@ def _restore(data_dir: Path, backup: Path) -> None:
     live = db.db_path(data_dir)
     tmp = live.with_name(f".{live.name}.restore.tmp")
     shutil.copyfile(backup, tmp)
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, live)
-    fsync_dir(data_dir)
+    atomicfile.install(tmp, live)
 
 
 def describe(report: dict[str, Any]) -> list[str]:
