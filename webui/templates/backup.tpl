@@ -12,7 +12,8 @@
 % end
 <form method="post" action="/backup/import" enctype="multipart/form-data" class="card inline" id="import-form" data-confirm="Replace this station's configuration with the file?">
   <input type="hidden" name="csrf" value="{{csrf}}">
-  <input type="file" name="file" accept=".json,application/json">
+  <label for="import-file">Configuration file (.json)</label>
+  <input type="file" name="file" id="import-file" accept=".json,application/json">
   <button type="submit" class="danger" id="import">Import</button>
 </form>
 <p class="muted">The file is checked whole first: if anything in it is wrong, nothing changes and the reason is shown.</p>

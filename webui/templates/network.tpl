@@ -16,10 +16,11 @@
 % end
 <form method="post" action="/network" class="card" id="network-form">
   <input type="hidden" name="csrf" value="{{csrf}}">
+  % names = {'hostname': 'Host name', 'interface': 'Network interface (name or pattern)', 'mode': 'Address from', 'address': 'Static address with prefix', 'gateway': 'Gateway', 'dns': 'DNS servers', 'search': 'DNS search domains', 'ntp': 'Time servers (NTP)', 'timezone': 'Time zone (e.g. Europe/Oslo)'}
   % for k in keys:
-  <label>{{k}}
+  <label>{{names.get(k, k)}} <code class="muted">{{k}}</code>
   % if k == 'mode':
-    <select name="mode"><option value="dhcp" {{'selected' if shown[k] == 'dhcp' else ''}}>dhcp</option><option value="static" {{'selected' if shown[k] == 'static' else ''}}>static</option></select>
+    <select name="mode"><option value="dhcp" {{'selected' if shown[k] == 'dhcp' else ''}}>DHCP (dhcp)</option><option value="static" {{'selected' if shown[k] == 'static' else ''}}>Static address below (static)</option></select>
   % else:
     <input name="{{k}}" value="{{shown[k]}}">
   % end

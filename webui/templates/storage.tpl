@@ -49,7 +49,7 @@
 <h2>Purge now</h2>
 <form method="get" action="/storage" class="card inline" id="preview-form">
   <input type="hidden" name="preview" value="1">
-  <label>Older than (days) <input name="older_than_days" value="{{days}}" size="5" placeholder="rules"></label>
+  <label>Older than (days) <input name="older_than_days" value="{{days}}" size="5" placeholder="settings"></label>
   <button type="submit" id="preview">Preview (dry run)</button>
 </form>
 % if preview is not None:
@@ -68,7 +68,7 @@
 <form method="post" action="/storage" class="card" id="retention-form">
   <input type="hidden" name="csrf" value="{{csrf}}">
   % for f in fields:
-  <label>{{f['key']}} <input name="{{f['key']}}" value="{{f['value']}}" size="8"> <span class="muted">{{f['help']}}</span></label>
+  <label>{{f['help']}} <input name="{{f['key']}}" value="{{f['value']}}" size="8"> <code class="muted">{{f['key']}}</code></label>
   % end
   <button type="submit" id="save-retention">Save</button>
 </form>
