@@ -287,9 +287,19 @@ def render(report: dict[str, Any]) -> str:
         for item in report.get("waiting", []):
             lines.append(f"  {item['jobs']} {item['state']}: {item['message'] or '(no message)'}")
     lines += transfer_report.render(report["transfers"])
+    lines += state_lines(report)
+    return "\n".join(lines)
+
+
+def state_lines(report: dict[str, Any]) -> list[str]:
+    """Disk, retention, data-folder permissions, state.db backups and the TLS certificate as text lines:
+    the end of `burnstation status`, and the same lines on the web's Diagnostics page."""
+    lines: list[str] = []
     disk = report["disk"]
     lines.append(f"Disk: {disk['free_mb']} MB free of {disk['total_mb']} MB at {disk['path']}"
-                 f"{' — LOW' if disk['low'] else ''} (C-STORE refused below {disk['min_free_mb']} MB)")
+                 f"{' — LOW' if disk['low'] else ''} ("
+                 + (f"C-STORE refused below {disk['min_free_mb']} MB free)" if disk["min_free_mb"]
+                    else "no minimum free space set for C-STORE: dicom.min_free_mb = 0)"))
     keep = disk.get("retention")
     if keep:
         lines.append(f"Retention: burned studies deleted {keep['purge_after_days']} days after their last disc"
@@ -314,4 +324,4 @@ def render(report: dict[str, Any]) -> str:
                      f"{' — EXPIRED' if tls['expired'] else ''}")
     else:
         lines.append("TLS certificate: none (run burnstation init)")
-    return "\n".join(lines)
+    return lines

@@ -135,3 +135,22 @@ def test_every_page_renders_fits_and_names_its_fields(site, browser, size):
         assert not problems, problems
     finally:
         context.close()
+
+
+def test_diagnostics_page_says_what_burnstation_status_says(site):
+    """The web's Diagnostics page and `burnstation status` end in the same lines (disk, retention, data
+    folder permissions, state.db backups, certificate), and the transfer and forwarding lines."""
+    status = burnstation(site["st"].data, "status").stdout
+    code, _, page = site["admin"].get("/diagnostics")
+    assert code == 200
+    from bottle import html_escape
+
+    for prefix in ("Disk:", "Retention:", "Data folder permissions:", "state.db backup:", "TLS certificate:",
+                   "Transfers:", "Forwarding rules:"):
+        line = next(ln.strip() for ln in status.splitlines() if ln.strip().startswith(prefix))
+        if prefix == "state.db backup:":
+            line = line.split(", newest")[0]  # the time of the newest backup may move between the two reads
+        if prefix == "Disk:":
+            line = line.split(" MB free")[1].split(" — ")[0]  # free space moves between the two reads
+        assert html_escape(line) in page, (prefix, line)
+    assert "C-STORE refused below 0 MB" not in page and "no minimum free space set for C-STORE" in page

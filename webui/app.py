@@ -33,6 +33,7 @@ from appliance.hl7 import logfile as hl7_logfile
 from appliance.portal import slip, tokens
 from appliance.transfer import commands, engine, rules
 from appliance.transfer import jobs as ttjobs
+from appliance.transfer import report as transfer_report
 from webui.auth import Throttle, same_origin, token_ok
 from webui.portal import portal_app
 
@@ -949,7 +950,9 @@ class WebApp:
 
     def diagnostics_page(self) -> str:
         sess = self.need()
-        return self.render("diagnostics", sess, report=diagnostics.collect(self.data_dir))
+        report = diagnostics.collect(self.data_dir)
+        return self.render("diagnostics", sess, report=report, state_lines=diagnostics.state_lines(report),
+                           transfer_lines=[ln for ln in transfer_report.render(report["transfers"]) if ln.strip()])
 
     def reset_process(self, name: str) -> None:
         """Ask the supervisor (through its request folder) to start a failed process again."""

@@ -40,13 +40,18 @@
 <li>None configured.</li>
 % end
 </ul>
-<h2>Queue, disk, certificate</h2>
+<h2>Queue and transfers</h2>
 % q = report['queue']
 <p>Queue: {{', '.join('%s %s' % kv for kv in sorted(q.items())) if q else 'empty'}}</p>
 % for item in report.get('waiting', []):
 <p class="muted">{{item['jobs']}} {{item['state']}}: {{item['message'] or '(no message)'}}</p>
 % end
-% d = report['disk']
-<p>Disk: {{d['free_mb']}} MB free of {{d['total_mb']}} MB{{' — LOW' if d['low'] else ''}} (C-STORE refused below {{d['min_free_mb']}} MB)</p>
-% t = report['tls_certificate']
-<p>TLS certificate: {{'expires %s (%s days)' % (t['expires'][:10], t['days_left']) if t['expires'] else 'none'}}{{' — EXPIRED' if t['expired'] else ''}}</p>
+% for line in transfer_lines:
+<p class="status-line">{{line.strip()}}</p>
+% end
+<h2>Disk, retention, database, certificate</h2>
+<ul class="status-lines" id="state-lines">
+% for line in state_lines:
+<li>{{line.strip()}}</li>
+% end
+</ul>
