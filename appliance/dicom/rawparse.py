@@ -133,7 +133,7 @@ def _walk(buf: bytes, pos: int, end: int, implicit: bool, found: dict[int, tuple
         if pos > end:
             raise _Bad("value runs past the end")
         if found is not None and tag in _WANTED:
-            found[tag] = (vr.decode("ascii") if vr else "", buf[value_pos:pos])
+            found[tag] = (vr.decode("ascii") if vr else "", bytes(buf[value_pos:pos]))  # a copy of a view
     if nested:
         raise _Bad("item not closed")
     return pos
@@ -233,8 +233,9 @@ def _split(value: str) -> str | list[str]:
     return values[0] if len(values) == 1 else values
 
 
-def parse(raw: bytes, transfer_syntax: str) -> IndexAttributes | None:
-    """The index attributes of a data set encoded in `transfer_syntax`, or None to use pydicom."""
+def parse(raw: bytes | memoryview, transfer_syntax: str) -> IndexAttributes | None:
+    """The index attributes of a data set encoded in `transfer_syntax` (bytes, or a view of the
+    received buffer), or None to use pydicom."""
     if pydicom_config.datetime_conversion or not pydicom_config.replace_un_with_known_vr:
         return None
     if transfer_syntax == IMPLICIT_LE:
