@@ -158,7 +158,7 @@ def patient_key(patient: dict[str, str]) -> str:
     return NO_ID_PREFIX + hashlib.sha1(seed).hexdigest()[:24]
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _plain_text(ds: Dataset, keyword: str) -> str:
     """An attribute as plain text ('' when absent or empty); multi-values joined with a backslash."""
     elem = ds.get(keyword)
     if elem is None or elem == "" or elem is None:
@@ -189,8 +189,18 @@ class InstanceRecord:
     received_at: float = 0.0
 
 
+_text = _plain_text
+
+
 def record_from_dataset(ds: Dataset, path: str, size: int, transfer_syntax: str) -> InstanceRecord:
-    """Extract the indexed attributes from a dataset (names decoded with its character set)."""
+    """Extract the indexed attributes from a dataset (names decoded with its character set); the
+    store handler's raw parser (dicom/rawparse.IndexAttributes) brings its own `index_text`."""
+    fast = ds.index_text if not isinstance(ds, Dataset) and hasattr(ds, "index_text") else None
+    if fast is not None:
+        def _text(_ds: Any, keyword: str) -> str:
+            return fast(keyword)
+    else:
+        _text = _plain_text
     charset = _text(ds, "SpecificCharacterSet")
     patient_id = _text(ds, "PatientID")
     return InstanceRecord(

@@ -24,6 +24,8 @@ from pydicom.charset import convert_encodings
 from pydicom.multival import MultiValue
 from pydicom.values import convert_IS_string, convert_PN, convert_text
 
+from appliance.index import _text as _index_text
+
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
@@ -226,6 +228,27 @@ class IndexAttributes:
         if vr == "IS":
             return convert_IS_string(raw, True)
         raise ValueError(f"unexpected VR {vr}")  # pragma: no cover - parse() only keeps _KINDS
+
+    def index_text(self, keyword: str) -> str:
+        """`index._text(self, keyword)` (what the index keeps), with a short path for the usual
+        pure-ASCII values; anything else takes `get` and `index._text` itself."""
+        tag = _TAG_OF.get(keyword)
+        item = self._found.get(tag) if tag is not None else None
+        if item is not None:
+            vr, raw = item
+            if not raw:
+                return ""
+            if vr != "IS" and not raw.translate(None, _ASCII):
+                if vr in _STRING:
+                    value = raw.decode("ascii").rstrip(" \x00")
+                elif vr == "UI":
+                    value = raw.decode("ascii").rstrip("\x00 ").rstrip(" \x00")
+                elif vr in _TEXT:
+                    value = "\\".join(v.rstrip("\x00 ") for v in raw.decode("ascii").split("\\"))
+                else:  # PN
+                    value = raw.rstrip(b"\x00 ").decode("ascii")
+                return value if "\\" in value else value.strip()  # one value is stripped, several joined
+        return _index_text(self, keyword)
 
 
 def _split(value: str) -> str | list[str]:
