@@ -123,6 +123,7 @@ class StoreHandler:
         # file and index row under the purge lock (shared): a purge of this study waits, or has finished
         with ctx.store.lock.arrival():
             synced: Future[None] | None = None
+            fsync_error: BaseException | None = None
             try:
                 if self.overlap:
                     fd, size = ctx.store.write_unsynced(path, chunks)
@@ -149,13 +150,13 @@ class StoreHandler:
                 if synced is not None:  # the file's fsync, running meanwhile, is waited for in every case
                     fsync_error = synced.exception()
                     os.close(fd)
-            if synced is not None and fsync_error is not None:
-                # indexed but not known to be on disk: no success (the sender sends it again)
-                LOG.error("cannot fsync %s: %s", path, fsync_error)
-                return _failure(OUT_OF_RESOURCES, f"cannot write file: {fsync_error}")
-        if old:
+        if old:  # the index names the new copy now: the old file goes, whatever the fsync said
             try:
                 os.unlink(old)
             except FileNotFoundError:
                 pass
+        if synced is not None and fsync_error is not None:
+            # indexed but not known to be on disk: no success (the sender sends it again)
+            LOG.error("cannot fsync %s: %s", path, fsync_error)
+            return _failure(OUT_OF_RESOURCES, f"cannot write file: {fsync_error}")
         return SUCCESS
