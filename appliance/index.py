@@ -158,7 +158,7 @@ def patient_key(patient: dict[str, str]) -> str:
     return NO_ID_PREFIX + hashlib.sha1(seed).hexdigest()[:24]
 
 
-def _text(ds: Dataset, keyword: str) -> str:
+def _plain_text(ds: Dataset, keyword: str) -> str:
     """An attribute as plain text ('' when absent or empty); multi-values joined with a backslash."""
     elem = ds.get(keyword)
     if elem is None or elem == "" or elem is None:
@@ -189,8 +189,18 @@ class InstanceRecord:
     received_at: float = 0.0
 
 
+_text = _plain_text
+
+
 def record_from_dataset(ds: Dataset, path: str, size: int, transfer_syntax: str) -> InstanceRecord:
-    """Extract the indexed attributes from a dataset (names decoded with its character set)."""
+    """Extract the indexed attributes from a dataset (names decoded with its character set); the
+    store handler's raw parser (dicom/rawparse.IndexAttributes) brings its own `index_text`."""
+    fast = ds.index_text if not isinstance(ds, Dataset) and hasattr(ds, "index_text") else None
+    if fast is not None:
+        def _text(_ds: Any, keyword: str) -> str:
+            return fast(keyword)
+    else:
+        _text = _plain_text
     charset = _text(ds, "SpecificCharacterSet")
     patient_id = _text(ds, "PatientID")
     return InstanceRecord(
@@ -231,14 +241,29 @@ def record_from_dataset(ds: Dataset, path: str, size: int, transfer_syntax: str)
     )
 
 
-def _upsert(conn: sqlite3.Connection, table: str, key: str, values: dict[str, Any]) -> None:
-    cols = list(values)
-    updates = ", ".join(f"{c}=excluded.{c}" for c in cols if c != key)
-    conn.execute(
-        f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
-        f"ON CONFLICT({key}) DO UPDATE SET {updates}",
-        [values[c] for c in cols],
-    )
+# BURNSTATION_FASTPATH part "lean_index": a lone arrival's transaction without a savepoint, and the
+# patient and series rows rewritten only when they changed
+_FASTPATH = os.environ.get("BURNSTATION_FASTPATH", "1").strip()
+LEAN_INDEX = _FASTPATH in ("1", "") or "lean_index" in {p.strip() for p in _FASTPATH.split(",")}
+_UPSERT_SQL: dict[tuple[str, str, tuple[str, ...], bool], str] = {}
+
+
+def _upsert(conn: sqlite3.Connection, table: str, key: str, values: dict[str, Any], only_changed: bool = False) -> None:
+    """INSERT or UPDATE one row; `only_changed`: an existing row equal to `values` is left alone, so
+    its page is not rewritten to the WAL in every arrival's commit (the same patient and series
+    come with every instance of a study)."""
+    cols = tuple(values)
+    sql = _UPSERT_SQL.get((table, key, cols, only_changed))
+    if sql is None:
+        others = [c for c in cols if c != key]
+        updates = ", ".join(f"{c}=excluded.{c}" for c in others)
+        sql = (f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))}) "
+               f"ON CONFLICT({key}) DO UPDATE SET {updates}")
+        if only_changed and others:
+            sql += (f" WHERE ({', '.join(others)}) IS NOT "
+                    f"({', '.join('excluded.' + c for c in others)})")
+        _UPSERT_SQL[(table, key, cols, only_changed)] = sql
+    conn.execute(sql, [values[c] for c in cols])
 
 
 def add_instance(conn: sqlite3.Connection, rec: InstanceRecord, *, arrival: bool = True) -> str | None:
@@ -260,6 +285,19 @@ def add_instances(conn: sqlite3.Connection, recs: Sequence[InstanceRecord]) -> l
     transaction itself (BEGIN or COMMIT) raises, and then nothing of the batch is committed."""
     now = time.time()
     out: list[str | None | Exception] = []
+    if len(recs) == 1 and LEAN_INDEX:  # alone, it needs no savepoint: the ROLLBACK undoes its part
+        failed: list[Exception] = []
+        try:
+            with db.transaction(conn):
+                try:
+                    return [_add_instance_in(conn, recs[0], True, now)]
+                except sqlite3.Error as exc:
+                    failed.append(exc)
+                    raise
+        except sqlite3.Error:
+            if not failed:  # BEGIN or COMMIT: the transaction's own error raises, as for a batch
+                raise
+            return [failed[0]]
     with db.transaction(conn):
         for rec in recs:
             conn.execute("SAVEPOINT arrival")
@@ -282,10 +320,11 @@ def _add_instance_in(conn: sqlite3.Connection, rec: InstanceRecord, arrival: boo
     study = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
     key = patient_key(rec.patient)
     _upsert(conn, "patients", "patient_id", {**rec.patient, "patient_id": key,
-                                             "id_value": rec.patient.get("patient_id", "")})
+                                             "id_value": rec.patient.get("patient_id", "")}, LEAN_INDEX)
     _upsert(conn, "studies", "study_uid",
             {"study_uid": rec.study_uid, "patient_id": key, **rec.study, "updated_at": now})
-    _upsert(conn, "series", "series_uid", {"series_uid": rec.series_uid, "study_uid": rec.study_uid, **rec.series})
+    _upsert(conn, "series", "series_uid", {"series_uid": rec.series_uid, "study_uid": rec.study_uid, **rec.series},
+            LEAN_INDEX)
     _upsert(conn, "instances", "sop_uid", {
         "sop_uid": rec.sop_uid, "series_uid": rec.series_uid, "study_uid": rec.study_uid,
         "sop_class": rec.sop_class, "instance_number": rec.instance_number,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -124,12 +125,15 @@ class Store:
     def __init__(self, data_dir: str | os.PathLike[str], min_free_mb: int = 0) -> None:
         self.root = Path(data_dir) / "storage"
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root_text = str(self.root)
         self.min_free = min_free_mb * 1024 * 1024
-        self._made: set[Path] = set()
+        self._made: set[str] = set()
+        self._serial = itertools.count()  # temp names unique within the process (with the pid)
         self.lock = PurgeLock(self.root.parent)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return self.root / safe_component(study_uid) / safe_component(series_uid) / (safe_component(sop_uid) + ".dcm")
+        return Path(f"{self._root_text}/{safe_component(study_uid)}/{safe_component(series_uid)}/"
+                    f"{safe_component(sop_uid)}.dcm")
 
     def check_space(self, incoming: int = 0) -> None:
         free = free_bytes(self.root)
@@ -140,16 +144,46 @@ class Store:
 
     def write(self, path: Path, chunks: list[bytes]) -> int:
         """Write `chunks` to `path` atomically and durably; returns the size."""
-        directory = path.parent
-        if directory not in self._made:
-            directory.mkdir(parents=True, exist_ok=True)
-            self._made.add(directory)
-        tmp = directory / f".{path.name}.{os.getpid()}.{id(chunks)}.tmp"
+        fd, tmp, size = self._write_temp(path, chunks)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # patient data: owner only
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink(tmp)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        return size
+
+    def write_unsynced(self, path: Path, chunks: list[bytes]) -> tuple[int, int]:
+        """Write `chunks` aside and rename them into `path`, WITHOUT the fsync: returns (descriptor,
+        size), and the caller must fsync and close that descriptor before it calls the object safe
+        (the store handler fsyncs it while the index commit runs: BURNSTATION_FASTPATH part
+        `overlap_fsync`). The rename comes first so that the index row committed meanwhile never
+        names a path that does not exist, not even after a crash of the process (the written
+        bytes are in the page cache by then)."""
+        fd, tmp, size = self._write_temp(path, chunks)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.close(fd)
+            _unlink(tmp)
+            raise
+        return fd, size
+
+    def _write_temp(self, path: Path, chunks: list[bytes]) -> tuple[int, str, int]:
+        """A temp file beside `path` holding `chunks`: (open descriptor, its name, size)."""
+        text = str(path)
+        directory, _, name = text.rpartition("/")
+        if directory not in self._made:
+            os.makedirs(directory, exist_ok=True)
+            self._made.add(directory)
+        tmp = f"{directory}/.{name}.{os.getpid()}.{next(self._serial)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # patient data: owner only
         except FileNotFoundError:  # a purge removed the study's folder since we made it
-            directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.makedirs(directory, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         size = 0
         try:
             for chunk in chunks:
@@ -158,17 +192,11 @@ class Store:
                     n = os.write(fd, view)
                     view = view[n:]
                     size += n
-            os.fsync(fd)
         except BaseException:
             os.close(fd)
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            _unlink(tmp)
             raise
-        os.close(fd)
-        os.replace(tmp, path)
-        return size
+        return fd, tmp, size
 
     def remove_stale_temp_files(self) -> int:
         """Delete temp files left by a crash mid-write (they were never acknowledged); those of a
@@ -200,6 +228,13 @@ def _writer_alive(temp_name: str) -> bool:
     except OSError:
         return False
     return b"\x00service\x00dicom" in cmdline
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def remove_study_files(storage_root: str | os.PathLike[str], paths: list[str]) -> tuple[int, int]:

@@ -944,13 +944,15 @@ def drop_unrequested(assoc: Association) -> bool:
 # --------------------------------------------------------------------------- install / checks
 
 
-FAST_PATH_PARTS = ("reactors", "inline_store", "store_rq", "store_rsp", "recv", "logging", "parser", "store_send")
+FAST_PATH_PARTS = ("reactors", "inline_store", "store_rq", "store_rsp", "recv", "logging", "parser", "store_send",
+                   "group_commit", "write_lock", "lean_index", "nocopy", "overlap_fsync")
 
 
 def fast_path_enabled(part: str = "") -> bool:
     """Whether a speed-up is on. BURNSTATION_FASTPATH: unset or "1" = all, "0" = none, or a comma
     list of FAST_PATH_PARTS (reactors = 2, inline_store = 2b, store_rq = 3a, store_rsp = 3, recv = 3b, store_send = 3c, logging = 4, parser = the store
-    handler's raw attribute parser). An escape hatch for the field and for A/B measurements;
+    handler's raw attribute parser; outside this module: group_commit and write_lock =
+    dicom/ingest.py, lean_index = index.add_instances, nocopy and overlap_fsync = the store handler). An escape hatch for the field and for A/B measurements;
     the functional patch (1) always applies."""
     value = os.environ.get("BURNSTATION_FASTPATH", "1").strip()
     if value in ("1", ""):

@@ -24,6 +24,8 @@ from pydicom.charset import convert_encodings
 from pydicom.multival import MultiValue
 from pydicom.values import convert_IS_string, convert_PN, convert_text
 
+from appliance.index import _text as _index_text
+
 IMPLICIT_LE = "1.2.840.10008.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 DEFLATED_LE = "1.2.840.10008.1.2.1.99"
@@ -133,7 +135,7 @@ def _walk(buf: bytes, pos: int, end: int, implicit: bool, found: dict[int, tuple
         if pos > end:
             raise _Bad("value runs past the end")
         if found is not None and tag in _WANTED:
-            found[tag] = (vr.decode("ascii") if vr else "", buf[value_pos:pos])
+            found[tag] = (vr.decode("ascii") if vr else "", bytes(buf[value_pos:pos]))  # a copy of a view
     if nested:
         raise _Bad("item not closed")
     return pos
@@ -227,14 +229,36 @@ class IndexAttributes:
             return convert_IS_string(raw, True)
         raise ValueError(f"unexpected VR {vr}")  # pragma: no cover - parse() only keeps _KINDS
 
+    def index_text(self, keyword: str) -> str:
+        """`index._text(self, keyword)` (what the index keeps), with a short path for the usual
+        pure-ASCII values; anything else takes `get` and `index._text` itself."""
+        tag = _TAG_OF.get(keyword)
+        item = self._found.get(tag) if tag is not None else None
+        if item is not None:
+            vr, raw = item
+            if not raw:
+                return ""
+            if vr != "IS" and not raw.translate(None, _ASCII):
+                if vr in _STRING:
+                    value = raw.decode("ascii").rstrip(" \x00")
+                elif vr == "UI":
+                    value = raw.decode("ascii").rstrip("\x00 ").rstrip(" \x00")
+                elif vr in _TEXT:
+                    value = "\\".join(v.rstrip("\x00 ") for v in raw.decode("ascii").split("\\"))
+                else:  # PN
+                    value = raw.rstrip(b"\x00 ").decode("ascii")
+                return value if "\\" in value else value.strip()  # one value is stripped, several joined
+        return _index_text(self, keyword)
+
 
 def _split(value: str) -> str | list[str]:
     values = value.split("\\")
     return values[0] if len(values) == 1 else values
 
 
-def parse(raw: bytes, transfer_syntax: str) -> IndexAttributes | None:
-    """The index attributes of a data set encoded in `transfer_syntax`, or None to use pydicom."""
+def parse(raw: bytes | memoryview, transfer_syntax: str) -> IndexAttributes | None:
+    """The index attributes of a data set encoded in `transfer_syntax` (bytes, or a view of the
+    received buffer), or None to use pydicom."""
     if pydicom_config.datetime_conversion or not pydicom_config.replace_un_with_known_vr:
         return None
     if transfer_syntax == IMPLICIT_LE:

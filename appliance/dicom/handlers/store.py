@@ -1,10 +1,20 @@
-"""C-STORE: write the object as received, fsync, rename, index — then, and only then, succeed."""
+"""C-STORE: write the object as received, fsync, rename, index — then, and only then, succeed.
+
+Two BURNSTATION_FASTPATH parts (bench/INGEST.md section 5 has the measurements):
+- `nocopy`: the data set is read and written from a view of the received buffer, not a copy
+  (BytesIO.getvalue copied every object once more: 512 KB for a CT slice).
+- `overlap_fsync`: the file is written and renamed into place, then its fsync runs in a helper
+  thread WHILE this thread commits the index row; the success is sent only when both are done.
+  With one association the two waits (the disk, the index commit) used to follow each other.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -24,7 +34,21 @@ DATASET_MISMATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC210
 
 
-def _record(event: Any, raw: bytes, transfer_syntax: str) -> index.InstanceRecord:
+_FSYNC_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _fsync_later(fd: int) -> Future[None]:
+    """os.fsync(fd) in a helper thread (threads made on first use, shared by every association)."""
+    global _FSYNC_POOL
+    if _FSYNC_POOL is None:
+        with _POOL_LOCK:
+            if _FSYNC_POOL is None:
+                _FSYNC_POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync")
+    return _FSYNC_POOL.submit(os.fsync, fd)
+
+
+def _record(event: Any, raw: bytes | memoryview, transfer_syntax: str) -> index.InstanceRecord:
     """The index record of a received data set: read from the raw bytes when the fast parser can,
     else (and whenever it declines or fails) from pydicom's decoding, exactly as before."""
     if pnd_tuning.fast_path_enabled("parser"):
@@ -42,6 +66,8 @@ class StoreHandler:
 
     def __init__(self, ctx: StationContext) -> None:
         self.ctx = ctx
+        self.nocopy = pnd_tuning.fast_path_enabled("nocopy")
+        self.overlap = pnd_tuning.fast_path_enabled("overlap_fsync")
 
     def __call__(self, event: Any) -> int | Dataset:
         state = state_of(event.assoc)
@@ -59,6 +85,16 @@ class StoreHandler:
         return status
 
     def _store(self, event: Any) -> int | Dataset:
+        buffer = event.request.DataSet
+        if not self.nocopy:
+            return self._store_raw(event, buffer.getvalue())
+        raw = buffer.getbuffer()  # released before the handler returns: the BytesIO can be resized again
+        try:
+            return self._store_raw(event, raw)
+        finally:
+            raw.release()
+
+    def _store_raw(self, event: Any, raw: bytes | memoryview) -> int | Dataset:
         ctx = self.ctx
         assoc = event.assoc
         calling = assoc.requestor.ae_title.strip()
@@ -66,7 +102,6 @@ class StoreHandler:
                 calling, assoc.requestor.address, "store") is None:
             return _failure(NOT_AUTHORISED, f"{calling} is not a known node allowed to store")
         request = event.request
-        raw = request.DataSet.getvalue()
         try:
             ctx.store.check_space(len(raw))
         except OutOfSpace as exc:
@@ -84,10 +119,17 @@ class StoreHandler:
         if not rec.study_uid or not rec.series_uid:
             return _failure(DATASET_MISMATCH, "Study or Series Instance UID missing")
         path = ctx.store.path_for(rec.study_uid, rec.series_uid, sop_uid)
+        chunks = [file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling), raw]
         # file and index row under the purge lock (shared): a purge of this study waits, or has finished
         with ctx.store.lock.arrival():
+            synced: Future[None] | None = None
+            fsync_error: BaseException | None = None
             try:
-                size = ctx.store.write(path, [file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling), raw])
+                if self.overlap:
+                    fd, size = ctx.store.write_unsynced(path, chunks)
+                    synced = _fsync_later(fd)
+                else:
+                    size = ctx.store.write(path, chunks)
             except OSError as exc:
                 LOG.error("cannot write %s: %s", path, exc)
                 return _failure(OUT_OF_RESOURCES, f"cannot write file: {exc.strerror or exc}")
@@ -102,10 +144,19 @@ class StoreHandler:
             # concurrent associations take turns (or are committed together) in ctx.writer, not in
             # SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between attempts; it returns
             # only once the transaction holding this record is committed (appliance/dicom/ingest.py)
-            old = ctx.writer.add(ctx.conn(), rec)
-        if old:
+            try:
+                old = ctx.writer.add(ctx.conn(), rec)
+            finally:
+                if synced is not None:  # the file's fsync, running meanwhile, is waited for in every case
+                    fsync_error = synced.exception()
+                    os.close(fd)
+        if old:  # the index names the new copy now: the old file goes, whatever the fsync said
             try:
                 os.unlink(old)
             except FileNotFoundError:
                 pass
+        if synced is not None and fsync_error is not None:
+            # indexed but not known to be on disk: no success (the sender sends it again)
+            LOG.error("cannot fsync %s: %s", path, fsync_error)
+            return _failure(OUT_OF_RESOURCES, f"cannot write file: {fsync_error}")
         return SUCCESS
