@@ -5,7 +5,7 @@ faults — then the checks of tests/reliability/workload.py (every acknowledged 
 indexed and on exactly the discs its grouping says; no job stuck) and the memory (RSS) and open
 file counts of every station process, sampled from /proc, which must be flat over the last half.
 
-    python tests/reliability/soak.py [--seconds S] [--seed N] [--out FILE]
+    python tests/reliability/soak.py [--seconds S] [--seed N] [--disc-gap S] [--out FILE]
 """
 
 from __future__ import annotations
@@ -25,87 +25,132 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workload as w  # noqa: E402
 
 SAMPLE_EVERY = 5.0
-# half the associations to the plain AE title (an archive send), the rest one to each burning title:
-# a disc per association or group is already more than two robots burn in a real clinic's day
-SUFFIXES = ("", "_E", "", "_P", "", "_TE", "", "_TP")
+# every AE title in turn, but most associations to the plain one (an archive send): each sender makes
+# one disc-making association every DISC_GAP seconds (8 senders: 16 a minute, about 10 000 discs in a
+# ten-hour day, far above a clinic's dozens), which the two simulated robots burn as fast as they come
+SUFFIXES = w.SUFFIXES
+DISC_GAP = 30.0
 # flat: what the fitted slope adds over the last half stays below these
 RSS_GROWTH_KB = 8 * 1024   # and below 10 % of the process's mean RSS
 FD_GROWTH = 4
 
+Point = tuple[float, int, int, int]  # seconds, RSS kB, open fds, open TCP connections among them
 
-def sampler(rig: w.Rig, stop: threading.Event, out: dict[str, list[tuple[float, int, int]]], t0: float) -> None:
+
+def sampler(rig: w.Rig, stop: threading.Event, out: dict[str, list[Point]], t0: float,
+            kinds: dict[str, Any], loads: list[float]) -> None:
+    """Every SAMPLE_EVERY s: each process's RSS, open descriptors and how many of them are open TCP
+    connections at that moment (load, not a leak); `kinds` keeps each process's last breakdown."""
     while True:
         now = time.monotonic() - t0
-        for name, (rss, fds) in w.sample(rig.processes()).items():
-            out.setdefault(name, []).append((now, rss, fds))
+        loads.append(os.getloadavg()[0])
+        pids = rig.processes()
+        tcp = w.tcp_sockets()
+        for name, (rss, fds) in w.sample(pids).items():
+            k = w.fd_kinds(pids[name], tcp)
+            out.setdefault(name, []).append((now, rss, fds, k["tcp established"]))
+            kinds[name] = dict(k)
         if stop.wait(SAMPLE_EVERY):
             return
 
 
-def trends(samples: dict[str, list[tuple[float, int, int]]], seconds: float) -> list[dict[str, Any]]:
-    """Per process: the RSS and open-file slopes over the last half, and whether both are flat."""
+def trends(samples: dict[str, list[Point]], seconds: float) -> list[dict[str, Any]]:
+    """Per process: the RSS and open-file slopes over the last half, and whether both are flat.
+    Open files are judged without the open TCP connections of the moment (8 senders, 5 scanners
+    and 3 web users hold a varying number): what is left (files, pipes, listening sockets, a
+    connection its peer closed) is what a leak makes grow."""
     rows = []
     for name, points in sorted(samples.items()):
         half = [p for p in points if p[0] >= seconds / 2]
         span = (half[-1][0] - half[0][0]) if len(half) > 1 else 0.0
-        rss_slope = w.slope([(t, r) for t, r, _ in half])  # kB/s
-        fd_slope = w.slope([(t, f) for t, _, f in half])
-        mean_rss = sum(r for _, r, _ in half) / len(half) if half else 0
-        rss_growth, fd_growth = rss_slope * span, fd_slope * span
-        flat = len(half) >= 3 and rss_growth < min(RSS_GROWTH_KB, 0.1 * mean_rss) and fd_growth < FD_GROWTH
-        rows.append({"process": name, "samples": len(half), "rss_mb_first": half[0][1] / 1024 if half else 0,
-                     "rss_mb_last": half[-1][1] / 1024 if half else 0,
-                     "rss_kb_per_min": rss_slope * 60, "fds_first": half[0][2] if half else 0,
-                     "fds_last": half[-1][2] if half else 0, "fds_per_min": fd_slope * 60, "flat": flat})
+        rss_slope = w.slope([(p[0], p[1]) for p in half])  # kB/s
+        fd_slope = w.slope([(p[0], p[2]) for p in half])
+        held_slope = w.slope([(p[0], p[2] - p[3]) for p in half])
+        mean_rss = sum(p[1] for p in half) / len(half) if half else 0
+        rss_growth, held_growth = rss_slope * span, held_slope * span
+        flat = len(half) >= 3 and rss_growth < min(RSS_GROWTH_KB, 0.1 * mean_rss) and held_growth < FD_GROWTH
+        first, last = (half[0], half[-1]) if half else ((0, 0, 0, 0),) * 2
+        rows.append({"process": name, "samples": len(half), "rss_mb_first": first[1] / 1024,
+                     "rss_mb_last": last[1] / 1024, "rss_kb_per_min": rss_slope * 60,
+                     "fds_first": first[2], "fds_last": last[2], "fds_per_min": fd_slope * 60,
+                     "conns_first": first[3], "conns_last": last[3],
+                     "conns_max": max((p[3] for p in half), default=0),
+                     "held_first": first[2] - first[3], "held_last": last[2] - last[3],
+                     "held_per_min": held_slope * 60, "flat": flat})
     return rows
 
 
+def coverage(sends: list[w.Send]) -> list[str]:
+    """Problems when an AE title (so a grouping) got no completed association in the run."""
+    done = {s.suffix for s in sends if s.complete and s.acked}
+    return [f"no completed association to {w.AET}{s} in the run" for s in SUFFIXES if s not in done]
+
+
 def run(root: Path, *, seconds: float, seed: int, senders: int = 8, scanners: int = 5, web_users: int = 3,
-        speed: str = "0.005") -> dict[str, Any]:
-    """The soak in `root`; the simulated robots run at `speed` (0.005: about a second a disc, so two
-    robots keep up with eight senders' discs) and the queue is given as long to drain as the run took."""
+        speed: str = "0.005", disc_gap: float = DISC_GAP) -> dict[str, Any]:
+    """The soak in `root`; the simulated robots run at `speed` (0.005: about a second a disc) and
+    each sender makes one disc-making association every `disc_gap` s, so the queue keeps up and
+    drains within a couple of minutes once the load stops (the drain time is reported)."""
     rig = w.Rig(root, speed=speed)
-    samples: dict[str, list[tuple[float, int, int]]] = {}
+    samples: dict[str, list[Point]] = {}
+    kinds: dict[str, Any] = {}
+    loads: list[float] = []
     stop = threading.Event()
     try:
         rig.start()
         t0 = time.monotonic()
-        watch = threading.Thread(target=sampler, args=(rig, stop, samples, t0), daemon=True)
+        watch = threading.Thread(target=sampler, args=(rig, stop, samples, t0, kinds, loads), daemon=True)
         watch.start()
         load = w.Workload(rig, seed=seed, senders=senders, scanners=scanners, web_users=web_users,
-                          suffixes=SUFFIXES).start()
+                          suffixes=SUFFIXES, disc_gap=disc_gap).start()
         time.sleep(seconds)
         load.stop()
         stop.set()
         watch.join(30)
-        result = w.check(rig, load.sends, max(300.0, seconds))
+        end_kinds = {name: dict(w.fd_kinds(pid)) for name, pid in rig.processes().items()}
+        result = w.check(rig, load.sends, 300.0)
+        # after the drain and the checks, with no client connected: what each process still holds
+        idle_kinds = {name: dict(w.fd_kinds(pid)) for name, pid in rig.processes().items()}
     finally:
         stop.set()
         rig.stop()
     rows = trends(samples, seconds)
     not_flat = [r["process"] for r in rows if not r["flat"]]
-    problems = result["problems"] + [f"{p}: RSS or open files not flat over the last half" for p in not_flat]
-    return {**result, "problems": problems, "trends": rows, "counts": dict(load.counts.c), "seconds": seconds}
+    problems = result["problems"] + coverage(load.sends) + [
+        f"{p}: RSS or open files not flat over the last half" for p in not_flat]
+    by_title = {s or "(plain)": sum(1 for x in load.sends if x.suffix == s and x.complete) for s in SUFFIXES}
+    return {**result, "problems": problems, "trends": rows, "counts": dict(load.counts.c), "seconds": seconds,
+            "by_title": by_title, "fd_kinds_last_sample": kinds, "fd_kinds_load_stopped": end_kinds,
+            "fd_kinds_idle": idle_kinds,
+            "load_average": {"mean": sum(loads) / len(loads) if loads else 0.0, "max": max(loads, default=0.0)}}
 
 
 def report(r: dict[str, Any], args: argparse.Namespace) -> str:
     c = r["counts"]
     held = "yes" if not r["problems"] else f"**no** ({len(r['problems'])} problems)"
+    titles = ", ".join(f"{k} {v}" for k, v in r["by_title"].items())
+    load = r["load_average"]
     lines = [
         "# Soak",
         "",
-        f"The simulated robots run at `--speed {args.speed}` (0.005: about a second per disc); half the associations go to "
-        "the plain AE title, the others in turn to `_E`, `_P`, `_TE`, `_TP` (each association to `_E`/`_P` "
-        "and each delayed group is a disc). The checks wait while the disc queue still drains.",
+        f"The simulated robots run at `--speed {args.speed}` (about a second per disc). Every sender sends to "
+        f"the plain AE title except one association every {args.disc_gap:g} s to a burning title, in turn "
+        "`_E`, `_P`, `_TE`, `_TP` (each association to `_E`/`_P` and each delayed group is a disc): "
+        f"{args.senders} senders make about {args.senders * 60 / args.disc_gap:g} disc-making associations a minute, "
+        "which two robots keep up with, so the queue drains soon after the load stops. The checks wait "
+        "while the disc queue still drains.",
         "",
         f"`make soak SOAK_SECONDS={args.seconds:g}` (`python tests/reliability/soak.py --seconds {args.seconds:g} "
         f"--seed {args.seed}`), run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on the shared 2-core "
-        f"machine (other work ran beside it){'; shorter than the 10-minute default' if args.seconds < 600 else ''}.",
+        f"machine, while other engineers' work ran beside it (1-minute load average during the run: mean "
+        f"{load['mean']:.1f}, max {load['max']:.1f})"
+        f"{'; shorter than the 10-minute default' if args.seconds < 600 else ''}.",
         "",
         "| what | how much | held |",
         "|---|---|---|",
-        f"| DICOM senders ({args.senders}, storescu, every AE title in turn) | {c.get('associations ok', 0)} "
-        f"associations completed, {c.get('associations failed', 0)} failed; {r['acked']} instances acknowledged | "
+        f"| DICOM senders ({args.senders}, storescu) | {c.get('associations ok', 0)} "
+        f"associations completed ({titles}), {c.get('associations failed', 0)} failed; {r['acked']} instances "
+        f"acknowledged | "
         f"{'every one stored and indexed' if not any(p.startswith(('acknowledged', 'indexed')) for p in r['problems']) else 'no'} |",
         f"| worklist scanners (5, findscu -W every second) | {c.get('worklist queries ok', 0)} queries answered, "
         f"{c.get('worklist queries failed', 0)} failed | {'yes' if not c.get('worklist queries failed') else 'no'} |",
@@ -117,21 +162,33 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         f"| robot faults on the simulator ({', '.join(w.ROBOT_FAULTS)}) | "
         f"{sum(v for k, v in c.items() if k.startswith('robot fault'))} | jobs waited and carried on |",
         f"| disc jobs | {r['jobs']} (retried after a failure: {r['retried']}); {r['discs']} disc images checked "
-        f"against their job | {'yes' if not any(p.startswith(('job', 'stuck')) or 'association' in p for p in r['problems']) else 'no'} |",
+        f"against their job; the queue drained {r['drain_seconds']:.0f} s after the load stopped | "
+        f"{'yes' if not any(p.startswith(('job', 'stuck')) or 'association' in p for p in r['problems']) else 'no'} |",
         f"| overall | | {held} |",
         "",
         "## Memory and open files over the last half",
         "",
-        f"Sampled from /proc every {SAMPLE_EVERY:g} s; slope by least squares. Flat: the fitted growth over the "
-        f"last half is under {RSS_GROWTH_KB // 1024} MB and 10 % of the mean RSS, and under {FD_GROWTH} open files.",
+        f"Sampled from /proc every {SAMPLE_EVERY:g} s; slope by least squares. Each sample also counts how many "
+        "of the process's descriptors are open TCP connections at that moment (`/proc/net/tcp`, state "
+        "ESTABLISHED: the senders', scanners' and web users' connections); \"held\" is the rest (files, pipes, "
+        "listening sockets, a connection whose peer closed). Flat: the fitted growth over the last half is "
+        f"under {RSS_GROWTH_KB // 1024} MB and 10 % of the mean RSS, and under {FD_GROWTH} held descriptors.",
         "",
-        "| process | samples | RSS MB (first → last) | RSS slope kB/min | open files (first → last) | files/min | flat |",
-        "|---|---|---|---|---|---|---|",
+        "| process | samples | RSS MB (first → last) | RSS slope kB/min | open fds (first → last) | fds/min "
+        "| connections (first → last, max) | held (first → last) | held/min | flat |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in r["trends"]:
         lines.append(f"| {t['process']} | {t['samples']} | {t['rss_mb_first']:.1f} → {t['rss_mb_last']:.1f} | "
                      f"{t['rss_kb_per_min']:+.1f} | {t['fds_first']} → {t['fds_last']} | {t['fds_per_min']:+.2f} | "
-                     f"{'yes' if t['flat'] else '**no**'} |")
+                     f"{t['conns_first']} → {t['conns_last']}, {t['conns_max']} | {t['held_first']} → "
+                     f"{t['held_last']} | {t['held_per_min']:+.2f} | {'yes' if t['flat'] else '**no**'} |")
+    lines += ["", "Descriptors by kind (last sample under load → after the drain and checks, no client connected):", ""]
+    for name in sorted(r["fd_kinds_idle"]):
+        before = r["fd_kinds_last_sample"].get(name, {})
+        after = r["fd_kinds_idle"][name]
+        kinds = sorted(set(before) | set(after))
+        lines.append(f"- {name}: " + ", ".join(f"{k} {before.get(k, 0)} → {after.get(k, 0)}" for k in kinds))
     lines += ["", "## Problems", ""] + ([f"- {p}" for p in r["problems"][:40]] or ["None in this run."])
     return "\n".join(lines) + "\n"
 
@@ -143,16 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--speed", default=os.environ.get("SOAK_SPEED", "0.005"),
                         help="the simulated robots' --speed (0: as fast as they go, so a long run's queue drains)")
+    parser.add_argument("--disc-gap", type=float, default=float(os.environ.get("SOAK_DISC_GAP", DISC_GAP)),
+                        help="seconds between two disc-making associations of one sender (0: every association)")
     parser.add_argument("--out", type=Path, default=w.REPO / "docs" / "reliability" / "soak.md")
     parser.add_argument("--work", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.seconds <= 0:
         parser.error("--seconds (SOAK_SECONDS) must be above 0")
+    if args.disc_gap < 0:
+        parser.error("--disc-gap (SOAK_DISC_GAP) must be 0 or more seconds")
     work = args.work or Path(tempfile.mkdtemp(prefix="soak-"))
-    result = run(work, seconds=args.seconds, seed=args.seed, senders=args.senders, speed=args.speed)
+    result = run(work, seconds=args.seconds, seed=args.seed, senders=args.senders, speed=args.speed,
+                 disc_gap=args.disc_gap)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report(result, args))
-    print(json.dumps({k: v for k, v in result.items() if k != "trends"}, indent=1)[:4000])
+    print(json.dumps({k: v for k, v in result.items() if k != "trends"}, indent=1)[:6000])
     print(f"[soak] report: {args.out}; work in {work}")
     return 1 if result["problems"] else 0
 
