@@ -39,25 +39,30 @@ Point = tuple[float, int, int, int]  # seconds, RSS kB, open fds, open TCP conne
 
 def sampler(rig: w.Rig, stop: threading.Event, out: dict[str, list[Point]], t0: float,
             kinds: dict[str, Any], loads: list[float]) -> None:
-    """Every SAMPLE_EVERY s: each process's RSS, open descriptors and how many of them are open TCP
+    """Every SAMPLE_EVERY s: each process's RSS, open descriptors and how many of them are client
     connections at that moment (load, not a leak); `kinds` keeps each process's last breakdown."""
     while True:
         now = time.monotonic() - t0
         loads.append(os.getloadavg()[0])
         pids = rig.processes()
-        tcp = w.tcp_sockets()
         for name, (rss, fds) in w.sample(pids).items():
-            k = w.fd_kinds(pids[name], tcp)
-            out.setdefault(name, []).append((now, rss, fds, k["tcp established"]))
+            k = w.fd_kinds(pids[name])
+            out.setdefault(name, []).append((now, rss, fds, connections(k)))
             kinds[name] = dict(k)
         if stop.wait(SAMPLE_EVERY):
             return
 
 
+def connections(kinds: Any) -> int:
+    return sum(kinds.get(k, 0) for k in w.CONNECTION_KINDS)
+
+
 def trends(samples: dict[str, list[Point]], seconds: float) -> list[dict[str, Any]]:
     """Per process: the RSS and open-file slopes over the last half, and whether both are flat.
-    Open files are judged without the open TCP connections of the moment (8 senders, 5 scanners
-    and 3 web users hold a varying number): what is left (files, pipes, listening sockets, a
+    Open descriptors are judged at a constant load: the client connections of the moment (8 senders,
+    5 scanners and 3 web users hold a varying number, and each association also holds files of its
+    own: its state.db connection, locks, the instance being written) are a second regressor beside
+    time, and the slope in time of the rest ("held": files, pipes, listening and unix sockets, a
     connection its peer closed) is what a leak makes grow."""
     rows = []
     for name, points in sorted(samples.items()):
@@ -66,8 +71,9 @@ def trends(samples: dict[str, list[Point]], seconds: float) -> list[dict[str, An
         rss_slope = w.slope([(p[0], p[1]) for p in half])  # kB/s
         fd_slope = w.slope([(p[0], p[2]) for p in half])
         held_slope = w.slope([(p[0], p[2] - p[3]) for p in half])
+        adjusted = w.slope_at_constant_load([(p[0], p[3], p[2] - p[3]) for p in half])
         mean_rss = sum(p[1] for p in half) / len(half) if half else 0
-        rss_growth, held_growth = rss_slope * span, held_slope * span
+        rss_growth, held_growth = rss_slope * span, adjusted * span
         flat = len(half) >= 3 and rss_growth < min(RSS_GROWTH_KB, 0.1 * mean_rss) and held_growth < FD_GROWTH
         first, last = (half[0], half[-1]) if half else ((0, 0, 0, 0),) * 2
         rows.append({"process": name, "samples": len(half), "rss_mb_first": first[1] / 1024,
@@ -76,7 +82,7 @@ def trends(samples: dict[str, list[Point]], seconds: float) -> list[dict[str, An
                      "conns_first": first[3], "conns_last": last[3],
                      "conns_max": max((p[3] for p in half), default=0),
                      "held_first": first[2] - first[3], "held_last": last[2] - last[3],
-                     "held_per_min": held_slope * 60, "flat": flat})
+                     "held_per_min": held_slope * 60, "adjusted_per_min": adjusted * 60, "flat": flat})
     return rows
 
 
@@ -98,6 +104,8 @@ def run(root: Path, *, seconds: float, seed: int, senders: int = 8, scanners: in
     stop = threading.Event()
     try:
         rig.start()
+        # before any client: what each process holds idle, to compare with the same after the drain
+        start_kinds = {name: dict(w.fd_kinds(pid)) for name, pid in rig.processes().items()}
         t0 = time.monotonic()
         watch = threading.Thread(target=sampler, args=(rig, stop, samples, t0, kinds, loads), daemon=True)
         watch.start()
@@ -121,7 +129,7 @@ def run(root: Path, *, seconds: float, seed: int, senders: int = 8, scanners: in
     by_title = {s or "(plain)": sum(1 for x in load.sends if x.suffix == s and x.complete) for s in SUFFIXES}
     return {**result, "problems": problems, "trends": rows, "counts": dict(load.counts.c), "seconds": seconds,
             "by_title": by_title, "fd_kinds_last_sample": kinds, "fd_kinds_load_stopped": end_kinds,
-            "fd_kinds_idle": idle_kinds,
+            "fd_kinds_idle": idle_kinds, "fd_kinds_start": start_kinds,
             "load_average": {"mean": sum(loads) / len(loads) if loads else 0.0, "max": max(loads, default=0.0)}}
 
 
@@ -168,27 +176,37 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         "## Memory and open files over the last half",
         "",
-        f"Sampled from /proc every {SAMPLE_EVERY:g} s; slope by least squares. Each sample also counts how many "
-        "of the process's descriptors are open TCP connections at that moment (`/proc/net/tcp`, state "
-        "ESTABLISHED: the senders', scanners' and web users' connections); \"held\" is the rest (files, pipes, "
-        "listening sockets, a connection whose peer closed). Flat: the fitted growth over the last half is "
-        f"under {RSS_GROWTH_KB // 1024} MB and 10 % of the mean RSS, and under {FD_GROWTH} held descriptors.",
+        f"Sampled from /proc every {SAMPLE_EVERY:g} s; slopes by least squares. Each sample also counts the "
+        "process's client connections at that moment (TCP sockets open or closing, by `/proc/net/tcp`: the "
+        "senders', scanners' and web users'); \"held\" is the rest (files, pipes, listening and unix sockets, "
+        "a connection whose peer closed). An association also holds files of its own while it runs (its "
+        "state.db connection and WAL, two lock files, the instance being written), so the held count follows "
+        "the load too: the verdict takes the slope in time with the connection count as a second regressor "
+        "(\"held/min at constant load\"). Flat: the fitted RSS growth over the last half is under "
+        f"{RSS_GROWTH_KB // 1024} MB and 10 % of the mean RSS, and the held growth at constant load under "
+        f"{FD_GROWTH} descriptors.",
         "",
         "| process | samples | RSS MB (first → last) | RSS slope kB/min | open fds (first → last) | fds/min "
-        "| connections (first → last, max) | held (first → last) | held/min | flat |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| connections (first → last, max) | held (first → last) | held/min | held/min at constant load "
+        "| flat |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in r["trends"]:
         lines.append(f"| {t['process']} | {t['samples']} | {t['rss_mb_first']:.1f} → {t['rss_mb_last']:.1f} | "
                      f"{t['rss_kb_per_min']:+.1f} | {t['fds_first']} → {t['fds_last']} | {t['fds_per_min']:+.2f} | "
                      f"{t['conns_first']} → {t['conns_last']}, {t['conns_max']} | {t['held_first']} → "
-                     f"{t['held_last']} | {t['held_per_min']:+.2f} | {'yes' if t['flat'] else '**no**'} |")
-    lines += ["", "Descriptors by kind (last sample under load → after the drain and checks, no client connected):", ""]
+                     f"{t['held_last']} | {t['held_per_min']:+.2f} | {t['adjusted_per_min']:+.2f} | "
+                     f"{'yes' if t['flat'] else '**no**'} |")
+    lines += ["", "Descriptors by kind: idle before the load → the last sample under load → idle after the "
+              "drain and the checks (no client connected). What the run left behind is the difference between "
+              "the first and the last.", ""]
     for name in sorted(r["fd_kinds_idle"]):
-        before = r["fd_kinds_last_sample"].get(name, {})
+        start = r["fd_kinds_start"].get(name, {})
+        during = r["fd_kinds_last_sample"].get(name, {})
         after = r["fd_kinds_idle"][name]
-        kinds = sorted(set(before) | set(after))
-        lines.append(f"- {name}: " + ", ".join(f"{k} {before.get(k, 0)} → {after.get(k, 0)}" for k in kinds))
+        kinds = sorted(set(start) | set(during) | set(after))
+        lines.append(f"- {name}: " + ", ".join(f"{k} {start.get(k, 0)} → {during.get(k, 0)} → {after.get(k, 0)}"
+                                              for k in kinds))
     lines += ["", "## Problems", ""] + ([f"- {p}" for p in r["problems"][:40]] or ["None in this run."])
     return "\n".join(lines) + "\n"
 

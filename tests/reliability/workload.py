@@ -618,39 +618,49 @@ def check(rig: Rig, sends: list[Send], settle_timeout: float = 240) -> dict[str,
 # --------------------------------------------------------------------------- /proc sampling
 
 
-TCP_STATES = {"01": "established", "08": "close_wait", "0A": "listen"}
+TCP_STATES = {"0A": "listen", "08": "close_wait"}  # any other state: a connection open or closing
 
 
-def tcp_sockets() -> dict[str, str]:
-    """socket inode → TCP state (established, close_wait, listen or other) from /proc/net/tcp{,6}."""
+def socket_tables() -> dict[str, str]:
+    """socket inode → `tcp listen`, `tcp close_wait` (the peer closed and the process did not: a leak
+    when it grows), `tcp open` (any other state: a connection open or closing) or `unix`."""
     found = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with contextlib.suppress(OSError):
             for line in Path(table).read_text().splitlines()[1:]:
                 cols = line.split()
                 if len(cols) > 9:
-                    found[cols[9]] = TCP_STATES.get(cols[3], "other")
+                    found[cols[9]] = "tcp " + TCP_STATES.get(cols[3], "open")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            cols = line.split()
+            if len(cols) > 6:
+                found[cols[6]] = "unix"
     return found
 
 
-def fd_kinds(pid: int, tcp: dict[str, str] | None = None) -> Counter[str]:
+# descriptors that come and go with the clients: open TCP connections, and sockets closed between
+# listing the descriptors and reading the socket tables
+CONNECTION_KINDS = ("tcp open", "socket gone")
+
+
+def fd_kinds(pid: int) -> Counter[str]:
     """What a process's open descriptors are: regular `file`, `pipe`, `anon` (eventfd, epoll ...),
-    TCP sockets by state (`tcp established` = an open connection, `tcp close_wait` = the peer closed
-    and the process did not: a leak when it grows), `tcp listen`, and `socket other` (unix, udp)."""
-    tcp = tcp_sockets() if tcp is None else tcp
+    sockets by socket_tables(), and `socket gone` (closed while this looked: the tables are read
+    after the descriptors, so a socket missing from them had just closed)."""
     kinds: Counter[str] = Counter()
+    targets = []
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return kinds
     for name in names:
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{name}")
-        except OSError:
-            continue
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+    tables = socket_tables() if any(t.startswith("socket:[") for t in targets) else {}
+    for target in targets:
         if target.startswith("socket:["):
-            state = tcp.get(target[8:-1])
-            kinds[f"tcp {state}" if state else "socket other"] += 1
+            kinds[tables.get(target[8:-1], "socket gone")] += 1
         elif target.startswith("pipe:"):
             kinds["pipe"] += 1
         elif target.startswith("anon_inode:"):
@@ -672,6 +682,24 @@ def sample(pids: dict[str, int]) -> dict[str, tuple[int, int]]:
             continue
         out[name] = (rss, fds)
     return out
+
+
+def slope_at_constant_load(points: list[tuple[float, float, float]]) -> float:
+    """Least-squares slope in t of (t, load, y) points with the load as a second regressor
+    (y = a + b·t + c·load): how y grows at a constant number of open connections, per second."""
+    n = len(points)
+    if n < 3:
+        return slope([(t, y) for t, _, y in points])
+    mt, mc, my = (sum(p[i] for p in points) / n for i in range(3))
+    stt = sum((t - mt) ** 2 for t, _, _ in points)
+    scc = sum((c - mc) ** 2 for _, c, _ in points)
+    stc = sum((t - mt) * (c - mc) for t, c, _ in points)
+    sty = sum((t - mt) * (y - my) for t, _, y in points)
+    scy = sum((c - mc) * (y - my) for _, c, y in points)
+    det = stt * scc - stc * stc
+    if stt == 0 or det <= 1e-9 * stt * max(scc, 1e-9):  # the load did not vary (or only with time)
+        return slope([(t, y) for t, _, y in points])
+    return (sty * scc - scy * stc) / det
 
 
 def slope(points: list[tuple[float, float]]) -> float:
