@@ -34,7 +34,7 @@ DISC_GAP = 30.0
 RSS_GROWTH_KB = 8 * 1024   # and below 10 % of the process's mean RSS
 FD_GROWTH = 4
 
-Point = tuple[float, int, int, int]  # seconds, RSS kB, open fds, open TCP connections among them
+Point = tuple[float, int, int, int, int]  # seconds, RSS kB, open fds, client connections and state.db among them
 
 
 def sampler(rig: w.Rig, stop: threading.Event, out: dict[str, list[Point]], t0: float,
@@ -47,7 +47,7 @@ def sampler(rig: w.Rig, stop: threading.Event, out: dict[str, list[Point]], t0: 
         pids = rig.processes()
         for name, (rss, fds) in w.sample(pids).items():
             k = w.fd_kinds(pids[name])
-            out.setdefault(name, []).append((now, rss, fds, connections(k)))
+            out.setdefault(name, []).append((now, rss, fds, connections(k), k[w.STATE_DB]))
             kinds[name] = dict(k)
         if stop.wait(SAMPLE_EVERY):
             return
@@ -70,18 +70,19 @@ def trends(samples: dict[str, list[Point]], seconds: float) -> list[dict[str, An
         span = (half[-1][0] - half[0][0]) if len(half) > 1 else 0.0
         rss_slope = w.slope([(p[0], p[1]) for p in half])  # kB/s
         fd_slope = w.slope([(p[0], p[2]) for p in half])
-        held_slope = w.slope([(p[0], p[2] - p[3]) for p in half])
-        adjusted = w.slope_at_constant_load([(p[0], p[3], p[2] - p[3]) for p in half])
+        held_slope = w.slope([(p[0], p[2] - p[3] - p[4]) for p in half])
+        adjusted = w.slope_at_constant_load([(p[0], p[3], p[2] - p[3] - p[4]) for p in half])
         mean_rss = sum(p[1] for p in half) / len(half) if half else 0
         rss_growth, held_growth = rss_slope * span, adjusted * span
         flat = len(half) >= 3 and rss_growth < min(RSS_GROWTH_KB, 0.1 * mean_rss) and held_growth < FD_GROWTH
-        first, last = (half[0], half[-1]) if half else ((0, 0, 0, 0),) * 2
+        first, last = (half[0], half[-1]) if half else ((0, 0, 0, 0, 0),) * 2
         rows.append({"process": name, "samples": len(half), "rss_mb_first": first[1] / 1024,
                      "rss_mb_last": last[1] / 1024, "rss_kb_per_min": rss_slope * 60,
                      "fds_first": first[2], "fds_last": last[2], "fds_per_min": fd_slope * 60,
                      "conns_first": first[3], "conns_last": last[3],
                      "conns_max": max((p[3] for p in half), default=0),
-                     "held_first": first[2] - first[3], "held_last": last[2] - last[3],
+                     "db_first": first[4], "db_last": last[4], "db_max": max((p[4] for p in points), default=0),
+                     "held_first": first[2] - first[3] - first[4], "held_last": last[2] - last[3] - last[4],
                      "held_per_min": held_slope * 60, "adjusted_per_min": adjusted * 60, "flat": flat})
     return rows
 
@@ -123,6 +124,9 @@ def run(root: Path, *, seconds: float, seed: int, senders: int = 8, scanners: in
         stop.set()
         rig.stop()
     rows = trends(samples, seconds)
+    for row in rows:
+        row["db_start"] = start_kinds.get(row["process"], {}).get(w.STATE_DB, 0)
+        row["db_idle"] = idle_kinds.get(row["process"], {}).get(w.STATE_DB, 0)
     not_flat = [r["process"] for r in rows if not r["flat"]]
     problems = result["problems"] + coverage(load.sends) + [
         f"{p}: RSS or open files not flat over the last half" for p in not_flat]
@@ -178,23 +182,29 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> str:
         "",
         f"Sampled from /proc every {SAMPLE_EVERY:g} s; slopes by least squares. Each sample also counts the "
         "process's client connections at that moment (TCP sockets open or closing, by `/proc/net/tcp`: the "
-        "senders', scanners' and web users'); \"held\" is the rest (files, pipes, listening and unix sockets, "
-        "a connection whose peer closed). An association also holds files of its own while it runs (its "
-        "state.db connection and WAL, two lock files, the instance being written), so the held count follows "
-        "the load too: the verdict takes the slope in time with the connection count as a second regressor "
-        "(\"held/min at constant load\"). Flat: the fitted RSS growth over the last half is under "
+        "senders', scanners' and web users') and its descriptors on `state.db` itself: SQLite cannot close a "
+        "closed connection's descriptor while other connections of the process hold POSIX locks on the file "
+        "(a WAL connection always does), so it parks it for the next connection; their count follows the peak "
+        "of simultaneous connections (or, in the web server, of its worker threads), not their number, and "
+        "is shown apart (a connection left open shows in its `-wal` descriptor, which is judged below). "
+        "\"held\" is the rest (other files, the WAL, pipes, listening and unix sockets, a connection whose "
+        "peer closed). An association also holds files of its own while it runs (its WAL descriptor, two lock "
+        "files, the instance being written), so the held count follows the load too: the verdict takes the "
+        "slope in time with the connection count as a second regressor (\"held/min at constant load\"). "
+        "Flat: the fitted RSS growth over the last half is under "
         f"{RSS_GROWTH_KB // 1024} MB and 10 % of the mean RSS, and the held growth at constant load under "
         f"{FD_GROWTH} descriptors.",
         "",
         "| process | samples | RSS MB (first → last) | RSS slope kB/min | open fds (first → last) | fds/min "
-        "| connections (first → last, max) | held (first → last) | held/min | held/min at constant load "
-        "| flat |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| connections (first → last, max) | state.db (idle start, max, idle end) | held (first → last) "
+        "| held/min | held/min at constant load | flat |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in r["trends"]:
         lines.append(f"| {t['process']} | {t['samples']} | {t['rss_mb_first']:.1f} → {t['rss_mb_last']:.1f} | "
                      f"{t['rss_kb_per_min']:+.1f} | {t['fds_first']} → {t['fds_last']} | {t['fds_per_min']:+.2f} | "
-                     f"{t['conns_first']} → {t['conns_last']}, {t['conns_max']} | {t['held_first']} → "
+                     f"{t['conns_first']} → {t['conns_last']}, {t['conns_max']} | "
+                     f"{t['db_start']}, {t['db_max']}, {t['db_idle']} | {t['held_first']} → "
                      f"{t['held_last']} | {t['held_per_min']:+.2f} | {t['adjusted_per_min']:+.2f} | "
                      f"{'yes' if t['flat'] else '**no**'} |")
     lines += ["", "Descriptors by kind: idle before the load → the last sample under load → idle after the "

@@ -644,8 +644,18 @@ def socket_tables() -> dict[str, str]:
 CONNECTION_KINDS = ("tcp open", "socket gone")
 
 
+# SQLite (unix VFS) cannot close a connection's descriptor on state.db while another connection of
+# the process holds a POSIX lock on the file (closing would drop that lock), and a WAL connection
+# always does: it parks the descriptor and hands it to the next connection the process opens. So a
+# process with a connection per association keeps about one state.db descriptor per association it
+# ever had open at once: the count follows the peak of simultaneous associations, not their number.
+# (A connection left open also keeps its -wal descriptor: that one counts as a `file`.)
+STATE_DB = "state.db"
+
+
 def fd_kinds(pid: int) -> Counter[str]:
-    """What a process's open descriptors are: regular `file`, `pipe`, `anon` (eventfd, epoll ...),
+    """What a process's open descriptors are: `state.db` (see STATE_DB), any other regular `file`,
+    `pipe`, `anon` (eventfd, epoll ...),
     sockets by socket_tables(), and `socket gone` (closed while this looked: the tables are read
     after the descriptors, so a socket missing from them had just closed)."""
     kinds: Counter[str] = Counter()
@@ -665,6 +675,8 @@ def fd_kinds(pid: int) -> Counter[str]:
             kinds["pipe"] += 1
         elif target.startswith("anon_inode:"):
             kinds["anon"] += 1
+        elif target.endswith("/state.db"):
+            kinds["state.db"] += 1
         else:
             kinds["file"] += 1
     return kinds
