@@ -90,7 +90,7 @@ bench: deps venv
 
 # reliability (tests/reliability/, reports in docs/reliability/): each kind of fault at seeded random
 # moments under a mixed workload (`make faults FAULT_SEED=7 FAULT_REPEAT=3 FAULT_SECONDS=60
-# FAULT_KINDS=kill:dicom,clock`), and the soak (SOAK_SECONDS, default 10 minutes). The disk faults
+# FAULT_KINDS=kill:dicom,clock`), and the soak (SOAK_SECONDS, default 10 minutes; SOAK_DISC_GAP). The disk faults
 # mount small tmpfs folders when run as root.
 FAULT_SEED    ?= 16
 FAULT_REPEAT  ?= 2

@@ -40,8 +40,9 @@ def test_wall_clock_jumps_an_hour_forward_and_back(tmp_path: Path) -> None:
 
 
 def test_a_few_seconds_of_soak(tmp_path: Path) -> None:
-    """The soak's whole path (8 senders, 5 scanners, 3 web users, robot faults, /proc sampling)."""
-    result = soak.run(tmp_path, seconds=12, seed=3)
+    """The soak's whole path (8 senders, 5 scanners, 3 web users, robot faults, /proc sampling); a
+    disc-making association every 3 s per sender, so that 12 s reach every AE title."""
+    result = soak.run(tmp_path, seconds=12, seed=3, disc_gap=3)
     assert result["acked"] > 0 and result["counts"].get("worklist queries ok", 0) > 0, result
     assert {"dicom", "web", "burner", "supervisor"} <= {t["process"] for t in result["trends"]}
     problems = [p for p in result["problems"] if "not flat" not in p]  # 12 s say nothing about trends

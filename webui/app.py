@@ -14,7 +14,6 @@ import io
 import ipaddress
 import json
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from http.cookies import CookieError, SimpleCookie
@@ -85,7 +84,7 @@ class WebApp:
         self.data_dir = Path(data_dir)
         self.settings = Settings(self.data_dir)
         self.throttle = Throttle()
-        self._local = threading.local()
+        self._conns = db.PerThread(self.data_dir)  # closed when its request's thread ends
         self.static_names = {p.name for p in STATIC.iterdir() if p.is_file()}
         self.app = bottle.Bottle()
         self.app.config["autojson"] = True
@@ -95,10 +94,7 @@ class WebApp:
     # -- plumbing
 
     def conn(self) -> Any:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = db.connect(self.data_dir)
-        return conn
+        return self._conns.get()
 
     def wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:

@@ -28,16 +28,11 @@ class StationContext:
         self.worker = worker  # which dicom worker process this is (1..dicom.workers)
         self.store = Store(data_dir, int(settings.get("dicom.min_free_mb")))
         self.writer = IndexWriter(data_dir)  # index writes of every association of this process
-        self._local = threading.local()
+        self._conns = db.PerThread(data_dir, query.install_functions)  # closed when its association's thread ends
         self._node_cache: dict[str, tuple[float, set[str]]] = {}
 
     def conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = db.connect(self.data_dir)
-            query.install_functions(conn)
-            self._local.conn = conn
-        return conn
+        return self._conns.get()
 
     def _addresses(self, node: Node) -> set[str]:
         cached = self._node_cache.get(node.host)

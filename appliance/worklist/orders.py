@@ -26,16 +26,12 @@ class OrderReceiver:
     def __init__(self, data_dir: Path, settings: Settings | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.settings = settings or Settings(data_dir)
-        self._local = threading.local()
+        self._conns = db.PerThread(self.data_dir)  # a thread per MLLP connection, each closes its own
         self.received = 0
         self._count_lock = threading.Lock()
 
     def conn(self) -> db.sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = db.connect(self.data_dir)
-            self._local.conn = conn
-        return conn
+        return self._conns.get()
 
     def on_frame(self, payload: bytes, truncated: bool, peer: str) -> bytes | None:
         settings = self.settings.all()

@@ -289,11 +289,15 @@ class Workload:
 
     def __init__(self, rig: Rig, *, seed: int, senders: int = 4, scanners: int = 2, web_users: int = 2,
                  orders: bool = True, robot_faults: bool = True, work: Path | None = None,
-                 fault_gap: tuple[float, float] = (4, 10), suffixes: tuple[str, ...] = SUFFIXES) -> None:
+                 fault_gap: tuple[float, float] = (4, 10), suffixes: tuple[str, ...] = SUFFIXES,
+                 disc_gap: float = 0.0) -> None:
+        if disc_gap < 0:
+            raise ValueError("disc_gap must be 0 or more seconds")
         self.rig = rig
         self.rng = random.Random(seed)
         self.seed = seed
         self.suffixes = suffixes
+        self.disc_gap = disc_gap
         self.work = work or rig.root / "work"
         self.stopping = threading.Event()
         self.sends: list[Send] = []
@@ -327,19 +331,34 @@ class Workload:
 
     # senders: each association is one study of a patient of its own per AE title; a run to _E/_P
     # that did not complete is sent again (as a modality retries), a run to _TE/_TP is not
-    # (a re-send after its group burned would make a follow-up disc: correct, but not what is checked)
+    # (a re-send after its group burned would make a follow-up disc: correct, but not what is checked).
+    # With `disc_gap` a sender sends to the plain title except for one association to a burning
+    # title (in turn) every `disc_gap` seconds: a clinic's disc rate, which the robots keep up with.
+
+    def _next_suffix(self, n: int, k: int, state: dict[str, float]) -> str:
+        if not self.disc_gap:
+            return self.suffixes[(n + k) % len(self.suffixes)]
+        burning = [s for s in self.suffixes if s]
+        now = time.monotonic()
+        if not burning or now < state["next_disc"]:
+            return ""
+        state["next_disc"] = now + self.disc_gap
+        state["discs"] += 1
+        return burning[(n + int(state["discs"])) % len(burning)]
 
     def _sender(self, n: int) -> None:
         rng = random.Random(self.seed * 1000 + n)
         k = 0
         retry: Send | None = None
         retry_files: list[Path] = []
+        # the first disc-making association at a random moment of the first gap, so senders spread out
+        pace = {"next_disc": time.monotonic() + rng.uniform(0, self.disc_gap), "discs": -1.0}
         while not self.stopping.is_set():
             if retry is not None:
                 suffix, patient, files = retry.suffix, retry.patient_id, retry_files
             else:
                 k += 1
-                suffix = self.suffixes[(n + k) % len(self.suffixes)]
+                suffix = self._next_suffix(n, k, pace)
                 patient = f"S{n}{suffix or '_A'}-{rng.randrange(3) if suffix in ('_TE', '_TP') else k}"
                 folder = self.work / f"sender{n}" / f"{k}"
                 files = write_study(folder, n_series=rng.randint(1, 2), per_series=rng.randint(1, 3),
@@ -445,7 +464,8 @@ def settle(rig: Rig, timeout: float = 240) -> dict[str, Any]:
     operator does after a disk-full build or a write error). A job is stuck when nothing moved for
     `timeout` s (at most 120 s of no progress once the queue drains). Returns what happened."""
     retried: list[str] = []
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     best, moved_at = None, time.monotonic()
     while True:
         for name in ("epson", "primera"):  # the operator keeps blanks in and the output bins empty
@@ -462,9 +482,9 @@ def settle(rig: Rig, timeout: float = 240) -> dict[str, Any]:
             burnstation(rig.data, "jobs", "retry", job["id"], check=False)
             retried.append(job["id"])
         if not active and not groups and not failed:
-            return {"retried": retried, "stuck": [], "jobs": jobs}
+            return {"retried": retried, "stuck": [], "jobs": jobs, "seconds": time.monotonic() - started}
         if time.monotonic() > deadline:
-            return {"retried": retried, "jobs": jobs, "stuck": [
+            return {"retried": retried, "jobs": jobs, "seconds": time.monotonic() - started, "stuck": [
                 f"{j['id']} {j['state']} {j['message'][:80]}" for j in active] + [
                 f"group {g['id']} {g['group_key']} pending" for g in groups]}
         time.sleep(1)
@@ -591,10 +611,75 @@ def check(rig: Rig, sends: list[Send], settle_timeout: float = 240) -> dict[str,
     answers = rig.answers()
     problems += [f"the station does not answer on {k}" for k, ok in answers.items() if not ok]
     return {"problems": problems, "acked": len(acked), "jobs": len(all_jobs), "retried": len(settled["retried"]),
-            "discs": discs_checked, "answers": answers, "purged_studies": len(purged)}
+            "discs": discs_checked, "answers": answers, "purged_studies": len(purged),
+            "drain_seconds": settled["seconds"]}
 
 
 # --------------------------------------------------------------------------- /proc sampling
+
+
+TCP_STATES = {"0A": "listen", "08": "close_wait"}  # any other state: a connection open or closing
+
+
+def socket_tables() -> dict[str, str]:
+    """socket inode → `tcp listen`, `tcp close_wait` (the peer closed and the process did not: a leak
+    when it grows), `tcp open` (any other state: a connection open or closing) or `unix`."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                cols = line.split()
+                if len(cols) > 9:
+                    found[cols[9]] = "tcp " + TCP_STATES.get(cols[3], "open")
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+            cols = line.split()
+            if len(cols) > 6:
+                found[cols[6]] = "unix"
+    return found
+
+
+# descriptors that come and go with the clients: open TCP connections, and sockets closed between
+# listing the descriptors and reading the socket tables
+CONNECTION_KINDS = ("tcp open", "socket gone")
+
+
+# SQLite (unix VFS) cannot close a connection's descriptor on state.db while another connection of
+# the process holds a POSIX lock on the file (closing would drop that lock), and a WAL connection
+# always does: it parks the descriptor and hands it to the next connection the process opens. So a
+# process with a connection per association keeps about one state.db descriptor per association it
+# ever had open at once: the count follows the peak of simultaneous associations, not their number.
+# (A connection left open also keeps its -wal descriptor: that one counts as a `file`.)
+STATE_DB = "state.db"
+
+
+def fd_kinds(pid: int) -> Counter[str]:
+    """What a process's open descriptors are: `state.db` (see STATE_DB), any other regular `file`,
+    `pipe`, `anon` (eventfd, epoll ...),
+    sockets by socket_tables(), and `socket gone` (closed while this looked: the tables are read
+    after the descriptors, so a socket missing from them had just closed)."""
+    kinds: Counter[str] = Counter()
+    targets = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return kinds
+    for name in names:
+        with contextlib.suppress(OSError):
+            targets.append(os.readlink(f"/proc/{pid}/fd/{name}"))
+    tables = socket_tables() if any(t.startswith("socket:[") for t in targets) else {}
+    for target in targets:
+        if target.startswith("socket:["):
+            kinds[tables.get(target[8:-1], "socket gone")] += 1
+        elif target.startswith("pipe:"):
+            kinds["pipe"] += 1
+        elif target.startswith("anon_inode:"):
+            kinds["anon"] += 1
+        elif target.endswith("/state.db"):
+            kinds["state.db"] += 1
+        else:
+            kinds["file"] += 1
+    return kinds
 
 
 def sample(pids: dict[str, int]) -> dict[str, tuple[int, int]]:
@@ -609,6 +694,24 @@ def sample(pids: dict[str, int]) -> dict[str, tuple[int, int]]:
             continue
         out[name] = (rss, fds)
     return out
+
+
+def slope_at_constant_load(points: list[tuple[float, float, float]]) -> float:
+    """Least-squares slope in t of (t, load, y) points with the load as a second regressor
+    (y = a + b·t + c·load): how y grows at a constant number of open connections, per second."""
+    n = len(points)
+    if n < 3:
+        return slope([(t, y) for t, _, y in points])
+    mt, mc, my = (sum(p[i] for p in points) / n for i in range(3))
+    stt = sum((t - mt) ** 2 for t, _, _ in points)
+    scc = sum((c - mc) ** 2 for _, c, _ in points)
+    stc = sum((t - mt) * (c - mc) for t, c, _ in points)
+    sty = sum((t - mt) * (y - my) for t, _, y in points)
+    scy = sum((c - mc) * (y - my) for _, c, y in points)
+    det = stt * scc - stc * stc
+    if stt == 0 or det <= 1e-9 * stt * max(scc, 1e-9):  # the load did not vary (or only with time)
+        return slope([(t, y) for t, _, y in points])
+    return (sty * scc - scy * stc) / det
 
 
 def slope(points: list[tuple[float, float]]) -> float:
