@@ -449,6 +449,7 @@ class Engine:
         self.slots = OutgoingSlots(self.data_dir, lambda: int(self.settings.get("dicom.max_connections")))
         self.running: dict[str, threading.Thread] = {}
         self.lock = threading.Lock()
+        self.kick = threading.Event()  # set: run the next pass now (work queued, a slot freed)
         self._forwarded = 0.0
         self._pruned = 0.0
 
@@ -497,6 +498,7 @@ class Engine:
             Runner(self, transfer).run()
         finally:
             slot.release()
+            self.kick.set()  # the next queued transfer starts now, not at the next poll
 
     def _answer(self, request: dict[str, Any]) -> None:
         conn = db.connect(self.data_dir)
@@ -522,6 +524,7 @@ class Engine:
                 jobs.answer_request(conn, request["id"], result=result)
             finally:
                 slot.release()
+                self.kick.set()
         except Exception as exc:
             jobs.answer_request(conn, request["id"], error=str(exc) or type(exc).__name__)
         finally:
