@@ -730,10 +730,18 @@ def read_stored(path: str) -> tuple[dict[int, str], memoryview] | None:
     """(file meta UIDs by element number, the data set bytes) of a DICOM file, or None if it has no
     standard file meta (Explicit VR Little Endian group 0002 after the 128-byte preamble) or is
     larger than DIRECT_MAX_BYTES."""
-    with open(path, "rb") as fp:
-        if os.fstat(fp.fileno()).st_size > DIRECT_MAX_BYTES:
+    # os-level calls: open, fstat, read, close (a Python file object adds two fstat, an ioctl, two
+    # lseek and a second read per object)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size > DIRECT_MAX_BYTES:
             return None
-        data = fp.read()
+        data = os.read(fd, size)  # a stored file is written once (renamed into place): its size is final
+        while len(data) < size and (more := os.read(fd, size - len(data))):
+            data += more
+    finally:
+        os.close(fd)
     if data[128:132] != b"DICM":
         return None
     pos, meta = 132, {}
@@ -841,10 +849,17 @@ class LentSocket:
     def __exit__(self, *exc: object) -> None:
         self.give_back()
 
-    def _recv(self, n: int, deadline: float | None) -> bytes:
+    def _recv(self, n: int, deadline: float | None, ready: bool = False) -> bytes:
+        """`n` bytes; `ready`: they are most likely there already (the rest of a PDU whose header
+        came), so one non-blocking recv is tried before waiting in select."""
         buf = bytearray(n)
         view = memoryview(buf)
         got = 0
+        if ready and n and not isinstance(self.sock, ssl.SSLSocket):
+            with contextlib.suppress(BlockingIOError, InterruptedError):
+                got = self.sock.recv_into(view, n, socket.MSG_DONTWAIT)
+                if not got:
+                    raise DirectStoreError("connection closed by the peer")
         while got < n:
             if not (isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()):
                 left = None if deadline is None else deadline - time.monotonic()
@@ -872,7 +887,7 @@ class LentSocket:
         command = b""
         while True:
             kind, _, length = struct.unpack(">BBI", self._recv(6, deadline))
-            body = self._recv(length, deadline)
+            body = self._recv(length, deadline, ready=True)
             if kind != 0x04:
                 raise DirectStoreError({0x07: "association aborted by the peer",
                                         0x05: "the peer asked to release the association"}.get(
