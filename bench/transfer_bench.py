@@ -114,6 +114,68 @@ def station_transfer(data: Path, *args: str) -> tuple[float, float, float]:
     return t["finished_at"] - t["started_at"], wall, cpu
 
 
+class Run:
+    """One run of the comparisons on one set: the station's way and dcmtk's, each a method."""
+
+    def __init__(self, root: Path, st: Station, pacs: Orthanc, movescu_port: int, tag: str, rep: int,
+                 files: list[Path], study: str) -> None:
+        self.root, self.st, self.pacs, self.movescu_port = root, st, pacs, movescu_port
+        self.tag, self.rep, self.files, self.study = tag, rep, files, study
+
+    def station_to_storescp(self) -> tuple[float, float, float]:
+        folder, aet = self.root / f"scp-{self.tag}-station", f"DEST{self.rep}"
+        with storescp(folder, aet) as (port, _scp):
+            burnstation(self.st.data, "nodes", "add", aet, "127.0.0.1", str(port))
+            result = station_transfer(self.st.data, "send", aet, "--study", self.study)
+            assert count_files(folder) == len(self.files)
+        return result
+
+    def storescu_to_storescp(self) -> tuple[float, float]:
+        folder = self.root / f"scp-{self.tag}-dcmtk"
+        with storescp(folder) as (port, _scp):
+            result = timed(["/usr/bin/storescu", "-aec", "DEST", "127.0.0.1", str(port), *map(str, self.files)])
+            assert count_files(folder) == len(self.files)
+        return result
+
+    def _empty_orthanc(self) -> None:
+        """Each send starts from an empty Orthanc."""
+        for oid in self.pacs.get("/studies"):
+            self.pacs.request("DELETE", f"/studies/{oid}")
+
+    def station_to_orthanc(self) -> tuple[float, float, float]:
+        self._empty_orthanc()
+        result = station_transfer(self.st.data, "send", "ORTHANC", "--study", self.study)
+        assert self.pacs.instance_count() == len(self.files)
+        return result
+
+    def storescu_to_orthanc(self) -> tuple[float, float]:
+        self._empty_orthanc()
+        result = timed(["/usr/bin/storescu", "-aec", "ORTHANC", "127.0.0.1", str(self.pacs.dicom_port),
+                        *map(str, self.files)])
+        assert self.pacs.instance_count() == len(self.files)
+        return result
+
+    def station_retrieve(self) -> tuple[float, float, float]:
+        """C-MOVE to the station (the study taken out of its index first)."""
+        with contextlib.closing(db.connect(self.st.data)) as conn:
+            conn.execute("DELETE FROM instances WHERE study_uid=?", (self.study,))
+        result = station_transfer(self.st.data, "retrieve", "ORTHANC", "--study", self.study)
+        with contextlib.closing(db.connect(self.st.data)) as conn:
+            got = conn.execute("SELECT COUNT(*) FROM instances WHERE study_uid=?", (self.study,)).fetchone()[0]
+        assert got == len(self.files), got
+        return result
+
+    def movescu_retrieve(self) -> tuple[float, float]:
+        """dcmtk movescu with its own storage SCP (--port)."""
+        out = self.root / f"movescu-{self.tag}"
+        out.mkdir()
+        result = timed(["/usr/bin/movescu", "-S", "-aet", "MOVESCU", "-aec", "ORTHANC", "-aem", "MOVESCU",
+                        "--port", str(self.movescu_port), "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
+                        "-k", f"StudyInstanceUID={self.study}", "127.0.0.1", str(self.pacs.dicom_port)])
+        assert count_files(out) == len(self.files), count_files(out)
+        return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", type=int, default=1000, help="64x64 16-bit instances (~8 KB)")
@@ -160,41 +222,19 @@ def main() -> int:
                     # the receivers' CPU: the station's dicom (and transfer) processes against storescp's
                     note("receive (storescu)", name, len(files), (received[0], received[0], received_cpu),
                          (theirs[0], scp_cpu))
-                    # send to storescp
-                    with storescp(root / f"scp-{tag}-station", f"DEST{rep}") as (port, _scp):
-                        burnstation(st.data, "nodes", "add", f"DEST{rep}", "127.0.0.1", str(port))
-                        ours = station_transfer(st.data, "send", f"DEST{rep}", "--study", study)
-                        assert count_files(root / f"scp-{tag}-station") == len(files)
-                    with storescp(root / f"scp-{tag}-dcmtk") as (port, _scp):
-                        theirs = timed(["/usr/bin/storescu", "-aec", "DEST", "127.0.0.1", str(port),
-                                        *map(str, files)])
-                        assert count_files(root / f"scp-{tag}-dcmtk") == len(files)
-                    note("send to storescp", name, len(files), ours, theirs)
-                    # send to Orthanc (each starts from an empty Orthanc: delete what is there)
-                    for oid in pacs.get("/studies"):
-                        pacs.request("DELETE", f"/studies/{oid}")
-                    ours = station_transfer(st.data, "send", "ORTHANC", "--study", study)
-                    assert pacs.instance_count() == len(files)
-                    for oid in pacs.get("/studies"):
-                        pacs.request("DELETE", f"/studies/{oid}")
-                    theirs = timed(["/usr/bin/storescu", "-aec", "ORTHANC", "127.0.0.1", str(pacs.dicom_port),
-                                    *map(str, files)])
-                    assert pacs.instance_count() == len(files)
-                    note("send to Orthanc", name, len(files), ours, theirs)
-                    # retrieve from Orthanc: C-MOVE to the station, against movescu + its own storage SCP
-                    with contextlib.closing(db.connect(st.data)) as conn:
-                        conn.execute("DELETE FROM instances WHERE study_uid=?", (study,))
-                    ours = station_transfer(st.data, "retrieve", "ORTHANC", "--study", study)
-                    with contextlib.closing(db.connect(st.data)) as conn:
-                        got = conn.execute("SELECT COUNT(*) FROM instances WHERE study_uid=?", (study,)).fetchone()[0]
-                    assert got == len(files), got
-                    out = root / f"movescu-{tag}"
-                    out.mkdir()
-                    theirs = timed(["/usr/bin/movescu", "-S", "-aet", "MOVESCU", "-aec", "ORTHANC", "-aem", "MOVESCU",
-                                    "--port", str(movescu_port), "-od", str(out), "-k", "QueryRetrieveLevel=STUDY",
-                                    "-k", f"StudyInstanceUID={study}", "127.0.0.1", str(pacs.dicom_port)])
-                    assert count_files(out) == len(files), count_files(out)
-                    note("retrieve (C-MOVE)", name, len(files), ours, theirs)
+                    # who goes first alternates from run to run (a load that rises or falls during
+                    # a run then favours neither)
+                    run = Run(root, st, pacs, movescu_port, tag, rep, files, study)
+                    for what, station_way, dcmtk_way in (
+                            ("send to storescp", run.station_to_storescp, run.storescu_to_storescp),
+                            ("send to Orthanc", run.station_to_orthanc, run.storescu_to_orthanc),
+                            ("retrieve (C-MOVE)", run.station_retrieve, run.movescu_retrieve)):
+                        if rep % 2:
+                            dcmtk_result = dcmtk_way()
+                            note(what, name, len(files), station_way(), dcmtk_result)
+                        else:
+                            station_result = station_way()
+                            note(what, name, len(files), station_result, dcmtk_way())
     finally:
         shutil.rmtree(root, ignore_errors=True)
     print(f"load average (1 min) during the run: min {min(loads):.1f}, median {statistics.median(loads):.1f}, "

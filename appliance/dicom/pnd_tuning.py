@@ -144,6 +144,10 @@ _LOGGER_DIMSE = logging.getLogger("pynetdicom.dimse")
 _installed = False
 
 IDLE_WAIT = 0.05  # seconds a reactor blocks when idle before re-checking its timers
+# 3c: while the socket is lent the DUL checks no timers and is woken for everything it must do
+# (give back, kill, stop, an abort queued); a long wait spares the sending thread 20 GIL
+# hand-overs a second
+LENT_WAIT = 1.0
 _INLINE_STORE = False  # 2b on (set by install)
 _DIRECT_STORE = False  # 3c on (set by install)
 
@@ -314,7 +318,7 @@ def _dul_wait(dul: DULServiceProvider, waker_r: socket.socket) -> None:
 def _wait_waker(waker_r: socket.socket) -> None:
     """3c: while the socket is lent, wait for a wake-up only (never read the peer's data)."""
     try:
-        readable, _, _ = select.select([waker_r], [], [], IDLE_WAIT)
+        readable, _, _ = select.select([waker_r], [], [], LENT_WAIT)
         if readable:
             while waker_r.recv(4096):
                 pass
