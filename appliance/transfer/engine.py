@@ -318,7 +318,7 @@ class Runner:
             jobs.update(self.conn, self.id,
                         message=f"retrieving from {node.aet} by C-{'GET' if get else 'MOVE'} ({root})")
             responses = (assoc.send_c_get(ds, model) if get
-                         else assoc.send_c_move(ds, self.settings.aet(), model))
+                         else scu.move_responses(assoc, ds, self.settings.aet(), model))
             for status, _identifier in responses:
                 code = getattr(status, "Status", None)
                 for key, attr in (("remaining", "NumberOfRemainingSuboperations"),
@@ -335,6 +335,7 @@ class Runner:
                         last_write = time.monotonic()
                         jobs.update(self.conn, self.id, peer_status=f"0x{code:04X}", **counts)
                     if self.cancelled():
+                        responses.close()  # a C-MOVE driven by this thread gives the socket back first
                         assoc.abort()
                         jobs.finish(self.conn, self.id, jobs.CANCELLED, message="cancelled by the user", **counts)
                         return
@@ -480,12 +481,13 @@ class Engine:
         with self.lock:
             for tid in [t for t, th in self.running.items() if not th.is_alive()]:
                 del self.running[tid]
-        while (slot := self.slots.try_acquire()) is not None:
-            transfer = jobs.next_queued(self.conn, skip=list(self.running))
-            if transfer is None or not jobs.claim(self.conn, transfer["id"]):
+        # the queue first: a pass with nothing queued (most of them) touches no lock file
+        while (transfer := jobs.next_queued(self.conn, skip=list(self.running))) is not None:
+            slot = self.slots.try_acquire()
+            if slot is None:
+                return
+            if not jobs.claim(self.conn, transfer["id"]):
                 slot.release()
-                if transfer is None:
-                    return
                 continue
             thread = threading.Thread(target=self._run, args=(transfer, slot), name=f"transfer-{transfer['id']}",
                                       daemon=True)
