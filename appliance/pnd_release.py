@@ -31,6 +31,9 @@ REPLACED_SOURCES = {
     "DIMSEServiceProvider.send_msg": "a839cf2fb46976d9da29cf06fea41c04416b38d14fab612af12e5d869bd5b3f0",
     # not replaced: what the direct C-STORE path (pnd_tuning 3c) does instead of it, for the requestor
     "Association.send_c_store": "fa5a8127f349f8e75698f4cdf2b4dbe3f38e3e9e320a8cf45c15bf8333f9c283",
+    # not replaced: what the direct C-MOVE path (pnd_tuning 3d) does instead of them, for the requestor
+    "Association.send_c_move": "eb51b3130c213cf637e200e36101a484337e46cbc21b25f1733d7d2ccfdd0e71",
+    "Association._wrap_get_move_responses": "d023a7bdadd24d59eb754f9d3d068b282311d32dcbb1f2a28b4cbe1bc76aafd9",
 }
 # the library functions each patch stands on; BEHAVIOURAL is the one that changes what the station
 # accepts (the others only make it faster and are left out when their library code changed)
@@ -43,6 +46,7 @@ PATCH_SOURCES = {
     "store_rq": ("DIMSEServiceProvider.receive_primitive",),
     "recv": ("AssociationSocket.recv",),
     "store_send": ("Association.send_c_store", "DULServiceProvider.run_reactor"),
+    "move_send": ("Association.send_c_move", "Association._wrap_get_move_responses", "DULServiceProvider.run_reactor"),
 }
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from io import BytesIO
 from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_context, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
@@ -198,3 +199,128 @@ def test_peer_that_never_answers_fails_after_the_timeout(tmp_path: Path) -> None
     assert [code for _, code, _ in results] == [None]
     assert "no answer within dicom.timeout=2s" in results[0][2]
     assert 2 <= took < 8 and not assoc.is_established
+
+
+# --------------------------------------------------------------------------- 3d: C-MOVE
+
+
+def test_move_command_set_is_the_librarys() -> None:
+    from pynetdicom.dimse_messages import C_MOVE_RQ
+    from pynetdicom.dimse_primitives import C_MOVE
+
+    model = "1.2.840.10008.5.1.4.1.2.2.2"
+    for msg_id, dest in ((1, "BURNSTATION"), (65535, "ODD"), (7, "A" * 16)):
+        req = C_MOVE()
+        req.MessageID = msg_id
+        req.AffectedSOPClassUID = model
+        req.Priority = 2
+        req.MoveDestination = dest
+        req.Identifier = BytesIO(b"\0")
+        msg = C_MOVE_RQ()
+        msg.primitive_to_message(req)
+        assert pnd_tuning.move_rq_command(msg_id, model, dest) == encode(msg.command_set, True, True)
+
+
+class MovePeer:
+    """A C-MOVE SCP (pynetdicom) that moves `n` instances to a storage SCP of its own, or answers
+    with `final` at once; it keeps the identifiers it was asked with."""
+
+    def __init__(self, n: int, final: int = 0x0000) -> None:
+        from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove
+
+        self.port = free_port()
+        self.store_port = free_port()
+        self.n, self.final = n, final
+        self.identifiers: list[Dataset] = []
+        self.stored: list[str] = []
+        ae = AE(ae_title="PEER")
+        ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove, ["1.2.840.10008.1.2",
+                                                                             "1.2.840.10008.1.2.1"])
+        ae.add_requested_context(CT)
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_MOVE, self._move)])
+        dest = AE(ae_title="DEST")
+        dest.add_supported_context(CT)
+        self.dest = dest.start_server(("127.0.0.1", self.store_port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event) -> int:  # noqa: ANN001
+        self.stored.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    def _move(self, event):  # noqa: ANN001, ANN202
+        self.identifiers.append(event.identifier)
+        yield "127.0.0.1", self.store_port
+        yield max(self.n, 1)
+        if self.final != 0x0000:
+            status = Dataset()
+            status.Status = self.final
+            status.ErrorComment = "no such study"
+            yield status, None
+            return
+        for i in range(self.n):
+            yield 0xFF00, make_dataset(rows=4, cols=4, instance_number=i + 1)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.dest.shutdown()
+
+
+def move(tmp_path: Path, peer: MovePeer) -> list[tuple[object, object]]:
+    from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelMove as MOVE
+
+    settings = Settings(tmp_path / "data")
+    settings.set("dicom.timeout", 10)
+    assoc = scu.associate(tmp_path / "data", settings, Node("PEER", "127.0.0.1", peer.port),
+                          [build_context(MOVE)])
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = "1.2.3.4"
+    try:
+        return list(scu.move_responses(assoc, ds, "DEST", MOVE))
+    finally:
+        scu.close(assoc)
+        assert assoc.is_released  # the DUL thread had the socket back for the release
+
+
+def test_move_responses_are_the_librarys(tmp_path: Path, monkeypatch) -> None:
+    """The direct C-MOVE (3d) yields what the library's send_c_move yields (pending counts, then the
+    final status), and the library's path is not used when the direct one can run."""
+    def counts(responses: list) -> list[tuple]:
+        return [tuple(getattr(s, k, None) for k in ("Status", "NumberOfRemainingSuboperations",
+                                                    "NumberOfCompletedSuboperations", "NumberOfFailedSuboperations",
+                                                    "NumberOfWarningSuboperations")) for s, _ in responses]
+
+    results = {}
+    for direct in (False, True):
+        with monkeypatch.context() as m:
+            if direct:
+                def library_path(*args, **kw):  # noqa: ANN002, ANN003, ANN202
+                    raise AssertionError("the library's send_c_move was used")
+
+                m.setattr(Association, "send_c_move", library_path)
+            else:
+                m.setattr(pnd_tuning, "_DIRECT_MOVE", False)
+            peer = MovePeer(5)
+            try:
+                results[direct] = counts(move(tmp_path / str(direct), peer))
+            finally:
+                peer.close()
+            assert len(peer.stored) == 5
+            assert [str(i.StudyInstanceUID) for i in peer.identifiers] == ["1.2.3.4"]
+    assert results[True] == results[False]
+    assert [r[0] for r in results[True]] == [0xFF00] * 5 + [0x0000]
+    assert results[True][-1][2] == 5
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_move_failure_status_and_comment(tmp_path: Path, monkeypatch, direct: bool) -> None:
+    if not direct:
+        monkeypatch.setattr(pnd_tuning, "_DIRECT_MOVE", False)
+    peer = MovePeer(0, final=0xA801)
+    try:
+        responses = move(tmp_path, peer)
+    finally:
+        peer.close()
+    assert len(responses) == 1
+    assert responses[0][0].Status == 0xA801 and responses[0][0].ErrorComment == "no such study"

@@ -220,3 +220,73 @@ def test_many_fast_stores_over_one_association_never_lose_a_response(data: Path,
         assert not assoc.is_established
     assert codes == [0] * len(rows)
     assert sum(1 for p in (tmp_path / "out").rglob("*") if p.is_file()) == len(rows)
+
+
+def test_queued_sends_start_without_waiting_for_the_poll(data: Path, tmp_path: Path, monkeypatch) -> None:
+    """Work queued through jobs wakes the transfer process (transfer/wake.py), and a finished
+    transfer lets the next queued one start at once: with a one-minute poll, three sends over one
+    connection all end within seconds (without the wake-ups the first would wait a minute)."""
+    from pynetdicom import _config
+    from support import storescp
+
+    from appliance.dicom import pnd_tuning
+    from appliance.services import transfer as service
+    from appliance.transfer import wake
+
+    monkeypatch.setattr(service, "POLL_SECONDS", 60.0)
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", _config.STORE_SEND_CHUNKED_DATASET)
+    settings = Settings(data)
+    settings.set("dicom.max_connections", 1)
+    conn = db.connect(data)
+    uids = []
+    for i in range(3):
+        ds = make_dataset(study_uid=f"1.2.3.{i}", rows=4, cols=4)
+        path = tmp_path / f"{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        rec = index.record_from_dataset(ds, str(path), path.stat().st_size, str(ds.file_meta.TransferSyntaxUID))
+        rec.called_aet, rec.calling_aet, rec.received_at = "BURNSTATION", "MOD1", time.time()
+        index.add_instance(conn, rec)
+        uids.append(str(ds.SOPInstanceUID))
+    stop, ready = threading.Event(), threading.Event()
+    with storescp(tmp_path / "out", "DEST") as port:
+        settings.add_node(make_node("DEST", "127.0.0.1", port))
+        thread = threading.Thread(target=service.serve, args=(data, stop, ready), daemon=True)
+        thread.start()
+        try:
+            assert ready.wait(30)
+            time.sleep(0.5)  # the first pass (at start) is over: only a wake-up starts what comes next
+            started = time.monotonic()
+            ids = [jobs.create_send(conn, "DEST", [uid]) for uid in uids]
+            while time.monotonic() - started < 20 and any(jobs.get(conn, t)["state"] not in jobs.FINAL for t in ids):
+                time.sleep(0.02)
+            assert [jobs.get(conn, t)["state"] for t in ids] == [jobs.DONE] * 3
+        finally:
+            stop.set()
+            thread.join(30)
+            pnd_tuning.uninstall()
+            pnd_tuning.set_protocol_logging(True)
+    assert not thread.is_alive()
+    assert sum(1 for p in (tmp_path / "out").rglob("*") if p.is_file()) == 3
+    conn.close()
+    # nobody listening any more (or never): queuing work neither blocks nor fails
+    before = time.monotonic()
+    wake.notify(data)
+    wake.notify(tmp_path / "no-such-folder")
+    assert time.monotonic() - before < 1.0
+
+
+def test_wake_listener_replaces_what_is_not_a_fifo(data: Path) -> None:
+    from appliance.transfer import wake
+
+    path = wake.fifo_path(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("left over")
+    listener = wake.Listener(data)
+    try:
+        assert not listener.wait(0.01)
+        wake.notify(data)
+        wake.notify(data)
+        assert listener.wait(5.0)
+        assert not listener.wait(0.01)  # both wake-ups consumed by one wait
+    finally:
+        listener.close()

@@ -8,11 +8,15 @@ import socket
 import struct
 import threading
 from collections.abc import Iterable, Iterator
+from io import BytesIO
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context, evt
+from pynetdicom.dsutils import decode, encode
 
 from appliance import tlsca
 from appliance.config import Node, Settings
@@ -104,6 +108,11 @@ class _HeldCheckpoint(threading.Event):
 def _hold_reactor(assoc: Any) -> None:
     checkpoint = _HeldCheckpoint(assoc)
     assoc._reactor_checkpoint = checkpoint
+    # the event-driven reactor (pnd_tuning 2) idles up to IDLE_WAIT before its next turn; woken, it
+    # parks at once (that wait was ~50 ms of every association, more on a busy machine)
+    wake = getattr(assoc, "_bs_wake", None)
+    if wake is not None:
+        wake.set()
     if not checkpoint.parked.wait(5.0):  # the reactor reaches its wait within one loop turn
         raise AssociationFailed("the association's reactor thread did not pause")
 
@@ -193,6 +202,62 @@ def store_rows(assoc: Any, rows: Iterable[dict]) -> Iterator[tuple[dict, int | N
     finally:
         if lent is not None:
             lent.give_back()
+
+
+def move_responses(assoc: Any, identifier: Any, destination: str, model: str) -> Iterator[tuple[Any, Any]]:
+    """C-MOVE `identifier` to `destination`: (status, identifier or None) per response, as the library's
+    send_c_move yields them (a status without `Status`: no answer in time, or the association lost).
+
+    The calling thread drives the association itself (pnd_tuning 3d) when it can; close the generator
+    before aborting the association.
+    """
+    cx = next((cx for cx in assoc.accepted_contexts if str(cx.abstract_syntax) == str(model)), None)
+    ts = str(cx.transfer_syntax[0]) if cx is not None else ""
+    if not (pnd_tuning.direct_move_possible(assoc) and ts in (ImplicitVRLittleEndian, ExplicitVRLittleEndian)):
+        yield from assoc.send_c_move(identifier, destination, model)
+        return
+    implicit = ts == ImplicitVRLittleEndian
+    raw = encode(identifier, implicit, True)
+    if raw is None:
+        yield from assoc.send_c_move(identifier, destination, model)
+        return
+    try:
+        lent: pnd_tuning.LentSocket | None = pnd_tuning.LentSocket(assoc).__enter__()
+    except pnd_tuning.DirectStoreError:
+        yield from assoc.send_c_move(identifier, destination, model)
+        return
+    try:
+        responses = cast(Any, lent).move(str(model), ts, raw, destination)
+        while True:
+            try:
+                values, data = next(responses)
+            except StopIteration:
+                return
+            yield _move_status(values), (decode(BytesIO(data), implicit, True) if data else None)
+    except (pnd_tuning.DirectStoreError, OSError, struct.error, ValueError) as exc:
+        if lent is not None:
+            lent.give_back()
+            lent = None
+        assoc.abort()
+        yield SimpleNamespace(ErrorComment=f"{type(exc).__name__}: {exc}"[:300]), None
+    finally:
+        if lent is not None:
+            lent.give_back()
+
+
+_MOVE_STATUS_ELEMENTS = {0x1020: "NumberOfRemainingSuboperations", 0x1021: "NumberOfCompletedSuboperations",
+                         0x1022: "NumberOfFailedSuboperations", 0x1023: "NumberOfWarningSuboperations"}
+
+
+def _move_status(values: dict[int, bytes]) -> SimpleNamespace:
+    """The attributes of a C-MOVE-RSP command set the station reads (as the library's status Dataset has them)."""
+    status = SimpleNamespace(Status=struct.unpack("<H", values[0x0900])[0])
+    for elem, name in _MOVE_STATUS_ELEMENTS.items():
+        if len(values.get(elem, b"")) == 2:
+            setattr(status, name, struct.unpack("<H", values[elem])[0])
+    if 0x0902 in values:
+        status.ErrorComment = values[0x0902].rstrip(b"\0 ").decode("ascii", "replace")
+    return status
 
 
 def _store_with_library(assoc: Any, row: dict, accepted: set[tuple[str, str]]) -> Iterator[tuple[dict, int | None, str]]:

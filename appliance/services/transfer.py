@@ -3,6 +3,7 @@
 It runs queued transfers (retrieve, send, forwarding), answers the queries the CLI hands it via
 state.db and feeds the forwarding rules from the index. Transfers left running by a stop or a
 crash are queued again at start (a send resumes with what the peer has not acknowledged).
+Queued work wakes it at once (transfer/wake.py); it also polls every POLL_SECONDS.
 """
 
 from __future__ import annotations
@@ -16,11 +17,32 @@ from pynetdicom import _config
 
 from appliance.dicom import pnd_tuning
 from appliance.services import stop_event
-from appliance.transfer import jobs
+from appliance.transfer import jobs, wake
 from appliance.transfer.engine import Engine
 
 LOG = logging.getLogger("burnstation.transfer")
 POLL_SECONDS = 0.2
+
+
+def _relay_wakeups(data_dir: Path, stop: threading.Event, kick: threading.Event) -> None:
+    """`kick` the loop when work is queued (wake.notify) and when `stop` is set; without the FIFO the
+    loop still polls every POLL_SECONDS."""
+    threading.Thread(target=lambda: (stop.wait(), kick.set()), name="transfer-stop", daemon=True).start()
+    try:
+        listener = wake.Listener(data_dir)
+    except OSError as exc:
+        LOG.warning("no wake-up FIFO (%s): queued transfers start within %gs", exc, POLL_SECONDS)
+        return
+
+    def relay() -> None:
+        try:
+            while not stop.is_set():
+                if listener.wait(1.0):
+                    kick.set()
+        finally:
+            listener.close()
+
+    threading.Thread(target=relay, name="transfer-wake", daemon=True).start()
 
 
 def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
@@ -34,15 +56,17 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     # pynetdicom's per-PDU logging handlers only with dicom.debug (they also keep 3c off)
     pnd_tuning.set_protocol_logging(bool(engine.settings.get("dicom.debug")))
     engine.recover()
+    _relay_wakeups(Path(data_dir), stop, engine.kick)
     if ready is not None:
         ready.set()
     try:
         while not stop.is_set():
+            engine.kick.clear()  # before the pass: work queued during it is seen by the next one
             try:
                 engine.step()
             except Exception:
                 LOG.exception("transfer pass failed")
-            stop.wait(POLL_SECONDS)
+            engine.kick.wait(POLL_SECONDS)
     finally:
         engine.wait_idle(2.0)
         # what is still running resumes at the next start; say so now rather than "running"

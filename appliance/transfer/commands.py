@@ -19,6 +19,7 @@ from appliance import db
 from appliance.config import SettingError, Settings
 from appliance.transfer import engine, jobs, rules
 
+FOLLOW_SECONDS = 0.05  # a transfer's row is read this often while it is followed (one indexed SELECT)
 PICKUP_SECONDS = 10.0  # a query not taken by the transfer process within this: it is not running
 
 
@@ -145,7 +146,7 @@ def follow(conn: Any, transfer_id: str, quiet: bool = False) -> dict[str, Any]:
             last = shown
         if t["state"] in jobs.FINAL:
             return t
-        time.sleep(0.2)
+        time.sleep(FOLLOW_SECONDS)
 
 
 def _queued(args: argparse.Namespace, settings: Settings, conn: Any, transfer_id: str) -> int:

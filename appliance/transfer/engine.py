@@ -318,7 +318,7 @@ class Runner:
             jobs.update(self.conn, self.id,
                         message=f"retrieving from {node.aet} by C-{'GET' if get else 'MOVE'} ({root})")
             responses = (assoc.send_c_get(ds, model) if get
-                         else assoc.send_c_move(ds, self.settings.aet(), model))
+                         else scu.move_responses(assoc, ds, self.settings.aet(), model))
             for status, _identifier in responses:
                 code = getattr(status, "Status", None)
                 for key, attr in (("remaining", "NumberOfRemainingSuboperations"),
@@ -335,6 +335,7 @@ class Runner:
                         last_write = time.monotonic()
                         jobs.update(self.conn, self.id, peer_status=f"0x{code:04X}", **counts)
                     if self.cancelled():
+                        responses.close()  # a C-MOVE driven by this thread gives the socket back first
                         assoc.abort()
                         jobs.finish(self.conn, self.id, jobs.CANCELLED, message="cancelled by the user", **counts)
                         return
@@ -449,6 +450,7 @@ class Engine:
         self.slots = OutgoingSlots(self.data_dir, lambda: int(self.settings.get("dicom.max_connections")))
         self.running: dict[str, threading.Thread] = {}
         self.lock = threading.Lock()
+        self.kick = threading.Event()  # set: run the next pass now (work queued, a slot freed)
         self._forwarded = 0.0
         self._pruned = 0.0
 
@@ -479,12 +481,13 @@ class Engine:
         with self.lock:
             for tid in [t for t, th in self.running.items() if not th.is_alive()]:
                 del self.running[tid]
-        while (slot := self.slots.try_acquire()) is not None:
-            transfer = jobs.next_queued(self.conn, skip=list(self.running))
-            if transfer is None or not jobs.claim(self.conn, transfer["id"]):
+        # the queue first: a pass with nothing queued (most of them) touches no lock file
+        while (transfer := jobs.next_queued(self.conn, skip=list(self.running))) is not None:
+            slot = self.slots.try_acquire()
+            if slot is None:
+                return
+            if not jobs.claim(self.conn, transfer["id"]):
                 slot.release()
-                if transfer is None:
-                    return
                 continue
             thread = threading.Thread(target=self._run, args=(transfer, slot), name=f"transfer-{transfer['id']}",
                                       daemon=True)
@@ -497,6 +500,7 @@ class Engine:
             Runner(self, transfer).run()
         finally:
             slot.release()
+            self.kick.set()  # the next queued transfer starts now, not at the next poll
 
     def _answer(self, request: dict[str, Any]) -> None:
         conn = db.connect(self.data_dir)
@@ -522,6 +526,7 @@ class Engine:
                 jobs.answer_request(conn, request["id"], result=result)
             finally:
                 slot.release()
+                self.kick.set()
         except Exception as exc:
             jobs.answer_request(conn, request["id"], error=str(exc) or type(exc).__name__)
         finally:

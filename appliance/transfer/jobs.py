@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import db, index
+from appliance.transfer import wake
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 STATES = (QUEUED, RUNNING, DONE, FAILED, CANCELLED)
@@ -146,9 +147,17 @@ def create_retrieve(conn: sqlite3.Connection, node: str, method: str, study_uid:
     if not study_uid.strip():
         raise TransferError("retrieve: give the Study Instance UID")
     with db.transaction(conn):
-        return _insert(conn, kind=RETRIEVE, node=node, method=method, level="SERIES" if series_uid else "STUDY",
-                       study_uid=study_uid.strip(), series_uid=series_uid.strip(), burn=int(bool(burn)),
-                       message="waiting for a connection")
+        transfer_id = _insert(conn, kind=RETRIEVE, node=node, method=method,
+                              level="SERIES" if series_uid else "STUDY", study_uid=study_uid.strip(),
+                              series_uid=series_uid.strip(), burn=int(bool(burn)), message="waiting for a connection")
+    _wake(conn)
+    return transfer_id
+
+
+def _wake(conn: sqlite3.Connection) -> None:
+    """New work for the transfer process: wake it (committed first; else it finds it at its next poll)."""
+    if not conn.in_transaction:
+        wake.notify(getattr(conn, "data_dir", ""))
 
 
 def select_instances(conn: sqlite3.Connection, study_uid: str = "", series_uid: str = "",
@@ -161,8 +170,10 @@ def create_send(conn: sqlite3.Connection, node: str, sop_uids: Iterable[str], *,
                 series_uid: str = "", instance_uid: str = "", rule: str = "") -> str:
     """Queue a C-STORE of indexed instances to `node` (inside its own transaction)."""
     with db.transaction(conn):
-        return create_send_in(conn, node, sop_uids, study_uid=study_uid, series_uid=series_uid,
-                              instance_uid=instance_uid, rule=rule)
+        transfer_id = create_send_in(conn, node, sop_uids, study_uid=study_uid, series_uid=series_uid,
+                                     instance_uid=instance_uid, rule=rule)
+    _wake(conn)
+    return transfer_id
 
 
 def create_send_in(conn: sqlite3.Connection, node: str, sop_uids: Iterable[str], *, study_uid: str = "",
@@ -281,6 +292,7 @@ def retry(conn: sqlite3.Connection, transfer_id: str) -> str:
             conn.execute("UPDATE transfer_items SET state='pending', status='' WHERE transfer_id=? AND state='failed'",
                          (transfer_id,))
     if moved:
+        _wake(conn)
         return f"{transfer_id}: queued again (attempt {transfer['attempts'] + 1})"
     raise TransferError(f"{transfer_id}: only a failed or cancelled transfer can be retried; it is {transfer['state']}")
 
@@ -410,8 +422,10 @@ def acked_sop_uids(conn: sqlite3.Connection, node: str) -> set[str]:
 
 def submit_request(conn: sqlite3.Connection, kind: str, node: str, params: dict[str, Any]) -> int:
     now = time.time()
-    return int(conn.execute("INSERT INTO transfer_requests (kind, node, params, created_at, updated_at) "
-                            "VALUES (?, ?, ?, ?, ?)", (kind, node, json.dumps(params), now, now)).lastrowid)
+    request_id = int(conn.execute("INSERT INTO transfer_requests (kind, node, params, created_at, updated_at) "
+                                  "VALUES (?, ?, ?, ?, ?)", (kind, node, json.dumps(params), now, now)).lastrowid)
+    _wake(conn)
+    return request_id
 
 
 def get_request(conn: sqlite3.Connection, request_id: int) -> dict[str, Any] | None:
