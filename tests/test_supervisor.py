@@ -103,9 +103,12 @@ def test_crashing_service_is_failed_and_the_rest_works(tmp_path, monkeypatch):
         assert states["dicom"] in ("starting", "running")
         wait_for(lambda: procs(st.data)["dicom"]["state"] == "running", 30, "dicom running", every=0.1)
         assert echo(st)
-        # it stays failed: no more attempts
-        time.sleep(3)
-        assert procs(st.data)[target]["starts"] == 3
+        # it stays failed: no more attempts, past the moment a retry would have come (the backoff
+        # before a fourth start would be 3 s), seen in the state the supervisor keeps rewriting
+        since = read_state(st.data)["updated_at"]
+        wait_for(lambda: read_state(st.data).get("updated_at", 0) > since + 3.5, 30, "supervisor 3.5 s further",
+                 every=0.2)
+        assert procs(st.data)[target]["starts"] == 3 and procs(st.data)[target]["state"] == "failed"
 
 
 def _available() -> list[str]:
