@@ -319,7 +319,7 @@ class Station:
         self.proc = subprocess.Popen([str(BIN / "burnstation"), "--data", str(self.data), "run", *extra],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_dicom(self.port, self.aet)
+            wait_dicom(self.port, self.aet, timeout=90)  # generous: four xdist workers on two cores
         except BaseException:  # not up in time: stop it, else it outlives the test (nobody else will)
             self.stop()
             raise

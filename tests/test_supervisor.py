@@ -51,6 +51,7 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.serial  # bounds on wall-clock seconds: run alone, after the parallel run
 def test_kill_9_each_child_comes_back(tmp_path):
     """Every child, the simulator, drivers and panel included (the panel follows the LCD's new pty)."""
     st = Station(tmp_path / "data", supervisor__start_seconds=1)
@@ -117,6 +118,7 @@ def _available() -> list[str]:
     return list(SERVICES)
 
 
+@pytest.mark.serial  # bounds on wall-clock seconds: run alone, after the parallel run
 def test_sigterm_stops_everything_within_10s_and_keeps_instances(tmp_path):
     st = Station(tmp_path / "data", supervisor__start_seconds=1)
     files = write_study(tmp_path / "in", n_series=2, per_series=5)
@@ -145,6 +147,7 @@ def test_sigterm_stops_everything_within_10s_and_keeps_instances(tmp_path):
     assert len(stored) == len(files)
 
 
+@pytest.mark.serial  # bounds on wall-clock seconds: run alone, after the parallel run
 def test_sigterm_during_a_transfer_loses_no_acknowledged_instance(tmp_path):
     """Every instance the sender got a success for is on disk and in the index after SIGTERM."""
     import sqlite3
