@@ -60,10 +60,16 @@ run: deps venv
 lint: venv
 	$(VENV)/bin/ruff check .
 
-# every test; `test-fast` only those that start no station process (the tier is decided in
-# tests/conftest.py: see the `station` marker in pyproject.toml)
+# every test: all but the `serial` ones in TEST_WORKERS processes (pytest-xdist; a module whose
+# tests share a fixture stays on one worker, the longest work goes out first by tests/durations.json,
+# see tests/conftest.py), then the `serial` ones (wall-clock bounds on a station) alone; both parts
+# always run. TEST_WORKERS=0: the first part in this one process. `test-fast` only the tests that
+# start no station process (the tier is decided in tests/tiers.py: the `station` marker).
+TEST_WORKERS ?= 4
 test: deps venv lint
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -q -m "not serial" -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS); first=$$?; \
+	$(VENV)/bin/python -m pytest -q -m serial $(PYTEST_ARGS); second=$$?; \
+	[ $$second = 5 ] && second=0; exit $$(( first || second ))
 
 # in FAST_WORKERS processes (pytest-xdist; a module's tests stay together, so its module fixtures
 # are built once); FAST_WORKERS=0 runs them in this one process. Four on two cores: many of these

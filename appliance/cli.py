@@ -354,7 +354,28 @@ def cmd_network(args: argparse.Namespace) -> int:
     return 1 if result["failed"] else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+# commands a station process runs (`run`: the supervisor, `service`: each service): their parser
+# leaves out the client commands of other modules, whose imports (pynetdicom, pydicom) cost each of
+# a station's processes about half a CPU-second at start
+STATION_COMMANDS = ("run", "service")
+
+
+def command_word(argv: list[str]) -> str | None:
+    """The subcommand named in `argv` (the first word that is neither an option nor `--data`'s value)."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--data":
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(station_only: bool = False) -> argparse.ArgumentParser:
+    """The whole command line; with `station_only`, without the client commands of other modules
+    (for `run` and `service`, see STATION_COMMANDS)."""
     parser = argparse.ArgumentParser(prog="burnstation", description="DICOM burn station")
     parser.add_argument("--data", help="data folder (default: $BURNSTATION_DATA, /var/lib/burnstation or ./var)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
@@ -408,12 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robots", default="epson,primera", help="simulated robots (with --simulate)")
     p.add_argument("--sim-speed", type=float, default=1.0,
                    help="simulator time multiplier (with --simulate): 1 realistic, 0 instant")
-    from appliance.burn import commands as burn_commands  # robots, jobs
+    if not station_only:
+        from appliance.burn import commands as burn_commands  # robots, jobs
 
-    burn_commands.add_parsers(add, _settings)
-    from appliance.portal import commands as portal_commands  # tokens
+        burn_commands.add_parsers(add, _settings)
+        from appliance.portal import commands as portal_commands  # tokens
 
-    portal_commands.add_parsers(add, _settings)
+        portal_commands.add_parsers(add, _settings)
     p = add("users", cmd_users, "web users (passwords are read from standard input)")
     usub = p.add_subparsers(dest="action", required=True)
     ua = usub.add_parser("add")
@@ -427,9 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     usub.add_parser("list").add_argument("--data", default=argparse.SUPPRESS)
     p = add("restart-process", cmd_restart_process, "start a process in FAILED state again")
     p.add_argument("name", help="process name as `burnstation status` lists it (e.g. burner, driver:epson)")
-    from appliance.transfer import commands as transfer_commands  # query, retrieve, send, transfers, forward
+    if not station_only:
+        from appliance.transfer import commands as transfer_commands  # query, retrieve, send, transfers...
 
-    transfer_commands.add_parsers(add, _settings)
+        transfer_commands.add_parsers(add, _settings)
     p = add("storage", cmd_storage, "disk usage and retention: what is deleted, when; purge now")
     ssub = p.add_subparsers(dest="action", required=True)
     st = ssub.add_parser("status", help="usage, what a purge would delete, what goes next and when")
@@ -469,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     from appliance.permissions import set_private_umask
 
     set_private_umask()  # patient data: whatever the CLI and the station's processes create is owner only
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    parser = build_parser(station_only=command_word(words) in STATION_COMMANDS)
     args = parser.parse_args(argv)
     if not getattr(args, "data", None):
         args.data = os.environ.get("BURNSTATION_DATA") or None

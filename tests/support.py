@@ -214,6 +214,18 @@ def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condi
         time.sleep(every)
 
 
+def holds_for(check: Callable[[], Any], seconds: float, what: str = "condition", every: float = 0.1) -> None:
+    """Assert that `check()` stays truthy for `seconds` (for "it does not happen" checks: a window
+    is their nature), polled every `every` s; fails at the first falsy answer, not at the end."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if not check():
+            raise AssertionError(f"{what} stopped holding before {seconds}s")
+        if time.monotonic() > deadline:
+            return
+        time.sleep(every)
+
+
 def wait_for_named(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.2) -> Any:
     """`wait_for` with the description first (the order the robot end-to-end tests use)."""
     return wait_for(check, timeout, what, every)
@@ -307,7 +319,7 @@ class Station:
         self.proc = subprocess.Popen([str(BIN / "burnstation"), "--data", str(self.data), "run", *extra],
                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_dicom(self.port, self.aet)
+            wait_dicom(self.port, self.aet, timeout=90)  # generous: four xdist workers on two cores
         except BaseException:  # not up in time: stop it, else it outlives the test (nobody else will)
             self.stop()
             raise

@@ -164,9 +164,11 @@ def test_objects_arrive_unchanged_with_the_peers_status(tmp_path: Path, monkeypa
 
 def test_peer_abort_ends_the_send_without_waiting(tmp_path: Path) -> None:
     def answer(event) -> int:  # noqa: ANN001
-        if int(event.dataset.InstanceNumber) == 2:
-            threading.Thread(target=event.assoc.abort).start()
-            time.sleep(1)
+        if int(event.dataset.InstanceNumber) == 2:  # aborted before this handler answers
+            aborter = threading.Thread(target=event.assoc.abort)
+            aborter.start()
+            aborter.join(5)  # the A-ABORT is out and the connection shut (the blocking abort)
+            assert not aborter.is_alive()
         return 0x0000
 
     peer = Peer(answer)

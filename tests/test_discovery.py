@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support import Station, burnstation, dcmtk, wait_for, write_study
+from support import Station, burnstation, dcmtk, holds_for, wait_for, write_study
 
 from appliance.discovery import Discovery, udev
 from appliance.discovery.matchers import (
@@ -196,9 +195,8 @@ def test_simulated_primera_plug_burn_unplug_wait(tmp_path):
                                    and "online" in j["message"]], what="second job waiting for a robot",
                           timeout=TIMEOUT)[0]
         assert "robot" in second["message"] and "online" in second["message"], second
-        time.sleep(3)
-        again = next(j for j in jobs(st.data) if j["id"] == second["id"])
-        assert again["state"] == "built" and not (sim / "bin" / "primera" / second["id"]).exists()
+        holds_for(lambda: next(j for j in jobs(st.data) if j["id"] == second["id"])["state"] == "built"
+                  and not (sim / "bin" / "primera" / second["id"]).exists(), 3, "second job waiting, unburned")
         text = burnstation(st.data, "status").stdout
         assert "UNPLUGGED" in text and "unplugged" in text
         assert f"1 built: {second['message']}" in text  # why the job waits, in status too

@@ -85,7 +85,7 @@ def test_write_aside_never_shows_a_partial_file(tmp_path):
     t = threading.Thread(target=watch)
     t.start()
     common.write_aside_then_rename(tmp_path, "BIG.JDF", text)
-    time.sleep(0.05)
+    t.join(10)  # the file is there now: the watcher sees it and returns
     stop.set()
     t.join()
     assert seen and seen[0] == len(text)
@@ -153,9 +153,13 @@ def test_tolerant_ini_accepts_a_stable_change_after_a_while(tmp_path):
     path.write_text(GOOD)
     reader.read()
     path.write_text("[TDB_INFO]\nTDB_ID=1\n\n[ACTIVE_JOB]\n\n")
+    now = [time.time()]
+    reader.clock = lambda: now[0]
     results = [reader.read()]
-    time.sleep(0.06)
-    results += [reader.read() for _ in range(3)]
+    results += [reader.read() for _ in range(2)]  # as often as it takes, but not long enough yet
+    assert all(r.stale for r in results)
+    now[0] += 0.06  # longer than accept_seconds
+    results += [reader.read()]
     assert results[0].stale and "publisher1" in results[0].sections
     assert not results[-1].stale and "publisher1" not in results[-1].sections
 

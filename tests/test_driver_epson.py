@@ -67,6 +67,13 @@ def write_status(spool: Path, text: str) -> None:
     tmp.replace(spool / "TDBStatus.txt")
 
 
+def a_moment_later(path: Path) -> None:
+    """Date the file a second ahead: rewritten after the poll that first saw the error, whatever the
+    file system's timestamp resolution (the rule compares its mtime with that poll's time)."""
+    later = time.time() + 1
+    os.utime(path, (later, later))
+
+
 def rename(spool: Path, stem: str, old: str, new: str) -> None:
     (spool / f"{stem}.{old}").rename(spool / f"{stem}.{new}")
 
@@ -322,8 +329,8 @@ def test_multi_disc_job(tmp_path):
     rename(spool, "J9-D2of2", "INP", "ERR")
     p = pub.poll("J9")  # .ERR before the status file says why: held back a moment
     assert p.state == publish.BURNING and "waiting for the engine's report" in p.message
-    time.sleep(0.01)
     write_status(spool, status_text({"J9-D2of2": {"STATUS": 5, "ERROR": "JDF0903"}}))
+    a_moment_later(spool / "TDBStatus.txt")
     p = pub.poll("J9")
     assert p.state == publish.FAILED and p.message.startswith("disc 2 of 2") and "too large" in p.message
     pub.submit(req)  # the retry redoes only the failed disc
@@ -413,8 +420,8 @@ def test_an_unexplained_error_fails_after_the_status_file_moved_on(tmp_path):
     pub.submit(publish.PublishRequest(job_id="J11", discs=[disc(tmp_path)]))
     rename(spool, "J11", "JDF", "ERR")
     assert pub.poll("J11").state == publish.BURNING
-    time.sleep(0.01)
     write_status(spool, status_text())  # rewritten, and still no word about J11
+    a_moment_later(spool / "TDBStatus.txt")
     p = pub.poll("J11")
     assert p.state == publish.FAILED and "no code" in p.message
 

@@ -82,6 +82,13 @@ def write_robot(spool: Path, jobs: dict[str, dict] | None = None, completed: tup
     tmp.replace(spool / "Status" / "Bravo Xi.txt")
 
 
+def a_moment_later(path: Path) -> None:
+    """Date the file a second ahead: rewritten after the poll that first saw the error, whatever the
+    file system's timestamp resolution (the rule compares its mtime with that poll's time)."""
+    later = time.time() + 1
+    os.utime(path, (later, later))
+
+
 def rename(spool: Path, stem: str, old: str, new: str) -> None:
     (spool / f"{stem}.{old}").rename(spool / f"{stem}.{new}")
 
@@ -272,10 +279,10 @@ def test_write_error_then_retry(tmp_path):
     rename(spool, "J2", "JRQ", "ERR")
     p = pub.poll("J2")  # renamed before the status file tells why: held back, not failed without a reason
     assert p.state == publish.BURNING and "waiting for the engine's report" in p.message
-    time.sleep(0.01)
     write_robot(spool, {"J2": {"JobState": 3, "CurrentStatusState": 15, "BadDiscs": 1, "JobErrorNumber": 0,
                                "DiscErrorNumber0": 18, "DiscErrorString0": "Write failed at sector 1234"}},
                 completed=("J2",))
+    a_moment_later(spool / "Status" / "Bravo Xi.txt")
     p = pub.poll("J2")
     assert p.state == publish.FAILED and p.error_code == "18"
     assert "Write failed at sector 1234" in p.message and "record (write) error" in p.message
@@ -300,9 +307,9 @@ def test_abort(tmp_path):
     rename(spool, "J3", "INP", "ERR")
     assert pub.poll("J3").state == publish.BURNING  # abort sent, the engine's word not in yet
     (spool / "J3.PTM").unlink()  # consumed by the engine
-    time.sleep(0.01)
     write_robot(spool, {"J3": {"JobState": 3, "CurrentStatusState": 13, "JobErrorNumber": 16,
                                "JobErrorString": "Job aborted by client"}}, completed=("J3",))
+    a_moment_later(spool / "Status" / "Bravo Xi.txt")
     assert pub.poll("J3").state == publish.CANCELLED
     assert not pub.cancel("J3")
 

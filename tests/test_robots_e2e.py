@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,9 +227,13 @@ def test_input_empty_waits_then_write_error_fails_and_retry_succeeds(tmp_path: P
             job = wait_for(f"{robot}'s message", lambda j=job_id, w=words: (
                 lambda x: x if w in x["message"] else None)(r.job(j)))
             assert job["state"] in ("submitted", "burning"), job
-        time.sleep(1.0)
         for robot, job_id in waiting.items():
-            assert r.job(job_id)["state"] in ("submitted", "burning")  # it waits, it does not fail
+            for _ in range(2):  # two more passes of its driver (each rewrites the row): it waits, it does not fail
+                since = r.job(job_id)["updated_at"]
+                job = wait_for(f"{robot}'s driver to poll {job_id} again", lambda j=job_id, s=since: (
+                    lambda x: x if x["updated_at"] > s else None)(r.job(j)))
+                assert job["state"] in ("submitted", "burning"), job
+        for robot in waiting:
             r.ctl(robot, "fault", "input_empty", "off")
             r.ctl(robot, "refill")
         for robot, job_id in waiting.items():

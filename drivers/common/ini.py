@@ -86,6 +86,7 @@ class TolerantIni:
     _suspect_count: int = 0
     _suspect_since: float = 0.0
     problems: list[str] = field(default_factory=list)
+    clock: Callable[[], float] = time.time  # (tests pass their own, to let `accept_seconds` pass without waiting)
 
     def read(self) -> IniSnapshot | None:
         """The current status (or the last good one); None when the file does not exist."""
@@ -119,12 +120,12 @@ class TolerantIni:
                     reason = self.check(sections, old)
                 if not reason:
                     self._suspect_count = 0
-                    self.last_good = IniSnapshot(sections, mtime, time.time())
+                    self.last_good = IniSnapshot(sections, mtime, self.clock())
                     return self.last_good
             if attempt < retries:
                 time.sleep(self.retry_delay)
         # still suspicious: the same reason again and again, for a while, is what the engine means
-        now = time.time()
+        now = self.clock()
         if got is not None and reason == self._suspect_reason and text.strip():
             self._suspect_count += 1
         else:
