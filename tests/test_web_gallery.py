@@ -12,16 +12,13 @@ from __future__ import annotations
 import pytest
 from pydicom import dcmread
 from support import REPO, Station, burnstation, dcmtk, write_study
+from test_web_browser import ARGS, CHROMIUM, SIZES
 from test_web_http import Client, make_admin, web_ready
 
 sync_api = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.station
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 SHOTS = REPO / "docs" / "screenshots"
-SIZES = {"laptop": (1366, 800), "phone": (390, 844)}
 PASSWORD = "correct horse"
 # (screenshot name, path); "{study}" is the stored study's UID
 PAGES = [

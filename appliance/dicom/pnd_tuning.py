@@ -914,12 +914,8 @@ class LentSocket:
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         command = b""
         while True:
-            kind, _, length = struct.unpack(">BBI", self._recv(6, deadline))
-            body = self._recv(length, deadline, ready=True)
-            if kind != 0x04:
-                raise DirectStoreError({0x07: "association aborted by the peer",
-                                        0x05: "the peer asked to release the association"}.get(
-                                           kind, f"unexpected PDU type 0x{kind:02X}"))
+            body = self._pdata(deadline)
+            length = len(body)
             pos, done = 0, False
             while pos + 6 <= length:
                 (item_len,) = struct.unpack_from(">I", body, pos)
@@ -939,17 +935,23 @@ class LentSocket:
         return _unpack_us(values[0x0900])[0], comment
 
 
+    def _pdata(self, deadline: float | None) -> bytes:
+        """The body of the next PDU, which must be a P-DATA-TF (an abort or release request is the reason)."""
+        kind, _, length = struct.unpack(">BBI", self._recv(6, deadline))
+        body = self._recv(length, deadline, ready=True)
+        if kind != 0x04:
+            raise DirectStoreError({0x07: "association aborted by the peer",
+                                    0x05: "the peer asked to release the association"}.get(
+                                       kind, f"unexpected PDU type 0x{kind:02X}"))
+        return body
+
     def _message(self, deadline: float | None) -> tuple[bytes, bytes | None]:
         """The next DIMSE message from the peer: (command set, data set or None when it has none)."""
         command, data = bytearray(), bytearray()
         values: dict[int, bytes] | None = None
         while True:
-            kind, _, length = struct.unpack(">BBI", self._recv(6, deadline))
-            body = self._recv(length, deadline, ready=True)
-            if kind != 0x04:
-                raise DirectStoreError({0x07: "association aborted by the peer",
-                                        0x05: "the peer asked to release the association"}.get(
-                                           kind, f"unexpected PDU type 0x{kind:02X}"))
+            body = self._pdata(deadline)
+            length = len(body)
             pos = 0
             while pos + 6 <= length:
                 (item_len,) = struct.unpack_from(">I", body, pos)
