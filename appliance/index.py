@@ -19,11 +19,12 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from pydicom.dataset import Dataset
+from typing import TYPE_CHECKING, Any
 
 from appliance import db
+
+if TYPE_CHECKING:  # pydicom is imported where a dataset is read: the hl7 process uses this module without one
+    from pydicom.dataset import Dataset
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -195,6 +196,8 @@ _text = _plain_text
 def record_from_dataset(ds: Dataset, path: str, size: int, transfer_syntax: str) -> InstanceRecord:
     """Extract the indexed attributes from a dataset (names decoded with its character set); the
     store handler's raw parser (dicom/rawparse.IndexAttributes) brings its own `index_text`."""
+    from pydicom.dataset import Dataset
+
     fast = ds.index_text if not isinstance(ds, Dataset) and hasattr(ds, "index_text") else None
     if fast is not None:
         def _text(_ds: Any, keyword: str) -> str:

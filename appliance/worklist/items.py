@@ -12,8 +12,6 @@ import sqlite3
 import time
 from collections.abc import Iterable
 
-from pydicom.uid import generate_uid
-
 from appliance import db
 from appliance.hl7.message import HL7Error
 from appliance.worklist import record as rec
@@ -152,6 +150,9 @@ def _apply_one(conn: sqlite3.Connection, u: OrderUpdate, now: float, gen: int, c
         elif u.action == "change":
             pass  # an unknown order that is changed: take it as new (RIS often send XO for updates)
         if 0x0020000D not in record:
+            # imported here: the hl7 process otherwise never needs pydicom (0.35 s of CPU to import)
+            from pydicom.uid import generate_uid
+
             record[0x0020000D] = ("UI", generate_uid())
         status = status or "SCHEDULED"
         if status == "CANCELED":

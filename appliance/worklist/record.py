@@ -8,13 +8,14 @@ datasets, and the same form serialises to JSON for state.db. Text values are Pyt
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydicom import config as pydicom_config
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.multival import MultiValue
-from pydicom.valuerep import PersonName
+if TYPE_CHECKING:
+    from pydicom.dataelem import DataElement
+    from pydicom.dataset import Dataset
+
+# pydicom is imported where a dataset is made or read, not here: the hl7 process stores records and
+# never needs it (importing it costs about 0.35 s of CPU at every start).
 
 Record = dict[int, tuple[str, Any]]
 
@@ -24,6 +25,9 @@ CHARSET = 0x00080005
 
 
 def _text(value: Any) -> str:
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import PersonName
+
     if value is None:
         return ""
     if isinstance(value, MultiValue | list | tuple):
@@ -37,6 +41,8 @@ def _text(value: Any) -> str:
 
 def from_dataset(ds: Dataset) -> Record:
     """Dataset → record (file meta, group lengths and binary values left out)."""
+    from pydicom.multival import MultiValue
+
     out: Record = {}
     for elem in ds:
         tag = int(elem.tag)
@@ -59,11 +65,12 @@ def from_dataset(ds: Dataset) -> Record:
     return out
 
 
-_IGNORE = pydicom_config.IGNORE  # values come from a record that was read or built once; skip re-validation
-
-
 def element(tag: int, vr: str, value: Any) -> DataElement:
     """A pydicom element for a record value."""
+    # IGNORE: values come from a record that was read or built once, so no re-validation
+    from pydicom.config import IGNORE as _IGNORE
+    from pydicom.dataelem import DataElement
+
     if vr == "SQ":
         return DataElement(tag, vr, [to_dataset(item) for item in value], validation_mode=_IGNORE)
     if vr in NUMBER_VRS:
@@ -76,6 +83,8 @@ def element(tag: int, vr: str, value: Any) -> DataElement:
 
 
 def to_dataset(record: Record) -> Dataset:
+    from pydicom.dataset import Dataset
+
     ds = Dataset()
     for tag in sorted(record):
         vr, value = record[tag]
