@@ -235,6 +235,15 @@ def test_queued_sends_start_without_waiting_for_the_poll(data: Path, tmp_path: P
 
     monkeypatch.setattr(service, "POLL_SECONDS", 60.0)
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", _config.STORE_SEND_CHUNKED_DATASET)
+    first_pass = threading.Event()  # set when the engine's pass at start is over
+    original_step = service.Engine.step
+
+    def step(self):  # noqa: ANN001, ANN202
+        try:
+            return original_step(self)
+        finally:
+            first_pass.set()
+    monkeypatch.setattr(service.Engine, "step", step)
     settings = Settings(data)
     settings.set("dicom.max_connections", 1)
     conn = db.connect(data)
@@ -254,7 +263,7 @@ def test_queued_sends_start_without_waiting_for_the_poll(data: Path, tmp_path: P
         thread.start()
         try:
             assert ready.wait(30)
-            time.sleep(0.5)  # the first pass (at start) is over: only a wake-up starts what comes next
+            assert first_pass.wait(30)  # the pass at start is over: only a wake-up starts what comes next
             started = time.monotonic()
             ids = [jobs.create_send(conn, "DEST", [uid]) for uid in uids]
             while time.monotonic() - started < 20 and any(jobs.get(conn, t)["state"] not in jobs.FINAL for t in ids):
