@@ -222,6 +222,15 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _process_name(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        if b"service" in args:
+            return " ".join(a.decode() for a in args[args.index(b"service") + 1:] if a)
+        return "run"
+    return str(pid)
+
+
 def cpu_seconds(pids: list[int], part: str = "both") -> float:
     """user+system (or only "user" / "system") CPU time of the given processes (from /proc; 0 for
     those gone). System time is the kernel's share (socket I/O, writes, fsync), outside the GIL."""
@@ -465,10 +474,14 @@ def measure(server: Server, work: Path, files: list[Path], concurrency: int) -> 
     with server.running(work, concurrency):
         cpu0 = server.cpu() if isinstance(server, StationServer) else 0.0
         sys0 = server.system_cpu() if isinstance(server, StationServer) else 0.0
+        per0 = {pid: cpu_seconds([pid]) for pid in server.pids} if isinstance(server, StationServer) else {}
         elapsed = run_storescu(server.aet, server.port, split(files, concurrency))
         if isinstance(server, StationServer):
             server.last_cpu = server.cpu() - cpu0
             server.last_system = server.system_cpu() - sys0
+            if os.environ.get("BENCH_CPU_DETAIL"):  # which station process used the CPU
+                print("    CPU by process: " + ", ".join(
+                    f"{_process_name(pid)} {cpu_seconds([pid]) - before:.2f}s" for pid, before in per0.items()))
         if isinstance(server, OrthancServer):
             count = server.stored()
     if not isinstance(server, OrthancServer):

@@ -304,6 +304,59 @@ def test_killing_a_worker_between_write_and_commit_loses_nothing_acknowledged(
         wait_for(closed, 60, "the killed worker's associations marked interrupted")
 
 
+def _open_per_worker(data: Path) -> dict[int, int]:
+    conn = db.connect(data)
+    try:
+        counts: dict[int, int] = {}
+        for row in index.recent_associations(conn, 1000):
+            if row["result"] == "open":
+                counts[row["worker"]] = counts.get(row["worker"], 0) + 1
+        return counts
+    finally:
+        conn.close()
+
+
+@pytest.mark.station
+def test_held_open_associations_are_spread_evenly_over_the_workers(tmp_path: Path) -> None:
+    """The kernel picks a worker by address hash; a busier worker hands the connection on.
+
+    12 associations (every third over TLS, whose handshake then happens in the receiving worker)
+    are opened one after the other and held: after each, the two workers serve counts that differ
+    by at most one. By the hash alone that would hold in about 1 run of 64.
+    """
+    import ssl
+
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    with Station(tmp_path / "data", dicom__workers=2) as st:
+        wait_for(lambda: st.log().count("(plain) as") >= 2 and st.log().count("(TLS)") >= 2, 30,
+                 "both workers listening")
+        ae = AE(ae_title="HOLDER")
+        ae.add_requested_context(Verification)
+        tls = ssl.create_default_context(cafile=str(st.data / "tls" / "ca.pem"))
+        tls.check_hostname = False
+        held = []
+        try:
+            for n in range(12):
+                over_tls = n % 3 == 2
+                assoc = ae.associate("127.0.0.1", st.tls_port if over_tls else st.port, ae_title="BURNSTATION",
+                                     tls_args=(tls, None) if over_tls else None)
+                assert assoc.is_established, f"association {n + 1} (tls={over_tls}) not established"
+                held.append(assoc)
+                assert assoc.send_c_echo().Status == 0
+                counts = wait_for(lambda n=n: (c := _open_per_worker(st.data)) and sum(c.values()) == n + 1 and c,
+                                  30, f"{n + 1} open associations in the log")
+                assert set(counts) <= {1, 2}
+                assert max(counts.get(1, 0), counts.get(2, 0)) - min(counts.get(1, 0), counts.get(2, 0)) <= 1, \
+                    f"after {n + 1} associations: {counts}"
+        finally:
+            for assoc in held:
+                assoc.release()
+        wait_for(lambda: not _open_per_worker(st.data), 30, "all released")
+        assert "dropped a hand-over" not in st.log()
+
+
 def make_sop_uid(path: Path) -> str:
     from pydicom import dcmread
 

@@ -7,6 +7,7 @@ rebinds the listeners when the settings that shape them change.
 
 from __future__ import annotations
 
+import copy
 import logging
 import logging.handlers
 import os
@@ -34,6 +35,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from appliance import tlsca
 from appliance.config import DICOM_LISTENER_KEYS, Settings
 from appliance.dicom import pnd_tuning
+from appliance.dicom.balance import Balancer
 from appliance.dicom.context import AssociationLog, StationContext
 from appliance.dicom.handlers import find as find_handler
 from appliance.dicom.handlers import retrieve, store
@@ -99,6 +101,21 @@ def build_ae(ctx: StationContext) -> AE:
     return ae
 
 
+class _SharedContexts(list):  # type: ignore[type-arg]
+    """A listener's presentation contexts, shared by all its associations.
+
+    pynetdicom deep-copies the server's contexts for every association it accepts (in case the AE's
+    are changed while it runs): for the station's ~180 contexts that is 20-30 ms of CPU per
+    association, more than a hundred small C-STOREs. The station never changes a listener's
+    contexts (a changed setting changes the AE title or time-outs in place, or builds a new
+    listener), so each listener copies them once, here, and its associations read that copy.
+    Negotiation only reads them (it builds new result contexts).
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> _SharedContexts:
+        return self
+
+
 class _Listener(ThreadedAssociationServer):
     """pynetdicom's threaded server, with the TLS handshake moved off the accept loop.
 
@@ -111,6 +128,8 @@ class _Listener(ThreadedAssociationServer):
 
     tls_context: ssl.SSLContext | None = None
     io_timeout: float = 30.0
+    kind: str = "plain"  # or "tls": which of the station's listeners this is
+    owner: DicomServer | None = None  # counts the connections served, hands some to other workers
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock = self.socket
@@ -118,7 +137,32 @@ class _Listener(ThreadedAssociationServer):
         client, address = sock.accept()
         return client, address
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        owner = self.owner
+        if owner is not None and owner.hand_over(self.kind, request, client_address):
+            request.close()  # the other worker holds the connection now (no shutdown: that would end it)
+            return
+        self.serve_connection(request, client_address)
+
+    def serve_connection(self, request: Any, client_address: Any) -> None:
+        """Serve a connection accepted here or handed over by another worker (never handed on)."""
+        if self.owner is not None:
+            self.owner.connection_started()
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            if self.owner is not None:
+                self.owner.connection_setup_done()
+            raise
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            self._serve_thread(request, client_address)
+        finally:
+            if self.owner is not None:  # the association (if any) now counts as an active one
+                self.owner.connection_setup_done()
+
+    def _serve_thread(self, request: Any, client_address: Any) -> None:
         # Every blocking read/write on the connection is bounded by the service time-out: without
         # it a peer that stops in the middle of a PDU holds its thread forever (pynetdicom reads
         # the rest of a PDU with a plain blocking recv).
@@ -149,13 +193,19 @@ class _SharedListener(_Listener):
 
 
 def _start_listener(ae: AE, address: tuple[str, int], handlers: list[Any],
-                    tls_context: ssl.SSLContext | None, timeout: float, shared: bool = False) -> _Listener:
+                    tls_context: ssl.SSLContext | None, timeout: float, shared: bool = False,
+                    kind: str = "plain", owner: DicomServer | None = None) -> _Listener:
     """Bind and serve one listener in a daemon thread (ae.start_server(block=False), our class);
-    `shared`: the port is bound by every dicom worker (SO_REUSEPORT)."""
+    `shared`: the port is bound by every dicom worker (SO_REUSEPORT); `owner`: the DicomServer that
+    balances connections over the workers (only when shared)."""
     server = ae.make_server(address, evt_handlers=handlers, server_class=_SharedListener if shared else _Listener)
     assert isinstance(server, _Listener)
+    if pnd_tuning.fast_path_enabled("contexts"):
+        server.contexts = _SharedContexts(copy.deepcopy(server.contexts))
     server.tls_context = tls_context
     server.io_timeout = timeout
+    server.kind = kind
+    server.owner = owner
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name=f"DicomListener:{address[1]}", daemon=True)
     thread.start()
@@ -190,6 +240,76 @@ class DicomServer:
         self._snapshot: dict[str, Any] = {}
         self._debug_handler: logging.Handler | None = None
         self._lock = threading.Lock()
+        self.balancer: Balancer | None = None  # with dicom.workers > 1: spreads connections evenly
+        self._setting_up = 0  # connections accepted (or handed in) whose association has not started
+        self._count_lock = threading.Lock()
+
+    # -- connection counting and balancing over the dicom workers
+
+    def load(self, exclude: Any = None) -> int:
+        """Connections this worker serves now: being set up, plus running associations."""
+        running = 0
+        for server in list(self.servers):
+            running += sum(1 for assoc in server.active_associations if assoc is not exclude)
+        return self._setting_up + running
+
+    def connection_started(self) -> None:
+        with self._count_lock:
+            self._setting_up += 1
+        self._publish()
+
+    def connection_setup_done(self) -> None:
+        with self._count_lock:
+            self._setting_up -= 1
+        self._publish()
+
+    def _publish(self, exclude: Any = None) -> None:
+        balancer = self.balancer
+        if balancer is not None:
+            try:
+                balancer.table.set(self.worker, self.load(exclude))
+            except OSError as exc:
+                LOG.debug("could not publish the dicom worker load: %s", exc)
+
+    def publish_load(self) -> None:
+        """Correct this worker's published count (the service calls it every second)."""
+        self._publish()
+
+    def _on_conn_close(self, event: Any) -> None:
+        self._publish(exclude=event.assoc)
+
+    def hand_over(self, kind: str, sock: socket.socket, address: Any) -> bool:
+        balancer = self.balancer
+        if balancer is None:
+            return False
+        try:
+            return balancer.hand_over(kind, sock, address)
+        except OSError as exc:  # the load file: serve it here
+            LOG.debug("no hand-over: %s", exc)
+            return False
+
+    def _serve_handed(self, kind: str, sock: socket.socket, address: Any) -> bool:
+        server = self._open.get(kind)
+        if server is None:
+            return False
+        server.serve_connection(sock, address)
+        return True
+
+    def _balance(self, shared: bool) -> None:
+        """Open the hand-over inbox with several workers, close it with one."""
+        if shared and self.balancer is None and pnd_tuning.fast_path_enabled("balance"):
+            balancer = Balancer(self.data_dir, self.worker, self.settings.dicom_workers, self.load,
+                                self._serve_handed)
+            try:
+                balancer.start()
+            except OSError as exc:  # another process holds this worker's inbox: no balancing here
+                LOG.warning("dicom worker %d: connections are not balanced over the workers: %s", self.worker, exc)
+                balancer.close()
+                return
+            self.balancer = balancer
+        elif not shared and self.balancer is not None:
+            self.balancer.close()
+            self.balancer = None
 
     def handlers(self) -> list[Any]:
         log = AssociationLog(self.ctx)
@@ -199,6 +319,7 @@ class DicomServer:
             (evt.EVT_RELEASED, log.on_released),
             (evt.EVT_ABORTED, log.on_aborted),
             (evt.EVT_CONN_CLOSE, log.on_closed),
+            (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_C_ECHO, log.on_echo),
             (evt.EVT_C_STORE, store.StoreHandler(self.ctx)),
             (evt.EVT_C_FIND, find_handler.FindHandler(self.ctx, EXTRA_FIND_HANDLERS)),
@@ -245,6 +366,7 @@ class DicomServer:
         self._snapshot = self._listener_settings(settings)
         shared = self._snapshot["shared"]
         label = f" [worker {self.worker} of {self.settings.dicom_workers()}]" if shared else ""
+        self._balance(shared)
         self._configure_debug()
         bind = settings["dicom.bind"] or ""
         self.ctx.store.min_free = int(settings["dicom.min_free_mb"]) * 1024 * 1024
@@ -253,7 +375,7 @@ class DicomServer:
             try:
                 ae = build_ae(self.ctx)
                 server = _start_listener(ae, (bind, settings["dicom.port"]), self.handlers(), None,
-                                         float(settings["dicom.timeout"]), shared)
+                                         float(settings["dicom.timeout"]), shared, "plain", self)
                 self.servers.append(server)
                 self._open["plain"] = server
                 LOG.info("DICOM listening on %s:%s (plain) as %s%s", bind or "*", settings["dicom.port"],
@@ -267,7 +389,7 @@ class DicomServer:
                                                trusted_ca=settings["dicom.tls_trusted_ca"])
                 ae = build_ae(self.ctx)
                 server = _start_listener(ae, (bind, settings["dicom.tls_port"]), self.handlers(), ssl_ctx,
-                                         float(settings["dicom.timeout"]), shared)
+                                         float(settings["dicom.timeout"]), shared, "tls", self)
                 self.servers.append(server)
                 self._open["tls"] = server
                 LOG.info("DICOM listening on %s:%s (TLS)%s", bind or "*", settings["dicom.tls_port"], label)
@@ -286,6 +408,9 @@ class DicomServer:
         time-out: an association still alive then ends with the process.
         """
         with self._lock:
+            if self.balancer is not None:  # first: what was handed over just now is still served
+                self.balancer.close()
+                self.balancer = None
             active = []
             for server in self.servers:
                 try:

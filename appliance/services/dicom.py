@@ -43,6 +43,7 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     watcher.all()
     try:
         while not stop.wait(1.0):
+            server.publish_load()  # a missed update of the shared connection count heals here
             if watcher.changed() or retry:
                 watcher.all()
                 try:
