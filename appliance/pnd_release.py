@@ -34,6 +34,8 @@ REPLACED_SOURCES = {
     # not replaced: what the direct C-MOVE path (pnd_tuning 3d) does instead of them, for the requestor
     "Association.send_c_move": "eb51b3130c213cf637e200e36101a484337e46cbc21b25f1733d7d2ccfdd0e71",
     "Association._wrap_get_move_responses": "d023a7bdadd24d59eb754f9d3d068b282311d32dcbb1f2a28b4cbe1bc76aafd9",
+    # not replaced: its data-set part is what streaming a C-STORE data set to disk (3e) does instead
+    "DIMSEMessage.decode_msg": "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846d01d72284",
 }
 # the library functions each patch stands on; BEHAVIOURAL is the one that changes what the station
 # accepts (the others only make it faster and are left out when their library code changed)
@@ -47,6 +49,7 @@ PATCH_SOURCES = {
     "recv": ("AssociationSocket.recv",),
     "store_send": ("Association.send_c_store", "DULServiceProvider.run_reactor"),
     "move_send": ("Association.send_c_move", "Association._wrap_get_move_responses", "DULServiceProvider.run_reactor"),
+    "stream": ("DIMSEMessage.decode_msg", "DIMSEServiceProvider.receive_primitive"),
 }
 
 
@@ -56,7 +59,7 @@ class LibraryChanged(RuntimeError):
 
 # the module of pynetdicom that defines each class named above
 _MODULE_OF = {"ACSE": "acse", "Association": "association", "DULServiceProvider": "dul",
-              "DIMSEServiceProvider": "dimse", "AssociationSocket": "transport"}
+              "DIMSEServiceProvider": "dimse", "AssociationSocket": "transport", "DIMSEMessage": "dimse_messages"}
 
 
 def installed_version() -> str:

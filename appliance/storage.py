@@ -171,6 +171,26 @@ class Store:
             raise
         return fd, size
 
+    def open_temp(self) -> tuple[int, str]:
+        """A new temp file in the store's top folder, open for reading and writing: (descriptor,
+        name). For a data set written as it arrives, before its study and series are known; `place`
+        then renames it into its folder (same file system). A crash leaves it to
+        `remove_stale_temp_files`."""
+        tmp = f"{self._root_text}/.stream.{os.getpid()}.{next(self._serial)}.tmp"
+        return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp  # owner only
+
+    def place(self, tmp: str, path: Path) -> None:
+        """Rename a temp file of `open_temp` to `path`, making its folders."""
+        directory = str(path.parent)
+        if directory not in self._made:
+            os.makedirs(directory, exist_ok=True)
+            self._made.add(directory)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:  # a purge removed the study's folder since we made it
+            os.makedirs(directory, exist_ok=True)
+            os.replace(tmp, path)
+
     def _write_temp(self, path: Path, chunks: list[bytes]) -> tuple[int, str, int]:
         """A temp file beside `path` holding `chunks`: (open descriptor, its name, size)."""
         text = str(path)

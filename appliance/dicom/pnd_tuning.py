@@ -141,6 +141,7 @@ _ORIGINAL_RECEIVE_PRIMITIVE = DIMSEServiceProvider.receive_primitive
 _ORIGINAL_SEND_C_STORE = Association.send_c_store  # not replaced; pinned for 3c, which stands in for it
 _ORIGINAL_SEND_C_MOVE = Association.send_c_move  # not replaced; pinned for 3d, which stands in for them
 _ORIGINAL_WRAP_MOVE = Association._wrap_get_move_responses
+_ORIGINAL_DECODE_MSG = DIMSEMessage.decode_msg  # not replaced; pinned for 3e, which does its data-set part
 _ORIGINAL = {
     "Association._run_reactor": Association._run_reactor,
     "DULServiceProvider.run_reactor": DULServiceProvider.run_reactor,
@@ -161,6 +162,7 @@ LENT_WAIT = 1.0
 _INLINE_STORE = False  # 2b on (set by install)
 _DIRECT_STORE = False  # 3c on (set by install)
 _DIRECT_MOVE = False  # 3d on (set by install)
+_STREAM = False  # 3e on (set by install)
 
 
 
@@ -651,12 +653,14 @@ def _dimse_receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None
                 rest.presentation_data_value_list.extend(pdvs[1:])  # items as received (no re-validation)
                 primitive = rest
 
+    streamed = _stream_data_set(self, primitive) if _STREAM and self.message is not None else None
+
     # --- from here on the library's function (pynetdicom 3.0.4 dimse.py), message_to_primitive
     #     skipped when the command set was read above
     if self.message is None:
         self.message = DIMSEMessage()
 
-    if self.message.decode_msg(primitive, self.assoc):
+    if streamed if streamed is not None else self.message.decode_msg(primitive, self.assoc):
         # Trigger event
         evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
 
@@ -664,7 +668,8 @@ def _dimse_receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None
         try:
             fast = getattr(self.message, "_bs_primitive", None)
             if fast is not None and not len(self.message.command_set):
-                fast.DataSet = self.message.data_set
+                sink = getattr(self.message, "_bs_sink", None)
+                fast.DataSet = sink.finish() if sink is not None else self.message.data_set
                 fast._context_id = self.message.context_id
                 fast._dataset_path = None
                 fast._dataset_file = None
@@ -699,6 +704,51 @@ def _dimse_receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None
         self.message._data_set_file = None
         self.message._data_set_path = None
         self.message = None
+
+
+# --------------------------------------------------------------------------- 3e. data sets streamed to disk
+
+
+def _stream_data_set(self: DIMSEServiceProvider, primitive: Any) -> bool | None:
+    """The data-set part of DIMSEMessage.decode_msg for a C-STORE-RQ read by 3a, with the fragments
+    written to a file as they arrive instead of into a BytesIO: the writeback of a large object
+    then runs while the rest of it is still on the wire, and its fsync after the last fragment has
+    little left to wait for. Only for an acceptor whose listener offers a sink
+    (`bs_stream_sink(assoc, request, context_id)`, the station's store handler) and a data set
+    that spans more than one fragment. The handler gets the sink's `finish()` as the data set.
+
+    Returns None to leave the primitive to the library (not such a message, or a command fragment
+    where only data may come: the library's own handling then resumes with what arrived so far),
+    False while the data set is incomplete, True when its last fragment has been written.
+    """
+    message = self.message
+    rq = getattr(message, "_bs_primitive", None)
+    if rq is None or type(primitive) is not P_DATA or len(message.command_set):
+        return None
+    pdvs = primitive.presentation_data_value_list
+    sink = getattr(message, "_bs_sink", None)
+    if sink is None:
+        if not pdvs or any(data[0] & 1 for _cid, data in pdvs) or message.data_set.tell():
+            return None
+        if pdvs[0][1][0] & 2:  # the whole data set in one fragment: nothing to overlap
+            return None
+        opener = getattr(getattr(self.assoc, "_server", None), "bs_stream_sink", None)
+        if opener is None or not self.assoc.is_acceptor:
+            return None
+        sink = opener(self.assoc, rq, message.context_id)
+        if sink is None:
+            return None
+        message._bs_sink = sink  # type: ignore[attr-defined]
+    elif any(data[0] & 1 for _cid, data in pdvs):  # a command fragment: give the bytes back to the library
+        message.data_set.write(sink.abandon())
+        message._bs_sink = None  # type: ignore[attr-defined]
+        return None
+    for _cid, data in pdvs:
+        with memoryview(data) as view, view[1:] as fragment:
+            sink.write(fragment)
+        if data[0] & 2:
+            return True
+    return False
 
 
 _RECV_FIRST = 1 << 20  # the buffer starts at most this big and doubles as the bytes arrive
@@ -1057,7 +1107,7 @@ def drop_unrequested(assoc: Association) -> bool:
 
 FAST_PATH_PARTS = ("reactors", "inline_store", "store_rq", "store_rsp", "recv", "logging", "parser", "store_send",
                    "move_send", "group_commit", "write_lock", "lean_index", "nocopy", "overlap_fsync", "balance",
-                   "contexts")
+                   "contexts", "stream")
 
 
 def fast_path_enabled(part: str = "") -> bool:
@@ -1066,7 +1116,7 @@ def fast_path_enabled(part: str = "") -> bool:
     move_send = 3d, logging = 4, parser = the store handler's raw attribute parser; outside this module:
     group_commit and write_lock = dicom/ingest.py, lean_index = index.add_instances, nocopy and overlap_fsync =
     the store handler, balance = connections handed between dicom workers, dicom/balance.py, contexts = one
-    copy of a listener's presentation contexts for all its associations, dicom/server.py). An escape hatch for the field and for A/B measurements;
+    copy of a listener's presentation contexts for all its associations, dicom/server.py; stream = 3e). An escape hatch for the field and for A/B measurements;
     the functional patch (1) always applies."""
     value = os.environ.get("BURNSTATION_FASTPATH", "1").strip()
     if value in ("1", ""):
@@ -1082,7 +1132,7 @@ def install() -> None:
 
     Raises LibraryChanged (nothing applied) when the called-AE-title patch cannot be applied.
     """
-    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE
+    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE, _STREAM
     if _installed:
         return
     skipped = check_library()
@@ -1105,20 +1155,23 @@ def install() -> None:
         DIMSEServiceProvider.send_msg = _dimse_send_msg  # type: ignore[method-assign]
     if "store_rq" not in skipped and fast_path_enabled("store_rq"):
         DIMSEServiceProvider.receive_primitive = _dimse_receive_primitive  # type: ignore[method-assign]
+        _STREAM = "stream" not in skipped and fast_path_enabled("stream")  # 3e is part of 3a's function
     if "recv" not in skipped and fast_path_enabled("recv"):
         AssociationSocket.recv = _socket_recv  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
     """Restore the library's own functions (tests compare patched and unpatched behaviour)."""
-    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE
+    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE, _STREAM
     originals = original_functions()
     for name, func in originals.items():
         cls_name, attr = name.split(".")
         cls = {"ACSE": ACSE, "Association": Association, "DULServiceProvider": DULServiceProvider,
-               "DIMSEServiceProvider": DIMSEServiceProvider, "AssociationSocket": AssociationSocket}[cls_name]
+               "DIMSEServiceProvider": DIMSEServiceProvider, "AssociationSocket": AssociationSocket,
+               "DIMSEMessage": DIMSEMessage}[cls_name]
         setattr(cls, attr, func)
     _installed = False
+    _STREAM = False
     _INLINE_STORE = False
     _DIRECT_STORE = False
     _DIRECT_MOVE = False
@@ -1145,6 +1198,7 @@ def original_functions() -> dict[str, Any]:
         "Association.send_c_store": _ORIGINAL_SEND_C_STORE,
         "Association.send_c_move": _ORIGINAL_SEND_C_MOVE,
         "Association._wrap_get_move_responses": _ORIGINAL_WRAP_MOVE,
+        "DIMSEMessage.decode_msg": _ORIGINAL_DECODE_MSG,
     }
 
 

@@ -130,6 +130,7 @@ class _Listener(ThreadedAssociationServer):
     io_timeout: float = 30.0
     kind: str = "plain"  # or "tls": which of the station's listeners this is
     owner: DicomServer | None = None  # counts the connections served, hands some to other workers
+    bs_stream_sink: Any = None  # opens the file a C-STORE data set is streamed to (pnd_tuning 3e)
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         sock = self.socket
@@ -206,6 +207,8 @@ def _start_listener(ae: AE, address: tuple[str, int], handlers: list[Any],
     server.io_timeout = timeout
     server.kind = kind
     server.owner = owner
+    if owner is not None:  # pnd_tuning 3e: large C-STORE data sets go to disk as they arrive
+        server.bs_stream_sink = store.stream_sink(owner.ctx)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name=f"DicomListener:{address[1]}", daemon=True)
     thread.start()
@@ -366,7 +369,6 @@ class DicomServer:
         self._snapshot = self._listener_settings(settings)
         shared = self._snapshot["shared"]
         label = f" [worker {self.worker} of {self.settings.dicom_workers()}]" if shared else ""
-        self._balance(shared)
         self._configure_debug()
         bind = settings["dicom.bind"] or ""
         self.ctx.store.min_free = int(settings["dicom.min_free_mb"]) * 1024 * 1024
@@ -395,6 +397,7 @@ class DicomServer:
                 LOG.info("DICOM listening on %s:%s (TLS)%s", bind or "*", settings["dicom.tls_port"], label)
             except (OSError, ssl.SSLError) as exc:
                 failures.append(f"TLS port {bind or '*'}:{settings['dicom.tls_port']}: {exc}")
+        self._balance(shared)  # after the listeners: what is handed over here must find them open
         if failures:
             raise OSError("cannot open " + "; ".join(failures))
 

@@ -6,15 +6,25 @@ Two BURNSTATION_FASTPATH parts (bench/INGEST.md section 5 has the measurements):
 - `overlap_fsync`: the file is written and renamed into place, then its fsync runs in a helper
   thread WHILE this thread commits the index row; the success is sent only when both are done.
   With one association the two waits (the disk, the index commit) used to follow each other.
+- `stream` (pnd_tuning 3e): a data set that arrives in several fragments (a 512 KB CT slice is
+  four PDUs from storescu) is written to a temp file fragment by fragment, and the kernel is
+  asked to start writing each fragment to disk at once (sync_file_range), so most of the
+  object is on disk when its last fragment arrives and the fsync has little left to wait for.
+  The handler then reads the index attributes from the file (mmap) and renames it into place.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import mmap
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
+from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -48,6 +58,99 @@ def _fsync_later(fd: int) -> Future[None]:
     return _FSYNC_POOL.submit(os.fsync, fd)
 
 
+def _libc_sync_file_range() -> Any:
+    try:
+        func = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return func
+
+
+_SYNC_FILE_RANGE = _libc_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2  # start writeback of the range, do not wait for it
+
+
+class StreamedDataSet(BytesIO):
+    """A C-STORE data set written to a temp file of the store as its fragments arrive (3e).
+
+    A BytesIO only because the C-STORE primitive accepts nothing else; its own buffer stays empty.
+
+    The file starts with the same File Meta Information the handler would write. A write error
+    (a full disk) is kept and answered when the data set is complete; the rest is read and dropped.
+    The temp file goes when the handler has placed it, or with `discard` (also when the
+    association dies with it half received: the object is then collected).
+    """
+
+    def __init__(self, store: Any, meta: bytes) -> None:
+        super().__init__()
+        self.meta = meta
+        self.error: OSError | None = None
+        self.fd, self.temp = store.open_temp()
+        self._finalizer = weakref.finalize(self, _remove_temp, self.fd, self.temp)
+        self.size = 0
+        self.write(memoryview(meta))
+
+    def write(self, fragment: memoryview) -> None:
+        if self.error is not None:
+            return
+        start = self.size
+        try:
+            while fragment:
+                n = os.write(self.fd, fragment)
+                fragment = fragment[n:]
+                self.size += n
+        except OSError as exc:
+            self.error = exc
+            return
+        if _SYNC_FILE_RANGE is not None and self.size - start >= 65536:
+            _SYNC_FILE_RANGE(self.fd, start, self.size - start, _SYNC_FILE_RANGE_WRITE)
+
+    def finish(self) -> StreamedDataSet:
+        return self
+
+    def abandon(self) -> bytes:
+        """What was received so far (without the file meta), for the library's path; the file goes."""
+        data = os.pread(self.fd, self.size - len(self.meta), len(self.meta)) if self.error is None else b""
+        self.discard()
+        return data
+
+    def placed(self) -> int:
+        """The file was renamed into place: the descriptor (now the caller's to fsync and close)."""
+        self._finalizer.detach()
+        return self.fd
+
+    def discard(self) -> None:
+        self._finalizer()
+
+
+def _remove_temp(fd: int, temp: str) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    try:
+        os.unlink(temp)
+    except FileNotFoundError:
+        pass
+
+
+def stream_sink(ctx: StationContext) -> Any:
+    """The listener's `bs_stream_sink` (pnd_tuning 3e): opens a StreamedDataSet for a C-STORE
+    request, or None (library path) when the temp file cannot be made."""
+    def open_sink(assoc: Any, request: Any, context_id: int) -> StreamedDataSet | None:
+        try:
+            transfer_syntax = str(assoc._accepted_cx[context_id].transfer_syntax[0])
+            meta = file_meta_bytes(str(request.AffectedSOPClassUID or "").strip(),
+                                   str(request.AffectedSOPInstanceUID or "").strip(), transfer_syntax,
+                                   assoc.requestor.ae_title.strip())
+            return StreamedDataSet(ctx.store, meta)
+        except (OSError, KeyError, IndexError, AttributeError) as exc:
+            LOG.debug("not streaming a data set to disk: %s", exc)
+            return None
+    return open_sink
+
+
 def _record(event: Any, raw: bytes | memoryview, transfer_syntax: str) -> index.InstanceRecord:
     """The index record of a received data set: read from the raw bytes when the fast parser can,
     else (and whenever it declines or fails) from pydicom's decoding, exactly as before."""
@@ -58,6 +161,8 @@ def _record(event: Any, raw: bytes | memoryview, transfer_syntax: str) -> index.
                 return index.record_from_dataset(attrs, "", 0, transfer_syntax)  # type: ignore[arg-type]
             except Exception as exc:  # e.g. a code string with non-ASCII bytes: let pydicom judge
                 LOG.debug("fast parser declined (%s), decoding with pydicom", exc)
+    if isinstance(event.request.DataSet, StreamedDataSet):  # pynetdicom decodes a BytesIO
+        event.request.DataSet = BytesIO(bytes(raw))
     return index.record_from_dataset(event.dataset, "", 0, transfer_syntax)
 
 
@@ -86,6 +191,8 @@ class StoreHandler:
 
     def _store(self, event: Any) -> int | Dataset:
         buffer = event.request.DataSet
+        if isinstance(buffer, StreamedDataSet):
+            return self._store_streamed(event, buffer)
         if not self.nocopy:
             return self._store_raw(event, buffer.getvalue())
         raw = buffer.getbuffer()  # released before the handler returns: the BytesIO can be resized again
@@ -94,7 +201,25 @@ class StoreHandler:
         finally:
             raw.release()
 
-    def _store_raw(self, event: Any, raw: bytes | memoryview) -> int | Dataset:
+    def _store_streamed(self, event: Any, streamed: StreamedDataSet) -> int | Dataset:
+        try:
+            if streamed.error is not None:
+                LOG.error("cannot write a received data set: %s", streamed.error)
+                return _failure(OUT_OF_RESOURCES, f"cannot write file: {streamed.error.strerror or streamed.error}")
+            length = streamed.size - len(streamed.meta)
+            if length <= 0:
+                return self._store_raw(event, b"")
+            with mmap.mmap(streamed.fd, streamed.size, access=mmap.ACCESS_READ) as mapped:
+                view = memoryview(mapped)
+                try:
+                    with view[len(streamed.meta):] as raw:
+                        return self._store_raw(event, raw, streamed)
+                finally:
+                    view.release()
+        finally:
+            streamed.discard()  # nothing when it was placed
+
+    def _store_raw(self, event: Any, raw: bytes | memoryview, streamed: StreamedDataSet | None = None) -> int | Dataset:
         ctx = self.ctx
         assoc = event.assoc
         calling = assoc.requestor.ae_title.strip()
@@ -125,7 +250,16 @@ class StoreHandler:
             synced: Future[None] | None = None
             fsync_error: BaseException | None = None
             try:
-                if self.overlap:
+                if streamed is not None and streamed.meta == chunks[0]:  # already written: rename it
+                    if not self.overlap:
+                        os.fsync(streamed.fd)
+                    ctx.store.place(streamed.temp, path)
+                    fd, size = streamed.placed(), streamed.size
+                    if self.overlap:
+                        synced = _fsync_later(fd)
+                    else:
+                        os.close(fd)
+                elif self.overlap:
                     fd, size = ctx.store.write_unsynced(path, chunks)
                     synced = _fsync_later(fd)
                 else:

@@ -1,0 +1,142 @@
+"""A C-STORE data set in several fragments goes to disk as it arrives (pnd_tuning 3e, switch `stream`).
+
+What must hold: the stored file is the same as without streaming (file meta + the data set as
+received), the success still means fsync'd and indexed, a write error mid-way is a clear failure
+with nothing indexed and no file left, and a data set that never completes leaves no temp file.
+Runs the DICOM server in this process (no station), with dcmtk's storescu as the sender.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom import dcmread
+from support import configure, dcmtk, free_port, make_dataset
+
+from appliance import db
+from appliance.config import Settings
+from appliance.dicom import pnd_tuning
+from appliance.dicom.handlers import store
+from appliance.dicom.server import DicomServer
+from appliance.storage import Store, file_meta_bytes
+
+
+@pytest.fixture
+def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("BURNSTATION_FASTPATH", "1")
+    data = tmp_path / "data"
+    Settings(data).initialize()
+    port = free_port()
+    configure(data, f"dicom.port={port}", "dicom.tls_port=0", "dicom.min_free_mb=0", "dicom.store_from_any=true")
+    srv = DicomServer(data)
+    srv.start()
+    srv.port = port  # type: ignore[attr-defined]
+    yield srv
+    srv.stop(grace=0)
+    pnd_tuning.uninstall()  # build_ae installed the patches in this process
+    pnd_tuning.set_protocol_logging(True)
+
+
+def _large(folder: Path) -> Path:
+    """A CT of ~520 KB: storescu sends it in 16 KB PDUs (about 32 fragments)."""
+    ds = make_dataset(rows=512, cols=512, patient_name="O'BRIEN^<b>")
+    path = folder / "large.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _send(port: int, path: Path) -> Any:
+    return dcmtk("storescu", "-v", "--max-send-pdu", "16384", "-aec", "BURNSTATION", "127.0.0.1", str(port),
+                 str(path), timeout=60)
+
+
+def _temps(data: Path) -> list[str]:
+    return [name for name in os.listdir(data / "storage") if name.endswith(".tmp")]
+
+
+def _stored(data: Path, sop_uid: str) -> str | None:
+    conn = db.connect(data)
+    try:
+        found = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+        return found[0] if found else None
+    finally:
+        conn.close()
+
+
+def test_a_large_data_set_is_streamed_and_stored_exactly(server: DicomServer, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    writes: list[int] = []
+    real_write = store.StreamedDataSet.write
+
+    def counting_write(self: store.StreamedDataSet, fragment: memoryview) -> None:
+        writes.append(len(fragment))
+        real_write(self, fragment)
+
+    monkeypatch.setattr(store.StreamedDataSet, "write", counting_write)
+    source = _large(tmp_path)
+    result = _send(server.port, source)  # type: ignore[attr-defined]
+    assert result.returncode == 0, result.stdout + result.stderr
+    sent = dcmread(source)
+    path = _stored(server.data_dir, sent.SOPInstanceUID)
+    assert path is not None
+    assert len(writes) > 10  # the meta, then fragment by fragment
+    raw = source.read_bytes()
+    stored = Path(path).read_bytes()
+    meta = file_meta_bytes(sent.SOPClassUID, sent.SOPInstanceUID, sent.file_meta.TransferSyntaxUID, "STORESCU")
+    data_set = raw[raw.index(b"DICM") + 4:]
+    data_set = data_set[12 + int.from_bytes(data_set[8:12], "little"):]  # after the meta group
+    assert stored == meta + data_set  # what the handler writes without streaming
+    back = dcmread(path)
+    assert back.PatientName == "O'BRIEN^<b>" and back.PixelData == sent.PixelData
+    assert _temps(server.data_dir) == []
+
+
+def test_a_write_error_mid_stream_is_a_failure_and_leaves_nothing(server: DicomServer, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = store.StreamedDataSet.write
+
+    def disk_full_after_the_meta(self: store.StreamedDataSet, fragment: memoryview) -> None:
+        if self.size:
+            self.error = OSError(28, "No space left on device")
+            return
+        real_write(self, fragment)
+
+    monkeypatch.setattr(store.StreamedDataSet, "write", disk_full_after_the_meta)
+    source = _large(tmp_path)
+    result = _send(server.port, source)  # type: ignore[attr-defined]
+    out = result.stdout + result.stderr
+    assert "Refused: OutOfResources" in out, out
+    assert _stored(server.data_dir, dcmread(source).SOPInstanceUID) is None
+    assert _temps(server.data_dir) == []
+    assert not list((server.data_dir / "storage").rglob("*.dcm"))
+
+
+def test_with_the_switch_off_the_library_path_stores_the_same(server: DicomServer, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pnd_tuning, "_STREAM", False)
+    opened: list[int] = []
+    monkeypatch.setattr(store.StreamedDataSet, "__init__", lambda *a: opened.append(1))
+    source = _large(tmp_path)
+    result = _send(server.port, source)  # type: ignore[attr-defined]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert opened == []
+    path = _stored(server.data_dir, dcmread(source).SOPInstanceUID)
+    assert path is not None and dcmread(path).PixelData == dcmread(source).PixelData
+
+
+def test_a_data_set_that_never_completes_leaves_no_temp_file(tmp_path: Path) -> None:
+    st = Store(tmp_path)
+    streamed = store.StreamedDataSet(st, b"META")
+    streamed.write(memoryview(b"first fragment"))
+    assert len(_temps(tmp_path)) == 1
+    assert streamed.abandon() == b"first fragment"  # back to the library's path
+    assert _temps(tmp_path) == []
+    orphan = store.StreamedDataSet(st, b"META")
+    assert len(_temps(tmp_path)) == 1
+    del orphan  # the association died with it half received
+    gc.collect()
+    assert _temps(tmp_path) == []
