@@ -389,7 +389,10 @@ def test_the_plan_runs_one_dicom_process_per_worker(tmp_path: Path) -> None:
     data = tmp_path / "data"
     burnstation(data, "init")
     plan = StationPlan(data, discovery=_NoDevices(), services=["dicom", "hl7"])  # type: ignore[arg-type]
-    assert [s.name for s in plan()] == ["dicom", "hl7"]  # default: one worker, as before
+    auto = max(1, min(os.cpu_count() or 1, 4))  # default: one worker per core, at most 4
+    assert [s.name for s in plan()] == ["dicom", *(f"dicom:{k}" for k in range(2, auto + 1)), "hl7"]
+    burnstation(data, "config", "set", "dicom.workers=1")
+    assert [s.name for s in plan()] == ["dicom", "hl7"]
     burnstation(data, "config", "set", "dicom.workers=3")
     specs = plan()
     assert [s.name for s in specs] == ["dicom", "dicom:2", "dicom:3", "hl7"]

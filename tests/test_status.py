@@ -63,7 +63,10 @@ def test_status_lists_open_ports_and_only_those(tmp_path):
             r = report(st.data)
             hl7_exists = any(p["name"] == "hl7" for p in r["processes"])
             wanted = ["DICOM", "DICOM TLS"] + (["HL7"] if hl7_exists else [])
-            return r if all(ports(r)[n]["state"] == "listening" for n in wanted) else None
+            workers = {p["name"] for p in r["processes"] if p["name"].split(":")[0] == "dicom"}
+            every_worker = all({ln["process"] for ln in ports(r)[n]["listeners"]} == workers
+                               for n in ("DICOM", "DICOM TLS"))  # a second worker may still be starting
+            return r if every_worker and all(ports(r)[n]["state"] == "listening" for n in wanted) else None
 
         rep = wait_for(listening, what="the DICOM (and HL7) listeners")
         table = ports(rep)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import gc
 import os
+import struct
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pydicom import dcmread
-from support import configure, dcmtk, free_port, make_dataset
+from pynetdicom.pdu import P_DATA_TF
+from support import configure, dcmtk, free_port, make_dataset, wait_for
 
 from appliance import db
 from appliance.config import Settings
@@ -43,6 +45,7 @@ def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def _large(folder: Path) -> Path:
     """A CT of ~520 KB: storescu sends it in 16 KB PDUs (about 32 fragments)."""
+    folder.mkdir(parents=True, exist_ok=True)
     ds = make_dataset(rows=512, cols=512, patient_name="O'BRIEN^<b>")
     path = folder / "large.dcm"
     ds.save_as(path, enforce_file_format=True)
@@ -77,6 +80,9 @@ def test_a_large_data_set_is_streamed_and_stored_exactly(server: DicomServer, tm
         real_write(self, fragment)
 
     monkeypatch.setattr(store.StreamedDataSet, "write", counting_write)
+    decoded: list[int] = []
+    real_decode = P_DATA_TF.decode
+    monkeypatch.setattr(P_DATA_TF, "decode", lambda self, data: (decoded.append(1), real_decode(self, data))[1])
     source = _large(tmp_path)
     result = _send(server.port, source)  # type: ignore[attr-defined]
     assert result.returncode == 0, result.stdout + result.stderr
@@ -84,6 +90,7 @@ def test_a_large_data_set_is_streamed_and_stored_exactly(server: DicomServer, tm
     path = _stored(server.data_dir, sent.SOPInstanceUID)
     assert path is not None
     assert len(writes) > 10  # the meta, then fragment by fragment
+    assert len(decoded) <= 2  # of ~33 PDUs: only the command's went through the library's PDU objects
     raw = source.read_bytes()
     stored = Path(path).read_bytes()
     meta = file_meta_bytes(sent.SOPClassUID, sent.SOPInstanceUID, sent.file_meta.TransferSyntaxUID, "STORESCU")
@@ -126,6 +133,73 @@ def test_with_the_switch_off_the_library_path_stores_the_same(server: DicomServe
     assert opened == []
     path = _stored(server.data_dir, dcmread(source).SOPInstanceUID)
     assert path is not None and dcmread(path).PixelData == dcmread(source).PixelData
+
+
+def _pdata(*items: tuple[int, int, bytes]) -> bytes:
+    """A P-DATA-TF PDU of (context ID, control byte, fragment) items."""
+    body = b"".join(struct.pack(">IBB", len(data) + 2, cid, control) + data for cid, control, data in items)
+    return struct.pack(">BBI", 0x04, 0, len(body)) + body
+
+
+def _raw_store(port: int, source: Path, mixed: bool) -> None:
+    """Send a C-STORE in hand-made PDUs: command, then data in 4 fragments; `mixed`: a stray command
+    fragment (not last) rides with the third data fragment, which the library files under the
+    command set and otherwise ignores."""
+    from pynetdicom import AE
+
+    ds = dcmread(source)
+    data = source.read_bytes()
+    data = data[data.index(b"DICM") + 4:]
+    data = data[12 + int.from_bytes(data[8:12], "little"):]
+    ae = AE(ae_title="RAWSCU")
+    ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", port, ae_title="BURNSTATION")
+    assert assoc.is_established
+    try:
+        cid = assoc.accepted_contexts[0].context_id
+        command = pnd_tuning.store_rq_command(1, ds.SOPClassUID, ds.SOPInstanceUID)
+        quarter = len(data) // 4
+        parts = [data[:quarter], data[quarter:2 * quarter], data[2 * quarter:3 * quarter], data[3 * quarter:]]
+        pdus = [_pdata((cid, 3, command)), _pdata((cid, 0, parts[0])), _pdata((cid, 0, parts[1]))]
+        third = [(cid, 0, parts[2])] + ([(cid, 1, b"stray")] if mixed else [])
+        pdus += [_pdata(*third), _pdata((cid, 2, parts[3]))]
+        for pdu in pdus:
+            assoc.dul.socket.send(pdu)
+        wait_for(lambda: _stored_in(port, ds.SOPInstanceUID), 30, "the object stored")
+    finally:
+        assoc.release()
+
+
+_SERVERS: dict[int, Path] = {}
+
+
+def _stored_in(port: int, sop_uid: str) -> str | None:
+    return _stored(_SERVERS[port], sop_uid)
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_hand_made_fragments_store_the_same_with_and_without_streaming(server: DicomServer, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch,
+                                                                       mixed: bool) -> None:
+    _SERVERS[server.port] = server.data_dir  # type: ignore[attr-defined]
+    abandoned: list[int] = []
+    real_abandon = store.StreamedDataSet.abandon
+    monkeypatch.setattr(store.StreamedDataSet, "abandon", lambda self: (abandoned.append(1), real_abandon(self))[1])
+    for streaming in (False, True):
+        monkeypatch.setattr(pnd_tuning, "_STREAM", streaming)
+        source = _large(tmp_path / f"s{streaming}")
+        _raw_store(server.port, source, mixed)  # type: ignore[attr-defined]
+        sent = dcmread(source)
+        path = _stored(server.data_dir, sent.SOPInstanceUID)
+        assert path is not None
+        raw = source.read_bytes()
+        data_set = raw[raw.index(b"DICM") + 4:]
+        data_set = data_set[12 + int.from_bytes(data_set[8:12], "little"):]
+        meta = file_meta_bytes(sent.SOPClassUID, sent.SOPInstanceUID, sent.file_meta.TransferSyntaxUID, "RAWSCU")
+        assert Path(path).read_bytes() == meta + data_set, f"streaming={streaming} mixed={mixed}"
+    # the stray command fragment hands what was streamed back to the library's path
+    assert abandoned == ([1] if mixed else [])
+    assert _temps(server.data_dir) == []
 
 
 def test_a_data_set_that_never_completes_leaves_no_temp_file(tmp_path: Path) -> None:

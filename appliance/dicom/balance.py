@@ -135,7 +135,9 @@ class Balancer:
         try:
             self._out.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))],
                               socket.MSG_DONTWAIT, inbox_address(self.data_dir, target))
-        except OSError as exc:  # not running, restarting, or its queue is full: serve it here
+        except BlockingIOError:  # its inbox queue is full for a moment: serve it here
+            return False
+        except OSError as exc:  # not running or restarting: serve it here, and leave it alone a while
             self._unreachable[target] = now + UNREACHABLE_FOR
             LOG.debug("could not hand a connection to dicom worker %d: %s", target, exc)
             return False

@@ -117,7 +117,7 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ, DIMSEMessage
 from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import make_target
@@ -418,8 +418,8 @@ def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
             # (station) events already queued are acted on before the next read: reading blocks until a
             # whole PDU header is there, so a broken PDU followed by a partial one was answered (A-ABORT)
             # only at the time-out (found by the fuzzer)
-            elif self.event_queue.empty() and self._is_transport_event():  # receive and decode PDU
-                self._idle_timer.restart()
+            elif self.event_queue.empty() and (_stream_pdata(self) or self._is_transport_event()):
+                self._idle_timer.restart()  # receive and decode PDU (3e: or write the data it carries)
         except Exception as exc:
             _LOGGER_DUL.error("Exception in DUL.run(), aborting association")
             _LOGGER_DUL.exception(exc)
@@ -749,6 +749,80 @@ def _stream_data_set(self: DIMSEServiceProvider, primitive: Any) -> bool | None:
         if data[0] & 2:
             return True
     return False
+
+
+def _stream_pdata(dul: DULServiceProvider) -> bool:
+    """3e: read a P-DATA-TF PDU that carries only data fragments of a data set being streamed to
+    disk, and write them, without the PDU objects, the event queue and the state machine. In Sta6
+    the library's action DT-2 only hands the PDU's primitive to the DIMSE layer; its last fragment
+    still goes there (as a P-DATA primitive), so the message is completed by the same code.
+
+    Only for a plain socket with nothing bound to the PDU events (protocol logging off). Returns
+    True when a PDU was consumed: a PDU that is anything else (another type, a command fragment,
+    a malformed item, context ID 0) is read and queued for the library exactly as `_read_pdu_data`
+    would; False when no PDU was read (the library's own check runs).
+    """
+    message = dul.assoc.dimse.message
+    sink = getattr(message, "_bs_sink", None) if message is not None else None
+    if sink is None or dul.state_machine.current_state != "Sta6" or _config.LOG_HANDLER_LEVEL != "none":
+        return False
+    assoc_sock = dul.socket
+    raw = getattr(assoc_sock, "socket", None)
+    if raw is None or isinstance(raw, ssl.SSLSocket) or not getattr(assoc_sock, "_is_connected", False):
+        return False
+    if dul.assoc.get_handlers(evt.EVT_PDU_RECV) or dul.assoc.get_handlers(evt.EVT_DATA_RECV):
+        return False
+    try:
+        header = raw.recv(6, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return False
+    if len(header) < 6 or header[0] != 0x04:
+        return False
+    raw.recv(6)  # peeked: it is there
+    length = int.from_bytes(header[2:6], "big")
+    try:
+        body = assoc_sock.recv(length)
+    except (OSError, TimeoutError) as exc:
+        _LOGGER_DUL.error("Connection closed before the entire PDU was received")
+        _LOGGER_DUL.exception(exc)
+        dul.event_queue.put("Evt17")
+        return True
+    if len(body) != length:
+        _LOGGER_DUL.error(f"The received PDU is shorter than expected ({6 + len(body)} of {6 + length} bytes "
+                          "received)")
+        dul.event_queue.put("Evt17")
+        return True
+    items: list[tuple[int, int, int, int]] = []  # (start, end, context ID, control byte)
+    pos = 0
+    while pos + 6 <= length:
+        item_length = int.from_bytes(body[pos:pos + 4], "big")
+        if item_length < 2 or pos + 4 + item_length > length:
+            break
+        items.append((pos + 6, pos + 4 + item_length, body[pos + 4], body[pos + 5]))
+        pos += 4 + item_length
+    if pos != length or not items or any(cid == 0 or control & 1 for _s, _e, cid, control in items) \
+            or any(control & 2 for _s, _e, _cid, control in items[:-1]):
+        try:  # what the library does with it (a command fragment, an odd or broken PDU)
+            pdu = P_DATA_TF()
+            pdu.decode(bytes(header) + bytes(body))
+        except Exception as exc:
+            _LOGGER_DUL.error("Unable to decode the received PDU data")
+            _LOGGER_DUL.exception(exc)
+            dul.event_queue.put("Evt19")
+            return True
+        dul.event_queue.put("Evt10")
+        dul._recv_pdu.put(pdu)
+        return True
+    *fragments, last = items
+    with memoryview(body) as view:
+        for start, end, _cid, _control in fragments if last[3] & 2 else items:
+            with view[start:end] as fragment:
+                sink.write(fragment)
+    if last[3] & 2:  # the data set's last fragment: through the DIMSE layer, which completes the message
+        primitive = P_DATA()
+        primitive.presentation_data_value_list.append([last[2], bytes(body[last[0] - 1:last[1]])])
+        dul.assoc.dimse.receive_primitive(primitive)
+    return True
 
 
 _RECV_FIRST = 1 << 20  # the buffer starts at most this big and doubles as the bytes arrive

@@ -29,6 +29,12 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     interrupted = index.close_interrupted_associations(server.ctx.conn(), worker, settings.dicom_workers())
     if interrupted:
         LOG.warning("%d association(s) were interrupted by the last stop", interrupted)
+    # A Settings of its own for the watch: `changed()` compares with the last read, and the
+    # handler threads read `settings` all the time, which would swallow the change. Read BEFORE the
+    # listeners are opened: a change made while they open (a test that configures as soon as the
+    # port answers, a second worker still starting) is then seen and applied, not taken as the base.
+    watcher = Settings(data_dir)
+    watcher.all()
     retry = False  # a listener could not be opened (port taken, bad certificate): try again
     try:
         server.start()
@@ -37,10 +43,6 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
         retry = True
     if ready is not None:
         ready.set()
-    # A Settings of its own for the watch: `changed()` compares with the last read, and the
-    # handler threads read `settings` all the time, which would swallow the change.
-    watcher = Settings(data_dir)
-    watcher.all()
     try:
         while not stop.wait(1.0):
             server.publish_load()  # a missed update of the shared connection count heals here
