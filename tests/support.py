@@ -420,3 +420,25 @@ def configure(data: Path, *assignments: str) -> None:
     from appliance.config import Settings
 
     Settings(data).update(dict(item.split("=", 1) for item in assignments))
+
+
+@contextlib.contextmanager
+def dicom_server(data: Path, *assignments: str) -> Iterator[Any]:
+    """The DICOM SCP run in this process (no station) on a free plain port (`.port`), TLS off;
+    `assignments` are more settings. The library patches it installs are taken out afterwards."""
+    from appliance.config import Settings
+    from appliance.dicom import pnd_tuning
+    from appliance.dicom.server import DicomServer
+
+    Settings(data).initialize()
+    port = free_port()
+    configure(data, f"dicom.port={port}", "dicom.tls_port=0", "dicom.min_free_mb=0", *assignments)
+    srv = DicomServer(data)
+    srv.start()
+    srv.port = port  # type: ignore[attr-defined]
+    try:
+        yield srv
+    finally:
+        srv.stop(grace=0)
+        pnd_tuning.uninstall()  # build_ae installed the patches in this process
+        pnd_tuning.set_protocol_logging(True)

@@ -11,26 +11,15 @@ from pathlib import Path
 import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
-from support import configure, free_port, wait_dicom, wait_for
+from support import dicom_server, wait_dicom, wait_for
 
-from appliance.config import Settings
-from appliance.dicom import pnd_tuning
 from appliance.dicom.server import ABORT_WAIT, STOP_GRACE, DicomServer
 
 
 @pytest.fixture
 def server(tmp_path: Path):
-    data = tmp_path / "data"
-    Settings(data).initialize()
-    port = free_port()
-    configure(data, f"dicom.port={port}", "dicom.tls_port=0", "dicom.min_free_mb=0", "dicom.timeout=30")
-    srv = DicomServer(data)
-    srv.start()
-    srv.port = port  # type: ignore[attr-defined]
-    yield srv
-    srv.stop(grace=0)
-    pnd_tuning.uninstall()  # build_ae installed the patches in this process
-    pnd_tuning.set_protocol_logging(True)
+    with dicom_server(tmp_path / "data", "dicom.timeout=30") as srv:
+        yield srv
 
 
 def _probe(port: int) -> socket.socket:

@@ -389,8 +389,10 @@ def test_the_plan_runs_one_dicom_process_per_worker(tmp_path: Path) -> None:
     data = tmp_path / "data"
     burnstation(data, "init")
     plan = StationPlan(data, discovery=_NoDevices(), services=["dicom", "hl7"])  # type: ignore[arg-type]
-    auto = max(1, min(os.cpu_count() or 1, 4))  # default: one worker per core, at most 4
-    assert [s.name for s in plan()] == ["dicom", *(f"dicom:{k}" for k in range(2, auto + 1)), "hl7"]
+    from appliance.config import SPECS
+
+    default = SPECS["dicom.workers"].default or max(1, min(os.cpu_count() or 1, 4))  # 0: a worker per core, <= 4
+    assert [s.name for s in plan()] == ["dicom", *(f"dicom:{k}" for k in range(2, default + 1)), "hl7"]
     burnstation(data, "config", "set", "dicom.workers=1")
     assert [s.name for s in plan()] == ["dicom", "hl7"]
     burnstation(data, "config", "set", "dicom.workers=3")

@@ -17,10 +17,9 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pynetdicom.pdu import P_DATA_TF
-from support import configure, dcmtk, free_port, make_dataset, wait_for
+from support import dcmtk, dicom_server, make_dataset, wait_for
 
 from appliance import db
-from appliance.config import Settings
 from appliance.dicom import pnd_tuning
 from appliance.dicom.handlers import store
 from appliance.dicom.server import DicomServer
@@ -30,17 +29,8 @@ from appliance.storage import Store, file_meta_bytes
 @pytest.fixture
 def server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("BURNSTATION_FASTPATH", "1")
-    data = tmp_path / "data"
-    Settings(data).initialize()
-    port = free_port()
-    configure(data, f"dicom.port={port}", "dicom.tls_port=0", "dicom.min_free_mb=0", "dicom.store_from_any=true")
-    srv = DicomServer(data)
-    srv.start()
-    srv.port = port  # type: ignore[attr-defined]
-    yield srv
-    srv.stop(grace=0)
-    pnd_tuning.uninstall()  # build_ae installed the patches in this process
-    pnd_tuning.set_protocol_logging(True)
+    with dicom_server(tmp_path / "data", "dicom.store_from_any=true") as srv:
+        yield srv
 
 
 def _large(folder: Path) -> Path:
