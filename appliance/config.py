@@ -260,7 +260,7 @@ SPECS: dict[str, Spec] = {
     "dicom.store_from_any": Spec(True, _bool, "accept C-STORE from any node (false: known nodes only)"),
     "dicom.tls_require_client_cert": Spec(False, _bool, "TLS port: require a client certificate"),
     "dicom.tls_trusted_ca": Spec("", _path, "PEM file of CAs trusted for client certificates and TLS nodes"),
-    "dicom.workers": Spec(1, _int_range(0, 16), "dicom worker processes sharing the DICOM ports "
+    "dicom.workers": Spec(0, _int_range(0, 16), "dicom worker processes sharing the DICOM ports "
                           "(SO_REUSEPORT): 0 = one per CPU core, at most 4"),
     "dicom.min_free_mb": Spec(500, _int_range(0, 10_000_000), "below this free space C-STORE answers A700"),
     # Burning (seed: "Automatic / Delayed automatic CD/DVD burning")

@@ -307,8 +307,11 @@ class Station:
         self.proc: subprocess.Popen | None = None
         if not (data / "settings.json").exists():
             burnstation(data, "init")
+        # one dicom worker unless a test asks for more (the default is one per core): a second
+        # interpreter per station start costs ~0.9 CPU-s, and the suite starts ~150 stations; the
+        # several-worker behaviour has its own tests (test_dicom_workers.py, test_dicom_balance.py)
         values = {"dicom.port": self.port, "dicom.tls_port": self.tls_port, "hl7.port": self.hl7_port,
-                  "http.port": self.http_port, "dicom.min_free_mb": 0}
+                  "http.port": self.http_port, "dicom.min_free_mb": 0, "dicom.workers": 1}
         values.update({k.replace("__", "."): v for k, v in settings.items()})
         burnstation(data, "config", "set", *(f"{k}={v}" for k, v in values.items()))
         self.aet = "BURNSTATION"
