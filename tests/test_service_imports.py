@@ -3,7 +3,8 @@
 Every test station (and every restart on the box) starts the hl7, burner, web and driver processes; pydicom
 with numpy and gdcm costs about 0.35 s of CPU to import, most of a service's start-up. The modules
 they share with the dicom process (index, worklist records) import pydicom where a dataset is read.
-The web process also loads the web app (webui.app and the portal) when it opens its port: their pages
+The transfer process imports its associations (pydicom, pynetdicom) when the first transfer or query
+runs (transfer/loop.py). The web process also loads the web app (webui.app and the portal) when it opens its port: their pages
 that show images, zips or C-FIND import pydicom, numpy, PIL and pynetdicom when they are served.
 """
 
@@ -16,7 +17,8 @@ import pytest
 from support import REPO
 
 # what each process imports before it serves (the web process: its app, when it opens the port)
-AT_START = {"hl7": "", "burner": "", "web": ", webui.app, cheroot.wsgi, cheroot.ssl.builtin", "driver": ""}
+AT_START = {"hl7": "", "burner": "", "web": ", webui.app, cheroot.wsgi, cheroot.ssl.builtin", "driver": "",
+            "transfer": ""}
 
 
 @pytest.mark.parametrize("service", sorted(AT_START))
