@@ -593,6 +593,11 @@ def test_release_check_skips_parsing_only_while_the_files_are_the_reviewed_ones(
     monkeypatch.setattr(pnd_release, "library_sources", lambda: parsed.append(1) or real())
     pnd_release.check_library()
     assert not parsed
+    reviewed_dul = pnd_release.REVIEWED_FILES["dul"]
     monkeypatch.setitem(pnd_release.REVIEWED_FILES, "dul", "0" * 64)
     assert not pnd_release.reviewed_files()
     assert pnd_release.check_library() == {} and parsed == [1]
+    monkeypatch.setitem(pnd_release.REVIEWED_FILES, "dul", reviewed_dul)
+    assert pnd_release.reviewed_files()
+    monkeypatch.delitem(pnd_release.REVIEWED_FILES, "transport")  # a pinned function whose file is not pinned
+    assert not pnd_release.reviewed_files()
