@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -11,6 +12,13 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Compiled modules are kept (__pycache__, as Python does by default) even where the environment sets
+# PYTHONDONTWRITEBYTECODE (this build machine does): else each of the ~7 processes of every test station
+# compiles the station's modules from source again, ~0.1-0.2 CPU-s each. Set here, before xdist starts
+# its workers, so that they and every process the tests start inherit it.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 from support import Station  # noqa: E402
 

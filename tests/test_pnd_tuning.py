@@ -579,3 +579,25 @@ def test_release_check_reads_the_same_sources_without_importing_the_library():
     script = "import sys; from appliance import pnd_release; pnd_release.check_library(); print(sorted(sys.modules))"
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     assert "'pynetdicom'" not in out.stdout and "'pydicom'" not in out.stdout
+
+
+def test_release_check_skips_parsing_only_while_the_files_are_the_reviewed_ones(monkeypatch):
+    """The whole-file shortcut (no `ast` in the three processes that check at start) gives what parsing
+    gives, and a file whose hash differs is parsed again."""
+    from appliance import pnd_release
+
+    assert pnd_release.reviewed_files()
+    assert pnd_release.function_digests() == pnd_release.function_digests(parse=True)
+    parsed = []
+    real = pnd_release.library_sources
+    monkeypatch.setattr(pnd_release, "library_sources", lambda: parsed.append(1) or real())
+    pnd_release.check_library()
+    assert not parsed
+    reviewed_dul = pnd_release.REVIEWED_FILES["dul"]
+    monkeypatch.setitem(pnd_release.REVIEWED_FILES, "dul", "0" * 64)
+    assert not pnd_release.reviewed_files()
+    assert pnd_release.check_library() == {} and parsed == [1]
+    monkeypatch.setitem(pnd_release.REVIEWED_FILES, "dul", reviewed_dul)
+    assert pnd_release.reviewed_files()
+    monkeypatch.delitem(pnd_release.REVIEWED_FILES, "transport")  # a pinned function whose file is not pinned
+    assert not pnd_release.reviewed_files()

@@ -30,9 +30,9 @@ from appliance.burn.text import person_name
 from appliance.config import SPECS, SettingError, Settings, make_node
 from appliance.hl7 import logfile as hl7_logfile
 from appliance.portal import slip, tokens
-from appliance.transfer import commands, engine, rules
 from appliance.transfer import jobs as ttjobs
 from appliance.transfer import report as transfer_report
+from appliance.transfer import rules
 from webui.auth import Throttle, same_origin, token_ok
 from webui.portal import portal_app
 
@@ -574,6 +574,9 @@ class WebApp:
 
     def query_page(self) -> str:
         """C-FIND on a known node, handed to the transfer process exactly as `burnstation query` does."""
+        # pynetdicom and pydicom: imported here, not at the web process's start
+        from appliance.transfer import commands, engine
+
         sess = self.need("technician")
         q = {k: request.query.getunicode(k, "").strip()
              for k in ("node", "level", "name", "pid", "from", "to", "modality", "accession", "study")}

@@ -22,18 +22,21 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import bottle
-from PIL import Image
 
 from appliance import db
 from appliance import index as _index  # noqa: F401 - registers the study tables
-from appliance.burn import render
-from appliance.burn.catalog import BuildError, InstanceInfo
 from appliance.burn.text import dicom_date
 from appliance.config import Settings
-from appliance.portal import tokens, zips
+from appliance.portal import tokens
+
+# render and zips (pydicom, numpy, PIL) are imported by the routes that use them: the web process
+# starts without them (tests/test_service_imports.py)
+if TYPE_CHECKING:
+    from appliance.burn.catalog import InstanceInfo
+    from appliance.portal import zips
 
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
@@ -169,6 +172,9 @@ def portal_app(data_dir: str | Path, clock: Callable[[], float] = time.time) -> 
 
     def study_of(check: tokens.Check) -> list[InstanceInfo]:
         """The token's study ([] when it is gone, or a file of it went missing under us)."""
+        from appliance.burn.catalog import BuildError
+        from appliance.portal import zips
+
         conn = db.connect(data_dir)
         try:
             return zips.study_instances(conn, check.token.study_uid)  # type: ignore[union-attr]
@@ -207,6 +213,9 @@ def portal_app(data_dir: str | Path, clock: Callable[[], float] = time.time) -> 
         if page is not None:
             return page
         assert check is not None and check.token is not None
+        from appliance.burn import render
+        from appliance.portal import zips
+
         infos = study_of(check)
         if not infos:
             return _page("portal_message", 404, title="Study not available",
@@ -233,6 +242,10 @@ def portal_app(data_dir: str | Path, clock: Callable[[], float] = time.time) -> 
         check, page = from_cookie()
         if page is not None:
             return page
+        from PIL import Image
+
+        from appliance.burn import render
+
         groups = series_of(study_of(check))  # type: ignore[arg-type]
         picks = render.representative(groups[n]) if 0 <= n < len(groups) else []
         if not 0 <= k < len(picks):
@@ -254,6 +267,8 @@ def portal_app(data_dir: str | Path, clock: Callable[[], float] = time.time) -> 
         check, page = from_cookie()
         if page is not None:
             return page
+        from appliance.portal import zips
+
         if fmt not in zips.FORMATS:
             return _page("portal_message", 404, title="No such download", message="No such download.",
                          **header_values())
@@ -327,6 +342,8 @@ class _Ranged:
     """Part of a zip as a WSGI body; closing it closes the zip."""
 
     def __init__(self, z: zips.StudyZip, start: int, end: int) -> None:
+        from appliance.portal import zips
+
         self.z = z
         self.chunks = zips.byte_range(z, start, end)
 

@@ -11,8 +11,6 @@ import re
 import unicodedata
 from typing import Any
 
-from pydicom.valuerep import PersonName
-
 # characters XML 1.0 forbids (tab, LF and CR are allowed but we fold them: values are one line)
 _XML_BAD = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
 # invisible format characters: bidi overrides/isolates (a name "Evil\u202eTXT.EXE" would read
@@ -53,6 +51,9 @@ def person_name(value: Any) -> str:
         return ""
     if isinstance(value, list | tuple) or type(value).__name__ == "MultiValue":  # a "\\" in the name
         return display_text("; ".join(filter(None, (person_name(v) for v in value))))
+    # imported here, not at the top: the web process imports this module at start, without pydicom
+    from pydicom.valuerep import PersonName
+
     if not isinstance(value, PersonName):
         value = PersonName(str(value))
     groups = []

@@ -13,12 +13,9 @@ import os
 import threading
 from pathlib import Path
 
-from pynetdicom import _config
-
-from appliance.dicom import pnd_tuning
 from appliance.services import stop_event
 from appliance.transfer import jobs, wake
-from appliance.transfer.engine import Engine
+from appliance.transfer.loop import Engine
 
 LOG = logging.getLogger("burnstation.transfer")
 POLL_SECONDS = 0.2
@@ -49,12 +46,7 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
           ready: threading.Event | None = None) -> None:
     """Run the transfer engine until `stop` is set (or SIGTERM/SIGINT when run in the main thread)."""
     stop = stop_event(stop)
-    pnd_tuning.install()  # the event-driven reactors (no 1 ms sleeps per message) for requestors too
-    # C-STORE of a file whose stored syntax the peer accepted: its bytes as they are (scu.store_rows)
-    _config.STORE_SEND_CHUNKED_DATASET = True
-    engine = Engine(Path(data_dir))
-    # pynetdicom's per-PDU logging handlers only with dicom.debug (they also keep 3c off)
-    pnd_tuning.set_protocol_logging(bool(engine.settings.get("dicom.debug")))
+    engine = Engine(Path(data_dir))  # pynetdicom is set up when the first transfer or query runs
     engine.recover()
     _relay_wakeups(Path(data_dir), stop, engine.kick)
     if ready is not None:

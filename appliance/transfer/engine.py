@@ -7,6 +7,8 @@ too (waiting at most `dicom.timeout` for one). Every wait on a peer is bounded b
 (pynetdicom's ACSE, DIMSE, network and connection time-outs). A send journals each answer of the
 peer before the next instance goes out (jobs.AckJournal; state.db in batches), so after a crash
 it resumes with what the peer did not acknowledge.
+
+The loop that starts them (`loop.Engine`) imports this module when the first transfer or query runs.
 """
 
 from __future__ import annotations
@@ -14,10 +16,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
@@ -35,10 +36,11 @@ from appliance import db, index
 from appliance.config import Node, Settings
 from appliance.dicom import scu
 from appliance.dicom.handlers.retrieve import contexts_for
-from appliance.dicom.slots import OutgoingSlots, Slot
 from appliance.storage import OutOfSpace, Store, file_meta_bytes
 from appliance.transfer import jobs
-from appliance.transfer.rules import list_rules
+
+if TYPE_CHECKING:
+    from appliance.transfer.loop import Engine
 
 LOG = logging.getLogger("burnstation.transfer")
 BACKOFF_MAX = 60.0  # a forward whose node is down is tried again after 2, 4, 8 ... at most this many seconds
@@ -435,116 +437,3 @@ class GetStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(old)
         return 0x0000
-
-
-# --------------------------------------------------------------------------- the dispatcher
-
-
-class Engine:
-    """What the `transfer` service runs: dispatch transfers, answer queries, feed forwarding rules."""
-
-    def __init__(self, data_dir: Path, settings: Settings | None = None) -> None:
-        self.data_dir = Path(data_dir)
-        self.settings = settings or Settings(self.data_dir)
-        self.conn = db.connect(self.data_dir)
-        self.slots = OutgoingSlots(self.data_dir, lambda: int(self.settings.get("dicom.max_connections")))
-        self.running: dict[str, threading.Thread] = {}
-        self.lock = threading.Lock()
-        self.kick = threading.Event()  # set: run the next pass now (work queued, a slot freed)
-        self._forwarded = 0.0
-        self._pruned = 0.0
-
-    def recover(self) -> None:
-        journaled = jobs.apply_journals(self.conn, self.data_dir)
-        if journaled:
-            LOG.info("%d answer(s) of interrupted sends taken from their journals", journaled)
-        resumed = jobs.recover(self.conn)
-        if resumed:
-            LOG.info("%d transfer(s) interrupted by the last stop queued again", resumed)
-        jobs.fail_interrupted_requests(self.conn)
-
-    def step(self) -> None:
-        """One pass: start requests and transfers that can start, then feed the forwarding rules."""
-        while (request := jobs.claim_request(self.conn)) is not None:
-            threading.Thread(target=self._answer, args=(request,), name=f"request-{request['id']}",
-                             daemon=True).start()
-        self.dispatch()
-        now = time.monotonic()
-        if now - self._forwarded >= 1.0:
-            self._forwarded = now
-            self.forward()
-        if now - self._pruned >= 60.0:
-            self._pruned = now
-            jobs.drop_stale_requests(self.conn, 3600)
-
-    def dispatch(self) -> None:
-        with self.lock:
-            for tid in [t for t, th in self.running.items() if not th.is_alive()]:
-                del self.running[tid]
-        # the queue first: a pass with nothing queued (most of them) touches no lock file
-        while (transfer := jobs.next_queued(self.conn, skip=list(self.running))) is not None:
-            slot = self.slots.try_acquire()
-            if slot is None:
-                return
-            if not jobs.claim(self.conn, transfer["id"]):
-                slot.release()
-                continue
-            thread = threading.Thread(target=self._run, args=(transfer, slot), name=f"transfer-{transfer['id']}",
-                                      daemon=True)
-            with self.lock:
-                self.running[transfer["id"]] = thread
-            thread.start()
-
-    def _run(self, transfer: dict[str, Any], slot: Slot) -> None:
-        try:
-            Runner(self, transfer).run()
-        finally:
-            slot.release()
-            self.kick.set()  # the next queued transfer starts now, not at the next poll
-
-    def _answer(self, request: dict[str, Any]) -> None:
-        conn = db.connect(self.data_dir)
-        try:
-            node = self.settings.node(request["node"])
-            if node is None:
-                jobs.answer_request(conn, request["id"], error=f"{request['node']!r} is not a known node")
-                return
-            timeout = float(self.settings.get("dicom.timeout"))
-            slot = self.slots.acquire(timeout)
-            if slot is None:
-                jobs.answer_request(conn, request["id"], error=f"all {self.slots.limit()} outgoing connections "
-                                    f"stayed busy for dicom.timeout={timeout:g}s")
-                return
-            try:
-                params = request["params"]
-                if request["kind"] == "echo":
-                    ok, message = scu.echo(self.data_dir, self.settings, node)
-                    jobs.answer_request(conn, request["id"], result={"ok": ok, "message": message})
-                    return
-                result = run_query(self.data_dir, self.settings, node, params.get("level", "STUDY"),
-                                   params.get("keys", {}))
-                jobs.answer_request(conn, request["id"], result=result)
-            finally:
-                slot.release()
-                self.kick.set()
-        except Exception as exc:
-            jobs.answer_request(conn, request["id"], error=str(exc) or type(exc).__name__)
-        finally:
-            conn.close()
-
-    def forward(self) -> None:
-        for rule in list_rules(self.settings):
-            try:
-                picked = jobs.collect_new(self.conn, rule.name, rule.called, rule.calling, rule.modalities)
-                if picked:
-                    LOG.info("rule %s: %d new instance(s) to forward to %s", rule.name, picked, rule.node)
-                for tid in jobs.queue_stable(self.conn, rule.name, rule.node, rule.delay):
-                    LOG.info("rule %s: transfer %s queued", rule.name, tid)
-            except Exception:
-                LOG.exception("forwarding rule %s failed", rule.name)
-
-    def wait_idle(self, timeout: float) -> None:
-        """At stop: give running transfers a moment (they resume after the restart anyway)."""
-        deadline = time.monotonic() + timeout
-        for thread in list(self.running.values()):
-            thread.join(max(0.0, deadline - time.monotonic()))
