@@ -330,8 +330,8 @@ def test_held_open_associations_are_spread_evenly_over_the_workers(tmp_path: Pat
     from pynetdicom.sop_class import Verification
 
     with Station(tmp_path / "data", dicom__workers=2) as st:
-        wait_for(lambda: st.log().count("(plain) as") >= 2 and st.log().count("(TLS)") >= 2, 30,
-                 "both workers listening")
+        wait_for(lambda: st.log().count("(plain) as") >= 2 and st.log().count("(TLS)") >= 2
+                 and st.log().count("takes connections handed over") >= 2, 30, "both workers listening")
         ae = AE(ae_title="HOLDER")
         ae.add_requested_context(Verification)
         tls = ssl.create_default_context(cafile=str(st.data / "tls" / "ca.pem"))

@@ -382,7 +382,9 @@ def test_reactors_behave_like_the_library(tmp_path: Path):
     # DUL's connection close), so its order is compared as a multiset; the patched reactor fires
     # EVT_RELEASED before the release response goes out, so its order is exact
     assert plain_store[-1] == "served by association"
-    assert fast_store[-1] == "served by other"  # C-STORE served in the DUL thread (2b)
+    # C-STORE served in the DUL thread (2b); one that arrives before the association thread reached
+    # its checkpoint (a loaded machine) is served there instead, as the library would
+    assert "other" in fast_store[-1].removeprefix("served by ").split(",")
     fast_store, plain_store = fast_store[:-1], plain_store[:-1]
     assert fast_store == ["accepted", *uids, "released", "closed"]
     assert sorted(plain_store) == sorted(fast_store) and plain_store[:21] == fast_store[:21]

@@ -11,8 +11,8 @@ it had accepted it (the TLS handshake, when there is one, happens there).
 Each worker publishes how many connections it serves in a small shared file
 (`<data>/run/dicom-load`, one count per worker, read and written under flock). A count may be a
 moment old; the worst a stale count does is keep a connection where it landed. A worker that
-cannot be reached (stopped, restarting) is skipped for a few seconds, and the connection is served
-where it was accepted, so a hand-over never loses a connection.
+cannot be reached (stopped, still starting) is passed over for the next, and when none can take it
+the connection is served where it was accepted, so a hand-over never loses a connection.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from typing import Any
 LOG = logging.getLogger("burnstation.dicom")
 
 MAX_WORKERS = 64  # slots in the load file (dicom.workers is validated far below this)
-UNREACHABLE_FOR = 5.0  # seconds a worker that refused a hand-over is not tried again
 _SLOT = struct.Struct("<i")
 _CREDS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -102,7 +101,6 @@ class Balancer:
         self.load = load
         self.serve = serve
         self.table = LoadTable(data_dir)
-        self._unreachable: dict[int, float] = {}
         self._out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         self._inbox: socket.socket | None = None
         self._thread: threading.Thread | None = None
@@ -124,25 +122,19 @@ class Balancer:
         if workers < 2:
             return False
         mine = self.load()
-        now = time.monotonic()
         loads = self.table.read(workers)
-        candidates = [(count, k) for k, count in enumerate(loads, start=1)
-                      if k != self.worker and count < mine and self._unreachable.get(k, 0.0) <= now]
-        if not candidates:
-            return False
-        _count, target = min(candidates)
+        candidates = sorted((count, k) for k, count in enumerate(loads, start=1) if k != self.worker and count < mine)
         message = json.dumps({"kind": kind, "address": list(address)}).encode()
-        try:
-            self._out.sendmsg([message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))],
-                              socket.MSG_DONTWAIT, inbox_address(self.data_dir, target))
-        except BlockingIOError:  # its inbox queue is full for a moment: serve it here
-            return False
-        except OSError as exc:  # not running or restarting: serve it here, and leave it alone a while
-            self._unreachable[target] = now + UNREACHABLE_FOR
-            LOG.debug("could not hand a connection to dicom worker %d: %s", target, exc)
-            return False
-        self.table.add(target, 1)  # until the target publishes its own count
-        return True
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
+        for _count, target in candidates:  # the least busy first; one that cannot take it: the next
+            try:
+                self._out.sendmsg([message], rights, socket.MSG_DONTWAIT, inbox_address(self.data_dir, target))
+            except OSError as exc:  # not running, still starting, or its inbox queue full for a moment
+                LOG.debug("could not hand a connection to dicom worker %d: %s", target, exc)
+                continue
+            self.table.add(target, 1)  # until the target publishes its own count
+            return True
+        return False
 
     # -- taking
 

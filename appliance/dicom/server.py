@@ -310,6 +310,7 @@ class DicomServer:
                 balancer.close()
                 return
             self.balancer = balancer
+            LOG.info("dicom worker %d takes connections handed over by the other workers", self.worker)
         elif not shared and self.balancer is not None:
             self.balancer.close()
             self.balancer = None
