@@ -149,7 +149,7 @@ class Store:
             os.fsync(fd)
         except BaseException:
             os.close(fd)
-            _unlink(tmp)
+            unlink_quietly(tmp)
             raise
         os.close(fd)
         os.replace(tmp, path)
@@ -167,7 +167,7 @@ class Store:
             os.replace(tmp, path)
         except BaseException:
             os.close(fd)
-            _unlink(tmp)
+            unlink_quietly(tmp)
             raise
         return fd, size
 
@@ -214,7 +214,7 @@ class Store:
                     size += n
         except BaseException:
             os.close(fd)
-            _unlink(tmp)
+            unlink_quietly(tmp)
             raise
         return fd, tmp, size
 
@@ -250,7 +250,8 @@ def _writer_alive(temp_name: str) -> bool:
     return b"\x00service\x00dicom" in cmdline
 
 
-def _unlink(path: str) -> None:
+def unlink_quietly(path: str) -> None:
+    """Remove `path` if it is there."""
     try:
         os.unlink(path)
     except FileNotFoundError:

@@ -762,6 +762,8 @@ def _stream_pdata(dul: DULServiceProvider) -> bool:
     a malformed item, context ID 0) is read and queued for the library exactly as `_read_pdu_data`
     would; False when no PDU was read (the library's own check runs).
     """
+    if not _STREAM:  # called on every pass of the reactor loop: nothing more when streaming is off
+        return False
     message = dul.assoc.dimse.message
     sink = getattr(message, "_bs_sink", None) if message is not None else None
     if sink is None or dul.state_machine.current_state != "Sta6" or _config.LOG_HANDLER_LEVEL != "none":

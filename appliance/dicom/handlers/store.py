@@ -33,7 +33,7 @@ from appliance import index
 from appliance.dicom import pnd_tuning, rawparse
 from appliance.dicom.context import StationContext, state_of
 from appliance.dicom.handlers import failure_status as _failure
-from appliance.storage import OutOfSpace, file_meta_bytes
+from appliance.storage import OutOfSpace, file_meta_bytes, unlink_quietly
 
 LOG = logging.getLogger("burnstation.dicom.store")
 
@@ -129,10 +129,7 @@ def _remove_temp(fd: int, temp: str) -> None:
         os.close(fd)
     except OSError:
         pass
-    try:
-        os.unlink(temp)
-    except FileNotFoundError:
-        pass
+    unlink_quietly(temp)
 
 
 def stream_sink(ctx: StationContext) -> Any:
