@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import socket
 import sqlite3
-import time
 
-from support import dcmtk, make_dataset
+from support import dcmtk, make_dataset, wait_for
 
 
 def _results(data, first_id: int) -> dict[int, str]:
@@ -24,13 +23,11 @@ def _results(data, first_id: int) -> dict[int, str]:
 
 
 def _wait_closed(data, first_id: int, count: int, timeout: float = 30) -> dict[int, str]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def closed() -> dict[int, str] | None:
         rows = _results(data, first_id)
-        if len(rows) >= count and "open" not in rows.values():
-            return rows
-        assert time.monotonic() < deadline, f"associations not all closed: {rows}"
-        time.sleep(0.1)
+        return rows if len(rows) >= count and "open" not in rows.values() else None
+
+    return wait_for(closed, timeout, f"{count} associations closed", every=0.1)
 
 
 def test_release_abort_and_drop_are_told_apart(station, tmp_path):

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.uid import generate_uid
-from support import DCMTK, Station, burnstation, configure, dcmtk, findscu, make_dataset, port_open
+from support import DCMTK, Station, burnstation, configure, dcmtk, findscu, make_dataset, port_open, wait_for
 
 
 def _write_files(folder: Path, count: int, **kw: object) -> list[Path]:
@@ -81,10 +81,7 @@ def test_kill_9_during_storescu_keeps_every_acknowledged_instance(station: Stati
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"half a file")
 
-    deadline = time.monotonic() + 10
-    while port_open(st.port):  # everything of the old station is gone
-        assert time.monotonic() < deadline, "the killed station still listens"
-        time.sleep(0.1)
+    wait_for(lambda: not port_open(st.port), 10, "the killed station to stop listening", every=0.1)
     opened = st.log().count("(plain) as")
     st.start()
     deadline = time.monotonic() + 30

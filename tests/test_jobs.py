@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import write_study
+from support import wait_for, write_study
 
 from appliance import db, index, publish
 from appliance.burn import dispatch, jobs, robots
@@ -345,13 +345,14 @@ def make_disc(tmp_path: Path, n: int = 1) -> publish.DiscImage:
 
 
 def wait_state(pub: publish.Publisher, job_id: str, state: str, timeout: float = 10) -> publish.JobProgress:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        p = pub.poll(job_id)
-        if p.state == state:
-            return p
-        time.sleep(0.02)
-    raise AssertionError(f"{job_id} never reached {state}: {pub.poll(job_id)}")
+    try:
+        def reached() -> publish.JobProgress | None:
+            progress = pub.poll(job_id)
+            return progress if progress.state == state else None
+
+        return wait_for(reached, timeout, f"{job_id} in {state}", every=0.02)
+    except AssertionError:
+        raise AssertionError(f"{job_id} never reached {state}: {pub.poll(job_id)}") from None
 
 
 def test_folder_export_copies_atomically_and_resumes(tmp_path: Path) -> None:

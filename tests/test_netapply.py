@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import wait_for
 
 from appliance import netapply, network
 
@@ -46,10 +46,9 @@ class Box:
         result: dict[str, Any] = {}
         worker = threading.Thread(target=lambda: result.update(self.net.set(changes)))
         worker.start()
-        until = time.monotonic() + 10
-        while not self.net.request_path.exists():
-            assert time.monotonic() < until and worker.is_alive(), "the station wrote no request"
-            time.sleep(0.01)
+        wait_for(lambda: self.net.request_path.exists() or not worker.is_alive(), 10, "the station's request",
+                 every=0.01)
+        assert self.net.request_path.exists(), "the station wrote no request"
         self.apply()
         worker.join(10)
         return result

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from support import make_dataset
+from support import make_dataset, wait_for
 
 from appliance import db, index
 from appliance.config import SettingError, Settings, make_node
@@ -264,10 +264,9 @@ def test_queued_sends_start_without_waiting_for_the_poll(data: Path, tmp_path: P
         try:
             assert ready.wait(30)
             assert first_pass.wait(30)  # the pass at start is over: only a wake-up starts what comes next
-            started = time.monotonic()
             ids = [jobs.create_send(conn, "DEST", [uid]) for uid in uids]
-            while time.monotonic() - started < 20 and any(jobs.get(conn, t)["state"] not in jobs.FINAL for t in ids):
-                time.sleep(0.02)
+            wait_for(lambda: all(jobs.get(conn, t)["state"] in jobs.FINAL for t in ids), 20, "3 sends ended",
+                     every=0.02)
             assert [jobs.get(conn, t)["state"] for t in ids] == [jobs.DONE] * 3
         finally:
             stop.set()
