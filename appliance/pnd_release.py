@@ -36,6 +36,10 @@ REPLACED_SOURCES = {
     "Association._wrap_get_move_responses": "d023a7bdadd24d59eb754f9d3d068b282311d32dcbb1f2a28b4cbe1bc76aafd9",
     # not replaced: its data-set part is what streaming a C-STORE data set to disk (3e) does instead
     "DIMSEMessage.decode_msg": "f51c777e841a76beeaadfe3015bd4f4a68387229a72f13f3a3b7846d01d72284",
+    # not replaced: what reading P-DATA PDUs (3e, 3f) and serving a C-STORE from the socket (3f) do instead of them
+    "DULServiceProvider._read_pdu_data": "19f2d4e38c13c83586365d93dd5cd96a0c7c665cb37251054b3e1f246e9f431b",
+    "Association._serve_request": "2f24c1759cdf6c8c433094f2a8dd8144f76f5547f03daed7b94e0f78bc12f877",
+    "StorageServiceClass.SCP": "63afca7fc6c6e7ee6e6eb303dd6aa72c1e69dbfcb94dd91c9e90ea6d900a4c40",
 }
 # sha256 of the whole files of the reviewed release that hold those functions: while every one is
 # unchanged, so is every function above, and `changed_sources` need not parse them with `ast` (about
@@ -46,6 +50,7 @@ REVIEWED_FILES = {
     "dimse": "db3b4b92c852dc988450ca00639568852fca55f5940e7955dd259d04bbcc4836",
     "dimse_messages": "a65e021e35d5bb74b8bea262c7f7dcc6a2a8f4a00986173b9079075479bdcde1",
     "dul": "a7540d91f1a43286100527e4c4b58446d085534c804dceedfc9bcd35bcd92224",
+    "service_class": "a325f72f8494a45bd5ce3017595f0163f2531b6d2d698a5ce74ab8828bafcd0f",
     "transport": "e0be938d0b23971b05c05acbe7a23f464779c22b0be384636c2bf8e5701c91a8",
 }
 # the functions' sha256 in those files (a copy: tests change REPLACED_SOURCES to fake a new release)
@@ -62,7 +67,10 @@ PATCH_SOURCES = {
     "recv": ("AssociationSocket.recv",),
     "store_send": ("Association.send_c_store", "DULServiceProvider.run_reactor"),
     "move_send": ("Association.send_c_move", "Association._wrap_get_move_responses", "DULServiceProvider.run_reactor"),
-    "stream": ("DIMSEMessage.decode_msg", "DIMSEServiceProvider.receive_primitive"),
+    "stream": ("DIMSEMessage.decode_msg", "DIMSEServiceProvider.receive_primitive", "DULServiceProvider._read_pdu_data"),
+    "lean_store": ("DULServiceProvider._read_pdu_data", "DULServiceProvider.run_reactor",
+                   "DIMSEServiceProvider.receive_primitive", "Association._serve_request", "StorageServiceClass.SCP",
+                   "DIMSEServiceProvider.send_msg"),
 }
 
 
@@ -72,7 +80,8 @@ class LibraryChanged(RuntimeError):
 
 # the module of pynetdicom that defines each class named above
 _MODULE_OF = {"ACSE": "acse", "Association": "association", "DULServiceProvider": "dul",
-              "DIMSEServiceProvider": "dimse", "AssociationSocket": "transport", "DIMSEMessage": "dimse_messages"}
+              "DIMSEServiceProvider": "dimse", "AssociationSocket": "transport", "DIMSEMessage": "dimse_messages",
+              "StorageServiceClass": "service_class"}
 
 
 def installed_version() -> str:

@@ -99,6 +99,7 @@ import inspect
 import logging
 import os
 import queue
+import re
 import select
 import socket
 import ssl
@@ -109,6 +110,7 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import Any, cast
 
+from pydicom.uid import UID
 from pydicom.values import convert_AE_string, convert_UI
 from pynetdicom import _config, evt
 from pynetdicom.acse import ACSE
@@ -119,6 +121,8 @@ from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ, P_DATA_TF
 from pynetdicom.pdu_primitives import A_P_ABORT, P_DATA
+from pynetdicom.service_class import StorageServiceClass
+from pynetdicom.sop_class import uid_to_service_class  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket
 from pynetdicom.utils import make_target
 
@@ -152,6 +156,7 @@ LOG = logging.getLogger("burnstation.dicom")
 _LOGGER_DUL = logging.getLogger("pynetdicom.dul")
 _LOGGER_ASSOC = logging.getLogger("pynetdicom.association")
 _LOGGER_DIMSE = logging.getLogger("pynetdicom.dimse")
+_LOGGER_SERVICE = logging.getLogger("pynetdicom.service_class")
 _installed = False
 
 IDLE_WAIT = 0.05  # seconds a reactor blocks when idle before re-checking its timers
@@ -163,6 +168,7 @@ _INLINE_STORE = False  # 2b on (set by install)
 _DIRECT_STORE = False  # 3c on (set by install)
 _DIRECT_MOVE = False  # 3d on (set by install)
 _STREAM = False  # 3e on (set by install)
+_LEAN = False  # 3f on (set by install)
 
 
 
@@ -266,6 +272,8 @@ def _association_init(self: Association, ae: Any, mode: str) -> None:
     dul._bs_ident = None  # type: ignore[attr-defined]
     dul._bs_lent = threading.Event()  # type: ignore[attr-defined]
     dul._bs_parked = threading.Event()  # type: ignore[attr-defined]
+    dul._bs_lean = None  # type: ignore[attr-defined]  # 3f: a C-STORE request whose data set is arriving
+    dul._bs_peeker = None  # type: ignore[attr-defined]  # 3e/3f: (socket, its non-blocking twin)
     dul.event_queue = _WakeQueue(lambda: _notify_dul(dul))
     dul.to_provider_queue = _WakeQueue(lambda: _notify_dul(dul))
     dul.to_user_queue = _WakeQueue(self._bs_wake.set)
@@ -352,6 +360,10 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
         self._bs_waker = None  # type: ignore[attr-defined]
         waker_w.close()
         waker_r.close()
+        peeker = getattr(self, "_bs_peeker", None)
+        if peeker is not None:
+            self._bs_peeker = None  # type: ignore[attr-defined]
+            peeker[1].close()
         wake = getattr(self.assoc, "_bs_wake", None)
         if wake is not None:
             wake.set()
@@ -418,7 +430,7 @@ def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
             # (station) events already queued are acted on before the next read: reading blocks until a
             # whole PDU header is there, so a broken PDU followed by a partial one was answered (A-ABORT)
             # only at the time-out (found by the fuzzer)
-            elif self.event_queue.empty() and (_stream_pdata(self) or self._is_transport_event()):
+            elif self.event_queue.empty() and (_fast_pdata(self) or self._is_transport_event()):
                 self._idle_timer.restart()  # receive and decode PDU (3e: or write the data it carries)
         except Exception as exc:
             _LOGGER_DUL.error("Exception in DUL.run(), aborting association")
@@ -546,18 +558,23 @@ def encode_store_rsp(primitive: C_STORE) -> bytes | None:
     status = primitive.Status
     if msg_id is None or status is None or primitive.OffendingElement is not None:
         return None
+    return _store_rsp_command(msg_id, status, primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID,
+                              primitive.ErrorComment)
+
+
+def _store_rsp_command(msg_id: int, status: int, sop_class: Any, sop_uid: Any, error_comment: Any = None) -> bytes | None:
     try:
         body = []
-        if primitive.AffectedSOPClassUID is not None:
-            body.append(_text_element(0x0002, str(primitive.AffectedSOPClassUID), b"\0"))
+        if sop_class is not None:
+            body.append(_text_element(0x0002, str(sop_class), b"\0"))
         body.append(_pack_us(0x0000, 0x0100, 2, 0x8001))  # Command Field: C-STORE-RSP
         body.append(_pack_us(0x0000, 0x0120, 2, msg_id))
         body.append(_pack_us(0x0000, 0x0800, 2, 0x0101))  # Command Data Set Type: none
         body.append(_pack_us(0x0000, 0x0900, 2, status))
-        if primitive.ErrorComment is not None:
-            body.append(_text_element(0x0902, str(primitive.ErrorComment), b" "))
-        if primitive.AffectedSOPInstanceUID is not None:
-            body.append(_text_element(0x1000, str(primitive.AffectedSOPInstanceUID), b"\0"))
+        if error_comment is not None:
+            body.append(_text_element(0x0902, str(error_comment), b" "))
+        if sop_uid is not None:
+            body.append(_text_element(0x1000, str(sop_uid), b"\0"))
         data = b"".join(body)
     except (UnicodeEncodeError, struct.error):
         return None
@@ -610,12 +627,13 @@ def _decode_store_rq(command: bytes) -> C_STORE | None:
         pos += length
     for elem, raw in values.items():
         vr = _STORE_RQ_ELEMENTS[elem][1]
-        if (vr == "US" and len(raw) != 2) or (vr == "UL" and len(raw) != 4) or b"\\" in raw:
+        if (vr == "US" and len(raw) != 2) or (vr == "UL" and len(raw) != 4) or (vr in ("UI", "AE") and b"\\" in raw):
             return None
     if (values.get(0x0100) != b"\x01\x00" or 0x0800 not in values or values[0x0800] == b"\x01\x01"
             or 0x0002 not in values or 0x0110 not in values or 0x1000 not in values):
         return None
-    rq = C_STORE()
+    rq = C_STORE.__new__(C_STORE)
+    rq.__dict__.update(_C_STORE_FRESH)
     try:
         for elem, raw in values.items():
             attr, vr = _STORE_RQ_ELEMENTS[elem]
@@ -624,6 +642,10 @@ def _decode_store_rq(command: bytes) -> C_STORE | None:
             if vr == "US":
                 value: Any = _unpack_us(raw)[0]
             elif vr == "UI":
+                uid = _conformant_uid(raw, elem == 0x0002)
+                if uid is not None:  # what the setter would store, without its checks (which it passes)
+                    rq.__dict__[_UID_SLOTS[attr]] = uid
+                    continue
                 value = convert_UI(raw, True)
             else:
                 value = convert_AE_string(raw, True)
@@ -631,6 +653,27 @@ def _decode_store_rq(command: bytes) -> C_STORE | None:
     except Exception:  # the library raises the same from message_to_primitive -> its own handling
         return None
     return rq
+
+
+_C_STORE_FRESH = dict(C_STORE().__dict__)  # what C_STORE.__init__ sets (all None)
+_UID_SLOTS = {"AffectedSOPClassUID": "_affected_sop_class_uid", "AffectedSOPInstanceUID": "_affected_sop_instance_uid"}
+_CONFORMANT = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*").fullmatch  # pydicom's RE_VALID_UID
+_KNOWN_UIDS: dict[bytes, UID] = {}  # the SOP class UIDs seen
+
+
+def _conformant_uid(raw: bytes, remember: bool) -> UID | None:
+    """The UID of a UI value as convert_UI + set_uid make it, when it is conformant (then set_uid
+    neither raises nor warns, and the result is the same); None for anything else."""
+    uid = _KNOWN_UIDS.get(raw)
+    if uid is not None:
+        return uid
+    text = raw.decode("latin-1").rstrip("\0 ")
+    if len(text) > 64 or not _CONFORMANT(text):
+        return None
+    uid = UID(text)
+    if remember and len(_KNOWN_UIDS) < 512:
+        _KNOWN_UIDS[raw] = uid
+    return uid
 
 
 def _dimse_receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
@@ -751,34 +794,89 @@ def _stream_data_set(self: DIMSEServiceProvider, primitive: Any) -> bool | None:
     return False
 
 
-def _stream_pdata(dul: DULServiceProvider) -> bool:
-    """3e: read a P-DATA-TF PDU that carries only data fragments of a data set being streamed to
-    disk, and write them, without the PDU objects, the event queue and the state machine. In Sta6
-    the library's action DT-2 only hands the PDU's primitive to the DIMSE layer; its last fragment
-    still goes there (as a P-DATA primitive), so the message is completed by the same code.
+def _pdata_items(body: bytearray) -> list[tuple[int, int, int, int]] | None:
+    """The PDV items of a P-DATA-TF body as (start, end, context ID, control byte), the fragment
+    being body[start:end]; None when the items do not fill the body exactly or one is malformed
+    (too short, context ID 0): the library's decoding then judges the PDU."""
+    items: list[tuple[int, int, int, int]] = []
+    pos, length = 0, len(body)
+    while pos + 6 <= length:
+        item_length = int.from_bytes(body[pos:pos + 4], "big")
+        if item_length < 2 or pos + 4 + item_length > length or not body[pos + 4]:
+            return None
+        items.append((pos + 6, pos + 4 + item_length, body[pos + 4], body[pos + 5]))
+        pos += 4 + item_length
+    return items if items and pos == length else None
 
-    Only for a plain socket with nothing bound to the PDU events (protocol logging off). Returns
-    True when a PDU was consumed: a PDU that is anything else (another type, a command fragment,
-    a malformed item, context ID 0) is read and queued for the library exactly as `_read_pdu_data`
-    would; False when no PDU was read (the library's own check runs).
+
+def _data_only(items: list[tuple[int, int, int, int]], context_id: int | None = None) -> bool:
+    """Whether the items are data fragments (of one context when given) with only the last one
+    possibly marked last."""
+    for n, (_start, _end, cid, control) in enumerate(items):
+        if control & 1 or (control & 2 and n != len(items) - 1) or (context_id is not None and cid != context_id):
+            return False
+    return True
+
+
+def _queue_for_library(dul: DULServiceProvider, header: bytes, body: bytearray) -> None:
+    """What the library's `_read_pdu_data` does with a P-DATA-TF PDU it read (no handler is bound)."""
+    try:
+        pdu = P_DATA_TF()
+        pdu.decode(bytes(header) + bytes(body))
+    except Exception as exc:
+        _LOGGER_DUL.error("Unable to decode the received PDU data")
+        _LOGGER_DUL.exception(exc)
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put("Evt10")
+    dul._recv_pdu.put(pdu)
+
+
+def _fast_pdata(dul: DULServiceProvider) -> bool:
+    """Read a P-DATA-TF PDU without the library's PDU objects, event queue and state machine, for
+    3e (data fragments of a data set being streamed to disk) and 3f (a whole C-STORE request).
+    In Sta6 the library's action DT-2 only hands the PDU's primitive to the DIMSE layer, which is
+    where both take over.
+
+    Only for a plain socket with nothing bound to the PDU and data events (protocol logging off).
+    Returns True when a PDU was consumed: one neither part takes (another message, a command
+    fragment where data must come, a malformed item) is queued for the library exactly as
+    `_read_pdu_data` would; False when no PDU was read (the library's own check runs: another PDU
+    type, or nothing there yet).
     """
-    if not _STREAM:  # called on every pass of the reactor loop: nothing more when streaming is off
+    if not (_STREAM or _LEAN):  # called on every pass of the reactor loop: nothing more when both are off
         return False
-    message = dul.assoc.dimse.message
+    assoc = dul.assoc
+    lean: _LeanStore | None = dul._bs_lean  # type: ignore[attr-defined]
+    message = assoc.dimse.message
     sink = getattr(message, "_bs_sink", None) if message is not None else None
-    if sink is None or dul.state_machine.current_state != "Sta6" or _config.LOG_HANDLER_LEVEL != "none":
+    if sink is None and lean is None and not (_LEAN and message is None):
         return False
     assoc_sock = dul.socket
     raw = getattr(assoc_sock, "socket", None)
-    if raw is None or isinstance(raw, ssl.SSLSocket) or not getattr(assoc_sock, "_is_connected", False):
+    if (dul.state_machine.current_state != "Sta6" or _config.LOG_HANDLER_LEVEL != "none" or raw is None
+            or isinstance(raw, ssl.SSLSocket) or not getattr(assoc_sock, "_is_connected", False)
+            or assoc.get_handlers(evt.EVT_PDU_RECV) or assoc.get_handlers(evt.EVT_DATA_RECV)):
+        if lean is not None:
+            _lean_to_library(dul, lean)
         return False
-    if dul.assoc.get_handlers(evt.EVT_PDU_RECV) or dul.assoc.get_handlers(evt.EVT_DATA_RECV):
-        return False
+    peeker = dul._bs_peeker  # type: ignore[attr-defined]
+    if peeker is None or peeker[0] is not raw:
+        if peeker is not None:
+            peeker[1].close()
+        # a second socket object on a duplicate of the descriptor, in blocking mode as Python sees it:
+        # on the association's socket (which has a time-out) Python waits for data before every
+        # recv, MSG_DONTWAIT or not, and the DUL would not hear its wake-up meanwhile
+        peeker = dul._bs_peeker = (raw, socket.socket(fileno=os.dup(raw.fileno())))  # type: ignore[attr-defined]
     try:
-        header = raw.recv(6, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        header = peeker[1].recv(6, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except OSError:
         return False
-    if len(header) < 6 or header[0] != 0x04:
+    if len(header) < 6:
+        return False
+    if header[0] != 0x04:  # another PDU (a release, an abort): the library's, with the message as far as it got
+        if lean is not None:
+            _lean_to_library(dul, lean)
         return False
     raw.recv(6)  # peeked: it is there
     length = int.from_bytes(header[2:6], "big")
@@ -794,37 +892,184 @@ def _stream_pdata(dul: DULServiceProvider) -> bool:
                           "received)")
         dul.event_queue.put("Evt17")
         return True
-    items: list[tuple[int, int, int, int]] = []  # (start, end, context ID, control byte)
-    pos = 0
-    while pos + 6 <= length:
-        item_length = int.from_bytes(body[pos:pos + 4], "big")
-        if item_length < 2 or pos + 4 + item_length > length:
-            break
-        items.append((pos + 6, pos + 4 + item_length, body[pos + 4], body[pos + 5]))
-        pos += 4 + item_length
-    if pos != length or not items or any(cid == 0 or control & 1 for _s, _e, cid, control in items) \
-            or any(control & 2 for _s, _e, _cid, control in items[:-1]):
-        try:  # what the library does with it (a command fragment, an odd or broken PDU)
-            pdu = P_DATA_TF()
-            pdu.decode(bytes(header) + bytes(body))
-        except Exception as exc:
-            _LOGGER_DUL.error("Unable to decode the received PDU data")
-            _LOGGER_DUL.exception(exc)
-            dul.event_queue.put("Evt19")
+    items = _pdata_items(body)
+    if items is not None and sink is not None:  # 3e: data of a message the library holds
+        if _data_only(items):
+            _stream_items(dul, sink, body, items)
             return True
-        dul.event_queue.put("Evt10")
-        dul._recv_pdu.put(pdu)
-        return True
+    elif items is not None and lean is not None:  # 3f: the rest of a request's data set
+        if _data_only(items, lean.context_id):
+            _lean_feed(dul, lean, body, items)
+            return True
+        _lean_to_library(dul, lean)
+    elif items is not None and _LEAN:  # 3f: a new message
+        start, end, context_id, control = items[0]
+        if control & 3 == 3 and _data_only(items[1:], context_id):
+            command = bytes(body[start:end])
+            request = _decode_store_rq(command)
+            if request is not None and _lean_accepts(assoc, request, context_id):
+                lean = _LeanStore(request, context_id, command)
+                dul._bs_lean = lean  # type: ignore[attr-defined]
+                _lean_feed(dul, lean, body, items[1:])
+                return True
+    _queue_for_library(dul, header, body)
+    return True
+
+
+def _stream_items(dul: DULServiceProvider, sink: Any, body: bytearray, items: list[tuple[int, int, int, int]]) -> None:
+    """3e: write the data fragments; the last one goes through the DIMSE layer (as a P-DATA
+    primitive), so the library's message is completed by the same code."""
     *fragments, last = items
     with memoryview(body) as view:
         for start, end, _cid, _control in fragments if last[3] & 2 else items:
             with view[start:end] as fragment:
                 sink.write(fragment)
-    if last[3] & 2:  # the data set's last fragment: through the DIMSE layer, which completes the message
+    if last[3] & 2:
         primitive = P_DATA()
         primitive.presentation_data_value_list.append([last[2], bytes(body[last[0] - 1:last[1]])])
         dul.assoc.dimse.receive_primitive(primitive)
-    return True
+
+
+# --------------------------------------------------------------------------- 3f. C-STORE served from the socket
+
+
+class _LeanStore:
+    """A C-STORE request read by 3f whose data set is still arriving."""
+
+    __slots__ = ("request", "context_id", "command", "chunks", "sink")
+
+    def __init__(self, request: C_STORE, context_id: int, command: bytes) -> None:
+        self.request = request
+        self.context_id = context_id
+        self.command = command
+        self.chunks: list[bytes] = []
+        self.sink: Any = None  # 3e's file, for a data set in several fragments
+
+
+def _storage_class(assoc: Association, class_uid: str) -> bool:
+    """Whether the library would serve this SOP class with its Storage Service Class (remembered per
+    association: the library's lookup scans every known storage UID)."""
+    known: dict[str, bool] | None = getattr(assoc, "_bs_storage_classes", None)
+    if known is None:
+        known = assoc._bs_storage_classes = {}  # type: ignore[attr-defined]
+    result = known.get(class_uid)
+    if result is None:
+        result = known[class_uid] = (uid_to_service_class(class_uid) is StorageServiceClass
+                                     and class_uid not in assoc.acceptor.accepted_common_extended)
+    return result
+
+
+def _lean_accepts(assoc: Association, request: C_STORE, context_id: int) -> bool:
+    """Whether 3f may take this C-STORE request: what `_serve_request` would do with it is to run
+    StorageServiceClass.SCP, with one handler bound and nothing watching the DIMSE messages."""
+    return (assoc.is_acceptor and not _config.STORE_RECV_CHUNKED_DATASET and context_id in assoc._accepted_cx
+            and (_config.UNRESTRICTED_STORAGE_SERVICE or _storage_class(assoc, str(request.AffectedSOPClassUID)))
+            and bool(assoc.get_handlers(evt.EVT_C_STORE)) and not assoc.get_handlers(evt.EVT_DIMSE_RECV)
+            and not assoc.get_handlers(evt.EVT_DIMSE_SENT) and not assoc.get_handlers(evt.EVT_PDU_SENT)
+            and not assoc.get_handlers(evt.EVT_DATA_SENT))
+
+
+def _lean_feed(dul: DULServiceProvider, lean: _LeanStore, body: bytearray, items: list[tuple[int, int, int, int]]) -> None:
+    """Add data fragments to the request; serve it at the last one. A data set in several fragments
+    goes to 3e's file (when streaming is on and the listener offers one) as it arrives."""
+    with memoryview(body) as view:
+        for start, end, _cid, control in items:
+            with view[start:end] as fragment:
+                if lean.sink is None and _STREAM and (lean.chunks or not control & 2):
+                    opener = getattr(getattr(dul.assoc, "_server", None), "bs_stream_sink", None)
+                    lean.sink = opener(dul.assoc, lean.request, lean.context_id) if opener is not None else None
+                    if lean.sink is not None:
+                        for chunk in lean.chunks:
+                            lean.sink.write(memoryview(chunk))
+                        lean.chunks = []
+                if lean.sink is not None:
+                    lean.sink.write(fragment)
+                else:
+                    lean.chunks.append(bytes(fragment))
+            if control & 2:
+                dul._bs_lean = None  # type: ignore[attr-defined]
+                _lean_serve(dul, lean)
+
+
+def _lean_to_library(dul: DULServiceProvider, lean: _LeanStore) -> None:
+    """Hand a request still arriving to the library, as 3a would have built it from the same bytes."""
+    dul._bs_lean = None  # type: ignore[attr-defined]
+    message = DIMSEMessage()
+    message.__class__ = C_STORE_RQ
+    message.context_id = lean.context_id
+    message.encoded_command_set.write(lean.command)
+    message._bs_primitive = lean.request  # type: ignore[attr-defined]
+    if lean.sink is not None:
+        message._bs_sink = lean.sink  # type: ignore[attr-defined]
+    for chunk in lean.chunks:
+        message.data_set.write(chunk)
+    dul.assoc.dimse.message = message
+
+
+def _lean_serve(dul: DULServiceProvider, lean: _LeanStore) -> None:
+    """StorageServiceClass.SCP for a complete request, in the DUL thread, its response written to the
+    socket: what `_serve_inline` + `_serve_request` + SCP + `send_msg` + DT-1 do, without the
+    primitives, queues and state machine. When the association is not in a state to serve it now
+    (a request queued or being served, a paused reactor, a release under way) the request is queued
+    exactly as the library's DIMSE layer would queue it."""
+    assoc = dul.assoc
+    context_id = lean.context_id
+    request = lean.request
+    request.DataSet = lean.sink.finish() if lean.sink is not None else BytesIO(
+        lean.chunks[0] if len(lean.chunks) == 1 else b"".join(lean.chunks))
+    request._context_id = context_id
+    request._dataset_path = None
+    request._dataset_file = None
+    msg_queue = assoc.dimse.msg_queue
+    with assoc._bs_serve_lock:  # type: ignore[attr-defined]
+        serve = (assoc.is_established and not assoc._sent_release and assoc._reactor_checkpoint.is_set()
+                 and not msg_queue.queue and not assoc._bs_serving)  # type: ignore[attr-defined]
+        if serve:
+            assoc._bs_serving = True  # type: ignore[attr-defined]
+    if not serve:
+        msg_queue.put((context_id, request))
+        return
+    error: BaseException | None = None
+    status: Any = None
+    try:
+        handler, args = cast(tuple[Callable[..., Any], Any], assoc.get_handlers(evt.EVT_C_STORE))
+        event = evt.Event(assoc, evt.EVT_C_STORE, {"request": request, "context": assoc._accepted_cx[context_id].as_tuple})
+        assoc.dimse.cancel_req = {}
+        assoc._is_paused = True
+        assoc.abort = assoc._abort_nonblocking  # type: ignore[method-assign]  # as the library's `attempt`
+        try:
+            status = handler(event, *args) if args else handler(event)
+        except Exception as exc:
+            error = exc
+        finally:
+            assoc.abort = assoc._abort_blocking  # type: ignore[method-assign]
+            assoc._is_paused = False
+            assoc.dimse.cancel_req = {}
+    finally:
+        assoc._bs_serving = False  # type: ignore[attr-defined]
+    if error is None and not assoc.is_established:
+        return
+    msg_id = request.MessageID
+    encoded = None
+    if error is None and type(status) is int and status in StorageServiceClass.statuses:
+        encoded = _store_rsp_command(msg_id, status, str(request.AffectedSOPClassUID),
+                                     str(request.AffectedSOPInstanceUID))
+    max_pdu = assoc.dimse.maximum_pdu_size
+    if encoded is None or (max_pdu and len(encoded) > max_pdu - 6) or dul.to_provider_queue.queue:
+        rsp = C_STORE()
+        rsp.MessageID = msg_id
+        rsp.MessageIDBeingRespondedTo = msg_id
+        rsp.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+        if error is not None:  # as the library's `attempt`
+            _LOGGER_SERVICE.error("Exception in handler bound to 'evt.EVT_C_STORE'")
+            _LOGGER_SERVICE.exception(error)
+            rsp.Status = 0xC211
+        else:
+            rsp = StorageServiceClass(assoc).validate_status(status, rsp)
+        assoc.dimse.send_msg(rsp, context_id)
+        return
+    dul.socket.send(_pdu_header(0x04, 0, len(encoded) + 6) + _pdv_header(len(encoded) + 2, context_id, 0x03) + encoded)
 
 
 _RECV_FIRST = 1 << 20  # the buffer starts at most this big and doubles as the bytes arrive
@@ -1183,7 +1428,7 @@ def drop_unrequested(assoc: Association) -> bool:
 
 FAST_PATH_PARTS = ("reactors", "inline_store", "store_rq", "store_rsp", "recv", "logging", "parser", "store_send",
                    "move_send", "group_commit", "write_lock", "lean_index", "nocopy", "overlap_fsync", "balance",
-                   "contexts", "stream")
+                   "contexts", "stream", "lean_store")
 
 
 def fast_path_enabled(part: str = "") -> bool:
@@ -1192,7 +1437,8 @@ def fast_path_enabled(part: str = "") -> bool:
     move_send = 3d, logging = 4, parser = the store handler's raw attribute parser; outside this module:
     group_commit and write_lock = dicom/ingest.py, lean_index = index.add_instances, nocopy and overlap_fsync =
     the store handler, balance = connections handed between dicom workers, dicom/balance.py, contexts = one
-    copy of a listener's presentation contexts for all its associations, dicom/server.py; stream = 3e). An escape hatch for the field and for A/B measurements;
+    copy of a listener's presentation contexts for all its associations, dicom/server.py; stream = 3e,
+    lean_store = 3f). An escape hatch for the field and for A/B measurements;
     the functional patch (1) always applies."""
     value = os.environ.get("BURNSTATION_FASTPATH", "1").strip()
     if value in ("1", ""):
@@ -1208,7 +1454,7 @@ def install() -> None:
 
     Raises LibraryChanged (nothing applied) when the called-AE-title patch cannot be applied.
     """
-    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE, _STREAM
+    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE, _STREAM, _LEAN
     if _installed:
         return
     skipped = check_library()
@@ -1232,22 +1478,26 @@ def install() -> None:
     if "store_rq" not in skipped and fast_path_enabled("store_rq"):
         DIMSEServiceProvider.receive_primitive = _dimse_receive_primitive  # type: ignore[method-assign]
         _STREAM = "stream" not in skipped and fast_path_enabled("stream")  # 3e is part of 3a's function
+        # 3f reads in 2's loop and hands what it cannot finish to 3a's function
+        _LEAN = ("lean_store" not in skipped and "reactors" not in skipped and fast_path_enabled("lean_store")
+                 and (fast_path_enabled("reactors") or _INLINE_STORE))
     if "recv" not in skipped and fast_path_enabled("recv"):
         AssociationSocket.recv = _socket_recv  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
     """Restore the library's own functions (tests compare patched and unpatched behaviour)."""
-    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE, _STREAM
+    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE, _STREAM, _LEAN
     originals = original_functions()
     for name, func in originals.items():
         cls_name, attr = name.split(".")
         cls = {"ACSE": ACSE, "Association": Association, "DULServiceProvider": DULServiceProvider,
                "DIMSEServiceProvider": DIMSEServiceProvider, "AssociationSocket": AssociationSocket,
-               "DIMSEMessage": DIMSEMessage}[cls_name]
+               "DIMSEMessage": DIMSEMessage, "StorageServiceClass": StorageServiceClass}[cls_name]
         setattr(cls, attr, func)
     _installed = False
     _STREAM = False
+    _LEAN = False
     _INLINE_STORE = False
     _DIRECT_STORE = False
     _DIRECT_MOVE = False
@@ -1275,6 +1525,9 @@ def original_functions() -> dict[str, Any]:
         "Association.send_c_move": _ORIGINAL_SEND_C_MOVE,
         "Association._wrap_get_move_responses": _ORIGINAL_WRAP_MOVE,
         "DIMSEMessage.decode_msg": _ORIGINAL_DECODE_MSG,
+        "DULServiceProvider._read_pdu_data": DULServiceProvider._read_pdu_data,  # never replaced
+        "Association._serve_request": Association._serve_request,  # never replaced
+        "StorageServiceClass.SCP": StorageServiceClass.SCP,  # never replaced
     }
 
 
