@@ -195,13 +195,13 @@ _text = _plain_text
 
 def record_from_dataset(ds: Dataset, path: str, size: int, transfer_syntax: str) -> InstanceRecord:
     """Extract the indexed attributes from a dataset (names decoded with its character set); the
-    store handler's raw parser (dicom/rawparse.IndexAttributes) brings its own `index_text`."""
+    store handler's raw parser (dicom/rawparse.IndexAttributes) brings its own `index_texts`."""
     from pydicom.dataset import Dataset
 
-    fast = ds.index_text if not isinstance(ds, Dataset) and hasattr(ds, "index_text") else None
-    if fast is not None:
+    texts = ds.index_texts() if not isinstance(ds, Dataset) and hasattr(ds, "index_texts") else None
+    if texts is not None:
         def _text(_ds: Any, keyword: str) -> str:
-            return fast(keyword)
+            return texts[keyword]
     else:
         _text = _plain_text
     charset = _text(ds, "SpecificCharacterSet")

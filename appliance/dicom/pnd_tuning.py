@@ -1428,14 +1428,14 @@ def drop_unrequested(assoc: Association) -> bool:
 
 FAST_PATH_PARTS = ("reactors", "inline_store", "store_rq", "store_rsp", "recv", "logging", "parser", "store_send",
                    "move_send", "group_commit", "write_lock", "lean_index", "nocopy", "overlap_fsync", "balance",
-                   "contexts", "stream", "lean_store")
+                   "contexts", "stream", "lean_store", "writer_conn")
 
 
 def fast_path_enabled(part: str = "") -> bool:
     """Whether a speed-up is on. BURNSTATION_FASTPATH: unset or "1" = all, "0" = none, or a comma
     list of FAST_PATH_PARTS (reactors = 2, inline_store = 2b, store_rq = 3a, store_rsp = 3, recv = 3b, store_send = 3c,
     move_send = 3d, logging = 4, parser = the store handler's raw attribute parser; outside this module:
-    group_commit and write_lock = dicom/ingest.py, lean_index = index.add_instances, nocopy and overlap_fsync =
+    group_commit, write_lock and writer_conn = dicom/ingest.py, lean_index = index.add_instances, nocopy and overlap_fsync =
     the store handler, balance = connections handed between dicom workers, dicom/balance.py, contexts = one
     copy of a listener's presentation contexts for all its associations, dicom/server.py; stream = 3e,
     lean_store = 3f). An escape hatch for the field and for A/B measurements;
