@@ -316,16 +316,23 @@ def add_instances(conn: sqlite3.Connection, recs: Sequence[InstanceRecord]) -> l
 def _add_instance_in(conn: sqlite3.Connection, rec: InstanceRecord, arrival: bool, now: float) -> str | None:
     """`add_instance` inside the caller's transaction."""
     old_path = None
-    row = conn.execute("SELECT path, series_uid, study_uid FROM instances WHERE sop_uid=?",
-                       (rec.sop_uid,)).fetchone()
+    # what is there now: the instance (its old copy) and the patient its study belongs to, in one statement
+    found = conn.execute("SELECT i.path, i.series_uid, i.study_uid, "
+                         "(SELECT patient_id FROM studies WHERE study_uid=?) AS study_patient "
+                         "FROM (SELECT 1) LEFT JOIN instances i ON i.sop_uid=?", (rec.study_uid, rec.sop_uid)).fetchone()
+    row = found if found["path"] is not None else None
     if row is not None and row["path"] != rec.path:
         old_path = row["path"]
-    study = conn.execute("SELECT patient_id FROM studies WHERE study_uid=?", (rec.study_uid,)).fetchone()
+    study_patient = found["study_patient"]
     key = patient_key(rec.patient)
     _upsert(conn, "patients", "patient_id", {**rec.patient, "patient_id": key,
                                              "id_value": rec.patient.get("patient_id", "")}, LEAN_INDEX)
-    _upsert(conn, "studies", "study_uid",
-            {"study_uid": rec.study_uid, "patient_id": key, **rec.study, "updated_at": now})
+    if LEAN_INDEX:  # the study's indexed columns rewritten only when they changed (each index: a page per commit)
+        _upsert(conn, "studies", "study_uid", {"study_uid": rec.study_uid, "patient_id": key, **rec.study}, True)
+        conn.execute("UPDATE studies SET updated_at=? WHERE study_uid=?", (now, rec.study_uid))
+    else:
+        _upsert(conn, "studies", "study_uid",
+                {"study_uid": rec.study_uid, "patient_id": key, **rec.study, "updated_at": now})
     _upsert(conn, "series", "series_uid", {"series_uid": rec.series_uid, "study_uid": rec.study_uid, **rec.series},
             LEAN_INDEX)
     _upsert(conn, "instances", "sop_uid", {
@@ -343,9 +350,9 @@ def _add_instance_in(conn: sqlite3.Connection, rec: InstanceRecord, arrival: boo
     # not leave an empty series, study or patient behind for C-FIND to list
     if row is not None and (row["series_uid"], row["study_uid"]) != (rec.series_uid, rec.study_uid):
         _prune(conn, row["series_uid"], row["study_uid"])
-    if study is not None and study["patient_id"] != key:
+    if study_patient is not None and study_patient != key:
         conn.execute("DELETE FROM patients WHERE patient_id=? AND NOT EXISTS "
-                     "(SELECT 1 FROM studies WHERE patient_id=?)", (study["patient_id"], study["patient_id"]))
+                     "(SELECT 1 FROM studies WHERE patient_id=?)", (study_patient, study_patient))
     return old_path
 
 

@@ -15,6 +15,7 @@ import re
 import shutil
 import struct
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -104,19 +105,39 @@ IMPLEMENTATION_VERSION = "BURNSTATION01"
 
 
 def file_meta_bytes(sop_class: str, sop_uid: str, transfer_syntax: str, source_aet: str = "") -> bytes:
-    """Preamble, 'DICM' and the File Meta Information group, packed directly (no pydicom round trip)."""
-    body = b"".join([
-        _element(0x0002, 0x0001, b"OB", b"\x00\x01"),
-        _element(0x0002, 0x0002, b"UI", sop_class.encode("ascii", "replace")),
-        _element(0x0002, 0x0003, b"UI", sop_uid.encode("ascii", "replace")),
-        _element(0x0002, 0x0010, b"UI", transfer_syntax.encode("ascii", "replace")),
-        _element(0x0002, 0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode()),
-        _element(0x0002, 0x0013, b"SH", IMPLEMENTATION_VERSION.encode()),
-    ])
-    if source_aet:
-        body += _element(0x0002, 0x0016, b"AE", source_aet.encode("ascii", "replace")[:16])
-    group_len = _element(0x0002, 0x0000, b"UL", struct.pack("<I", len(body)))
-    return b"\x00" * 128 + b"DICM" + group_len + body
+    """Preamble, 'DICM' and the File Meta Information group, packed directly (no pydicom round trip).
+
+    Everything but the SOP Instance UID repeats from object to object: those parts are kept (per
+    SOP class, transfer syntax and source AE title) and only the instance's element is packed."""
+    key = (sop_class, transfer_syntax, source_aet)
+    parts = _META_PARTS.get(key)
+    if parts is None:
+        head = b"".join([_element(0x0002, 0x0001, b"OB", b"\x00\x01"),
+                         _element(0x0002, 0x0002, b"UI", sop_class.encode("ascii", "replace"))])
+        tail = b"".join([
+            _element(0x0002, 0x0010, b"UI", transfer_syntax.encode("ascii", "replace")),
+            _element(0x0002, 0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode()),
+            _element(0x0002, 0x0013, b"SH", IMPLEMENTATION_VERSION.encode()),
+        ])
+        if source_aet:
+            tail += _element(0x0002, 0x0016, b"AE", source_aet.encode("ascii", "replace")[:16])
+        parts = (head, tail)
+        if len(_META_PARTS) < 256:
+            _META_PARTS[key] = parts
+    instance = _element(0x0002, 0x0003, b"UI", sop_uid.encode("ascii", "replace"))
+    length = len(parts[0]) + len(instance) + len(parts[1])
+    return b"".join([_PREAMBLE, _element(0x0002, 0x0000, b"UL", struct.pack("<I", length)), parts[0], instance,
+                     parts[1]])
+
+
+_META_PARTS: dict[tuple[str, str, str], tuple[bytes, bytes]] = {}
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+
+_PID = [os.getpid()]  # this process's id for temp names, without a system call per object
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+FREE_RECHECK = 0.2  # seconds between statvfs calls of check_space while far above the threshold
+FREE_MARGIN = 256 * 1024 * 1024  # "far above": more than this over it
 
 
 class Store:
@@ -130,19 +151,33 @@ class Store:
         self._made: set[str] = set()
         self._serial = itertools.count()  # temp names unique within the process (with the pid)
         self.lock = PurgeLock(self.root.parent)
+        self._free_seen = (0.0, 0)  # (monotonic time, free bytes) of the last statvfs (check_space)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
-        return Path(f"{self._root_text}/{safe_component(study_uid)}/{safe_component(series_uid)}/"
-                    f"{safe_component(sop_uid)}.dcm")
+        return Path(self.path_text_for(study_uid, series_uid, sop_uid))
+
+    def path_text_for(self, study_uid: str, series_uid: str, sop_uid: str) -> str:
+        """`path_for` as text (the C-STORE path needs no Path object)."""
+        return f"{self._root_text}/{safe_component(study_uid)}/{safe_component(series_uid)}/{safe_component(sop_uid)}.dcm"
 
     def check_space(self, incoming: int = 0) -> None:
-        free = free_bytes(self.root)
+        """Raise OutOfSpace when storing `incoming` bytes would leave less than the threshold free.
+
+        The file system is asked at most every FREE_RECHECK seconds while the free space is far
+        above the threshold (a statvfs per object was one more system call on every C-STORE); near
+        the threshold, every time."""
+        seen_at, free = self._free_seen
+        now = time.monotonic()
+        if now - seen_at > FREE_RECHECK or free - incoming < self.min_free + FREE_MARGIN:
+            free = free_bytes(self.root)
+            seen_at = now
+        self._free_seen = (seen_at, free - incoming)  # what is left once this object is written
         if free - incoming < self.min_free:
             raise OutOfSpace(
                 f"free space {free // (1024 * 1024)} MB is below the threshold {self.min_free // (1024 * 1024)} MB"
             )
 
-    def write(self, path: Path, chunks: list[bytes]) -> int:
+    def write(self, path: str | Path, chunks: list[bytes]) -> int:
         """Write `chunks` to `path` atomically and durably; returns the size."""
         fd, tmp, size = self._write_temp(path, chunks)
         try:
@@ -155,7 +190,7 @@ class Store:
         os.replace(tmp, path)
         return size
 
-    def write_unsynced(self, path: Path, chunks: list[bytes]) -> tuple[int, int]:
+    def write_unsynced(self, path: str | Path, chunks: list[bytes]) -> tuple[int, int]:
         """Write `chunks` aside and rename them into `path`, WITHOUT the fsync: returns (descriptor,
         size), and the caller must fsync and close that descriptor before it calls the object safe
         (the store handler fsyncs it while the index commit runs: BURNSTATION_FASTPATH part
@@ -176,12 +211,12 @@ class Store:
         name). For a data set written as it arrives, before its study and series are known; `place`
         then renames it into its folder (same file system). A crash leaves it to
         `remove_stale_temp_files`."""
-        tmp = f"{self._root_text}/.stream.{os.getpid()}.{next(self._serial)}.tmp"
+        tmp = f"{self._root_text}/.stream.{_PID[0]}.{next(self._serial)}.tmp"
         return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), tmp  # owner only
 
-    def place(self, tmp: str, path: Path) -> None:
+    def place(self, tmp: str, path: str | Path) -> None:
         """Rename a temp file of `open_temp` to `path`, making its folders."""
-        directory = str(path.parent)
+        directory = os.fspath(path).rpartition("/")[0]
         if directory not in self._made:
             os.makedirs(directory, exist_ok=True)
             self._made.add(directory)
@@ -191,14 +226,14 @@ class Store:
             os.makedirs(directory, exist_ok=True)
             os.replace(tmp, path)
 
-    def _write_temp(self, path: Path, chunks: list[bytes]) -> tuple[int, str, int]:
+    def _write_temp(self, path: str | Path, chunks: list[bytes]) -> tuple[int, str, int]:
         """A temp file beside `path` holding `chunks`: (open descriptor, its name, size)."""
         text = str(path)
         directory, _, name = text.rpartition("/")
         if directory not in self._made:
             os.makedirs(directory, exist_ok=True)
             self._made.add(directory)
-        tmp = f"{directory}/.{name}.{os.getpid()}.{next(self._serial)}.tmp"
+        tmp = f"{directory}/.{name}.{_PID[0]}.{next(self._serial)}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # patient data: owner only
         except FileNotFoundError:  # a purge removed the study's folder since we made it

@@ -878,10 +878,11 @@ def _fast_pdata(dul: DULServiceProvider) -> bool:
         if lean is not None:
             _lean_to_library(dul, lean)
         return False
-    raw.recv(6)  # peeked: it is there
+    twin = peeker[1]
+    twin.recv(6)  # peeked: it is there
     length = int.from_bytes(header[2:6], "big")
     try:
-        body = assoc_sock.recv(length)
+        body = _recv_body(twin, assoc_sock, length)
     except (OSError, TimeoutError) as exc:
         _LOGGER_DUL.error("Connection closed before the entire PDU was received")
         _LOGGER_DUL.exception(exc)
@@ -914,6 +915,25 @@ def _fast_pdata(dul: DULServiceProvider) -> bool:
                 return True
     _queue_for_library(dul, header, body)
     return True
+
+
+def _recv_body(twin: socket.socket, assoc_sock: AssociationSocket, length: int) -> bytearray:
+    """A PDU body of `length` bytes: what has arrived is read through the blocking-mode twin without
+    waiting (no poll before each read, as Python does on a socket with a time-out); the rest, if
+    any, through the association's socket, whose time-out bounds the wait."""
+    if length > _RECV_FIRST:
+        return assoc_sock.recv(length)
+    body = bytearray(length)
+    try:
+        got = twin.recv_into(body, length, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        got = 0
+    if got < length:
+        rest = assoc_sock.recv(length - got)
+        body[got:got + len(rest)] = rest
+        if len(rest) < length - got:
+            del body[got + len(rest):]
+    return body
 
 
 def _stream_items(dul: DULServiceProvider, sink: Any, body: bytearray, items: list[tuple[int, int, int, int]]) -> None:
@@ -1069,7 +1089,19 @@ def _lean_serve(dul: DULServiceProvider, lean: _LeanStore) -> None:
             rsp = StorageServiceClass(assoc).validate_status(status, rsp)
         assoc.dimse.send_msg(rsp, context_id)
         return
-    dul.socket.send(_pdu_header(0x04, 0, len(encoded) + 6) + _pdv_header(len(encoded) + 2, context_id, 0x03) + encoded)
+    pdu = _pdu_header(0x04, 0, len(encoded) + 6) + _pdv_header(len(encoded) + 2, context_id, 0x03) + encoded
+    peeker = dul._bs_peeker  # type: ignore[attr-defined]
+    sent = 0
+    if peeker is not None:  # without the poll Python makes before each send on a socket with a time-out
+        try:
+            sent = peeker[1].send(pdu, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            dul.event_queue.put("Evt17")  # as AssociationSocket.send: the connection is gone
+            return
+    if sent < len(pdu):
+        dul.socket.send(pdu[sent:])
 
 
 _RECV_FIRST = 1 << 20  # the buffer starts at most this big and doubles as the bytes arrive

@@ -240,7 +240,7 @@ class StoreHandler:
             return _failure(DATASET_MISMATCH, "SOP Instance UID missing or differs from the request")
         if not rec.study_uid or not rec.series_uid:
             return _failure(DATASET_MISMATCH, "Study or Series Instance UID missing")
-        path = ctx.store.path_for(rec.study_uid, rec.series_uid, sop_uid)
+        path = ctx.store.path_text_for(rec.study_uid, rec.series_uid, sop_uid)
         chunks = [file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling), raw]
         # file and index row under the purge lock (shared): a purge of this study waits, or has finished
         with ctx.store.lock.arrival():
@@ -264,7 +264,7 @@ class StoreHandler:
             except OSError as exc:
                 LOG.error("cannot write %s: %s", path, exc)
                 return _failure(OUT_OF_RESOURCES, f"cannot write file: {exc.strerror or exc}")
-            rec.path = str(path)
+            rec.path = path
             rec.size = size
             state = state_of(assoc)
             rec.sop_class = sop_class or rec.sop_class
