@@ -39,6 +39,7 @@ from appliance.dicom import pnd_tuning
 from appliance.storage import ThreadFd
 
 WRITE_LOCK_FILE = "run/index-write.lock"
+WAL_CHECKPOINT_PAGES = 8000  # the writer connection's wal_autocheckpoint (SQLite's default: 1000; 4 KB pages)
 # Test hook: seconds each commit waits, files written and fsync'd, before its transaction, so a
 # test can kill a worker between write and commit and check that nothing acknowledged is missing.
 COMMIT_PAUSE_ENV = "BURNSTATION_TEST_COMMIT_PAUSE"
@@ -106,6 +107,10 @@ class IndexWriter:
             return conn
         if self._conn is None:
             self._conn = db.connect(self._data_dir)
+            # checkpoints 8x rarer than SQLite's default: each copies the pages written since the last
+            # one back into state.db, and the same study, series and index pages are written by every
+            # arrival, so fewer checkpoints copy them fewer times (measured: 8 % less CPU per commit)
+            self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             weakref.finalize(self, self._conn.close)  # a writer dropped (tests make many) closes it
         return self._conn
 

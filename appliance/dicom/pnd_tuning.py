@@ -846,6 +846,26 @@ def _fast_pdata(dul: DULServiceProvider) -> bool:
     """
     if not (_STREAM or _LEAN):  # called on every pass of the reactor loop: nothing more when both are off
         return False
+    if not _fast_pdata_once(dul):
+        return False
+    # the next fragments of a data set still arriving, when already there, are read at once: a pass
+    # of the reactor loop (its wait, timers and queues) for each of them cost more than the reading
+    for _more in range(_MORE_PDUS):
+        message = dul.assoc.dimse.message
+        if ((dul._bs_lean is None and getattr(message, "_bs_sink", None) is None)  # type: ignore[attr-defined]
+                or dul._kill_thread or dul.event_queue.queue or dul.to_provider_queue.queue):  # type: ignore[attr-defined]
+            break
+        dul._idle_timer.restart()
+        if not _fast_pdata_once(dul):
+            break
+    return True
+
+
+_MORE_PDUS = 64  # at most this many PDUs read in one pass of the reactor loop
+
+
+def _fast_pdata_once(dul: DULServiceProvider) -> bool:
+    """`_fast_pdata` for one PDU."""
     assoc = dul.assoc
     lean: _LeanStore | None = dul._bs_lean  # type: ignore[attr-defined]
     message = assoc.dimse.message
