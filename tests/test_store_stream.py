@@ -42,8 +42,9 @@ def _large(folder: Path) -> Path:
     return path
 
 
-def _send(port: int, path: Path) -> Any:
-    return dcmtk("storescu", "-v", "--max-send-pdu", "16384", "-aec", "BURNSTATION", "127.0.0.1", str(port),
+def _send(port: int, path: Path, pdu: int = 16384) -> Any:
+    """16 KB PDUs: each fragment written from Python; 128 KB: spliced socket -> pipe -> file (3f)."""
+    return dcmtk("storescu", "-v", "--max-send-pdu", str(pdu), "-aec", "BURNSTATION", "127.0.0.1", str(port),
                  str(path), timeout=60)
 
 
@@ -60,27 +61,35 @@ def _stored(data: Path, sop_uid: str) -> str | None:
         conn.close()
 
 
+@pytest.mark.parametrize("pdu", [16384, 131072])
 def test_a_large_data_set_is_streamed_and_stored_exactly(server: DicomServer, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+                                                         monkeypatch: pytest.MonkeyPatch, pdu: int) -> None:
     writes: list[int] = []
+    spliced: list[int] = []
     real_write = store.StreamedDataSet.write
+    real_splice = store.StreamedDataSet.splice_from
 
     def counting_write(self: store.StreamedDataSet, fragment: memoryview) -> None:
         writes.append(len(fragment))
         real_write(self, fragment)
 
     monkeypatch.setattr(store.StreamedDataSet, "write", counting_write)
+    monkeypatch.setattr(store.StreamedDataSet, "splice_from",
+                        lambda self, fd, n: (spliced.append(n), real_splice(self, fd, n))[1])
     decoded: list[int] = []
     real_decode = P_DATA_TF.decode
     monkeypatch.setattr(P_DATA_TF, "decode", lambda self, data: (decoded.append(1), real_decode(self, data))[1])
     source = _large(tmp_path)
-    result = _send(server.port, source)  # type: ignore[attr-defined]
+    result = _send(server.port, source, pdu)  # type: ignore[attr-defined]
     assert result.returncode == 0, result.stdout + result.stderr
     sent = dcmread(source)
     path = _stored(server.data_dir, sent.SOPInstanceUID)
     assert path is not None
-    assert len(writes) > 10  # the meta, then fragment by fragment
-    assert len(decoded) <= 2  # of ~33 PDUs: only the command's went through the library's PDU objects
+    if pdu == 16384:
+        assert len(writes) > 10 and not spliced  # the meta, then fragment by fragment
+    else:  # the meta and the first fragment written (and a last one under SPLICE_MIN), the rest spliced
+        assert len(writes) <= 3 and sum(spliced) >= 2 * 131060, (writes, spliced)
+    assert len(decoded) <= 2  # of up to ~33 PDUs: none went through the library's PDU objects
     raw = source.read_bytes()
     stored = Path(path).read_bytes()
     meta = file_meta_bytes(sent.SOPClassUID, sent.SOPInstanceUID, sent.file_meta.TransferSyntaxUID, "STORESCU")
@@ -92,9 +101,11 @@ def test_a_large_data_set_is_streamed_and_stored_exactly(server: DicomServer, tm
     assert _temps(server.data_dir) == []
 
 
+@pytest.mark.parametrize("pdu", [16384, 131072])
 def test_a_write_error_mid_stream_is_a_failure_and_leaves_nothing(server: DicomServer, tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                  monkeypatch: pytest.MonkeyPatch, pdu: int) -> None:
     real_write = store.StreamedDataSet.write
+    real_splice = store.StreamedDataSet.splice_from
 
     def disk_full_after_the_meta(self: store.StreamedDataSet, fragment: memoryview) -> None:
         if self.size:
@@ -102,9 +113,15 @@ def test_a_write_error_mid_stream_is_a_failure_and_leaves_nothing(server: DicomS
             return
         real_write(self, fragment)
 
-    monkeypatch.setattr(store.StreamedDataSet, "write", disk_full_after_the_meta)
+    def disk_full_when_spliced(self: store.StreamedDataSet, pipe_r: int, count: int) -> None:
+        if self.error is None:
+            self.error = OSError(28, "No space left on device")
+        real_splice(self, pipe_r, count)  # reads and drops the bytes
+
+    monkeypatch.setattr(store.StreamedDataSet, "write", disk_full_after_the_meta if pdu == 16384 else real_write)
+    monkeypatch.setattr(store.StreamedDataSet, "splice_from", disk_full_when_spliced)
     source = _large(tmp_path)
-    result = _send(server.port, source)  # type: ignore[attr-defined]
+    result = _send(server.port, source, pdu)  # type: ignore[attr-defined]
     out = result.stdout + result.stderr
     assert "Refused: OutOfResources" in out, out
     assert _stored(server.data_dir, dcmread(source).SOPInstanceUID) is None
@@ -203,4 +220,30 @@ def test_a_data_set_that_never_completes_leaves_no_temp_file(tmp_path: Path) -> 
     assert len(_temps(tmp_path)) == 1
     del orphan  # the association died with it half received
     gc.collect()
+    assert _temps(tmp_path) == []
+
+
+def test_splice_drops_what_it_cannot_write_and_keeps_the_error(tmp_path: Path) -> None:
+    """A data set fragment moved from a pipe into a file that refuses it: the error is kept for the
+    handler's answer and the bytes are still taken out of the pipe (the stream stays in step)."""
+    st = Store(tmp_path)
+    streamed = store.StreamedDataSet(st, b"META")
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, b"x" * 1000)
+        streamed.splice_from(read_end, 1000)
+        assert streamed.error is None and streamed.size == 1004
+        readonly = os.open(streamed.temp, os.O_RDONLY)
+        os.dup2(readonly, streamed.fd)  # the file now refuses writes (EBADF), as a failing disk would
+        os.close(readonly)
+        os.write(write_end, b"y" * 500)
+        streamed.splice_from(read_end, 500)
+        assert streamed.error is not None and streamed.size == 1004
+        os.set_blocking(read_end, False)
+        with pytest.raises(BlockingIOError):
+            os.read(read_end, 1)  # nothing left behind in the pipe
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+        streamed.discard()
     assert _temps(tmp_path) == []

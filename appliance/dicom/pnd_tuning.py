@@ -94,6 +94,7 @@ module relies on changes shape, so an upgrade is a deliberate act.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import inspect
 import logging
@@ -169,6 +170,7 @@ _DIRECT_STORE = False  # 3c on (set by install)
 _DIRECT_MOVE = False  # 3d on (set by install)
 _STREAM = False  # 3e on (set by install)
 _LEAN = False  # 3f on (set by install)
+_SPLICE = False  # 3f moves large data fragments socket -> pipe -> file (set by install)
 
 
 
@@ -274,6 +276,7 @@ def _association_init(self: Association, ae: Any, mode: str) -> None:
     dul._bs_parked = threading.Event()  # type: ignore[attr-defined]
     dul._bs_lean = None  # type: ignore[attr-defined]  # 3f: a C-STORE request whose data set is arriving
     dul._bs_peeker = None  # type: ignore[attr-defined]  # 3e/3f: (socket, its non-blocking twin)
+    dul._bs_pipe = None  # type: ignore[attr-defined]  # 3f with splice: (read end, write end, capacity)
     dul.event_queue = _WakeQueue(lambda: _notify_dul(dul))
     dul.to_provider_queue = _WakeQueue(lambda: _notify_dul(dul))
     dul.to_user_queue = _WakeQueue(self._bs_wake.set)
@@ -364,6 +367,11 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
         if peeker is not None:
             self._bs_peeker = None  # type: ignore[attr-defined]
             peeker[1].close()
+        pipe = getattr(self, "_bs_pipe", None)
+        if pipe is not None:
+            self._bs_pipe = None  # type: ignore[attr-defined]
+            os.close(pipe[0])
+            os.close(pipe[1])
         wake = getattr(self.assoc, "_bs_wake", None)
         if wake is not None:
             wake.set()
@@ -899,8 +907,12 @@ def _fast_pdata_once(dul: DULServiceProvider) -> bool:
             _lean_to_library(dul, lean)
         return False
     twin = peeker[1]
-    twin.recv(6)  # peeked: it is there
     length = int.from_bytes(header[2:6], "big")
+    if _SPLICE and lean is not None and lean.sink is not None and length >= SPLICE_MIN and raw.gettimeout():
+        spliced = _splice_fragment(dul, lean, twin, length)
+        if spliced:
+            return True
+    twin.recv(6)  # peeked: it is there
     try:
         body = _recv_body(twin, assoc_sock, length)
     except (OSError, TimeoutError) as exc:
@@ -937,6 +949,60 @@ def _fast_pdata_once(dul: DULServiceProvider) -> bool:
     return True
 
 
+SPLICE_MIN = 32768  # smaller fragments are read as they are
+
+
+def _splice_fragment(dul: DULServiceProvider, lean: _LeanStore, twin: socket.socket, length: int) -> bool:
+    """3f with `splice`: a PDU holding one data fragment of the request's data set, whose file is
+    open, goes from the socket through a pipe into the file (os.splice), never through Python: one
+    copy of every byte less, and no buffer to allocate. False (nothing read) for any other PDU."""
+    try:
+        head = twin.recv(12, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return False
+    if len(head) < 12:
+        return False
+    item_length = int.from_bytes(head[6:10], "big")
+    context_id, control = head[10], head[11]
+    if item_length + 4 != length or item_length < 2 or context_id != lean.context_id or control & 1:
+        return False
+    pipe = dul._bs_pipe  # type: ignore[attr-defined]
+    if pipe is None:
+        read_end, write_end = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, 1 << 20)
+        pipe = dul._bs_pipe = (read_end, write_end, fcntl.fcntl(write_end, _F_GETPIPE_SZ))  # type: ignore[attr-defined]
+    twin.recv(12)  # peeked: it is there
+    count = item_length - 2
+    timeout = dul.socket.socket.gettimeout()  # type: ignore[union-attr]
+    sock_fd = twin.fileno()
+    try:
+        while count:
+            try:
+                moved = os.splice(sock_fd, pipe[1], min(count, pipe[2]), flags=os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK)
+            except BlockingIOError:  # the rest is still on the way: wait as the association's own reads wait
+                if not select.select([sock_fd], [], [], timeout)[0]:
+                    raise TimeoutError("timed out in the middle of a PDU") from None
+                continue
+            if not moved:
+                raise ConnectionResetError("the peer closed the connection in the middle of a PDU")
+            lean.sink.splice_from(pipe[0], moved)
+            count -= moved
+    except (OSError, TimeoutError) as exc:
+        _LOGGER_DUL.error("Connection closed before the entire PDU was received")
+        _LOGGER_DUL.exception(exc)
+        dul.event_queue.put("Evt17")
+        return True
+    if control & 2:
+        dul._bs_lean = None  # type: ignore[attr-defined]
+        _lean_serve(dul, lean)
+    return True
+
+
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+
 def _recv_body(twin: socket.socket, assoc_sock: AssociationSocket, length: int) -> bytearray:
     """A PDU body of `length` bytes: what has arrived is read through the blocking-mode twin without
     waiting (no poll before each read, as Python does on a socket with a time-out); the rest, if
@@ -944,15 +1010,20 @@ def _recv_body(twin: socket.socket, assoc_sock: AssociationSocket, length: int) 
     if length > _RECV_FIRST:
         return assoc_sock.recv(length)
     body = bytearray(length)
-    try:
-        got = twin.recv_into(body, length, socket.MSG_DONTWAIT)
-    except BlockingIOError:
-        got = 0
+    got = 0
+    with memoryview(body) as view:
+        try:
+            got = twin.recv_into(view, length, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            pass
+        sock = cast(Any, assoc_sock.socket)
+        while got < length:  # into the same buffer (no second copy), each wait bounded by the time-out
+            n = sock.recv_into(view[got:], length - got)
+            if not n:
+                break
+            got += n
     if got < length:
-        rest = assoc_sock.recv(length - got)
-        body[got:got + len(rest)] = rest
-        if len(rest) < length - got:
-            del body[got + len(rest):]
+        del body[got:]
     return body
 
 
@@ -1480,7 +1551,7 @@ def drop_unrequested(assoc: Association) -> bool:
 
 FAST_PATH_PARTS = ("reactors", "inline_store", "store_rq", "store_rsp", "recv", "logging", "parser", "store_send",
                    "move_send", "group_commit", "write_lock", "lean_index", "nocopy", "overlap_fsync", "balance",
-                   "contexts", "stream", "lean_store", "writer_conn")
+                   "contexts", "stream", "lean_store", "writer_conn", "splice")
 
 
 def fast_path_enabled(part: str = "") -> bool:
@@ -1490,7 +1561,7 @@ def fast_path_enabled(part: str = "") -> bool:
     group_commit, write_lock and writer_conn = dicom/ingest.py, lean_index = index.add_instances, nocopy and overlap_fsync =
     the store handler, balance = connections handed between dicom workers, dicom/balance.py, contexts = one
     copy of a listener's presentation contexts for all its associations, dicom/server.py; stream = 3e,
-    lean_store = 3f). An escape hatch for the field and for A/B measurements;
+    lean_store = 3f, splice = 3f's large fragments moved socket -> pipe -> file). An escape hatch for the field and for A/B measurements;
     the functional patch (1) always applies."""
     value = os.environ.get("BURNSTATION_FASTPATH", "1").strip()
     if value in ("1", ""):
@@ -1506,7 +1577,7 @@ def install() -> None:
 
     Raises LibraryChanged (nothing applied) when the called-AE-title patch cannot be applied.
     """
-    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE, _STREAM, _LEAN
+    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE, _STREAM, _LEAN, _SPLICE
     if _installed:
         return
     skipped = check_library()
@@ -1533,13 +1604,14 @@ def install() -> None:
         # 3f reads in 2's loop and hands what it cannot finish to 3a's function
         _LEAN = ("lean_store" not in skipped and "reactors" not in skipped and fast_path_enabled("lean_store")
                  and (fast_path_enabled("reactors") or _INLINE_STORE))
+        _SPLICE = _LEAN and _STREAM and fast_path_enabled("splice") and hasattr(os, "splice")
     if "recv" not in skipped and fast_path_enabled("recv"):
         AssociationSocket.recv = _socket_recv  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
     """Restore the library's own functions (tests compare patched and unpatched behaviour)."""
-    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE, _STREAM, _LEAN
+    global _installed, _INLINE_STORE, _DIRECT_STORE, _DIRECT_MOVE, _STREAM, _LEAN, _SPLICE
     originals = original_functions()
     for name, func in originals.items():
         cls_name, attr = name.split(".")
@@ -1550,6 +1622,7 @@ def uninstall() -> None:
     _installed = False
     _STREAM = False
     _LEAN = False
+    _SPLICE = False
     _INLINE_STORE = False
     _DIRECT_STORE = False
     _DIRECT_MOVE = False

@@ -106,6 +106,26 @@ class StreamedDataSet(BytesIO):
         if _SYNC_FILE_RANGE is not None and self.size - start >= 65536:
             _SYNC_FILE_RANGE(self.fd, start, self.size - start, _SYNC_FILE_RANGE_WRITE)
 
+    def splice_from(self, pipe_r: int, count: int) -> None:
+        """Move `count` bytes waiting in a pipe into the file (os.splice: they never pass through
+        Python). After a write error the bytes are read and dropped, as `write` drops them."""
+        start = self.size
+        while count > 0:
+            if self.error is None:
+                try:
+                    n = os.splice(pipe_r, self.fd, count)
+                except OSError as exc:
+                    self.error = exc
+                    continue
+                self.size += n
+            else:
+                n = len(os.read(pipe_r, count))
+            if n <= 0:  # cannot happen: the caller put `count` bytes in the pipe
+                raise OSError("the pipe ran dry while moving a data set fragment to disk")
+            count -= n
+        if _SYNC_FILE_RANGE is not None and self.error is None and self.size - start >= 65536:
+            _SYNC_FILE_RANGE(self.fd, start, self.size - start, _SYNC_FILE_RANGE_WRITE)
+
     def finish(self) -> StreamedDataSet:
         return self
 
