@@ -175,7 +175,17 @@ def connect(data_dir: str | os.PathLike[str], *, timeout: float = 30.0) -> sqlit
                            factory=Connection)
     conn.data_dir = str(data_dir)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
+    # WAL is a property of the file, kept once set: setting it again on every connect needs a lock
+    # that SQLite does not wait for, so a connect that met another connection's opening failed at
+    # once with "database is locked" (a dicom worker's index writer opening beside a reader)
+    deadline = time.monotonic() + timeout
+    while str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+        try:  # a new file: two connections setting it at once, one is refused without waiting
+            conn.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")

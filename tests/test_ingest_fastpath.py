@@ -66,16 +66,24 @@ def _indexed(data: Path, sop_uid: str) -> bool:
         return conn.execute("SELECT 1 FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone() is not None
 
 
+@pytest.mark.parametrize("busy", [False, True])
 def test_the_success_waits_for_the_fsync_that_runs_beside_the_commit(ctx: StationContext,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      busy: bool) -> None:
+    """Alone, the fsync runs in a helper thread beside the commit; with another object being handled
+    in the process (`busy`, part fsync_busy) it runs after the commit in the handler's thread. Either
+    way the success comes only after it."""
+    monkeypatch.setattr(store, "_STORING", [1 if busy else 0])  # another association's object in hand
+    threads: list[str] = []
     handler = store.StoreHandler(ctx)
-    assert handler.overlap and handler.nocopy
+    assert handler.overlap and handler.nocopy and handler.fsync_busy
     ds = make_dataset()
     synced = threading.Event()
     release = threading.Event()
     real_fsync = os.fsync
 
     def slow_fsync(fd: int) -> None:
+        threads.append(threading.current_thread().name)
         release.wait(30)
         real_fsync(fd)
         synced.set()
@@ -90,9 +98,13 @@ def test_the_success_waits_for_the_fsync_that_runs_beside_the_commit(ctx: Statio
     release.set()
     thread.join(30)
     assert synced.is_set() and result == [store.SUCCESS]
+    assert (threads == [thread.name]) if busy else (threads and threads[0].startswith("fsync")), threads
 
 
-def test_a_failed_fsync_is_no_success(ctx: StationContext, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_failed_fsync_is_no_success(ctx: StationContext, monkeypatch: pytest.MonkeyPatch, busy: bool) -> None:
+    monkeypatch.setattr(store, "_STORING", [1 if busy else 0])
+
     def broken_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 

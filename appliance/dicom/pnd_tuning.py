@@ -85,6 +85,33 @@ module relies on changes shape, so an upgrade is a deliberate act.
    identifier is encoded once with pydicom (Implicit or Explicit VR Little Endian only; anything
    else takes the library's path), an identifier in a response decoded with pydicom.
 
+3e. Data sets streamed to disk (`stream`): see `_stream_data_set`.
+
+3f. C-STORE requests served straight from the socket (`lean_store`). Even with 2 to 3e, every
+   object still went through the library's PDU objects, event queue and state machine twice
+   (command and data PDUs), a DIMSE message, `_serve_request`, the service class and the send
+   path back through the state machine: about a third of the CPU per small object. When a
+   P-DATA-TF PDU arrives in Sta6 on a plain socket with nothing bound to the PDU, data or DIMSE
+   events, no message in progress, and its first item is a whole C-STORE-RQ command set that
+   `_decode_store_rq` reads on an accepted context (a SOP class the library would serve with
+   its Storage Service Class, one EVT_C_STORE handler bound), the DUL thread collects the data
+   fragments itself (a data set in several fragments goes to 3e's file as it arrives), runs the
+   handler as StorageServiceClass.SCP would (same Event, same `attempt` behaviour on an
+   exception), and writes the C-STORE-RSP to the socket (any status other than a plain int the
+   library knows, or a full send queue, goes through the library's `send_msg`). Anything else
+   goes to the library: a PDU that breaks a request off (another type, a command fragment,
+   another context) hands the request over exactly as 3a would have built it; a request the
+   association is not ready to serve (a queued or running request, a paused reactor) is queued
+   as the DIMSE layer would queue it. The next fragments of a data set that are already there
+   are read in the same pass of the reactor loop. The PDU reads go through a second socket
+   object on a duplicate of the descriptor, in blocking mode as Python sees it: on the
+   association's own socket (which has a time-out) Python waits for data before every recv and
+   send, MSG_DONTWAIT or not, and the DUL would not hear its wake-up meanwhile.
+   `splice`: a PDU holding one large data fragment of such a request goes from the socket
+   through a pipe into the file (os.splice), never through Python.
+   `_read_pdu_data`, `_serve_request` and `StorageServiceClass.SCP` (what 3f does instead of
+   them) are pinned in the source-hash check.
+
 4. Protocol logging handlers only in debug mode. pynetdicom binds its "standard" logging
    handlers (a formatted log of every PDU and DIMSE message) to every association; they do
    their work even when the log level discards it. `set_protocol_logging(False)` binds none;
@@ -1551,14 +1578,14 @@ def drop_unrequested(assoc: Association) -> bool:
 
 FAST_PATH_PARTS = ("reactors", "inline_store", "store_rq", "store_rsp", "recv", "logging", "parser", "store_send",
                    "move_send", "group_commit", "write_lock", "lean_index", "nocopy", "overlap_fsync", "balance",
-                   "contexts", "stream", "lean_store", "writer_conn", "splice")
+                   "contexts", "stream", "lean_store", "writer_conn", "splice", "fsync_busy")
 
 
 def fast_path_enabled(part: str = "") -> bool:
     """Whether a speed-up is on. BURNSTATION_FASTPATH: unset or "1" = all, "0" = none, or a comma
     list of FAST_PATH_PARTS (reactors = 2, inline_store = 2b, store_rq = 3a, store_rsp = 3, recv = 3b, store_send = 3c,
     move_send = 3d, logging = 4, parser = the store handler's raw attribute parser; outside this module:
-    group_commit, write_lock and writer_conn = dicom/ingest.py, lean_index = index.add_instances, nocopy and overlap_fsync =
+    group_commit, write_lock and writer_conn = dicom/ingest.py, lean_index = index.add_instances, nocopy, overlap_fsync and fsync_busy =
     the store handler, balance = connections handed between dicom workers, dicom/balance.py, contexts = one
     copy of a listener's presentation contexts for all its associations, dicom/server.py; stream = 3e,
     lean_store = 3f, splice = 3f's large fragments moved socket -> pipe -> file). An escape hatch for the field and for A/B measurements;

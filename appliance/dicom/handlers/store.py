@@ -58,6 +58,26 @@ def _fsync_later(fd: int) -> Future[None]:
     return _FSYNC_POOL.submit(os.fsync, fd)
 
 
+class _FsyncAfter:
+    """The fsync of a file whose writeback was started (sync_file_range) before the index commit,
+    run in this thread when the answer waits for it: by then the data is mostly on its way, and no
+    helper thread (two hand-overs, and the interpreter lock passed back and forth) is involved."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        if _SYNC_FILE_RANGE is not None and size:
+            _SYNC_FILE_RANGE(fd, 0, size, _SYNC_FILE_RANGE_WRITE)
+
+    def exception(self) -> BaseException | None:
+        try:
+            os.fsync(self.fd)
+        except OSError as exc:
+            return exc
+        return None
+
+
 def _libc_sync_file_range() -> Any:
     try:
         func = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
@@ -183,6 +203,10 @@ def _record(event: Any, raw: bytes | memoryview, transfer_syntax: str) -> index.
     return index.record_from_dataset(event.dataset, "", 0, transfer_syntax)
 
 
+_STORING = [0]  # objects being handled in this process now, by all its associations (part fsync_busy)
+_STORING_LOCK = threading.Lock()
+
+
 class StoreHandler:
     """Bound to EVT_C_STORE."""
 
@@ -190,14 +214,22 @@ class StoreHandler:
         self.ctx = ctx
         self.nocopy = pnd_tuning.fast_path_enabled("nocopy")
         self.overlap = pnd_tuning.fast_path_enabled("overlap_fsync")
+        # part fsync_busy: with other objects being stored in this process meanwhile, the fsync runs
+        # after the commit in this thread (its writeback started first); alone, in a helper thread
+        self.fsync_busy = pnd_tuning.fast_path_enabled("fsync_busy")
 
     def __call__(self, event: Any) -> int | Dataset:
         state = state_of(event.assoc)
+        with _STORING_LOCK:
+            _STORING[0] += 1
         try:
             status = self._store(event)
         except Exception as exc:  # never let one object kill the association
             LOG.exception("C-STORE failed")
             status = _failure(OUT_OF_RESOURCES, f"internal error: {exc}")
+        finally:
+            with _STORING_LOCK:
+                _STORING[0] -= 1
         if state is not None:
             state.services.add("store")
             if isinstance(status, int) and status == SUCCESS:
@@ -263,8 +295,18 @@ class StoreHandler:
         path = ctx.store.path_text_for(rec.study_uid, rec.series_uid, sop_uid)
         chunks = [file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling), raw]
         # file and index row under the purge lock (shared): a purge of this study waits, or has finished
+        busy = self.fsync_busy and _STORING[0] > 1  # another association's object is being handled too
+        return self._store_file(event, raw, streamed, rec, path, chunks, calling, busy)
+
+    def _store_file(self, event: Any, raw: bytes | memoryview, streamed: StreamedDataSet | None,
+                    rec: index.InstanceRecord, path: str, chunks: list[Any], calling: str, busy: bool) -> int | Dataset:
+        """Write (or place) the file and commit its index row; `busy`: other objects are being stored
+        in this process, so the fsync runs after the commit here instead of in a helper thread."""
+        ctx = self.ctx
+        assoc = event.assoc
+        sop_class = str(event.request.AffectedSOPClassUID or "").strip()
         with ctx.store.lock.arrival():
-            synced: Future[None] | None = None
+            synced: Future[None] | _FsyncAfter | None = None
             fsync_error: BaseException | None = None
             try:
                 if streamed is not None and streamed.meta == chunks[0]:  # already written: rename it
@@ -273,12 +315,12 @@ class StoreHandler:
                     ctx.store.place(streamed.temp, path)
                     fd, size = streamed.placed(), streamed.size
                     if self.overlap:
-                        synced = _fsync_later(fd)
+                        synced = _FsyncAfter(fd, 0) if busy else _fsync_later(fd)
                     else:
                         os.close(fd)
                 elif self.overlap:
                     fd, size = ctx.store.write_unsynced(path, chunks)
-                    synced = _fsync_later(fd)
+                    synced = _FsyncAfter(fd, size) if busy else _fsync_later(fd)
                 else:
                     size = ctx.store.write(path, chunks)
             except OSError as exc:
