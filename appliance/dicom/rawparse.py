@@ -230,31 +230,10 @@ class IndexAttributes:
             return convert_IS_string(raw, True)
         raise ValueError(f"unexpected VR {vr}")  # pragma: no cover - parse() only keeps _KINDS
 
-    def index_text(self, keyword: str) -> str:
-        """`index._text(self, keyword)` (what the index keeps), with a short path for the usual
-        pure-ASCII values; anything else takes `get` and `index._text` itself."""
-        tag = _TAG_OF.get(keyword)
-        item = self._found.get(tag) if tag is not None else None
-        if item is not None:
-            vr, raw = item
-            if not raw:
-                return ""
-            if vr != "IS" and not raw.translate(None, _ASCII):
-                if vr in _STRING:
-                    value = raw.decode("ascii").rstrip(" \x00")
-                elif vr == "UI":
-                    value = raw.decode("ascii").rstrip("\x00 ").rstrip(" \x00")
-                elif vr in _TEXT:
-                    value = "\\".join(v.rstrip("\x00 ") for v in raw.decode("ascii").split("\\"))
-                else:  # PN
-                    value = raw.rstrip(b"\x00 ").decode("ascii")
-                return value if "\\" in value else value.strip()  # one value is stripped, several joined
-        return _index_text(self, keyword)
-
-
     def index_texts(self) -> dict[str, str]:
-        """`index_text` of every attribute this module reads, in one pass (what the store handler's
-        index record needs: one call instead of two dozen)."""
+        """`index._text(self, keyword)` (what the index keeps) of every attribute this module reads,
+        in one pass, with a short path for the usual pure-ASCII values; anything else takes `get`
+        and `index._text` itself."""
         out: dict[str, str] = {}
         found = self._found
         for keyword, tag in _TAG_OF.items():
@@ -282,7 +261,7 @@ class IndexAttributes:
             else:
                 out[keyword] = _index_text(self, keyword)
                 continue
-            out[keyword] = value if "\\" in value else value.strip()
+            out[keyword] = value if "\\" in value else value.strip()  # one value is stripped, several joined
         return out
 
 
