@@ -905,7 +905,7 @@ def _fast_pdata_once(dul: DULServiceProvider) -> bool:
     lean: _LeanStore | None = dul._bs_lean  # type: ignore[attr-defined]
     message = assoc.dimse.message
     sink = getattr(message, "_bs_sink", None) if message is not None else None
-    if sink is None and lean is None and not (_LEAN and message is None):
+    if sink is None and lean is None and not (_LEAN and message is None and assoc.is_acceptor):
         return False
     assoc_sock = dul.socket
     raw = getattr(assoc_sock, "socket", None)
