@@ -133,6 +133,14 @@ def _echo_command(msg_id: int) -> bytes:
     return struct.pack("<HHII", 0, 0, 4, len(body)) + body
 
 
+def _counted(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Wrap pnd_tuning.`name`(dul, lean); the list gets a 1 for every call."""
+    calls: list[int] = []
+    real = getattr(pnd_tuning, name)
+    monkeypatch.setattr(pnd_tuning, name, lambda dul, lean: (calls.append(1), real(dul, lean))[1])
+    return calls
+
+
 def _fields(pdu: bytes) -> dict[int, bytes]:
     """A response's command elements, without the group length and the SOP Instance UID (each run
     sends other objects)."""
@@ -142,9 +150,7 @@ def _fields(pdu: bytes) -> dict[int, bytes]:
 
 def test_the_peer_hears_the_same_bytes_with_and_without_the_lean_path(server: DicomServer, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    served: list[int] = []
-    real_serve = pnd_tuning._lean_serve
-    monkeypatch.setattr(pnd_tuning, "_lean_serve", lambda dul, lean: (served.append(1), real_serve(dul, lean))[1])
+    served = _counted(monkeypatch, "_lean_serve")
     heard = {}
     for lean in (False, True):
         monkeypatch.setattr(pnd_tuning, "_LEAN", lean)
@@ -190,9 +196,7 @@ def test_a_request_broken_off_by_a_command_goes_to_the_library_with_what_arrived
                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A stray command fragment in the middle of a data set: 3f hands the request to the library as
     3a would have built it, and the object is stored the same as by the library alone."""
-    handed: list[int] = []
-    real = pnd_tuning._lean_to_library
-    monkeypatch.setattr(pnd_tuning, "_lean_to_library", lambda dul, lean: (handed.append(1), real(dul, lean))[1])
+    handed = _counted(monkeypatch, "_lean_to_library")
     stored = {}
     for lean in (False, True):
         monkeypatch.setattr(pnd_tuning, "_LEAN", lean)

@@ -943,9 +943,7 @@ def _fast_pdata_once(dul: DULServiceProvider) -> bool:
     try:
         body = _recv_body(twin, assoc_sock, length)
     except (OSError, TimeoutError) as exc:
-        _LOGGER_DUL.error("Connection closed before the entire PDU was received")
-        _LOGGER_DUL.exception(exc)
-        dul.event_queue.put("Evt17")
+        _pdu_cut_off(dul, exc)
         return True
     if len(body) != length:
         _LOGGER_DUL.error(f"The received PDU is shorter than expected ({6 + len(body)} of {6 + length} bytes "
@@ -1016,9 +1014,7 @@ def _splice_fragment(dul: DULServiceProvider, lean: _LeanStore, twin: socket.soc
             lean.sink.splice_from(pipe[0], moved)
             count -= moved
     except (OSError, TimeoutError) as exc:
-        _LOGGER_DUL.error("Connection closed before the entire PDU was received")
-        _LOGGER_DUL.exception(exc)
-        dul.event_queue.put("Evt17")
+        _pdu_cut_off(dul, exc)
         return True
     if control & 2:
         dul._bs_lean = None  # type: ignore[attr-defined]
@@ -1028,6 +1024,13 @@ def _splice_fragment(dul: DULServiceProvider, lean: _LeanStore, twin: socket.soc
 
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+
+def _pdu_cut_off(dul: DULServiceProvider, exc: BaseException) -> None:
+    """What the library's `_read_pdu_data` does when the rest of a PDU does not come: Evt17."""
+    _LOGGER_DUL.error("Connection closed before the entire PDU was received")
+    _LOGGER_DUL.exception(exc)
+    dul.event_queue.put("Evt17")
 
 
 def _recv_body(twin: socket.socket, assoc_sock: AssociationSocket, length: int) -> bytearray:

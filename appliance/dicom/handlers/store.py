@@ -296,15 +296,14 @@ class StoreHandler:
         chunks = [file_meta_bytes(sop_class, sop_uid, transfer_syntax, calling), raw]
         # file and index row under the purge lock (shared): a purge of this study waits, or has finished
         busy = self.fsync_busy and _STORING[0] > 1  # another association's object is being handled too
-        return self._store_file(event, raw, streamed, rec, path, chunks, calling, busy)
+        return self._store_file(event, streamed, rec, path, chunks, sop_class, calling, busy)
 
-    def _store_file(self, event: Any, raw: bytes | memoryview, streamed: StreamedDataSet | None,
-                    rec: index.InstanceRecord, path: str, chunks: list[Any], calling: str, busy: bool) -> int | Dataset:
+    def _store_file(self, event: Any, streamed: StreamedDataSet | None, rec: index.InstanceRecord, path: str,
+                    chunks: list[Any], sop_class: str, calling: str, busy: bool) -> int | Dataset:
         """Write (or place) the file and commit its index row; `busy`: other objects are being stored
         in this process, so the fsync runs after the commit here instead of in a helper thread."""
         ctx = self.ctx
         assoc = event.assoc
-        sop_class = str(event.request.AffectedSOPClassUID or "").strip()
         with ctx.store.lock.arrival():
             synced: Future[None] | _FsyncAfter | None = None
             fsync_error: BaseException | None = None
