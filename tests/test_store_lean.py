@@ -10,6 +10,7 @@ whose raw PDUs are written by hand, and whose received bytes are captured.
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 import time
@@ -238,3 +239,46 @@ def test_the_association_hears_its_wake_up_while_the_peer_is_silent(tmp_path: Pa
             assert status.Status == 0 and time.monotonic() - started < 5
         finally:
             assoc.release()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_a_pdu_the_library_reads_mid_request_continues_that_request(server: DicomServer, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    streamed: bool) -> None:
+    """3f leaves a PDU to the library when it cannot see its whole header yet (a sender held back by
+    a full receive window cuts the stream anywhere) or when it arrives just after 3f found nothing:
+    the library then reads a data fragment of the request 3f holds, which must go on that request
+    (in order), not start a message of its own."""
+    monkeypatch.setattr(pnd_tuning, "_STREAM", streamed)  # fragments to the file, or kept in memory
+    monkeypatch.setattr(pnd_tuning, "_MORE_PDUS", 0)  # one PDU per pass of the reactor loop
+    left: list[int] = []
+    real_pass = pnd_tuning._fast_pdata
+
+    def leave_one(dul: Any) -> bool:
+        lean = dul._bs_lean
+        if not left and lean is not None and (lean.chunks or lean.sink is not None):
+            peeked = dul._bs_peeker[1].recv(6, socket.MSG_PEEK | socket.MSG_DONTWAIT) if dul._bs_peeker else b""
+            if len(peeked) == 6:  # the next PDU is there: the library reads it
+                left.append(1)
+                return False
+        return real_pass(dul)
+
+    monkeypatch.setattr(pnd_tuning, "_fast_pdata", leave_one)
+    ds, raw = _data_set(tmp_path, "window", rows=128, cols=128)
+    peer = _Peer(server.port)  # type: ignore[attr-defined]
+    try:
+        third = len(raw) // 3
+        peer.send(_pdata((peer.ct, 3, pnd_tuning.store_rq_command(12, CT, ds.SOPInstanceUID))),
+                  _pdata((peer.ct, 0, raw[:third])), _pdata((peer.ct, 0, raw[third:2 * third])),
+                  _pdata((peer.ct, 2, raw[2 * third:])))
+        (response,) = peer.responses(1)
+    finally:
+        peer.close()
+    assert left == [1]
+    assert pnd_tuning.parse_command(response[12:])[0x0900] == b"\0\0"
+    conn = db.connect(server.data_dir)
+    try:
+        row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (ds.SOPInstanceUID,)).fetchone()
+    finally:
+        conn.close()
+    assert row is not None and Path(row[0]).read_bytes()[-len(raw):] == raw

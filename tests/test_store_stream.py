@@ -8,9 +8,12 @@ Runs the DICOM server in this process (no station), with dcmtk's storescu as the
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
+import socket
 import struct
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +102,81 @@ def test_a_large_data_set_is_streamed_and_stored_exactly(server: DicomServer, tm
     back = dcmread(path)
     assert back.PatientName == "O'BRIEN^<b>" and back.PixelData == sent.PixelData
     assert _temps(server.data_dir) == []
+
+
+class _HeaderCuttingProxy:
+    """Between storescu and the station: every large P-DATA-TF after the first is sent as its 6-byte
+    header and half its item header, then (once the station reads the item header) the rest. What a sender held
+    back by a full receive window does on a loaded machine: a clean-clone CI run got no splice at
+    all when the station gave up on a header it could not yet see whole."""
+
+    def __init__(self, target: int, waiting: threading.Event) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target, self.waiting, self.cut = target, waiting, 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        client, _ = self.listener.accept()
+        upstream = socket.create_connection(("127.0.0.1", self.target))
+        for sock in (client, upstream):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        threading.Thread(target=self._back, args=(upstream, client), daemon=True).start()
+        large = 0
+        with client, upstream:
+            while header := self._exactly(client, 6):
+                body = self._exactly(client, int.from_bytes(header[2:6], "big"))
+                if header[0] == 0x04 and len(body) >= pnd_tuning.SPLICE_MIN:
+                    large += 1
+                    if large > 1:
+                        self.waiting.clear()
+                        upstream.sendall(header + body[:3])
+                        if self.waiting.wait(10):  # (not counted: the station did not read them)
+                            self.cut += 1
+                        upstream.sendall(body[3:])
+                        continue
+                upstream.sendall(header + body)
+
+    @staticmethod
+    def _back(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+
+    @staticmethod
+    def _exactly(sock: socket.socket, count: int) -> bytes:
+        data = b""
+        while len(data) < count:
+            more = sock.recv(count - len(data))
+            if not more:
+                return b""
+            data += more
+        return data
+
+
+def test_a_header_cut_by_the_window_is_still_spliced(server: DicomServer, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    spliced: list[int] = []
+    real_splice = store.StreamedDataSet.splice_from
+    monkeypatch.setattr(store.StreamedDataSet, "splice_from",
+                        lambda self, fd, n: (spliced.append(n), real_splice(self, fd, n))[1])
+    waiting = threading.Event()
+    real_recv_body = pnd_tuning._recv_body
+
+    def recv_body_seen(twin: socket.socket, assoc_sock: Any, length: int) -> bytearray:
+        if length == 6:  # the item header, after the PDU header: the station reads what came of it
+            waiting.set()
+        return real_recv_body(twin, assoc_sock, length)
+
+    monkeypatch.setattr(pnd_tuning, "_recv_body", recv_body_seen)
+    proxy = _HeaderCuttingProxy(server.port, waiting)  # type: ignore[attr-defined]
+    source = _large(tmp_path)
+    result = _send(proxy.port, source, 131072)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert proxy.cut >= 2 and sum(spliced) >= proxy.cut * 131060, (proxy.cut, spliced)
+    path = _stored(server.data_dir, dcmread(source).SOPInstanceUID)
+    assert path is not None and dcmread(path).PixelData == dcmread(source).PixelData
 
 
 @pytest.mark.parametrize("pdu", [16384, 131072])

@@ -108,7 +108,10 @@ module relies on changes shape, so an upgrade is a deliberate act.
    association's own socket (which has a time-out) Python waits for data before every recv and
    send, MSG_DONTWAIT or not, and the DUL would not hear its wake-up meanwhile.
    `splice`: a PDU holding one large data fragment of such a request goes from the socket
-   through a pipe into the file (os.splice), never through Python.
+   through a pipe into the file (os.splice), never through Python (its item header is read, not
+   peeked: a sender held back by a full receive window cuts the stream anywhere). A PDU of the
+   request that the library reads instead (3f saw only part of its header, or it came just after
+   3f looked) continues the request in the library (`_dimse_receive_primitive`).
    `_read_pdu_data`, `_serve_request` and `StorageServiceClass.SCP` (what 3f does instead of
    them) are pinned in the source-hash check.
 
@@ -714,6 +717,11 @@ def _conformant_uid(raw: bytes, remember: bool) -> UID | None:
 def _dimse_receive_primitive(self: DIMSEServiceProvider, primitive: Any) -> None:
     """DIMSEServiceProvider.receive_primitive of pynetdicom 3.0 with C-STORE-RQ command sets read by
     `_decode_store_rq` (the data set fragments still go through DIMSEMessage.decode_msg)."""
+    lean = getattr(self.assoc.dul, "_bs_lean", None)
+    if lean is not None and self.message is None:
+        # 3f holds a request and the library read its next PDU (3f could not see the whole header
+        # yet, or it arrived just after 3f found nothing): the request goes on here, in order
+        _lean_to_library(self.assoc.dul, lean)
     if (self.message is None and type(primitive) is P_DATA and primitive.presentation_data_value_list
             and not _config.STORE_RECV_CHUNKED_DATASET and not self.assoc.get_handlers(evt.EVT_DIMSE_RECV)):
         pdvs = primitive.presentation_data_value_list
@@ -935,13 +943,18 @@ def _fast_pdata_once(dul: DULServiceProvider) -> bool:
         return False
     twin = peeker[1]
     length = int.from_bytes(header[2:6], "big")
-    if _SPLICE and lean is not None and lean.sink is not None and length >= SPLICE_MIN and raw.gettimeout():
-        spliced = _splice_fragment(dul, lean, twin, length)
-        if spliced:
-            return True
     twin.recv(6)  # peeked: it is there
     try:
-        body = _recv_body(twin, assoc_sock, length)
+        if _SPLICE and lean is not None and lean.sink is not None and length >= SPLICE_MIN and raw.gettimeout():
+            # the item's header is read, not peeked: a sender held back by a full receive window
+            # may have cut the headers anywhere, and only reading opens the window again
+            body = _recv_body(twin, assoc_sock, 6)
+            if len(body) == 6 and _splice_fragment(dul, lean, twin, body, length):
+                return True
+            if len(body) == 6:
+                body += assoc_sock.recv(length - 6)
+        else:
+            body = _recv_body(twin, assoc_sock, length)
     except (OSError, TimeoutError) as exc:
         _pdu_cut_off(dul, exc)
         return True
@@ -977,18 +990,14 @@ def _fast_pdata_once(dul: DULServiceProvider) -> bool:
 SPLICE_MIN = 32768  # smaller fragments are read as they are
 
 
-def _splice_fragment(dul: DULServiceProvider, lean: _LeanStore, twin: socket.socket, length: int) -> bool:
+def _splice_fragment(dul: DULServiceProvider, lean: _LeanStore, twin: socket.socket, head: bytearray,
+                     length: int) -> bool:
     """3f with `splice`: a PDU holding one data fragment of the request's data set, whose file is
     open, goes from the socket through a pipe into the file (os.splice), never through Python: one
-    copy of every byte less, and no buffer to allocate. False (nothing read) for any other PDU."""
-    try:
-        head = twin.recv(12, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-    except OSError:
-        return False
-    if len(head) < 12:
-        return False
-    item_length = int.from_bytes(head[6:10], "big")
-    context_id, control = head[10], head[11]
+    copy of every byte less, and no buffer to allocate. `head` is the PDU's first item header,
+    already read. False (nothing more read) for any other PDU."""
+    item_length = int.from_bytes(head[0:4], "big")
+    context_id, control = head[4], head[5]
     if item_length + 4 != length or item_length < 2 or context_id != lean.context_id or control & 1:
         return False
     pipe = dul._bs_pipe  # type: ignore[attr-defined]
@@ -997,7 +1006,6 @@ def _splice_fragment(dul: DULServiceProvider, lean: _LeanStore, twin: socket.soc
         with contextlib.suppress(OSError):
             fcntl.fcntl(write_end, _F_SETPIPE_SZ, 1 << 20)
         pipe = dul._bs_pipe = (read_end, write_end, fcntl.fcntl(write_end, _F_GETPIPE_SZ))  # type: ignore[attr-defined]
-    twin.recv(12)  # peeked: it is there
     count = item_length - 2
     timeout = dul.socket.socket.gettimeout()  # type: ignore[union-attr]
     sock_fd = twin.fileno()
