@@ -325,3 +325,36 @@ def test_splice_drops_what_it_cannot_write_and_keeps_the_error(tmp_path: Path) -
         os.close(write_end)
         streamed.discard()
     assert _temps(tmp_path) == []
+
+
+@pytest.mark.parametrize("pdu", [16384, 131072])
+def test_a_peer_gone_mid_fragment_leaves_no_temp_file_and_nothing_indexed(server: DicomServer, tmp_path: Path,
+                                                                          pdu: int) -> None:
+    """The sender's connection drops in the middle of a data fragment (read, or spliced when large):
+    the half-written file goes at once, nothing is indexed, and the station serves the next sender."""
+    source = _large(tmp_path)
+    ds = dcmread(source)
+    raw = source.read_bytes()
+    raw = raw[raw.index(b"DICM") + 4:]
+    data = raw[12 + int.from_bytes(raw[8:12], "little"):]
+    from pynetdicom import AE
+
+    ae = AE(ae_title="RAWSCU")
+    ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="BURNSTATION")  # type: ignore[attr-defined]
+    assert assoc.is_established
+    cid = assoc.accepted_contexts[0].context_id
+    room = pdu - 12
+    first, second = data[:room], data[room:2 * room]
+    wire = (_pdata((cid, 3, pnd_tuning.store_rq_command(1, ds.SOPClassUID, ds.SOPInstanceUID)))
+            + _pdata((cid, 0, first)) + _pdata((cid, 0, second)))
+    sock = assoc.dul.socket.socket
+    sock.sendall(wire[:len(wire) - len(second) // 2])  # the second fragment half sent
+    wait_for(lambda: _temps(server.data_dir), 10, "the data set's temp file", every=0.02)
+    sock.shutdown(socket.SHUT_RDWR)  # the sender is gone
+    assoc.abort()
+    wait_for(lambda: not _temps(server.data_dir), 10, "the temp file removed", every=0.02)
+    assert _stored(server.data_dir, ds.SOPInstanceUID) is None
+    result = _send(server.port, source, pdu)  # type: ignore[attr-defined]
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _stored(server.data_dir, ds.SOPInstanceUID) is not None

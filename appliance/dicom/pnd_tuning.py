@@ -402,9 +402,21 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
             self._bs_pipe = None  # type: ignore[attr-defined]
             os.close(pipe[0])
             os.close(pipe[1])
+        _discard_unfinished(self)
         wake = getattr(self.assoc, "_bs_wake", None)
         if wake is not None:
             wake.set()
+
+
+def _discard_unfinished(dul: DULServiceProvider) -> None:
+    """The association is over: a data set still arriving (3e's or 3f's temp file) never will.
+    Its file goes now, not when the garbage collector gets to the association's objects."""
+    lean = getattr(dul, "_bs_lean", None)
+    dul._bs_lean = None  # type: ignore[attr-defined]
+    message = getattr(getattr(dul.assoc, "dimse", None), "message", None)
+    for sink in (getattr(lean, "sink", None), getattr(message, "_bs_sink", None)):
+        if sink is not None:
+            sink.discard()
 
 
 # an A-ASSOCIATE-AC, -RJ or -RQ, an A-RELEASE-RQ or -RP PDU received (P-DATA: the DIMSE layer checks its
