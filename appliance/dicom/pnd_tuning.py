@@ -413,10 +413,26 @@ def _discard_unfinished(dul: DULServiceProvider) -> None:
     Its file goes now, not when the garbage collector gets to the association's objects."""
     lean = getattr(dul, "_bs_lean", None)
     dul._bs_lean = None  # type: ignore[attr-defined]
-    message = getattr(getattr(dul.assoc, "dimse", None), "message", None)
-    for sink in (getattr(lean, "sink", None), getattr(message, "_bs_sink", None)):
-        if sink is not None:
-            sink.discard()
+    dimse = getattr(dul.assoc, "dimse", None)
+    message = getattr(dimse, "message", None)
+    sinks = [getattr(lean, "sink", None), getattr(message, "_bs_sink", None)]
+    # a complete request queued behind another (the association thread was serving a request when it
+    # arrived) is never served now: its data set's file goes too. Taken off the queue under the lock
+    # the association thread takes its requests with, so a request is either served or discarded.
+    msg_queue = getattr(dimse, "msg_queue", None)
+    serve_lock = getattr(dul.assoc, "_bs_serve_lock", None)
+    if msg_queue is not None and serve_lock is not None:
+        with serve_lock:
+            while True:
+                try:
+                    _cid, primitive = msg_queue.get(False)
+                except queue.Empty:
+                    break
+                sinks.append(getattr(primitive, "DataSet", None))
+    for sink in sinks:
+        discard = getattr(sink, "discard", None)
+        if discard is not None:
+            discard()
 
 
 # an A-ASSOCIATE-AC, -RJ or -RQ, an A-RELEASE-RQ or -RP PDU received (P-DATA: the DIMSE layer checks its
