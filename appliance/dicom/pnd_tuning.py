@@ -417,18 +417,18 @@ def _discard_unfinished(dul: DULServiceProvider) -> None:
     message = getattr(dimse, "message", None)
     sinks = [getattr(lean, "sink", None), getattr(message, "_bs_sink", None)]
     # a complete request queued behind another (the association thread was serving a request when it
-    # arrived) is never served now: its data set's file goes too. Taken off the queue under the lock
-    # the association thread takes its requests with, so a request is either served or discarded.
+    # arrived) is never served now: its data set's file goes too. Only such requests (a streamed data
+    # set) leave the queue, under the lock the association thread takes its requests with, so each is
+    # either served or discarded; anything else stays where it was (e.g. a response a thread waits for).
     msg_queue = getattr(dimse, "msg_queue", None)
     serve_lock = getattr(dul.assoc, "_bs_serve_lock", None)
     if msg_queue is not None and serve_lock is not None:
-        with serve_lock:
-            while True:
-                try:
-                    _cid, primitive = msg_queue.get(False)
-                except queue.Empty:
-                    break
-                sinks.append(getattr(primitive, "DataSet", None))
+        with serve_lock, msg_queue.mutex:
+            for item in list(msg_queue.queue):
+                data_set = getattr(item[1], "DataSet", None)
+                if hasattr(data_set, "discard"):
+                    msg_queue.queue.remove(item)
+                    sinks.append(data_set)
     for sink in sinks:
         discard = getattr(sink, "discard", None)
         if discard is not None:
