@@ -360,6 +360,17 @@ def test_a_peer_gone_mid_fragment_leaves_no_temp_file_and_nothing_indexed(server
     assert _stored(server.data_dir, ds.SOPInstanceUID) is not None
 
 
+def _near_full(monkeypatch: pytest.MonkeyPatch, data: Path, room: int) -> None:
+    """A simulated disk with `room` bytes free above a 1 MB threshold, less what the store holds."""
+    from appliance import storage
+
+    def free(path: Any) -> int:
+        used = sum(entry.stat().st_size for entry in (data / "storage").rglob("*") if entry.is_file())
+        return (1 << 20) + room - used
+
+    monkeypatch.setattr(storage, "free_bytes", free)
+
+
 @pytest.mark.parametrize("pdu", [16384, 131072])
 def test_a_streamed_data_set_respects_the_free_space_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                pdu: int) -> None:
@@ -369,18 +380,11 @@ def test_a_streamed_data_set_respects_the_free_space_threshold(tmp_path: Path, m
     an endless one) took the disk below the threshold, to full, while it arrived. The writes now
     stop at the threshold, and the answer is the same refusal as on the library's path. The disk
     is simulated: its free space is a fixed budget minus what the store's folder holds."""
-    from appliance import storage
-
     monkeypatch.setenv("BURNSTATION_FASTPATH", "1")
     source = _large(tmp_path)  # ~520 KB
     room = 200 * 1024  # free above the threshold
     data = tmp_path / "data"
-
-    def free(path: Any) -> int:
-        used = sum(entry.stat().st_size for entry in (data / "storage").rglob("*") if entry.is_file())
-        return (1 << 20) + room - used
-
-    monkeypatch.setattr(storage, "free_bytes", free)
+    _near_full(monkeypatch, data, room)
     largest = [0]
     real_write, real_splice = store.StreamedDataSet.write, store.StreamedDataSet.splice_from
 
@@ -401,6 +405,22 @@ def test_a_streamed_data_set_respects_the_free_space_threshold(tmp_path: Path, m
     assert "0xa700" in heard and "[disk space below threshold]" in heard, heard[-3000:]
     assert 0 < largest[0] <= room  # streamed, and never past the threshold
     assert _temps(data) == [] and _stored(data, dcmread(source).SOPInstanceUID) is None
+
+
+@pytest.mark.parametrize("pdu", [16384, 131072])
+def test_a_streamed_data_set_that_fits_is_stored_near_the_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    pdu: int) -> None:
+    """An object that fits above the threshold is stored, streamed or not. The handler checked the
+    space for the whole object again once its streamed file was on the disk (counted twice): near
+    the threshold an object that fitted was refused."""
+    monkeypatch.setenv("BURNSTATION_FASTPATH", "1")
+    source = _large(tmp_path)  # ~520 KB
+    data = tmp_path / "data"
+    _near_full(monkeypatch, data, 700 * 1024)
+    with dicom_server(data, "dicom.store_from_any=true", "dicom.min_free_mb=1") as srv:
+        result = _send(srv.port, source, pdu)  # type: ignore[attr-defined]
+    assert result.returncode == 0 and "Success" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert _stored(data, dcmread(source).SOPInstanceUID) is not None and _temps(data) == []
 
 
 def test_a_data_set_cut_short_by_the_threshold_gives_nothing_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

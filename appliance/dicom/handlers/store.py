@@ -296,8 +296,8 @@ class StoreHandler:
                 calling, assoc.requestor.address, "store") is None:
             return _failure(NOT_AUTHORISED, f"{calling} is not a known node allowed to store")
         request = event.request
-        try:
-            ctx.store.check_space(len(raw))
+        try:  # a streamed data set is on the disk already, each fragment checked as it was written
+            ctx.store.check_space(0 if streamed is not None else len(raw))
         except OutOfSpace as exc:
             LOG.warning("refusing C-STORE: %s", exc)
             return _failure(OUT_OF_RESOURCES, "disk space below threshold")
