@@ -118,12 +118,14 @@ class StreamedDataSet(BytesIO):
 
     def _room(self, count: int) -> bool:
         """Whether `count` more bytes leave the store above its free-space threshold (else `full`)."""
-        if self.full is None:
+        if self.full is None and self.error is None:
             try:
                 self.store.check_space(count)
             except OutOfSpace as exc:
                 self.full = exc
-        return self.full is None
+            except OSError as exc:  # the free space cannot be read: answered as a write error would be
+                self.error = exc
+        return self.full is None and self.error is None
 
     def write(self, fragment: memoryview) -> None:
         if self.error is not None or not self._room(len(fragment)):
