@@ -101,8 +101,9 @@ class StreamedDataSet(BytesIO):
     So is a fragment that would take the store below its free-space threshold (`full`): the
     library's path refuses such an object before writing any of it, and a data set written as it
     arrives must not fill the disk first.
-    The temp file goes when the handler has placed it, or with `discard` (also when the
-    association dies with it half received: the object is then collected).
+    The temp file goes when the handler has placed it, or with `discard`: by the handler, or when
+    the association ends with the data set half received or its request never served
+    (pnd_tuning `_discard_unfinished`); the garbage collector only backs that up.
     """
 
     def __init__(self, store: Any, meta: bytes) -> None:
