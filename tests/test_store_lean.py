@@ -10,6 +10,7 @@ whose raw PDUs are written by hand, and whose received bytes are captured.
 
 from __future__ import annotations
 
+import gc
 import socket
 import struct
 import threading
@@ -282,3 +283,80 @@ def test_a_pdu_the_library_reads_mid_request_continues_that_request(server: Dico
     finally:
         conn.close()
     assert row is not None and Path(row[0]).read_bytes()[-len(raw):] == raw
+
+
+@pytest.fixture
+def slow_echo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A server whose C-ECHO handler holds the association thread until `.go` is set (`.entered`
+    says it is inside): a C-STORE completed meanwhile is queued behind it, as the library queues it."""
+    from appliance.dicom import context
+
+    monkeypatch.setenv("BURNSTATION_FASTPATH", "1")
+    entered, go = threading.Event(), threading.Event()
+    real_echo = context.AssociationLog.on_echo
+
+    def held_echo(self: Any, event: Any) -> int:
+        entered.set()
+        go.wait(30)
+        return real_echo(self, event)
+
+    monkeypatch.setattr(context.AssociationLog, "on_echo", held_echo)
+    with dicom_server(tmp_path / "data", "dicom.store_from_any=true") as srv:
+        srv.entered, srv.go = entered, go  # type: ignore[attr-defined]
+        try:
+            yield srv
+        finally:
+            go.set()
+
+
+def _temps(data: Path) -> list[Path]:
+    return [path for path in (data / "storage").iterdir() if path.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("ending", ["abort", "release"])
+def test_a_queued_request_of_an_association_that_ends_leaves_no_temp_file(slow_echo: Any, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch,
+                                                                         ending: str) -> None:
+    """A C-STORE whose data set was streamed to a temp file and that waits behind a request the
+    association thread is serving, when the peer then aborts (or releases without waiting for the
+    response): the request is never served, and its temp file must go with the association, not
+    when the garbage collector reaches the association's objects (it is kept off here)."""
+    queued: list[int] = []
+    duls: list[Any] = []
+    real_serve = pnd_tuning._lean_serve
+
+    def serve(dul: Any, lean: Any) -> None:
+        real_serve(dul, lean)
+        duls.append(dul)
+        queued.append(len(dul.assoc.dimse.msg_queue.queue))
+
+    monkeypatch.setattr(pnd_tuning, "_lean_serve", serve)
+    ds, raw = _data_set(tmp_path, "queued", rows=128, cols=128)
+    gc.disable()
+    try:
+        peer = _Peer(slow_echo.port)
+        half = len(raw) // 2
+        peer.send(_pdata((peer.echo, 3, _echo_command(1))))
+        assert slow_echo.entered.wait(10)
+        peer.send(_pdata((peer.ct, 3, pnd_tuning.store_rq_command(2, CT, ds.SOPInstanceUID))),
+                  _pdata((peer.ct, 0, raw[:half])), _pdata((peer.ct, 2, raw[half:])))
+        wait_for(lambda: queued, 10, "the request completed")
+        assert queued == [1] and len(_temps(slow_echo.data_dir)) == 1  # queued, its data set in the temp file
+        if ending == "abort":
+            peer.assoc.abort()
+        else:
+            peer.assoc.dul.socket.send(bytes.fromhex("0500000000040000 0000"))  # A-RELEASE-RQ
+        # the station reads it before the association thread goes on
+        wait_for(lambda: duls[0].state_machine.current_state == ("Sta1" if ending == "abort" else "Sta8"), 10,
+                 f"the {ending} read")
+        slow_echo.go.set()
+        wait_for(lambda: not _temps(slow_echo.data_dir), 10, "the temp file removed", every=0.02)
+        if ending == "release":
+            peer.assoc.abort()
+    finally:
+        gc.enable()
+    conn = db.connect(slow_echo.data_dir)
+    try:
+        assert conn.execute("SELECT 1 FROM instances WHERE sop_uid=?", (ds.SOPInstanceUID,)).fetchone() is None
+    finally:
+        conn.close()

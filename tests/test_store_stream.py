@@ -358,3 +358,85 @@ def test_a_peer_gone_mid_fragment_leaves_no_temp_file_and_nothing_indexed(server
     result = _send(server.port, source, pdu)  # type: ignore[attr-defined]
     assert result.returncode == 0, result.stdout + result.stderr
     assert _stored(server.data_dir, ds.SOPInstanceUID) is not None
+
+
+def _near_full(monkeypatch: pytest.MonkeyPatch, data: Path, room: int) -> None:
+    """A simulated disk with `room` bytes free above a 1 MB threshold, less what the store holds."""
+    from appliance import storage
+
+    def free(path: Any) -> int:
+        used = sum(entry.stat().st_size for entry in (data / "storage").rglob("*") if entry.is_file())
+        return (1 << 20) + room - used
+
+    monkeypatch.setattr(storage, "free_bytes", free)
+
+
+@pytest.mark.parametrize("pdu", [16384, 131072])
+def test_a_streamed_data_set_respects_the_free_space_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               pdu: int) -> None:
+    """The store refuses an object that would take its file system below `dicom.min_free_mb`; the
+    library's path checks before writing anything. A streamed data set (3e, 3f, spliced or not)
+    was written whole first and checked only when complete: one large object (or a peer sending
+    an endless one) took the disk below the threshold, to full, while it arrived. The writes now
+    stop at the threshold, and the answer is the same refusal as on the library's path. The disk
+    is simulated: its free space is a fixed budget minus what the store's folder holds."""
+    monkeypatch.setenv("BURNSTATION_FASTPATH", "1")
+    source = _large(tmp_path)  # ~520 KB
+    room = 200 * 1024  # free above the threshold
+    data = tmp_path / "data"
+    _near_full(monkeypatch, data, room)
+    largest = [0]
+    real_write, real_splice = store.StreamedDataSet.write, store.StreamedDataSet.splice_from
+
+    def write(self: store.StreamedDataSet, fragment: memoryview) -> None:
+        real_write(self, fragment)
+        largest[0] = max(largest[0], self.size)
+
+    def splice(self: store.StreamedDataSet, pipe_r: int, count: int) -> None:
+        real_splice(self, pipe_r, count)
+        largest[0] = max(largest[0], self.size)
+
+    monkeypatch.setattr(store.StreamedDataSet, "write", write)
+    monkeypatch.setattr(store.StreamedDataSet, "splice_from", splice)
+    with dicom_server(data, "dicom.store_from_any=true", "dicom.min_free_mb=1") as srv:
+        result = dcmtk("storescu", "-d", "--max-send-pdu", str(pdu), "-aec", "BURNSTATION", "127.0.0.1",
+                       str(srv.port), str(source), timeout=60)  # type: ignore[attr-defined]
+    heard = result.stdout + result.stderr
+    assert "0xa700" in heard and "[disk space below threshold]" in heard, heard[-3000:]
+    assert 0 < largest[0] <= room  # streamed, and never past the threshold
+    assert _temps(data) == [] and _stored(data, dcmread(source).SOPInstanceUID) is None
+
+
+@pytest.mark.parametrize("pdu", [16384, 131072])
+def test_a_streamed_data_set_that_fits_is_stored_near_the_threshold(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    pdu: int) -> None:
+    """An object that fits above the threshold is stored, streamed or not. The handler checked the
+    space for the whole object again once its streamed file was on the disk (counted twice): near
+    the threshold an object that fitted was refused."""
+    monkeypatch.setenv("BURNSTATION_FASTPATH", "1")
+    source = _large(tmp_path)  # ~520 KB
+    data = tmp_path / "data"
+    _near_full(monkeypatch, data, 700 * 1024)
+    with dicom_server(data, "dicom.store_from_any=true", "dicom.min_free_mb=1") as srv:
+        result = _send(srv.port, source, pdu)  # type: ignore[attr-defined]
+    assert result.returncode == 0 and "Success" in result.stdout + result.stderr, result.stdout + result.stderr
+    assert _stored(data, dcmread(source).SOPInstanceUID) is not None and _temps(data) == []
+
+
+def test_a_data_set_cut_short_by_the_threshold_gives_nothing_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handed back to the library's path (a stray command fragment), a data set whose later
+    fragments the threshold dropped must not come back as its first part: with a hole in the
+    middle it could still parse. Nothing comes back, as after a write error."""
+    from appliance import storage
+
+    st = Store(tmp_path, 1)
+    budget = [(1 << 20) + 100]
+    monkeypatch.setattr(storage, "free_bytes", lambda path: budget[0])
+    streamed = store.StreamedDataSet(st, b"META")
+    streamed.write(memoryview(b"first fragment"))
+    assert streamed.full is None
+    budget[0] = 1 << 20  # the disk fills up meanwhile
+    streamed.write(memoryview(b"second fragment"))
+    assert streamed.full is not None and streamed.size == len(b"METAfirst fragment")
+    assert streamed.abandon() == b""
+    assert _temps(tmp_path) == []

@@ -413,10 +413,26 @@ def _discard_unfinished(dul: DULServiceProvider) -> None:
     Its file goes now, not when the garbage collector gets to the association's objects."""
     lean = getattr(dul, "_bs_lean", None)
     dul._bs_lean = None  # type: ignore[attr-defined]
-    message = getattr(getattr(dul.assoc, "dimse", None), "message", None)
-    for sink in (getattr(lean, "sink", None), getattr(message, "_bs_sink", None)):
-        if sink is not None:
-            sink.discard()
+    dimse = getattr(dul.assoc, "dimse", None)
+    message = getattr(dimse, "message", None)
+    sinks = [getattr(lean, "sink", None), getattr(message, "_bs_sink", None)]
+    # a complete request queued behind another (the association thread was serving a request when it
+    # arrived) is never served now: its data set's file goes too. Only such requests (a streamed data
+    # set) leave the queue, under the lock the association thread takes its requests with, so each is
+    # either served or discarded; anything else stays where it was (e.g. a response a thread waits for).
+    msg_queue = getattr(dimse, "msg_queue", None)
+    serve_lock = getattr(dul.assoc, "_bs_serve_lock", None)
+    if msg_queue is not None and serve_lock is not None:
+        with serve_lock, msg_queue.mutex:
+            for item in list(msg_queue.queue):
+                data_set = getattr(item[1], "DataSet", None)
+                if hasattr(data_set, "discard"):
+                    msg_queue.queue.remove(item)
+                    sinks.append(data_set)
+    for sink in sinks:
+        discard = getattr(sink, "discard", None)
+        if discard is not None:
+            discard()
 
 
 # an A-ASSOCIATE-AC, -RJ or -RQ, an A-RELEASE-RQ or -RP PDU received (P-DATA: the DIMSE layer checks its

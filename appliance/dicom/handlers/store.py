@@ -98,21 +98,38 @@ class StreamedDataSet(BytesIO):
 
     The file starts with the same File Meta Information the handler would write. A write error
     (a full disk) is kept and answered when the data set is complete; the rest is read and dropped.
-    The temp file goes when the handler has placed it, or with `discard` (also when the
-    association dies with it half received: the object is then collected).
+    So is a fragment that would take the store below its free-space threshold (`full`): the
+    library's path refuses such an object before writing any of it, and a data set written as it
+    arrives must not fill the disk first.
+    The temp file goes when the handler has placed it, or with `discard`: by the handler, or when
+    the association ends with the data set half received or its request never served
+    (pnd_tuning `_discard_unfinished`); the garbage collector only backs that up.
     """
 
     def __init__(self, store: Any, meta: bytes) -> None:
         super().__init__()
         self.meta = meta
         self.error: OSError | None = None
+        self.full: OutOfSpace | None = None
+        self.store = store
         self.fd, self.temp = store.open_temp()
         self._finalizer = weakref.finalize(self, _remove_temp, self.fd, self.temp)
         self.size = 0
         self.write(memoryview(meta))
 
+    def _room(self, count: int) -> bool:
+        """Whether `count` more bytes leave the store above its free-space threshold (else `full`)."""
+        if self.full is None and self.error is None:
+            try:
+                self.store.check_space(count)
+            except OutOfSpace as exc:
+                self.full = exc
+            except OSError as exc:  # the free space cannot be read: answered as a write error would be
+                self.error = exc
+        return self.full is None and self.error is None
+
     def write(self, fragment: memoryview) -> None:
-        if self.error is not None:
+        if self.error is not None or not self._room(len(fragment)):
             return
         start = self.size
         try:
@@ -130,8 +147,9 @@ class StreamedDataSet(BytesIO):
         """Move `count` bytes waiting in a pipe into the file (os.splice: they never pass through
         Python). After a write error the bytes are read and dropped, as `write` drops them."""
         start = self.size
+        room = self._room(count)
         while count > 0:
-            if self.error is None:
+            if self.error is None and room:
                 try:
                     n = os.splice(pipe_r, self.fd, count)
                 except OSError as exc:
@@ -143,7 +161,7 @@ class StreamedDataSet(BytesIO):
             if n <= 0:  # cannot happen: the caller put `count` bytes in the pipe
                 raise OSError("the pipe ran dry while moving a data set fragment to disk")
             count -= n
-        if _SYNC_FILE_RANGE is not None and self.error is None and self.size - start >= 65536:
+        if _SYNC_FILE_RANGE is not None and self.error is None and room and self.size - start >= 65536:
             _SYNC_FILE_RANGE(self.fd, start, self.size - start, _SYNC_FILE_RANGE_WRITE)
 
     def finish(self) -> StreamedDataSet:
@@ -151,7 +169,9 @@ class StreamedDataSet(BytesIO):
 
     def abandon(self) -> bytes:
         """What was received so far (without the file meta), for the library's path; the file goes."""
-        data = os.pread(self.fd, self.size - len(self.meta), len(self.meta)) if self.error is None else b""
+        # after a write error or the threshold, part of it was dropped: none of it goes back (a data set with a
+        # hole in the middle could still parse)
+        data = os.pread(self.fd, self.size - len(self.meta), len(self.meta)) if self.error is self.full is None else b""
         self.discard()
         return data
 
@@ -252,6 +272,9 @@ class StoreHandler:
 
     def _store_streamed(self, event: Any, streamed: StreamedDataSet) -> int | Dataset:
         try:
+            if streamed.full is not None:  # as `_store_raw` refuses it
+                LOG.warning("refusing C-STORE: %s", streamed.full)
+                return _failure(OUT_OF_RESOURCES, "disk space below threshold")
             if streamed.error is not None:
                 LOG.error("cannot write a received data set: %s", streamed.error)
                 return _failure(OUT_OF_RESOURCES, f"cannot write file: {streamed.error.strerror or streamed.error}")
@@ -276,8 +299,8 @@ class StoreHandler:
                 calling, assoc.requestor.address, "store") is None:
             return _failure(NOT_AUTHORISED, f"{calling} is not a known node allowed to store")
         request = event.request
-        try:
-            ctx.store.check_space(len(raw))
+        try:  # a streamed data set is on the disk already, each fragment checked as it was written
+            ctx.store.check_space(0 if streamed is not None else len(raw))
         except OutOfSpace as exc:
             LOG.warning("refusing C-STORE: %s", exc)
             return _failure(OUT_OF_RESOURCES, "disk space below threshold")
