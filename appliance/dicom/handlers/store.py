@@ -171,7 +171,7 @@ class StreamedDataSet(BytesIO):
         """What was received so far (without the file meta), for the library's path; the file goes."""
         # after a write error or the threshold, part of it was dropped: none of it goes back (a data set with a
         # hole in the middle could still parse)
-        data = os.pread(self.fd, self.size - len(self.meta), len(self.meta)) if self.error is self.full is None else b""
+        data = os.pread(self.fd, self.size - len(self.meta), len(self.meta)) if self.error is None and self.full is None else b""
         self.discard()
         return data
 
