@@ -933,6 +933,9 @@ def _fast_pdata(dul: DULServiceProvider) -> bool:
 
 
 _MORE_PDUS = 64  # at most this many PDUs read in one pass of the reactor loop
+# socket flags as plain ints: they are IntFlag members, whose `|` and conversion cost microseconds per call
+_NOW = int(socket.MSG_DONTWAIT)
+_PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
 def _fast_pdata_once(dul: DULServiceProvider) -> bool:
@@ -960,7 +963,7 @@ def _fast_pdata_once(dul: DULServiceProvider) -> bool:
         # recv, MSG_DONTWAIT or not, and the DUL would not hear its wake-up meanwhile
         peeker = dul._bs_peeker = (raw, socket.socket(fileno=os.dup(raw.fileno())))  # type: ignore[attr-defined]
     try:
-        header = peeker[1].recv(6, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        header = peeker[1].recv(6, _PEEK_NOW)
     except OSError:
         return False
     if len(header) < 6:
@@ -1079,7 +1082,7 @@ def _recv_body(twin: socket.socket, assoc_sock: AssociationSocket, length: int) 
     got = 0
     with memoryview(body) as view:
         try:
-            got = twin.recv_into(view, length, socket.MSG_DONTWAIT)
+            got = twin.recv_into(view, length, _NOW)
         except BlockingIOError:
             pass
         sock = cast(Any, assoc_sock.socket)
@@ -1251,7 +1254,7 @@ def _lean_serve(dul: DULServiceProvider, lean: _LeanStore) -> None:
     sent = 0
     if peeker is not None:  # without the poll Python makes before each send on a socket with a time-out
         try:
-            sent = peeker[1].send(pdu, socket.MSG_DONTWAIT)
+            sent = peeker[1].send(pdu, _NOW)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -1445,7 +1448,7 @@ class LentSocket:
         got = 0
         if ready and n and not isinstance(self.sock, ssl.SSLSocket):
             with contextlib.suppress(BlockingIOError, InterruptedError):
-                got = self.sock.recv_into(view, n, socket.MSG_DONTWAIT)
+                got = self.sock.recv_into(view, n, _NOW)
                 if not got:
                     raise DirectStoreError("connection closed by the peer")
         while got < n:
