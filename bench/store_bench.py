@@ -524,6 +524,28 @@ def fmt_ratio(a: float, b: float) -> str:
     return f"{a / b:5.2f}x" if b else "  -  "
 
 
+def paired_ratio(a: list[float], b: list[float]) -> float:
+    """Median of the repetitions' own ratios a[i] / b[i]: both were measured within the same
+    repetition, minutes apart at most, so a host whose speed drifts between repetitions (this one
+    moves by 2x within an hour) cancels out, which a ratio of two medians does not."""
+    return statistics.median(x / y for x, y in zip(a, b, strict=True))
+
+
+def print_paired(times: dict[tuple[str, str, int], list[float]], server_names: list[str], set_names: list[str],
+                 concs: list[int], ratio_cols: list[str]) -> None:
+    """The ratios the targets are stated in, paired within each repetition."""
+    print("paired ratios (median of each repetition's own ratio):")
+    for set_name in set_names:
+        for name in server_names:
+            for conc in concs[1:]:
+                ratio = paired_ratio(times[(name, set_name, conc)], times[(name, set_name, concs[0])])
+                print(f"  {name} {set_name} x{conc} / x{concs[0]}: {ratio:.2f}")
+        for conc in concs:
+            for name in ratio_cols:
+                ratio = paired_ratio(times[("station", set_name, conc)], times[(name, set_name, conc)])
+                print(f"  station / {name} {set_name} x{conc}: {ratio:.2f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every measurement (default 3)")
@@ -592,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
                     line += (f"  {fmt_ratio(stats['station'][0], stats[name][0])}/"  # station / other
                              f"{fmt_ratio(stats['station'][1], stats[name][1])}    ")
                 print(line)
+        if len(concs) > 1 or ratio_cols:
+            print_paired(times, server_names, set_names, concs, ratio_cols)
         if args.e2e or args.e2e_only:
             study = make_set(root / "sets" / "ct500", "ct", 500, 512, 512)
             load_set = files.get("small") or make_set(root / "sets" / "small", "small", *SETS["small"])
