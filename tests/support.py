@@ -201,6 +201,18 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
+def recv_exactly(sock: socket.socket, count: int) -> bytes:
+    """`count` bytes from `sock` (a test's proxy or peer reading whole PDUs); ConnectionError when
+    the other end closes first."""
+    data = b""
+    while len(data) < count:
+        more = sock.recv(count - len(data))
+        if not more:
+            raise ConnectionError(f"closed after {len(data)} of {count} bytes")
+        data += more
+    return data
+
+
 def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "condition", every: float = 0.2) -> Any:
     """Poll `check()` every `every` s until it returns something truthy, and return that;
     AssertionError when it has not after `timeout` s (checked once more at the deadline)."""

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from pydicom import dcmread
 from pynetdicom.pdu import P_DATA_TF
-from support import dcmtk, dicom_server, make_dataset, wait_for
+from support import dcmtk, dicom_server, make_dataset, recv_exactly, wait_for
 
 from appliance import db
 from appliance.dicom import pnd_tuning
@@ -123,9 +123,10 @@ class _HeaderCuttingProxy:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=self._back, args=(upstream, client), daemon=True).start()
         large = 0
-        with client, upstream:
-            while header := self._exactly(client, 6):
-                body = self._exactly(client, int.from_bytes(header[2:6], "big"))
+        with client, upstream, contextlib.suppress(ConnectionError):  # until storescu closes
+            while True:
+                header = recv_exactly(client, 6)
+                body = recv_exactly(client, int.from_bytes(header[2:6], "big"))
                 if header[0] == 0x04 and len(body) >= pnd_tuning.SPLICE_MIN:
                     large += 1
                     if large > 1:
@@ -143,16 +144,6 @@ class _HeaderCuttingProxy:
             while data := source.recv(65536):
                 sink.sendall(data)
             sink.shutdown(socket.SHUT_WR)
-
-    @staticmethod
-    def _exactly(sock: socket.socket, count: int) -> bytes:
-        data = b""
-        while len(data) < count:
-            more = sock.recv(count - len(data))
-            if not more:
-                return b""
-            data += more
-        return data
 
 
 def test_a_header_cut_by_the_window_is_still_spliced(server: DicomServer, tmp_path: Path,
@@ -226,10 +217,9 @@ def _pdata(*items: tuple[int, int, bytes]) -> bytes:
     return struct.pack(">BBI", 0x04, 0, len(body)) + body
 
 
-def _raw_store(port: int, source: Path, mixed: bool) -> None:
-    """Send a C-STORE in hand-made PDUs: command, then data in 4 fragments; `mixed`: a stray command
-    fragment (not last) rides with the third data fragment, which the library files under the
-    command set and otherwise ignores."""
+def _raw_association(port: int, source: Path) -> tuple[Any, bytes, Any]:
+    """The file's data set, its bytes as they go on the wire (after the meta group), and an
+    association on its context whose PDUs the test writes by hand."""
     from pynetdicom import AE
 
     ds = dcmread(source)
@@ -240,6 +230,14 @@ def _raw_store(port: int, source: Path, mixed: bool) -> None:
     ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
     assoc = ae.associate("127.0.0.1", port, ae_title="BURNSTATION")
     assert assoc.is_established
+    return ds, data, assoc
+
+
+def _raw_store(port: int, source: Path, mixed: bool) -> None:
+    """Send a C-STORE in hand-made PDUs: command, then data in 4 fragments; `mixed`: a stray command
+    fragment (not last) rides with the third data fragment, which the library files under the
+    command set and otherwise ignores."""
+    ds, data, assoc = _raw_association(port, source)
     try:
         cid = assoc.accepted_contexts[0].context_id
         command = pnd_tuning.store_rq_command(1, ds.SOPClassUID, ds.SOPInstanceUID)
@@ -333,16 +331,7 @@ def test_a_peer_gone_mid_fragment_leaves_no_temp_file_and_nothing_indexed(server
     """The sender's connection drops in the middle of a data fragment (read, or spliced when large):
     the half-written file goes at once, nothing is indexed, and the station serves the next sender."""
     source = _large(tmp_path)
-    ds = dcmread(source)
-    raw = source.read_bytes()
-    raw = raw[raw.index(b"DICM") + 4:]
-    data = raw[12 + int.from_bytes(raw[8:12], "little"):]
-    from pynetdicom import AE
-
-    ae = AE(ae_title="RAWSCU")
-    ae.add_requested_context(ds.SOPClassUID, [ds.file_meta.TransferSyntaxUID])
-    assoc = ae.associate("127.0.0.1", server.port, ae_title="BURNSTATION")  # type: ignore[attr-defined]
-    assert assoc.is_established
+    ds, data, assoc = _raw_association(server.port, source)  # type: ignore[attr-defined]
     cid = assoc.accepted_contexts[0].context_id
     room = pdu - 12
     first, second = data[:room], data[room:2 * room]

@@ -22,7 +22,17 @@ import pytest
 from orthanc_support import Orthanc
 from pydicom import dcmread
 from pynetdicom import AE, StoragePresentationContexts, evt
-from support import Station, burnstation, dcmtk, findscu, free_port, storescp, wait_for, write_study
+from support import (
+    Station,
+    burnstation,
+    dcmtk,
+    findscu,
+    free_port,
+    recv_exactly,
+    storescp,
+    wait_for,
+    write_study,
+)
 
 from appliance import db
 from appliance.transfer import jobs
@@ -397,8 +407,8 @@ class PatientRootOnly:
 
     def _serve(self, client: socket.socket) -> None:
         with client, socket.create_connection(("127.0.0.1", self.target_port)) as upstream:
-            header = self._read(client, 6)
-            body = self._read(client, int.from_bytes(header[2:6], "big"))
+            header = recv_exactly(client, 6)
+            body = recv_exactly(client, int.from_bytes(header[2:6], "big"))
             study_root = set()
             for _pos, kind, item in self._items(body):
                 if kind == 0x20 and item[4] == 0x30:  # presentation context, its abstract syntax first
@@ -406,8 +416,8 @@ class PatientRootOnly:
                     if item[8:8 + length].rstrip(b"\0").decode() in self.STUDY_ROOT:
                         study_root.add(item[0])
             upstream.sendall(header + body)
-            header = self._read(upstream, 6)
-            answer = bytearray(self._read(upstream, int.from_bytes(header[2:6], "big")))
+            header = recv_exactly(upstream, 6)
+            answer = bytearray(recv_exactly(upstream, int.from_bytes(header[2:6], "big")))
             if header[0] == 0x02:
                 for pos, kind, item in list(self._items(bytes(answer))):
                     if kind == 0x21 and item[0] in study_root:
@@ -419,15 +429,6 @@ class PatientRootOnly:
             self._pipe(client, upstream)
             back.join(30)
 
-    @staticmethod
-    def _read(sock: socket.socket, n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("closed")
-            data += chunk
-        return data
 
     @staticmethod
     def _pipe(src: socket.socket, dst: socket.socket) -> None:
