@@ -4,13 +4,23 @@ way a Success could be sent for what is not safely stored, or something already 
 from __future__ import annotations
 
 import contextlib
+import io
 import sqlite3
+import threading
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydicom.filebase import DicomFileLike
+from pydicom.filewriter import write_dataset
+from support import make_dataset, wait_for
 
 from appliance import db, index
+from appliance.config import Settings
 from appliance.dicom import ingest
+from appliance.dicom.context import AssocState, StationContext
+from appliance.dicom.handlers import store
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 
@@ -53,3 +63,123 @@ def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path: Path, monkeypa
             other.execute("UPDATE studies SET updated_at=0")
         assert [r[0] for r in conn.execute("SELECT sop_uid FROM instances")] == ["1.2.3.1.2"]
     writer.close()
+
+
+def _raw(ds: Any) -> bytes:
+    buf = io.BytesIO()
+    fp = DicomFileLike(buf)
+    fp.is_implicit_VR = False
+    fp.is_little_endian = True
+    write_dataset(fp, ds)
+    return buf.getvalue()
+
+
+def _event(ctx: StationContext, ds: Any) -> Any:
+    """A C-STORE event as the listener hands it to the handler (its own association each)."""
+    assoc = types.SimpleNamespace(requestor=types.SimpleNamespace(ae_title="CT", address="127.0.0.1"),
+                                  acceptor=types.SimpleNamespace(ae_title="BURNSTATION"))
+    assoc.bs_state = AssocState(index.open_association(ctx.conn(), "CT", "BURNSTATION", "127.0.0.1", 1, False, 1),
+                                "BURNSTATION", "CT")
+    request = types.SimpleNamespace(DataSet=io.BytesIO(_raw(ds)), AffectedSOPInstanceUID=ds.SOPInstanceUID,
+                                    AffectedSOPClassUID=ds.SOPClassUID)
+    return types.SimpleNamespace(assoc=assoc, request=request, context=types.SimpleNamespace(transfer_syntax=EXPLICIT))
+
+
+@pytest.fixture
+def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StationContext:
+    monkeypatch.setenv("BURNSTATION_FASTPATH", "1")
+    settings = Settings(tmp_path)
+    settings.set("dicom.store_from_any", True)
+    context = StationContext(tmp_path, settings)
+    context.store.min_free = 0
+    return context
+
+
+def test_two_copies_of_one_instance_arriving_together_leave_the_indexed_file(ctx: StationContext) -> None:
+    """The same SOP Instance UID sent again on two associations at once, one copy in another series
+    (another path), one back in its first series: each handler removed the path its commit had
+    replaced, and the second removal deleted the file the first arrival had just written there and
+    the index names, with both senders told Success."""
+    sop = "1.2.826.0.1.3680043.10.1457.99.1"
+    first = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")
+    moved = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.2")
+    back = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")
+    handler = store.StoreHandler(ctx)
+    assert handler(_event(ctx, first)) == store.SUCCESS
+    gate = threading.Event()
+    commits: list[int] = []
+
+    def hold_first(recs: list[index.InstanceRecord]) -> None:
+        commits.append(len(recs))
+        if len(commits) == 1:
+            assert gate.wait(30)
+
+    ctx.writer.before_commit = hold_first
+    statuses: dict[str, Any] = {}
+
+    def send(name: str, ds: Any) -> threading.Thread:
+        thread = threading.Thread(target=lambda: statuses.__setitem__(name, handler(_event(ctx, ds))))
+        thread.start()
+        return thread
+
+    threads = [send("blocker", make_dataset(study_uid="1.2.4"))]  # its commit runs (held) while the others arrive
+    wait_for(lambda: commits == [1], timeout=30, every=0.01)
+    threads.append(send("moved", moved))
+    wait_for(lambda: len(ctx.writer._pending) == 1, timeout=30, every=0.01)
+    threads.append(send("back", back))
+    wait_for(lambda: len(ctx.writer._pending) == 2, timeout=30, every=0.01)  # both written, one commit to come
+    gate.set()
+    for thread in threads:
+        thread.join(30)
+    assert statuses == {"blocker": store.SUCCESS, "moved": store.SUCCESS, "back": store.SUCCESS}
+    assert commits == [1, 2]
+    row = ctx.conn().execute("SELECT path, series_uid FROM instances WHERE sop_uid=?", (sop,)).fetchone()
+    assert row["series_uid"] == "1.2.3.1"  # the last committed copy wins the index...
+    assert Path(row["path"]).is_file()  # ...and its file is there
+    assert not ctx.store.path_for("1.2.3", "1.2.3.2", sop).exists()  # the copy it replaced is gone
+
+
+def test_a_replaced_copy_is_kept_while_a_new_copy_at_its_path_waits_for_its_commit(ctx: StationContext) -> None:
+    """As above, the two copies in consecutive commits: the copy back in its first series is written
+    (renamed into place) before the moved copy's commit and committed after it. The moved copy's
+    handler must not remove that path meanwhile (the index does not name it yet, but will)."""
+    sop = "1.2.826.0.1.3680043.10.1457.99.2"
+    first = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")
+    moved = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.2")
+    back = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")
+    handler = store.StoreHandler(ctx)
+    assert handler(_event(ctx, first)) == store.SUCCESS
+    statuses: dict[str, Any] = {}
+    threads: dict[str, threading.Thread] = {}
+
+    def send(name: str, ds: Any) -> None:
+        threads[name] = threading.Thread(target=lambda: statuses.__setitem__(name, handler(_event(ctx, ds))))
+        threads[name].start()
+
+    gate = threading.Event()
+    commits: list[int] = []
+
+    def pace(recs: list[index.InstanceRecord]) -> None:
+        commits.append(len(recs))
+        if len(commits) == 1:  # the blocker: the moved copy arrives meanwhile
+            assert gate.wait(30)
+        elif len(commits) == 2:  # the moved copy's commit: the copy sent back is written first
+            send("back", back)
+            wait_for(lambda: len(ctx.writer._pending) == 1, timeout=30, every=0.01)
+        elif len(commits) == 3:  # the copy sent back: a window for the moved copy's handler to remove its file
+            threads["moved"].join(2)
+
+    ctx.writer.before_commit = pace
+    send("blocker", make_dataset(study_uid="1.2.4"))
+    wait_for(lambda: commits == [1], timeout=30, every=0.01)
+    send("moved", moved)
+    wait_for(lambda: len(ctx.writer._pending) == 1, timeout=30, every=0.01)
+    gate.set()
+    wait_for(lambda: len(commits) == 3, timeout=30, every=0.01)
+    for name in ("blocker", "moved", "back"):
+        threads[name].join(30)
+    assert statuses == {"blocker": store.SUCCESS, "moved": store.SUCCESS, "back": store.SUCCESS}
+    assert commits == [1, 1, 1]
+    row = ctx.conn().execute("SELECT path, series_uid FROM instances WHERE sop_uid=?", (sop,)).fetchone()
+    assert row["series_uid"] == "1.2.3.1" and Path(row["path"]).is_file()
+    assert not ctx.store.path_for("1.2.3", "1.2.3.2", sop).exists()
