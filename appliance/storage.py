@@ -187,7 +187,11 @@ class Store:
             unlink_quietly(tmp)
             raise
         os.close(fd)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:  # e.g. ENOSPC for the directory entry: the temp file must not stay
+            unlink_quietly(tmp)
+            raise
         return size
 
     def write_unsynced(self, path: str | Path, chunks: list[bytes]) -> tuple[int, int]:

@@ -183,3 +183,21 @@ def test_a_replaced_copy_is_kept_while_a_new_copy_at_its_path_waits_for_its_comm
     row = ctx.conn().execute("SELECT path, series_uid FROM instances WHERE sop_uid=?", (sop,)).fetchone()
     assert row["series_uid"] == "1.2.3.1" and Path(row["path"]).is_file()
     assert not ctx.store.path_for("1.2.3", "1.2.3.2", sop).exists()
+
+
+def test_a_rename_that_fails_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Store.write (C-STORE without overlap_fsync, C-GET retrievals): the rename into place can fail
+    (ENOSPC for a new directory entry, EIO); the fsync'd temp file stayed behind, of a live worker,
+    so not even `remove_stale_temp_files` removed it before the next restart."""
+    from appliance.storage import Store
+
+    st = Store(tmp_path)
+    path = st.path_text_for("1.2.3", "1.2.3.1", "1.2.3.1.1")
+
+    def full(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", full)
+    with pytest.raises(OSError, match="No space"):
+        st.write(path, [b"DICM", b"data"])
+    assert [p.name for p in st.root.rglob("*") if p.is_file()] == []
