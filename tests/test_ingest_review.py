@@ -201,3 +201,32 @@ def test_a_rename_that_fails_leaves_no_temp_file(tmp_path: Path, monkeypatch: py
     with pytest.raises(OSError, match="No space"):
         st.write(path, [b"DICM", b"data"])
     assert [p.name for p in st.root.rglob("*") if p.is_file()] == []
+
+
+def _files(ctx: StationContext) -> list[Path]:
+    return sorted(p for p in ctx.store.root.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("before", ["none", "same_series", "other_series"])
+def test_an_arrival_whose_commit_fails_leaves_its_file_only_where_the_index_names_it(
+        ctx: StationContext, monkeypatch: pytest.MonkeyPatch, before: str) -> None:
+    """The file is renamed into place before its index row is committed; when that commit fails
+    (a full disk for the WAL, a damaged state.db) the sender hears a failure, and the file stayed
+    in the store with no row naming it, for good (no sweep indexes or removes it while the station
+    runs). Now it goes, unless the index names that path (an earlier copy, now overwritten)."""
+    sop = "1.2.826.0.1.3680043.10.1457.99.3"
+    handler = store.StoreHandler(ctx)
+    if before != "none":
+        series = "1.2.3.1" if before == "same_series" else "1.2.3.9"
+        assert handler(_event(ctx, make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid=series))) == store.SUCCESS
+    indexed_before = index.instance_path(ctx.conn(), sop)
+
+    def full(conn: sqlite3.Connection, recs: list[index.InstanceRecord]) -> list[Any]:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(index, "add_instances", full)
+    status = handler(_event(ctx, make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")))
+    assert not isinstance(status, int) and status.Status == store.OUT_OF_RESOURCES
+    assert "full" in status.ErrorComment and "internal error" not in status.ErrorComment
+    assert index.instance_path(ctx.conn(), sop) == indexed_before  # the index as it was
+    assert [str(p) for p in _files(ctx)] == ([] if indexed_before is None else [indexed_before])

@@ -359,12 +359,23 @@ class StoreHandler:
             # concurrent associations take turns (or are committed together) in ctx.writer, not in
             # SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between attempts; it returns
             # only once the transaction holding this record is committed (appliance/dicom/ingest.py)
+            old = None
+            unindexed: Exception | None = None
             try:
                 old = ctx.writer.add(ctx.conn(), rec)
+            except Exception as exc:  # not committed: answered below, once the lock is released
+                unindexed = exc
             finally:
                 if synced is not None:  # the file's fsync, running meanwhile, is waited for in every case
                     fsync_error = synced.exception()
                     os.close(fd)
+        if unindexed is not None:  # its file goes unless the index names that path (an earlier copy's)
+            LOG.error("cannot index %s: %s", path, unindexed)
+            try:
+                self._remove_replaced(rec.sop_uid, path)
+            except Exception as exc:  # the index cannot be read either: the file stays (it may be named)
+                LOG.error("keeping %s, whose index row is unknown: %s", path, exc)
+            return _failure(OUT_OF_RESOURCES, f"cannot index: {unindexed}")
         if old:  # the index names the new copy now: the old file goes, whatever the fsync said
             self._remove_replaced(rec.sop_uid, old)
         if synced is not None and fsync_error is not None:
@@ -374,7 +385,8 @@ class StoreHandler:
         return SUCCESS
 
     def _remove_replaced(self, sop_uid: str, old: str) -> None:
-        """Unlink the copy an arrival's commit replaced, unless the index names that path again:
+        """Unlink the copy an arrival's commit replaced (or the file of an arrival whose commit
+        failed), unless the index names that path (again):
         another copy of the instance may have been written there meanwhile (sent again at once on
         another association or worker, back in its first series), committed or about to be. The
         purge lock held exclusively waits for every arrival between its file and its index row
