@@ -273,8 +273,9 @@ class Store:
 
 
 def _writer_alive(temp_name: str) -> bool:
-    """Whether the process named in a temp file's name (`.<sop>.dcm.<pid>.<n>.tmp`) is a dicom
-    worker still running (another worker of this station writing it now)."""
+    """Whether the process named in a temp file's name (`.<sop>.dcm.<pid>.<n>.tmp`) is a process
+    that writes the store still running: another dicom worker, or the transfer process (C-GET
+    retrievals are written with `Store.write`)."""
     parts = temp_name.split(".")
     try:
         pid = int(parts[-3])
@@ -286,7 +287,7 @@ def _writer_alive(temp_name: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"\x00service\x00dicom" in cmdline
+    return b"\x00service\x00dicom" in cmdline or b"\x00service\x00transfer" in cmdline
 
 
 def unlink_quietly(path: str) -> None:

@@ -230,3 +230,34 @@ def test_an_arrival_whose_commit_fails_leaves_its_file_only_where_the_index_name
     assert "full" in status.ErrorComment and "internal error" not in status.ErrorComment
     assert index.instance_path(ctx.conn(), sop) == indexed_before  # the index as it was
     assert [str(p) for p in _files(ctx)] == ([] if indexed_before is None else [indexed_before])
+
+
+def test_a_starting_worker_keeps_the_temp_files_of_live_writers(tmp_path: Path) -> None:
+    """A dicom worker (re)started removes the temp files of crashed writers. The transfer process
+    writes the same store (C-GET retrievals, Store.write): its temp files were taken for a crash's,
+    removed under it (a worker restarted by the supervisor or added by dicom.workers while a
+    retrieval runs), and that retrieval's rename failed."""
+    import subprocess
+    import sys
+
+    from appliance.storage import Store
+
+    st = Store(tmp_path)
+    folder = Path(st.path_text_for("1.2.3", "1.2.3.1", "1.2.3.1.1")).parent
+    folder.mkdir(parents=True)
+    writers = {name: subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()", "service", name],
+                                      stdin=subprocess.PIPE) for name in ("dicom", "transfer")}
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        temps = {name: folder / f".1.2.3.1.1.dcm.{proc.pid}.0.tmp" for name, proc in writers.items()}
+        temps["crashed"] = folder / f".1.2.3.1.1.dcm.{dead.pid}.0.tmp"
+        temps["stream"] = st.root / f".stream.{dead.pid}.3.tmp"
+        for path in temps.values():
+            path.write_bytes(b"x")
+        assert st.remove_stale_temp_files() == 2
+        assert {name for name, path in temps.items() if path.exists()} == {"dicom", "transfer"}
+    finally:
+        for proc in writers.values():
+            proc.kill()
+            proc.wait()
