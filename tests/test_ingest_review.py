@@ -261,3 +261,58 @@ def test_a_starting_worker_keeps_the_temp_files_of_live_writers(tmp_path: Path) 
         for proc in writers.values():
             proc.kill()
             proc.wait()
+
+
+def test_a_retrieved_instance_and_a_purge_of_its_study_never_cross(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A C-GET retrieval (transfer process) storing an instance of a study that a retention purge
+    deletes meanwhile: the C-STORE handler holds the purge lock from file to index row, the
+    retrieval did not, so the purge could remove the file just written (the instance retrieved
+    again: same path) and the row committed after it named a file that was gone."""
+    import time
+
+    from appliance import retention
+    from appliance.burn import jobs
+    from appliance.transfer.engine import GetStore
+
+    data = tmp_path / "data"
+    settings = Settings(data)
+    settings.initialize()
+    getstore = GetStore(data, settings, "PACS")
+    ds = make_dataset(study_uid="1.2.3")
+    raw = _raw(ds)
+
+    def event() -> Any:
+        request = types.SimpleNamespace(DataSet=io.BytesIO(raw), AffectedSOPClassUID=ds.SOPClassUID)
+        return types.SimpleNamespace(request=request, dataset=ds, context=types.SimpleNamespace(transfer_syntax=EXPLICIT))
+
+    assert getstore(event()) == 0
+    conn = db.connect(data)
+    with db.transaction(conn):
+        job_id = jobs.create_job_in(conn, role="any", sop_uids=[ds.SOPInstanceUID], source="manual")
+        assert jobs.move(conn, job_id, (jobs.QUEUED,), jobs.DONE, finished_at=time.time() - 10)
+    verdicts = retention.assess(conn, settings, older_than_days=0, study_uid="1.2.3")
+    assert verdicts and not verdicts[0].protected
+    the_plan = retention.Plan(retention.disk_usage(data), 0, 0, verdicts, [])
+    purged: list[Any] = []
+    real_add = index.add_instance
+
+    def purge_first(conn: sqlite3.Connection, rec: index.InstanceRecord, **kw: Any) -> str | None:
+        """The purge runs between the retrieval's file and its row (or waits for the row)."""
+        other = db.connect(data)
+        purge = threading.Thread(target=lambda: purged.append(retention.purge(other, settings, data, the_plan,
+                                                                              older_than_days=0)))
+        purge.start()
+        purge.join(2)  # a window for the purge (a correct retrieval makes it wait for the row)
+        try:
+            return real_add(conn, rec, **kw)
+        finally:
+            monkeypatch.setattr(index, "add_instance", real_add)
+            threading.Thread(target=lambda: (purge.join(30), other.close())).start()
+
+    monkeypatch.setattr(index, "add_instance", purge_first)
+    assert getstore(event()) == 0  # retrieved again
+    wait_for(lambda: bool(purged), timeout=30, every=0.01)
+    path = index.instance_path(conn, ds.SOPInstanceUID)
+    assert path is None or Path(path).is_file(), "the index names a file the purge removed"
+    conn.close()
