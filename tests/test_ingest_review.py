@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import sqlite3
 import threading
 import types
@@ -21,6 +22,7 @@ from appliance.config import Settings
 from appliance.dicom import ingest
 from appliance.dicom.context import AssocState, StationContext
 from appliance.dicom.handlers import store
+from appliance.storage import file_meta_bytes
 
 EXPLICIT = "1.2.840.10008.1.2.1"
 
@@ -316,3 +318,38 @@ def test_a_retrieved_instance_and_a_purge_of_its_study_never_cross(tmp_path: Pat
     path = index.instance_path(conn, ds.SOPInstanceUID)
     assert path is None or Path(path).is_file(), "the index names a file the purge removed"
     conn.close()
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+@pytest.mark.parametrize("busy", [False, True])
+def test_an_instance_sent_again_keeps_its_stored_copy_when_the_new_one_cannot_be_synced(
+        ctx: StationContext, monkeypatch: pytest.MonkeyPatch, busy: bool, streamed: bool) -> None:
+    """overlap_fsync renames the new file into place before its fsync. Sent again to the same path,
+    the copy stored (and acknowledged) before was replaced by bytes not known to be on disk: an
+    fsync error answered A700 with the old copy gone and the index naming the unsynced one (after a
+    power cut, possibly an empty file). Replacing a copy, the fsync now comes before the rename."""
+    monkeypatch.setattr(store, "_STORING", [1 if busy else 0])
+    handler = store.StoreHandler(ctx)
+    assert handler.overlap
+    sop = "1.2.826.0.1.3680043.10.1457.99.4"
+    first = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1", seed=1)
+    again = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1", seed=2, instance_number=7)
+    assert handler(_event(ctx, first)) == store.SUCCESS
+    path = ctx.store.path_for("1.2.3", "1.2.3.1", sop)
+    stored = path.read_bytes()
+    row = dict(ctx.conn().execute("SELECT * FROM instances WHERE sop_uid=?", (sop,)).fetchone())
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    event = _event(ctx, again)
+    if streamed:  # written to a temp file as its fragments arrived (part stream)
+        sink = store.StreamedDataSet(ctx.store, file_meta_bytes(again.SOPClassUID, sop, EXPLICIT, "CT"))
+        sink.write(memoryview(_raw(again)))
+        event.request.DataSet = sink
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    status = handler(event)
+    assert not isinstance(status, int) and status.Status == store.OUT_OF_RESOURCES
+    assert path.read_bytes() == stored  # the acknowledged copy, untouched
+    assert dict(ctx.conn().execute("SELECT * FROM instances WHERE sop_uid=?", (sop,)).fetchone()) == row
+    assert _files(ctx) == [path]  # no temp file either

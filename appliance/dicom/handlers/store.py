@@ -330,17 +330,20 @@ class StoreHandler:
         with ctx.store.lock.arrival():
             synced: Future[None] | _FsyncAfter | None = None
             fsync_error: BaseException | None = None
+            # the rename before the fsync (overlap_fsync) only where no copy is: one stored before (this
+            # instance sent again) is replaced only by a file known to be on disk, or kept if it cannot be
+            overlap = self.overlap and not os.path.exists(path)
             try:
                 if streamed is not None and streamed.meta == chunks[0]:  # already written: rename it
-                    if not self.overlap:
+                    if not overlap:
                         os.fsync(streamed.fd)
                     ctx.store.place(streamed.temp, path)
                     fd, size = streamed.placed(), streamed.size
-                    if self.overlap:
+                    if overlap:
                         synced = _FsyncAfter(fd, 0) if busy else _fsync_later(fd)
                     else:
                         os.close(fd)
-                elif self.overlap:
+                elif overlap:
                     fd, size = ctx.store.write_unsynced(path, chunks)
                     synced = _FsyncAfter(fd, size) if busy else _fsync_later(fd)
                 else:
