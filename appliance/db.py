@@ -250,6 +250,13 @@ class transaction:  # noqa: N801 - used as a context manager, reads like a keywo
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                # a COMMIT that failed may leave its transaction open (SQLITE_BUSY, and maybe FULL or
+                # IOERR): a long-lived connection would stay in it, holding the write lock
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        elif self.conn.in_transaction:  # SQLite may have rolled back already (FULL, IOERR): keep that error
             self.conn.execute("ROLLBACK")

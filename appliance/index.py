@@ -356,6 +356,12 @@ def _add_instance_in(conn: sqlite3.Connection, rec: InstanceRecord, arrival: boo
     return old_path
 
 
+def instance_path(conn: sqlite3.Connection, sop_uid: str) -> str | None:
+    """The path the index names for a SOP Instance UID now (None when it is not indexed)."""
+    row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+    return None if row is None else row["path"]
+
+
 def _prune(conn: sqlite3.Connection, series_uid: str, study_uid: str) -> None:
     """Delete the series, study and patient rows that no instance belongs to any more."""
     conn.execute("DELETE FROM series WHERE series_uid=? AND NOT EXISTS (SELECT 1 FROM instances WHERE series_uid=?)",

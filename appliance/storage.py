@@ -187,7 +187,11 @@ class Store:
             unlink_quietly(tmp)
             raise
         os.close(fd)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except BaseException:  # e.g. ENOSPC for the directory entry: the temp file must not stay
+            unlink_quietly(tmp)
+            raise
         return size
 
     def write_unsynced(self, path: str | Path, chunks: list[bytes]) -> tuple[int, int]:
@@ -269,8 +273,9 @@ class Store:
 
 
 def _writer_alive(temp_name: str) -> bool:
-    """Whether the process named in a temp file's name (`.<sop>.dcm.<pid>.<n>.tmp`) is a dicom
-    worker still running (another worker of this station writing it now)."""
+    """Whether the process named in a temp file's name (`.<sop>.dcm.<pid>.<n>.tmp`) is a process
+    that writes the store still running: another dicom worker, or the transfer process (C-GET
+    retrievals are written with `Store.write`)."""
     parts = temp_name.split(".")
     try:
         pid = int(parts[-3])
@@ -282,7 +287,7 @@ def _writer_alive(temp_name: str) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return b"\x00service\x00dicom" in cmdline
+    return b"\x00service\x00dicom" in cmdline or b"\x00service\x00transfer" in cmdline
 
 
 def unlink_quietly(path: str) -> None:

@@ -426,14 +426,17 @@ class GetStore:
         if not rec.sop_uid or not rec.study_uid or not rec.series_uid:
             return 0xA900
         path = self.store.path_for(rec.study_uid, rec.series_uid, rec.sop_uid)
-        rec.size = self.store.write(path, [file_meta_bytes(sop_class, rec.sop_uid, ts, self.peer_aet), raw])
-        rec.path = str(path)
-        rec.sop_class = sop_class
-        rec.called_aet = self.station_aet
-        rec.calling_aet = self.peer_aet
-        rec.received_at = time.time()
-        old = index.add_instance(self.conn, rec)
-        if old:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(old)
+        with self.store.lock.arrival():  # as a C-STORE: no retention purge between the file and its row
+            rec.size = self.store.write(path, [file_meta_bytes(sop_class, rec.sop_uid, ts, self.peer_aet), raw])
+            rec.path = str(path)
+            rec.sop_class = sop_class
+            rec.called_aet = self.station_aet
+            rec.calling_aet = self.peer_aet
+            rec.received_at = time.time()
+            old = index.add_instance(self.conn, rec)
+        if old:  # unless a copy arriving meanwhile (a dicom worker's) is at that path (store handler's rule)
+            with self.store.lock.purge():
+                if index.instance_path(self.conn, rec.sop_uid) != old:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(old)
         return 0x0000

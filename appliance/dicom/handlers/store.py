@@ -330,17 +330,20 @@ class StoreHandler:
         with ctx.store.lock.arrival():
             synced: Future[None] | _FsyncAfter | None = None
             fsync_error: BaseException | None = None
+            # the rename before the fsync (overlap_fsync) only where no copy is: one stored before (this
+            # instance sent again) is replaced only by a file known to be on disk, or kept if it cannot be
+            overlap = self.overlap and not os.path.exists(path)
             try:
                 if streamed is not None and streamed.meta == chunks[0]:  # already written: rename it
-                    if not self.overlap:
+                    if not overlap:
                         os.fsync(streamed.fd)
                     ctx.store.place(streamed.temp, path)
                     fd, size = streamed.placed(), streamed.size
-                    if self.overlap:
+                    if overlap:
                         synced = _FsyncAfter(fd, 0) if busy else _fsync_later(fd)
                     else:
                         os.close(fd)
-                elif self.overlap:
+                elif overlap:
                     fd, size = ctx.store.write_unsynced(path, chunks)
                     synced = _FsyncAfter(fd, size) if busy else _fsync_later(fd)
                 else:
@@ -359,19 +362,42 @@ class StoreHandler:
             # concurrent associations take turns (or are committed together) in ctx.writer, not in
             # SQLite's busy handler, which sleeps 1, 2, 5, 10... ms between attempts; it returns
             # only once the transaction holding this record is committed (appliance/dicom/ingest.py)
+            old = None
+            unindexed: Exception | None = None
             try:
                 old = ctx.writer.add(ctx.conn(), rec)
+            except Exception as exc:  # not committed: answered below, once the lock is released
+                unindexed = exc
             finally:
                 if synced is not None:  # the file's fsync, running meanwhile, is waited for in every case
                     fsync_error = synced.exception()
                     os.close(fd)
-        if old:  # the index names the new copy now: the old file goes, whatever the fsync said
+        if unindexed is not None:  # its file goes unless the index names that path (an earlier copy's)
+            LOG.error("cannot index %s: %s", path, unindexed)
             try:
-                os.unlink(old)
-            except FileNotFoundError:
-                pass
+                self._remove_replaced(rec.sop_uid, path)
+            except Exception as exc:  # the index cannot be read either: the file stays (it may be named)
+                LOG.error("keeping %s, whose index row is unknown: %s", path, exc)
+            return _failure(OUT_OF_RESOURCES, f"cannot index: {unindexed}")
+        if old:  # the index names the new copy now: the old file goes, whatever the fsync said
+            self._remove_replaced(rec.sop_uid, old)
         if synced is not None and fsync_error is not None:
             # indexed but not known to be on disk: no success (the sender sends it again)
             LOG.error("cannot fsync %s: %s", path, fsync_error)
             return _failure(OUT_OF_RESOURCES, f"cannot write file: {fsync_error}")
         return SUCCESS
+
+    def _remove_replaced(self, sop_uid: str, old: str) -> None:
+        """Unlink the copy an arrival's commit replaced (or the file of an arrival whose commit
+        failed), unless the index names that path (again):
+        another copy of the instance may have been written there meanwhile (sent again at once on
+        another association or worker, back in its first series), committed or about to be. The
+        purge lock held exclusively waits for every arrival between its file and its index row
+        (they hold it shared), so the index read under it says whether the path is in use."""
+        with self.ctx.store.lock.purge():
+            if index.instance_path(self.ctx.conn(), sop_uid) == old:
+                return
+            try:
+                os.unlink(old)
+            except FileNotFoundError:
+                pass
