@@ -265,6 +265,12 @@ def test_a_starting_worker_keeps_the_temp_files_of_live_writers(tmp_path: Path) 
             proc.wait()
 
 
+def _get_event(ds: Any, raw: bytes) -> Any:
+    """What GetStore is called with for one retrieved instance (the fields it reads)."""
+    request = types.SimpleNamespace(DataSet=io.BytesIO(raw), AffectedSOPClassUID=ds.SOPClassUID)
+    return types.SimpleNamespace(request=request, dataset=ds, context=types.SimpleNamespace(transfer_syntax=EXPLICIT))
+
+
 def test_a_retrieved_instance_and_a_purge_of_its_study_never_cross(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A C-GET retrieval (transfer process) storing an instance of a study that a retention purge
@@ -284,11 +290,7 @@ def test_a_retrieved_instance_and_a_purge_of_its_study_never_cross(tmp_path: Pat
     ds = make_dataset(study_uid="1.2.3")
     raw = _raw(ds)
 
-    def event() -> Any:
-        request = types.SimpleNamespace(DataSet=io.BytesIO(raw), AffectedSOPClassUID=ds.SOPClassUID)
-        return types.SimpleNamespace(request=request, dataset=ds, context=types.SimpleNamespace(transfer_syntax=EXPLICIT))
-
-    assert getstore(event()) == 0
+    assert getstore(_get_event(ds, raw)) == 0
     conn = db.connect(data)
     with db.transaction(conn):
         job_id = jobs.create_job_in(conn, role="any", sop_uids=[ds.SOPInstanceUID], source="manual")
@@ -313,7 +315,7 @@ def test_a_retrieved_instance_and_a_purge_of_its_study_never_cross(tmp_path: Pat
             threading.Thread(target=lambda: (purge.join(30), other.close())).start()
 
     monkeypatch.setattr(index, "add_instance", purge_first)
-    assert getstore(event()) == 0  # retrieved again
+    assert getstore(_get_event(ds, raw)) == 0  # retrieved again
     wait_for(lambda: bool(purged), timeout=30, every=0.01)
     path = index.instance_path(conn, ds.SOPInstanceUID)
     assert path is None or Path(path).is_file(), "the index names a file the purge removed"
@@ -353,3 +355,34 @@ def test_an_instance_sent_again_keeps_its_stored_copy_when_the_new_one_cannot_be
     assert path.read_bytes() == stored  # the acknowledged copy, untouched
     assert dict(ctx.conn().execute("SELECT * FROM instances WHERE sop_uid=?", (sop,)).fetchone()) == row
     assert _files(ctx) == [path]  # no temp file either
+
+
+@pytest.mark.parametrize("before", [False, True])
+def test_a_retrieved_instance_whose_commit_fails_leaves_its_file_only_where_the_index_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: bool) -> None:
+    """A C-GET retrieval (transfer process) whose index commit fails: the sub-operation fails, and
+    its file goes unless the index names that path (a copy retrieved before, now overwritten), as
+    for a C-STORE; it stayed in the store with no row naming it."""
+    from appliance.transfer.engine import GetStore
+
+    data = tmp_path / "data"
+    settings = Settings(data)
+    settings.initialize()
+    getstore = GetStore(data, settings, "PACS")
+    ds = make_dataset(study_uid="1.2.3")
+    raw = _raw(ds)
+
+    if before:
+        assert getstore(_get_event(ds, raw)) == 0
+    conn = db.connect(data)
+    indexed_before = index.instance_path(conn, ds.SOPInstanceUID)
+
+    def full(conn: sqlite3.Connection, rec: index.InstanceRecord, **kw: Any) -> str | None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(index, "add_instance", full)
+    assert getstore(_get_event(ds, raw)) == 0xA700
+    assert index.instance_path(conn, ds.SOPInstanceUID) == indexed_before
+    files = sorted(str(p) for p in (data / "storage").rglob("*") if p.is_file())
+    assert files == ([] if indexed_before is None else [indexed_before])
+    conn.close()

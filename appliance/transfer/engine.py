@@ -433,10 +433,18 @@ class GetStore:
             rec.called_aet = self.station_aet
             rec.calling_aet = self.peer_aet
             rec.received_at = time.time()
-            old = index.add_instance(self.conn, rec)
+            try:
+                old = index.add_instance(self.conn, rec)
+            except Exception:
+                old, unindexed = str(path), True  # its file goes as a replaced copy would (no row names it)
+            else:
+                unindexed = False
         if old:  # unless a copy arriving meanwhile (a dicom worker's) is at that path (store handler's rule)
             with self.store.lock.purge():
                 if index.instance_path(self.conn, rec.sop_uid) != old:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(old)
+        if unindexed:
+            LOG.error("C-GET store: cannot index %s", path)
+            return 0xA700
         return 0x0000
