@@ -10,55 +10,25 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import sqlite3
 import threading
-import types
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.filebase import DicomFileLike
-from pydicom.filewriter import write_dataset
+from store_handler_support import EXPLICIT, handler_context, store_event
 from support import make_dataset, wait_for
 
 from appliance import db, index
-from appliance.config import Settings
-from appliance.dicom.context import AssocState, StationContext
+from appliance.dicom.context import StationContext
 from appliance.dicom.handlers import store
 from appliance.storage import file_meta_bytes
-
-EXPLICIT = "1.2.840.10008.1.2.1"
-
-
-def _raw(ds: Any) -> bytes:
-    buf = io.BytesIO()
-    fp = DicomFileLike(buf)
-    fp.is_implicit_VR = False
-    fp.is_little_endian = True
-    write_dataset(fp, ds)
-    return buf.getvalue()
-
-
-def _event(ctx: StationContext, ds: Any) -> Any:
-    assoc = types.SimpleNamespace(requestor=types.SimpleNamespace(ae_title="CT", address="127.0.0.1"),
-                                  acceptor=types.SimpleNamespace(ae_title="BURNSTATION"))
-    assoc.bs_state = AssocState(index.open_association(ctx.conn(), "CT", "BURNSTATION", "127.0.0.1", 1, False, 1),
-                                "BURNSTATION", "CT")
-    request = types.SimpleNamespace(DataSet=io.BytesIO(_raw(ds)), AffectedSOPInstanceUID=ds.SOPInstanceUID,
-                                    AffectedSOPClassUID=ds.SOPClassUID)
-    return types.SimpleNamespace(assoc=assoc, request=request, context=types.SimpleNamespace(transfer_syntax=EXPLICIT))
 
 
 @pytest.fixture
 def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StationContext:
-    monkeypatch.setenv("BURNSTATION_FASTPATH", "1")
-    settings = Settings(tmp_path)
-    settings.set("dicom.store_from_any", True)
-    context = StationContext(tmp_path, settings)
-    context.store.min_free = 0
-    return context
+    return handler_context(tmp_path, monkeypatch)
 
 
 def _indexed(data: Path, sop_uid: str) -> bool:
@@ -90,7 +60,7 @@ def test_the_success_waits_for_the_fsync_that_runs_beside_the_commit(ctx: Statio
 
     monkeypatch.setattr(os, "fsync", slow_fsync)
     result: list[Any] = []
-    thread = threading.Thread(target=lambda: result.append(handler(_event(ctx, ds))))
+    thread = threading.Thread(target=lambda: result.append(handler(store_event(ctx, ds))))
     thread.start()
     wait_for(lambda: _indexed(ctx.data_dir, ds.SOPInstanceUID), timeout=30, every=0.01)  # committed meanwhile
     thread.join(0.5)  # a window for a wrong early answer (a correct handler blocks until `release`)
@@ -109,13 +79,13 @@ def test_a_failed_fsync_is_no_success(ctx: StationContext, monkeypatch: pytest.M
         raise OSError(5, "Input/output error")
 
     monkeypatch.setattr(os, "fsync", broken_fsync)
-    status = store.StoreHandler(ctx)(_event(ctx, make_dataset()))
+    status = store.StoreHandler(ctx)(store_event(ctx, make_dataset()))
     assert not isinstance(status, int) and status.Status == store.OUT_OF_RESOURCES
 
 
 def test_the_stored_file_holds_the_received_bytes_and_the_buffer_is_free_again(ctx: StationContext) -> None:
     ds = make_dataset()
-    event = _event(ctx, ds)
+    event = store_event(ctx, ds)
     assert store.StoreHandler(ctx)(event) == store.SUCCESS
     raw = event.request.DataSet.getvalue()
     path = ctx.store.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)

@@ -13,18 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydicom.filebase import DicomFileLike
-from pydicom.filewriter import write_dataset
+from store_handler_support import EXPLICIT, explicit_bytes, handler_context, store_event
 from support import make_dataset, wait_for
 
 from appliance import db, index
 from appliance.config import Settings
 from appliance.dicom import ingest
-from appliance.dicom.context import AssocState, StationContext
+from appliance.dicom.context import StationContext
 from appliance.dicom.handlers import store
 from appliance.storage import file_meta_bytes
-
-EXPLICIT = "1.2.840.10008.1.2.1"
 
 
 def _record(n: int, tmp_path: Path) -> index.InstanceRecord:
@@ -67,34 +64,18 @@ def test_a_commit_that_fails_leaves_no_transaction_open(tmp_path: Path, monkeypa
     writer.close()
 
 
-def _raw(ds: Any) -> bytes:
-    buf = io.BytesIO()
-    fp = DicomFileLike(buf)
-    fp.is_implicit_VR = False
-    fp.is_little_endian = True
-    write_dataset(fp, ds)
-    return buf.getvalue()
-
-
-def _event(ctx: StationContext, ds: Any) -> Any:
-    """A C-STORE event as the listener hands it to the handler (its own association each)."""
-    assoc = types.SimpleNamespace(requestor=types.SimpleNamespace(ae_title="CT", address="127.0.0.1"),
-                                  acceptor=types.SimpleNamespace(ae_title="BURNSTATION"))
-    assoc.bs_state = AssocState(index.open_association(ctx.conn(), "CT", "BURNSTATION", "127.0.0.1", 1, False, 1),
-                                "BURNSTATION", "CT")
-    request = types.SimpleNamespace(DataSet=io.BytesIO(_raw(ds)), AffectedSOPInstanceUID=ds.SOPInstanceUID,
-                                    AffectedSOPClassUID=ds.SOPClassUID)
-    return types.SimpleNamespace(assoc=assoc, request=request, context=types.SimpleNamespace(transfer_syntax=EXPLICIT))
-
-
 @pytest.fixture
 def ctx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> StationContext:
-    monkeypatch.setenv("BURNSTATION_FASTPATH", "1")
-    settings = Settings(tmp_path)
-    settings.set("dicom.store_from_any", True)
-    context = StationContext(tmp_path, settings)
-    context.store.min_free = 0
-    return context
+    return handler_context(tmp_path, monkeypatch)
+
+
+def _stored_then_two_copies(ctx: StationContext, sop: str) -> tuple[store.StoreHandler, Any, Any]:
+    """A handler that has stored `sop` in series 1.2.3.1, and two copies of it to send again: one
+    moved to series 1.2.3.2 (another path), one back in 1.2.3.1 (the first copy's path)."""
+    handler = store.StoreHandler(ctx)
+    assert handler(store_event(ctx, make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1"))) == store.SUCCESS
+    return (handler, make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.2"),
+            make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1"))
 
 
 def test_two_copies_of_one_instance_arriving_together_leave_the_indexed_file(ctx: StationContext) -> None:
@@ -103,11 +84,7 @@ def test_two_copies_of_one_instance_arriving_together_leave_the_indexed_file(ctx
     replaced, and the second removal deleted the file the first arrival had just written there and
     the index names, with both senders told Success."""
     sop = "1.2.826.0.1.3680043.10.1457.99.1"
-    first = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")
-    moved = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.2")
-    back = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")
-    handler = store.StoreHandler(ctx)
-    assert handler(_event(ctx, first)) == store.SUCCESS
+    handler, moved, back = _stored_then_two_copies(ctx, sop)
     gate = threading.Event()
     commits: list[int] = []
 
@@ -120,7 +97,7 @@ def test_two_copies_of_one_instance_arriving_together_leave_the_indexed_file(ctx
     statuses: dict[str, Any] = {}
 
     def send(name: str, ds: Any) -> threading.Thread:
-        thread = threading.Thread(target=lambda: statuses.__setitem__(name, handler(_event(ctx, ds))))
+        thread = threading.Thread(target=lambda: statuses.__setitem__(name, handler(store_event(ctx, ds))))
         thread.start()
         return thread
 
@@ -146,16 +123,12 @@ def test_a_replaced_copy_is_kept_while_a_new_copy_at_its_path_waits_for_its_comm
     (renamed into place) before the moved copy's commit and committed after it. The moved copy's
     handler must not remove that path meanwhile (the index does not name it yet, but will)."""
     sop = "1.2.826.0.1.3680043.10.1457.99.2"
-    first = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")
-    moved = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.2")
-    back = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")
-    handler = store.StoreHandler(ctx)
-    assert handler(_event(ctx, first)) == store.SUCCESS
+    handler, moved, back = _stored_then_two_copies(ctx, sop)
     statuses: dict[str, Any] = {}
     threads: dict[str, threading.Thread] = {}
 
     def send(name: str, ds: Any) -> None:
-        threads[name] = threading.Thread(target=lambda: statuses.__setitem__(name, handler(_event(ctx, ds))))
+        threads[name] = threading.Thread(target=lambda: statuses.__setitem__(name, handler(store_event(ctx, ds))))
         threads[name].start()
 
     gate = threading.Event()
@@ -220,14 +193,14 @@ def test_an_arrival_whose_commit_fails_leaves_its_file_only_where_the_index_name
     handler = store.StoreHandler(ctx)
     if before != "none":
         series = "1.2.3.1" if before == "same_series" else "1.2.3.9"
-        assert handler(_event(ctx, make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid=series))) == store.SUCCESS
+        assert handler(store_event(ctx, make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid=series))) == store.SUCCESS
     indexed_before = index.instance_path(ctx.conn(), sop)
 
     def full(conn: sqlite3.Connection, recs: list[index.InstanceRecord]) -> list[Any]:
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(index, "add_instances", full)
-    status = handler(_event(ctx, make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")))
+    status = handler(store_event(ctx, make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1")))
     assert not isinstance(status, int) and status.Status == store.OUT_OF_RESOURCES
     assert "full" in status.ErrorComment and "internal error" not in status.ErrorComment
     assert index.instance_path(ctx.conn(), sop) == indexed_before  # the index as it was
@@ -265,6 +238,15 @@ def test_a_starting_worker_keeps_the_temp_files_of_live_writers(tmp_path: Path) 
             proc.wait()
 
 
+def _retriever(data: Path) -> tuple[Settings, Any]:
+    """A fresh station's settings and the C-GET store of its transfer process, retrieving from PACS."""
+    from appliance.transfer.engine import GetStore
+
+    settings = Settings(data)
+    settings.initialize()
+    return settings, GetStore(data, settings, "PACS")
+
+
 def _get_event(ds: Any, raw: bytes) -> Any:
     """What GetStore is called with for one retrieved instance (the fields it reads)."""
     request = types.SimpleNamespace(DataSet=io.BytesIO(raw), AffectedSOPClassUID=ds.SOPClassUID)
@@ -281,14 +263,10 @@ def test_a_retrieved_instance_and_a_purge_of_its_study_never_cross(tmp_path: Pat
 
     from appliance import retention
     from appliance.burn import jobs
-    from appliance.transfer.engine import GetStore
-
     data = tmp_path / "data"
-    settings = Settings(data)
-    settings.initialize()
-    getstore = GetStore(data, settings, "PACS")
+    settings, getstore = _retriever(data)
     ds = make_dataset(study_uid="1.2.3")
-    raw = _raw(ds)
+    raw = explicit_bytes(ds)
 
     assert getstore(_get_event(ds, raw)) == 0
     conn = db.connect(data)
@@ -336,7 +314,7 @@ def test_an_instance_sent_again_keeps_its_stored_copy_when_the_new_one_cannot_be
     sop = "1.2.826.0.1.3680043.10.1457.99.4"
     first = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1", seed=1)
     again = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1", seed=2, instance_number=7)
-    assert handler(_event(ctx, first)) == store.SUCCESS
+    assert handler(store_event(ctx, first)) == store.SUCCESS
     path = ctx.store.path_for("1.2.3", "1.2.3.1", sop)
     stored = path.read_bytes()
     row = dict(ctx.conn().execute("SELECT * FROM instances WHERE sop_uid=?", (sop,)).fetchone())
@@ -344,10 +322,10 @@ def test_an_instance_sent_again_keeps_its_stored_copy_when_the_new_one_cannot_be
     def broken_fsync(fd: int) -> None:
         raise OSError(5, "Input/output error")
 
-    event = _event(ctx, again)
+    event = store_event(ctx, again)
     if streamed:  # written to a temp file as its fragments arrived (part stream)
         sink = store.StreamedDataSet(ctx.store, file_meta_bytes(again.SOPClassUID, sop, EXPLICIT, "CT"))
-        sink.write(memoryview(_raw(again)))
+        sink.write(memoryview(explicit_bytes(again)))
         event.request.DataSet = sink
     monkeypatch.setattr(os, "fsync", broken_fsync)
     status = handler(event)
@@ -363,14 +341,10 @@ def test_a_retrieved_instance_whose_commit_fails_leaves_its_file_only_where_the_
     """A C-GET retrieval (transfer process) whose index commit fails: the sub-operation fails, and
     its file goes unless the index names that path (a copy retrieved before, now overwritten), as
     for a C-STORE; it stayed in the store with no row naming it."""
-    from appliance.transfer.engine import GetStore
-
     data = tmp_path / "data"
-    settings = Settings(data)
-    settings.initialize()
-    getstore = GetStore(data, settings, "PACS")
+    settings, getstore = _retriever(data)
     ds = make_dataset(study_uid="1.2.3")
-    raw = _raw(ds)
+    raw = explicit_bytes(ds)
 
     if before:
         assert getstore(_get_event(ds, raw)) == 0
