@@ -11,6 +11,7 @@ whose raw PDUs are written by hand, and whose received bytes are captured.
 from __future__ import annotations
 
 import gc
+import select
 import socket
 import struct
 import threading
@@ -360,3 +361,41 @@ def test_a_queued_request_of_an_association_that_ends_leaves_no_temp_file(slow_e
         assert conn.execute("SELECT 1 FROM instances WHERE sop_uid=?", (ds.SOPInstanceUID,)).fetchone() is None
     finally:
         conn.close()
+
+
+def test_a_pdu_arriving_just_after_3f_found_nothing_is_still_read_by_3f(server: DicomServer, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """3f looked for the next PDU of a request and found nothing; the PDU arrives right then. The
+    library must not read it in the same pass (it did: the request then went on in the library,
+    stored correctly but without 3f, and without splice for a large data set; a clean-clone CI run
+    spliced nothing that way)."""
+    handed = _counted(monkeypatch, "_lean_to_library")
+    ds, raw = _data_set(tmp_path, "race", rows=128, cols=128)
+    peer = _Peer(server.port)  # type: ignore[attr-defined]
+    half = len(raw) // 2
+    rest = [_pdata((peer.ct, 2, raw[half:]))]
+    real_pass = pnd_tuning._fast_pdata
+
+    def late_arrival(dul: Any) -> bool | None:
+        read = real_pass(dul)
+        if not read and dul._bs_lean is not None and rest:  # nothing there: now it comes
+            peer.send(rest.pop())
+            select.select([dul.socket.socket], [], [], 10)
+        return read
+
+    monkeypatch.setattr(pnd_tuning, "_fast_pdata", late_arrival)
+    try:
+        peer.send(_pdata((peer.ct, 3, pnd_tuning.store_rq_command(13, CT, ds.SOPInstanceUID))),
+                  _pdata((peer.ct, 0, raw[:half])))
+        (response,) = peer.responses(1)
+    finally:
+        peer.close()
+    assert not rest  # the race was run
+    assert pnd_tuning.parse_command(response[12:])[0x0900] == b"\0\0"
+    assert handed == []  # 3f kept the request
+    conn = db.connect(server.data_dir)
+    try:
+        row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (ds.SOPInstanceUID,)).fetchone()
+    finally:
+        conn.close()
+    assert row is not None and Path(row[0]).read_bytes()[-len(raw):] == raw

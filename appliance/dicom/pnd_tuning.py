@@ -496,8 +496,10 @@ def _dul_loop(self: DULServiceProvider, waker_r: socket.socket) -> None:
             # (station) events already queued are acted on before the next read: reading blocks until a
             # whole PDU header is there, so a broken PDU followed by a partial one was answered (A-ABORT)
             # only at the time-out (found by the fuzzer)
-            elif self.event_queue.empty() and (_fast_pdata(self) or self._is_transport_event()):
-                self._idle_timer.restart()  # receive and decode PDU (3e: or write the data it carries)
+            elif self.event_queue.empty():
+                read = _fast_pdata(self)  # None: 3f holds a request and nothing came yet (see there)
+                if read is not None and (read or self._is_transport_event()):
+                    self._idle_timer.restart()  # receive and decode PDU (3e: or write the data it carries)
         except Exception as exc:
             _LOGGER_DUL.error("Exception in DUL.run(), aborting association")
             _LOGGER_DUL.exception(exc)
@@ -903,7 +905,7 @@ def _queue_for_library(dul: DULServiceProvider, header: bytes, body: bytearray) 
     dul._recv_pdu.put(pdu)
 
 
-def _fast_pdata(dul: DULServiceProvider) -> bool:
+def _fast_pdata(dul: DULServiceProvider) -> bool | None:
     """Read a P-DATA-TF PDU without the library's PDU objects, event queue and state machine, for
     3e (data fragments of a data set being streamed to disk) and 3f (a whole C-STORE request).
     In Sta6 the library's action DT-2 only hands the PDU's primitive to the DIMSE layer, which is
@@ -913,12 +915,15 @@ def _fast_pdata(dul: DULServiceProvider) -> bool:
     Returns True when a PDU was consumed: one neither part takes (another message, a command
     fragment where data must come, a malformed item) is queued for the library exactly as
     `_read_pdu_data` would; False when no PDU was read (the library's own check runs: another PDU
-    type, or nothing there yet).
+    type, or nothing there yet). None when 3f holds a request and nothing has come since: the
+    library must not look now, or a PDU arriving between the two looks is read by the library
+    (the request then goes on in the library, correct but without 3f and splice for the rest).
     """
     if not (_STREAM or _LEAN):  # called on every pass of the reactor loop: nothing more when both are off
         return False
-    if not _fast_pdata_once(dul):
-        return False
+    first = _fast_pdata_once(dul)
+    if not first:
+        return first
     # the next fragments of a data set still arriving, when already there, are read at once: a pass
     # of the reactor loop (its wait, timers and queues) for each of them cost more than the reading
     for _more in range(_MORE_PDUS):
@@ -938,7 +943,7 @@ _NOW = int(socket.MSG_DONTWAIT)
 _PEEK_NOW = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
-def _fast_pdata_once(dul: DULServiceProvider) -> bool:
+def _fast_pdata_once(dul: DULServiceProvider) -> bool | None:
     """`_fast_pdata` for one PDU."""
     assoc = dul.assoc
     lean: _LeanStore | None = dul._bs_lean  # type: ignore[attr-defined]
@@ -964,9 +969,13 @@ def _fast_pdata_once(dul: DULServiceProvider) -> bool:
         peeker = dul._bs_peeker = (raw, socket.socket(fileno=os.dup(raw.fileno())))  # type: ignore[attr-defined]
     try:
         header = peeker[1].recv(6, _PEEK_NOW)
+    except BlockingIOError:  # nothing there: the reactor waits for the socket, 3f looks again
+        return None if lean is not None else False
     except OSError:
         return False
-    if len(header) < 6:
+    if len(header) < 6:  # part of a header (the library's read waits for the rest) or the end of the stream
+        if lean is not None:
+            _lean_to_library(dul, lean)
         return False
     if header[0] != 0x04:  # another PDU (a release, an abort): the library's, with the message as far as it got
         if lean is not None:
