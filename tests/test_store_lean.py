@@ -144,6 +144,17 @@ def _counted(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     return calls
 
 
+def _stored_bytes(data: Path, sop_uid: str) -> bytes:
+    """The file the index names for `sop_uid` (AssertionError when it is not indexed)."""
+    conn = db.connect(data)
+    try:
+        row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (sop_uid,)).fetchone()
+    finally:
+        conn.close()
+    assert row is not None, f"{sop_uid} is not indexed"
+    return Path(row[0]).read_bytes()
+
+
 def _fields(pdu: bytes) -> dict[int, bytes]:
     """A response's command elements, without the group length and the SOP Instance UID (each run
     sends other objects)."""
@@ -213,13 +224,7 @@ def test_a_request_broken_off_by_a_command_goes_to_the_library_with_what_arrived
             peer.responses(1)
         finally:
             peer.close()
-        conn = db.connect(server.data_dir)
-        try:
-            row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (ds.SOPInstanceUID,)).fetchone()
-        finally:
-            conn.close()
-        assert row is not None
-        stored[lean] = Path(row[0]).read_bytes()[-len(raw):] == raw
+        stored[lean] = _stored_bytes(server.data_dir, ds.SOPInstanceUID)[-len(raw):] == raw
     assert stored == {False: True, True: True}
     assert handed == [1]
 
@@ -278,12 +283,7 @@ def test_a_pdu_the_library_reads_mid_request_continues_that_request(server: Dico
         peer.close()
     assert left == [1]
     assert pnd_tuning.parse_command(response[12:])[0x0900] == b"\0\0"
-    conn = db.connect(server.data_dir)
-    try:
-        row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (ds.SOPInstanceUID,)).fetchone()
-    finally:
-        conn.close()
-    assert row is not None and Path(row[0]).read_bytes()[-len(raw):] == raw
+    assert _stored_bytes(server.data_dir, ds.SOPInstanceUID)[-len(raw):] == raw
 
 
 @pytest.fixture
@@ -393,9 +393,4 @@ def test_a_pdu_arriving_just_after_3f_found_nothing_is_still_read_by_3f(server: 
     assert not rest  # the race was run
     assert pnd_tuning.parse_command(response[12:])[0x0900] == b"\0\0"
     assert handed == []  # 3f kept the request
-    conn = db.connect(server.data_dir)
-    try:
-        row = conn.execute("SELECT path FROM instances WHERE sop_uid=?", (ds.SOPInstanceUID,)).fetchone()
-    finally:
-        conn.close()
-    assert row is not None and Path(row[0]).read_bytes()[-len(raw):] == raw
+    assert _stored_bytes(server.data_dir, ds.SOPInstanceUID)[-len(raw):] == raw
