@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _UID_RE = re.compile(r"^[0-9]+(\.[0-9]+)*$")
@@ -209,6 +209,16 @@ class Store:
             unlink_quietly(tmp)
             raise
         return fd, size
+
+    def remove_unless_named(self, path: str, named_now: Callable[[], str | None]) -> None:
+        """Unlink a replaced copy of an instance (or the file of an arrival whose index commit
+        failed) unless `named_now()`, the path the index names for that instance, is `path` (again):
+        another copy may have been written there meanwhile, committed or about to be. The purge
+        lock held exclusively waits for every arrival between its file and its index row (they
+        hold it shared), so the index read under it says whether the path is in use."""
+        with self.lock.purge():
+            if named_now() != path:
+                unlink_quietly(path)
 
     def open_temp(self) -> tuple[int, str]:
         """A new temp file in the store's top folder, open for reading and writing: (descriptor,

@@ -110,8 +110,9 @@ module relies on changes shape, so an upgrade is a deliberate act.
    `splice`: a PDU holding one large data fragment of such a request goes from the socket
    through a pipe into the file (os.splice), never through Python (its item header is read, not
    peeked: a sender held back by a full receive window cuts the stream anywhere). A PDU of the
-   request that the library reads instead (3f saw only part of its header, or it came just after
-   3f looked) continues the request in the library (`_dimse_receive_primitive`).
+   request that the library reads instead (3f saw only part of its header) continues the request
+   in the library (`_dimse_receive_primitive`); while 3f holds a request and nothing has come,
+   the library does not look (`_fast_pdata` returns None).
    `_read_pdu_data`, `_serve_request` and `StorageServiceClass.SCP` (what 3f does instead of
    them) are pinned in the source-hash check.
 
@@ -430,9 +431,8 @@ def _discard_unfinished(dul: DULServiceProvider) -> None:
                     msg_queue.queue.remove(item)
                     sinks.append(data_set)
     for sink in sinks:
-        discard = getattr(sink, "discard", None)
-        if discard is not None:
-            discard()
+        if sink is not None:
+            sink.discard()
 
 
 # an A-ASSOCIATE-AC, -RJ or -RQ, an A-RELEASE-RQ or -RP PDU received (P-DATA: the DIMSE layer checks its
@@ -973,11 +973,9 @@ def _fast_pdata_once(dul: DULServiceProvider) -> bool | None:
         return None if lean is not None else False
     except OSError:
         return False
-    if len(header) < 6:  # part of a header (the library's read waits for the rest) or the end of the stream
-        if lean is not None:
-            _lean_to_library(dul, lean)
-        return False
-    if header[0] != 0x04:  # another PDU (a release, an abort): the library's, with the message as far as it got
+    if len(header) < 6 or header[0] != 0x04:
+        # part of a header (the library's read waits for the rest), the end of the stream, another
+        # PDU (a release, an abort): the library's, with the request as far as it got
         if lean is not None:
             _lean_to_library(dul, lean)
         return False
@@ -989,9 +987,9 @@ def _fast_pdata_once(dul: DULServiceProvider) -> bool | None:
             # the item's header is read, not peeked: a sender held back by a full receive window
             # may have cut the headers anywhere, and only reading opens the window again
             body = _recv_body(twin, assoc_sock, 6)
-            if len(body) == 6 and _splice_fragment(dul, lean, twin, body, length):
-                return True
             if len(body) == 6:
+                if _splice_fragment(dul, lean, twin, body, length):
+                    return True
                 body += assoc_sock.recv(length - 6)
         else:
             body = _recv_body(twin, assoc_sock, length)

@@ -13,9 +13,7 @@ The loop that starts them (`loop.Engine`) imports this module when the first tra
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -439,11 +437,8 @@ class GetStore:
                 old, unindexed = str(path), True  # its file goes as a replaced copy would (no row names it)
             else:
                 unindexed = False
-        if old:  # unless a copy arriving meanwhile (a dicom worker's) is at that path (store handler's rule)
-            with self.store.lock.purge():
-                if index.instance_path(self.conn, rec.sop_uid) != old:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(old)
+        if old:  # unless a copy arriving meanwhile (a dicom worker's) is at that path
+            self.store.remove_unless_named(old, lambda: index.instance_path(self.conn, rec.sop_uid))
         if unindexed:
             LOG.error("C-GET store: cannot index %s", path)
             return 0xA700

@@ -375,29 +375,14 @@ class StoreHandler:
         if unindexed is not None:  # its file goes unless the index names that path (an earlier copy's)
             LOG.error("cannot index %s: %s", path, unindexed)
             try:
-                self._remove_replaced(rec.sop_uid, path)
+                ctx.store.remove_unless_named(path, lambda: index.instance_path(ctx.conn(), rec.sop_uid))
             except Exception as exc:  # the index cannot be read either: the file stays (it may be named)
                 LOG.error("keeping %s, whose index row is unknown: %s", path, exc)
             return _failure(OUT_OF_RESOURCES, f"cannot index: {unindexed}")
         if old:  # the index names the new copy now: the old file goes, whatever the fsync said
-            self._remove_replaced(rec.sop_uid, old)
+            ctx.store.remove_unless_named(old, lambda: index.instance_path(ctx.conn(), rec.sop_uid))
         if synced is not None and fsync_error is not None:
             # indexed but not known to be on disk: no success (the sender sends it again)
             LOG.error("cannot fsync %s: %s", path, fsync_error)
             return _failure(OUT_OF_RESOURCES, f"cannot write file: {fsync_error}")
         return SUCCESS
-
-    def _remove_replaced(self, sop_uid: str, old: str) -> None:
-        """Unlink the copy an arrival's commit replaced (or the file of an arrival whose commit
-        failed), unless the index names that path (again):
-        another copy of the instance may have been written there meanwhile (sent again at once on
-        another association or worker, back in its first series), committed or about to be. The
-        purge lock held exclusively waits for every arrival between its file and its index row
-        (they hold it shared), so the index read under it says whether the path is in use."""
-        with self.ctx.store.lock.purge():
-            if index.instance_path(self.ctx.conn(), sop_uid) == old:
-                return
-            try:
-                os.unlink(old)
-            except FileNotFoundError:
-                pass
