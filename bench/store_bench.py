@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -487,12 +488,38 @@ def release_to_spool(root: Path, study: list[Path], load_files: list[Path], reps
 # --------------------------------------------------------------------------- main
 
 
+def machine_ticks() -> tuple[int, int]:
+    """(busy, all) clock ticks of every CPU so far, from /proc/stat (idle and iowait are not busy)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+class RunCost:
+    """What one measurement cost the machine besides its wall time: the senders' CPU (the storescu
+    processes, reaped within the run) and the share of every core that was busy. With the
+    station's CPU they give the floor a run on `cores` cores cannot go under: (station CPU +
+    senders' CPU) / cores. When that floor at 4 associations is above 0.7x the 1-association wall
+    time, the x4 target is out of reach without less CPU per object (bench/INGEST.md section 10)."""
+
+    senders = 0.0
+    busy = 0.0  # fraction of all cores' time, 0..1
+
+
+LAST_COST = RunCost()
+
+
 def measure(server: Server, work: Path, files: list[Path], concurrency: int) -> float:
     with server.running(work, concurrency):
         cpu0 = server.cpu() if isinstance(server, StationServer) else 0.0
         sys0 = server.system_cpu() if isinstance(server, StationServer) else 0.0
         per0 = {pid: cpu_seconds([pid]) for pid in server.pids} if isinstance(server, StationServer) else {}
+        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy0, all0 = machine_ticks()
         elapsed = run_storescu(server.aet, server.port, split(files, concurrency))
+        busy1, all1 = machine_ticks()
+        children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        LAST_COST.senders = (children1.ru_utime - children0.ru_utime) + (children1.ru_stime - children0.ru_stime)
+        LAST_COST.busy = (busy1 - busy0) / max(all1 - all0, 1)
         if isinstance(server, StationServer):
             server.last_cpu = server.cpu() - cpu0
             server.last_system = server.system_cpu() - sys0
@@ -546,6 +573,22 @@ def print_paired(times: dict[tuple[str, str, int], list[float]], server_names: l
                 print(f"  station / {name} {set_name} x{conc}: {ratio:.2f}")
 
 
+def print_floors(times: dict[tuple[str, str, int], list[float]], floors: dict[tuple[str, str, int], list[float]],
+                 concs: list[int]) -> None:
+    """Each station row's CPU floor, (station CPU + senders' CPU) / cores, against its wall time,
+    and the floor of the x4 run over the x1 wall time (paired): the best x4 / x1 that this much
+    CPU per object allows here, however well the work is spread over the cores."""
+    print(f"CPU floor ((station CPU + senders' CPU) / {os.cpu_count()} cores), median:")
+    for key in sorted(floors):
+        name, set_name, conc = key
+        line = (f"  {name} {set_name} x{conc}: floor {statistics.median(floors[key]):.2f}s, "
+                f"wall / floor {paired_ratio(times[key], floors[key]):.2f}")
+        base = (name, set_name, concs[0])
+        if conc != concs[0] and base in times:
+            line += f"; floor / x{concs[0]} wall {paired_ratio(floors[key], times[base]):.2f} (the best x{conc} / x{concs[0]})"
+        print(line)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="repetitions of every measurement (default 3)")
@@ -582,6 +625,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir()
         times: dict[tuple[str, str, int], list[float]] = {}
         cpus: dict[tuple[str, str, int], list[float]] = {}
+        floors: dict[tuple[str, str, int], list[float]] = {}
         for rep in range(args.reps if servers else 0):
             order = servers[rep % len(servers):] + servers[:rep % len(servers)]
             for server in order:
@@ -593,7 +637,10 @@ def main(argv: list[str] | None = None) -> int:
                                if isinstance(server, StationServer) else "")
                         if isinstance(server, StationServer):
                             cpus.setdefault((server.name, set_name, conc), []).append(server.last_cpu)
-                        print(f"  rep {rep + 1}: {server.name:8s} {set_name:5s} x{conc}: {elapsed:6.2f}s{cpu}",
+                            floors.setdefault((server.name, set_name, conc), []).append(
+                                (server.last_cpu + LAST_COST.senders) / (os.cpu_count() or 1))
+                        cost = f"  senders' CPU {LAST_COST.senders:.2f}s, cores busy {100 * LAST_COST.busy:.0f}%"
+                        print(f"  rep {rep + 1}: {server.name:8s} {set_name:5s} x{conc}: {elapsed:6.2f}s{cpu}{cost}",
                               flush=True)
         print()
         print(f"load average now: {os.getloadavg()[0]:.2f}; cores: {os.cpu_count()}; reps: {args.reps}")
@@ -616,6 +663,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
         if len(concs) > 1 or ratio_cols:
             print_paired(times, server_names, set_names, concs, ratio_cols)
+        if floors:
+            print_floors(times, floors, concs)
         if args.e2e or args.e2e_only:
             study = make_set(root / "sets" / "ct500", "ct", 500, 512, 512)
             load_set = files.get("small") or make_set(root / "sets" / "small", "small", *SETS["small"])
