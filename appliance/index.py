@@ -438,6 +438,9 @@ def close_association(conn: sqlite3.Connection, assoc_id: int, *, stored: int, f
     )
 
 
+_LEFT_OPEN = "result='open' AND (worker=? OR (?=1 AND (worker>? OR worker<1)))"  # worker, worker, workers
+
+
 def close_interrupted_associations(conn: sqlite3.Connection, worker: int = 1, workers: int = 1) -> int:
     """Mark associations still 'open' from before a crash as 'interrupted', with what they stored.
 
@@ -448,9 +451,21 @@ def close_interrupted_associations(conn: sqlite3.Connection, worker: int = 1, wo
     cur = conn.execute(
         "UPDATE associations SET result='interrupted', ended_at=?, detail='the station stopped during it', "
         "stored=(SELECT COUNT(*) FROM association_instances a WHERE a.assoc_id=associations.id) "
-        "WHERE result='open' AND (worker=? OR (?=1 AND (worker>? OR worker<1)))",
-        (time.time(), worker, worker, workers))
+        f"WHERE {_LEFT_OPEN}", (time.time(), worker, worker, workers))
     return cur.rowcount
+
+
+def interrupted_since(conn: sqlite3.Connection, worker: int = 1, workers: int = 1) -> float | None:
+    """When the earliest association that `close_interrupted_associations` would close started
+    (None: there is none, the last stop of this worker was clean)."""
+    row = conn.execute(f"SELECT MIN(started_at) FROM associations WHERE {_LEFT_OPEN}",
+                       (worker, worker, workers)).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def paths_received_since(conn: sqlite3.Connection, since: float) -> set[str]:
+    """The paths the index names for instances received at or after `since`."""
+    return {r[0] for r in conn.execute("SELECT path FROM instances WHERE received_at >= ?", (since,))}
 
 
 def recent_associations(conn: sqlite3.Connection, limit: int = 100) -> list[sqlite3.Row]:

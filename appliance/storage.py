@@ -210,15 +210,21 @@ class Store:
             raise
         return fd, size
 
-    def remove_unless_named(self, path: str, named_now: Callable[[], str | None]) -> None:
+    def remove_unless_named(self, path: str, named_now: Callable[[], str | None]) -> bool:
         """Unlink a replaced copy of an instance (or the file of an arrival whose index commit
         failed) unless `named_now()`, the path the index names for that instance, is `path` (again):
         another copy may have been written there meanwhile, committed or about to be. The purge
         lock held exclusively waits for every arrival between its file and its index row (they
-        hold it shared), so the index read under it says whether the path is in use."""
+        hold it shared), so the index read under it says whether the path is in use. True when
+        the file was removed."""
         with self.lock.purge():
             if named_now() != path:
-                unlink_quietly(path)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    return False
+                return True
+        return False
 
     def open_temp(self) -> tuple[int, str]:
         """A new temp file in the store's top folder, open for reading and writing: (descriptor,
@@ -267,6 +273,29 @@ class Store:
             raise
         return fd, tmp, size
 
+    def files_written_since(self, since: float) -> Iterator[str]:
+        """Paths of the stored objects (`<study>/<series>/<sop>.dcm`) last written at or after
+        `since` (time.time()). Only series folders changed since then are listed: a file written
+        or renamed into a folder changes the folder's time. Folders removed meanwhile (a purge) are
+        skipped."""
+        for study in _scan(self._root_text):
+            if not study.is_dir(follow_symlinks=False):
+                continue
+            for series in _scan(study.path):
+                try:
+                    if not series.is_dir(follow_symlinks=False) or series.stat(follow_symlinks=False).st_mtime < since:
+                        continue
+                except FileNotFoundError:
+                    continue
+                for entry in _scan(series.path):
+                    if entry.name.startswith(".") or not entry.name.endswith(".dcm"):
+                        continue
+                    try:
+                        if entry.stat(follow_symlinks=False).st_mtime >= since:
+                            yield entry.path
+                    except FileNotFoundError:
+                        continue
+
     def remove_stale_temp_files(self) -> int:
         """Delete temp files left by a crash mid-write (they were never acknowledged); those of a
         live process (another dicom worker writing now: the pid is in the name) stay."""
@@ -298,6 +327,15 @@ def _writer_alive(temp_name: str) -> bool:
     except OSError:
         return False
     return b"\x00service\x00dicom" in cmdline or b"\x00service\x00transfer" in cmdline
+
+
+def _scan(folder: str) -> list[os.DirEntry[str]]:
+    """The entries of `folder`, or none when it is gone (a purge removed it)."""
+    try:
+        with os.scandir(folder) as entries:
+            return list(entries)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def unlink_quietly(path: str) -> None:

@@ -288,10 +288,6 @@ def test_killing_a_worker_between_write_and_commit_loses_nothing_acknowledged(
         indexed = _indexed(st.data)
         missing = {sop_of[a] for a in acked} - indexed
         assert not missing, f"{len(missing)} acknowledged instances are not indexed"
-        on_disk = {p.stem for p in (st.data / "storage").rglob("*.dcm")}
-        # the kill hit the window: files written and fsync'd whose commit never ran (never acknowledged)
-        assert on_disk - indexed, "the kill did not land between a write and its commit"
-        assert not (on_disk - indexed) & {sop_of[a] for a in acked}
         # the supervisor restarts the worker, which closes its own interrupted associations
         def closed() -> bool:
             c = sqlite3.connect(st.data / "state.db", timeout=30)
@@ -302,6 +298,14 @@ def test_killing_a_worker_between_write_and_commit_loses_nothing_acknowledged(
                 c.close()
 
         wait_for(closed, 60, "the killed worker's associations marked interrupted")
+        # ... and removes the files the kill left between their write and their commit (never acknowledged)
+        swept = re.compile(r"never indexed: (\d+) removed")
+        wait_for(lambda: swept.search(st.log()), 60, "the restarted worker's look for unindexed files")
+        assert int(swept.search(st.log()).group(1)) >= 1, "the kill did not land between a write and its commit"
+        assert not {sop_of[a] for a in acked} & {
+            Path(m).stem for m in re.findall(r"removed (\S+\.dcm): written", st.log())}
+        on_disk = {p.stem for p in (st.data / "storage").rglob("*.dcm")}
+        assert on_disk == _indexed(st.data), "files on disk that the index does not name, or the other way round"
 
 
 def _open_per_worker(data: Path) -> dict[int, int]:

@@ -335,6 +335,28 @@ def test_an_instance_sent_again_keeps_its_stored_copy_when_the_new_one_cannot_be
     assert _files(ctx) == [path]  # no temp file either
 
 
+@pytest.mark.parametrize("busy", [False, True])
+def test_an_instance_moved_to_another_series_keeps_its_old_copy_when_the_new_one_cannot_be_synced(
+        ctx: StationContext, monkeypatch: pytest.MonkeyPatch, busy: bool) -> None:
+    """Sent again in another series, the new copy goes to another path (renamed before its fsync,
+    committed meanwhile). When its fsync fails the sender hears A700; the copy stored and
+    acknowledged before used to be deleted all the same, leaving the instance only in a file not
+    known to be on disk. It is kept."""
+    monkeypatch.setattr(store, "_STORING", [1 if busy else 0])
+    sop = "1.2.826.0.1.3680043.10.1457.99.5"
+    handler, moved, _same = _stored_then_two_copies(ctx, sop)
+    old = ctx.store.path_for("1.2.3", "1.2.3.1", sop)
+    stored = old.read_bytes()
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    status = handler(store_event(ctx, moved))
+    assert not isinstance(status, int) and status.Status == store.OUT_OF_RESOURCES
+    assert old.read_bytes() == stored
+
+
 @pytest.mark.parametrize("before", [False, True])
 def test_a_retrieved_instance_whose_commit_fails_leaves_its_file_only_where_the_index_names_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: bool) -> None:

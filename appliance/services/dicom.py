@@ -7,8 +7,9 @@ import os
 import threading
 from pathlib import Path
 
-from appliance import index
+from appliance import db, index
 from appliance.config import Settings
+from appliance.dicom import ingest
 from appliance.dicom.server import DicomServer
 from appliance.services import stop_event
 
@@ -26,6 +27,7 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     settings = Settings(data_dir)
     server = DicomServer(Path(data_dir), settings, worker)
     server.ctx.store.remove_stale_temp_files()
+    since = index.interrupted_since(server.ctx.conn(), worker, settings.dicom_workers())
     interrupted = index.close_interrupted_associations(server.ctx.conn(), worker, settings.dicom_workers())
     if interrupted:
         LOG.warning("%d association(s) were interrupted by the last stop", interrupted)
@@ -43,6 +45,9 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
         retry = True
     if ready is not None:
         ready.set()
+    if since is not None:  # files it wrote whose commit never ran: found while the listeners already serve
+        threading.Thread(target=_remove_unacknowledged, args=(Path(data_dir), server, since),
+                         name="unacknowledged", daemon=True).start()
     try:
         while not stop.wait(1.0):
             server.publish_load()  # a missed update of the shared connection count heals here
@@ -58,3 +63,16 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
                     retry = True
     finally:
         server.stop()
+
+
+def _remove_unacknowledged(data_dir: Path, server: DicomServer, since: float) -> None:
+    """ingest.remove_unacknowledged on a connection of its own, logged (a background thread)."""
+    conn = db.connect(data_dir)
+    try:
+        removed = ingest.remove_unacknowledged(conn, server.ctx.store, since)
+    except Exception:
+        LOG.exception("could not look for files the last stop left unindexed")
+        return
+    finally:
+        conn.close()
+    LOG.info("files written since the interrupted associations began and never indexed: %d removed", removed)

@@ -379,10 +379,12 @@ class StoreHandler:
             except Exception as exc:  # the index cannot be read either: the file stays (it may be named)
                 LOG.error("keeping %s, whose index row is unknown: %s", path, exc)
             return _failure(OUT_OF_RESOURCES, f"cannot index: {unindexed}")
-        if old:  # the index names the new copy now: the old file goes, whatever the fsync said
-            ctx.store.remove_unless_named(old, lambda: index.instance_path(ctx.conn(), rec.sop_uid))
         if synced is not None and fsync_error is not None:
-            # indexed but not known to be on disk: no success (the sender sends it again)
-            LOG.error("cannot fsync %s: %s", path, fsync_error)
+            # indexed but not known to be on disk: no success (the sender sends it again), and a copy
+            # stored before elsewhere (the instance moved to another series) is kept: it is on disk
+            LOG.error("cannot fsync %s: %s%s", path, fsync_error,
+                      f" (keeping the copy stored before, {old})" if old else "")
             return _failure(OUT_OF_RESOURCES, f"cannot write file: {fsync_error}")
+        if old:  # the index names the new copy now, known to be on disk: the old file goes
+            ctx.store.remove_unless_named(old, lambda: index.instance_path(ctx.conn(), rec.sop_uid))
         return SUCCESS
