@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -23,8 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from appliance import db
 
+LOG = logging.getLogger("burnstation.index")
+
 if TYPE_CHECKING:  # pydicom is imported where a dataset is read: the hl7 process uses this module without one
     from pydicom.dataset import Dataset
+
+    from appliance.storage import Store
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS patients (
@@ -893,6 +899,77 @@ def sync_with_files(conn: sqlite3.Connection, storage_dir: Path) -> tuple[int, i
             conn.execute("DELETE FROM instances WHERE sop_uid=?", (sop,))
             _prune(conn, series, study)
     return added, len(gone), bad
+
+
+
+UNACKNOWLEDGED_SLACK = 5.0  # seconds: file times come from the kernel's coarse clock (a few ms behind time.time())
+# and index times are taken moments after the file's write: both are compared with this margin
+
+
+def remove_unacknowledged(conn: sqlite3.Connection, store: Store, since: float) -> int:
+    """Delete the stored files written since `since` that the index does not name, and return how
+    many.
+
+    Why: a file is written (and renamed into place) before its index commit, so a worker killed
+    between the two leaves a file whose arrival was never acknowledged. The sender sends it again,
+    usually to the same path; if it does not, nothing else would ever remove it (retention and the
+    burner see only indexed instances). Called after a stop that interrupted associations (a dicom
+    worker) or C-GET retrievals (the transfer process), with the earliest one's start: files written
+    since then are the only candidates.
+
+    Race-free with arrivals going on meanwhile (other workers, the transfer process): a candidate is
+    removed by `Store.remove_unless_named`, under the purge lock held exclusively, which waits for
+    every arrival between its file and its index row. The index read under it is the final word:
+    the path the index names for the file's own SOP Instance UID, compared as real paths (a data
+    folder given as a relative path or through a symbolic link names the same file). A file whose
+    UID cannot be read is no complete arrival (one that was acknowledged was read in full).
+    """
+    since -= UNACKNOWLEDGED_SLACK
+    named = {os.path.abspath(p) for p in paths_received_since(conn, since)}
+    removed = 0
+    for path in store.files_written_since(since):
+        if os.path.abspath(path) in named:
+            continue
+
+        def named_now(path: str = path) -> str | None:
+            sop = _sop_uid_of(path)
+            indexed = instance_path(conn, sop) if sop else None
+            return path if indexed is not None and os.path.realpath(indexed) == os.path.realpath(path) else None
+
+        if store.remove_unless_named(path, named_now):
+            removed += 1
+            LOG.warning("removed %s: written, but its arrival was neither indexed nor acknowledged "
+                        "(the last stop cut it off)", path)
+    return removed
+
+
+def start_removing_unacknowledged(data_dir: Path, store: Store, since: float) -> threading.Thread:
+    """`remove_unacknowledged` in a thread of its own (on a connection of its own), logged: a
+    process starting after an interrupted stop runs it while it already serves."""
+    def run() -> None:
+        conn = db.connect(data_dir)
+        try:
+            removed = remove_unacknowledged(conn, store, since)
+        except Exception:
+            LOG.exception("could not look for files the last stop left unindexed")
+            return
+        finally:
+            conn.close()
+        LOG.info("files written since the interrupted work began and never indexed: %d removed", removed)
+
+    thread = threading.Thread(target=run, name="unacknowledged", daemon=True)
+    thread.start()
+    return thread
+
+def _sop_uid_of(path: str) -> str | None:
+    """The SOP Instance UID a stored file holds (None: unreadable or absent)."""
+    from pydicom import dcmread
+
+    try:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    except Exception:
+        return None
+    return str(ds.get("SOPInstanceUID", "") or "").strip() or None
 
 
 # --- the query model's reads (C-FIND, C-MOVE, C-GET) ---------------------------------------------

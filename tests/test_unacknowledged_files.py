@@ -1,5 +1,5 @@
 """Files a crash left between their write and their index commit (never acknowledged): found and
-removed after an interrupted stop, and nothing else with them (ingest.remove_unacknowledged)."""
+removed after an interrupted stop, and nothing else with them (index.remove_unacknowledged)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from store_handler_support import handler_context, store_event
 from support import make_dataset
 
 from appliance import db, index
-from appliance.dicom import ingest
 from appliance.dicom.context import StationContext
 from appliance.dicom.handlers import store
 
@@ -50,7 +49,7 @@ def _age(path: Path, seconds: float) -> None:
 
 def _sweep(ctx: StationContext, since: float) -> int:
     with contextlib.closing(db.connect(ctx.store.root.parent)) as conn:
-        return ingest.remove_unacknowledged(conn, ctx.store, since)
+        return index.remove_unacknowledged(conn, ctx.store, since)
 
 
 def test_files_written_since_lists_the_objects_of_recently_changed_series_folders(ctx: StationContext) -> None:
@@ -75,6 +74,14 @@ def test_only_recent_files_the_index_does_not_name_are_removed(ctx: StationConte
     assert not cut_off.exists() and not garbage.exists()
     assert all(p.exists() for p in acknowledged) and before.exists()
     assert _sweep(ctx, since) == 0
+
+
+def test_a_file_stamped_just_before_its_association_began_is_still_found(ctx: StationContext) -> None:
+    """File times come from the kernel's coarse clock, a few milliseconds behind time.time(): the
+    first file of an association can carry a time before the association's own start."""
+    cut_off = _unindexed(ctx, "1.2.3.1.12")
+    assert _sweep(ctx, cut_off.stat().st_mtime + 0.004) == 1
+    assert not cut_off.exists()
 
 
 def test_a_file_named_for_another_instance_is_removed(ctx: StationContext) -> None:
@@ -136,3 +143,29 @@ def test_a_data_folder_named_another_way_names_the_same_files(tmp_path: Path, mo
     linked = handler_context(tmp_path / "link", monkeypatch)
     assert _sweep(linked, time.time() - 60) == 0
     assert (data / stored.relative_to("data")).exists()
+
+
+@pytest.mark.parametrize("method", ["get", "move"])
+def test_the_transfer_process_removes_what_an_interrupted_c_get_left(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """C-GET retrievals are written by the transfer process itself, each file before its commit: a
+    start after a stop that interrupted one removes what it left unindexed. A C-MOVE's instances
+    arrive through the dicom workers (which look after their own), so none is looked for then."""
+    from appliance.transfer import jobs, loop
+
+    ctx = handler_context(tmp_path, monkeypatch)
+    kept = _stored(ctx, "1.2.3.1.10")
+    with contextlib.closing(db.connect(tmp_path)) as conn:
+        transfer_id = jobs.create_retrieve(conn, "PACS", method, STUDY)
+        assert jobs.claim(conn, transfer_id)
+    left = _unindexed(ctx, "1.2.3.1.11")
+    sweeps: list[threading.Thread] = []
+    start = index.start_removing_unacknowledged
+    monkeypatch.setattr(index, "start_removing_unacknowledged", lambda *args: sweeps.append(start(*args)))
+    loop.Engine(tmp_path).recover()
+    for thread in sweeps:
+        thread.join(30)
+    assert len(sweeps) == (1 if method == "get" else 0)
+    assert left.exists() is (method == "move") and kept.exists()
+    with contextlib.closing(db.connect(tmp_path)) as conn:
+        assert jobs.get(conn, transfer_id)["state"] == "queued"  # and the retrieval itself is resumed

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import sqlite3
 import threading
@@ -37,9 +36,8 @@ from pathlib import Path
 
 from appliance import db, index
 from appliance.dicom import pnd_tuning
-from appliance.storage import Store, ThreadFd
+from appliance.storage import ThreadFd
 
-LOG = logging.getLogger("burnstation.dicom.ingest")
 WRITE_LOCK_FILE = "run/index-write.lock"
 WAL_CHECKPOINT_PAGES = 8000  # the writer connection's wal_autocheckpoint (SQLite's default: 1000; 4 KB pages)
 # Test hook: seconds each commit waits, files written and fsync'd, before its transaction, so a
@@ -165,51 +163,3 @@ class IndexWriter:
             self._committing = False
             self._cond.notify_all()
 
-
-UNACKNOWLEDGED_SLACK = 5.0  # seconds: index times and file times come from the same clock, read moments apart
-
-
-def remove_unacknowledged(conn: sqlite3.Connection, store: Store, since: float) -> int:
-    """Delete the stored files written since `since` that the index does not name, and return how
-    many.
-
-    Why: a file is written (and renamed into place) before its index commit, so a worker killed
-    between the two leaves a file whose arrival was never acknowledged. The sender sends it again,
-    usually to the same path; if it does not, nothing else would ever remove it (retention and the
-    burner see only indexed instances). Called after a stop that interrupted associations, with the
-    earliest one's start: files written since then are the only candidates.
-
-    Race-free with arrivals going on meanwhile (other workers, the transfer process): a candidate is
-    removed by `Store.remove_unless_named`, under the purge lock held exclusively, which waits for
-    every arrival between its file and its index row. The index read under it is the final word:
-    the path the index names for the file's own SOP Instance UID, compared as real paths (a data
-    folder given as a relative path or through a symbolic link names the same file). A file whose
-    UID cannot be read is no complete arrival (one that was acknowledged was read in full).
-    """
-    named = {os.path.abspath(p) for p in index.paths_received_since(conn, since - UNACKNOWLEDGED_SLACK)}
-    removed = 0
-    for path in store.files_written_since(since):
-        if os.path.abspath(path) in named:
-            continue
-
-        def named_now(path: str = path) -> str | None:
-            sop = _sop_uid_of(path)
-            indexed = index.instance_path(conn, sop) if sop else None
-            return path if indexed is not None and os.path.realpath(indexed) == os.path.realpath(path) else None
-
-        if store.remove_unless_named(path, named_now):
-            removed += 1
-            LOG.warning("removed %s: written, but its arrival was neither indexed nor acknowledged "
-                        "(the last stop cut it off)", path)
-    return removed
-
-
-def _sop_uid_of(path: str) -> str | None:
-    """The SOP Instance UID a stored file holds (None: unreadable or absent)."""
-    from pydicom import dcmread
-
-    try:
-        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-    except Exception:
-        return None
-    return str(ds.get("SOPInstanceUID", "") or "").strip() or None

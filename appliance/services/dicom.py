@@ -7,9 +7,8 @@ import os
 import threading
 from pathlib import Path
 
-from appliance import db, index
+from appliance import index
 from appliance.config import Settings
-from appliance.dicom import ingest
 from appliance.dicom.server import DicomServer
 from appliance.services import stop_event
 
@@ -46,8 +45,7 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     if ready is not None:
         ready.set()
     if since is not None:  # files it wrote whose commit never ran: found while the listeners already serve
-        threading.Thread(target=_remove_unacknowledged, args=(Path(data_dir), server, since),
-                         name="unacknowledged", daemon=True).start()
+        index.start_removing_unacknowledged(Path(data_dir), server.ctx.store, since)
     try:
         while not stop.wait(1.0):
             server.publish_load()  # a missed update of the shared connection count heals here
@@ -64,15 +62,3 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
     finally:
         server.stop()
 
-
-def _remove_unacknowledged(data_dir: Path, server: DicomServer, since: float) -> None:
-    """ingest.remove_unacknowledged on a connection of its own, logged (a background thread)."""
-    conn = db.connect(data_dir)
-    try:
-        removed = ingest.remove_unacknowledged(conn, server.ctx.store, since)
-    except Exception:
-        LOG.exception("could not look for files the last stop left unindexed")
-        return
-    finally:
-        conn.close()
-    LOG.info("files written since the interrupted associations began and never indexed: %d removed", removed)

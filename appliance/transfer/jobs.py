@@ -297,6 +297,15 @@ def retry(conn: sqlite3.Connection, transfer_id: str) -> str:
     raise TransferError(f"{transfer_id}: only a failed or cancelled transfer can be retried; it is {transfer['state']}")
 
 
+def interrupted_retrievals_since(conn: sqlite3.Connection) -> float | None:
+    """When the earliest C-GET retrieval that `recover` will queue again started (None: none was
+    running). Its files are written here, each before its index commit (C-MOVE's arrive through
+    the dicom workers)."""
+    row = conn.execute("SELECT MIN(started_at) FROM transfers WHERE state='running' AND kind=? AND method='get'",
+                       (RETRIEVE,)).fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
 def recover(conn: sqlite3.Connection) -> int:
     """At start: transfers left running by a stop or a crash go back to the queue, in their place."""
     return conn.execute("UPDATE transfers SET state='queued', message='resumed after a restart', updated_at=? "

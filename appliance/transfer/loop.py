@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from appliance import db
+from appliance import db, index
 from appliance.config import Settings
 from appliance.transfer import jobs
 from appliance.transfer.rules import list_rules
@@ -76,6 +76,11 @@ class Engine:
         journaled = jobs.apply_journals(self.conn, self.data_dir)
         if journaled:
             LOG.info("%d answer(s) of interrupted sends taken from their journals", journaled)
+        since = jobs.interrupted_retrievals_since(self.conn)
+        if since is not None:  # retrieved files whose index commit never ran
+            from appliance.storage import Store
+
+            index.start_removing_unacknowledged(self.data_dir, Store(self.data_dir), since)
         resumed = jobs.recover(self.conn)
         if resumed:
             LOG.info("%d transfer(s) interrupted by the last stop queued again", resumed)
