@@ -42,17 +42,37 @@ class Orthanc:
         self.config.write_text(json.dumps(config, indent=1))
 
     def start(self) -> Orthanc:
-        log = open(self.root / "orthanc.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.proc = subprocess.Popen([ORTHANC, str(self.config)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.get("/system")
-                return self
-            except (OSError, urllib.error.URLError):
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"Orthanc did not start: {(self.root / 'orthanc.log').read_text()[-2000:]}") from None
-                time.sleep(0.1)
+        """Start it and wait until its REST API answers. Its ports were picked free when it was made,
+        but a parallel test (or an outgoing connection's ephemeral port) can take one before it
+        starts: a taken HTTP port is picked again; the DICOM port is what peers were told, so it
+        is tried again for a while (an ephemeral holder lets go soon)."""
+        for attempt in range(20):
+            log_path = self.root / "orthanc.log"
+            start = log_path.stat().st_size if log_path.exists() else 0
+            log = open(log_path, "ab")  # noqa: SIM115 - lives as long as the process
+            self.proc = subprocess.Popen([ORTHANC, str(self.config)], stdout=log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    self.request("GET", "/system", timeout=2)  # short: the port may be someone else's
+                    return self
+                except (OSError, urllib.error.URLError):
+                    if self.proc.poll() is None and time.monotonic() <= deadline:
+                        time.sleep(0.1)
+                        continue
+                text = log_path.read_bytes()[start:].decode(errors="replace")
+                if self.proc.poll() is None or "already in use" not in text or attempt == 19:
+                    raise RuntimeError(f"Orthanc did not start: {text[-2000:]}") from None
+                log.close()
+                if "HTTP server" in text:
+                    self.http_port = free_port()
+                    config = json.loads(self.config.read_text())
+                    config["HttpPort"] = self.http_port
+                    self.config.write_text(json.dumps(config, indent=1))
+                else:
+                    time.sleep(0.5)
+                break
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -70,9 +90,9 @@ class Orthanc:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> Any:
+    def request(self, method: str, path: str, body: bytes | None = None, timeout: float = 30) -> Any:
         req = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=body, method=method)
-        with urllib.request.urlopen(req, timeout=30) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             data = resp.read()
         return json.loads(data) if data else None
 
