@@ -46,9 +46,47 @@ def check_station_allowed() -> None:
             "that builds the Station, so that `make test-fast` leaves it out")
 
 
+def _port_slice() -> range:
+    """This test process's own ports: below the kernel's ephemeral range, where no outgoing
+    connection of a parallel test (whose local port the kernel picks there) can take one between
+    free_port() and the server's bind, and a slice per xdist worker, so that two workers never
+    hand out the same one. Empty when the ephemeral range starts too low for that."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return range(0)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    number = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = (ephemeral_low - 10000) // 8
+    if size < 500:
+        return range(0)
+    low = 10000 + (number % 8) * size
+    return range(low, low + size)
+
+
+_PORTS = _port_slice()
+_next_port = [0]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A free TCP port, never one this test process handed out before (the kernel may give the
-    same ephemeral port to two quick probes, and a station needs four distinct ones)."""
+    """A free TCP port, never one this test process handed out before: from this process's own
+    slice below the ephemeral range (`_port_slice`), else one the kernel picks (which may then be
+    taken by someone's outgoing connection before the server binds it)."""
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port[0] % len(_PORTS)]
+        _next_port[0] += 1
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
