@@ -17,6 +17,7 @@ import struct
 import threading
 import time
 import weakref
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,6 +89,40 @@ class PurgeLock:
         return self._held(fcntl.LOCK_EX)
 
 
+PATH_LOCK_FILE = ".storage-paths.lock"  # beside PURGE_LOCK_FILE
+_PATH_SLOTS = 1 << 20  # paths hashed to one byte each of the lock file; two paths sharing one only wait for each other
+
+
+class PathLock:
+    """Keeps two arrivals of one path apart (across processes) from the file until its index row:
+    two copies of one instance sent at once (two associations, two workers, a C-GET) would
+    otherwise interleave, the last rename winning the file and the last commit the row, and these
+    could be different copies. Each holds a write lock on one byte of a shared lock file (an
+    open-file-description lock, so threads of one process exclude each other too; one descriptor
+    per thread, as PurgeLock)."""
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(data_dir) / PATH_LOCK_FILE
+        self._local = threading.local()
+
+    def _fd(self) -> int:
+        held = getattr(self._local, "held", None)
+        if held is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            held = ThreadFd(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            self._local.held = held
+        return held.fd
+
+    @contextlib.contextmanager
+    def held(self, path: str | os.PathLike[str]) -> Iterator[None]:
+        fd = self._fd()
+        slot = zlib.crc32(os.fsencode(path)) % _PATH_SLOTS
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, slot, 1, 0))
+        try:
+            yield
+        finally:
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_UNLCK, os.SEEK_SET, slot, 1, 0))
+
 def free_bytes(path: str | os.PathLike[str]) -> int:
     return shutil.disk_usage(path).free
 
@@ -151,6 +186,7 @@ class Store:
         self._made: set[str] = set()
         self._serial = itertools.count()  # temp names unique within the process (with the pid)
         self.lock = PurgeLock(self.root.parent)
+        self.path_lock = PathLock(self.root.parent)
         self._free_seen = (0.0, 0)  # (monotonic time, free bytes) of the last statvfs (check_space)
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:

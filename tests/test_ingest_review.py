@@ -160,6 +160,81 @@ def test_a_replaced_copy_is_kept_while_a_new_copy_at_its_path_waits_for_its_comm
     assert not ctx.store.path_for("1.2.3", "1.2.3.2", sop).exists()
 
 
+def test_two_copies_at_one_path_leave_the_file_and_the_row_of_the_same_copy(
+        ctx: StationContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two copies of one instance, same path, sent at once and differing (here in Instance Number):
+    the first is renamed into place, the second renamed over it and committed, then the first
+    committed: the file was the second copy's and the row the first's. One arrival of a path at a
+    time (Store.path_lock) keeps the second waiting until the first is committed."""
+    from pydicom import dcmread
+
+    sop = "1.2.826.0.1.3680043.10.1457.99.6"
+    handler = store.StoreHandler(ctx)
+    first = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1", instance_number=1)
+    second = make_dataset(sop_uid=sop, study_uid="1.2.3", series_uid="1.2.3.1", instance_number=2)
+    renamed, gate = threading.Event(), threading.Event()
+    write_unsynced = ctx.store.write_unsynced
+
+    def pause_after_rename(path: str, chunks: list[Any]) -> tuple[int, int]:  # the first copy, before its commit
+        out = write_unsynced(path, chunks)
+        renamed.set()
+        assert gate.wait(30)
+        return out
+
+    monkeypatch.setattr(ctx.store, "write_unsynced", pause_after_rename)
+    statuses: dict[str, Any] = {}
+    threads = {name: threading.Thread(target=lambda n=name, ds=ds: statuses.__setitem__(n, handler(store_event(ctx, ds))))
+               for name, ds in (("first", first), ("second", second))}
+    threads["first"].start()
+    assert renamed.wait(30)
+    threads["second"].start()  # the file exists now: written with Store.write, renamed over the first
+    threads["second"].join(1.0)  # a window for it to be renamed and committed before the first's commit
+    gate.set()
+    for thread in threads.values():
+        thread.join(30)
+    assert statuses == {"first": store.SUCCESS, "second": store.SUCCESS}
+    path = ctx.store.path_for("1.2.3", "1.2.3.1", sop)
+    row = ctx.conn().execute("SELECT instance_number FROM instances WHERE sop_uid=?", (sop,)).fetchone()
+    assert str(row["instance_number"]) == str(dcmread(path).InstanceNumber)
+
+
+def test_the_path_lock_keeps_processes_apart_and_other_paths_free(tmp_path: Path) -> None:
+    """Store.path_lock across processes (the dicom workers, the transfer process): a path another
+    process holds is waited for; another path is not."""
+    import subprocess
+    import sys
+
+    from appliance.storage import Store
+
+    held = str(tmp_path / "storage" / "1.2.3" / "1.2.3.1" / "1.2.3.1.1.dcm")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from appliance.storage import Store; s = Store(sys.argv[1]); "
+         "ctx = s.path_lock.held(sys.argv[2]); ctx.__enter__(); print('held', flush=True); sys.stdin.read()",
+         str(tmp_path), held],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        store_ = Store(tmp_path)
+        with store_.path_lock.held(held.replace("1.2.3.1.1.dcm", "1.2.3.1.2.dcm")):
+            pass  # another path: not waited for
+        got = threading.Event()
+
+        def take() -> None:
+            with store_.path_lock.held(held):
+                got.set()
+
+        taker = threading.Thread(target=take)
+        taker.start()
+        assert not got.wait(0.5), "the other process's lock was not waited for"
+        holder.stdin.close()  # type: ignore[union-attr]
+        holder.wait(30)
+        taker.join(30)
+        assert got.is_set()
+    finally:
+        holder.kill()
+        holder.wait(30)
+
+
 def test_a_rename_that_fails_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Store.write (C-STORE without overlap_fsync, C-GET retrievals): the rename into place can fail
     (ENOSPC for a new directory entry, EIO); the fsync'd temp file stayed behind, of a live worker,
