@@ -100,6 +100,9 @@ def test_kill_9_during_storescu_keeps_every_acknowledged_instance(station: Stati
     found = {str(r.SOPInstanceUID) for r in responses}
     assert set(originals) <= found, f"{len(set(originals) - found)} acknowledged instances not indexed"
     assert found <= set(stored), "the index names files that are not there"
+    # a file written whose commit the kill prevented (never acknowledged) is removed after the restart
+    wait_for(lambda: "never indexed:" in st.log(), 30, "the restarted worker's look for unindexed files")
+    assert set(_stored(st)) == found, "files on disk that the index does not name"
     # the association log says what happened to the killed association
     conn = sqlite3.connect(st.data / "state.db", timeout=10)
     try:
