@@ -12,10 +12,12 @@ import json
 import os
 import queue
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import wait_for
 
 from appliance.dicom.balance import Balancer, LoadTable, inbox_address
 
@@ -27,11 +29,16 @@ class _Worker:
         self.count = 0
         self.received: queue.Queue[tuple[str, socket.socket, Any]] = queue.Queue()
         self.open_kinds = {"plain", "tls"}
+        self.serving = threading.Event()  # cleared: a connection handed in waits before it is served
+        self.serving.set()
         self.balancer = Balancer(data, worker, lambda: workers, lambda: self.count, self._serve)
 
     def _serve(self, kind: str, sock: socket.socket, address: Any) -> bool:
         if kind not in self.open_kinds:
             return False
+        self.serving.wait(30)
+        self.count += 1  # as the server's connection_started: counted, and no longer on its way
+        self.balancer.publish(taking=True)
         self.received.put((kind, sock, address))
         return True
 
@@ -67,7 +74,29 @@ def test_a_busier_worker_hands_the_connection_over_and_it_still_works(two: Any) 
         sock.sendall(b"ok")
         assert client.recv(10) == b"ok"
         sock.close()
-        assert LoadTable(one.balancer.data_dir).read(2)[1] == 1  # counted for worker 2 until it publishes
+        assert LoadTable(one.balancer.data_dir).read(2)[1] == 1  # served by worker 2 now
+    finally:
+        client.close()
+
+
+def test_a_connection_on_its_way_counts_for_the_receiver_whatever_it_publishes(two: Any) -> None:
+    """Handed over and not yet taken out of the receiver's inbox, a connection is the receiver's
+    already: the receiver's own exact count, published meanwhile (it accepted one itself), must not
+    hide it, or the next decision sends it another (a burst of four went 3:1 that way)."""
+    one, other = two
+    one.count = 1
+    other.serving.clear()
+    client, accepted = _connected_pair()
+    try:
+        assert one.balancer.hand_over("plain", accepted, ("127.0.0.1", 4242))
+        accepted.close()
+        other.balancer.publish()  # its own count, 0: the handed connection is not in it yet
+        assert LoadTable(one.balancer.data_dir).read(2) == [0, 1]  # (worker 1 never published its 1)
+        other.serving.set()
+        _kind, sock, _address = other.received.get(timeout=5)
+        sock.close()
+        wait_for(lambda: LoadTable(one.balancer.data_dir).pending(2) == 0, 5, "taken out of the inbox")
+        assert LoadTable(one.balancer.data_dir).read(2) == [0, 1]
     finally:
         client.close()
 

@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.uid import generate_uid
@@ -359,6 +360,45 @@ def test_held_open_associations_are_spread_evenly_over_the_workers(tmp_path: Pat
                 assoc.release()
         wait_for(lambda: not _open_per_worker(st.data), 30, "all released")
         assert "dropped a hand-over" not in st.log()
+
+
+@pytest.mark.station
+def test_a_burst_right_after_an_echo_is_spread_two_and_two(tmp_path: Path) -> None:
+    """A C-ECHO (as a sender checks the station), then at once four associations together, six
+    times over: each burst is served two and two. The echo's association thread lives on a moment
+    after its connection closed, and its worker counted it still: it looked busier than it was and
+    kept connections it should have handed on (3:1 in half of the benchmark's bursts)."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    with Station(tmp_path / "data", dicom__workers=2) as st:
+        wait_for(lambda: st.log().count("(plain) as") >= 2 and st.log().count("takes connections handed over") >= 2,
+                 30, "both workers listening")
+        ae = AE(ae_title="BURST")
+        ae.add_requested_context(Verification)
+        for n in range(6):
+            echo = subprocess.run([str(DCMTK / "echoscu"), "-aec", "BURNSTATION", "127.0.0.1", str(st.port)],
+                                  capture_output=True, timeout=30)
+            assert echo.returncode == 0, echo.stderr
+            held: list[Any] = []
+
+            def associate(into: list[Any] = held) -> None:
+                into.append(ae.associate("127.0.0.1", st.port, ae_title="BURNSTATION"))
+
+            openers = [threading.Thread(target=associate) for _ in range(4)]
+            for thread in openers:
+                thread.start()
+            for thread in openers:
+                thread.join(30)
+            try:
+                assert len(held) == 4 and all(a.is_established for a in held)
+                counts = wait_for(lambda: (c := _open_per_worker(st.data)) and sum(c.values()) == 4 and c,
+                                  30, "4 open associations in the log")
+                assert counts == {1: 2, 2: 2}, f"burst {n + 1}: {counts}"
+            finally:
+                for assoc in held:
+                    assoc.release()
+            wait_for(lambda: not _open_per_worker(st.data), 30, "the burst released")
 
 
 def make_sop_uid(path: Path) -> str:

@@ -47,7 +47,11 @@ def inbox_address(data_dir: str | os.PathLike[str], worker: int) -> str:
 
 
 class LoadTable:
-    """`<data>/run/dicom-load`: how many connections each worker serves (slot K-1 for worker K)."""
+    """`<data>/run/dicom-load`: how many connections each worker serves (slot K-1 for worker K,
+    written by worker K alone), and how many were handed to it and are not yet taken out of its
+    inbox (slot MAX_WORKERS + K-1: the giver adds one, the taker removes it). A worker's load is
+    the sum: a connection on its way is already the receiver's, and the receiver's own exact count,
+    written meanwhile, does not hide it (a burst of four landed 3:1 that way)."""
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         run = Path(data_dir) / "run"
@@ -56,27 +60,50 @@ class LoadTable:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
 
     @contextlib.contextmanager
-    def _locked(self) -> Any:
+    def locked(self) -> Any:
+        """The table's lock, for several reads and writes as one step (pass locked=True to them)."""
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def read(self, workers: int) -> list[int]:
-        with self._locked():
-            raw = os.pread(self._fd, _SLOT.size * workers, 0)
-        raw = raw.ljust(_SLOT.size * workers, b"\0")
-        return [_SLOT.unpack_from(raw, i * _SLOT.size)[0] for i in range(workers)]
+    def _step(self, locked: bool) -> Any:
+        return contextlib.nullcontext() if locked else self.locked()
 
-    def set(self, worker: int, value: int) -> None:
-        with self._locked():
+    def _slots(self, offset: int, count: int) -> list[int]:
+        raw = os.pread(self._fd, _SLOT.size * count, _SLOT.size * offset).ljust(_SLOT.size * count, b"\0")
+        return [_SLOT.unpack_from(raw, i * _SLOT.size)[0] for i in range(count)]
+
+    def read(self, workers: int, locked: bool = False) -> list[int]:
+        """Each worker's load: connections served plus those on their way to it."""
+        with self._step(locked):
+            served = self._slots(0, workers)
+            pending = self._slots(MAX_WORKERS, workers)
+        return [a + max(b, 0) for a, b in zip(served, pending, strict=True)]
+
+    def set(self, worker: int, value: int, locked: bool = False) -> None:
+        """Worker `worker`'s own exact count of connections it serves."""
+        with self._step(locked):
             os.pwrite(self._fd, _SLOT.pack(value), (worker - 1) * _SLOT.size)
 
-    def add(self, worker: int, delta: int) -> None:
-        with self._locked():
-            raw = os.pread(self._fd, _SLOT.size, (worker - 1) * _SLOT.size).ljust(_SLOT.size, b"\0")
-            os.pwrite(self._fd, _SLOT.pack(_SLOT.unpack(raw)[0] + delta), (worker - 1) * _SLOT.size)
+    def add(self, worker: int, delta: int, locked: bool = False) -> None:
+        """Connections on their way to `worker` (+1 by the giver, -1 by the taker)."""
+        offset = (MAX_WORKERS + worker - 1) * _SLOT.size
+        with self._step(locked):
+            raw = os.pread(self._fd, _SLOT.size, offset).ljust(_SLOT.size, b"\0")
+            os.pwrite(self._fd, _SLOT.pack(_SLOT.unpack(raw)[0] + delta), offset)
+
+    def pending(self, worker: int, locked: bool = False) -> int:
+        """Connections on their way to `worker`: handed to it, or kept by it and not yet counted."""
+        with self._step(locked):
+            return max(self._slots(MAX_WORKERS + worker - 1, 1)[0], 0)
+
+    def reset(self, worker: int) -> None:
+        """A (re)starting or stopping worker: nothing served, nothing on its way (its inbox is new or gone)."""
+        with self.locked():
+            os.pwrite(self._fd, _SLOT.pack(0), (worker - 1) * _SLOT.size)
+            os.pwrite(self._fd, _SLOT.pack(0), (MAX_WORKERS + worker - 1) * _SLOT.size)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -105,42 +132,72 @@ class Balancer:
         self._inbox: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._kept = threading.local()  # .reserved: hand_over kept a connection, counted as on its way here
 
     # -- this worker's count
 
-    def publish(self) -> None:
-        """Write this worker's exact count into the shared table."""
-        self.table.set(self.worker, self.load())
+    def publish(self, taking: bool = False) -> None:
+        """Write this worker's exact count into the shared table; `taking`: that count now holds a
+        connection that was on its way here (kept by `hand_over`, or handed in), which stops being
+        counted as on its way in the same step (else it counts twice for a moment, and a burst sent
+        that moment elsewhere)."""
+        with self.table.locked():
+            self.table.set(self.worker, self.load(), locked=True)
+            if taking:
+                self.table.add(self.worker, -1, locked=True)
+
+    def claim_kept(self) -> bool:
+        """Whether `hand_over` just kept (in this thread) a connection counted as on its way here;
+        the caller then counts it with publish(taking=True). Asked once."""
+        reserved = getattr(self._kept, "reserved", False)
+        self._kept.reserved = False
+        return reserved
 
     # -- giving
 
     def hand_over(self, kind: str, sock: socket.socket, address: Any) -> bool:
         """Pass `sock` (just accepted, not yet counted here) to the least busy other worker if it
         serves fewer connections than this one does; True when it went (the caller then closes its
-        own descriptor, which leaves the connection open)."""
+        own descriptor, which leaves the connection open). False: it stays, and is counted as on
+        its way to this worker until the caller has counted it and calls `taken()`.
+
+        The choice and its count are made under the table's lock, so the workers decide one at a
+        time, each seeing the choices before it: two workers accepting at the same moment used to
+        read the same counts and both keep (a burst of four then landed 3:1)."""
         workers = min(self.workers(), MAX_WORKERS)
         if workers < 2:
             return False
-        mine = self.load()
-        loads = self.table.read(workers)
-        candidates = sorted((count, k) for k, count in enumerate(loads, start=1) if k != self.worker and count < mine)
+        with self.table.locked():
+            loads = self.table.read(workers, locked=True)
+            mine = self.load() + self.table.pending(self.worker, locked=True)
+            candidates = sorted((count, k) for k, count in enumerate(loads, start=1) if k != self.worker and count < mine)
+            target = candidates[0][1] if candidates else self.worker
+            self.table.add(target, 1, locked=True)  # on its way (before it can arrive), to the target or here
+        if target == self.worker:
+            self._kept.reserved = True
+            return False
         message = json.dumps({"kind": kind, "address": list(address)}).encode()
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [sock.fileno()]))]
-        for _count, target in candidates:  # the least busy first; one that cannot take it: the next
-            try:
-                self._out.sendmsg([message], rights, socket.MSG_DONTWAIT, inbox_address(self.data_dir, target))
-            except OSError as exc:  # not running, still starting, or its inbox queue full for a moment
-                LOG.debug("could not hand a connection to dicom worker %d: %s", target, exc)
-                continue
-            self.table.add(target, 1)  # until the target publishes its own count
-            return True
-        return False
+        try:
+            self._out.sendmsg([message], rights, socket.MSG_DONTWAIT, inbox_address(self.data_dir, target))
+        except OSError as exc:  # not running, still starting, or its inbox queue full: served here
+            LOG.debug("could not hand a connection to dicom worker %d: %s", target, exc)
+            with self.table.locked():
+                self.table.add(target, -1, locked=True)
+                self.table.add(self.worker, 1, locked=True)
+            self._kept.reserved = True
+            return False
+        return True
+
+    def taken(self) -> None:
+        """A connection on its way here that will not be counted here (it could not be served)."""
+        self.table.add(self.worker, -1)
 
     # -- taking
 
     def start(self) -> None:
         """Zero this worker's count (a restart forgets what it served) and open its inbox."""
-        self.table.set(self.worker, 0)
+        self.table.reset(self.worker)
         inbox = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         inbox.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         inbox.bind(inbox_address(self.data_dir, self.worker))
@@ -162,7 +219,7 @@ class Balancer:
             self._drain(self._inbox)
             self._inbox.close()
             self._inbox = None
-        self.table.set(self.worker, 0)
+        self.table.reset(self.worker)
 
     def close(self) -> None:
         self.stop()
@@ -209,7 +266,8 @@ class Balancer:
             sock.close()
             LOG.warning("dicom worker %d: dropped a malformed hand-over message", self.worker)
             return
-        if not self.serve(kind, sock, address):
+        if not self.serve(kind, sock, address):  # served: counted here with publish(taking=True)
+            self.taken()
             sock.close()
             LOG.warning("dicom worker %d: a %s connection was handed over, but that listener is not open here",
                         self.worker, kind)

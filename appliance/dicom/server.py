@@ -16,6 +16,7 @@ import socketserver
 import ssl
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +144,13 @@ class _Listener(ThreadedAssociationServer):
         if owner is not None and owner.hand_over(self.kind, request, client_address):
             request.close()  # the other worker holds the connection now (no shutdown: that would end it)
             return
-        self.serve_connection(request, client_address)
+        self.serve_connection(request, client_address, taking=owner is not None and owner.claim_kept())
 
-    def serve_connection(self, request: Any, client_address: Any) -> None:
-        """Serve a connection accepted here or handed over by another worker (never handed on)."""
+    def serve_connection(self, request: Any, client_address: Any, taking: bool = False) -> None:
+        """Serve a connection accepted here or handed over by another worker (never handed on);
+        `taking`: it was counted as on its way to this worker (balance.py) until now."""
         if self.owner is not None:
-            self.owner.connection_started()
+            self.owner.connection_started(taking)
         try:
             super().process_request(request, client_address)
         except BaseException:
@@ -245,32 +247,46 @@ class DicomServer:
         self._lock = threading.Lock()
         self.balancer: Balancer | None = None  # with dicom.workers > 1: spreads connections evenly
         self._setting_up = 0  # connections accepted (or handed in) whose association has not started
+        # the association each setting-up connection's thread has made (EVT_CONN_OPEN): from its start
+        # until that thread ends it is a running association AND a connection setting up, counted once
+        self._made: dict[int, Any] = {}
+        # associations whose connection has closed: their thread may live on a moment (it ends its
+        # DUL thread first), and a count that still holds them made a worker look busier than it was
+        self._closed: weakref.WeakSet[Any] = weakref.WeakSet()
         self._count_lock = threading.Lock()
 
     # -- connection counting and balancing over the dicom workers
 
-    def load(self, exclude: Any = None) -> int:
+    def load(self) -> int:
         """Connections this worker serves now: being set up, plus running associations."""
         running = 0
+        made = {id(assoc) for assoc in list(self._made.values())}
         for server in list(self.servers):
-            running += sum(1 for assoc in server.active_associations if assoc is not exclude)
+            running += sum(1 for assoc in server.active_associations
+                           if id(assoc) not in made and assoc not in self._closed)
         return self._setting_up + running
 
-    def connection_started(self) -> None:
+    def connection_started(self, taking: bool = False) -> None:
         with self._count_lock:
             self._setting_up += 1
-        self._publish()
+        self._publish(taking=taking)
 
     def connection_setup_done(self) -> None:
         with self._count_lock:
             self._setting_up -= 1
+            self._made.pop(threading.get_ident(), None)
         self._publish()
 
-    def _publish(self, exclude: Any = None) -> None:
+    def _on_conn_open(self, event: Any) -> None:
+        """In the connection's own thread, just before its association starts (see `_made`)."""
+        with self._count_lock:
+            self._made[threading.get_ident()] = event.assoc
+
+    def _publish(self, taking: bool = False) -> None:
         balancer = self.balancer
         if balancer is not None:
             try:
-                balancer.table.set(self.worker, self.load(exclude))
+                balancer.publish(taking)
             except OSError as exc:
                 LOG.debug("could not publish the dicom worker load: %s", exc)
 
@@ -279,7 +295,8 @@ class DicomServer:
         self._publish()
 
     def _on_conn_close(self, event: Any) -> None:
-        self._publish(exclude=event.assoc)
+        self._closed.add(event.assoc)
+        self._publish()
 
     def hand_over(self, kind: str, sock: socket.socket, address: Any) -> bool:
         balancer = self.balancer
@@ -291,11 +308,16 @@ class DicomServer:
             LOG.debug("no hand-over: %s", exc)
             return False
 
+    def claim_kept(self) -> bool:
+        """Whether the connection just accepted and kept here was counted as on its way here."""
+        balancer = self.balancer
+        return balancer is not None and balancer.claim_kept()
+
     def _serve_handed(self, kind: str, sock: socket.socket, address: Any) -> bool:
         server = self._open.get(kind)
         if server is None:
             return False
-        server.serve_connection(sock, address)
+        server.serve_connection(sock, address, taking=True)
         return True
 
     def _balance(self, shared: bool) -> None:
@@ -324,6 +346,7 @@ class DicomServer:
             (evt.EVT_ABORTED, log.on_aborted),
             (evt.EVT_CONN_CLOSE, log.on_closed),
             (evt.EVT_CONN_CLOSE, self._on_conn_close),
+            (evt.EVT_CONN_OPEN, self._on_conn_open),
             (evt.EVT_C_ECHO, log.on_echo),
             (evt.EVT_C_STORE, store.StoreHandler(self.ctx)),
             (evt.EVT_C_FIND, find_handler.FindHandler(self.ctx, EXTRA_FIND_HANDLERS)),
