@@ -47,20 +47,14 @@ class ThreadFd:
         weakref.finalize(self, os.close, fd)
 
 
-class PurgeLock:
-    """Keeps a purge and an arriving instance apart (across processes): C-STORE holds it shared
-    from writing the file until the index row is committed, a purge holds it exclusively while
-    it re-checks a study, deletes its rows and unlinks its files. So a purge never deletes a file
-    whose arrival is not yet in the index, and an arrival after a purge simply starts the study anew.
-
-    Each thread opens its own descriptor: flock locks belong to an open file description, and
-    threads sharing one would release each other's shared lock. The descriptor is closed when its
+class _LockFile:
+    """A lock file in the data folder with one descriptor per thread (locks on it belong to an open
+    file description: threads sharing one would release each other's locks), closed when the
     thread ends (the DICOM process runs each association in a thread of its own: the soak saw one
-    descriptor left open per association).
-    """
+    descriptor left open per association)."""
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(data_dir) / PURGE_LOCK_FILE
+    def __init__(self, data_dir: str | os.PathLike[str], name: str) -> None:
+        self.path = Path(data_dir) / name
         self._local = threading.local()
 
     def _fd(self) -> int:
@@ -70,6 +64,18 @@ class PurgeLock:
             held = ThreadFd(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
             self._local.held = held
         return held.fd
+
+
+class PurgeLock(_LockFile):
+    """Keeps a purge and an arriving instance apart (across processes): C-STORE holds it shared
+    from writing the file until the index row is committed, a purge holds it exclusively while
+    it re-checks a study, deletes its rows and unlinks its files. So a purge never deletes a file
+    whose arrival is not yet in the index, and an arrival after a purge simply starts the study anew.
+    An flock, on a descriptor per thread (`_LockFile`).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        super().__init__(data_dir, PURGE_LOCK_FILE)
 
     @contextlib.contextmanager
     def _held(self, how: int) -> Iterator[None]:
@@ -93,25 +99,16 @@ PATH_LOCK_FILE = ".storage-paths.lock"  # beside PURGE_LOCK_FILE
 _PATH_SLOTS = 1 << 20  # paths hashed to one byte each of the lock file; two paths sharing one only wait for each other
 
 
-class PathLock:
+class PathLock(_LockFile):
     """Keeps two arrivals of one path apart (across processes) from the file until its index row:
     two copies of one instance sent at once (two associations, two workers, a C-GET) would
     otherwise interleave, the last rename winning the file and the last commit the row, and these
     could be different copies. Each holds a write lock on one byte of a shared lock file (an
-    open-file-description lock, so threads of one process exclude each other too; one descriptor
-    per thread, as PurgeLock)."""
+    open-file-description lock on a descriptor per thread, `_LockFile`: threads of one process
+    exclude each other too)."""
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
-        self.path = Path(data_dir) / PATH_LOCK_FILE
-        self._local = threading.local()
-
-    def _fd(self) -> int:
-        held = getattr(self._local, "held", None)
-        if held is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            held = ThreadFd(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
-            self._local.held = held
-        return held.fd
+        super().__init__(data_dir, PATH_LOCK_FILE)
 
     @contextlib.contextmanager
     def held(self, path: str | os.PathLike[str]) -> Iterator[None]:
