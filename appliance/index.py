@@ -901,7 +901,6 @@ def sync_with_files(conn: sqlite3.Connection, storage_dir: Path) -> tuple[int, i
     return added, len(gone), bad
 
 
-
 UNACKNOWLEDGED_SLACK = 5.0  # seconds: file times come from the kernel's coarse clock (a few ms behind time.time())
 # and index times are taken moments after the file's write: both are compared with this margin
 
@@ -960,6 +959,7 @@ def start_removing_unacknowledged(data_dir: Path, store: Store, since: float) ->
     thread = threading.Thread(target=run, name="unacknowledged", daemon=True)
     thread.start()
     return thread
+
 
 def _sop_uid_of(path: str) -> str | None:
     """The SOP Instance UID a stored file holds (None: unreadable or absent)."""

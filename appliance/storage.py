@@ -120,6 +120,7 @@ class PathLock(_LockFile):
         finally:
             fcntl.fcntl(fd, fcntl.F_OFD_SETLK, struct.pack("hhqqi", fcntl.F_UNLCK, os.SEEK_SET, slot, 1, 0))
 
+
 def free_bytes(path: str | os.PathLike[str]) -> int:
     return shutil.disk_usage(path).free
 
@@ -185,6 +186,13 @@ class Store:
         self.lock = PurgeLock(self.root.parent)
         self.path_lock = PathLock(self.root.parent)
         self._free_seen = (0.0, 0)  # (monotonic time, free bytes) of the last statvfs (check_space)
+
+    @contextlib.contextmanager
+    def arrival(self, path: str | os.PathLike[str]) -> Iterator[None]:
+        """Held by an arriving instance from its file to its index row (C-STORE, C-GET): no purge
+        meanwhile (PurgeLock, shared) and no other arrival of the same path (PathLock)."""
+        with self.lock.arrival(), self.path_lock.held(path):
+            yield
 
     def path_for(self, study_uid: str, series_uid: str, sop_uid: str) -> Path:
         return Path(self.path_text_for(study_uid, series_uid, sop_uid))

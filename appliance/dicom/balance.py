@@ -158,8 +158,8 @@ class Balancer:
     def hand_over(self, kind: str, sock: socket.socket, address: Any) -> bool:
         """Pass `sock` (just accepted, not yet counted here) to the least busy other worker if it
         serves fewer connections than this one does; True when it went (the caller then closes its
-        own descriptor, which leaves the connection open). False: it stays, and is counted as on
-        its way to this worker until the caller has counted it and calls `taken()`.
+        own descriptor, which leaves the connection open). False: it stays, counted as on its way to
+        this worker until the caller counts it (`claim_kept`, then publish(taking=True)).
 
         The choice and its count are made under the table's lock, so the workers decide one at a
         time, each seeing the choices before it: two workers accepting at the same moment used to

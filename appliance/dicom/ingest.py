@@ -162,4 +162,3 @@ class IndexWriter:
                 pending.done = True
             self._committing = False
             self._cond.notify_all()
-

@@ -61,4 +61,3 @@ def serve(data_dir: str | os.PathLike[str], stop: threading.Event | None = None,
                     retry = True
     finally:
         server.stop()
-

@@ -424,8 +424,7 @@ class GetStore:
         if not rec.sop_uid or not rec.study_uid or not rec.series_uid:
             return 0xA900
         path = self.store.path_for(rec.study_uid, rec.series_uid, rec.sop_uid)
-        # as a C-STORE: no retention purge, and no other arrival of this path, between the file and its row
-        with self.store.lock.arrival(), self.store.path_lock.held(path):
+        with self.store.arrival(path):  # as a C-STORE: no purge, no other copy of this path, until its row
             rec.size = self.store.write(path, [file_meta_bytes(sop_class, rec.sop_uid, ts, self.peer_aet), raw])
             rec.path = str(path)
             rec.sop_class = sop_class

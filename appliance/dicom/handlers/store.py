@@ -327,9 +327,7 @@ class StoreHandler:
         in this process, so the fsync runs after the commit here instead of in a helper thread."""
         ctx = self.ctx
         assoc = event.assoc
-        # one arrival of this path at a time from its file to its row: two copies of an instance sent at
-        # once leave the file and the row of the same copy
-        with ctx.store.lock.arrival(), ctx.store.path_lock.held(path):
+        with ctx.store.arrival(path):  # no purge, and no other copy of this path, until its row is committed
             synced: Future[None] | _FsyncAfter | None = None
             fsync_error: BaseException | None = None
             # the rename before the fsync (overlap_fsync) only where no copy is: one stored before (this
