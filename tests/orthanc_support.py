@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from support import free_port
+from support import free_port, port_free, wait_for
 
 ORTHANC = "/usr/sbin/Orthanc"
 
@@ -45,7 +45,7 @@ class Orthanc:
         """Start it and wait until its REST API answers. Its ports were picked free when it was made,
         but a parallel test (or an outgoing connection's ephemeral port) can take one before it
         starts: a taken HTTP port is picked again; the DICOM port is what peers were told, so it
-        is tried again for a while (an ephemeral holder lets go soon)."""
+        is waited for until its holder lets go (an ephemeral holder does soon)."""
         for attempt in range(20):
             log_path = self.root / "orthanc.log"
             start = log_path.stat().st_size if log_path.exists() else 0
@@ -69,8 +69,8 @@ class Orthanc:
                     config = json.loads(self.config.read_text())
                     config["HttpPort"] = self.http_port
                     self.config.write_text(json.dumps(config, indent=1))
-                else:
-                    time.sleep(0.5)
+                else:  # the DICOM port: wait until its holder lets go
+                    wait_for(lambda: port_free(self.dicom_port), 30, f"port {self.dicom_port} free", every=0.05)
                 break
         raise AssertionError("unreachable")
 

@@ -68,7 +68,8 @@ _PORTS = _port_slice()
 _next_port = [0]
 
 
-def _bindable(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether a server could bind `port` on every address now."""
     with socket.socket() as s:
         try:
             s.bind(("0.0.0.0", port))
@@ -84,7 +85,7 @@ def free_port() -> int:
     for _ in range(len(_PORTS)):
         port = _PORTS[_next_port[0] % len(_PORTS)]
         _next_port[0] += 1
-        if port not in _handed_out and _bindable(port):
+        if port not in _handed_out and port_free(port):
             _handed_out.add(port)
             return port
     while True:
